@@ -1,0 +1,40 @@
+# Lattice: every command a newcomer needs. `make test` and `make demo` work from a fresh clone.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install stack stack-down clean check test test-faults bench demo fmt
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "make: $(PYTHON) not found: install Python 3.11 or run make PYTHON=python3.x"; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+stack: install
+	$(BIN)/lattice stack up
+
+stack-down:
+	@if [ -x $(BIN)/lattice ]; then $(BIN)/lattice stack down; else echo "nothing to stop (no .venv)"; fi
+
+clean: stack-down
+	rm -rf .lattice
+
+check: install
+	$(BIN)/ruff check ingest projectors schemas deploy tests
+	$(BIN)/ruff format --check ingest projectors schemas deploy tests
+	$(BIN)/mypy ingest projectors schemas deploy tests
+
+fmt: install
+	$(BIN)/ruff format ingest projectors schemas deploy tests
+	$(BIN)/ruff check --fix ingest projectors schemas deploy tests
+
+test: install
+	deploy/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	deploy/with-stack.sh $(BIN)/python -m tests.benchmarks $(BENCH_ARGS)

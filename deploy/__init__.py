@@ -1,0 +1,1 @@
+"""Running Lattice: settings, logging, the command line and the local stack."""

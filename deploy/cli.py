@@ -1,0 +1,46 @@
+"""`lattice`: one command line for the receiver, the projectors and the local stack.
+
+Each package adds its own subcommands (`ingest.cli`, `projectors.cli`, `deploy.stack_cli`);
+this module only wires them and turns configuration errors into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from deploy import stack_cli
+from deploy.settings import ConfigError
+from deploy.stack.errors import StackError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="lattice",
+        description="Lattice: verify Stripe webhooks, log them to Kafka, project them into "
+        "PostgreSQL. Every setting is a LATTICE_* environment variable or a flag.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    stack_cli.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; exit status 2 with one line on a configuration error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (ConfigError, StackError) as exc:
+        print(f"lattice: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lattice: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

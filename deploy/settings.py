@@ -1,0 +1,96 @@
+"""Every setting of every Lattice process, read from `LATTICE_*` variables and flags.
+
+A missing or malformed value raises `ConfigError` with one line naming the variable, so
+the command line can print it instead of a traceback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "LATTICE_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
+    """Parse `endpoint=secret,endpoint=secret`; an endpoint named twice keeps both secrets."""
+    secrets: dict[str, list[str]] = {}
+    for pair in raw.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        endpoint, sep, secret = pair.partition("=")
+        endpoint, secret = endpoint.strip(), secret.strip()
+        if not sep or not endpoint or not secret:
+            # Never echo the pair: its right-hand side is a signing secret.
+            raise ValueError("expected comma-separated endpoint=secret pairs")
+        secrets.setdefault(endpoint, []).append(secret)
+    return {name: tuple(values) for name, values in secrets.items()}
+
+
+class Settings(BaseSettings):
+    """Configuration shared by the receiver, the projectors and the tools."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    webhook_secrets: SecretStr = SecretStr("")
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str | None = None
+    topic: str = "stripe.events"
+    usage_topic: str = "usage.reported"
+    signature_tolerance: int = Field(default=300, ge=0)
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    stripe_api_key: SecretStr | None = None
+    stripe_api_base: str = "https://api.stripe.com"
+    stripe_api_version: str = "2025-10-29.clover"
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    kafka_timeout: float = Field(default=10.0, gt=0)
+    home: Path = Path(".lattice")
+    kafka_port: int = Field(default=9092, gt=0, lt=65536)
+    pg_port: int = Field(default=55432, gt=0, lt=65536)
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _secrets_are_pairs(cls, value: SecretStr) -> SecretStr:
+        parse_webhook_secrets(value.get_secret_value())
+        return value
+
+    @property
+    def dlq_topic(self) -> str:
+        """The dead-letter topic of the event log."""
+        return f"{self.topic}.dlq"
+
+    def secrets_by_endpoint(self) -> dict[str, tuple[str, ...]]:
+        """Signing secrets per endpoint name, in the order they were given."""
+        return parse_webhook_secrets(self.webhook_secrets.get_secret_value())
+
+    def require_database_url(self) -> str:
+        """The libpq URL of PostgreSQL, or a `ConfigError` saying how to set it."""
+        if not self.database_url:
+            raise ConfigError(
+                "LATTICE_DATABASE_URL is not set: give a libpq URL "
+                "(or run `make stack` and `. .lattice/stack.env`)"
+            )
+        return self.database_url
+
+
+def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read settings from the environment; `overrides` (from flags) win. Raises ConfigError."""
+    given = {key: value for key, value in (overrides or {}).items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {error['msg']}") from None

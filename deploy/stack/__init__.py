@@ -1,0 +1,104 @@
+"""The local stack: a real Kafka broker and a real PostgreSQL server on loopback.
+
+`up` is idempotent and writes `<home>/stack.env`; `down` stops what runs. A Kafka or
+PostgreSQL given by the environment (an address other than the local one) is used as is
+and never started or stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.settings import Settings
+from deploy.stack import kafka, postgres
+from deploy.stack.errors import StackError
+from deploy.stack.topics import ensure_topics
+
+__all__ = ["StackError", "StackInfo", "down", "env_lines", "running", "up"]
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the stack is and what `up` did."""
+
+    kafka_bootstrap: str
+    database_url: str
+    kafka_started: bool
+    postgres_started: bool
+    topics_created: list[str]
+    seconds: float
+
+
+def _local_bootstrap(settings: Settings) -> str:
+    return f"127.0.0.1:{settings.kafka_port}"
+
+
+def _kafka_is_external(settings: Settings) -> bool:
+    return settings.kafka_bootstrap not in ("127.0.0.1:9092", _local_bootstrap(settings))
+
+
+def _postgres_is_external(settings: Settings) -> bool:
+    return bool(settings.database_url) and settings.database_url != postgres.url(settings.pg_port)
+
+
+def up(settings: Settings) -> StackInfo:
+    """Start (or find) Kafka and PostgreSQL, provision topics, write stack.env."""
+    began = time.monotonic()
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    if _kafka_is_external(settings):
+        bootstrap, kafka_started = settings.kafka_bootstrap, False
+        kafka.wait_ready(bootstrap, timeout=30)
+    else:
+        bootstrap = _local_bootstrap(settings)
+        kafka_started = kafka.start(home, port=settings.kafka_port, partitions=settings.partitions)
+    if _postgres_is_external(settings):
+        database_url, pg_started = settings.require_database_url(), False
+    else:
+        database_url = postgres.url(settings.pg_port)
+        pg_started = postgres.start(home, port=settings.pg_port)
+    created = asyncio.run(
+        ensure_topics(
+            bootstrap,
+            [settings.topic, settings.dlq_topic, settings.usage_topic],
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+        )
+    )
+    (home / "stack.env").write_text("".join(env_lines(bootstrap, database_url)))
+    return StackInfo(bootstrap, database_url, kafka_started, pg_started, created,
+                     time.monotonic() - began)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop the local services that run; return the names of those stopped."""
+    stopped = []
+    if postgres.stop(settings.home):
+        stopped.append("postgresql")
+    if kafka.stop(settings.home):
+        stopped.append("kafka")
+    return stopped
+
+
+def running(settings: Settings) -> dict[str, bool]:
+    """Whether each local service runs (an external one counts as running)."""
+    return {
+        "kafka": _kafka_is_external(settings) or kafka.is_running(settings.home),
+        "postgresql": _postgres_is_external(settings) or postgres.is_running(settings.home),
+    }
+
+
+def env_lines(bootstrap: str, database_url: str) -> list[str]:
+    """The `export` lines of stack.env."""
+    return [
+        f"export LATTICE_KAFKA_BOOTSTRAP={bootstrap}\n",
+        f"export LATTICE_DATABASE_URL={database_url}\n",
+    ]
+
+
+def stack_env_path(home: Path) -> Path:
+    """Where `up` writes the export lines."""
+    return home / "stack.env"

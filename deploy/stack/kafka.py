@@ -1,0 +1,201 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker + controller) on loopback.
+
+The jars come from Maven Central through `deploy/kafka/pom.xml`; data, logs and the pid
+file live under `<home>/kafka/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import shutil
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy.stack import process
+from deploy.stack.errors import StackError
+
+POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
+LOG4J = POM.parent / "log4j2.properties"
+
+SERVER_PROPERTIES = """\
+# Written by `lattice stack up`; edits are overwritten.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+auto.create.topics.enable=false
+num.partitions={partitions}
+offsets.topic.num.partitions=6
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+log.retention.ms=-1
+"""
+
+
+@dataclass(frozen=True)
+class KafkaPaths:
+    """Where the local broker keeps its jars, data, config, log and pid."""
+
+    root: Path
+
+    @property
+    def libs(self) -> Path:
+        return self.root / "libs"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "server.properties"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "broker.log"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "broker.pid"
+
+
+def _require_tool(name: str, advice: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise StackError(f"`{name}` is not on PATH: {advice}")
+    return path
+
+
+def ensure_jars(paths: KafkaPaths) -> None:
+    """Resolve the broker's jars with Maven unless they are already there."""
+    if any(paths.libs.glob("kafka_2.13-*.jar")):
+        return
+    mvn = _require_tool("mvn", "install Maven (apt-get install maven) to fetch the Kafka jars")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    mvn_log = paths.root / "mvn.log"
+    with mvn_log.open("wb") as out:
+        result = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(POM), f"-Dkafka.libs={paths.libs.resolve()}",
+             "dependency:copy-dependencies"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if result.returncode != 0 or not any(paths.libs.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(paths.libs, ignore_errors=True)
+        raise StackError(
+            f"Maven could not resolve the Kafka broker jars (see {mvn_log}): "
+            "check that Maven Central is reachable and run `make stack` again"
+        )
+
+
+def _java(paths: KafkaPaths, main: str, *args: str) -> list[str]:
+    java = _require_tool("java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+    return [
+        java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J}",
+        "-cp", f"{paths.libs.resolve()}/*", main, *args,
+    ]
+
+
+def _format_storage(paths: KafkaPaths) -> None:
+    if (paths.data / "meta.properties").exists():
+        return
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    result = subprocess.run(
+        _java(paths, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+              "-c", str(paths.config.resolve())),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(
+            f"formatting Kafka storage in {paths.data} failed: "
+            f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}"
+        )
+
+
+def start(home: Path, *, port: int, partitions: int, timeout: float = 60.0) -> bool:
+    """Start the broker unless it already runs; wait until it answers. True if started."""
+    paths = KafkaPaths(home / "kafka")
+    if process.running_pid(paths.pid) is not None:
+        wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log)
+        return False
+    controller_port = port + 1
+    process.require_free_port(port, "Kafka", "LATTICE_KAFKA_PORT")
+    process.require_free_port(controller_port, "the Kafka controller", "LATTICE_KAFKA_PORT")
+    ensure_jars(paths)
+    paths.data.mkdir(parents=True, exist_ok=True)
+    paths.config.write_text(
+        SERVER_PROPERTIES.format(
+            port=port, controller_port=controller_port,
+            data=paths.data.resolve(), partitions=partitions,
+        )
+    )
+    _format_storage(paths)
+    process.spawn(
+        _java(paths, "kafka.Kafka", str(paths.config.resolve())),
+        log_file=paths.log, pid_file=paths.pid, cwd=paths.root,
+    )
+    wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, pid_file=paths.pid)
+    return True
+
+
+def is_running(home: Path) -> bool:
+    """True when the local broker's process is alive."""
+    return process.running_pid(KafkaPaths(home / "kafka").pid) is not None
+
+
+def stop(home: Path) -> bool:
+    """Stop the local broker; True if one was running."""
+    return process.stop(KafkaPaths(home / "kafka").pid, timeout=60.0)
+
+
+def wait_ready(
+    bootstrap: str, *, timeout: float, log: Path | None = None, pid_file: Path | None = None
+) -> None:
+    """Poll the broker for cluster metadata until it answers or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pid_file is not None and process.running_pid(pid_file) is None:
+            detail = process.tail(log) if log else ""
+            raise StackError(f"the Kafka broker exited while starting; its log ends:\n{detail}")
+        if asyncio.run(broker_answers(bootstrap)):
+            return
+        time.sleep(0.25)
+    where = f" (log: {log})" if log else ""
+    raise StackError(f"Kafka at {bootstrap} did not answer within {timeout:.0f} s{where}")
+
+
+async def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
+    """True when the broker at `bootstrap` returns metadata with at least one broker."""
+    from aiokafka import AIOKafkaClient
+    from aiokafka.errors import KafkaError
+
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    quiet = logging.getLogger("aiokafka")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "Unable to connect" is the expected answer while starting
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return bool(client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()
+        quiet.setLevel(level)

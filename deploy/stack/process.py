@@ -1,0 +1,103 @@
+"""Background processes with pid files, and the port checks around them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.stack.errors import StackError
+
+
+def running_pid(pid_file: Path) -> int | None:
+    """The pid recorded in `pid_file` if that process is alive, else None."""
+    try:
+        # postmaster.pid has more lines; the pid is the first one everywhere.
+        pid = int(pid_file.read_text().split("\n", 1)[0].strip())
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    # A zombie child of ours is not alive: reap it if it is one.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return None
+    return pid if _state(pid) != "Z" else None
+
+
+def _state(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts connections on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def require_free_port(port: int, what: str, variable: str) -> None:
+    """Raise a StackError naming the variable to change when `port` is taken."""
+    if port_in_use(port):
+        raise StackError(
+            f"port {port} (needed by {what}) is already in use by another process: "
+            f"stop it or set {variable} to a free port"
+        )
+
+
+def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path, cwd: Path) -> int:
+    """Start `argv` in its own session, output appended to `log_file`; record its pid."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("ab") as log:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
+    """SIGTERM the recorded process, SIGKILL it after `timeout`; True if one was running."""
+    pid = running_pid(pid_file)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while running_pid(pid_file) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if running_pid(pid_file) is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while running_pid(pid_file) is not None:
+            time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    """The last lines of a log file, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log written)"

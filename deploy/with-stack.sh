@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Run a command with the local stack up and .lattice/stack.env sourced; stop the stack
+# afterwards if this script started it (even when the command fails or is interrupted).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+lattice=.venv/bin/lattice
+if "$lattice" stack status >/dev/null 2>&1; then started=0; else started=1; fi
+cleanup() {
+  if [ "$started" = 1 ]; then "$lattice" stack down || true; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+"$lattice" stack up || exit $?
+# shellcheck disable=SC1091
+. .lattice/stack.env
+"$@"
