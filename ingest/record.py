@@ -1,0 +1,91 @@
+"""The event log's record format: key and headers of one accepted delivery (pure).
+
+Value: the request body byte for byte. Key: the id of the object the event is about
+(`data.object.id`; `related_object.id` for thin events; else the event id), so every event
+of one object lands on one partition in arrival order. Headers as in DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+HEADER_EVENT_ID = "stripe-event-id"
+HEADER_EVENT_TYPE = "stripe-event-type"
+HEADER_ACCOUNT = "stripe-account"
+HEADER_LIVEMODE = "stripe-livemode"
+HEADER_API_VERSION = "stripe-api-version"
+HEADER_ENDPOINT = "lattice-endpoint"
+HEADER_RECEIVED_AT = "lattice-received-at"
+HEADER_SOURCE = "lattice-source"
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """What the receiver appends to the log for one delivery."""
+
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int
+
+
+def object_id(event: Mapping[str, Any]) -> str:
+    """The partition key: the event's object id, its related object's id, or its own id."""
+    data = event.get("data")
+    if isinstance(data, Mapping):
+        obj = data.get("object")
+        if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) and obj["id"]:
+            return str(obj["id"])
+    related = event.get("related_object")
+    if isinstance(related, Mapping) and isinstance(related.get("id"), str) and related["id"]:
+        return str(related["id"])
+    return str(event["id"])
+
+
+def account_of(event: Mapping[str, Any]) -> str | None:
+    """The Connect account: `account` on snapshot events, `context` on thin events."""
+    for field in ("account", "context"):
+        value = event.get(field)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def rfc3339(moment: datetime) -> str:
+    """UTC, millisecond precision, `Z` suffix: 2026-11-25T10:00:00.123Z."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_record(
+    body: bytes,
+    event: Mapping[str, Any],
+    *,
+    endpoint: str,
+    received_at: datetime,
+    source: str | None = None,
+) -> LogRecord:
+    """The record for one accepted delivery of `event` (already parsed from `body`)."""
+    headers: list[tuple[str, bytes]] = [
+        (HEADER_EVENT_ID, str(event["id"]).encode()),
+        (HEADER_EVENT_TYPE, str(event["type"]).encode()),
+    ]
+    account = account_of(event)
+    if account is not None:
+        headers.append((HEADER_ACCOUNT, account.encode()))
+    headers.append((HEADER_LIVEMODE, b"true" if event.get("livemode") is True else b"false"))
+    api_version = event.get("api_version")
+    if isinstance(api_version, str) and api_version:
+        headers.append((HEADER_API_VERSION, api_version.encode()))
+    headers.append((HEADER_ENDPOINT, endpoint.encode()))
+    headers.append((HEADER_RECEIVED_AT, rfc3339(received_at).encode()))
+    if source is not None:
+        headers.append((HEADER_SOURCE, source.encode()))
+    return LogRecord(
+        key=object_id(event).encode(),
+        value=body,
+        headers=headers,
+        timestamp_ms=int(received_at.timestamp() * 1000),
+    )

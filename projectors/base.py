@@ -1,0 +1,86 @@
+"""What a projection is: a name, the topics it reads, a pure reducer, a store, its SQL.
+
+The runtime (`runner.py`) knows nothing else about a projection. A new projection is a new
+sub-package of `projectors/` whose `__init__.py` exposes `projection`, an object of this
+shape; `catalog.py` finds it.
+
+Store SQL and migrations name their tables *unqualified*: the runtime sets `search_path`
+to `projections` for the live tables, or to a shadow schema while `lattice replay`
+rebuilds them, so the same SQL serves both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import asyncpg
+import orjson
+
+from deploy.settings import Settings
+
+C = TypeVar("C")
+
+LIVE_SCHEMA = "projections"
+BOOKKEEPING_SCHEMA = "lattice"
+
+
+class PoisonRecord(Exception):
+    """A record that can never be applied (unparseable, invalid); it goes to dead letters."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record as a reducer sees it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Mapping[str, bytes]
+    timestamp_ms: int
+
+    def header(self, name: str) -> str | None:
+        """A header's value as text, or None when absent."""
+        raw = self.headers.get(name)
+        return None if raw is None else raw.decode("utf-8", "replace")
+
+    def json(self) -> dict[str, Any]:
+        """The value parsed as a JSON object; PoisonRecord when it is not one."""
+        try:
+            parsed = orjson.loads(self.value)
+        except orjson.JSONDecodeError as exc:
+            raise PoisonRecord(f"value is not JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise PoisonRecord("value is not a JSON object")
+        return parsed
+
+
+class Projection(Protocol[C]):
+    """A read model built from the log. `reduce` is pure; `apply` runs inside the
+    runner's transaction and must not open or commit one."""
+
+    @property
+    def name(self) -> str:
+        """Unique name; the consumer group is `lattice.<name>`."""
+        ...
+
+    @property
+    def sql_dir(self) -> Path:
+        """Folder of `NNNN_name.sql` migrations (and an optional `views.sql`)."""
+        ...
+
+    def topics(self, settings: Settings) -> Sequence[str]:
+        """The topics this projection consumes."""
+        ...
+
+    def reduce(self, record: Record) -> Sequence[C]:
+        """The changes one record makes; raise PoisonRecord (or anything) if it cannot."""
+        ...
+
+    async def apply(self, conn: asyncpg.Connection, changes: Sequence[C]) -> None:
+        """Write a batch of changes with batched SQL, in the caller's transaction."""
+        ...

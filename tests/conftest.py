@@ -1,0 +1,102 @@
+"""Fixtures: the real stack started by `make test`, and per-test topics and databases.
+
+Every integration test gets its own topic names and its own PostgreSQL database, so tests
+run in any order and leave nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from deploy.settings import Settings
+from deploy.stack.topics import delete_topics, ensure_topics
+
+TEST_PARTITIONS = 3
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Addresses of the running Kafka broker and PostgreSQL server."""
+
+    kafka_bootstrap: str
+    database_url: str
+
+
+@dataclass(frozen=True)
+class Topics:
+    """This test's own topics."""
+
+    events: str
+    dlq: str
+    usage: str
+    partitions: int
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """The stack `make test` started (its addresses come from .lattice/stack.env)."""
+    bootstrap = os.environ.get("LATTICE_KAFKA_BOOTSTRAP")
+    database_url = os.environ.get("LATTICE_DATABASE_URL")
+    if not bootstrap or not database_url:
+        raise pytest.UsageError(
+            "LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL are not set: run the tests with "
+            "`make test`, or `make stack && . .lattice/stack.env` first"
+        )
+    return Stack(bootstrap, database_url)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short name unique to this test, for topics, groups and databases."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def topics(stack: Stack, unique: str) -> AsyncIterator[Topics]:
+    """Fresh `stripe.events`, `.dlq` and `usage.reported` topics for this test alone."""
+    names = Topics(f"{unique}.stripe.events", f"{unique}.stripe.events.dlq",
+                   f"{unique}.usage.reported", TEST_PARTITIONS)
+    all_names = [names.events, names.dlq, names.usage]
+    await ensure_topics(stack.kafka_bootstrap, all_names, partitions=TEST_PARTITIONS)
+    yield names
+    await delete_topics(stack.kafka_bootstrap, all_names)
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture
+async def database_url(stack: Stack, unique: str) -> AsyncIterator[str]:
+    """The URL of a fresh, empty database for this test alone (dropped afterwards)."""
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{unique}"')
+    finally:
+        await admin.close()
+    yield _with_database(stack.database_url, unique)
+    admin = await asyncpg.connect(stack.database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{unique}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def settings(stack: Stack, topics: Topics, database_url: str) -> Settings:
+    """Settings pointing at this test's topics and database."""
+    return Settings(
+        kafka_bootstrap=stack.kafka_bootstrap,
+        database_url=database_url,
+        topic=topics.events,
+        usage_topic=topics.usage,
+        partitions=topics.partitions,
+    )

@@ -1,0 +1,55 @@
+"""Reading whole topics back, for assertions on what the receiver or a projector wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+
+@dataclass(frozen=True)
+class ReadRecord:
+    """One record as it sits on the topic."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> list[ReadRecord]:
+    """Every record of `topic` from the beginning to the current end, by partition and offset."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        records: list[ReadRecord] = []
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            batch = await consumer.getmany(*remaining, timeout_ms=timeout_ms)
+            if not batch:
+                raise AssertionError(f"topic {topic} stopped short of its end offsets {ends}")
+            for tp, msgs in batch.items():
+                for msg in msgs:
+                    records.append(
+                        ReadRecord(msg.partition, msg.offset, msg.key, msg.value,
+                                   {k: v for k, v in msg.headers}, msg.timestamp)
+                    )
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
