@@ -56,6 +56,8 @@ class Settings(BaseSettings):
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     kafka_timeout: float = Field(default=10.0, gt=0)
+    # The receiver answers 503 when the broker has not acknowledged within this bound.
+    publish_timeout: float = Field(default=5.0, gt=0)
     home: Path = Path(".lattice")
     kafka_port: int = Field(default=9092, gt=0, lt=65536)
     pg_port: int = Field(default=55432, gt=0, lt=65536)
