@@ -14,7 +14,8 @@ from deploy.settings import load_settings
 def register(commands: Any) -> None:
     """Add the `stack` subcommand to the top-level parser."""
     parser: argparse.ArgumentParser = commands.add_parser(
-        "stack", help="start, stop or describe the local Kafka + PostgreSQL stack",
+        "stack",
+        help="start, stop or describe the local Kafka + PostgreSQL stack",
         description="The local stack: a real Apache Kafka broker (KRaft) and a real "
         "PostgreSQL server on 127.0.0.1, with data under --home (default .lattice/).",
     )
@@ -29,8 +30,12 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out `stack up|down|env`."""
     settings = load_settings(
-        {"home": args.home, "kafka_port": args.kafka_port, "pg_port": args.pg_port,
-         "partitions": args.partitions}
+        {
+            "home": args.home,
+            "kafka_port": args.kafka_port,
+            "pg_port": args.pg_port,
+            "partitions": args.partitions,
+        }
     )
     if args.action == "up":
         info = stack.up(settings)
@@ -40,8 +45,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"postgresql {info.database_url} ({pg_state})", file=sys.stderr)
         if info.topics_created:
             print(f"topics     created {', '.join(info.topics_created)}", file=sys.stderr)
-        print(f"ready in {info.seconds:.1f} s; `. {stack.stack_env_path(settings.home)}` "
-              "points a shell at it", file=sys.stderr)
+        print(
+            f"ready in {info.seconds:.1f} s; `. {stack.stack_env_path(settings.home)}` "
+            "points a shell at it",
+            file=sys.stderr,
+        )
     elif args.action == "down":
         stopped = stack.down(settings)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)

@@ -31,6 +31,11 @@ class PoisonRecord(Exception):
     """A record that can never be applied (unparseable, invalid); it goes to dead letters."""
 
 
+class HydrationUnavailable(Exception):
+    """The full body of a thin event cannot be fetched right now (Stripe API down, rate
+    limited): the runner waits and retries the record; it never dead-letters or skips it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """One Kafka record as a reducer sees it."""
@@ -61,7 +66,13 @@ class Record:
 
 class Projection(Protocol[C]):
     """A read model built from the log. `reduce` is pure; `apply` runs inside the
-    runner's transaction and must not open or commit one."""
+    runner's transaction and must not open or commit one (a savepoint is fine).
+
+    Optional attribute the runner honours when present: `hydrate_thin_events = True`
+    makes the runner replace each thin event (`"object": "v2.core.event"` without
+    `data`) by its full body, through the hydrator the process was given, before
+    `reduce` sees it.
+    """
 
     @property
     def name(self) -> str:

@@ -107,7 +107,9 @@ async def migrate(
                     await conn.execute(
                         "INSERT INTO lattice.migrations (projector, version, name) "
                         "VALUES ($1, $2, $3)",
-                        projection.name, migration.version, migration.name,
+                        projection.name,
+                        migration.version,
+                        migration.name,
                     )
                 applied.append(f"{projection.name}/{migration.name}")
             await apply_views(conn, projection)

@@ -61,8 +61,12 @@ def unique() -> str:
 @pytest.fixture
 async def topics(stack: Stack, unique: str) -> AsyncIterator[Topics]:
     """Fresh `stripe.events`, `.dlq` and `usage.reported` topics for this test alone."""
-    names = Topics(f"{unique}.stripe.events", f"{unique}.stripe.events.dlq",
-                   f"{unique}.usage.reported", TEST_PARTITIONS)
+    names = Topics(
+        f"{unique}.stripe.events",
+        f"{unique}.stripe.events.dlq",
+        f"{unique}.usage.reported",
+        TEST_PARTITIONS,
+    )
     all_names = [names.events, names.dlq, names.usage]
     await ensure_topics(stack.kafka_bootstrap, all_names, partitions=TEST_PARTITIONS)
     yield names

@@ -69,8 +69,9 @@ def up(settings: Settings) -> StackInfo:
         )
     )
     (home / "stack.env").write_text("".join(env_lines(bootstrap, database_url)))
-    return StackInfo(bootstrap, database_url, kafka_started, pg_started, created,
-                     time.monotonic() - began)
+    return StackInfo(
+        bootstrap, database_url, kafka_started, pg_started, created, time.monotonic() - began
+    )
 
 
 def down(settings: Settings) -> list[str]:

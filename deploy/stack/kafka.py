@@ -89,8 +89,15 @@ def ensure_jars(paths: KafkaPaths) -> None:
     mvn_log = paths.root / "mvn.log"
     with mvn_log.open("wb") as out:
         result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(POM), f"-Dkafka.libs={paths.libs.resolve()}",
-             "dependency:copy-dependencies"],
+            [
+                mvn,
+                "-B",
+                "-q",
+                "-f",
+                str(POM),
+                f"-Dkafka.libs={paths.libs.resolve()}",
+                "dependency:copy-dependencies",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
@@ -104,11 +111,21 @@ def ensure_jars(paths: KafkaPaths) -> None:
 
 
 def _java(paths: KafkaPaths, main: str, *args: str) -> list[str]:
-    java = _require_tool("java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)")
+    java = _require_tool(
+        "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+    )
     return [
-        java, "-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:TieredStopAtLevel=1",
-        "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={LOG4J}",
-        "-cp", f"{paths.libs.resolve()}/*", main, *args,
+        java,
+        "-Xms256m",
+        "-Xmx1g",
+        "-XX:+UseG1GC",
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={LOG4J}",
+        "-cp",
+        f"{paths.libs.resolve()}/*",
+        main,
+        *args,
     ]
 
 
@@ -117,8 +134,15 @@ def _format_storage(paths: KafkaPaths) -> None:
         return
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
-        _java(paths, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-              "-c", str(paths.config.resolve())),
+        _java(
+            paths,
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(paths.config.resolve()),
+        ),
         capture_output=True,
         text=True,
         check=False,
@@ -143,14 +167,17 @@ def start(home: Path, *, port: int, partitions: int, timeout: float = 60.0) -> b
     paths.data.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(
         SERVER_PROPERTIES.format(
-            port=port, controller_port=controller_port,
-            data=paths.data.resolve(), partitions=partitions,
+            port=port,
+            controller_port=controller_port,
+            data=paths.data.resolve(),
+            partitions=partitions,
         )
     )
     _format_storage(paths)
     process.spawn(
         _java(paths, "kafka.Kafka", str(paths.config.resolve())),
-        log_file=paths.log, pid_file=paths.pid, cwd=paths.root,
+        log_file=paths.log,
+        pid_file=paths.pid,
     )
     wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, pid_file=paths.pid)
     return True
@@ -175,7 +202,7 @@ def wait_ready(
         if pid_file is not None and process.running_pid(pid_file) is None:
             detail = process.tail(log) if log else ""
             raise StackError(f"the Kafka broker exited while starting; its log ends:\n{detail}")
-        if asyncio.run(broker_answers(bootstrap)):
+        if process.run_coroutine(lambda: broker_answers(bootstrap)):
             return
         time.sleep(0.25)
     where = f" (log: {log})" if log else ""

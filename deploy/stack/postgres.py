@@ -6,7 +6,6 @@ by the wheel's helper.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import os
 import pwd
@@ -70,8 +69,11 @@ def _run_as() -> str | None:
     try:
         pwd.getpwnam(SERVER_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", SERVER_USER],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", SERVER_USER],
+            check=True,
+            capture_output=True,
+        )
     install = _bin().parent
     _open_path_to(install)
     for target in [install, *install.rglob("*")]:
@@ -92,8 +94,12 @@ def _chown(path: Path, user: str | None) -> None:
 
 def _pg(user: str | None, tool: str, *args: str, timeout: float = 120) -> None:
     result = subprocess.run(
-        [str(_bin() / tool), *args], user=user, capture_output=True, text=True,
-        check=False, timeout=timeout,
+        [str(_bin() / tool), *args],
+        user=user,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=timeout,
     )
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
@@ -111,17 +117,46 @@ def start(home: Path, *, port: int, timeout: float = 60.0) -> bool:
     paths.root.mkdir(parents=True, exist_ok=True)
     _chown(paths.root, user)
     if not (paths.data / "PG_VERSION").exists():
-        _pg(user, "initdb", "-D", str(paths.data.resolve()), "-U", "postgres",
-            "--auth=trust", "--encoding=UTF8", "--locale=C", "--no-sync")
-    options = " ".join([
-        "-h 127.0.0.1", f"-p {port}", "-c unix_socket_directories=''",
-        "-c max_connections=300", "-c shared_buffers=256MB",
-        # Local stack only: a crashed process loses nothing, an OS crash may.
-        "-c fsync=off", "-c full_page_writes=off",
-    ])
+        _pg(
+            user,
+            "initdb",
+            "-D",
+            str(paths.data.resolve()),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        )
+    options = " ".join(
+        [
+            "-h 127.0.0.1",
+            f"-p {port}",
+            "-c unix_socket_directories=''",
+            "-c max_connections=300",
+            "-c shared_buffers=256MB",
+            # Local stack only: a crashed process loses nothing, an OS crash may.
+            "-c fsync=off",
+            "-c full_page_writes=off",
+        ]
+    )
     try:
-        _pg(user, "pg_ctl", "-D", str(paths.data.resolve()), "-l", str(paths.log.resolve()),
-            "-o", options, "-w", "-t", str(int(timeout)), "start", timeout=timeout + 5)
+        _pg(
+            user,
+            "pg_ctl",
+            "-D",
+            str(paths.data.resolve()),
+            "-l",
+            str(paths.log.resolve()),
+            "-o",
+            options,
+            "-w",
+            "-t",
+            str(int(timeout)),
+            "start",
+            timeout=timeout + 5,
+        )
     except StackError as exc:
         raise StackError(f"{exc}; server log: {paths.log}\n{process.tail(paths.log)}") from None
     _wait_ready(port, timeout, paths)
@@ -145,7 +180,7 @@ def stop(home: Path) -> bool:
 def _wait_ready(port: int, timeout: float, paths: PgPaths) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if asyncio.run(_ensure_database(port)):
+        if process.run_coroutine(lambda: _ensure_database(port)):
             return
         time.sleep(0.2)
     raise StackError(f"PostgreSQL on port {port} did not accept connections (log: {paths.log})")

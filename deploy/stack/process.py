@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import os
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 from deploy.stack.errors import StackError
+
+T = TypeVar("T")
+
+
+def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to completion from sync code, even when called inside an event loop
+    (tests start private brokers from async tests): then it runs on a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(factory())
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
 
 
 def running_pid(pid_file: Path) -> int | None:
@@ -59,20 +74,30 @@ def require_free_port(port: int, what: str, variable: str) -> None:
         )
 
 
-def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path, cwd: Path) -> int:
-    """Start `argv` in its own session, output appended to `log_file`; record its pid."""
+def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path) -> int:
+    """Start `argv` in its own session, output appended to `log_file`; record its pid.
+
+    posix_spawn rather than Popen: the service outlives this process, and a Popen object
+    collected while its child runs warns.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
-        proc = subprocess.Popen(
+    log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        pid = os.posix_spawnp(
+            argv[0],
             list(argv),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            dict(os.environ),
+            file_actions=[
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                (os.POSIX_SPAWN_DUP2, log_fd, 1),
+                (os.POSIX_SPAWN_DUP2, log_fd, 2),
+            ],
+            setsid=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    finally:
+        os.close(log_fd)
+    pid_file.write_text(f"{pid}\n")
+    return pid
 
 
 def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:

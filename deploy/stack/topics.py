@@ -29,8 +29,10 @@ async def ensure_topics(
         missing = [name for name in dict.fromkeys(names) if name not in existing]
         if missing:
             await admin.create_topics(
-                [NewTopic(name, partitions, replication_factor, topic_configs=config)
-                 for name in missing]
+                [
+                    NewTopic(name, partitions, replication_factor, topic_configs=config)
+                    for name in missing
+                ]
             )
         return missing
     finally:

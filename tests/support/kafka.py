@@ -45,8 +45,14 @@ async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> lis
             for tp, msgs in batch.items():
                 for msg in msgs:
                     records.append(
-                        ReadRecord(msg.partition, msg.offset, msg.key, msg.value,
-                                   {k: v for k, v in msg.headers}, msg.timestamp)
+                        ReadRecord(
+                            msg.partition,
+                            msg.offset,
+                            msg.key,
+                            msg.value,
+                            dict(msg.headers),
+                            msg.timestamp,
+                        )
                     )
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

@@ -1,0 +1,98 @@
+"""The stack is real: Kafka keeps keys, headers and bytes; PostgreSQL round-trips; a second
+`stack up` does no harm; a broker keeps its data across a stop and start."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from deploy.stack import kafka
+from deploy.stack.topics import ensure_topics
+from tests.conftest import Stack, Topics
+from tests.support.kafka import read_all
+from tests.support.ports import free_port
+
+LATTICE = [sys.executable, "-m", "deploy.cli"]
+
+
+async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
+    await producer.start()
+    try:
+        for key, value in records:
+            await producer.send_and_wait(
+                topic, value, key=key, headers=[("stripe-event-id", key), ("empty", b"")]
+            )
+    finally:
+        await producer.stop()
+
+
+async def test_records_come_back_with_key_headers_and_bytes_intact(
+    stack: Stack, topics: Topics
+) -> None:
+    # Bytes that a re-encoding would change: odd spacing, escapes, non-ASCII, no newline.
+    values = [b'{"id":"evt_1", "x" :  "\\u00e9\xc3\xa9"}', b"\x00\xff raw", b"{}"]
+    records = [(f"sub_{i}".encode(), value) for i, value in enumerate(values)]
+    await _produce(stack.kafka_bootstrap, topics.events, records)
+    got = await read_all(stack.kafka_bootstrap, topics.events)
+    assert sorted((r.key, r.value) for r in got) == sorted(records)
+    for record in got:
+        assert record.headers == {"stripe-event-id": record.key, "empty": b""}
+
+
+async def test_postgres_round_trips_types_we_rely_on(database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT $1::numeric AS n, $2::text[] AS a, to_timestamp(1764064800) AS t",
+            "0.1",
+            ["x", "y"],
+        )
+        assert row is not None
+        assert str(row["n"]) == "0.1"
+        assert row["a"] == ["x", "y"]
+        assert int(row["t"].timestamp()) == 1764064800
+    finally:
+        await conn.close()
+
+
+def test_a_second_stack_up_is_a_no_op(stack: Stack) -> None:
+    result = subprocess.run(
+        [*LATTICE, "stack", "up"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ},
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "already running" in result.stderr
+    status = subprocess.run(
+        [*LATTICE, "stack", "status"], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert status.returncode == 0
+    assert "kafka      running" in status.stdout
+
+
+async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: Path) -> None:
+    port = free_port(2)
+    topic = f"t{uuid.uuid4().hex[:8]}.durable"
+    bootstrap = f"127.0.0.1:{port}"
+    try:
+        assert kafka.start(tmp_path, port=port, partitions=1, timeout=90) is True
+        assert kafka.start(tmp_path, port=port, partitions=1, timeout=90) is False
+        await ensure_topics(bootstrap, [topic], partitions=2)
+        await _produce(bootstrap, topic, [(b"k1", b"v1"), (b"k2", b"v2")])
+        assert kafka.stop(tmp_path) is True
+        assert not kafka.is_running(tmp_path)
+        assert kafka.start(tmp_path, port=port, partitions=1, timeout=90) is True
+        got = await read_all(bootstrap, topic)
+        assert sorted((r.key, r.value) for r in got) == [(b"k1", b"v1"), (b"k2", b"v2")]
+    finally:
+        kafka.stop(tmp_path)

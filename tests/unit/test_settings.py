@@ -1,0 +1,57 @@
+"""Settings: parsing of signing secrets and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from deploy.cli import main
+from deploy.settings import ConfigError, load_settings, parse_webhook_secrets
+
+
+def test_an_endpoint_named_twice_keeps_both_secrets_for_rotation() -> None:
+    parsed = parse_webhook_secrets("platform=whsec_old, platform=whsec_new,connect=whsec_c")
+    assert parsed == {"platform": ("whsec_old", "whsec_new"), "connect": ("whsec_c",)}
+
+
+@pytest.mark.parametrize("raw", ["platform", "platform=", "=whsec_x", "a=b,c"])
+def test_malformed_secrets_are_rejected_without_echoing_them(
+    raw: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_WEBHOOK_SECRETS", raw)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert message.startswith("LATTICE_WEBHOOK_SECRETS:")
+    assert "\n" not in message
+    assert "whsec_x" not in message
+
+
+def test_a_malformed_number_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_SIGNATURE_TOLERANCE", "five minutes")
+    with pytest.raises(ConfigError, match=r"^LATTICE_SIGNATURE_TOLERANCE: "):
+        load_settings()
+
+
+def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_TOPIC", "from.env")
+    assert load_settings({"topic": "from.flag", "partitions": None}).topic == "from.flag"
+    assert load_settings().topic == "from.env"
+    assert load_settings().dlq_topic == "from.env.dlq"
+
+
+def test_the_cli_prints_one_line_and_exits_2_on_a_bad_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LATTICE_PG_PORT", "not-a-port")
+    assert main(["stack", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lattice: LATTICE_PG_PORT: ")
+    assert err.count("\n") == 1
+
+
+def test_a_missing_database_url_says_how_to_set_it() -> None:
+    settings = load_settings({"database_url": None})
+    if settings.database_url is not None:  # the test stack's URL is in the environment
+        settings = settings.model_copy(update={"database_url": None})
+    with pytest.raises(ConfigError, match="LATTICE_DATABASE_URL is not set"):
+        settings.require_database_url()

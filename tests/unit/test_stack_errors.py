@@ -1,0 +1,59 @@
+"""The local stack fails with one clear line: missing tools, busy ports, bad downloads."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from deploy.stack import kafka, process
+from deploy.stack.errors import StackError
+from tests.support.ports import free_port
+
+
+def test_a_busy_port_names_the_variable_to_change(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(StackError, match=rf"port {port} .* set LATTICE_KAFKA_PORT"):
+            kafka.start(tmp_path, port=port, partitions=1)
+
+
+def test_missing_java_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "kafka" / "libs").mkdir(parents=True)
+    (tmp_path / "kafka" / "libs" / "kafka_2.13-4.4.0.jar").write_bytes(b"")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(StackError, match=r"`java` is not on PATH: install Java 17"):
+        kafka.start(tmp_path, port=free_port(2), partitions=1)
+
+
+def test_missing_maven_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    with pytest.raises(StackError, match=r"`mvn` is not on PATH: install Maven"):
+        kafka.ensure_jars(kafka.KafkaPaths(tmp_path / "kafka"))
+
+
+def test_a_failed_maven_resolution_points_at_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    mvn = fake_bin / "mvn"
+    mvn.write_text("#!/bin/sh\necho 'Could not resolve org.apache.kafka:kafka_2.13' >&2\nexit 1\n")
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}")
+    with pytest.raises(StackError, match=r"Maven could not resolve .* \(see .*mvn\.log\)"):
+        kafka.ensure_jars(kafka.KafkaPaths(tmp_path / "kafka"))
+    assert "Could not resolve" in (tmp_path / "kafka" / "mvn.log").read_text()
+
+
+def test_a_stale_pid_file_is_not_a_running_process(tmp_path: Path) -> None:
+    pid_file = tmp_path / "x.pid"
+    pid_file.write_text("999999999\n")
+    assert process.running_pid(pid_file) is None
+    assert process.stop(pid_file) is False
+    assert not pid_file.exists()
