@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     home: Path = Path(".lattice")
     kafka_port: int = Field(default=9092, gt=0, lt=65536)
     pg_port: int = Field(default=55432, gt=0, lt=65536)
+    # Projector runtime: records per batch, how long a batch waits to fill, and how many
+    # attempts a failing record gets before it is dead-lettered.
+    projector_batch_size: int = Field(default=5000, gt=0)
+    projector_batch_wait_ms: int = Field(default=200, ge=0)
+    poison_retries: int = Field(default=3, ge=1)
 
     @field_validator("webhook_secrets")
     @classmethod
