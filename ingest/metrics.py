@@ -1,0 +1,50 @@
+"""The receiver's Prometheus metrics, in a registry of its own (one per app, no globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class ReceiverMetrics:
+    """Counters by endpoint, event type and outcome; request latency; producer errors."""
+
+    registry: CollectorRegistry
+    deliveries: Counter
+    latency: Histogram
+    producer_errors: Counter
+
+    def producer_error(self, reason: str) -> None:
+        """Count one failed or timed-out append to Kafka."""
+        self.producer_errors.labels(reason=reason).inc()
+
+
+def create_metrics() -> ReceiverMetrics:
+    """Fresh metrics in a fresh registry."""
+    registry = CollectorRegistry(auto_describe=True)
+    return ReceiverMetrics(
+        registry=registry,
+        deliveries=Counter(
+            "lattice_webhook_deliveries",
+            "Webhook deliveries by endpoint, event type (empty until verified) and outcome.",
+            ["endpoint", "event_type", "outcome"],
+            registry=registry,
+        ),
+        latency=Histogram(
+            "lattice_webhook_duration_seconds",
+            "Time from request to answer, including the wait for Kafka's acknowledgement.",
+            ["endpoint", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        ),
+        producer_errors=Counter(
+            "lattice_kafka_producer_errors",
+            "Appends to the event log that failed or were not acknowledged in time.",
+            ["reason"],
+            registry=registry,
+        ),
+    )

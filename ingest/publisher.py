@@ -1,0 +1,152 @@
+"""Appending accepted deliveries to the event log: an idempotent, acks=all aiokafka producer.
+
+`publish` returns only once the broker has acknowledged the record (so a 200 means it is
+on the log) and never waits longer than the configured bound: a broker that is down or
+slow turns into `PublishUnavailable`, which the app answers with 503 so Stripe retries.
+If the broker is unreachable at start-up, or the producer fails for good, a background
+task keeps building a new producer until one connects: the receiver heals by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingest.record import LogRecord
+
+log = structlog.get_logger("ingest.publisher")
+
+LINGER_MS = 5  # long enough to batch concurrent deliveries, short against a webhook timeout
+COMPRESSION = "zstd"  # best ratio per CPU for JSON bodies among the codecs Kafka speaks
+RECONNECT_SECONDS = 1.0
+
+
+class PublishUnavailable(Exception):
+    """The broker did not acknowledge in time; `reason` names why (for 503 and metrics)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Publisher:
+    """One producer for one topic, owned by the app's lifespan."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        timeout: float,
+        on_error: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.topic = topic
+        self._bootstrap = bootstrap
+        self._timeout = timeout
+        self._on_error = on_error
+        self._producer: AIOKafkaProducer | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        ms = int(self._timeout * 1000)
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=LINGER_MS,
+            compression_type=COMPRESSION,
+            # A record nobody waits for any more (we answered 503) is not kept for long.
+            request_timeout_ms=max(ms, 1000),
+            retry_backoff_ms=100,
+            metadata_max_age_ms=30_000,
+        )
+
+    async def start(self) -> None:
+        """Connect now if the broker answers, else keep trying in the background."""
+        if not await self._try_connect():
+            self._connector = asyncio.create_task(self._keep_connecting())
+
+    async def _try_connect(self) -> bool:
+        producer = self._new_producer()
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as exc:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+            log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
+            return False
+        self._producer = producer
+        log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
+        return True
+
+    async def _keep_connecting(self) -> None:
+        while not self._closing:
+            if await self._try_connect():
+                return
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+    async def stop(self) -> None:
+        """Flush what is pending and close the producer."""
+        self._closing = True
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, record: LogRecord) -> tuple[int, int]:
+        """Append `record`; return (partition, offset) once acknowledged by all replicas."""
+        producer = self._producer
+        if producer is None:
+            self._on_error("not_connected")
+            raise PublishUnavailable("not_connected", "not connected to Kafka yet")
+        try:
+            async with asyncio.timeout(self._timeout):
+                future = await producer.send(
+                    self.topic,
+                    value=record.value,
+                    key=record.key,
+                    headers=record.headers,
+                    timestamp_ms=record.timestamp_ms,
+                )
+                future.add_done_callback(_retrieve)
+                # Shielded: giving up on the answer must not cancel aiokafka's own future.
+                metadata: Any = await asyncio.shield(future)
+        except TimeoutError:
+            self._on_error("timeout")
+            raise PublishUnavailable(
+                "kafka_timeout", f"Kafka did not acknowledge within {self._timeout:g} s"
+            ) from None
+        except KafkaError as exc:
+            self._on_error(type(exc).__name__)
+            raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
+        return int(metadata.partition), int(metadata.offset)
+
+    async def ready(self, timeout: float = 2.0) -> bool:
+        """True when the broker answers a metadata request now."""
+        producer = self._producer
+        if producer is None:
+            return False
+        try:
+            async with asyncio.timeout(timeout):
+                await producer.client.fetch_all_metadata()
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # A send we stopped waiting for may fail later; read its error so asyncio does not
+    # report it as never retrieved (the request already got its 503).
+    if not future.cancelled() and future.exception() is not None:
+        logging.getLogger("ingest.publisher").debug("late send failure: %s", future.exception())

@@ -1,0 +1,287 @@
+"""The receiver against the real broker: every answer checked against what is on the topic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+
+from deploy.settings import Settings
+from ingest.app import create_app
+from ingest.signature import sign_header
+from tests.support.kafka import ReadRecord, read_all
+
+pytestmark = pytest.mark.integration
+
+PLATFORM_OLD = "whsec_" + secrets.token_hex(16)
+PLATFORM_NEW = "whsec_" + secrets.token_hex(16)
+CONNECT = "whsec_" + secrets.token_hex(16)
+API_VERSION = "2025-10-29.clover"
+
+
+def receiver_settings(base: Settings, **update: Any) -> Settings:
+    """`base` (this test's topics) with signing secrets for `platform` (rotating) and `connect`."""
+    pairs = f"platform={PLATFORM_OLD},platform={PLATFORM_NEW},connect={CONNECT}"
+    return base.model_copy(update={"webhook_secrets": SecretStr(pairs), **update})
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process with its lifespan running, and a client that talks to it."""
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://receiver"
+        ) as client,
+    ):
+        yield client
+
+
+def subscription_event(n: int, *, account: str | None = None) -> dict[str, Any]:
+    """A `customer.subscription.updated` snapshot event in the current API shape."""
+    sub_id = f"sub_{secrets.token_hex(8)}"
+    event: dict[str, Any] = {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": 1764064800 + n,
+        "data": {
+            "object": {
+                "id": sub_id,
+                "object": "subscription",
+                "customer": "cus_QXg1o8vcGmoR32",
+                "status": "active",
+                "cancel_at_period_end": False,
+                "created": 1764000000,
+                "livemode": False,
+                "items": {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": f"si_{secrets.token_hex(6)}",
+                            "object": "subscription_item",
+                            "current_period_start": 1764000000,
+                            "current_period_end": 1766592000,
+                            "quantity": 1,
+                            "subscription": sub_id,
+                        }
+                    ],
+                },
+            },
+            "previous_attributes": {"cancel_at_period_end": True},
+        },
+        "livemode": False,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": "customer.subscription.updated",
+    }
+    if account is not None:
+        event["account"] = account
+    return event
+
+
+def thin_event(*, context: str | None = None) -> dict[str, Any]:
+    """A thin `v1.billing.meter.error_report_triggered` event (RFC 3339 `created`)."""
+    meter = f"mtr_{secrets.token_hex(8)}"
+    event: dict[str, Any] = {
+        "id": f"evt_{secrets.token_hex(12)}",
+        "object": "v2.core.event",
+        "type": "v1.billing.meter.error_report_triggered",
+        "created": "2026-11-25T10:00:00.123Z",
+        "livemode": False,
+        "related_object": {
+            "id": meter,
+            "type": "billing.meter",
+            "url": f"/v1/billing/meters/{meter}",
+        },
+    }
+    if context is not None:
+        event["context"] = context
+    return event
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    """Stripe's own layout (2-space indent), so byte-for-byte means more than re-encoding."""
+    return json.dumps(event, indent=2).encode()
+
+
+def signed(body: bytes, secret: str, *, at: int | None = None) -> dict[str, str]:
+    """Headers of a delivery signed like Stripe."""
+    stamp = int(time.time()) if at is None else at
+    return {"Stripe-Signature": sign_header(body, secret, stamp), "Content-Type": JSON}
+
+
+JSON = "application/json"
+
+
+def by_event_id(records: list[ReadRecord]) -> dict[str, ReadRecord]:
+    """Records keyed by their `stripe-event-id` header."""
+    return {r.headers["stripe-event-id"].decode(): r for r in records}
+
+
+async def test_answers_match_what_is_on_the_topic(settings: Settings) -> None:
+    config = receiver_settings(settings, max_body_bytes=64 * 1024)
+    before_ms = int(time.time() * 1000)
+    accepted: dict[str, tuple[bytes, str, dict[str, bytes]]] = {}
+    async with running(config) as client:
+        # Accepted: a snapshot event, a Connect snapshot signed with the new secret next to a
+        # stale one (rotation), a thin Connect event.
+        snap = subscription_event(1)
+        body = encode(snap)
+        answer = await client.post(
+            "/webhooks/platform", content=body, headers=signed(body, PLATFORM_OLD)
+        )
+        assert (answer.status_code, answer.json()) == (200, {"received": True})
+        accepted[snap["id"]] = (
+            body,
+            snap["data"]["object"]["id"],
+            {"lattice-endpoint": b"platform"},
+        )
+
+        connect = subscription_event(2, account="acct_1Pgc6rB7WZ01zgkW")
+        body = encode(connect)
+        header = sign_header(body, PLATFORM_NEW, int(time.time()))
+        header += ",v1=" + "0" * 64 + ",v0=" + "1" * 64
+        answer = await client.post(
+            "/webhooks/platform", content=body, headers={"Stripe-Signature": header}
+        )
+        assert answer.status_code == 200, answer.text
+        accepted[connect["id"]] = (
+            body,
+            connect["data"]["object"]["id"],
+            {"lattice-endpoint": b"platform", "stripe-account": b"acct_1Pgc6rB7WZ01zgkW"},
+        )
+
+        thin = thin_event(context="acct_1Nv0FGQ9RKHgCVdK")
+        body = encode(thin)
+        answer = await client.post("/webhooks/connect", content=body, headers=signed(body, CONNECT))
+        assert answer.status_code == 200, answer.text
+        accepted[thin["id"]] = (
+            body,
+            thin["related_object"]["id"],
+            {"lattice-endpoint": b"connect", "stripe-account": b"acct_1Nv0FGQ9RKHgCVdK"},
+        )
+
+        rejected = list(_rejections(config.max_body_bytes))
+        for path, content, headers, status, reason in rejected:
+            answer = await client.post(path, content=content, headers=headers)
+            assert answer.status_code == status, (reason, answer.text)
+            assert answer.json()["error"] == reason
+        metrics = (await client.get("/metrics")).text
+    after_ms = int(time.time() * 1000)
+
+    records = await read_all(settings.kafka_bootstrap, config.topic)
+    assert len(records) == len(accepted), "a rejected delivery wrote to the log"
+    for event_id, record in by_event_id(records).items():
+        body, key, extra = accepted[event_id]
+        event = json.loads(body)
+        assert record.value == body
+        assert record.key == key.encode()
+        received_at = record.headers.pop("lattice-received-at").decode()
+        assert record.headers == {
+            "stripe-event-id": event_id.encode(),
+            "stripe-event-type": event["type"].encode(),
+            "stripe-livemode": b"false",
+            **({"stripe-api-version": API_VERSION.encode()} if "api_version" in event else {}),
+            **extra,
+        }
+        moment_ms = int(datetime.fromisoformat(received_at).timestamp() * 1000)
+        assert before_ms <= record.timestamp_ms == moment_ms <= after_ms
+    assert (
+        'lattice_webhook_deliveries_total{endpoint="platform",'
+        'event_type="customer.subscription.updated",outcome="accepted"} 2.0' in metrics
+    )
+    assert 'outcome="bad_signature"' in metrics
+
+
+def _rejections(limit: int) -> Iterator[tuple[str, bytes, dict[str, str], int, str]]:
+    """(path, body, headers, status, error) for every way a delivery is refused."""
+    body = encode(subscription_event(9))
+    now = int(time.time())
+    yield "/webhooks/nowhere", body, signed(body, PLATFORM_OLD), 404, "unknown_endpoint"
+    yield "/webhooks/platform", body, {}, 400, "missing_signature"
+    yield "/webhooks/platform", body, signed(body, CONNECT), 400, "bad_signature"
+    yield "/webhooks/platform", body + b" ", signed(body, PLATFORM_OLD), 400, "bad_signature"
+    upper = sign_header(body, PLATFORM_OLD, now).upper().replace("T=", "t=").replace("V1=", "v1=")
+    yield "/webhooks/platform", body, {"Stripe-Signature": upper}, 400, "bad_signature"
+    v0_only = sign_header(body, PLATFORM_OLD, now).replace("v1=", "v0=")
+    yield "/webhooks/platform", body, {"Stripe-Signature": v0_only}, 400, "no_v1_signature"
+    yield "/webhooks/platform", body, {"Stripe-Signature": "v1=abc"}, 400, "malformed_signature"
+    for stale in (now - 301, now + 301):
+        headers = signed(body, PLATFORM_OLD, at=stale)
+        yield "/webhooks/platform", body, headers, 400, "timestamp_out_of_tolerance"
+    for bad in (
+        b"not json",
+        b"[1, 2]",
+        json.dumps({**subscription_event(9), "id": "cus_123"}).encode(),
+        json.dumps({**subscription_event(9), "object": "customer"}).encode(),
+        json.dumps({**subscription_event(9), "type": 7}).encode(),
+        json.dumps({**subscription_event(9), "created": True}).encode(),
+        json.dumps({**thin_event(), "created": "yesterday"}).encode(),
+    ):
+        reason = "invalid_json" if bad == b"not json" else "not_an_event"
+        yield "/webhooks/platform", bad, signed(bad, PLATFORM_OLD), 400, reason
+    big = b" " * (limit + 1)
+    yield "/webhooks/platform", big, signed(big, PLATFORM_OLD), 413, "too_large"
+
+
+async def test_oversize_body_is_refused_while_it_streams(settings: Settings) -> None:
+    config = receiver_settings(settings, max_body_bytes=64 * 1024)
+    chunk, chunks = b"x" * 16 * 1024, 64
+    pulled = 0
+
+    async def stream() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        for _ in range(chunks):
+            pulled += 1
+            yield chunk
+
+    async with running(config) as client:
+        # No Content-Length: the limit can only be found by counting what arrives.
+        answer = await client.post(
+            "/webhooks/platform", content=stream(), headers={"Stripe-Signature": "t=1,v1=00"}
+        )
+        assert answer.status_code == 413
+        assert answer.json()["error"] == "too_large"
+    assert pulled <= config.max_body_bytes // len(chunk) + 1 < chunks
+    assert await read_all(settings.kafka_bootstrap, config.topic) == []
+
+
+async def test_probes(settings: Settings) -> None:
+    async with running(receiver_settings(settings)) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).json() == {"ready": True}
+        assert (await client.get("/webhooks/platform")).status_code == 405
+        metrics = await client.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert "lattice_kafka_producer_errors" in metrics.text
+
+
+async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
+    config = receiver_settings(settings, publish_timeout=30.0)
+    events = [subscription_event(n) for n in range(2000)]
+    async with running(config) as client:
+
+        async def deliver(event: dict[str, Any]) -> int:
+            body = encode(event)
+            answer = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            return answer.status_code
+
+        statuses = await asyncio.gather(*(deliver(e) for e in events))
+    assert Counter(statuses) == {200: len(events)}
+    records = await read_all(settings.kafka_bootstrap, config.topic)
+    on_topic = Counter(r.headers["stripe-event-id"].decode() for r in records)
+    assert on_topic == Counter(e["id"] for e in events)
