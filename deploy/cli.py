@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from deploy import stack_cli
 from deploy.settings import ConfigError
 from deploy.stack.errors import StackError
+from projectors import cli as projectors_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.register(commands)
+    projectors_cli.register(commands)
     return parser
 
 

@@ -18,10 +18,13 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from deploy.settings import Settings
 
 C = TypeVar("C")
+# What the runtime hands to `apply`: a pooled connection or a plain one.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 LIVE_SCHEMA = "projections"
 BOOKKEEPING_SCHEMA = "lattice"

@@ -1,0 +1,235 @@
+"""One batch, one transaction: reduce the records, apply the changes, move the positions.
+
+Shared by the live runner and by replay (which writes into a shadow schema under its own
+positions). Poison is isolated here: a reducer that keeps failing, or an apply that fails
+for one record alone (found with per-record savepoints after the batch apply failed), is
+retried a bounded number of times and then dead-lettered; the position moves past it.
+A lost connection is never poison: it propagates, and the caller reconnects and re-seeks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiokafka import TopicPartition
+
+from projectors import deadletter, offsets
+from projectors.base import Connection, HydrationUnavailable, Record
+from projectors.deadletter import DeadLetter, DeadLetterSink
+
+Hydrate = Callable[[Record], Awaitable[Record]]
+THIN_EVENT = "v2.core.event"
+log = structlog.get_logger("lattice.projector")
+
+
+class Abandoned(Exception):
+    """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures of the database itself, not of a record: a lost or refused
+    connection, a server shutting down, a serialization failure or deadlock, a plan made
+    stale by a replay swap. The batch is retried whole; nothing is dead-lettered."""
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return True
+    if isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.InvalidCachedStatementError
+        | asyncpg.exceptions.InsufficientResourcesError,
+    ):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None)
+    # Class 40: transaction rollback (serialization failure, deadlock detected).
+    return isinstance(sqlstate, str) and sqlstate.startswith("40")
+
+
+def is_thin(record: Record) -> bool:
+    """A thin event: `"object": "v2.core.event"` and no `data` (needs its full body)."""
+    if THIN_EVENT.encode() not in record.value:
+        return False
+    try:
+        parsed = orjson.loads(record.value)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(parsed, dict) and parsed.get("object") == THIN_EVENT and "data" not in parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one committed batch did."""
+
+    records: int
+    changes: int
+    dead: int
+
+
+class BatchApplier:
+    """Turns batches of one projection into committed transactions."""
+
+    def __init__(
+        self,
+        projection: Any,
+        pool: asyncpg.Pool,
+        dead_letters: DeadLetterSink,
+        *,
+        schema: str,
+        projector_key: str,
+        retries: int = 3,
+        hydrate: Hydrate | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.projection = projection
+        self.pool = pool
+        self.dead_letters = dead_letters
+        self.schema = schema
+        self.key = projector_key
+        self.retries = max(1, retries)
+        self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
+        self.stop = stop or asyncio.Event()
+        self._search_path = f'SET LOCAL search_path TO "{schema}", public'
+
+    async def commit(
+        self,
+        batch: Mapping[TopicPartition, Sequence[Record]],
+        expected: Mapping[TopicPartition, int | None],
+    ) -> Outcome:
+        """Apply `batch` and move its partitions from `expected`, in one transaction.
+
+        Raises PositionConflict (rolled back; re-seek), a transient database error
+        (rolled back; reconnect and re-seek) or Abandoned (shutdown while waiting)."""
+        moves = {
+            tp: offsets.Advance(expected.get(tp), recs[-1].offset + 1, recs[-1].timestamp_ms)
+            for tp, recs in batch.items()
+            if recs
+        }
+        reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
+        changes = sum(len(c) for _, c in reduced)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(self._search_path)
+            # Positions first: a zombie fails before doing the work, and the row locks are
+            # taken before the table locks, the same order a replay swap uses.
+            await offsets.compare_and_set(conn, self.key, moves)
+            dead += await self._apply(conn, reduced)
+            if dead:
+                await self.dead_letters.send(dead)
+                await deadletter.record(conn, dead)
+        return Outcome(sum(len(r) for r in batch.values()), changes, len(dead))
+
+    async def _reduce(
+        self, records: Sequence[Record]
+    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter]]:
+        reduced: list[tuple[Record, Sequence[Any]]] = []
+        dead: list[DeadLetter] = []
+        reduce = self.projection.reduce
+        for record in records:
+            try:
+                # The hot path: one call, no retry bookkeeping, when the record is fine.
+                source = record if self.hydrate is None else await self._hydrated(record)
+                reduced.append((record, reduce(source)))
+            except Abandoned:
+                raise
+            except Exception as first:
+                outcome = await self._retry_reduce(record, first)
+                if isinstance(outcome, DeadLetter):
+                    dead.append(outcome)
+                else:
+                    reduced.append((record, outcome))
+        return reduced, dead
+
+    async def _retry_reduce(self, record: Record, first: Exception) -> Sequence[Any] | DeadLetter:
+        error: Exception = first
+        for _ in range(self.retries - 1):
+            try:
+                source = record if self.hydrate is None else await self._hydrated(record)
+                result: Sequence[Any] = self.projection.reduce(source)
+                return result
+            except Abandoned:
+                raise
+            except Exception as exc:
+                error = exc
+        return self._letter(record, "reduce", error)
+
+    async def _hydrated(self, record: Record) -> Record:
+        assert self.hydrate is not None
+        if not is_thin(record):
+            return record
+        delay = 0.5
+        while True:
+            try:
+                return await self.hydrate(record)
+            except HydrationUnavailable as exc:
+                log.warning(
+                    "hydration unavailable; waiting",
+                    projector=self.key,
+                    partition=record.partition,
+                    offset=record.offset,
+                    error=str(exc),
+                    retry_in_s=delay,
+                )
+            try:
+                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+            except TimeoutError:
+                delay = min(delay * 2, 30.0)
+                continue
+            raise Abandoned("shutdown while waiting for the hydrator")
+
+    async def _apply(
+        self, conn: Connection, reduced: Sequence[tuple[Record, Sequence[Any]]]
+    ) -> list[DeadLetter]:
+        changes = [change for _, cs in reduced for change in cs]
+        if not changes:
+            return []
+        try:
+            async with conn.transaction():
+                await self.projection.apply(conn, changes)
+            return []
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.warning(
+                "batch apply failed; isolating records with savepoints",
+                projector=self.key,
+                records=len(reduced),
+                error=str(exc),
+            )
+        return [
+            letter
+            for record, cs in reduced
+            if cs and (letter := await self._apply_one(conn, record, cs)) is not None
+        ]
+
+    async def _apply_one(
+        self, conn: Connection, record: Record, changes: Sequence[Any]
+    ) -> DeadLetter | None:
+        error: Exception | None = None
+        for _ in range(self.retries):
+            try:
+                async with conn.transaction():
+                    await self.projection.apply(conn, changes)
+                return None
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                error = exc
+        assert error is not None
+        return self._letter(record, "apply", error)
+
+    def _letter(self, record: Record, stage: str, error: Exception) -> DeadLetter:
+        message = f"{stage} failed after {self.retries} attempts: {type(error).__name__}: {error}"
+        log.error(
+            "dead letter",
+            projector=self.key,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=message,
+        )
+        return DeadLetter(self.projection.name, record, message)

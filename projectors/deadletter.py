@@ -1,0 +1,94 @@
+"""Dead letters: records a projector gave up on, sent to `<topic>.dlq` with why and where.
+
+The record keeps its key, value and headers and gains `lattice-error`,
+`lattice-projector`, `lattice-origin-topic`, `lattice-origin-partition` and
+`lattice-origin-offset`. Each is also written to `lattice.dead_letters` in the
+transaction that moves the position past it, so `lattice status` can count them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from projectors.base import Connection, Record
+
+HEADER_ERROR = "lattice-error"
+HEADER_PROJECTOR = "lattice-projector"
+HEADER_ORIGIN_TOPIC = "lattice-origin-topic"
+HEADER_ORIGIN_PARTITION = "lattice-origin-partition"
+HEADER_ORIGIN_OFFSET = "lattice-origin-offset"
+# Kafka headers are small by convention; a traceback-sized message helps nobody.
+MAX_ERROR_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One record a projector could not apply, and why."""
+
+    projector: str
+    record: Record
+    error: str
+
+
+def headers_for(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    """The original headers plus the dead-letter headers (pure)."""
+    record = letter.record
+    ours = {
+        HEADER_ERROR: letter.error[:MAX_ERROR_CHARS].encode(),
+        HEADER_PROJECTOR: letter.projector.encode(),
+        HEADER_ORIGIN_TOPIC: record.topic.encode(),
+        HEADER_ORIGIN_PARTITION: str(record.partition).encode(),
+        HEADER_ORIGIN_OFFSET: str(record.offset).encode(),
+    }
+    kept = [(k, v) for k, v in record.headers.items() if k not in ours]
+    return [*kept, *ours.items()]
+
+
+class DeadLetterSink(Protocol):
+    """Where dead letters go; `send` returns once they are durably written."""
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None: ...
+
+
+class KafkaDeadLetters:
+    """Dead letters produced to the dead-letter topic (acks=all, idempotent)."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        """Produce every letter and wait until the broker acknowledged each one."""
+        futures = [
+            await self._producer.send(
+                self.topic,
+                value=letter.record.value,
+                key=letter.record.key,
+                headers=headers_for(letter),
+            )
+            for letter in letters
+        ]
+        for future in futures:
+            await future
+
+
+async def record(conn: Connection, letters: Sequence[DeadLetter]) -> None:
+    """Note the letters in `lattice.dead_letters`, in the caller's transaction."""
+    await conn.executemany(
+        "INSERT INTO lattice.dead_letters (projector, topic, partition, kafka_offset, error) "
+        "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        [
+            (
+                lt.projector,
+                lt.record.topic,
+                lt.record.partition,
+                lt.record.offset,
+                lt.error[:MAX_ERROR_CHARS],
+            )
+            for lt in letters
+        ],
+    )

@@ -1,0 +1,87 @@
+"""The `events` reducer (pure): one log record in, one index row out.
+
+Reads snapshot events (`created` in Unix seconds, `data.object.id`, `account`) and thin
+events (`created` in RFC 3339, `related_object.id`, `context`) alike.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from ingest.record import HEADER_RECEIVED_AT, account_of
+from projectors.base import PoisonRecord, Record
+
+
+class EventRow(NamedTuple):
+    """One row of `projections.events` (times as Unix seconds)."""
+
+    id: str
+    type: str
+    created: float
+    account: str | None
+    livemode: bool
+    api_version: str | None
+    object_id: str | None
+    topic: str
+    partition: int
+    kafka_offset: int
+    received_at: float
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise PoisonRecord("`created` is a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            raise PoisonRecord(f"`created` is not RFC 3339: {value[:40]!r}") from None
+    raise PoisonRecord("`created` is missing")
+
+
+def _object_id(event: dict[str, Any]) -> str | None:
+    for holder, field in ((event.get("data"), "object"), (event, "related_object")):
+        if isinstance(holder, dict):
+            obj = holder.get(field)
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                return str(obj["id"])
+    return None
+
+
+def _received(record: Record) -> float:
+    header = record.header(HEADER_RECEIVED_AT)
+    if header:
+        try:
+            return datetime.fromisoformat(header).timestamp()
+        except ValueError:
+            pass  # a malformed header is not worth a dead letter: the Kafka time says it too
+    return record.timestamp_ms / 1000.0
+
+
+def reduce(record: Record) -> list[EventRow]:
+    """The index row of one record; PoisonRecord when it is not a Stripe event."""
+    event = record.json()
+    event_id, event_type = event.get("id"), event.get("type")
+    if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+        raise PoisonRecord("not a Stripe event: `id` is missing or not an evt_ id")
+    if not isinstance(event_type, str) or not event_type:
+        raise PoisonRecord(f"{event_id}: `type` is missing")
+    api_version = event.get("api_version")
+    return [
+        EventRow(
+            id=event_id,
+            type=event_type,
+            created=_seconds(event.get("created")),
+            account=account_of(event),
+            livemode=event.get("livemode") is True,
+            api_version=api_version if isinstance(api_version, str) else None,
+            object_id=_object_id(event),
+            topic=record.topic,
+            partition=record.partition,
+            kafka_offset=record.offset,
+            received_at=_received(record),
+        )
+    ]

@@ -1,0 +1,259 @@
+"""The consume → apply → commit loop of one projection.
+
+One aiokafka consumer per projection, group `lattice.<name>`, auto-commit off. Positions
+live in `lattice.offsets`, written with the rows in one transaction (`batch.py`); on every
+assignment the consumer seeks to them. Kafka's committed offsets are never used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.structs import ConsumerRecord
+
+from deploy.settings import Settings
+from projectors import offsets
+from projectors.base import LIVE_SCHEMA, Record
+from projectors.batch import Abandoned, BatchApplier, Hydrate, is_transient
+from projectors.deadletter import DeadLetterSink
+from projectors.metrics import RuntimeMetrics
+from projectors.offsets import PositionConflict
+
+log = structlog.get_logger("lattice.projector")
+MAX_BACKOFF_S = 10.0
+
+
+def group_of(name: str) -> str:
+    """The Kafka consumer group of a projection."""
+    return f"lattice.{name}"
+
+
+def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
+    """An aiokafka record as the reducer sees it."""
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value if msg.value is not None else b"",
+        headers=dict(msg.headers),
+        timestamp_ms=msg.timestamp,
+    )
+
+
+class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Seek to the positions in PostgreSQL on every assignment."""
+
+    def __init__(self, runner: ProjectionRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        # Waiting for the batch in flight lets it commit before another consumer starts.
+        async with self.runner.lock:
+            for tp in revoked:
+                self.runner.positions.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        async with self.runner.lock:
+            await self.runner.seek_to_stored(list(assigned))
+
+
+class ProjectionRunner:
+    """Runs one projection until `stop` is set."""
+
+    def __init__(
+        self,
+        projection: Any,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        dead_letters: DeadLetterSink,
+        *,
+        hydrate: Hydrate | None = None,
+        metrics: RuntimeMetrics | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.projection = projection
+        self.name: str = projection.name
+        self.settings = settings
+        self.pool = pool
+        self.stop = stop or asyncio.Event()
+        self.metrics = metrics or RuntimeMetrics()
+        self.applier = BatchApplier(
+            projection,
+            pool,
+            dead_letters,
+            schema=LIVE_SCHEMA,
+            projector_key=self.name,
+            retries=settings.poison_retries,
+            hydrate=hydrate,
+            stop=self.stop,
+        )
+        self.lock = asyncio.Lock()
+        # The stored position of each assigned partition (None: nothing stored yet).
+        self.positions: dict[TopicPartition, int | None] = {}
+        self.consumer: AIOKafkaConsumer | None = None
+        self._needs_seek = False
+        self._backoff = 0.5
+
+    def _consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=group_of(self.name),
+            client_id=f"lattice-{self.name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+
+    async def run(self) -> None:
+        """Consume, apply and commit until `stop` is set; then leave the group cleanly."""
+        consumer = self._consumer()
+        self.consumer = consumer
+        consumer.subscribe(
+            list(self.projection.topics(self.settings)), listener=_SeekToStored(self)
+        )
+        await consumer.start()
+        log.info("projector started", projector=self.name, group=group_of(self.name))
+        try:
+            while not self.stop.is_set():
+                if self._needs_seek and not await self._reseek():
+                    await self._pause()
+                    continue
+                fetched = await consumer.getmany(
+                    timeout_ms=self.settings.projector_batch_wait_ms,
+                    max_records=self.settings.projector_batch_size,
+                )
+                if fetched and not self.stop.is_set():
+                    await self._process(fetched)
+        finally:
+            await consumer.stop()
+            log.info("projector stopped", projector=self.name)
+
+    async def _process(
+        self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
+    ) -> None:
+        started = time.monotonic()
+        async with self.lock:
+            batch: dict[TopicPartition, list[Record]] = {}
+            for tp, msgs in fetched.items():
+                if tp not in self.positions:
+                    continue  # revoked while the fetch was in flight
+                stored = self.positions[tp]
+                records = [to_record(m) for m in msgs if stored is None or m.offset >= stored]
+                if records:
+                    batch[tp] = records
+            if not batch:
+                return
+            try:
+                outcome = await self.applier.commit(batch, self.positions)
+            except PositionConflict as exc:
+                self.metrics.conflicts.labels(self.name).inc()
+                log.warning("positions moved; re-seeking", projector=self.name, error=str(exc))
+                self._needs_seek = True
+                return
+            except Abandoned:
+                return
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning(
+                    "database unavailable; will reconnect and re-seek",
+                    projector=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                self._needs_seek = True
+            else:
+                for tp, records in batch.items():
+                    self.positions[tp] = records[-1].offset + 1
+                self._backoff = 0.5
+                self._observe(batch, outcome.records, outcome.dead, started)
+                return
+        await self._pause()
+
+    def _observe(
+        self,
+        batch: Mapping[TopicPartition, Sequence[Record]],
+        count: int,
+        dead: int,
+        started: float,
+    ) -> None:
+        seconds = time.monotonic() - started
+        m = self.metrics
+        m.events.labels(self.name).inc(count)
+        m.batch_size.labels(self.name).observe(count)
+        m.batch_seconds.labels(self.name).observe(seconds)
+        if dead:
+            m.dead_letters.labels(self.name).inc(dead)
+        assert self.consumer is not None
+        for tp in batch:
+            end = self.consumer.highwater(tp)
+            position = self.positions.get(tp)
+            if end is not None and position is not None:
+                m.lag.labels(self.name, tp.topic, str(tp.partition)).set(end - position)
+        log.info(
+            "batch",
+            projector=self.name,
+            records=count,
+            dead=dead,
+            partitions=sorted(tp.partition for tp in batch),
+            ms=round(seconds * 1000, 1),
+        )
+
+    async def seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
+        """Seek each partition to its stored position (the beginning when none); on a
+        database failure pause them and retry from the main loop."""
+        assert self.consumer is not None
+        for tp in list(self.positions):
+            if tp not in partitions:
+                del self.positions[tp]
+        if not partitions:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                stored = await offsets.load(conn, self.name, partitions)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning(
+                "cannot read stored positions; pausing",
+                projector=self.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            self.consumer.pause(*partitions)
+            for tp in partitions:
+                self.positions.setdefault(tp, None)
+            self._needs_seek = True
+            return
+        for tp, position in stored.items():
+            if position is None:
+                await self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, position)
+            self.positions[tp] = position
+        self.consumer.resume(*partitions)
+        self._needs_seek = False
+        log.info(
+            "seeked to stored positions",
+            projector=self.name,
+            positions={f"{tp.topic}:{tp.partition}": p for tp, p in stored.items()},
+        )
+
+    async def _reseek(self) -> bool:
+        assert self.consumer is not None
+        async with self.lock:
+            await self.seek_to_stored(list(self.consumer.assignment()))
+        return not self._needs_seek
+
+    async def _pause(self) -> None:
+        """Wait before touching the database again (or until shutdown)."""
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=self._backoff)
+        except TimeoutError:
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)

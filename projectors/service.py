@@ -1,0 +1,97 @@
+"""`lattice project`: run several projections in one process, sharing one pool and one
+dead-letter producer, until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from deploy.settings import Settings
+from projectors.batch import Hydrate
+from projectors.deadletter import KafkaDeadLetters
+from projectors.metrics import RuntimeMetrics
+from projectors.migrate import migrate
+from projectors.runner import ProjectionRunner
+
+log = structlog.get_logger("lattice.projector")
+
+
+@asynccontextmanager
+async def database(settings: Settings, *, size: int = 4) -> AsyncIterator[asyncpg.Pool]:
+    """The process's one asyncpg pool."""
+    pool = await asyncpg.create_pool(
+        settings.require_database_url(),
+        min_size=1,
+        max_size=size,
+        # A replay swap changes the tables under cached plans; fresh plans are cheap here.
+        max_inactive_connection_lifetime=60,
+    )
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def dead_letter_producer(settings: Settings) -> AsyncIterator[KafkaDeadLetters]:
+    """An idempotent acks=all producer to the dead-letter topic."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        client_id="lattice-deadletters",
+    )
+    await producer.start()
+    try:
+        yield KafkaDeadLetters(producer, settings.dlq_topic)
+    finally:
+        await producer.stop()
+
+
+async def run_projections(
+    settings: Settings,
+    projections: Sequence[Any],
+    *,
+    hydrate: Hydrate | None = None,
+    stop: asyncio.Event | None = None,
+    metrics: RuntimeMetrics | None = None,
+    handle_signals: bool = True,
+) -> None:
+    """Migrate, then run every projection until `stop` is set (or SIGTERM/SIGINT)."""
+    stop = stop or asyncio.Event()
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    metrics = metrics or RuntimeMetrics()
+    async with database(settings, size=len(projections) + 2) as pool:
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            applied = await migrate(conn, projections)
+        finally:
+            await conn.close()
+        if applied:
+            log.info("migrations applied", applied=applied)
+        async with dead_letter_producer(settings) as dead_letters:
+            runners = [
+                ProjectionRunner(
+                    p, settings, pool, dead_letters, hydrate=hydrate, metrics=metrics, stop=stop
+                )
+                for p in projections
+            ]
+            tasks = [asyncio.create_task(r.run(), name=f"projector:{r.name}") for r in runners]
+            try:
+                # One failing projector stops the process: a supervisor restarts it whole.
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for task in done:
+                    task.result()
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)

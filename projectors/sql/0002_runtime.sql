@@ -1,0 +1,18 @@
+-- Runtime bookkeeping added by the projector runtime. This folder is re-run on every
+-- start (not recorded), so every statement here is idempotent.
+
+-- The Kafka timestamp (time received) of the last record applied per partition, for
+-- `lattice status`.
+ALTER TABLE lattice.offsets ADD COLUMN IF NOT EXISTS last_event_at timestamptz;
+
+-- Every record a projector gave up on, written in the transaction that moved past it,
+-- so `lattice status` can count dead letters without reading the dead-letter topic.
+CREATE TABLE IF NOT EXISTS lattice.dead_letters (
+    projector   text        NOT NULL,
+    topic       text        NOT NULL,
+    partition   integer     NOT NULL,
+    kafka_offset bigint     NOT NULL,
+    error       text        NOT NULL,
+    dead_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (projector, topic, partition, kafka_offset)
+);
