@@ -1,0 +1,30 @@
+-- Views over the invoices projection (re-applied after every migration).
+
+-- Open invoices with at least one failed payment attempt, oldest first: what dunning
+-- (Smart Retries, reminder emails) is still working on.
+CREATE OR REPLACE VIEW dunning AS
+SELECT id AS invoice,
+       customer,
+       subscription,
+       account,
+       currency,
+       amount_due,
+       amount_remaining,
+       attempt_count,
+       next_payment_attempt,
+       due_date,
+       created,
+       last_event_created
+FROM invoices
+WHERE status = 'open' AND NOT deleted AND attempt_count >= 1
+ORDER BY created, id;
+
+-- past_due_subscriptions spans both projections; the subscriptions projection defines
+-- how it is made. Create it now if that projection is already migrated.
+DO $$
+BEGIN
+    IF to_regprocedure('create_past_due_view()') IS NOT NULL THEN
+        PERFORM create_past_due_view();
+    END IF;
+END
+$$;

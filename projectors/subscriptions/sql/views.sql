@@ -1,0 +1,69 @@
+-- Views over the subscriptions projection (re-applied after every migration).
+
+-- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
+-- of an active or past_due subscription, unit_amount x quantity, brought to one month by
+-- its interval (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
+-- Trialing, paused, unpaid and ended subscriptions bring nothing; metered items (no
+-- quantity) neither.
+CREATE OR REPLACE VIEW mrr AS
+SELECT coalesce(i.currency, s.currency) AS currency,
+       round(sum(
+           i.unit_amount::numeric * i.quantity
+           * CASE i.interval
+                 WHEN 'month' THEN 1
+                 WHEN 'year' THEN 1 / 12.0
+                 WHEN 'week' THEN 52 / 12.0
+                 WHEN 'day' THEN 365 / 12.0
+             END
+           / greatest(coalesce(i.interval_count, 1), 1)
+       ))::bigint AS mrr,
+       count(DISTINCT s.id) AS subscriptions
+FROM subscriptions s
+JOIN subscription_items i ON i.subscription = s.id
+WHERE s.status IN ('active', 'past_due')
+  AND i.unit_amount IS NOT NULL
+  AND i.quantity IS NOT NULL
+  AND i.interval IS NOT NULL
+GROUP BY 1;
+
+-- `past_due_subscriptions` joins this projection's tables with the invoices projection's,
+-- so it is created by whichever of the two is migrated last: both views.sql call this.
+CREATE OR REPLACE FUNCTION create_past_due_view() RETURNS void
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    IF to_regclass('invoices') IS NULL OR to_regclass('subscriptions') IS NULL THEN
+        RETURN;
+    END IF;
+    -- Subscriptions in past_due or unpaid, with the customer's email and the open invoice
+    -- being retried (the subscription's latest invoice when it is open, else the newest
+    -- open one): amount still due, attempts so far, next automatic retry.
+    CREATE OR REPLACE VIEW past_due_subscriptions AS
+    SELECT s.id AS subscription,
+           s.customer,
+           c.email AS customer_email,
+           c.name AS customer_name,
+           s.account,
+           s.status,
+           s.current_period_end,
+           inv.id AS invoice,
+           inv.currency,
+           inv.amount_due,
+           inv.amount_remaining,
+           inv.attempt_count,
+           inv.next_payment_attempt,
+           inv.due_date,
+           s.last_event_created
+    FROM subscriptions s
+    LEFT JOIN customers c ON c.id = s.customer
+    LEFT JOIN LATERAL (
+        SELECT i.*
+        FROM invoices i
+        WHERE i.subscription = s.id AND i.status = 'open' AND NOT i.deleted
+        ORDER BY (i.id = s.latest_invoice) DESC, i.created DESC, i.id
+        LIMIT 1
+    ) inv ON true
+    WHERE s.status IN ('past_due', 'unpaid');
+END
+$fn$;
+
+SELECT create_past_due_view();
