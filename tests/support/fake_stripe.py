@@ -1,0 +1,203 @@
+"""A fake of Stripe's API for the tests: a small Starlette app served by uvicorn on a free
+loopback port. It answers the calls Lattice makes (GET /v2/core/events/{id}, GET
+/v1/events) the way Stripe does, and on request fails: 429 with `Retry-After`, 500,
+slow answers, 404. It records every request it saw (without the key).
+
+    async with serve(FakeStripe(api_key="sk_test_x")) as fake:
+        fake.add_v2_event(full_event)
+        fake.fail_next(2, status=500)
+        ... StripeClient(base_url=fake.url, ...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.support.wait import eventually
+
+
+@dataclass(frozen=True)
+class Seen:
+    """One request the fake received."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Fault:
+    """How to answer the next request instead of the real answer."""
+
+    status: int | None  # None: answer normally, but only after `delay`
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+class FakeStripe:
+    """The state behind the fake: events, queued faults, requests seen."""
+
+    def __init__(self, *, api_key: str = "sk_test_fake_51Lattice") -> None:
+        self.api_key = api_key
+        self.v2_events: dict[str, dict[str, Any]] = {}
+        self.v1_events: list[dict[str, Any]] = []
+        self.faults: deque[Fault] = deque()
+        self.seen: list[Seen] = []
+        self.url = ""
+        self._request_ids = itertools.count(1)
+
+    def add_v2_event(self, full: dict[str, Any]) -> None:
+        """Serve `full` at GET /v2/core/events/{its id}."""
+        self.v2_events[full["id"]] = full
+
+    def add_v1_events(self, events: list[dict[str, Any]]) -> None:
+        """Serve these snapshot events from GET /v1/events."""
+        self.v1_events.extend(events)
+
+    def fail_next(
+        self,
+        count: int,
+        *,
+        status: int | None,
+        headers: Mapping[str, str] | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        """Answer the next `count` requests with `status` (after `delay` seconds)."""
+        for _ in range(count):
+            self.faults.append(Fault(status, dict(headers or {}), delay))
+
+    def requests_to(self, prefix: str) -> list[Seen]:
+        """The requests seen whose path starts with `prefix`."""
+        return [seen for seen in self.seen if seen.path.startswith(prefix)]
+
+    def app(self) -> Starlette:
+        """The Starlette app serving this state."""
+        return Starlette(
+            routes=[
+                Route("/v2/core/events/{event_id}", self._v2_event),
+                Route("/v1/events", self._v1_events),
+            ]
+        )
+
+    async def _guard(self, request: Request) -> Response | None:
+        headers = {k.lower(): v for k, v in request.headers.items() if k.lower() != "authorization"}
+        self.seen.append(
+            Seen(
+                request.method, request.url.path, list(request.query_params.multi_items()), headers
+            )
+        )
+        if self.faults:
+            fault = self.faults.popleft()
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                return self._error(fault.status, "api_error", "injected failure", fault.headers)
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            given = request.headers.get("authorization", "")[-4:]
+            return self._error(
+                401, "invalid_request_error", f"Invalid API Key provided: sk_test_****{given}"
+            )
+        return None
+
+    def _error(
+        self, status: int, kind: str, message: str, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        answer = {"error": {"type": kind, "message": message}}
+        return JSONResponse(answer, status_code=status, headers=self._headers(headers))
+
+    def _headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {"Request-Id": f"req_fake{next(self._request_ids):08d}", **(extra or {})}
+
+    async def _v2_event(self, request: Request) -> Response:
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        event = self.v2_events.get(request.path_params["event_id"])
+        # Stripe answers 404 for a Connect account's event fetched without its context.
+        if event is None or event.get("context") != request.headers.get("stripe-context"):
+            return self._error(
+                404, "not_found", f"No such event: {request.path_params['event_id']}"
+            )
+        return JSONResponse(event, headers=self._headers())
+
+    async def _v1_events(self, request: Request) -> Response:
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        query = request.query_params
+        types = set(query.getlist("types[]"))
+        since = int(query.get("created[gte]", "0"))
+        limit = min(100, max(1, int(query.get("limit", "10"))))
+        # Newest first, as Stripe lists; among equal `created`, the later-added first.
+        ordered = [
+            e
+            for _, e in sorted(
+                enumerate(self.v1_events), key=lambda p: (p[1]["created"], p[0]), reverse=True
+            )
+        ]
+        matching = [
+            e for e in ordered if e["created"] >= since and (not types or e["type"] in types)
+        ]
+        after = query.get("starting_after")
+        if after is not None:
+            ids = [e["id"] for e in matching]
+            if after not in ids:
+                return self._error(
+                    400, "invalid_request_error", f"starting_after: no such event {after}"
+                )
+            matching = matching[ids.index(after) + 1 :]
+        page = matching[:limit]
+        return JSONResponse(
+            {
+                "object": "list",
+                "url": "/v1/events",
+                "data": page,
+                "has_more": len(matching) > limit,
+            },
+            headers=self._headers(),
+        )
+
+
+@asynccontextmanager
+async def serve(fake: FakeStripe) -> AsyncIterator[FakeStripe]:
+    """Serve `fake` on a free loopback port (sets `fake.url`) until the block ends."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        fake.app(),
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def started() -> bool:
+        return bool(server.started)
+
+    try:
+        await eventually(started, timeout=10, what="fake Stripe API started")
+        fake.url = f"http://127.0.0.1:{port}"
+        yield fake
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
