@@ -1,0 +1,142 @@
+"""The envelope check: Stripe events pass (snapshot and thin); anything else is refused."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from schemas.envelope import (
+    EnvelopeError,
+    SnapshotEvent,
+    ThinEvent,
+    envelope_json_schema,
+    parse_event,
+    validate_event,
+)
+
+# Shapes from Stripe's own examples (fixtures-latest.json `event`, and the thin-event notes).
+SNAPSHOT: dict[str, Any] = {
+    "api_version": "2025-10-29.clover",
+    "created": 1764064800,
+    "data": {
+        "object": {
+            "id": "in_1Pgc6tB7WZ01zgkWu9fdqL6I",
+            "object": "invoice",
+            "amount_due": 1000,
+            "currency": "usd",
+            "customer": "cus_QXg1o8vcGmoR32",
+            "status": "open",
+        },
+        "previous_attributes": {"status": "draft"},
+    },
+    "id": "evt_1Pgc76B7WZ01zgkWwyRHS12y",
+    "livemode": False,
+    "object": "event",
+    "pending_webhooks": 1,
+    "request": {"id": None, "idempotency_key": None},
+    "type": "invoice.finalized",
+}
+THIN: dict[str, Any] = {
+    "id": "evt_test_65R9Ijk8X1ZyQk2Wx8yRo3Nn6kq16PmlD2mtIdJ1wLk",
+    "object": "v2.core.event",
+    "type": "v1.billing.meter.error_report_triggered",
+    "created": "2026-11-25T10:00:00.123Z",
+    "livemode": False,
+    "context": "acct_1Nv0FGQ9RKHgCVdK",
+    "related_object": {
+        "id": "mtr_test_61R9Ijk8X1ZyQk2Wx8yRo3Nn",
+        "type": "billing.meter",
+        "url": "/v1/billing/meters/mtr_test_61R9Ijk8X1ZyQk2Wx8yRo3Nn",
+    },
+}
+
+
+def encoded(event: dict[str, Any], **changes: Any) -> bytes:
+    return json.dumps({**event, **changes}, indent=2).encode()
+
+
+@pytest.mark.parametrize("event", [SNAPSHOT, THIN])
+def test_stripe_events_pass_and_come_back_as_parsed(event: dict[str, Any]) -> None:
+    assert parse_event(encoded(event)) == event
+
+
+@pytest.mark.parametrize(
+    "created", [1764064800, "2026-11-25T10:00:00Z", "2026-11-25T10:00:00.123456+01:00"]
+)
+def test_both_forms_of_created_are_accepted_on_both_kinds(created: int | str) -> None:
+    for event in (SNAPSHOT, THIN):
+        assert parse_event(encoded(event, created=created))["created"] == created
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"", "invalid_json"),
+        (b"{", "invalid_json"),
+        (b"\xff\xfe{}", "invalid_json"),
+        (b'"evt_1"', "not_an_event"),
+        (b"[]", "not_an_event"),
+        (encoded(SNAPSHOT, id="in_1Pgc6tB7WZ01zgkWu9fdqL6I"), "not_an_event"),
+        (encoded(SNAPSHOT, id=7), "not_an_event"),
+        (encoded(SNAPSHOT, object="invoice"), "not_an_event"),
+        (encoded(SNAPSHOT, type=""), "not_an_event"),
+        (encoded(SNAPSHOT, type=None), "not_an_event"),
+        (encoded(SNAPSHOT, created=True), "not_an_event"),
+        (encoded(SNAPSHOT, created=1.5), "not_an_event"),
+        (encoded(THIN, created="2026-11-25"), "not_an_event"),
+        (encoded(THIN, created="2026-11-25T10:00:00"), "not_an_event"),
+        (encoded(THIN, created="soon"), "not_an_event"),
+    ],
+)
+def test_non_events_are_refused_with_a_reason(body: bytes, reason: str) -> None:
+    with pytest.raises(EnvelopeError) as caught:
+        parse_event(body)
+    assert caught.value.reason == reason
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8) | st.just("evt_1"),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "object", "type", "created"]), inner, max_size=4)
+    ),
+    max_leaves=8,
+)
+
+
+@given(JSON_VALUES.map(lambda v: json.dumps(v).encode()) | st.binary(max_size=64))
+def test_any_input_is_an_event_or_an_envelope_error(body: bytes) -> None:
+    outcome: dict[str, Any] | str
+    try:
+        outcome = parse_event(body)
+    except EnvelopeError as exc:
+        outcome = exc.reason
+    if isinstance(outcome, str):
+        assert outcome in {"invalid_json", "not_an_event"}
+    else:
+        assert outcome["id"].startswith("evt_")
+        assert outcome["object"] in {"event", "v2.core.event"}
+
+
+def test_models_read_both_kinds() -> None:
+    snapshot = validate_event(encoded(SNAPSHOT))
+    assert isinstance(snapshot, SnapshotEvent)
+    assert snapshot.data.object["id"] == "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
+    thin = validate_event(encoded(THIN))
+    assert isinstance(thin, ThinEvent)
+    assert thin.created == datetime(2026, 11, 25, 10, 0, 0, 123000, tzinfo=UTC)
+    assert thin.context == "acct_1Nv0FGQ9RKHgCVdK"
+    assert thin.related_object is not None
+    assert thin.related_object.type == "billing.meter"
+
+
+def test_json_schema_describes_both_kinds() -> None:
+    schema = envelope_json_schema()
+    assert schema["$schema"].endswith("2020-12/schema")
+    assert set(schema["discriminator"]["mapping"]) == {"event", "v2.core.event"}
+    json.dumps(schema)  # serialisable as it is
