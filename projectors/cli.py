@@ -14,6 +14,7 @@ from deploy.settings import ConfigError, Settings, load_settings
 from projectors import catalog
 from projectors.migrate import MigrationError, migrate
 from projectors.service import run_projections
+from projectors.stripe_api.hydrate import open_hydrator
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +88,17 @@ def run_project(args: argparse.Namespace) -> int:
     settings.require_database_url()
     projections = _select(args.names)
     configure_logging()
-    asyncio.run(run_projections(settings, projections))
+    asyncio.run(_project(settings, projections))
     return 0
+
+
+async def _project(settings: Settings, projections: list[Any]) -> None:
+    # Thin events are fetched from Stripe (and cached) only for projections that ask.
+    if not any(getattr(p, "hydrate_thin_events", False) for p in projections):
+        await run_projections(settings, projections)
+        return
+    async with open_hydrator(settings) as hydrate:
+        await run_projections(settings, projections, hydrate=hydrate)
 
 
 async def _migrate(settings: Settings, projections: list[Any]) -> list[str]:

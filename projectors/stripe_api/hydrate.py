@@ -1,0 +1,148 @@
+"""Thin events made whole: GET /v2/core/events/{id}, cached in `lattice.hydrated_events`.
+
+The runner calls a `Hydrator` for each thin event (`"object": "v2.core.event"`, no `data`)
+of a projection that sets `hydrate_thin_events = True`, and hands the result to `reduce`.
+The cache is read first, so a replay never calls Stripe again; the value served is the
+cached JSON either way, so a live run and a replay see the same bytes.
+
+Outcomes: Stripe says 404, 401, 403 or another 4xx -> `PoisonRecord` (the runner
+dead-letters it with the reason). Stripe unreachable, failing or the circuit open, the
+cache's database unreachable, or no API key configured -> `HydrationUnavailable` (the
+runner waits and tries again; it never skips).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import quote
+
+import asyncpg
+import orjson
+import structlog
+
+from deploy.settings import Settings
+from projectors.base import HydrationUnavailable, PoisonRecord, Record
+from projectors.migrate import ensure_runtime
+from projectors.stripe_api.client import StripeClient
+from projectors.stripe_api.errors import StripeAPIError, StripeUnavailable
+
+THIN_EVENT = "v2.core.event"
+log = structlog.get_logger("lattice.stripe_api")
+
+_CACHED = "SELECT body::text FROM lattice.hydrated_events WHERE id = $1"
+# One round trip whether or not another process cached it first; the CTE's row or the
+# existing one, always as PostgreSQL serialises jsonb (the same bytes on every read).
+_STORE = """
+WITH stored AS (
+    INSERT INTO lattice.hydrated_events (id, type, context, body)
+    VALUES ($1, $2, $3, $4::jsonb)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING body
+)
+SELECT body::text FROM stored
+UNION ALL
+SELECT body::text FROM lattice.hydrated_events WHERE id = $1
+LIMIT 1
+"""
+_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+
+
+class Hydrator:
+    """`await hydrator(record)`: the record with its value replaced by the full event."""
+
+    def __init__(self, pool: asyncpg.Pool, client: StripeClient | None) -> None:
+        self.pool = pool
+        self.client = client
+        self.fetched = 0
+        self.cache_hits = 0
+
+    async def __call__(self, record: Record) -> Record:
+        """The record carrying the full event (unchanged if it is not a thin event)."""
+        event = record.json()
+        if event.get("object") != THIN_EVENT or "data" in event:
+            return record
+        event_id = event.get("id")
+        if not isinstance(event_id, str) or not event_id.startswith("evt_"):
+            raise PoisonRecord("thin event without a valid `id`: cannot fetch its body")
+        context = event.get("context") if isinstance(event.get("context"), str) else None
+        body = await self.full_event(event_id, context=context)
+        return dataclasses.replace(record, value=body)
+
+    async def full_event(self, event_id: str, *, context: str | None = None) -> bytes:
+        """The full event as JSON bytes, from the cache or (once) from Stripe."""
+        try:
+            async with self.pool.acquire() as conn:
+                cached = await conn.fetchval(_CACHED, event_id)
+        except _DB_ERRORS as exc:
+            raise HydrationUnavailable(f"cache of thin events unreachable: {exc}") from exc
+        if cached is not None:
+            self.cache_hits += 1
+            return _compact(cached)
+        fetched = await self._fetch(event_id, context)
+        try:
+            async with self.pool.acquire() as conn:
+                stored = await conn.fetchval(
+                    _STORE,
+                    event_id,
+                    str(fetched.get("type", "")),
+                    context,
+                    orjson.dumps(fetched).decode(),
+                )
+        except _DB_ERRORS as exc:
+            raise HydrationUnavailable(f"cache of thin events unreachable: {exc}") from exc
+        log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
+        return _compact(stored)
+
+    async def _fetch(self, event_id: str, context: str | None) -> dict[str, Any]:
+        if self.client is None:
+            raise HydrationUnavailable(
+                f"thin event {event_id} needs its full body from Stripe, but "
+                "LATTICE_STRIPE_API_KEY is not set: set it and the projector goes on"
+            )
+        try:
+            fetched = await self.client.get(
+                f"/v2/core/events/{quote(event_id, safe='')}", context=context
+            )
+        except StripeUnavailable as exc:
+            raise HydrationUnavailable(str(exc)) from exc
+        except StripeAPIError as exc:
+            raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
+        self.fetched += 1
+        if fetched.get("id") != event_id or fetched.get("object") != THIN_EVENT:
+            raise PoisonRecord(
+                f"GET /v2/core/events/{event_id} answered {fetched.get('object')} "
+                f"{fetched.get('id')}, not that event"
+            )
+        return fetched
+
+
+def _compact(jsonb_text: str) -> bytes:
+    # PostgreSQL prints jsonb with spaces; re-encode compactly (key order is jsonb's own).
+    return orjson.dumps(orjson.loads(jsonb_text))
+
+
+@asynccontextmanager
+async def open_hydrator(settings: Settings) -> AsyncIterator[Hydrator]:
+    """A Hydrator with its own small pool; without an API key it serves the cache only."""
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await ensure_runtime(conn)  # creates lattice.hydrated_events if missing
+    finally:
+        await conn.close()
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        client = None
+        key = settings.stripe_api_key
+        if key is not None and key.get_secret_value():
+            client = StripeClient.from_settings(settings)
+        try:
+            yield Hydrator(pool, client)
+        finally:
+            if client is not None:
+                await client.aclose()
+    finally:
+        await pool.close()

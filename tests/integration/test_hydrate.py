@@ -1,0 +1,172 @@
+"""Thin-event hydration against the fake Stripe API and a real PostgreSQL cache."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from projectors.base import HydrationUnavailable, PoisonRecord, Record
+from projectors.migrate import ensure_runtime
+from projectors.stripe_api.breaker import CircuitBreaker
+from projectors.stripe_api.client import StripeClient
+from projectors.stripe_api.hydrate import Hydrator
+from projectors.stripe_api.retry import RetryPolicy
+from tests.fixtures.records import as_record
+from tests.support.fake_stripe import FakeStripe, serve
+from tests.support.thin_events import meter_error_report
+
+pytestmark = pytest.mark.integration
+
+
+async def _no_wait(_: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeStripe]:
+    async with serve(FakeStripe()) as running:
+        yield running
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await ensure_runtime(conn)
+    finally:
+        await conn.close()
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    yield created
+    await created.close()
+
+
+def make_client(fake: FakeStripe, *, key: str | None = None, threshold: int = 50) -> StripeClient:
+    return StripeClient(
+        api_key=SecretStr(key or fake.api_key),
+        base_url=fake.url,
+        api_version="2025-10-29.clover",
+        retry=RetryPolicy(max_retries=2, base_delay=0.01),
+        breaker=CircuitBreaker(threshold=threshold, cooldown=60),
+        timeout=httpx.Timeout(5.0),
+        sleep=_no_wait,
+    )
+
+
+def thin_record(thin: dict[str, Any]) -> Record:
+    # The receiver logs thin events too; `as_record` needs integer seconds for its stamp.
+    return as_record({**thin, "created": 1_764_064_800})
+
+
+async def test_hydrates_once_then_serves_the_cache(fake: FakeStripe, pool: asyncpg.Pool) -> None:
+    thin, full = meter_error_report(identifiers=("usage-1", "usage-2"))
+    fake.add_v2_event(full)
+    record = thin_record(thin)
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        first = await hydrator(record)
+        second = await hydrator(record)
+    assert len(fake.requests_to("/v2/core/events/")) == 1  # the second call made no request
+    assert first.value == second.value
+    hydrated = orjson.loads(first.value)
+    assert hydrated["data"] == full["data"]
+    assert hydrated["related_object"] == full["related_object"]
+    assert (first.topic, first.partition, first.offset, first.headers) == (
+        record.topic,
+        record.partition,
+        record.offset,
+        record.headers,
+    )
+    cached = await pool.fetchval(
+        "SELECT body->'data'->'reason'->>'error_count' FROM lattice.hydrated_events WHERE id=$1",
+        full["id"],
+    )
+    assert cached == "2"
+
+
+async def test_a_replay_without_any_key_never_calls_stripe(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    async with make_client(fake) as client:
+        live = await Hydrator(pool, client)(thin_record(thin))
+    replay = await Hydrator(pool, None)(thin_record(thin))
+    assert replay.value == live.value
+    assert len(fake.seen) == 1
+
+
+async def test_snapshot_events_and_full_events_pass_unchanged(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    _, full = meter_error_report()
+    snapshot = as_record(
+        {
+            "id": "evt_1",
+            "object": "event",
+            "type": "invoice.paid",
+            "created": 1_764_064_800,
+            "data": {"object": {"id": "in_1"}},
+        }
+    )
+    already_full = thin_record(full)
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        assert await hydrator(snapshot) is snapshot
+        assert await hydrator(already_full) is already_full
+    assert fake.seen == []
+
+
+async def test_connect_events_are_fetched_in_their_account_context(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, full = meter_error_report(context="acct_1Nv0FGQ9RKHgCVdK")
+    fake.add_v2_event(full)
+    async with make_client(fake) as client:
+        hydrated = orjson.loads((await Hydrator(pool, client)(thin_record(thin))).value)
+    assert hydrated["context"] == "acct_1Nv0FGQ9RKHgCVdK"
+    assert fake.seen[0].headers["stripe-context"] == "acct_1Nv0FGQ9RKHgCVdK"
+
+
+async def test_404_and_401_are_poison_with_the_reason(fake: FakeStripe, pool: asyncpg.Pool) -> None:
+    thin, _ = meter_error_report()  # never added: Stripe does not know it
+    async with make_client(fake) as client:
+        with pytest.raises(PoisonRecord, match=r"HTTP 404: No such event"):
+            await Hydrator(pool, client)(thin_record(thin))
+    async with make_client(fake, key="sk_test_revoked_key_000") as client:
+        with pytest.raises(PoisonRecord, match=r"HTTP 401: Invalid API Key") as refused:
+            await Hydrator(pool, client)(thin_record(thin))
+    assert "sk_test_revoked_key_000" not in str(refused.value)
+    assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
+
+
+async def test_stripe_down_or_circuit_open_means_wait_not_skip(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    fake.fail_next(3, status=503)
+    async with make_client(fake, threshold=10) as client:
+        hydrator = Hydrator(pool, client)
+        with pytest.raises(HydrationUnavailable, match="gave up after 3 attempts: HTTP 503"):
+            await hydrator(thin_record(thin))
+    fake.fail_next(2, status=500)
+    async with make_client(fake, threshold=2) as client:
+        hydrator = Hydrator(pool, client)
+        with pytest.raises(HydrationUnavailable, match="circuit open"):
+            await hydrator(thin_record(thin))
+        seen = len(fake.seen)
+        with pytest.raises(HydrationUnavailable, match="circuit open"):
+            await hydrator(thin_record(thin))
+        assert len(fake.seen) == seen  # refused without calling
+
+
+async def test_no_key_and_no_cache_means_wait_with_a_clear_message(pool: asyncpg.Pool) -> None:
+    thin, _ = meter_error_report()
+    with pytest.raises(HydrationUnavailable, match="LATTICE_STRIPE_API_KEY is not set"):
+        await Hydrator(pool, None)(thin_record(thin))
