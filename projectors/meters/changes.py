@@ -1,0 +1,123 @@
+"""The changes the meters reducer emits: plain frozen dataclasses, one per input fact.
+
+Each is idempotent and carries its own ordering key, so the store can apply any
+permutation or duplication of them and end in the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReported:
+    """The app reported (or, with `cancel`, cancelled) the fact named `identifier`."""
+
+    identifier: str
+    event_name: str
+    customer: str
+    value: Decimal
+    timestamp: int
+    cancel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSeen:
+    """A `billing.meter` snapshot."""
+
+    id: str
+    event_name: str
+    display_name: str | None
+    status: str
+    aggregation: str
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class PriceMeter:
+    """A price bills a meter (learned from subscription items and legacy invoice lines)."""
+
+    price: str
+    meter: str
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSeen:
+    """A billing period of a customer's price, from a subscription item or an invoice line."""
+
+    customer: str
+    price: str
+    period_start: int
+    period_end: int
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceSeen:
+    """An invoice snapshot: who, which status; `rank` orders statuses of one `created`."""
+
+    id: str
+    customer: str
+    status: str
+    rank: int
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLineSeen:
+    """A line of an invoice snapshot that has a price (maybe metered)."""
+
+    invoice: str
+    line: str
+    customer: str
+    price: str
+    quantity: Decimal
+    period_start: int
+    period_end: int
+    event_id: str
+    created: int
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class FactRejected:
+    """Stripe's error report names this meter-event identifier among its samples."""
+
+    identifier: str
+    code: str
+    message: str | None
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReport:
+    """One meter error report: how many errors, how many Stripe sampled, over which window."""
+
+    event_id: str
+    type: str
+    meter: str | None
+    error_count: int
+    sampled: int
+    validation_start: int | None
+    validation_end: int | None
+    summary: str | None
+    created: int
+
+
+Change = (
+    UsageReported
+    | MeterSeen
+    | PriceMeter
+    | PeriodSeen
+    | InvoiceSeen
+    | InvoiceLineSeen
+    | FactRejected
+    | ErrorReport
+)

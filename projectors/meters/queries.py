@@ -1,0 +1,119 @@
+"""The meters store's SQL. Every statement takes whole columns as arrays (one round trip
+per table per batch) and merges so that any order of arrival gives the same rows:
+snapshots win by (created, rank, event id); facts merge by rules that commute."""
+
+from __future__ import annotations
+
+# A report fills the fact (the earliest (time, value) wins between two reports of one
+# identifier, as Stripe keeps only one); cancelled and reported only ever become true.
+# The winning version of a fact: a report beats a cancel-only row; between two of a kind
+# the earliest (time, value, event name, customer) wins, as Stripe keeps one per identifier.
+# `cancelled` and `reported` only ever become true, so the merge commutes.
+_TAKES = """(excluded.reported, t.occurred_at, t.value,
+     t.event_name COLLATE "C", t.customer COLLATE "C")
+    > (t.reported, excluded.occurred_at, excluded.value,
+       excluded.event_name COLLATE "C", excluded.customer COLLATE "C")"""
+
+UPSERT_FACTS = f"""
+INSERT INTO usage_facts AS t (identifier, event_name, customer, value, occurred_at,
+                              reported, cancelled, last_event_id, last_event_created)
+SELECT i, e, c, v, to_timestamp(ts), r, x, i, to_timestamp(ts)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::bigint[],
+            $6::boolean[], $7::boolean[]) AS u(i, e, c, v, ts, r, x)
+ON CONFLICT (identifier) DO UPDATE SET
+    event_name = CASE WHEN {_TAKES} THEN excluded.event_name ELSE t.event_name END,
+    customer = CASE WHEN {_TAKES} THEN excluded.customer ELSE t.customer END,
+    value = CASE WHEN {_TAKES} THEN excluded.value ELSE t.value END,
+    occurred_at = CASE WHEN {_TAKES} THEN excluded.occurred_at ELSE t.occurred_at END,
+    last_event_created = CASE WHEN {_TAKES} THEN excluded.occurred_at
+                         ELSE t.last_event_created END,
+    reported = t.reported OR excluded.reported,
+    cancelled = t.cancelled OR excluded.cancelled
+"""
+
+UPSERT_METERS = """
+INSERT INTO meters AS t (id, event_name, display_name, status, aggregation,
+                         last_event_id, last_event_created)
+SELECT id, e, d, s, a, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::bigint[]) AS u(id, e, d, s, a, ev, cr)
+ON CONFLICT (id) DO UPDATE SET
+    event_name = excluded.event_name, display_name = excluded.display_name,
+    status = excluded.status, aggregation = excluded.aggregation,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.last_event_id COLLATE "C")
+"""
+
+UPSERT_PRICES = """
+INSERT INTO meter_prices AS t (price, meter, last_event_id, last_event_created)
+SELECT p, m, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(p, m, ev, cr)
+ON CONFLICT (price) DO UPDATE SET
+    meter = excluded.meter,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.last_event_id COLLATE "C")
+"""
+
+UPSERT_PERIODS = """
+INSERT INTO meter_periods AS t (customer, price, period_start, period_end,
+                                last_event_id, last_event_created)
+SELECT c, p, to_timestamp(s), to_timestamp(e), ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])
+    AS u(c, p, s, e, ev, cr)
+ON CONFLICT (customer, price, period_start) DO UPDATE SET
+    period_end = excluded.period_end,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.last_event_id COLLATE "C")
+"""
+
+UPSERT_INVOICES = """
+INSERT INTO meter_invoices AS t (id, customer, status, rank, last_event_id, last_event_created)
+SELECT id, c, s, r, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bigint[])
+    AS u(id, c, s, r, ev, cr)
+ON CONFLICT (id) DO UPDATE SET
+    customer = excluded.customer, status = excluded.status, rank = excluded.rank,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.rank, t.last_event_id COLLATE "C")
+"""
+
+UPSERT_LINES = """
+INSERT INTO meter_invoice_lines AS t (invoice, line, customer, price, quantity, period_start,
+                                      period_end, rank, last_event_id, last_event_created)
+SELECT inv, l, c, p, q, to_timestamp(s), to_timestamp(e), r, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::bigint[],
+            $7::bigint[], $8::integer[], $9::text[], $10::bigint[])
+    AS u(inv, l, c, p, q, s, e, r, ev, cr)
+ON CONFLICT (invoice, line) DO UPDATE SET
+    customer = excluded.customer, price = excluded.price, quantity = excluded.quantity,
+    period_start = excluded.period_start, period_end = excluded.period_end,
+    rank = excluded.rank,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.rank, t.last_event_id COLLATE "C")
+"""
+
+UPSERT_REJECTIONS = """
+INSERT INTO meter_rejections AS t (identifier, code, message, last_event_id, last_event_created)
+SELECT i, c, m, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS u(i, c, m, ev, cr)
+ON CONFLICT (identifier) DO UPDATE SET
+    code = excluded.code, message = excluded.message,
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.last_event_id COLLATE "C")
+"""
+
+INSERT_ERROR_REPORTS = """
+INSERT INTO meter_error_reports (event_id, type, meter, error_count, sampled_count,
+                                 validation_start, validation_end, summary,
+                                 last_event_id, last_event_created)
+SELECT ev, ty, m, n, s, to_timestamp(vs), to_timestamp(ve), su, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[],
+            $7::bigint[], $8::text[], $9::bigint[]) AS u(ev, ty, m, n, s, vs, ve, su, cr)
+ON CONFLICT (event_id) DO NOTHING
+"""

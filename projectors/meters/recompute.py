@@ -1,0 +1,170 @@
+"""Recomputing `meter_reconciliation` rows from the input tables, in SQL.
+
+A batch names what it touched (customers and event names of facts, meters, prices,
+customers of periods and invoices, rejected identifiers); every (customer, meter) pair
+those reach has all its periods recomputed from scratch. The rows are a function of the
+input tables alone, so the order records arrived in cannot show in them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+# $1/$2 customers and event names of facts; $3 meters; $4 prices; $5 customers of
+# periods and invoices; $6 identifiers of rejected facts.
+RECOMPUTE = """
+WITH touched AS (
+    SELECT c AS customer, e AS event_name FROM unnest($1::text[], $2::text[]) AS u(c, e)
+    UNION
+    SELECT customer, event_name FROM usage_facts WHERE identifier = ANY($6::text[])
+),
+pairs AS (
+    SELECT t.customer, m.id AS meter FROM touched t JOIN meters m ON m.event_name = t.event_name
+    UNION
+    SELECT p.customer, mp.meter FROM meter_prices mp JOIN meter_periods p ON p.price = mp.price
+    WHERE mp.meter = ANY($3::text[]) OR mp.price = ANY($4::text[])
+    UNION
+    SELECT p.customer, mp.meter FROM meter_periods p JOIN meter_prices mp ON mp.price = p.price
+    WHERE p.customer = ANY($5::text[])
+),
+periods AS (
+    SELECT a.customer, a.meter, p.period_start, max(p.period_end) AS period_end,
+           (array_agg(p.last_event_id ORDER BY p.last_event_created DESC, p.last_event_id DESC))[1]
+               AS event_id,
+           max(p.last_event_created) AS event_at
+    FROM pairs a
+    JOIN meter_prices mp ON mp.meter = a.meter
+    JOIN meter_periods p ON p.customer = a.customer AND p.price = mp.price
+    GROUP BY a.customer, a.meter, p.period_start
+),
+computed AS (
+    SELECT per.customer, per.meter, per.period_start, m.event_name, per.period_end,
+           m.aggregation,
+           CASE m.aggregation WHEN 'sum' THEN f.total WHEN 'count' THEN f.n::numeric
+                ELSE coalesce(lf.value, 0) END AS reported,
+           CASE m.aggregation WHEN 'sum' THEN f.total - f.rejected_total
+                WHEN 'count' THEN (f.n - f.rejected_n)::numeric
+                ELSE coalesce(la.value, 0) END AS accepted,
+           b.billed, b.invoices, f.n, f.rejected_n, e.unattributed,
+           le.id AS last_event_id, le.at AS last_event_created
+    FROM periods per
+    JOIN meters m ON m.id = per.meter
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, coalesce(sum(u.value), 0) AS total,
+               count(r.identifier) AS rejected_n,
+               coalesce(sum(u.value) FILTER (WHERE r.identifier IS NOT NULL), 0)
+                   AS rejected_total,
+               (array_agg(r.last_event_id ORDER BY r.last_event_created DESC,
+                          r.last_event_id DESC) FILTER (WHERE r.identifier IS NOT NULL))[1]
+                   AS rejection_id,
+               max(r.last_event_created) AS rejection_at
+        FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
+        WHERE u.customer = per.customer AND u.event_name = m.event_name
+          AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
+          AND u.reported AND NOT u.cancelled
+    ) f
+    LEFT JOIN LATERAL (
+        SELECT u.value, u.identifier, u.occurred_at FROM usage_facts u
+        WHERE u.customer = per.customer AND u.event_name = m.event_name
+          AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
+          AND u.reported AND NOT u.cancelled
+        ORDER BY u.occurred_at DESC, u.identifier DESC LIMIT 1
+    ) lf ON true
+    LEFT JOIN LATERAL (
+        -- The last accepted value, only needed by `last` meters.
+        SELECT u.value FROM usage_facts u
+        WHERE m.aggregation = 'last'
+          AND u.customer = per.customer AND u.event_name = m.event_name
+          AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
+          AND u.reported AND NOT u.cancelled
+          AND NOT EXISTS (SELECT 1 FROM meter_rejections r WHERE r.identifier = u.identifier)
+        ORDER BY u.occurred_at DESC, u.identifier DESC LIMIT 1
+    ) la ON true
+    CROSS JOIN LATERAL (
+        -- Lines of finalized invoices, each counted in its invoice's newest snapshot only.
+        SELECT coalesce(sum(l.quantity), 0) AS billed, count(DISTINCT i.id) AS invoices,
+               (array_agg(i.last_event_id ORDER BY i.last_event_created DESC,
+                          i.last_event_id DESC))[1] AS invoice_event_id,
+               max(i.last_event_created) AS invoice_event_at
+        FROM meter_prices mp
+        JOIN meter_invoice_lines l ON l.price = mp.price AND l.customer = per.customer
+                                  AND l.period_start = per.period_start
+        JOIN meter_invoices i ON i.id = l.invoice AND i.last_event_id = l.last_event_id
+        WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
+    ) b
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(r.unsampled_count), 0) AS unattributed FROM meter_error_reports r
+        WHERE r.meter = per.meter
+          AND r.validation_start < per.period_end AND r.validation_end > per.period_start
+    ) e
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.at
+        FROM (VALUES (per.event_id, per.event_at), (m.last_event_id, m.last_event_created),
+                     (lf.identifier, lf.occurred_at), (f.rejection_id, f.rejection_at),
+                     (b.invoice_event_id, b.invoice_event_at)) AS c(id, at)
+        WHERE c.at IS NOT NULL
+        ORDER BY c.at DESC, c.id DESC LIMIT 1
+    ) le
+)
+INSERT INTO meter_reconciliation AS t (
+    customer, meter, period_start, event_name, period_end, aggregation, reported_value,
+    rejected_value, billed_quantity, delta, status, reported_facts, rejected_facts,
+    unattributed_rejections, invoices, last_event_id, last_event_created)
+SELECT customer, meter, period_start, event_name, period_end, aggregation, reported,
+       reported - accepted, billed, accepted - billed,
+       CASE WHEN invoices = 0 THEN 'pending'
+            WHEN accepted = billed THEN 'matched'
+            WHEN accepted > billed THEN 'under_billed'
+            ELSE 'over_billed' END,
+       n, rejected_n, unattributed, invoices, last_event_id, last_event_created
+FROM computed
+ON CONFLICT (customer, meter, period_start) DO UPDATE SET
+    event_name = excluded.event_name, period_end = excluded.period_end,
+    aggregation = excluded.aggregation, reported_value = excluded.reported_value,
+    rejected_value = excluded.rejected_value, billed_quantity = excluded.billed_quantity,
+    delta = excluded.delta, status = excluded.status,
+    reported_facts = excluded.reported_facts, rejected_facts = excluded.rejected_facts,
+    unattributed_rejections = excluded.unattributed_rejections,
+    invoices = excluded.invoices, last_event_id = excluded.last_event_id,
+    last_event_created = excluded.last_event_created
+WHERE (t.*) IS DISTINCT FROM (excluded.*)
+"""
+
+
+@dataclass
+class Touched:
+    """What one batch touched: the keys `RECOMPUTE` starts from."""
+
+    facts: set[tuple[str, str]] = field(default_factory=set)
+    meters: set[str] = field(default_factory=set)
+    prices: set[str] = field(default_factory=set)
+    customers: set[str] = field(default_factory=set)
+    rejected: set[str] = field(default_factory=set)
+
+    def empty(self) -> bool:
+        """True when the batch changed nothing a reconciliation row depends on."""
+        return not (self.facts or self.meters or self.prices or self.customers or self.rejected)
+
+
+async def recompute(conn: asyncpg.Connection, touched: Touched) -> None:
+    """Recompute every reconciliation row the touched keys reach (caller's transaction)."""
+    if touched.empty():
+        return
+    customers, event_names = _columns(touched.facts)
+    await conn.execute(
+        RECOMPUTE,
+        customers,
+        event_names,
+        sorted(touched.meters),
+        sorted(touched.prices),
+        sorted(touched.customers),
+        sorted(touched.rejected),
+    )
+
+
+def _columns(pairs: Iterable[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    ordered = sorted(pairs)
+    return [c for c, _ in ordered], [e for _, e in ordered]

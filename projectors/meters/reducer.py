@@ -1,0 +1,161 @@
+"""The meters projection's decisions (pure): which changes one record makes.
+
+Two topics feed it: the app's usage facts (no `stripe-event-type` header; the value is a
+usage fact) and the Stripe event log (meters, subscriptions, invoices, and the thin meter
+error reports, which the runner hydrates with their `data` before they get here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ingest.record import HEADER_EVENT_TYPE
+from projectors.base import PoisonRecord, Record
+from projectors.meters.changes import Change, ErrorReport, FactRejected, MeterSeen, UsageReported
+from projectors.meters.stripe_objects import (
+    id_of,
+    invoice_changes,
+    subscription_changes,
+    unix_seconds,
+)
+from schemas.usage import UsageAction, UsageFactError, parse_usage_fact
+
+METER_EVENTS = frozenset(
+    {
+        "billing.meter.created",
+        "billing.meter.updated",
+        "billing.meter.deactivated",
+        "billing.meter.reactivated",
+    }
+)
+ERROR_REPORTS = frozenset(
+    {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
+)
+AGGREGATIONS = frozenset({"sum", "count", "last"})
+
+
+def reduce(record: Record) -> list[Change]:
+    """The changes one record makes; PoisonRecord when it can never be applied."""
+    if record.header(HEADER_EVENT_TYPE) is None:
+        return [usage_change(record.value)]
+    event = record.json()
+    event_type = str(event.get("type") or record.header(HEADER_EVENT_TYPE))
+    event_id = id_of(event.get("id"))
+    created = unix_seconds(event.get("created"))
+    if event_id is None or created is None:
+        raise PoisonRecord(f"{event_type} event without an id or a readable `created`")
+    if event_type in ERROR_REPORTS:
+        return error_report_changes(event, event_type, event_id, created)
+    obj = event.get("data", {}).get("object") if isinstance(event.get("data"), Mapping) else None
+    if not isinstance(obj, Mapping):
+        return []
+    if event_type in METER_EVENTS:
+        return [meter_change(obj, event_id, created)]
+    if event_type.startswith("customer.subscription.") and obj.get("object") == "subscription":
+        return subscription_changes(obj, event_id, created)
+    if event_type.startswith("invoice.") and obj.get("object") == "invoice":
+        return invoice_changes(obj, event_type, event_id, created)
+    return []
+
+
+def usage_change(value: bytes) -> UsageReported:
+    """A usage-fact record as a change; PoisonRecord with the validation error otherwise."""
+    try:
+        fact = parse_usage_fact(value)
+    except UsageFactError as exc:
+        raise PoisonRecord(str(exc)) from None
+    return UsageReported(
+        identifier=fact.identifier,
+        event_name=fact.event_name,
+        customer=fact.stripe_customer_id,
+        value=fact.value,
+        timestamp=fact.timestamp,
+        cancel=fact.action is UsageAction.CANCEL,
+    )
+
+
+def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> MeterSeen:
+    """A `billing.meter` snapshot; its formula is `default_aggregation.formula`."""
+    meter_id, event_name = id_of(meter.get("id")), meter.get("event_name")
+    if meter_id is None or not isinstance(event_name, str) or not event_name:
+        raise PoisonRecord(f"billing.meter in {event_id} has no id or event_name")
+    aggregation = meter.get("default_aggregation")
+    formula = aggregation.get("formula") if isinstance(aggregation, Mapping) else None
+    if formula not in AGGREGATIONS:
+        raise PoisonRecord(
+            f"meter {meter_id} in {event_id}: aggregation {formula!r} is not sum, count or last"
+        )
+    display = meter.get("display_name")
+    return MeterSeen(
+        id=meter_id,
+        event_name=event_name,
+        display_name=display if isinstance(display, str) else None,
+        status=str(meter.get("status") or "active"),
+        aggregation=str(formula),
+        event_id=event_id,
+        created=created,
+    )
+
+
+def error_report_changes(
+    event: Mapping[str, Any], event_type: str, event_id: str, created: int
+) -> list[Change]:
+    """A hydrated meter error report: each sampled identifier is rejected; counts are kept."""
+    data = event.get("data")
+    if not isinstance(data, Mapping):
+        raise PoisonRecord(
+            f"thin event {event_id} ({event_type}) has no `data`: it was not hydrated from "
+            f"GET /v2/core/events/{event_id}; check LATTICE_STRIPE_API_KEY and the hydrator"
+        )
+    reason = data.get("reason")
+    if not isinstance(reason, Mapping):
+        raise PoisonRecord(f"{event_type} {event_id}: `data.reason` is missing")
+    changes: list[Change] = []
+    sampled = 0
+    counted = 0
+    for error_type in reason.get("error_types") or []:
+        if not isinstance(error_type, Mapping):
+            continue
+        code = str(error_type.get("code") or "unknown")
+        count = error_type.get("error_count")
+        counted += count if isinstance(count, int) and not isinstance(count, bool) else 0
+        for sample in error_type.get("sample_errors") or []:
+            if not isinstance(sample, Mapping):
+                continue
+            request = sample.get("request")
+            identifier = id_of(request.get("identifier")) if isinstance(request, Mapping) else None
+            if identifier is None:
+                continue
+            sampled += 1
+            message = sample.get("error_message")
+            changes.append(
+                FactRejected(
+                    identifier,
+                    code,
+                    message if isinstance(message, str) else None,
+                    event_id,
+                    created,
+                )
+            )
+    total = reason.get("error_count")
+    error_count = total if isinstance(total, int) and not isinstance(total, bool) else counted
+    related = event.get("related_object")
+    meter = None
+    if isinstance(related, Mapping) and related.get("type") == "billing.meter":
+        meter = id_of(related.get("id"))
+    summary = data.get("developer_message_summary")
+    changes.append(
+        ErrorReport(
+            event_id=event_id,
+            type=event_type,
+            meter=meter,
+            error_count=error_count,
+            sampled=sampled,
+            validation_start=unix_seconds(data.get("validation_start")),
+            validation_end=unix_seconds(data.get("validation_end")),
+            summary=summary if isinstance(summary, str) else None,
+            created=created,
+        )
+    )
+    return changes

@@ -1,0 +1,134 @@
+"""Reading the Stripe objects the meters projection needs, in both API-version shapes (pure).
+
+Before basil (2025-03-31) a subscription carries `current_period_*` and an invoice line
+carries its `price` object; since basil the periods are on subscription items and a line
+names its price under `pricing.price_details.price`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from projectors.meters.changes import Change, InvoiceLineSeen, InvoiceSeen, PeriodSeen, PriceMeter
+
+# Statuses of one invoice that share a `created` second are ordered by how far along they are.
+INVOICE_RANK = {"draft": 0, "open": 1, "paid": 2, "uncollectible": 2, "void": 3, "deleted": 4}
+
+
+def id_of(value: Any) -> str | None:
+    """The id of a Stripe reference that is either an id string or an expanded object."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, Mapping):
+        inner = value.get("id")
+        if isinstance(inner, str) and inner:
+            return inner
+    return None
+
+
+def unix_seconds(value: Any) -> int | None:
+    """Unix seconds from an integer or an RFC 3339 string (thin events); None otherwise."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value:
+        try:
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list_data(value: Any) -> list[Mapping[str, Any]]:
+    data = _map(value).get("data")
+    if not isinstance(data, list):
+        return []
+    return [item for item in data if isinstance(item, Mapping)]
+
+
+def meter_of_price(price: Any, plan: Any = None) -> str | None:
+    """The meter a price (or legacy plan) bills, when both are expanded objects."""
+    meter = id_of(_map(_map(price).get("recurring")).get("meter"))
+    return meter if meter is not None else id_of(_map(plan).get("meter"))
+
+
+def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) -> list[Change]:
+    """Price -> meter links and the current period of every metered item."""
+    customer = id_of(sub.get("customer"))
+    changes: list[Change] = []
+    for item in _list_data(sub.get("items")):
+        price = id_of(item.get("price")) or id_of(item.get("plan"))
+        meter = meter_of_price(item.get("price"), item.get("plan"))
+        if price is None or meter is None:
+            continue
+        changes.append(PriceMeter(price, meter, event_id, created))
+        # Basil moved the period from the subscription onto each item: read both.
+        start = unix_seconds(item.get("current_period_start"))
+        end = unix_seconds(item.get("current_period_end"))
+        if start is None or end is None:
+            start = unix_seconds(sub.get("current_period_start"))
+            end = unix_seconds(sub.get("current_period_end"))
+        if customer is not None and start is not None and end is not None and end > start:
+            changes.append(PeriodSeen(customer, price, start, end, event_id, created))
+    return changes
+
+
+def _line_price(line: Mapping[str, Any]) -> str | None:
+    legacy = id_of(line.get("price")) or id_of(line.get("plan"))
+    if legacy is not None:
+        return legacy
+    return id_of(_map(_map(line.get("pricing")).get("price_details")).get("price"))
+
+
+def _quantity(line: Mapping[str, Any]) -> Decimal | None:
+    raw = line.get("quantity_decimal")
+    if raw is None:
+        raw = line.get("quantity")
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        return Decimal(str(raw))
+    except InvalidOperation:
+        return None
+
+
+def invoice_changes(
+    invoice: Mapping[str, Any], event_type: str, event_id: str, created: int
+) -> list[Change]:
+    """The invoice's status and every priced line with its period and quantity."""
+    invoice_id = id_of(invoice.get("id"))
+    customer = id_of(invoice.get("customer"))
+    if invoice_id is None or customer is None:
+        return []
+    status = "deleted" if event_type == "invoice.deleted" else str(invoice.get("status") or "")
+    rank = INVOICE_RANK.get(status, 0)
+    changes: list[Change] = [InvoiceSeen(invoice_id, customer, status, rank, event_id, created)]
+    for line in _list_data(invoice.get("lines")):
+        line_id = id_of(line.get("id"))
+        price = _line_price(line)
+        quantity = _quantity(line)
+        period = _map(line.get("period"))
+        start, end = unix_seconds(period.get("start")), unix_seconds(period.get("end"))
+        if line_id is None or price is None or quantity is None or start is None or end is None:
+            continue
+        legacy_meter = meter_of_price(line.get("price"), line.get("plan"))
+        if legacy_meter is not None:
+            changes.append(PriceMeter(price, legacy_meter, event_id, created))
+        elif isinstance(line.get("price"), Mapping):
+            continue  # a legacy line whose price is known not to be metered
+        changes.append(
+            InvoiceLineSeen(
+                invoice_id, line_id, customer, price, quantity, start, end, event_id, created, rank
+            )
+        )
+        if end > start:
+            changes.append(PeriodSeen(customer, price, start, end, event_id, created))
+    return changes

@@ -1,0 +1,113 @@
+"""The usage-fact contract: what an application reports on `usage.reported`.
+
+One JSON object per fact it sent to Stripe's meter events API, keyed by customer id.
+Producers in other languages validate against `schemas/json/usage_fact.schema.json`,
+which `json_schema()` generates (a test keeps the committed file equal to it).
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_FILE = Path(__file__).resolve().parent / "json" / "usage_fact.schema.json"
+
+# Stripe's meter-event identifier is at most 100 characters.
+MAX_IDENTIFIER = 100
+
+
+class UsageFactError(ValueError):
+    """A usage-fact value that does not match the contract; the message says why."""
+
+
+class UsageAction(StrEnum):
+    """`report` a fact, or `cancel` the earlier fact with the same identifier."""
+
+    REPORT = "report"
+    CANCEL = "cancel"
+
+
+class UsageFact(BaseModel):
+    """One metered fact the application reported to Stripe (or an adjustment cancelling one)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="UsageFact")
+
+    identifier: Annotated[str, Field(min_length=1, max_length=MAX_IDENTIFIER)] = Field(
+        description="The idempotency identifier sent to Stripe with the meter event."
+    )
+    event_name: Annotated[str, Field(min_length=1, max_length=100)] = Field(
+        description="The meter's event name."
+    )
+    stripe_customer_id: Annotated[str, Field(min_length=1)] = Field(
+        description="The Stripe customer the usage belongs to (cus_...)."
+    )
+    value: Decimal = Field(
+        description="The usage value: a decimal number, as a string (preferred) or a number.",
+        json_schema_extra={
+            "anyOf": [{"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}, {"type": "number"}]
+        },
+    )
+    timestamp: Annotated[int, Field(ge=0, strict=True)] = Field(
+        description="When the usage happened, in Unix seconds."
+    )
+    action: UsageAction = Field(
+        default=UsageAction.REPORT,
+        description="`report` (default) or `cancel`: cancel the earlier fact with this identifier.",
+    )
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _exact_decimal(cls, raw: Any) -> Any:
+        # A float goes through its shortest repr, so 0.1 is exactly 0.1, not 0.1000000000000000055.
+        if isinstance(raw, bool):
+            raise ValueError("value must be a decimal number, not a boolean")
+        if isinstance(raw, float):
+            return Decimal(repr(raw))
+        return raw
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: Decimal) -> Decimal:
+        if not value.is_finite():
+            raise ValueError("value must be a finite decimal number")
+        return value
+
+
+def parse_usage_fact(raw: bytes) -> UsageFact:
+    """Validate one record value; UsageFactError names every field that is wrong."""
+    try:
+        return UsageFact.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise UsageFactError(f"not a usage fact: {problems}") from None
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a usage fact (draft 2020-12), as committed in SCHEMA_FILE."""
+    schema = UsageFact.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://lattice.dev/schemas/usage_fact.schema.json"
+    return schema
+
+
+def render_json_schema() -> str:
+    """The schema file's exact text."""
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def write_json_schema(path: Path = SCHEMA_FILE) -> Path:
+    """Regenerate the committed schema file (run after changing the model)."""
+    path.write_text(render_json_schema())
+    return path
+
+
+if __name__ == "__main__":
+    print(write_json_schema())

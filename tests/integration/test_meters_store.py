@@ -1,0 +1,163 @@
+"""The meters store against a real PostgreSQL: the reconciliation of a billing month, and
+the same table from any shuffle or duplication of its records."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from projectors.base import Record
+from projectors.meters import projection
+from projectors.meters.changes import Change
+from projectors.migrate import migrate
+from tests.fixtures.stripe_objects import T0
+from tests.support.meter_payloads import usage_fact, usage_record
+from tests.support.meter_scenario import billing_month, expected_decimal
+
+pytestmark = pytest.mark.integration
+
+ROWS = """
+SELECT customer, meter, period_start, event_name, period_end, aggregation, reported_value,
+       rejected_value, billed_quantity, delta, status, reported_facts, rejected_facts,
+       unattributed_rejections, invoices, last_event_id, last_event_created
+FROM meter_reconciliation ORDER BY customer, meter, period_start
+"""
+
+
+async def project(
+    conn: asyncpg.Connection,
+    schema: str,
+    batches: Sequence[Sequence[Record]],
+    *,
+    fresh: bool = True,
+) -> None:
+    """Migrate `schema` when `fresh`, then apply each batch in its own transaction, as the
+    runner does."""
+    if fresh:
+        await migrate(conn, [projection], schema=schema, record=False)
+    for batch in batches:
+        changes: list[Change] = [c for r in batch for c in projection.reduce(r)]
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+            await projection.apply(conn, changes)
+
+
+async def fetch(conn: asyncpg.Connection, schema: str, query: str = ROWS) -> list[tuple[Any, ...]]:
+    """Rows of `query` in `schema`."""
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+        return [tuple(r) for r in await conn.fetch(query)]
+
+
+@pytest.fixture
+async def conn(database_url: str) -> Any:
+    connection = await asyncpg.connect(database_url)
+    yield connection
+    await connection.close()
+
+
+async def test_a_billing_month_reconciles_every_case(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    await project(conn, "projections", [scenario.records()])
+    rows = await fetch(
+        conn,
+        "projections",
+        "SELECT customer, meter, reported_value, rejected_value, billed_quantity, delta, status "
+        "FROM meter_reconciliation",
+    )
+    got = {(r[0], r[1]): tuple(r[2:]) for r in rows}
+    assert got == {k: expected_decimal(v) for k, v in scenario.expected.items()}
+
+
+async def test_counts_beyond_samples_and_held_facts_are_visible(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    await project(conn, "projections", [scenario.records()])
+    sum_meter = scenario.meters["sum"]
+    unattributed = await fetch(
+        conn,
+        "projections",
+        f"SELECT DISTINCT unattributed_rejections FROM meter_reconciliation "
+        f"WHERE meter = '{sum_meter}'",
+    )
+    assert unattributed == [(2,)]
+    held = await fetch(conn, "projections", "SELECT identifier, customer FROM unplaced_usage")
+    assert held == [("ghost", "cus_ghost")]
+    rejected = await fetch(
+        conn, "projections", "SELECT identifier, code FROM meter_rejections ORDER BY identifier"
+    )
+    assert rejected == [("b-rejected", "invalid_value"), ("ghost", "no_meter")]
+    discrepancies = await fetch(
+        conn, "projections", "SELECT customer, status, delta FROM usage_discrepancies"
+    )
+    assert discrepancies == [("cus_legacy", "under_billed", Decimal("1.5"))]
+
+
+async def test_rows_carry_their_newest_event(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    await project(conn, "projections", [scenario.records()])
+    rows = await fetch(
+        conn,
+        "projections",
+        "SELECT customer, last_event_id, extract(epoch FROM last_event_created)::bigint "
+        "FROM meter_reconciliation WHERE customer = 'cus_legacy'",
+    )
+    invoice_event = next(
+        e
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
+    )
+    assert rows == [("cus_legacy", invoice_event["id"], invoice_event["created"])]
+
+
+async def test_any_shuffle_and_duplication_gives_the_same_table(conn: asyncpg.Connection) -> None:
+    records = billing_month().records()
+    await project(conn, "ordered", [records])
+    expected = await fetch(conn, "ordered")
+    assert len(expected) == 4
+    for seed in range(4):
+        rng = random.Random(seed)
+        stream = records + rng.sample(records, k=len(records) // 3)
+        rng.shuffle(stream)
+        cuts = sorted(rng.sample(range(1, len(stream)), k=5))
+        batches = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+        schema = f"shuffled{seed}"
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema) == expected, f"seed {seed}"
+
+
+async def test_facts_before_their_period_are_held_then_placed(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    records = scenario.records()
+    facts = [r for r in records if r.topic == "usage.reported"]
+    stripe = [r for r in records if r.topic != "usage.reported"]
+    await project(conn, "projections", [facts])
+    assert await fetch(conn, "projections") == []
+    cancelled = {f["identifier"] for f in scenario.facts if f.get("action") == "cancel"}
+    live = {f["identifier"] for f in scenario.facts} - cancelled
+    held = await fetch(conn, "projections", "SELECT count(*) FROM unplaced_usage")
+    assert held == [(len(live),)]
+    await project(conn, "projections", [stripe], fresh=False)
+    assert len(await fetch(conn, "projections")) == 4
+
+
+async def test_decimal_tenths_sum_exactly(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    tenths = [
+        usage_record(usage_fact(f"tenth-{n}", "cus_legacy", 0.1, timestamp=T0 + 20 * 86_400 + n))
+        for n in range(10)
+    ]
+    await project(conn, "projections", [scenario.records(), tenths])
+    rows = await fetch(
+        conn,
+        "projections",
+        "SELECT reported_value, delta FROM meter_reconciliation "
+        f"WHERE customer = 'cus_legacy' AND meter = '{scenario.meters['sum']}'",
+    )
+    # 2 + 1.5 + ten times 0.1, where floats would give 4.499999999999999.
+    assert sum([0.1] * 10) != 1.0
+    assert rows == [(Decimal("4.5"), Decimal("2.5"))]
