@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import sys
+from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
 
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings, load_settings
-from projectors import catalog
+from projectors import catalog, status
 from projectors.migrate import MigrationError, migrate
-from projectors.service import run_projections
+from projectors.replay import Progress, ReplayError, StartAt, replay
+from projectors.rewind import RewindError, rewind
+from projectors.service import dead_letter_producer, run_projections
 from projectors.stripe_api.hydrate import open_hydrator
+from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +81,53 @@ def register(commands: Any) -> None:
     _common(migrate_cmd)
     migrate_cmd.set_defaults(handler=run_migrate)
 
+    replay_cmd = commands.add_parser(
+        "replay",
+        help="rebuild a projection from the log and swap it in",
+        description="Rebuild NAME into a shadow schema while the live tables keep serving, "
+        "catch up to the head of the log, then swap the tables in one transaction. From an "
+        "offset or a time the rebuild starts from a copy of the live tables.",
+    )
+    replay_cmd.add_argument("name", metavar="NAME")
+    start = replay_cmd.add_mutually_exclusive_group(required=True)
+    start.add_argument("--from-beginning", action="store_true", help="rebuild from offset 0")
+    start.add_argument("--offset", metavar="P:N", help="re-apply partition P from offset N")
+    start.add_argument("--since", metavar="TIME", help="re-apply from TIME (RFC 3339 or Unix s)")
+    replay_cmd.add_argument("--batch-size", type=int, help="records per batch")
+    _common(replay_cmd)
+    replay_cmd.set_defaults(handler=run_replay)
+
+    status_cmd = commands.add_parser(
+        "status",
+        help="per projector and partition: position, lag, dead letters",
+        description="Stored position, log end, lag, time of the last applied event and "
+        "dead letters, per projector and partition (replays in progress included).",
+    )
+    status_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
+    status_cmd.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    _common(status_cmd)
+    status_cmd.set_defaults(handler=run_status)
+
+    rewind_cmd = commands.add_parser(
+        "rewind",
+        help="move a stopped downstream consumer group back in the log",
+        description="Commit earlier offsets for a downstream consumer GROUP (stop it "
+        "first). Lattice's own projectors keep positions in PostgreSQL: use `lattice replay`.",
+    )
+    rewind_cmd.add_argument("group", metavar="GROUP")
+    to = rewind_cmd.add_mutually_exclusive_group(required=True)
+    to.add_argument("--since", metavar="TIME", help="first record at or after TIME")
+    to.add_argument("--to-offset", metavar="P:N", help="partition P to offset N")
+    rewind_cmd.add_argument(
+        "--rewind-topic",
+        dest="rewind_topics",
+        action="append",
+        metavar="TOPIC",
+        help="topic(s) to move (default: the event log)",
+    )
+    _common(rewind_cmd)
+    rewind_cmd.set_defaults(handler=run_rewind)
+
 
 def run_project(args: argparse.Namespace) -> int:
     """`lattice project [NAME ...]`."""
@@ -122,4 +174,113 @@ def run_migrate(args: argparse.Namespace) -> int:
         print(f"applied {name}")
     if not applied:
         print("nothing to apply", file=sys.stderr)
+    return 0
+
+
+def _print_progress(progress: Progress) -> None:
+    eta = progress.eta_seconds
+    left = "?" if eta is None else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
+    print(
+        f"\rreplay: {progress.done:,}/{progress.total:,} events  "
+        f"{progress.rate:,.0f} events/s  {left} left   ",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _replay(settings: Settings, name: str, start: StartAt) -> int:
+    projection = _select([name])[0]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        dead_letters = await stack.enter_async_context(dead_letter_producer(settings))
+        hydrate = None
+        if getattr(projection, "hydrate_thin_events", False):
+            hydrate = await stack.enter_async_context(open_hydrator(settings))
+        result = await replay(
+            settings,
+            projection,
+            start,
+            dead_letters,
+            view_owners=list(catalog.discover().values()),
+            hydrate=hydrate,
+            on_progress=_print_progress,
+            stop=stop,
+        )
+    print(
+        f"\nreplay: {name} rebuilt from {result.records:,} events in "
+        f"{result.seconds:.1f} s and swapped in ({', '.join(result.tables)})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    """`lattice replay NAME --from-beginning | --offset P:N | --since TIME`."""
+    settings = _settings(args, projector_batch_size=args.batch_size)
+    try:
+        start = StartAt(
+            from_beginning=args.from_beginning,
+            partition_offset=parse_partition_offset(args.offset) if args.offset else None,
+            since=parse_time(args.since) if args.since else None,
+        )
+    except ArgumentError as exc:
+        raise ConfigError(str(exc)) from None
+    configure_logging()
+    try:
+        return asyncio.run(_replay(settings, args.name, start))
+    except ReplayError as exc:
+        print(f"\nlattice: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """`lattice status [NAME ...] [--json]`."""
+    settings = _settings(args)
+    statuses = asyncio.run(status.collect(settings, _select(args.names)))
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps([s.as_json() for s in statuses]).decode() + "\n")
+    else:
+        print(status.render(statuses))
+    return 0
+
+
+def run_rewind(args: argparse.Namespace) -> int:
+    """`lattice rewind GROUP --since TIME | --to-offset P:N`."""
+    settings = _settings(args)
+    name = args.group.removeprefix("lattice.")
+    if args.group.startswith("lattice.") and name in catalog.discover():
+        raise ConfigError(
+            f"{args.group} is a Lattice projector: its positions live in PostgreSQL; "
+            f"use `lattice replay {name}`"
+        )
+    try:
+        since = parse_time(args.since) if args.since else None
+        to_offset = parse_partition_offset(args.to_offset) if args.to_offset else None
+    except ArgumentError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        moves = asyncio.run(
+            rewind(
+                settings.kafka_bootstrap,
+                args.group,
+                topics=args.rewind_topics or [settings.topic],
+                since=since,
+                to_offset=to_offset,
+            )
+        )
+    except RewindError as exc:
+        print(f"lattice: {exc}", file=sys.stderr)
+        return 1
+    for move in moves:
+        before = "-" if move.before is None else str(move.before)
+        print(
+            f"{args.group} {move.partition.topic}:{move.partition.partition} "
+            f"{before} -> {move.after}"
+        )
     return 0

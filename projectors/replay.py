@@ -1,0 +1,316 @@
+"""`lattice replay NAME`: rebuild a projection into a shadow schema, then swap it in.
+
+From the beginning the shadow starts empty. From an offset or a time it starts as a copy
+of the live tables (and their positions, read in the same snapshot) and re-applies the
+log from that point, which projections' idempotent, out-of-order-safe stores allow.
+The rebuild consumes with its own positions (`<name>.replay` in `lattice.offsets`), so
+the live runner keeps serving; when the rebuild reaches the head of the log, one
+transaction swaps the tables and replaces the live positions (see `shadow.py`). The live
+runner's next compare-and-set then fails once and it re-seeks to the rebuilt positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import Settings
+from projectors import offsets, shadow
+from projectors.base import Connection
+from projectors.batch import BatchApplier, Hydrate, is_transient
+from projectors.deadletter import DeadLetter, DeadLetterSink
+from projectors.migrate import migrate
+from projectors.runner import to_record
+
+log = structlog.get_logger("lattice.replay")
+# Any constant works; the projection's name is the second key.
+REPLAY_LOCK = 0x1A77
+MAX_BACKOFF_S = 10.0
+
+
+class ReplayError(Exception):
+    """A replay cannot start or finish; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StartAt:
+    """Where a replay starts: the beginning, one partition's offset, or a time."""
+
+    from_beginning: bool = False
+    partition_offset: tuple[int, int] | None = None
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a replay is: records done of the known total, and the speed."""
+
+    done: int
+    total: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        """Records per second so far."""
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the current rate (None before the first batch)."""
+        rate = self.rate
+        return max(0, self.total - self.done) / rate if rate > 0 else None
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What a finished replay did."""
+
+    records: int
+    seconds: float
+    tables: list[str]
+    positions: dict[TopicPartition, int]
+
+
+class _OnceDeadLetters:
+    """A replay reads poison records the live runner already dead-lettered: send only
+    the ones `lattice.dead_letters` does not know yet."""
+
+    def __init__(self, sink: DeadLetterSink, pool: asyncpg.Pool) -> None:
+        self.sink = sink
+        self.pool = pool
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        async with self.pool.acquire() as conn:
+            known = {
+                (r["topic"], r["partition"], r["kafka_offset"])
+                for r in await conn.fetch(
+                    "SELECT topic, partition, kafka_offset FROM lattice.dead_letters "
+                    "WHERE projector = $1",
+                    letters[0].projector,
+                )
+            }
+        fresh = [
+            lt
+            for lt in letters
+            if (lt.record.topic, lt.record.partition, lt.record.offset) not in known
+        ]
+        if fresh:
+            await self.sink.send(fresh)
+
+
+async def _start_positions(
+    conn: Connection,
+    consumer: AIOKafkaConsumer,
+    projection: Any,
+    settings: Settings,
+    tps: list[TopicPartition],
+    start: StartAt,
+    schema: str,
+    tables: list[str],
+) -> dict[TopicPartition, int]:
+    beginning: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
+    if start.from_beginning:
+        return dict(beginning)
+    async with conn.transaction(isolation="repeatable_read"):
+        live = await offsets.load_all(conn, projection.name)
+        await conn.execute(f"SET LOCAL search_path TO {shadow.ident(schema)}, public")
+        await shadow.seed(conn, schema, tables)
+    current = {tp: live.get(tp, beginning[tp]) for tp in tps}
+    wanted: dict[TopicPartition, int] = {}
+    if start.partition_offset is not None:
+        partition, offset = start.partition_offset
+        topic = settings.topic if settings.topic in {tp.topic for tp in tps} else tps[0].topic
+        tp = TopicPartition(topic, partition)
+        if tp not in current:
+            raise ReplayError(f"{topic} has no partition {partition}")
+        wanted[tp] = max(offset, beginning[tp])
+    elif start.since is not None:
+        ms = int(start.since.timestamp() * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        ends = await consumer.end_offsets(tps)
+        wanted = {tp: (found[tp].offset if found.get(tp) else ends[tp]) for tp in tps}
+    # Never start after the live position: what the live tables lack must be applied.
+    return {tp: min(wanted.get(tp, current[tp]), current[tp]) for tp in tps}
+
+
+async def replay(
+    settings: Settings,
+    projection: Any,
+    start: StartAt,
+    dead_letters: DeadLetterSink,
+    *,
+    view_owners: Sequence[Any] = (),
+    hydrate: Hydrate | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> ReplayResult:
+    """Rebuild `projection` from `start` and swap it in; raise ReplayError if it cannot."""
+    name = projection.name
+    schema, key = shadow.shadow_schema(name), shadow.replay_key(name)
+    stop = stop or asyncio.Event()
+    lock_conn = await asyncpg.connect(settings.require_database_url())
+    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        client_id=f"lattice-replay-{name}",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    owner = finished = False
+    try:
+        owner = await lock_conn.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", REPLAY_LOCK, name
+        )
+        if not owner:
+            raise ReplayError(f"a replay of {name} is already running")
+        await migrate(lock_conn, [projection])  # the live schema is current before we copy
+        tables = await shadow.build(lock_conn, projection, schema)
+        await offsets.forget(lock_conn, key)
+        await consumer.start()
+        tps = await _partitions(consumer, projection.topics(settings))
+        consumer.assign(tps)
+        positions = await _start_positions(
+            lock_conn, consumer, projection, settings, tps, start, schema, tables
+        )
+        async with lock_conn.transaction():
+            for tp, offset in positions.items():
+                await offsets.compare_and_set(
+                    lock_conn, key, {tp: offsets.Advance(None, offset, 0)}
+                )
+        applier = BatchApplier(
+            projection,
+            pool,
+            _OnceDeadLetters(dead_letters, pool),
+            schema=schema,
+            projector_key=key,
+            retries=settings.poison_retries,
+            hydrate=hydrate,
+            stop=stop,
+        )
+        started = time.monotonic()
+        done = await _catch_up(consumer, applier, settings, positions, stop, on_progress, started)
+        async with lock_conn.transaction():
+            swapped = await shadow.swap(lock_conn, projection, schema, view_owners)
+        finished = True
+        seconds = time.monotonic() - started
+        log.info(
+            "replay swapped in",
+            projector=name,
+            records=done,
+            tables=swapped,
+            seconds=round(seconds, 1),
+        )
+        return ReplayResult(done, seconds, swapped, dict(positions))
+    finally:
+        await consumer.stop()
+        await pool.close()
+        if owner and not finished:
+            await _discard(lock_conn, schema, key)
+        await lock_conn.close()  # also releases the session's advisory lock
+
+
+async def _discard(conn: asyncpg.Connection, schema: str, key: str) -> None:
+    """Drop an unfinished rebuild (the live tables never changed)."""
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {shadow.ident(schema)} CASCADE")
+        await offsets.forget(conn, key)
+    except Exception as exc:  # the original error matters more; say what is left behind
+        log.warning("could not drop the unfinished replay", schema=schema, error=str(exc))
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise ReplayError(f"topic {topic} does not exist")
+        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+    return tps
+
+
+async def _catch_up(
+    consumer: AIOKafkaConsumer,
+    applier: BatchApplier,
+    settings: Settings,
+    positions: dict[TopicPartition, int],
+    stop: asyncio.Event,
+    on_progress: Callable[[Progress], None] | None,
+    started: float,
+) -> int:
+    """Apply batches until every partition reached the log end; returns records done."""
+    for tp, offset in positions.items():
+        consumer.seek(tp, offset)
+    first = dict(positions)
+    ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
+    backoff, last_report = 0.5, 0.0
+    while True:
+        behind = [tp for tp in positions if positions[tp] < ends[tp]]
+        if not behind:
+            fresh = await consumer.end_offsets(list(positions))
+            # Swap once what is left is less than a batch: the live runner, re-seeking to
+            # the rebuilt positions, applies the rest within its next batch.
+            if sum(fresh[tp] - positions[tp] for tp in positions) <= settings.projector_batch_size:
+                _report(on_progress, positions, first, ends, started, force=True)
+                return sum(positions[tp] - first[tp] for tp in positions)
+            ends = fresh
+            continue
+        if stop.is_set():
+            raise ReplayError("replay interrupted; the live tables are unchanged")
+        fetched = await consumer.getmany(
+            *behind,
+            timeout_ms=settings.projector_batch_wait_ms,
+            max_records=settings.projector_batch_size,
+        )
+        batch = {
+            tp: [to_record(m) for m in msgs if m.offset >= positions[tp]]
+            for tp, msgs in fetched.items()
+        }
+        batch = {tp: recs for tp, recs in batch.items() if recs}
+        if not batch:
+            continue
+        try:
+            await applier.commit(batch, {tp: positions[tp] for tp in batch})
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("database unavailable during replay; retrying", error=str(exc))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+            for tp in batch:
+                consumer.seek(tp, positions[tp])
+            continue
+        backoff = 0.5
+        for tp, recs in batch.items():
+            positions[tp] = recs[-1].offset + 1
+        if time.monotonic() - last_report >= 1.0:
+            last_report = time.monotonic()
+            _report(on_progress, positions, first, ends, started)
+
+
+def _report(
+    on_progress: Callable[[Progress], None] | None,
+    positions: Mapping[TopicPartition, int],
+    first: Mapping[TopicPartition, int],
+    ends: Mapping[TopicPartition, int],
+    started: float,
+    *,
+    force: bool = False,
+) -> None:
+    if on_progress is None:
+        return
+    done = sum(positions[tp] - first[tp] for tp in positions)
+    total = sum(max(ends[tp], positions[tp]) - first[tp] for tp in positions)
+    on_progress(Progress(done, total, time.monotonic() - started))

@@ -1,0 +1,120 @@
+"""`lattice rewind GROUP`: move a stopped downstream consumer group back in the log.
+
+Downstream services keep their positions in Kafka (unlike Lattice's projectors, whose
+positions live in PostgreSQL and are rebuilt with `lattice replay`). Rewinding commits
+new offsets for the group as a simple (generation -1) consumer; the broker refuses such
+a commit while the group has live members, so a running group is never moved under its
+own feet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+
+class RewindError(Exception):
+    """The group cannot be rewound as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Move:
+    """One partition's committed offset before and after the rewind."""
+
+    partition: TopicPartition
+    before: int | None
+    after: int
+
+
+async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    """The offsets a group has committed, by partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        found = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return {tp: meta.offset for tp, meta in found.items() if meta.offset >= 0}
+
+
+async def rewind(
+    bootstrap: str,
+    group: str,
+    *,
+    topics: Sequence[str],
+    since: datetime | None = None,
+    to_offset: tuple[int, int] | None = None,
+) -> list[Move]:
+    """Commit the group's new positions: the first record at or after `since` in every
+    partition of `topics`, or `to_offset` (PARTITION:OFFSET) in the first topic."""
+    if (since is None) == (to_offset is None):
+        raise RewindError("give exactly one of --since TIME or --to-offset PARTITION:OFFSET")
+    before = await committed(bootstrap, group)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        client_id="lattice-rewind",
+    )
+    await consumer.start()
+    try:
+        tps = await _partitions(consumer, topics)
+        targets = await _targets(consumer, tps, topics, since, to_offset)
+        consumer.assign(list(targets))
+        try:
+            await consumer.commit(
+                {tp: OffsetAndMetadata(offset, "lattice rewind") for tp, offset in targets.items()}
+            )
+        except KafkaError as exc:
+            raise RewindError(
+                f"the broker refused to move group {group} ({type(exc).__name__}): "
+                "it probably has running members; stop them and retry"
+            ) from exc
+    finally:
+        await consumer.stop()
+    return [Move(tp, before.get(tp), offset) for tp, offset in sorted(targets.items())]
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise RewindError(f"topic {topic} does not exist")
+        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+    return tps
+
+
+async def _targets(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    topics: Sequence[str],
+    since: datetime | None,
+    to_offset: tuple[int, int] | None,
+) -> dict[TopicPartition, int]:
+    ends = await consumer.end_offsets(tps)
+    if since is not None:
+        ms = int(since.timestamp() * 1000)
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        # No record at or after `since`: the group starts at the end (nothing to re-read).
+        return {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+    assert to_offset is not None
+    partition, offset = to_offset
+    tp = TopicPartition(topics[0], partition)
+    if tp not in ends:
+        raise RewindError(f"topic {topics[0]} has no partition {partition}")
+    start = (await consumer.beginning_offsets([tp]))[tp]
+    if not start <= offset <= ends[tp]:
+        raise RewindError(
+            f"offset {offset} is outside {tp.topic}:{partition}, which holds {start}..{ends[tp]}"
+        )
+    return {tp: offset}

@@ -1,0 +1,177 @@
+"""Shadow schemas for replay: build one, seed it from the live tables, swap it in.
+
+The swap is one transaction: lock the positions (the runner's lock order: positions,
+then tables), drop the views that depend on the live tables (views bind to table OIDs),
+drop the live tables, move the shadow tables, types and functions into `projections`,
+re-run every views.sql, and replace the live positions by the rebuilt ones. Readers
+block for the length of that transaction and then see the rebuilt tables, never an
+empty or half-built one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from projectors import offsets
+from projectors.base import LIVE_SCHEMA, Connection
+from projectors.migrate import apply_views, migrate
+
+
+class SwapError(Exception):
+    """The shadow schema holds something the swap cannot move; nothing was changed."""
+
+
+def shadow_schema(name: str) -> str:
+    """The schema a replay of `name` builds into."""
+    return f"replay_{name}"
+
+
+def replay_key(name: str) -> str:
+    """The `lattice.offsets` projector key of a replay's own positions."""
+    return f"{name}.replay"
+
+
+def ident(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def tables_in(conn: Connection, schema: str) -> list[str]:
+    """The ordinary and partitioned tables of a schema, by name."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "ORDER BY c.relname",
+        schema,
+    )
+    return [r["relname"] for r in rows]
+
+
+async def build(conn: asyncpg.Connection, projection: Any, schema: str) -> list[str]:
+    """Drop any earlier shadow, run every migration into a fresh one; its tables."""
+    await conn.execute(f"DROP SCHEMA IF EXISTS {ident(schema)} CASCADE")
+    await migrate(conn, [projection], schema=schema, record=False)
+    return await tables_in(conn, schema)
+
+
+async def seed(conn: Connection, schema: str, tables: Sequence[str]) -> None:
+    """Copy the live rows into the shadow tables (replay from an offset or a time
+    re-applies the log on top of them). Run it in the snapshot the positions were read in."""
+    for table in tables:
+        columns = await conn.fetch(
+            "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 "
+            "AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped "
+            "AND a.attgenerated = '' ORDER BY a.attnum",
+            schema,
+            table,
+        )
+        names = ", ".join(ident(r["attname"]) for r in columns)
+        await conn.execute(
+            f"INSERT INTO {ident(schema)}.{ident(table)} ({names}) OVERRIDING SYSTEM VALUE "
+            f"SELECT {names} FROM {ident(LIVE_SCHEMA)}.{ident(table)}"
+        )
+        # Serial and identity columns: carry the live counters over, or new rows collide.
+        for column in columns:
+            seq = await conn.fetchval(
+                "SELECT pg_get_serial_sequence($1, $2)",
+                f"{ident(schema)}.{ident(table)}",
+                column["attname"],
+            )
+            if seq is not None:
+                column_sql = ident(column["attname"])
+                await conn.execute(
+                    f"SELECT setval($1, GREATEST(1, (SELECT COALESCE(max({column_sql}), 0) "
+                    f"FROM {ident(schema)}.{ident(table)})))",
+                    seq,
+                )
+
+
+async def _dependent_views(conn: Connection, tables: Sequence[str]) -> list[str]:
+    rows = await conn.fetch(
+        """
+        SELECT DISTINCT vn.nspname AS schema, v.relname AS name
+          FROM pg_depend d
+          JOIN pg_rewrite r ON r.oid = d.objid
+          JOIN pg_class v ON v.oid = r.ev_class
+          JOIN pg_namespace vn ON vn.oid = v.relnamespace
+          JOIN pg_class t ON t.oid = d.refobjid
+          JOIN pg_namespace tn ON tn.oid = t.relnamespace
+         WHERE tn.nspname = $1 AND t.relname = ANY($2::text[])
+           AND v.oid <> t.oid AND v.relkind IN ('v', 'm')
+        """,
+        LIVE_SCHEMA,
+        list(tables),
+    )
+    return [f"{ident(r['schema'])}.{ident(r['name'])}" for r in rows]
+
+
+async def _move_types_and_functions(conn: Connection, schema: str) -> None:
+    # Enums, domains and composite types the migrations created (not the row types of
+    # tables, which move with their table).
+    types = await conn.fetch(
+        "SELECT t.typname FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "WHERE n.nspname = $1 AND t.typtype IN ('e', 'd', 'c') AND (t.typtype <> 'c' OR "
+        "(SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')",
+        schema,
+    )
+    for row in types:
+        name = ident(row["typname"])
+        await conn.execute(f"DROP TYPE IF EXISTS {ident(LIVE_SCHEMA)}.{name} CASCADE")
+        await conn.execute(f"ALTER TYPE {ident(schema)}.{name} SET SCHEMA {ident(LIVE_SCHEMA)}")
+    functions = await conn.fetch(
+        "SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1",
+        schema,
+    )
+    for row in functions:
+        signature = f"{ident(row['proname'])}({row['args']})"
+        await conn.execute(f"DROP ROUTINE IF EXISTS {ident(LIVE_SCHEMA)}.{signature} CASCADE")
+        await conn.execute(
+            f"ALTER ROUTINE {ident(schema)}.{signature} SET SCHEMA {ident(LIVE_SCHEMA)}"
+        )
+
+
+async def swap(
+    conn: asyncpg.Connection, projection: Any, schema: str, view_owners: Sequence[Any]
+) -> list[str]:
+    """Swap the shadow tables in and adopt the replay's positions, in the caller's
+    transaction; returns the tables swapped. `view_owners`: the other projections whose
+    views.sql is re-run if installed here (a view may join several projections' tables)."""
+    name = projection.name
+    await offsets.lock(conn, name)
+    await offsets.lock(conn, replay_key(name))
+    tables = await tables_in(conn, schema)
+    views = await _dependent_views(conn, tables)
+    if views:
+        await conn.execute(f"DROP VIEW IF EXISTS {', '.join(views)} CASCADE")
+    live = set(await tables_in(conn, LIVE_SCHEMA))
+    for table in tables:
+        if table in live:
+            await conn.execute(f"DROP TABLE {ident(LIVE_SCHEMA)}.{ident(table)} CASCADE")
+        await conn.execute(
+            f"ALTER TABLE {ident(schema)}.{ident(table)} SET SCHEMA {ident(LIVE_SCHEMA)}"
+        )
+    await _move_types_and_functions(conn, schema)
+    try:
+        # RESTRICT: anything the swap did not move fails the transaction, not silently lost.
+        await conn.execute(f"DROP SCHEMA {ident(schema)} RESTRICT")
+    except Exception as exc:
+        raise SwapError(
+            f"shadow schema {schema} holds objects a swap cannot move ({exc}); "
+            "the live tables are unchanged"
+        ) from exc
+    await conn.execute(f"SET LOCAL search_path TO {ident(LIVE_SCHEMA)}, public")
+    installed = {
+        r["projector"]
+        for r in await conn.fetch("SELECT DISTINCT projector FROM lattice.migrations")
+    }
+    for owner in [projection, *view_owners]:
+        # Only projections installed in this database; a failing views.sql fails the swap.
+        if owner is projection or owner.name in installed:
+            await apply_views(conn, owner)
+    await offsets.adopt(conn, name, replay_key(name))
+    return tables

@@ -1,0 +1,124 @@
+"""`lattice status`: per projector and partition, where it is and how far behind."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """One projector's state in one partition."""
+
+    projector: str
+    topic: str
+    partition: int
+    position: int | None
+    log_end: int
+    lag: int
+    last_event_at: datetime | None
+    dead_letters: int
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as RFC 3339)."""
+        data = asdict(self)
+        data["last_event_at"] = self.last_event_at.isoformat() if self.last_event_at else None
+        return data
+
+
+async def _stored(url: str) -> tuple[list[asyncpg.Record], dict[tuple[str, str, int], int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        try:
+            rows = await conn.fetch(
+                "SELECT projector, topic, partition, next_offset, last_event_at "
+                "FROM lattice.offsets ORDER BY projector, topic, partition"
+            )
+            dead = await conn.fetch(
+                "SELECT projector, topic, partition, count(*) AS n FROM lattice.dead_letters "
+                "GROUP BY projector, topic, partition"
+            )
+        except asyncpg.UndefinedTableError:
+            return [], {}  # never migrated: every projector is at the beginning
+    finally:
+        await conn.close()
+    return rows, {(r["projector"], r["topic"], r["partition"]): int(r["n"]) for r in dead}
+
+
+async def collect(settings: Settings, projections: Sequence[Any]) -> list[PartitionStatus]:
+    """The status of every given projection, plus any replay in progress."""
+    rows, dead = await _stored(settings.require_database_url())
+    stored = {(r["projector"], r["topic"], r["partition"]): r for r in rows}
+    wanted: dict[str, list[str]] = {p.name: list(p.topics(settings)) for p in projections}
+    for r in rows:  # replays in progress and projectors run by other versions
+        wanted.setdefault(r["projector"], [])
+        if r["topic"] not in wanted[r["projector"]]:
+            wanted[r["projector"]].append(r["topic"])
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_auto_commit=False,
+        client_id="lattice-status",
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        topics = sorted({t for ts in wanted.values() for t in ts})
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        ends = await consumer.end_offsets(tps) if tps else {}
+        starts = await consumer.beginning_offsets(tps) if tps else {}
+    finally:
+        await consumer.stop()
+    result: list[PartitionStatus] = []
+    for projector, projector_topics in wanted.items():
+        for tp in tps:
+            if tp.topic not in projector_topics:
+                continue
+            row = stored.get((projector, tp.topic, tp.partition))
+            position = int(row["next_offset"]) if row else None
+            result.append(
+                PartitionStatus(
+                    projector=projector,
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    position=position,
+                    log_end=ends[tp],
+                    lag=max(0, ends[tp] - (position if position is not None else starts[tp])),
+                    last_event_at=row["last_event_at"] if row else None,
+                    dead_letters=dead.get((projector, tp.topic, tp.partition), 0),
+                )
+            )
+    return result
+
+
+def render(statuses: Sequence[PartitionStatus]) -> str:
+    """A plain-text table, one line per projector and partition."""
+    header = ("PROJECTOR", "TOPIC", "PART", "POSITION", "LOG END", "LAG", "LAST EVENT", "DEAD")
+    lines = [header] + [
+        (
+            s.projector,
+            s.topic,
+            str(s.partition),
+            "-" if s.position is None else str(s.position),
+            str(s.log_end),
+            str(s.lag),
+            s.last_event_at.strftime("%Y-%m-%dT%H:%M:%SZ") if s.last_event_at else "-",
+            str(s.dead_letters),
+        )
+        for s in statuses
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
