@@ -1,0 +1,157 @@
+"""What the read models must say once every event of a simulation is applied (pure)."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ingest.simulate.story import Story
+
+MRR_STATUSES = ("active", "past_due")  # trialing pays nothing yet; canceled pays no more
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceTotals:
+    """Invoices of one status: how many, and their amounts in the minor unit."""
+
+    count: int
+    total: int
+    amount_paid: int
+    amount_remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    """One `meter_reconciliation` row."""
+
+    customer: str
+    meter: str
+    period_start: int
+    period_end: int
+    reported_value: int
+    rejected_value: int
+    billed_quantity: int
+    delta: int
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """One `connect_balances` row, in the minor unit."""
+
+    transferred: int
+    reversed: int
+    application_fees: int
+    refunded_fees: int
+    paid_out: int
+    net: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """The totals a correct set of projections shows for one simulation."""
+
+    events: int
+    accepted: int
+    rejected: int
+    usage_facts: int
+    subscriptions: dict[str, int]
+    invoices: dict[str, InvoiceTotals]
+    mrr: dict[str, int]
+    reconciliation: list[Reconciliation]
+    balances: dict[tuple[str, str], Balance]
+    customers: int = 0
+    transfers: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def discrepancies(self) -> list[Reconciliation]:
+        """Closed periods where usage and billing disagree, largest absolute delta first."""
+        rows = [row for row in self.reconciliation if row.status not in ("matched", "pending")]
+        return sorted(rows, key=lambda row: (-abs(row.delta), row.customer, row.period_start))
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form (for `lattice simulate --expected` and tests)."""
+        body = asdict(self)
+        body["balances"] = {f"{acct}/{cur}": asdict(b) for (acct, cur), b in self.balances.items()}
+        body["discrepancies"] = [asdict(row) for row in self.discrepancies]
+        return body
+
+
+def _status(delta: int, closed: bool) -> str:
+    if not closed:
+        return "pending"
+    if delta == 0:
+        return "matched"
+    return "under_billed" if delta > 0 else "over_billed"
+
+
+def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) -> Expected:
+    """Compute the totals from the final state of every simulated object."""
+    subscriptions = Counter(sub.status for sub in story.subscriptions)
+    invoices: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for invoice in story.invoices:
+        sums = invoices[invoice.status]
+        sums[0] += 1
+        sums[1] += invoice.total
+        sums[2] += invoice.amount_paid
+        sums[3] += invoice.amount_remaining
+    mrr: dict[str, int] = defaultdict(int)
+    for sub in story.subscriptions:
+        if sub.status not in MRR_STATUSES:
+            continue
+        for item in sub.items:
+            if item.quantity is None or item.price.unit_amount is None:
+                continue  # metered items bill usage in arrears: not recurring revenue
+            monthly = item.price.unit_amount * item.quantity
+            mrr[sub.currency] += monthly // 12 if item.price.interval == "year" else monthly
+    rows = []
+    for (customer, meter, start), (end, reported, rejected_value, billed, closed) in sorted(
+        story.usage.items()
+    ):
+        delta = reported - rejected_value - billed
+        rows.append(
+            Reconciliation(
+                customer,
+                meter,
+                start,
+                end,
+                reported,
+                rejected_value,
+                billed,
+                delta,
+                _status(delta, closed),
+            )
+        )
+    return Expected(
+        events=events,
+        accepted=accepted,
+        rejected=rejected,
+        usage_facts=len(story.facts),
+        subscriptions=dict(sorted(subscriptions.items())),
+        invoices={status: InvoiceTotals(*sums) for status, sums in sorted(invoices.items())},
+        mrr=dict(sorted(mrr.items())),
+        reconciliation=rows,
+        balances=_balances(story),
+        customers=len(story.subscriptions),
+        transfers=len(story.transfers),
+    )
+
+
+def _balances(story: Story) -> dict[tuple[str, str], Balance]:
+    sums: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for transfer in story.transfers:
+        row = sums[(transfer.destination, transfer.currency)]
+        row[0] += transfer.amount
+        row[1] += sum(amount for _, amount, _ in transfer.reversals)
+    for acct, currency, fee, refunded in story.fees:
+        sums[(acct, currency)][2] += fee
+        sums[(acct, currency)][3] += refunded
+    for acct, currency, amount, status in story.payouts:
+        if status == "paid":
+            sums[(acct, currency)][4] += amount
+    return {
+        key: Balance(t, r, f, fr, p, t - r - f + fr - p)
+        for key, (t, r, f, fr, p) in sorted(sums.items())
+    }

@@ -1,0 +1,125 @@
+"""A month of a SaaS platform, deterministic from its seed (pure: no clock, no I/O).
+
+`generate()` plays every customer's and connected account's month, then schedules the
+deliveries the way Stripe makes them: mostly in order, some twice, some swapped with a
+neighbour, some only after a first attempt that broke off. A few forged requests (signed
+with a wrong secret) show the receiver turning them away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass
+
+from ingest.simulate.billing import CustomerMonth, catalogue
+from ingest.simulate.connect import connect_month
+from ingest.simulate.expected import Expected, expected_totals
+from ingest.simulate.shapes import API_VERSIONS, NEW_API, Ids, meter
+from ingest.simulate.story import DAY, MONTH_START, PLATFORM, Story
+from ingest.simulate.usage import EVENT_NAME
+
+MIXED = "mixed"
+
+# Delivery kinds: a normal delivery, a first attempt that breaks off mid-body (Stripe
+# retries it later), and a forged request signed with a secret nobody configured.
+DELIVER, BROKEN, FORGED = "deliver", "broken", "forged"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One HTTP request to make: to which endpoint, which bytes, and how."""
+
+    endpoint: str
+    event_id: str
+    body: bytes
+    kind: str = DELIVER
+
+
+@dataclass(frozen=True, slots=True)
+class Simulation:
+    """Everything `lattice simulate` sends, and what the tables must say afterwards."""
+
+    deliveries: list[Delivery]
+    facts: list[tuple[bytes, bytes]]  # (key, value) for `usage.reported`, in order
+    hydrated: dict[str, bytes]  # thin event id -> full body from GET /v2/core/events/{id}
+    expected: Expected
+
+    def digest(self) -> str:
+        """SHA-256 over every byte the simulation sends (same seed, same digest)."""
+        h = hashlib.sha256()
+        for delivery in self.deliveries:
+            h.update(f"{delivery.endpoint}|{delivery.kind}|".encode() + delivery.body)
+        for key, value in self.facts:
+            h.update(key + b"|" + value)
+        for event_id in sorted(self.hydrated):
+            h.update(self.hydrated[event_id])
+        return h.hexdigest()
+
+
+def _encode(body: object) -> bytes:
+    # Stripe sends pretty-printed JSON; the log keeps these bytes as they are.
+    return json.dumps(body, indent=2).encode()
+
+
+def generate(customers: int, accounts: int, seed: int, api_version: str = MIXED) -> Simulation:
+    """Play the month for `customers` customers and `accounts` connected accounts."""
+    if api_version != MIXED and api_version not in API_VERSIONS:
+        raise ValueError(f"api version must be one of {', '.join((MIXED, *API_VERSIONS))}")
+    rng = random.Random(seed)
+    story = Story(rng, Ids(rng))
+    story.meter_id = story.ids.new("mtr")
+    story.emit(
+        MONTH_START - DAY,
+        "billing.meter.created",
+        meter(story.meter_id, MONTH_START - DAY, EVENT_NAME, "API requests"),
+        NEW_API,
+    )
+    prices = catalogue(story)
+    for index in range(customers):
+        version = rng.choice(API_VERSIONS) if api_version == MIXED else api_version
+        CustomerMonth(story, prices, version, index).run()
+    connect_month(story, accounts, NEW_API if api_version == MIXED else api_version)
+    deliveries = _schedule(story, rng)
+    facts = [
+        (fact.customer.encode(), json.dumps(fact.value).encode())
+        for fact in sorted(story.facts, key=lambda f: (f.reported_at, f.seq))
+    ]
+    expected = expected_totals(
+        story,
+        events=len(story.events),
+        accepted=sum(1 for d in deliveries if d.kind == DELIVER),
+        rejected=sum(1 for d in deliveries if d.kind == FORGED),
+    )
+    return Simulation(
+        deliveries, facts, {key: _encode(body) for key, body in story.hydrated.items()}, expected
+    )
+
+
+def _schedule(story: Story, rng: random.Random) -> list[Delivery]:
+    """Stripe's delivery order: at least once, no order promised, retried on failure."""
+    ordered = sorted(story.events, key=lambda e: (e.created, e.seq))
+    slots: list[tuple[float, Delivery]] = []
+    for position, emitted in enumerate(ordered):
+        event_id = str(emitted.body["id"])
+        delivery = Delivery(emitted.endpoint, event_id, _encode(emitted.body))
+        at = float(position)
+        roll = rng.random()
+        if roll < 0.08:
+            at += 1.5  # overtaken by the next event
+        elif roll < 0.11:  # the first attempt breaks off; Stripe retries a while later
+            slots.append((at, Delivery(delivery.endpoint, event_id, delivery.body, BROKEN)))
+            at += rng.randint(5, 60) + 0.5
+        slots.append((at, delivery))
+        if rng.random() < 0.05:  # delivered twice
+            slots.append((at + rng.randint(1, 40) + 0.25, delivery))
+    for _ in range(max(1, len(ordered) // 250)):
+        victim = ordered[rng.randrange(len(ordered))]
+        slots.append(
+            (
+                rng.uniform(0, len(ordered)),
+                Delivery(PLATFORM, str(victim.body["id"]), _encode(victim.body), FORGED),
+            )
+        )
+    return [delivery for _, delivery in sorted(slots, key=lambda slot: slot[0])]

@@ -1,0 +1,75 @@
+"""The demo's final report as text: tables side by side with the simulation's expectation."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ingest.simulate.expected import Expected
+from ingest.simulate.report import Actual, expected_as_actual
+
+
+def _money(minor: int, currency: str = "") -> str:
+    return f"{minor / 100:,.2f} {currency}".rstrip()
+
+
+def _mark(ok: bool) -> str:
+    return "ok" if ok else "MISMATCH"
+
+
+def render(
+    expected: Expected, actual: Actual, *, accepted: int, rejected: int, broken: int, lag: int
+) -> str:
+    """The report: each table with a mark saying whether it equals the expectation."""
+    want = expected_as_actual(expected)
+    out: list[str] = []
+    out.append(f"\nSubscriptions by status  [{_mark(want.subscriptions == actual.subscriptions)}]")
+    for status in sorted(set(want.subscriptions) | set(actual.subscriptions)):
+        out.append(
+            f"  {status:<14} {actual.subscriptions.get(status, 0):>7}"
+            f"   (simulated {want.subscriptions.get(status, 0)})"
+        )
+    out.append(f"\nInvoices by status  [{_mark(want.invoices == actual.invoices)}]")
+    out.append(f"  {'status':<14} {'count':>7} {'total':>16} {'paid':>16} {'remaining':>16}")
+    for status, totals in sorted(actual.invoices.items()):
+        out.append(
+            f"  {status:<14} {totals.count:>7} {_money(totals.total):>16} "
+            f"{_money(totals.amount_paid):>16} {_money(totals.amount_remaining):>16}"
+        )
+    out.append("  (amounts summed across currencies, in major units)")
+    out.append(f"\nMRR per currency  [{_mark(want.mrr == actual.mrr)}]")
+    for currency, minor in sorted(actual.mrr.items()):
+        out.append(f"  {currency:<6} {_money(minor):>16}")
+    ok = sorted(want.discrepancies) == sorted(actual.discrepancies)
+    out.append(f"\nUsage discrepancies (projections.usage_discrepancies)  [{_mark(ok)}]")
+    out.append(
+        f"  {'customer':<22} {'period start':<17} {'reported':>9} {'rejected':>9} "
+        f"{'billed':>7} {'delta':>6}  status"
+    )
+    for customer, start, reported, rejected_value, billed, delta, status in actual.discrepancies:
+        when = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M")
+        out.append(
+            f"  {customer:<22} {when:<17} {reported:>9} {rejected_value:>9} "
+            f"{billed:>7} {delta:>6}  {status}"
+        )
+    out.append(f"\nConnect balances per account  [{_mark(want.balances == actual.balances)}]")
+    out.append(
+        f"  {'account':<22} {'cur':<4} {'transferred':>12} {'reversed':>10} "
+        f"{'fees':>9} {'fee refunds':>12} {'paid out':>10} {'net':>12}"
+    )
+    for (account, currency), values in sorted(actual.balances.items()):
+        cells = " ".join(
+            f"{_money(v):>{w}}" for v, w in zip(values, (12, 10, 9, 12, 10, 12), strict=True)
+        )
+        out.append(f"  {account:<22} {currency:<4} {cells}")
+    out.append("\nReceiver")
+    out.append(
+        f"  accepted {accepted} deliveries of {expected.events} distinct events "
+        f"(duplicates and retries included); rejected {rejected} forged; "
+        f"{broken} broke off mid-body and were retried"
+    )
+    out.append(
+        f"  projections.events holds {actual.events} events  "
+        f"[{_mark(actual.events == expected.events)}]"
+    )
+    out.append(f"\nProjectors' lag: {lag} record(s)")
+    return "\n".join(out)

@@ -1,0 +1,157 @@
+"""Read the tables back after a simulation, compare them with its expected totals."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import Settings
+from ingest.simulate.expected import Expected, InvoiceTotals
+
+QUERIES = {
+    "subscriptions": "SELECT status, count(*) FROM projections.subscriptions GROUP BY 1",
+    "invoices": "SELECT status, count(*), sum(total), sum(amount_paid), sum(amount_remaining) "
+    "FROM projections.invoices GROUP BY 1",
+    "mrr": "SELECT currency, mrr FROM projections.mrr",
+    "discrepancies": "SELECT customer, period_start, reported_value, rejected_value, "
+    "billed_quantity, delta, status FROM projections.usage_discrepancies",
+    "balances": "SELECT account, currency, transferred, reversed, application_fees, "
+    "refunded_fees, paid_out, net FROM projections.connect_balances",
+    "events": "SELECT count(*) FROM projections.events",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Actual:
+    """What the tables say, in the same shapes as `Expected`."""
+
+    subscriptions: dict[str, int]
+    invoices: dict[str, InvoiceTotals]
+    mrr: dict[str, int]
+    discrepancies: list[tuple[Any, ...]]
+    balances: dict[tuple[str, str], tuple[int, ...]]
+    events: int
+
+
+async def read_tables(database_url: str) -> Actual:
+    """Query the read models (a missing table reads as empty: its projector has not run)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows: dict[str, list[asyncpg.Record]] = {}
+        for name, sql in QUERIES.items():
+            try:
+                rows[name] = await conn.fetch(sql)
+            except asyncpg.UndefinedTableError:
+                rows[name] = []
+    finally:
+        await conn.close()
+    return Actual(
+        subscriptions={r[0]: int(r[1]) for r in rows["subscriptions"]},
+        invoices={r[0]: InvoiceTotals(*(int(v or 0) for v in r[1:])) for r in rows["invoices"]},
+        mrr={r[0]: int(r[1]) for r in rows["mrr"]},
+        discrepancies=[
+            (r[0], int(r[1].timestamp()), *(int(v) for v in r[2:6]), r[6])
+            for r in rows["discrepancies"]
+        ],
+        balances={(r[0], r[1]): tuple(int(v) for v in r[2:]) for r in rows["balances"]},
+        events=int(rows["events"][0][0]) if rows["events"] else 0,
+    )
+
+
+def expected_as_actual(expected: Expected) -> Actual:
+    """The expected totals in the shape `read_tables` returns, for comparison."""
+    return Actual(
+        subscriptions=dict(expected.subscriptions),
+        invoices=dict(expected.invoices),
+        mrr=dict(expected.mrr),
+        discrepancies=[
+            (
+                r.customer,
+                r.period_start,
+                r.reported_value,
+                r.rejected_value,
+                r.billed_quantity,
+                r.delta,
+                r.status,
+            )
+            for r in expected.discrepancies
+        ],
+        balances={
+            key: (b.transferred, b.reversed, b.application_fees, b.refunded_fees, b.paid_out, b.net)
+            for key, b in expected.balances.items()
+        },
+        events=expected.events,
+    )
+
+
+def differences(expected: Expected, actual: Actual) -> list[str]:
+    """Every part of the tables that disagrees with the simulation (empty when all agree)."""
+    want = expected_as_actual(expected)
+    wrong = []
+    for name in ("subscriptions", "invoices", "mrr", "balances", "events"):
+        if getattr(want, name) != getattr(actual, name):
+            wrong.append(
+                f"{name}: expected {getattr(want, name)}, tables say {getattr(actual, name)}"
+            )
+    if sorted(want.discrepancies) != sorted(actual.discrepancies):
+        wrong.append(
+            f"usage_discrepancies: expected {want.discrepancies}, tables say {actual.discrepancies}"
+        )
+    return wrong
+
+
+async def lag(settings: Settings, projectors: Sequence[tuple[str, Sequence[str]]]) -> int:
+    """Records on the projectors' topics not yet applied (positions from lattice.offsets)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            stored = {
+                (r[0], r[1], r[2]): int(r[3])
+                for r in await conn.fetch(
+                    "SELECT projector, topic, partition, next_offset FROM lattice.offsets"
+                )
+            }
+        except asyncpg.UndefinedTableError:
+            stored = {}
+        finally:
+            await conn.close()
+        metadata = await consumer._client.fetch_all_metadata()
+        total = 0
+        for name, topics in projectors:
+            tps = [
+                TopicPartition(topic, p)
+                for topic in topics
+                for p in sorted(metadata.partitions_for_topic(topic) or set())
+            ]
+            if not tps:
+                continue
+            ends = await consumer.end_offsets(tps)
+            total += sum(
+                max(0, end - stored.get((name, tp.topic, tp.partition), 0))
+                for tp, end in ends.items()
+            )
+        return total
+    finally:
+        await consumer.stop()
+
+
+async def wait_caught_up(
+    settings: Settings, projectors: Sequence[tuple[str, Sequence[str]]], *, timeout: float
+) -> int:
+    """Poll until every projector's lag is zero or `timeout` passes; return the last lag."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = await lag(settings, projectors)
+        if remaining == 0 or time.monotonic() > deadline:
+            return remaining
+        await asyncio.sleep(0.5)

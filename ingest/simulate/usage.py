@@ -1,0 +1,104 @@
+"""Metered usage: facts the app reports, Stripe's error reports, and what gets billed."""
+
+from __future__ import annotations
+
+from ingest.simulate.shapes import Json, rfc3339, thin_event
+from ingest.simulate.story import DAY, HOUR, Story
+
+ERROR_REPORT = "v1.billing.meter.error_report_triggered"
+EVENT_NAME = "api_requests"
+
+
+def _fact(
+    story: Story, customer: str, identifier: str, value: int, at: int, action: str | None = None
+) -> Json:
+    # Producers send the value as a string or a number: the contract allows both.
+    fact: Json = {
+        "identifier": identifier,
+        "event_name": EVENT_NAME,
+        "stripe_customer_id": customer,
+        "value": str(value) if story.rng.random() < 0.5 else value,
+        "timestamp": at,
+    }
+    if action is not None:
+        fact["action"] = action
+    return fact
+
+
+def metered_month(
+    story: Story, customer: str, start: int, end: int, next_end: int, *, finalized: int
+) -> int:
+    """Report a period's usage and the first days of the next; return what Stripe bills.
+
+    Each fact is one of: billed as reported; reported twice (an app retry: Stripe and the
+    projection deduplicate by identifier); cancelled by an adjustment; rejected by Stripe
+    (an error report names it); reported only after the invoice was finalized (never
+    billed: under-billed). Rarely, a fact reached Stripe but never the topic (over-billed).
+    """
+    rng, meter = story.rng, story.meter_id
+    reported = rejected = billed = 0
+    rejected_ids: list[str] = []
+    for _ in range(rng.randint(4, 12)):
+        identifier = story.ids.new("mev")
+        value = rng.randint(1, 40)
+        at = rng.randint(start, end - HOUR)
+        kind = rng.choices(["ok", "twice", "cancel", "reject", "late"], [70, 10, 6, 7, 7])[0]
+        reported_at = finalized + rng.randint(HOUR, 2 * DAY) if kind == "late" else at + 5
+        story.report(reported_at, customer, _fact(story, customer, identifier, value, at))
+        if kind == "cancel":
+            story.report(
+                reported_at + 600, customer, _fact(story, customer, identifier, value, at, "cancel")
+            )
+            continue
+        reported += value
+        if kind == "twice":
+            story.report(reported_at + 30, customer, _fact(story, customer, identifier, value, at))
+        if kind == "reject":
+            rejected += value
+            rejected_ids.append(identifier)
+        elif kind != "late":
+            billed += value
+    if rng.random() < 0.08:
+        billed += rng.randint(1, 10)  # a fact the app sent Stripe but lost before logging it
+    if rejected_ids:
+        _error_report(story, rejected_ids, start, end)
+    story.usage[(customer, meter, start)] = [end, reported, rejected, billed, True]
+    upcoming = 0
+    for _ in range(rng.randint(1, 3)):  # the new period has begun: its row stays pending
+        value, at = rng.randint(1, 20), rng.randint(end, end + 3 * DAY)
+        story.report(at + 5, customer, _fact(story, customer, story.ids.new("mev"), value, at))
+        upcoming += value
+    story.usage[(customer, meter, end)] = [next_end, upcoming, 0, 0, False]
+    return billed
+
+
+def _error_report(story: Story, identifiers: list[str], start: int, end: int) -> None:
+    """A thin error report naming every rejected fact in its samples (fewer than 5 each)."""
+    for first in range(0, len(identifiers), 4):
+        batch = identifiers[first : first + 4]
+        created = end - HOUR // 2
+        thin = thin_event(story.ids.new("evt_test"), ERROR_REPORT, created, story.meter_id)
+        samples = [
+            {
+                "error_message": "Value exceeds the limit configured for this meter",
+                "request": {"identifier": identifier, "idempotency_key": identifier},
+            }
+            for identifier in batch
+        ]
+        hydrated = dict(thin)
+        hydrated["data"] = {
+            "developer_message_summary": f"{len(batch)} meter events failed validation",
+            "reason": {
+                "error_count": len(batch),
+                "error_types": [
+                    {
+                        "code": "meter_event_invalid_value",
+                        "error_count": len(batch),
+                        "sample_errors": samples,
+                    }
+                ],
+            },
+            "validation_start": rfc3339(start),
+            "validation_end": rfc3339(created),
+        }
+        story.emit_thin(created, thin, hydrated)

@@ -1,0 +1,163 @@
+"""The simulator is deterministic and its expected totals agree with what it sends (pure)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from typing import Any
+
+import pytest
+import stripe
+
+from ingest.simulate.deliver import sign
+from ingest.simulate.generator import BROKEN, DELIVER, FORGED, generate
+from ingest.simulate.shapes import NEW_API, OLD_API
+
+# Stripe's clock has one-second resolution: for equal `created`, the lifecycle decides.
+_LIFECYCLE = {
+    "draft": 0,
+    "incomplete": 0,
+    "open": 1,
+    "trialing": 1,
+    "active": 1,
+    "past_due": 2,
+    "paid": 3,
+    "uncollectible": 3,
+    "canceled": 3,
+}
+
+
+def _final_snapshots(sim: Any, prefix: str) -> dict[str, dict[str, Any]]:
+    """The newest snapshot of every object whose id starts with `prefix`."""
+    newest: dict[str, tuple[int, int, dict[str, Any]]] = {}
+    for delivery in sim.deliveries:
+        if delivery.kind != DELIVER:
+            continue
+        body = json.loads(delivery.body)
+        obj = body.get("data", {}).get("object", {})
+        if not str(obj.get("id", "")).startswith(prefix):
+            continue
+        rank = (body["created"], _LIFECYCLE.get(obj.get("status"), 0))
+        if obj["id"] not in newest or rank > newest[obj["id"]][:2]:
+            newest[obj["id"]] = (*rank, obj)
+    return {key: value[2] for key, value in newest.items()}
+
+
+def test_same_seed_gives_the_same_bytes() -> None:
+    first, second = generate(40, 3, seed=11), generate(40, 3, seed=11)
+    assert first.digest() == second.digest()
+    assert [d.body for d in first.deliveries] == [d.body for d in second.deliveries]
+    assert first.expected == second.expected
+    assert generate(40, 3, seed=12).digest() != first.digest()
+
+
+def test_every_event_is_delivered_and_some_twice_out_of_order_or_after_a_retry() -> None:
+    sim = generate(120, 4, seed=3)
+    delivered = Counter(d.event_id for d in sim.deliveries if d.kind == DELIVER)
+    assert len(delivered) == sim.expected.events
+    assert any(count > 1 for count in delivered.values())
+    assert any(d.kind == BROKEN for d in sim.deliveries)
+    assert sim.expected.rejected == sum(1 for d in sim.deliveries if d.kind == FORGED) >= 1
+    created = [
+        json.loads(d.body)["created"]
+        for d in sim.deliveries
+        if d.kind == DELIVER and json.loads(d.body)["object"] == "event"
+    ]
+    assert created != sorted(created)
+    endpoints = {d.endpoint for d in sim.deliveries}
+    assert endpoints == {"platform", "connect"}
+
+
+def test_mixed_api_versions_use_both_shapes() -> None:
+    subs = _final_snapshots(generate(60, 0, seed=5), "sub_")
+    old = [s for s in subs.values() if "current_period_start" in s]
+    new = [s for s in subs.values() if "current_period_start" in s["items"]["data"][0]]
+    assert old
+    assert new
+    assert len(old) + len(new) == len(subs)
+    only_new = generate(10, 0, seed=5, api_version=NEW_API)
+    versions = {json.loads(d.body).get("api_version") for d in only_new.deliveries}
+    assert versions - {None} == {NEW_API}
+    assert OLD_API not in versions
+
+
+def test_expected_totals_equal_the_final_snapshots() -> None:
+    sim = generate(150, 3, seed=9)
+    subs, invoices = _final_snapshots(sim, "sub_"), _final_snapshots(sim, "in_")
+    assert Counter(s["status"] for s in subs.values()) == sim.expected.subscriptions
+    by_status: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for invoice in invoices.values():
+        row = by_status[invoice["status"]]
+        for index, field in enumerate(("total", "amount_paid", "amount_remaining"), start=1):
+            row[index] += invoice[field]
+        row[0] += 1
+    assert {k: tuple(v) for k, v in by_status.items()} == {
+        k: (t.count, t.total, t.amount_paid, t.amount_remaining)
+        for k, t in sim.expected.invoices.items()
+    }
+    assert {"active", "past_due", "canceled", "trialing"} <= set(sim.expected.subscriptions)
+    assert {"paid", "open", "uncollectible"} <= set(sim.expected.invoices)
+
+
+def test_mrr_counts_active_and_past_due_licensed_items_only() -> None:
+    sim = generate(150, 0, seed=9)
+    mrr: dict[str, int] = defaultdict(int)
+    for sub in _final_snapshots(sim, "sub_").values():
+        if sub["status"] not in ("active", "past_due"):
+            continue
+        for item in sub["items"]["data"]:
+            price = item["price"]
+            if price["unit_amount"] is None:
+                continue
+            monthly = price["unit_amount"] * item["quantity"]
+            mrr[sub["currency"]] += (
+                monthly // 12 if price["recurring"]["interval"] == "year" else monthly
+            )
+    assert dict(mrr) == sim.expected.mrr
+
+
+def test_usage_rows_add_up() -> None:
+    sim = generate(200, 0, seed=4)
+    rows = sim.expected.reconciliation
+    assert rows
+    for row in rows:
+        assert row.delta == row.reported_value - row.rejected_value - row.billed_quantity
+    statuses = Counter(row.status for row in rows)
+    assert statuses["pending"]
+    assert statuses["matched"]
+    assert statuses["under_billed"]
+    assert all(r.status != "matched" for r in sim.expected.discrepancies)
+    deltas = [abs(r.delta) for r in sim.expected.discrepancies]
+    assert deltas == sorted(deltas, reverse=True)
+    facts = [json.loads(value) for _, value in sim.facts]
+    assert any(f.get("action") == "cancel" for f in facts)
+    assert len({f["identifier"] for f in facts}) < len(facts)  # some reported twice
+    assert sim.hydrated
+    for body in sim.hydrated.values():
+        full = json.loads(body)
+        assert full["object"] == "v2.core.event"
+        assert full["data"]["reason"]["error_count"] > 0
+
+
+def test_connect_balances_add_up() -> None:
+    sim = generate(0, 4, seed=2)
+    balances = sim.expected.balances
+    assert len(balances) == 4
+    for b in balances.values():
+        assert (
+            b.net == b.transferred - b.reversed - b.application_fees + b.refunded_fees - b.paid_out
+        )
+    assert sum(b.reversed for b in balances.values()) > 0
+    assert sum(b.refunded_fees for b in balances.values()) > 0
+    assert sum(1 for b in balances.values() if b.paid_out == 0) == 1  # the failed payout
+
+
+def test_signature_matches_stripes_library() -> None:
+    body, secret = b'{"id": "evt_1"}', "whsec_test"
+    header = sign(body, ["whsec_other", secret], 1_790_000_000)
+    assert stripe.WebhookSignature.verify_header(body.decode(), header, secret, tolerance=None)
+
+
+def test_unknown_api_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="api version"):
+        generate(1, 0, seed=1, api_version="2019-01-01")
