@@ -1,0 +1,190 @@
+"""The meters reducer (pure): which changes each kind of record makes, in both API eras."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from deploy.settings import Settings
+from projectors.base import PoisonRecord, Record
+from projectors.meters import projection
+from projectors.meters.changes import (
+    ErrorReport,
+    FactRejected,
+    InvoiceLineSeen,
+    InvoiceSeen,
+    MeterSeen,
+    PeriodSeen,
+    PriceMeter,
+    UsageReported,
+)
+from tests.fixtures.stripe_objects import (
+    MONTH,
+    T0,
+    customer,
+    event,
+    invoice,
+    invoice_line,
+    price,
+    subscription,
+    subscription_item,
+)
+from tests.support.meter_payloads import (
+    billing_meter,
+    error_report,
+    meter_event,
+    stripe_record,
+    usage_fact,
+    usage_record,
+)
+
+
+def test_a_usage_fact_becomes_one_change() -> None:
+    record = usage_record(usage_fact("req-1", "cus_1", "0.1", timestamp=T0))
+    assert projection.reduce(record) == [
+        UsageReported("req-1", "api_requests", "cus_1", Decimal("0.1"), T0, cancel=False)
+    ]
+
+
+def test_a_cancel_names_the_fact_it_cancels() -> None:
+    record = usage_record(usage_fact("req-1", "cus_1", 0, action="cancel"))
+    (change,) = projection.reduce(record)
+    assert isinstance(change, UsageReported)
+    assert change.cancel
+
+
+def test_an_invalid_usage_fact_is_poison_with_the_validation_error() -> None:
+    record = usage_record({"identifier": "req-1", "value": "lots"})
+    with pytest.raises(PoisonRecord, match="value: Input should be a valid decimal"):
+        projection.reduce(record)
+
+
+@pytest.mark.parametrize("kind", ["created", "updated", "deactivated", "reactivated"])
+def test_meter_events_give_the_meter(kind: str) -> None:
+    meter = billing_meter(meter_id="mtr_1", event_name="logins", formula="count")
+    if kind == "deactivated":
+        meter["status"] = "inactive"
+    evt = meter_event(meter, kind=kind, created=T0)
+    assert projection.reduce(stripe_record(evt)) == [
+        MeterSeen("mtr_1", "logins", "API requests", meter["status"], "count", evt["id"], T0)
+    ]
+
+
+def test_a_meter_with_an_unknown_formula_is_poison() -> None:
+    meter = billing_meter(formula="max")
+    with pytest.raises(PoisonRecord, match="'max' is not sum, count or last"):
+        projection.reduce(stripe_record(meter_event(meter)))
+
+
+@pytest.mark.parametrize("era", ["legacy", "basil"])
+def test_a_subscription_gives_its_metered_items_periods(era: str) -> None:
+    metered = price(meter="mtr_1", unit_amount=None)
+    licensed = price()
+    sub = subscription(
+        era=era,  # type: ignore[arg-type]
+        customer="cus_1",
+        items=[
+            subscription_item(era=era, item_price=metered),  # type: ignore[arg-type]
+            subscription_item(era=era, item_price=licensed),  # type: ignore[arg-type]
+        ],
+    )
+    evt = event("customer.subscription.updated", sub, created=T0 + 5)
+    assert projection.reduce(stripe_record(evt)) == [
+        PriceMeter(metered["id"], "mtr_1", evt["id"], T0 + 5),
+        PeriodSeen("cus_1", metered["id"], T0, T0 + MONTH, evt["id"], T0 + 5),
+    ]
+
+
+def test_a_legacy_line_names_its_meter_and_a_basil_line_only_its_price() -> None:
+    metered = price(meter="mtr_1", unit_amount=None)
+    legacy = invoice(
+        era="legacy",
+        status="open",
+        customer="cus_1",
+        lines=[
+            invoice_line(era="legacy", line_price=metered, quantity=4),
+            invoice_line(era="legacy"),
+        ],
+    )
+    evt = event("invoice.finalized", legacy, created=T0 + 9, era="legacy")
+    line_id = legacy["lines"]["data"][0]["id"]
+    assert projection.reduce(stripe_record(evt)) == [
+        InvoiceSeen(legacy["id"], "cus_1", "open", 1, evt["id"], T0 + 9),
+        PriceMeter(metered["id"], "mtr_1", evt["id"], T0 + 9),
+        InvoiceLineSeen(
+            legacy["id"],
+            line_id,
+            "cus_1",
+            metered["id"],
+            Decimal(4),
+            T0,
+            T0 + MONTH,
+            evt["id"],
+            T0 + 9,
+            1,
+        ),
+        PeriodSeen("cus_1", metered["id"], T0, T0 + MONTH, evt["id"], T0 + 9),
+    ]
+    basil = invoice(
+        era="basil",
+        status="paid",
+        customer="cus_1",
+        lines=[invoice_line(era="basil", line_price=metered, quantity=4)],
+    )
+    changes = projection.reduce(stripe_record(event("invoice.paid", basil, created=T0 + 9)))
+    assert [type(c) for c in changes] == [InvoiceSeen, InvoiceLineSeen, PeriodSeen]
+    assert isinstance(changes[1], InvoiceLineSeen)
+    assert changes[1].price == metered["id"]
+
+
+def test_a_deleted_draft_ranks_above_every_status() -> None:
+    draft = invoice(status="draft", customer="cus_1")
+    (seen, *_) = projection.reduce(stripe_record(event("invoice.deleted", draft)))
+    assert isinstance(seen, InvoiceSeen)
+    assert (seen.status, seen.rank) == ("deleted", 4)
+
+
+def test_a_hydrated_error_report_rejects_its_samples_and_keeps_the_count() -> None:
+    evt = error_report(identifiers=["a", "b"], meter="mtr_1", extra_errors=3, at=T0)
+    changes = projection.reduce(stripe_record(evt))
+    assert [c.identifier for c in changes if isinstance(c, FactRejected)] == ["a", "b"]
+    report = changes[-1]
+    assert isinstance(report, ErrorReport)
+    assert (report.meter, report.error_count, report.sampled) == ("mtr_1", 5, 2)
+    assert (report.validation_start, report.validation_end, report.created) == (T0 - 3600, T0, T0)
+
+
+def test_no_meter_found_has_no_meter() -> None:
+    evt = error_report(identifiers=["a"], meter=None, code="no_meter")
+    changes = projection.reduce(stripe_record(evt))
+    assert isinstance(changes[0], FactRejected)
+    assert changes[0].code == "no_meter"
+    assert isinstance(changes[1], ErrorReport)
+    assert changes[1].meter is None
+    assert changes[1].type == "v1.billing.meter.no_meter_found"
+
+
+def test_a_thin_event_that_was_not_hydrated_is_poison() -> None:
+    evt = error_report(identifiers=["a"], meter="mtr_1", hydrated=False)
+    with pytest.raises(PoisonRecord, match="was not hydrated from GET /v2/core/events/"):
+        projection.reduce(stripe_record(evt))
+
+
+def test_events_the_projection_does_not_read_change_nothing() -> None:
+    assert projection.reduce(stripe_record(event("customer.created", customer()))) == []
+
+
+def test_a_stripe_record_that_is_not_json_is_poison() -> None:
+    record = stripe_record(event("customer.created", customer()))
+    broken = Record(
+        record.topic, 0, 0, record.key, b"{not json", record.headers, record.timestamp_ms
+    )
+    with pytest.raises(PoisonRecord, match="not JSON"):
+        projection.reduce(broken)
+
+
+def test_the_projection_reads_both_topics_and_asks_for_hydration() -> None:
+    settings = Settings(topic="t.events", usage_topic="t.usage")
+    assert list(projection.topics(settings)) == ["t.events", "t.usage"]
+    assert projection.hydrate_thin_events is True

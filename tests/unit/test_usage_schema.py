@@ -1,0 +1,90 @@
+"""The usage-fact contract: parsing, exact decimals, and the committed JSON Schema."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+
+from schemas.usage import (
+    SCHEMA_FILE,
+    UsageAction,
+    UsageFactError,
+    json_schema,
+    parse_usage_fact,
+    render_json_schema,
+)
+
+
+def fact_json(**fields: object) -> bytes:
+    base: dict[str, object] = {
+        "identifier": "req-1",
+        "event_name": "api_requests",
+        "stripe_customer_id": "cus_1",
+        "value": "3",
+        "timestamp": 1_764_000_000,
+    }
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not None}).encode()
+
+
+def test_the_committed_schema_is_the_generated_one() -> None:
+    assert SCHEMA_FILE.read_text() == render_json_schema(), (
+        "run `python -m schemas.usage` to regenerate schemas/json/usage_fact.schema.json"
+    )
+
+
+def test_the_schema_names_the_contract_fields() -> None:
+    schema = json_schema()
+    assert schema["required"] == [
+        "identifier",
+        "event_name",
+        "stripe_customer_id",
+        "value",
+        "timestamp",
+    ]
+    assert set(schema["properties"]) == {*schema["required"], "action"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("0.1", Decimal("0.1")), (0.1, Decimal("0.1")), (7, Decimal(7)), ("12.50", Decimal("12.50"))],
+)
+def test_value_is_an_exact_decimal_from_a_string_or_a_number(
+    raw: object, expected: Decimal
+) -> None:
+    assert parse_usage_fact(fact_json(value=raw)).value == expected
+
+
+def test_tenths_add_up_exactly() -> None:
+    fact = parse_usage_fact(fact_json(value=0.1))
+    assert sum([fact.value] * 10, Decimal(0)) == Decimal(1)
+
+
+def test_action_defaults_to_report_and_accepts_cancel() -> None:
+    assert parse_usage_fact(fact_json()).action is UsageAction.REPORT
+    assert parse_usage_fact(fact_json(action="cancel")).action is UsageAction.CANCEL
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"identifier": None}, "identifier"),
+        ({"value": "ten"}, "value"),
+        ({"value": True}, "value"),
+        ({"value": "NaN"}, "value"),
+        ({"timestamp": "1764000000"}, "timestamp"),
+        ({"timestamp": 1.5}, "timestamp"),
+        ({"action": "refund"}, "action"),
+        ({"stripe_customer_id": ""}, "stripe_customer_id"),
+    ],
+)
+def test_an_invalid_fact_is_refused_naming_the_field(fields: dict[str, object], names: str) -> None:
+    with pytest.raises(UsageFactError, match=names):
+        parse_usage_fact(fact_json(**fields))
+
+
+def test_a_value_that_is_not_json_is_refused() -> None:
+    with pytest.raises(UsageFactError, match="not a usage fact"):
+        parse_usage_fact(b"identifier=req-1")
