@@ -1,0 +1,109 @@
+"""The connect semantics in memory: every scenario's ledger and balances, and the same
+result for any order and any duplication of a stream (pure, no I/O)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projectors.base import Record
+from projectors.connect import projection
+from projectors.connect.changes import Change
+from projectors.connect.fold import Balance, State, balances, fold, ledger
+from tests.fixtures import connect_streams as streams
+from tests.fixtures.records import as_record
+
+EVERYTHING = streams.everything()
+RECORDS = [as_record(evt) for evt in EVERYTHING.events]
+
+
+def changes_of(records: Iterable[Record]) -> list[Change]:
+    return [change for record in records for change in projection.reduce(record)]
+
+
+def state_of(events: Sequence[dict[str, Any]]) -> State:
+    return fold(changes_of(as_record(evt) for evt in events))
+
+
+def balance_rows(state: State) -> dict[tuple[str, str], tuple[int, ...]]:
+    def row(b: Balance) -> tuple[int, ...]:
+        return (b.transferred, b.reversed, b.application_fees, b.refunded_fees, b.paid_out, b.net)
+
+    return {key: row(b) for key, b in balances(ledger(state).values()).items()}
+
+
+def test_destination_charge_reversed_in_two_steps() -> None:
+    stream = streams.destination_charge_reversed(amount=10_000, partial=3_000)
+    state = state_of(stream.events)
+    assert balance_rows(state) == stream.expected
+    entries = ledger(state)
+    assert entries[("reversal", stream.ids["r1"])].amount == -3_000
+    assert entries[("reversal", stream.ids["r2"])].amount == -7_000
+    tr = state.transfers[stream.ids["transfer"]]
+    assert (tr.amount_reversed, tr.reversed) == (10_000, True)
+
+
+def test_every_scenario_ends_in_its_balances() -> None:
+    assert balance_rows(state_of(EVERYTHING.events)) == EVERYTHING.expected
+
+
+def test_payout_paid_then_failed_is_booked_back_whichever_report_comes_first() -> None:
+    stream = streams.payout_paid_then_failed(amount=4_000)
+    paid, failed = stream.events[3], stream.events[4]
+    for order in ([paid, failed], [failed, paid]):
+        state = state_of([stream.events[0], *order])
+        kinds = {kind: e.amount for (kind, _), e in ledger(state).items() if kind != "transfer"}
+        assert kinds == {"payout": -4_000, "payout_failed": 4_000}
+        assert state.payouts[stream.ids["payout"]].status == "failed"
+
+
+def test_a_payout_that_never_got_paid_books_nothing() -> None:
+    stream = streams.payout_paid_then_failed()
+    created, in_transit, failed = stream.events[1], stream.events[2], stream.events[4]
+    state = state_of([created, failed, in_transit])
+    assert ledger(state) == {}
+    assert state.payouts[stream.ids["payout"]].status == "failed"
+
+
+def test_late_enabled_snapshot_does_not_re_enable_payouts() -> None:
+    stream = streams.account_loses_payouts()
+    enabled, disabled = stream.events
+    row = state_of([disabled, enabled]).accounts[stream.ids["account"]]
+    assert (row.payouts_enabled, row.requirements_currently_due) == (False, ("external_account",))
+
+
+def test_fee_refund_needs_its_fee_to_be_booked() -> None:
+    stream = streams.direct_charge_with_fee(fee=500, refunded=200)
+    only_refund = state_of([stream.events[3]])
+    assert ledger(only_refund) == {}
+    assert balance_rows(state_of([stream.events[3], stream.events[1]])) == {
+        (stream.ids["account"], "usd"): (0, 0, 500, 200, 0, -300)
+    }
+
+
+@st.composite
+def shuffled_with_duplicates(draw: st.DrawFn, records: list[Record]) -> list[Record]:
+    extra = draw(st.lists(st.sampled_from(records), max_size=len(records)))
+    return draw(st.permutations(records + extra))
+
+
+@settings(max_examples=200, deadline=None)
+@given(shuffled_with_duplicates(RECORDS))
+def test_any_order_and_any_duplication_gives_the_same_tables(stream: list[Record]) -> None:
+    ordered = fold(changes_of(RECORDS))
+    shuffled = fold(changes_of(stream))
+    assert shuffled == ordered
+    assert ledger(shuffled) == ledger(ordered)
+    assert balance_rows(shuffled) == EVERYTHING.expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(shuffled_with_duplicates(RECORDS), st.integers(min_value=1, max_value=8))
+def test_folding_in_batches_equals_folding_at_once(stream: list[Record], size: int) -> None:
+    state = State()
+    for start in range(0, len(stream), size):
+        fold(changes_of(stream[start : start + size]), state)
+    assert state == fold(changes_of(RECORDS))
