@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     projector_batch_size: int = Field(default=5000, gt=0)
     projector_batch_wait_ms: int = Field(default=200, ge=0)
     poison_retries: int = Field(default=3, ge=1)
+    # Projector consumer groups are `<prefix>.<name>`: two deployments sharing one Kafka
+    # cluster (staging next to production) give themselves different prefixes.
+    group_prefix: str = Field(default="lattice", min_length=1)
 
     @field_validator("webhook_secrets")
     @classmethod
