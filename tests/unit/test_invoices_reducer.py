@@ -1,0 +1,175 @@
+"""The invoices reducer reads every invoice event, in both API shapes, and orders
+snapshots as the README says."""
+
+from __future__ import annotations
+
+import pytest
+
+from projectors.base import PoisonRecord
+from projectors.invoices import projection
+from projectors.invoices.reducer import INVOICE_EVENTS, InvoiceSnapshot, PaymentSnapshot
+from projectors.subscriptions.snapshot import supersedes
+from tests.fixtures import stripe_objects as so
+from tests.fixtures.records import as_record
+
+ERAS: tuple[so.Era, ...] = ("legacy", "basil")
+
+
+def reduce_invoice(event: dict[str, object]) -> InvoiceSnapshot:
+    changes = projection.reduce(as_record(event))
+    assert len(changes) == 1
+    change = changes[0]
+    assert isinstance(change, InvoiceSnapshot)
+    return change
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("event_type", sorted(INVOICE_EVENTS))
+def test_every_invoice_event_in_both_shapes_gives_the_snapshot(
+    era: so.Era, event_type: str
+) -> None:
+    metered = so.price(unit_amount=5, meter="mtr_1")
+    usage = so.invoice_line(
+        era=era,
+        subscription="sub_1",
+        subscription_item="si_1",
+        line_price=metered,
+        quantity=1200,
+        proration=True,
+    )
+    inv = so.invoice(
+        era=era,
+        status="paid",
+        customer="cus_A",
+        subscription="sub_1",
+        lines=[usage],
+        paid_at=so.T0 + 7,
+        attempt_count=1,
+        billing_reason="subscription_cycle",
+    )
+
+    change = reduce_invoice(so.event(event_type, inv, era=era, account="acct_1"))
+
+    assert (change.id, change.customer, change.account) == (inv["id"], "cus_A", "acct_1")
+    assert (change.subscription, change.status, change.billing_reason) == (
+        "sub_1",
+        "paid",
+        "subscription_cycle",
+    )
+    assert (change.total, change.amount_due, change.amount_paid) == (6000, 6000, 6000)
+    assert (change.amount_remaining, change.attempt_count) == (0, 1)
+    assert change.paid_at == so.T0 + 7
+    assert (change.period_start, change.period_end) == (so.T0, so.T0 + so.MONTH)
+    assert change.deleted is (event_type == "invoice.deleted")
+    assert change.lines_complete
+    (line,) = change.lines
+    assert (line.id, line.subscription, line.subscription_item) == (usage["id"], "sub_1", "si_1")
+    assert (line.price, line.product) == (metered["id"], metered["product"])
+    assert (line.quantity, line.amount, line.proration) == (1200, 6000, True)
+    assert (line.period_start, line.period_end) == (so.T0, so.T0 + so.MONTH)
+    # Before basil a line carries the whole price, meter included; since, only its id.
+    assert line.meter == ("mtr_1" if era == "legacy" else None)
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_lines_beyond_the_first_page_mark_the_invoice_incomplete(era: so.Era) -> None:
+    inv = so.invoice(era=era, has_more=True, lines=[so.invoice_line(era=era) for _ in range(3)])
+
+    change = reduce_invoice(so.event("invoice.finalized", inv, era=era))
+
+    assert not change.lines_complete
+    assert len(change.lines) == 3
+
+
+def test_an_invoice_without_a_subscription_has_none() -> None:
+    for era in ERAS:
+        change = reduce_invoice(so.event("invoice.created", so.invoice(era=era), era=era))
+        assert change.subscription is None
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_upcoming_invoices_never_make_a_row(era: so.Era) -> None:
+    preview = so.invoice(era=era, status="draft", subscription="sub_1")
+    del preview["id"]  # Stripe's upcoming invoice has no id: it does not exist yet
+
+    assert projection.reduce(as_record(so.event("invoice.upcoming", preview, era=era))) == []
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [
+        ("draft", "open"),
+        ("open", "paid"),
+        ("open", "void"),
+        ("open", "uncollectible"),
+        ("uncollectible", "paid"),
+        ("uncollectible", "void"),
+        ("draft", "paid"),
+    ],
+)
+def test_within_one_second_the_later_lifecycle_state_wins(earlier: str, later: str) -> None:
+    inv_id = so.new_id("in")
+    first = reduce_invoice(so.event("invoice.updated", so.invoice(id=inv_id, status=earlier)))
+    second = reduce_invoice(so.event("invoice.updated", so.invoice(id=inv_id, status=later)))
+
+    assert supersedes(second.version, first.version)
+    assert not supersedes(first.version, second.version)
+
+
+def test_a_newer_failed_attempt_overwrites_an_older_one() -> None:
+    inv_id = so.new_id("in")
+    first = reduce_invoice(
+        so.event("invoice.payment_failed", so.invoice(id=inv_id, status="open", attempt_count=1))
+    )
+    second = reduce_invoice(
+        so.event(
+            "invoice.payment_failed",
+            so.invoice(id=inv_id, status="open", attempt_count=2),
+            created=so.T0 + 86_400,
+        )
+    )
+
+    assert supersedes(second.version, first.version)
+
+
+@pytest.mark.parametrize(
+    "deleted", [so.invoice(id="in_D"), {"id": "in_D", "object": "invoice", "deleted": True}]
+)
+def test_a_deleted_draft_is_never_brought_back(deleted: dict[str, object]) -> None:
+    gone = reduce_invoice(so.event("invoice.deleted", deleted))
+    late = reduce_invoice(
+        so.event("invoice.updated", so.invoice(id="in_D", status="draft"), created=so.T0 + 60)
+    )
+
+    assert gone.deleted
+    assert not supersedes(late.version, gone.version)
+
+
+def test_invoice_payment_paid_gives_the_payment() -> None:
+    payment = so.invoice_payment(invoice="in_P", amount=4900, paid_at=so.T0 + 9)
+
+    (change,) = projection.reduce(as_record(so.event("invoice_payment.paid", payment)))
+
+    assert isinstance(change, PaymentSnapshot)
+    assert (change.invoice, change.status, change.amount_paid) == ("in_P", "paid", 4900)
+    assert change.paid_at == so.T0 + 9
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        so.event("customer.subscription.updated", so.subscription()),
+        so.event("invoiceitem.created", {"id": "ii_1", "object": "invoiceitem"}),
+        so.event("charge.succeeded", {"id": "ch_1", "object": "charge"}),
+    ],
+)
+def test_other_events_make_no_change(event: dict[str, object]) -> None:
+    assert projection.reduce(as_record(event)) == []
+
+
+def test_an_invoice_event_without_an_invoice_id_is_poison() -> None:
+    broken = so.invoice()
+    del broken["id"]
+
+    with pytest.raises(PoisonRecord, match="in_"):
+        projection.reduce(as_record(so.event("invoice.paid", broken)))

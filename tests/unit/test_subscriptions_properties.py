@@ -1,0 +1,33 @@
+"""Any order and any duplication of a customer's events ends in the same rows as the true
+order, and those rows are what the last event said (subscriptions and customers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from projectors.subscriptions import projection
+from tests.fixtures.lifecycles import billing_history, delivered
+from tests.fixtures.model import content, last_snapshots, project
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_any_delivery_order_gives_the_tables_of_the_true_order(data: st.DataObject) -> None:
+    history: list[dict[str, Any]] = data.draw(billing_history())
+    arrived = data.draw(delivered(history))
+
+    truth = project(projection, history)
+
+    assert project(projection, arrived) == truth
+    assert {key: content(row) for key, row in truth.items()} == last_snapshots(projection, history)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.data())
+def test_replaying_the_log_twice_changes_nothing(data: st.DataObject) -> None:
+    history: list[dict[str, Any]] = data.draw(billing_history())
+
+    assert project(projection, history + history) == project(projection, history)

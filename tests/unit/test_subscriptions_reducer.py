@@ -1,0 +1,187 @@
+"""The subscriptions reducer reads every subscription and customer event, in both API
+shapes, and orders snapshots as the README says."""
+
+from __future__ import annotations
+
+import pytest
+
+from projectors.base import PoisonRecord
+from projectors.subscriptions import projection
+from projectors.subscriptions.reducer import (
+    SUBSCRIPTION_EVENTS,
+    CustomerSnapshot,
+    SubscriptionSnapshot,
+)
+from projectors.subscriptions.snapshot import supersedes
+from tests.fixtures import stripe_objects as so
+from tests.fixtures.records import as_record
+
+ERAS: tuple[so.Era, ...] = ("legacy", "basil")
+
+
+def reduce_one(event: dict[str, object]) -> SubscriptionSnapshot | CustomerSnapshot:
+    changes = projection.reduce(as_record(event))
+    assert len(changes) == 1
+    return changes[0]
+
+
+@pytest.mark.parametrize("era", ERAS)
+@pytest.mark.parametrize("event_type", sorted(SUBSCRIPTION_EVENTS))
+def test_every_subscription_event_in_both_shapes_gives_the_snapshot(
+    era: so.Era, event_type: str
+) -> None:
+    yearly = so.price(unit_amount=24_000, interval="year", currency="eur")
+    item = so.subscription_item(era=era, item_price=yearly, quantity=3)
+    sub = so.subscription(
+        era=era, customer="cus_A", items=[item], status="active", latest_invoice="in_9"
+    )
+
+    change = reduce_one(so.event(event_type, sub, era=era, created=so.T0 + 5, account="acct_1"))
+
+    assert isinstance(change, SubscriptionSnapshot)
+    assert (change.id, change.customer, change.account) == (sub["id"], "cus_A", "acct_1")
+    assert (change.current_period_start, change.current_period_end) == (so.T0, so.T0 + so.MONTH)
+    assert change.latest_invoice == "in_9"
+    assert change.event_created == so.T0 + 5
+    (read,) = change.items
+    assert read.id == item["id"]
+    assert (read.price, read.product) == (yearly["id"], yearly["product"])
+    assert (read.quantity, read.unit_amount, read.currency) == (3, 24_000, "eur")
+    assert (read.interval, read.interval_count) == ("year", 1)
+    assert (read.current_period_start, read.current_period_end) == (so.T0, so.T0 + so.MONTH)
+
+
+def test_basil_items_with_different_periods_span_the_subscription_period() -> None:
+    early = so.subscription_item(period_start=so.T0, period_end=so.T0 + 10)
+    late = so.subscription_item(period_start=so.T0 + 5, period_end=so.T0 + 20)
+    sub = so.subscription(era="basil", items=[early, late])
+
+    change = reduce_one(so.event("customer.subscription.updated", sub))
+
+    assert isinstance(change, SubscriptionSnapshot)
+    assert (change.current_period_start, change.current_period_end) == (so.T0, so.T0 + 20)
+    assert [i.current_period_end for i in change.items] == [so.T0 + 10, so.T0 + 20]
+
+
+def test_expanded_customer_and_latest_invoice_are_read_as_ids() -> None:
+    sub = so.subscription(customer=so.customer(id="cus_X"), latest_invoice=so.invoice(id="in_X"))
+
+    change = reduce_one(so.event("customer.subscription.updated", sub))
+
+    assert isinstance(change, SubscriptionSnapshot)
+    assert (change.customer, change.latest_invoice) == ("cus_X", "in_X")
+
+
+@pytest.mark.parametrize(
+    ("earlier", "later"),
+    [
+        ("incomplete", "active"),
+        ("trialing", "past_due"),
+        ("active", "past_due"),
+        ("past_due", "canceled"),
+        ("unpaid", "canceled"),
+        ("paused", "canceled"),
+        ("incomplete", "incomplete_expired"),
+    ],
+)
+def test_within_one_second_the_later_lifecycle_state_wins(earlier: str, later: str) -> None:
+    sub_id = so.new_id("sub")
+    first = reduce_one(
+        so.event("customer.subscription.updated", so.subscription(id=sub_id, status=earlier))
+    )
+    second = reduce_one(
+        so.event("customer.subscription.updated", so.subscription(id=sub_id, status=later))
+    )
+
+    assert supersedes(second.version, first.version)
+    assert not supersedes(first.version, second.version)
+
+
+def test_newer_snapshot_wins_over_lifecycle_rank() -> None:
+    sub_id = so.new_id("sub")
+    failing = so.subscription(id=sub_id, status="past_due")
+    recovered = so.subscription(id=sub_id, status="active")
+
+    old = reduce_one(so.event("customer.subscription.updated", failing, created=so.T0))
+    new = reduce_one(so.event("customer.subscription.updated", recovered, created=so.T0 + 1))
+
+    assert supersedes(new.version, old.version)
+
+
+@pytest.mark.parametrize("status", ["canceled", "incomplete_expired"])
+def test_an_ended_subscription_beats_any_later_update(status: str) -> None:
+    sub_id = so.new_id("sub")
+    ended = reduce_one(
+        so.event("customer.subscription.deleted", so.subscription(id=sub_id, status=status))
+    )
+    late = reduce_one(
+        so.event(
+            "customer.subscription.updated",
+            so.subscription(id=sub_id, status="active"),
+            created=so.T0 + 3600,
+        )
+    )
+
+    assert not supersedes(late.version, ended.version)
+
+
+def test_the_same_event_twice_has_the_same_version() -> None:
+    event = so.event("customer.subscription.updated", so.subscription())
+
+    assert reduce_one(event) == reduce_one(event)
+    assert not supersedes(reduce_one(event).version, reduce_one(event).version)
+
+
+@pytest.mark.parametrize("event_type", ["customer.created", "customer.updated"])
+def test_customer_events_give_the_customer(event_type: str) -> None:
+    cus = so.customer(email="ap@example.com", name="Acme", delinquent=True)
+
+    change = reduce_one(so.event(event_type, cus, account="acct_1"))
+
+    assert isinstance(change, CustomerSnapshot)
+    assert (change.id, change.email, change.name) == (cus["id"], "ap@example.com", "Acme")
+    assert (change.delinquent, change.deleted, change.account) == (True, False, "acct_1")
+
+
+@pytest.mark.parametrize(
+    "obj", [so.customer(id="cus_D"), {"id": "cus_D", "object": "customer", "deleted": True}]
+)
+def test_a_deleted_customer_is_final(obj: dict[str, object]) -> None:
+    deleted = reduce_one(so.event("customer.deleted", obj))
+    late = reduce_one(so.event("customer.updated", so.customer(id="cus_D"), created=so.T0 + 60))
+
+    assert isinstance(deleted, CustomerSnapshot)
+    assert deleted.deleted
+    assert not supersedes(late.version, deleted.version)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        so.event("invoice.paid", so.invoice()),
+        so.event("customer.discount.created", {"id": "di_1", "object": "discount"}),
+        so.event("customer.source.created", {"id": "card_1", "object": "card"}),
+        {
+            "id": "evt_thin",
+            "object": "v2.core.event",
+            "type": "v1.billing.meter.error_report",
+            "created": "2026-11-25T10:00:00.123Z",
+            "related_object": {"id": "mtr_1"},
+        },
+    ],
+)
+def test_other_events_make_no_change(event: dict[str, object]) -> None:
+    assert projection.reduce(as_record(event)) == []
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        so.event("customer.subscription.updated", {"object": "subscription", "status": "active"}),
+        {**so.event("customer.updated", so.customer()), "created": "yesterday"},
+        so.event("customer.subscription.updated", so.subscription(), id=None),
+    ],
+)
+def test_a_snapshot_event_that_cannot_be_read_is_poison(event: dict[str, object]) -> None:
+    with pytest.raises(PoisonRecord):
+        projection.reduce(as_record(event))
