@@ -149,8 +149,14 @@ class FakeStripe:
                 enumerate(self.v1_events), key=lambda p: (p[1]["created"], p[0]), reverse=True
             )
         ]
+        # Without Stripe-Account: the platform's own events; with it, that account's.
+        account = request.headers.get("stripe-account")
         matching = [
-            e for e in ordered if e["created"] >= since and (not types or e["type"] in types)
+            e
+            for e in ordered
+            if e["created"] >= since
+            and (not types or e["type"] in types)
+            and e.get("account") == account
         ]
         after = query.get("starting_after")
         if after is not None:

@@ -1,0 +1,246 @@
+"""`lattice backfill`: append to the log every event Stripe has and the log lacks.
+
+Stripe retries a webhook for up to three days; a receiver unreachable for longer loses
+events. Stripe keeps them listable for 30 days (`GET /v1/events`, newest first, paged
+with `starting_after`). Backfill lists them since a time, drops those the log's index
+(`projections.events`) or an earlier backfill (`lattice.backfilled_events`) already has,
+and appends the rest, oldest first, in the receiver's record format with the header
+`lattice-source: backfill`.
+
+Safe to interrupt and run again: each batch is marked `sending` in the ledger before the
+producer is asked and `appended` once the broker acknowledged it; a later run settles
+rows left `sending` by reading the log since then, so nothing is appended twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiokafka import AIOKafkaProducer
+
+from deploy.settings import Settings
+from ingest.record import LogRecord, build_record
+from projectors.migrate import ensure_runtime
+from projectors.stripe_api import ledger, logtail
+from projectors.stripe_api.client import StripeClient
+from projectors.stripe_api.ledger import BackfillError
+
+SOURCE = "backfill"
+# Records stamped within this margin before a ledger row may belong to it (clock skew).
+SETTLE_MARGIN = timedelta(minutes=5)
+log = structlog.get_logger("lattice.backfill")
+
+
+@dataclass
+class Progress:
+    """Where a backfill is; passed to the progress callback after each step."""
+
+    pages: int = 0
+    listed: int = 0
+    in_log: int = 0
+    earlier_backfill: int = 0
+    missing: int = 0
+    appended: int = 0
+    settled: int = 0
+    oldest: int | None = None
+
+
+@dataclass(frozen=True)
+class BackfillOptions:
+    """What to backfill."""
+
+    since: datetime
+    types: Sequence[str] = ()
+    accounts: Sequence[str] = ()
+    endpoint: str = "backfill"
+    dry_run: bool = False
+    allow_lag: bool = False
+    page_size: int = 100
+    batch_size: int = 500
+
+
+async def list_events(
+    client: StripeClient,
+    since: datetime,
+    *,
+    types: Sequence[str] = (),
+    account: str | None = None,
+    page_size: int = 100,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Pages of `GET /v1/events` created at `since` or later, newest first."""
+    after: str | None = None
+    while True:
+        params: dict[str, str | int | list[str]] = {
+            "limit": page_size,
+            "created[gte]": int(since.timestamp()),
+        }
+        if types:
+            params["types"] = list(types)
+        if after is not None:
+            params["starting_after"] = after
+        page = await client.get("/v1/events", params, account=account)
+        data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
+        if data:
+            yield data
+        if not page.get("has_more") or not data:
+            return
+        after = str(data[-1]["id"])
+
+
+async def backfill(
+    settings: Settings,
+    client: StripeClient,
+    options: BackfillOptions,
+    progress: Callable[[Progress], None] | None = None,
+) -> Progress:
+    """Run one backfill; the returned Progress says what was missing and appended."""
+    report = progress or (lambda _: None)
+    state = Progress()
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await ensure_runtime(conn)
+        await ledger.require_index(conn)
+        if not await ledger.try_lock(conn):
+            raise BackfillError("another `lattice backfill` is running against this database")
+        try:
+            await _check_lag(conn, settings, options)
+            state.settled = await _settle(conn, settings)
+            missing = await _find_missing(conn, client, settings.topic, options, state, report)
+            if not options.dry_run:
+                await _append(conn, settings, missing, options, state, report)
+        finally:
+            await ledger.unlock(conn)
+    finally:
+        await conn.close()
+    log.info(
+        "backfill done",
+        missing=state.missing,
+        appended=state.appended,
+        listed=state.listed,
+        settled=state.settled,
+    )
+    return state
+
+
+async def _check_lag(conn: asyncpg.Connection, settings: Settings, opts: BackfillOptions) -> None:
+    try:
+        ends = await logtail.end_offsets(settings.kafka_bootstrap, settings.topic)
+    except LookupError as exc:
+        raise BackfillError(str(exc)) from None
+    lag = await ledger.events_lag(conn, settings.topic, ends)
+    if lag and not opts.allow_lag:
+        raise BackfillError(
+            f"the events projector is {lag} records behind {settings.topic}, so the log's "
+            "index is incomplete: let `lattice project events` catch up (`lattice status`), "
+            "or pass --allow-lag (events not indexed yet may then be appended twice; "
+            "projectors ignore the duplicate)"
+        )
+
+
+async def _settle(conn: asyncpg.Connection, settings: Settings) -> int:
+    """Resolve rows a killed run left `sending`: on the log -> appended; else forgotten."""
+    pending = await ledger.pending(conn, settings.topic)
+    if not pending:
+        return 0
+    since = min(p.since for p in pending) - SETTLE_MARGIN
+    on_log = await logtail.backfilled_since(
+        settings.kafka_bootstrap, settings.topic, int(since.timestamp() * 1000)
+    )
+    landed = [p.id for p in pending if p.id in on_log]
+    lost = [p.id for p in pending if p.id not in on_log]
+    await ledger.mark_appended(conn, settings.topic, landed)
+    await ledger.forget(conn, settings.topic, lost)
+    log.info("settled an interrupted backfill", on_log=len(landed), to_append=len(lost))
+    return len(landed)
+
+
+async def _find_missing(
+    conn: asyncpg.Connection,
+    client: StripeClient,
+    topic: str,
+    opts: BackfillOptions,
+    state: Progress,
+    report: Callable[[Progress], None],
+) -> list[tuple[dict[str, Any], str | None]]:
+    missing: dict[str, tuple[dict[str, Any], str | None]] = {}
+    for account in (None, *opts.accounts):
+        pages = list_events(
+            client, opts.since, types=opts.types, account=account, page_size=opts.page_size
+        )
+        async for page in pages:
+            ids = [str(e["id"]) for e in page]
+            indexed, backfilled = await ledger.known(conn, topic, ids)
+            state.pages += 1
+            state.listed += len(page)
+            state.in_log += len(indexed)
+            state.earlier_backfill += len(backfilled - indexed)
+            for event in page:
+                if event["id"] not in indexed and event["id"] not in backfilled:
+                    missing.setdefault(event["id"], (event, account))
+            state.missing = len(missing)
+            created = [int(e["created"]) for e in page if isinstance(e.get("created"), int)]
+            if created:
+                oldest = min(created)
+                state.oldest = oldest if state.oldest is None else min(state.oldest, oldest)
+            report(state)
+    # Oldest first, as Stripe would have delivered them (the listing is newest first).
+    return sorted(missing.values(), key=lambda pair: int(pair[0].get("created") or 0))
+
+
+def _record(event: dict[str, Any], account: str | None, endpoint: str) -> LogRecord:
+    if account is not None:
+        event.setdefault("account", account)  # listed with Stripe-Account: it is theirs
+    return build_record(
+        orjson.dumps(event), event, endpoint=endpoint, received_at=datetime.now(UTC), source=SOURCE
+    )
+
+
+async def _append(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    missing: list[tuple[dict[str, Any], str | None]],
+    opts: BackfillOptions,
+    state: Progress,
+    report: Callable[[Progress], None],
+) -> None:
+    if not missing:
+        return
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        client_id="lattice-backfill",
+        request_timeout_ms=int(settings.kafka_timeout * 1000),
+    )
+    await producer.start()
+    try:
+        for start in range(0, len(missing), opts.batch_size):
+            chunk = missing[start : start + opts.batch_size]
+            records = [_record(event, account, opts.endpoint) for event, account in chunk]
+            ids = [str(event["id"]) for event, _ in chunk]
+            await ledger.mark_sending(
+                conn, settings.topic, ids, [int(event.get("created") or 0) for event, _ in chunk]
+            )
+            sends = [
+                await producer.send(
+                    settings.topic,
+                    value=r.value,
+                    key=r.key,
+                    headers=r.headers,
+                    timestamp_ms=r.timestamp_ms,
+                )
+                for r in records
+            ]
+            await asyncio.gather(*sends)
+            await ledger.mark_appended(conn, settings.topic, ids)
+            state.appended += len(chunk)
+            report(state)
+    finally:
+        await producer.stop()

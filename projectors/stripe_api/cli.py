@@ -1,0 +1,157 @@
+"""`lattice backfill --since TIME [--types ...]`: append the events the log lacks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from deploy.logs import configure_logging
+from deploy.settings import ConfigError, Settings, load_settings
+from ingest.record import rfc3339
+from projectors.stripe_api.backfill import BackfillOptions, Progress, backfill
+from projectors.stripe_api.client import StripeClient
+from projectors.stripe_api.errors import StripeAPIError, StripeUnavailable
+from projectors.stripe_api.ledger import BackfillError
+from projectors.timearg import ArgumentError, parse_time
+
+STRIPE_KEEPS = timedelta(days=30)
+MAX_TYPES = 20  # Stripe's limit for `types[]`
+
+
+def register(commands: Any) -> None:
+    """Add the `backfill` subcommand to the top-level parser."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "backfill",
+        help="append events Stripe has that the log lacks",
+        description="List Stripe's events since TIME (GET /v1/events; Stripe keeps 30 days) "
+        "and append every one the log does not have (per projections.events) to the event "
+        "log, in the receiver's format with header `lattice-source: backfill`. Safe to "
+        "interrupt and run again. Needs LATTICE_STRIPE_API_KEY.",
+    )
+    parser.add_argument(
+        "--since",
+        required=True,
+        metavar="TIME",
+        help="RFC 3339 (2026-11-01T00:00:00Z) or Unix seconds",
+    )
+    parser.add_argument(
+        "--types",
+        nargs="+",
+        default=[],
+        metavar="TYPE",
+        help=f"only these event types (at most {MAX_TYPES})",
+    )
+    parser.add_argument(
+        "--account",
+        action="append",
+        default=[],
+        metavar="ACCT",
+        help="also list this connected account's events (repeatable)",
+    )
+    parser.add_argument(
+        "--endpoint",
+        default="backfill",
+        help="the lattice-endpoint header of appended records (backfill)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="count what is missing, append nothing"
+    )
+    parser.add_argument(
+        "--allow-lag",
+        action="store_true",
+        help="run even though the events projector has not indexed the "
+        "whole log (unindexed events may be appended twice)",
+    )
+    parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--database-url", help="libpq URL (LATTICE_DATABASE_URL)")
+    parser.add_argument("--topic", help="the event log (LATTICE_TOPIC, stripe.events)")
+    parser.add_argument("--stripe-api-base", help="LATTICE_STRIPE_API_BASE")
+    parser.set_defaults(handler=run)
+
+
+class ProgressLine:
+    """One line on stderr, rewritten in a terminal, at most once a second elsewhere."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, state: Progress, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and not self.tty and now - self.last < 1.0:
+            return
+        self.last = now
+        oldest = (
+            ""
+            if state.oldest is None
+            else (f" back to {rfc3339(datetime.fromtimestamp(state.oldest, UTC))}")
+        )
+        line = (
+            f"backfill: {state.listed} listed in {state.pages} pages{oldest}; "
+            f"{state.missing} missing; {state.appended} appended"
+        )
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out `lattice backfill`."""
+    settings = load_settings(
+        {
+            "kafka_bootstrap": args.kafka_bootstrap,
+            "database_url": args.database_url,
+            "topic": args.topic,
+            "stripe_api_base": args.stripe_api_base,
+        }
+    )
+    settings.require_database_url()
+    try:
+        since = parse_time(args.since)
+    except ArgumentError as exc:
+        raise ConfigError(f"--since: {exc}") from None
+    if len(args.types) > MAX_TYPES:
+        raise ConfigError(f"--types: Stripe filters on at most {MAX_TYPES} types at once")
+    if datetime.now(UTC) - since > STRIPE_KEEPS:
+        print(
+            "backfill: Stripe lists only the last 30 days of events; older ones are gone",
+            file=sys.stderr,
+        )
+    options = BackfillOptions(
+        since=since,
+        types=tuple(args.types),
+        accounts=tuple(args.account),
+        endpoint=args.endpoint,
+        dry_run=args.dry_run,
+        allow_lag=args.allow_lag,
+    )
+    configure_logging("warning")
+    line = ProgressLine()
+    try:
+        state = asyncio.run(_run(settings, options, line))
+    except BackfillError as exc:
+        print(f"lattice: {exc}", file=sys.stderr)
+        return 1
+    except (StripeUnavailable, StripeAPIError) as exc:
+        print(
+            f"lattice: Stripe API: {exc}; run the same command again when it answers "
+            "(nothing is appended twice)",
+            file=sys.stderr,
+        )
+        return 1
+    line(state, final=True)
+    verb = "would append" if args.dry_run else "appended"
+    print(
+        f"{state.missing} events missing from the log ({verb} "
+        f"{state.missing if args.dry_run else state.appended}); {state.in_log} already in "
+        f"the log, {state.earlier_backfill} appended by an earlier backfill"
+    )
+    return 0
+
+
+async def _run(settings: Settings, options: BackfillOptions, line: ProgressLine) -> Progress:
+    async with StripeClient.from_settings(settings) as client:
+        return await backfill(settings, client, options, line)
