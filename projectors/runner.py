@@ -29,9 +29,9 @@ log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
 
 
-def group_of(name: str) -> str:
-    """The Kafka consumer group of a projection."""
-    return f"lattice.{name}"
+def group_of(name: str, prefix: str = "lattice") -> str:
+    """The Kafka consumer group of a projection: `lattice.<name>` by default."""
+    return f"{prefix}.{name}"
 
 
 def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
@@ -104,7 +104,7 @@ class ProjectionRunner:
     def _consumer(self) -> AIOKafkaConsumer:
         return AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=group_of(self.name),
+            group_id=group_of(self.name, self.settings.group_prefix),
             client_id=f"lattice-{self.name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -120,7 +120,11 @@ class ProjectionRunner:
             list(self.projection.topics(self.settings)), listener=_SeekToStored(self)
         )
         await consumer.start()
-        log.info("projector started", projector=self.name, group=group_of(self.name))
+        log.info(
+            "projector started",
+            projector=self.name,
+            group=group_of(self.name, self.settings.group_prefix),
+        )
         try:
             while not self.stop.is_set():
                 if self._needs_seek and not await self._reseek():
