@@ -1,0 +1,90 @@
+"""Connect end to end: receiver-format records on a real Kafka topic, shuffled and
+duplicated, consumed by the real projector runtime into PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from deploy.settings import Settings
+from projectors.connect import projection
+from projectors.connect.fold import fold, ledger
+from projectors.service import run_projections
+from tests.fixtures import connect_streams as streams
+from tests.fixtures.records import as_record, log_record
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+BALANCES = """
+SELECT account, currency, transferred, reversed, application_fees, refunded_fees, paid_out, net
+FROM projections.connect_balances
+"""
+
+
+async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
+    settings: Settings,
+) -> None:
+    stream = streams.everything()
+    rng = random.Random(8)
+    deliveries = stream.events + rng.sample(stream.events, k=len(stream.events) // 2)
+    rng.shuffle(deliveries)
+    # Connect events arrive on the `connect` endpoint; the receiver sets stripe-account.
+    logged = [
+        log_record(evt, endpoint="connect" if "account" in evt else "platform")
+        for evt in deliveries
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for rec in logged:
+            await producer.send_and_wait(
+                settings.topic,
+                rec.value,
+                key=rec.key,
+                headers=rec.headers,
+                timestamp_ms=rec.timestamp_ms,
+            )
+    finally:
+        await producer.stop()
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(
+        run_projections(settings, [projection], stop=stop, handle_signals=False)
+    )
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+
+        async def balances() -> dict[tuple[str, str], tuple[int, ...]]:
+            if runner.done():
+                runner.result()  # a crashed runner fails the test with its own error
+            try:
+                rows = await conn.fetch(BALANCES)
+            except asyncpg.UndefinedTableError:
+                return {}
+            return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
+        await eventually(
+            balances,
+            lambda got: got == stream.expected,
+            timeout=60,
+            what="connect_balances equal to the scenarios' balances",
+        )
+        positions = await conn.fetchval(
+            "SELECT sum(next_offset) FROM lattice.offsets WHERE projector = 'connect'"
+        )
+        assert positions == len(logged)
+        expected_entries = ledger(
+            fold(c for r in map(as_record, stream.events) for c in projection.reduce(r))
+        )
+        assert await conn.fetchval("SELECT count(*) FROM projections.connect_ledger") == len(
+            expected_entries
+        )
+    finally:
+        await conn.close()
+        stop.set()
+        await runner
