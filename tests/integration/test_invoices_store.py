@@ -1,0 +1,169 @@
+"""The invoices store in real PostgreSQL: guards, lines, the dunning view."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+
+from projectors.invoices import projection as invoices
+from projectors.migrate import migrate
+from tests.fixtures import stripe_objects as so
+from tests.fixtures.tables import apply_events, one, rows
+
+pytestmark = pytest.mark.integration
+ERAS: tuple[so.Era, ...] = ("legacy", "basil")
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    # The invoices projection alone: it must not need the subscriptions one.
+    connection = await asyncpg.connect(database_url)
+    await migrate(connection, [invoices])
+    yield connection
+    await connection.close()
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_finalized_and_paid_in_one_second_end_paid_in_any_order(
+    conn: asyncpg.Connection, era: so.Era
+) -> None:
+    inv_id = so.new_id("in")
+    finalized = so.event(
+        "invoice.finalized", so.invoice(era=era, id=inv_id, status="open"), era=era
+    )
+    paid = so.event(
+        "invoice.paid",
+        so.invoice(era=era, id=inv_id, status="paid", subscription="sub_1", paid_at=so.T0),
+        era=era,
+    )
+
+    await apply_events(conn, [invoices], [paid, finalized, paid], batch_sizes=[1, 1])
+
+    row = await one(conn, "invoices", inv_id)
+    assert (row["status"], row["subscription"], row["paid_at"]) == ("paid", "sub_1", at(so.T0))
+    assert (row["amount_paid"], row["amount_remaining"]) == (2000, 0)
+    assert row["last_event_id"] == paid["id"]
+
+
+async def test_uncollectible_may_still_be_paid(conn: asyncpg.Connection) -> None:
+    inv_id = so.new_id("in")
+    written_off = so.event(
+        "invoice.marked_uncollectible", so.invoice(id=inv_id, status="uncollectible"), created=so.T0
+    )
+    paid = so.event("invoice.paid", so.invoice(id=inv_id, status="paid"), created=so.T0)
+
+    await apply_events(conn, [invoices], [paid, written_off])
+
+    assert (await one(conn, "invoices", inv_id))["status"] == "paid"
+
+
+async def test_a_deleted_draft_is_not_brought_back(conn: asyncpg.Connection) -> None:
+    draft = so.invoice(status="draft")
+    deleted = so.event("invoice.deleted", draft, created=so.T0)
+    late = so.event("invoice.updated", draft, created=so.T0 + 30)
+
+    await apply_events(conn, [invoices], [deleted, late], batch_sizes=[1])
+
+    row = await one(conn, "invoices", draft["id"])
+    assert (row["deleted"], row["last_event_id"]) == (True, deleted["id"])
+
+
+@pytest.mark.parametrize("era", ERAS)
+async def test_lines_follow_the_winning_snapshot(conn: asyncpg.Connection, era: so.Era) -> None:
+    inv_id = so.new_id("in")
+    old_line = so.invoice_line(era=era, subscription="sub_1")
+    proration = so.invoice_line(
+        era=era,
+        subscription="sub_1",
+        proration=True,
+        amount=-700,
+        line_price=so.price(unit_amount=900),
+    )
+    upgrade = so.invoice_line(era=era, subscription="sub_1", line_price=so.price(unit_amount=4900))
+    draft = so.event("invoice.created", so.invoice(era=era, id=inv_id, lines=[old_line]), era=era)
+    updated = so.event(
+        "invoice.updated",
+        so.invoice(era=era, id=inv_id, lines=[proration, upgrade], has_more=True),
+        created=so.T0 + 1,
+        era=era,
+    )
+
+    await apply_events(conn, [invoices], [updated, draft], batch_sizes=[1])
+
+    lines = await rows(conn, "invoice_lines", where=f"invoice = '{inv_id}'")
+    assert {(ln["id"], ln["amount"], ln["proration"]) for ln in lines} == {
+        (proration["id"], -700, True),
+        (upgrade["id"], 4900, False),
+    }
+    assert {ln["last_event_id"] for ln in lines} == {updated["id"]}
+    row = await one(conn, "invoices", inv_id)
+    assert (row["lines_complete"], row["total"]) == (False, 4200)
+
+
+async def test_upcoming_invoices_and_other_events_write_nothing(conn: asyncpg.Connection) -> None:
+    preview = so.invoice(subscription="sub_1")
+    del preview["id"]
+
+    await apply_events(
+        conn,
+        [invoices],
+        [
+            so.event("invoice.upcoming", preview),
+            so.event("customer.subscription.updated", so.subscription()),
+        ],
+    )
+
+    assert await rows(conn, "invoices") == []
+    assert await rows(conn, "invoice_lines") == []
+
+
+async def test_invoice_payments_are_kept(conn: asyncpg.Connection) -> None:
+    payment = so.invoice_payment(invoice="in_P", amount=4900, paid_at=so.T0 + 9)
+
+    await apply_events(conn, [invoices], [so.event("invoice_payment.paid", payment)] * 2)
+
+    row = await one(conn, "invoice_payments", payment["id"])
+    assert (row["invoice"], row["status"], row["amount_paid"]) == ("in_P", "paid", 4900)
+    assert row["paid_at"] == at(so.T0 + 9)
+
+
+async def test_dunning_lists_open_invoices_with_failed_attempts_oldest_first(
+    conn: asyncpg.Connection,
+) -> None:
+    def failed(created: int, attempts: int, status: str = "open") -> dict[str, Any]:
+        inv = so.invoice(
+            status=status,
+            attempt_count=attempts,
+            created=created,
+            next_payment_attempt=created + 86_400 if status == "open" else None,
+        )
+        return so.event("invoice.payment_failed", inv, created=created)
+
+    newer, older = failed(so.T0, 1), failed(so.T0 - 86_400, 3)
+    await apply_events(
+        conn,
+        [invoices],
+        [
+            newer,
+            older,
+            failed(so.T0, 0),
+            failed(so.T0, 2, status="paid"),
+            failed(so.T0, 2, status="void"),
+        ],
+    )
+
+    listed = await conn.fetch("SELECT * FROM projections.dunning")
+    assert [r["invoice"] for r in listed] == [
+        older["data"]["object"]["id"],
+        newer["data"]["object"]["id"],
+    ]
+    assert [r["attempt_count"] for r in listed] == [3, 1]
+    assert listed[0]["next_payment_attempt"] == at(so.T0)

@@ -1,0 +1,234 @@
+"""The subscriptions store in real PostgreSQL: guards, items, views, any delivery order."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from projectors.invoices import projection as invoices
+from projectors.migrate import migrate
+from projectors.subscriptions import projection as subscriptions
+from tests.fixtures import stripe_objects as so
+from tests.fixtures.lifecycles import billing_history, delivered
+from tests.fixtures.tables import apply_events, one, rows
+
+pytestmark = pytest.mark.integration
+BOTH = (subscriptions, invoices)
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await migrate(connection, [subscriptions, invoices])
+    yield connection
+    await connection.close()
+
+
+def at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=UTC)
+
+
+async def test_an_older_snapshot_never_overwrites_a_newer_one(conn: asyncpg.Connection) -> None:
+    sub_id = so.new_id("sub")
+    active = so.event(
+        "customer.subscription.updated",
+        so.subscription(id=sub_id, status="active"),
+        created=so.T0 + 10,
+    )
+    stale = so.event(
+        "customer.subscription.created",
+        so.subscription(id=sub_id, status="incomplete"),
+        created=so.T0,
+    )
+
+    await apply_events(conn, BOTH, [active])
+    await apply_events(conn, BOTH, [stale])
+
+    row = await one(conn, "subscriptions", sub_id)
+    assert (row["status"], row["last_event_id"]) == ("active", active["id"])
+    assert row["last_event_created"] == at(so.T0 + 10)
+
+
+async def test_a_canceled_subscription_is_not_resurrected(conn: asyncpg.Connection) -> None:
+    sub_id = so.new_id("sub")
+    canceled = so.event(
+        "customer.subscription.deleted",
+        so.subscription(id=sub_id, status="canceled", canceled_at=so.T0, ended_at=so.T0),
+    )
+    late = so.event(
+        "customer.subscription.updated",
+        so.subscription(id=sub_id, status="active"),
+        created=so.T0 + 3600,
+    )
+
+    await apply_events(conn, BOTH, [canceled, late], batch_sizes=[1])
+
+    row = await one(conn, "subscriptions", sub_id)
+    assert (row["status"], row["ended_at"]) == ("canceled", at(so.T0))
+
+
+async def test_a_duplicate_changes_nothing(conn: asyncpg.Connection) -> None:
+    sub = so.subscription(status="active")
+    event = so.event("customer.subscription.updated", sub)
+    await apply_events(conn, BOTH, [event])
+    before = await rows(conn, "subscription_items")
+
+    await apply_events(conn, BOTH, [event, event], batch_sizes=[1])
+
+    assert await rows(conn, "subscription_items") == before
+    assert (await one(conn, "subscriptions", sub["id"]))["last_event_id"] == event["id"]
+
+
+async def test_a_plan_change_replaces_the_items(conn: asyncpg.Connection) -> None:
+    sub_id = so.new_id("sub")
+    basic = so.subscription_item(item_price=so.price(unit_amount=900))
+    pro_price = so.price(unit_amount=4900, interval="year", interval_count=1)
+    pro = so.subscription_item(era="legacy", item_price=pro_price, quantity=2)
+    before = so.event("customer.subscription.created", so.subscription(id=sub_id, items=[basic]))
+    after = so.event(
+        "customer.subscription.updated",
+        so.subscription(era="legacy", id=sub_id, items=[pro]),
+        created=so.T0 + 60,
+        era="legacy",
+    )
+
+    await apply_events(conn, BOTH, [after, before], batch_sizes=[1])
+
+    (item,) = await rows(conn, "subscription_items")
+    assert (item["id"], item["subscription"], item["price"]) == (pro["id"], sub_id, pro_price["id"])
+    assert (item["product"], item["quantity"], item["unit_amount"]) == (
+        pro_price["product"],
+        2,
+        4900,
+    )
+    assert (item["interval"], item["interval_count"]) == ("year", 1)
+    assert (item["last_event_id"], item["current_period_start"]) == (after["id"], at(so.T0))
+
+
+async def test_a_deleted_customer_stays_deleted(conn: asyncpg.Connection) -> None:
+    cus = so.customer()
+    deleted = so.event("customer.deleted", cus, created=so.T0)
+    late = so.event("customer.updated", {**cus, "email": "new@example.com"}, created=so.T0 + 5)
+
+    await apply_events(conn, BOTH, [deleted, late])
+
+    row = await one(conn, "customers", cus["id"])
+    assert (row["deleted"], row["email"]) == (True, cus["email"])
+
+
+async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
+    conn: asyncpg.Connection,
+) -> None:
+    def sub(status: str, *prices: tuple[dict[str, Any], int | None]) -> dict[str, Any]:
+        items = [so.subscription_item(item_price=p, quantity=q) for p, q in prices]
+        return so.event(
+            "customer.subscription.updated", so.subscription(status=status, items=items)
+        )
+
+    await apply_events(
+        conn,
+        BOTH,
+        [
+            sub("active", (so.price(unit_amount=2000), 3)),  # 6000 / month
+            sub("past_due", (so.price(unit_amount=120_000, interval="year"), 1)),  # 10000 / month
+            sub(
+                "active",
+                (so.price(unit_amount=3000, interval="month", interval_count=3), 1),
+                (so.price(unit_amount=5, meter="mtr_1"), None),
+            ),  # 1000 + metered
+            sub("active", (so.price(unit_amount=1200, interval="week", currency="eur"), 1)),  # 5200
+            sub("trialing", (so.price(unit_amount=9900), 1)),
+            sub("canceled", (so.price(unit_amount=9900), 1)),
+            sub("unpaid", (so.price(unit_amount=9900), 1)),
+        ],
+    )
+
+    mrr = {r["currency"]: (r["mrr"], r["subscriptions"]) for r in await rows(conn, "mrr")}
+    assert mrr == {"usd": (17_000, 3), "eur": (5_200, 1)}
+
+
+async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connection) -> None:
+    cus = so.customer(email="ap@acme.example")
+    sub_id = so.new_id("sub")
+    paid = so.invoice(subscription=sub_id, customer=cus["id"], status="paid", created=so.T0 - 9)
+    failing = so.invoice(
+        era="legacy",
+        subscription=sub_id,
+        customer=cus["id"],
+        status="open",
+        attempt_count=2,
+        attempted=True,
+        next_payment_attempt=so.T0 + 86_400,
+    )
+    sub = so.subscription(
+        id=sub_id, customer=cus["id"], status="past_due", latest_invoice=failing["id"]
+    )
+    healthy = so.subscription(customer=cus["id"], status="active")
+
+    await apply_events(
+        conn,
+        BOTH,
+        [
+            so.event("customer.created", cus),
+            so.event("invoice.paid", paid),
+            so.event("invoice.payment_failed", failing, era="legacy"),
+            so.event("customer.subscription.updated", sub),
+            so.event("customer.subscription.updated", healthy),
+        ],
+    )
+
+    (row,) = await rows(conn, "past_due_subscriptions")
+    assert (row["subscription"], row["customer_email"], row["status"]) == (
+        sub_id,
+        "ap@acme.example",
+        "past_due",
+    )
+    assert (row["invoice"], row["amount_due"], row["attempt_count"]) == (failing["id"], 2000, 2)
+    assert row["next_payment_attempt"] == at(so.T0 + 86_400)
+
+
+async def _fresh_schema(conn: asyncpg.Connection, name: str) -> None:
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    await migrate(conn, [subscriptions, invoices], schema=name, record=False)
+
+
+TABLES = (
+    "subscriptions",
+    "subscription_items",
+    "customers",
+    "invoices",
+    "invoice_lines",
+    "invoice_payments",
+    "past_due_subscriptions",
+    "dunning",
+    "mrr",
+)
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+async def test_any_delivery_in_any_batches_ends_in_the_tables_of_the_true_order(
+    conn: asyncpg.Connection, data: st.DataObject
+) -> None:
+    history = data.draw(billing_history())
+    arrived = data.draw(delivered(history))
+    batches = data.draw(st.lists(st.integers(min_value=1, max_value=5), max_size=len(arrived)))
+    await _fresh_schema(conn, "ordered")
+    await _fresh_schema(conn, "arrived")
+
+    await apply_events(conn, BOTH, history, schema="ordered")
+    await apply_events(conn, BOTH, arrived, schema="arrived", batch_sizes=batches)
+
+    for table in TABLES:
+        assert await rows(conn, table, schema="arrived") == await rows(
+            conn, table, schema="ordered"
+        ), table
+    assert await rows(conn, "subscriptions", schema="ordered")
