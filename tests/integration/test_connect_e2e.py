@@ -3,7 +3,6 @@ duplicated, consumed by the real projector runtime into PostgreSQL."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 
 import asyncpg
@@ -13,9 +12,9 @@ from aiokafka import AIOKafkaProducer
 from deploy.settings import Settings
 from projectors.connect import projection
 from projectors.connect.fold import fold, ledger
-from projectors.service import run_projections
 from tests.fixtures import connect_streams as streams
 from tests.fixtures.records import as_record, log_record
+from tests.support.projectors import running
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -27,7 +26,7 @@ FROM projections.connect_balances
 
 
 async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
-    settings: Settings,
+    settings: Settings, unique: str
 ) -> None:
     stream = streams.everything()
     rng = random.Random(8)
@@ -51,40 +50,34 @@ async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
             )
     finally:
         await producer.stop()
-
-    stop = asyncio.Event()
-    runner = asyncio.create_task(
-        run_projections(settings, [projection], stop=stop, handle_signals=False)
+    # This test's own consumer group, so no other test's consumers join its rebalances.
+    isolated = settings.model_copy(update={"group_prefix": unique})
+    expected_entries = ledger(
+        fold(c for r in map(as_record, stream.events) for c in projection.reduce(r))
     )
+
     conn = await asyncpg.connect(settings.require_database_url())
     try:
+        async with running(isolated, [projection]):
 
-        async def balances() -> dict[tuple[str, str], tuple[int, ...]]:
-            if runner.done():
-                runner.result()  # a crashed runner fails the test with its own error
-            try:
-                rows = await conn.fetch(BALANCES)
-            except asyncpg.UndefinedTableError:
-                return {}
-            return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+            async def balances() -> dict[tuple[str, str], tuple[int, ...]]:
+                try:
+                    rows = await conn.fetch(BALANCES)
+                except asyncpg.UndefinedTableError:
+                    return {}
+                return {(r[0], r[1]): tuple(r[2:]) for r in rows}
 
-        await eventually(
-            balances,
-            lambda got: got == stream.expected,
-            timeout=60,
-            what="connect_balances equal to the scenarios' balances",
-        )
+            await eventually(
+                balances,
+                lambda got: got == stream.expected,
+                timeout=60,
+                what="connect_balances equal to the scenarios' balances",
+            )
         positions = await conn.fetchval(
             "SELECT sum(next_offset) FROM lattice.offsets WHERE projector = 'connect'"
         )
         assert positions == len(logged)
-        expected_entries = ledger(
-            fold(c for r in map(as_record, stream.events) for c in projection.reduce(r))
-        )
-        assert await conn.fetchval("SELECT count(*) FROM projections.connect_ledger") == len(
-            expected_entries
-        )
+        ledger_rows = await conn.fetchval("SELECT count(*) FROM projections.connect_ledger")
+        assert ledger_rows == len(expected_entries)
     finally:
         await conn.close()
-        stop.set()
-        await runner
