@@ -140,8 +140,7 @@ async def _run(args: argparse.Namespace, settings: Settings, simulation: Simulat
         print(outcome.line(), file=sys.stderr)
         if not (args.wait or args.check):
             return 0
-        projectors = _projectors(settings)
-        lag = await wait_caught_up(settings, projectors, timeout=args.wait or 120.0)
+        lag, dead = await wait_caught_up(settings, timeout=args.wait or 120.0)
     actual = await read_tables(settings.require_database_url())
     print(
         render(
@@ -151,6 +150,7 @@ async def _run(args: argparse.Namespace, settings: Settings, simulation: Simulat
             rejected=outcome.rejected,
             broken=outcome.broken_off,
             lag=lag,
+            dead=dead,
         )
     )
     wrong = differences(simulation.expected, actual)
@@ -159,9 +159,3 @@ async def _run(args: argparse.Namespace, settings: Settings, simulation: Simulat
     if lag:
         print(f"lattice simulate: the projectors still lag by {lag} records", file=sys.stderr)
     return 1 if args.check and (wrong or lag) else 0
-
-
-def _projectors(settings: Settings) -> list[tuple[str, list[str]]]:
-    from projectors import catalog  # the runtime's catalogue: which projectors read what
-
-    return [(p.name, list(p.topics(settings))) for p in catalog.select([])]

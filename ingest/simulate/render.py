@@ -17,7 +17,14 @@ def _mark(ok: bool) -> str:
 
 
 def render(
-    expected: Expected, actual: Actual, *, accepted: int, rejected: int, broken: int, lag: int
+    expected: Expected,
+    actual: Actual,
+    *,
+    accepted: int,
+    rejected: int,
+    broken: int,
+    lag: int,
+    dead: int,
 ) -> str:
     """The report: each table with a mark saying whether it equals the expectation."""
     want = expected_as_actual(expected)
@@ -71,5 +78,5 @@ def render(
         f"  projections.events holds {actual.events} events  "
         f"[{_mark(actual.events == expected.events)}]"
     )
-    out.append(f"\nProjectors' lag: {lag} record(s)")
+    out.append(f"\nProjectors: lag {lag} record(s), {dead} dead letter(s)")
     return "\n".join(out)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
 from ingest.simulate.expected import Expected, InvoiceTotals
@@ -106,52 +104,18 @@ def differences(expected: Expected, actual: Actual) -> list[str]:
     return wrong
 
 
-async def lag(settings: Settings, projectors: Sequence[tuple[str, Sequence[str]]]) -> int:
-    """Records on the projectors' topics not yet applied (positions from lattice.offsets)."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        conn = await asyncpg.connect(settings.require_database_url())
-        try:
-            stored = {
-                (r[0], r[1], r[2]): int(r[3])
-                for r in await conn.fetch(
-                    "SELECT projector, topic, partition, next_offset FROM lattice.offsets"
-                )
-            }
-        except asyncpg.UndefinedTableError:
-            stored = {}
-        finally:
-            await conn.close()
-        metadata = await consumer._client.fetch_all_metadata()
-        total = 0
-        for name, topics in projectors:
-            tps = [
-                TopicPartition(topic, p)
-                for topic in topics
-                for p in sorted(metadata.partitions_for_topic(topic) or set())
-            ]
-            if not tps:
-                continue
-            ends = await consumer.end_offsets(tps)
-            total += sum(
-                max(0, end - stored.get((name, tp.topic, tp.partition), 0))
-                for tp, end in ends.items()
-            )
-        return total
-    finally:
-        await consumer.stop()
+async def wait_caught_up(settings: Settings, *, timeout: float) -> tuple[int, int]:
+    """Poll `lattice status` until every projector's lag is zero or `timeout` passes.
 
+    Returns the last (lag, dead letters) summed over projectors and partitions.
+    """
+    from projectors import catalog, status  # the runtime owns positions and lag
 
-async def wait_caught_up(
-    settings: Settings, projectors: Sequence[tuple[str, Sequence[str]]], *, timeout: float
-) -> int:
-    """Poll until every projector's lag is zero or `timeout` passes; return the last lag."""
+    projections = catalog.select([])
     deadline = time.monotonic() + timeout
     while True:
-        remaining = await lag(settings, projectors)
-        if remaining == 0 or time.monotonic() > deadline:
-            return remaining
+        rows = await status.collect(settings, projections)
+        lag = sum(row.lag for row in rows)
+        if lag == 0 or time.monotonic() > deadline:
+            return lag, sum(row.dead_letters for row in rows)
         await asyncio.sleep(0.5)

@@ -1,0 +1,100 @@
+"""A simulated month through the real receiver and every projector ends in the tables the
+simulator expects (real Kafka, real PostgreSQL, HTTP deliveries signed like Stripe's)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+import uvicorn
+from pydantic import SecretStr
+
+from deploy.settings import Settings
+from ingest.app import create_app
+from ingest.simulate import fake_stripe
+from ingest.simulate.deliver import deliver, produce_facts
+from ingest.simulate.generator import generate
+from ingest.simulate.report import Actual, differences, read_tables, wait_caught_up
+from projectors import catalog
+from projectors.service import run_projections
+from projectors.stripe_api.hydrate import open_hydrator
+from tests.support.ports import free_port
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECRETS = {"platform": ["whsec_e2e_platform"], "connect": ["whsec_e2e_connect"]}
+
+
+@contextlib.asynccontextmanager
+async def receiver(settings: Settings) -> AsyncIterator[str]:
+    """The real receiver app on a free loopback port."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await eventually(lambda: asyncio.sleep(0, server.started), what="receiver started")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def projectors(settings: Settings) -> AsyncIterator[None]:
+    """Every projector, in this process, until the block ends."""
+    stop = asyncio.Event()
+
+    async def run() -> None:
+        async with open_hydrator(settings) as hydrate:
+            await run_projections(
+                settings, catalog.select([]), hydrate=hydrate, stop=stop, handle_signals=False
+            )
+
+    task = asyncio.create_task(run())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+async def test_tables_equal_the_simulators_expected_totals(settings: Settings) -> None:
+    simulation = generate(20, 3, seed=8)  # this seed has thin error reports and discrepancies
+    expected = simulation.expected
+    assert simulation.hydrated
+    assert expected.discrepancies
+    assert {"active", "past_due", "canceled", "trialing"} <= set(expected.subscriptions)
+    stripe_port = free_port()
+    settings = settings.model_copy(
+        update={
+            "webhook_secrets": SecretStr(",".join(f"{e}={s[0]}" for e, s in SECRETS.items())),
+            "stripe_api_key": SecretStr("sk_test_e2e"),
+            "stripe_api_base": f"http://127.0.0.1:{stripe_port}",
+        }
+    )
+    async with (
+        fake_stripe.serving(simulation.hydrated, port=stripe_port),
+        receiver(settings) as url,
+        projectors(settings),
+    ):
+        outcome = await deliver(simulation.deliveries, url=url, secrets=SECRETS)
+        await produce_facts(
+            simulation.facts, bootstrap=settings.kafka_bootstrap, topic=settings.usage_topic
+        )
+        assert outcome.accepted == expected.accepted
+        assert outcome.rejected == expected.rejected
+        lag, dead = await wait_caught_up(settings, timeout=60)
+        assert (lag, dead) == (0, 0)
+
+        async def tables() -> Actual:
+            return await read_tables(settings.require_database_url())
+
+        await eventually(
+            tables,
+            lambda actual: not differences(expected, actual),
+            timeout=30,
+            what="tables equal the simulation's expected totals",
+        )
