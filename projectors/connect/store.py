@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import astuple, fields
-from typing import Any
+from datetime import datetime
+from typing import Any, get_args, get_type_hints
 
 import asyncpg
 
@@ -26,14 +27,16 @@ _RANKED_NEWER = (
     "(excluded.status_rank, excluded.last_event_created, excluded.last_event_id)"
     " > (t.status_rank, t.last_event_created, t.last_event_id)"
 )
-_PG_TYPES = {"str": "text", "int": "bigint", "bool": "boolean", "datetime": "timestamptz"}
+_PG_TYPES: dict[type, str] = {str: "text", int: "bigint", bool: "boolean", datetime: "timestamptz"}
 
 
 def _columns(row_type: type) -> list[tuple[str, str]]:
     """(column, PostgreSQL type) of a change type's fields, in order."""
+    hints = get_type_hints(row_type)
     out = []
     for f in fields(row_type):
-        base = str(f.type).replace(" | None", "")
+        hint = hints[f.name]
+        base = next((a for a in get_args(hint) if a is not type(None)), hint)
         out.append((f.name, _PG_TYPES[base]))
     return out
 
