@@ -52,3 +52,9 @@ class RuntimeMetrics:
             ["projector"],
             registry=registry,
         )
+        self.database_errors = Counter(
+            "lattice_projector_database_errors",
+            "Batches abandoned because the database was unreachable (retried, never skipped).",
+            ["projector"],
+            registry=registry,
+        )

@@ -167,6 +167,7 @@ class ProjectionRunner:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
+                self.metrics.database_errors.labels(self.name).inc()
                 log.warning(
                     "database unavailable; will reconnect and re-seek",
                     projector=self.name,
