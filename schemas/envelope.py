@@ -118,6 +118,15 @@ class RelatedObject(BaseModel):
     url: str
 
 
+class ThinEventReason(BaseModel):
+    """Why a thin event happened: `type` `request` names the API request that caused it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    request: EventRequest | None = None
+
+
 class ThinEvent(BaseModel):
     """A thin (v2) event: a pointer to its object; `data` only when fetched from the API."""
 
@@ -130,7 +139,10 @@ class ThinEvent(BaseModel):
     livemode: bool = False
     context: str | None = Field(default=None, description="the Connect account, if any")
     related_object: RelatedObject | None = None
-    data: dict[str, Any] | None = None
+    reason: ThinEventReason | None = None
+    data: dict[str, Any] | None = Field(
+        default=None, description="only in the full event, from GET /v2/core/events/{id}"
+    )
 
 
 Envelope = Annotated[SnapshotEvent | ThinEvent, Field(discriminator="object")]

@@ -22,12 +22,14 @@ from urllib.parse import quote
 import asyncpg
 import orjson
 import structlog
+from pydantic import ValidationError
 
 from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import StripeAPIError, StripeUnavailable
+from schemas.envelope import ThinEvent
 
 THIN_EVENT = "v2.core.event"
 log = structlog.get_logger("lattice.stripe_api")
@@ -111,11 +113,15 @@ class Hydrator:
         except StripeAPIError as exc:
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         self.fetched += 1
-        if fetched.get("id") != event_id or fetched.get("object") != THIN_EVENT:
+        try:
+            full = ThinEvent.model_validate(fetched)
+        except ValidationError as exc:
             raise PoisonRecord(
-                f"GET /v2/core/events/{event_id} answered {fetched.get('object')} "
-                f"{fetched.get('id')}, not that event"
-            )
+                f"GET /v2/core/events/{event_id} answered something that is not a v2 event: "
+                f"{exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+            ) from None
+        if full.id != event_id:
+            raise PoisonRecord(f"GET /v2/core/events/{event_id} answered event {full.id}")
         return fetched
 
 

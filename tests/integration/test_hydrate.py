@@ -170,3 +170,19 @@ async def test_no_key_and_no_cache_means_wait_with_a_clear_message(pool: asyncpg
     thin, _ = meter_error_report()
     with pytest.raises(HydrationUnavailable, match="LATTICE_STRIPE_API_KEY is not set"):
         await Hydrator(pool, None)(thin_record(thin))
+
+
+async def test_an_answer_that_is_not_that_event_is_poison(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, _ = meter_error_report()
+    _, other = meter_error_report()
+    fake.v2_events[thin["id"]] = other
+    async with make_client(fake) as client:
+        with pytest.raises(PoisonRecord, match=f"answered event {other['id']}"):
+            await Hydrator(pool, client)(thin_record(thin))
+    fake.v2_events[thin["id"]] = {"id": thin["id"], "object": "event"}
+    async with make_client(fake) as client:
+        with pytest.raises(PoisonRecord, match="not a v2 event"):
+            await Hydrator(pool, client)(thin_record(thin))
+    assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
