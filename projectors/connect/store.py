@@ -8,8 +8,9 @@ and a payout's paid/failed reports are known whatever order they arrived in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import astuple, fields
+from dataclasses import fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any, get_args, get_type_hints
 
 import asyncpg
@@ -27,6 +28,7 @@ _RANKED_NEWER = (
     "(excluded.status_rank, excluded.last_event_created, excluded.last_event_id)"
     " > (t.status_rank, t.last_event_created, t.last_event_id)"
 )
+_GETTERS: dict[type, attrgetter[Any]] = {}
 _PG_TYPES: dict[type, str] = {str: "text", int: "bigint", bool: "boolean", datetime: "timestamptz"}
 
 
@@ -177,15 +179,23 @@ WHERE id = ANY($1::text[]) AND paid_event_id IS NOT NULL AND failed_event_id IS 
 {_LEDGER_CONFLICT}"""
 
 
+def _values(row: Any) -> tuple[Any, ...]:
+    """A change's field values in column order (not `astuple`, which deep-copies each)."""
+    getter = _GETTERS.get(type(row))
+    if getter is None:
+        getter = _GETTERS[type(row)] = attrgetter(*(f.name for f in fields(row)))
+    values: tuple[Any, ...] = getter(row)
+    return values
+
+
 def _arrays(rows: Sequence[Any]) -> list[list[Any]]:
     """Column-wise lists of dataclass rows, for `unnest`."""
-    return [list(column) for column in zip(*(astuple(row) for row in rows), strict=True)]
+    return [list(column) for column in zip(*map(_values, rows), strict=True)]
 
 
 def _account_args(account: c.AccountChange) -> tuple[Any, ...]:
-    row = astuple(account)
     # Requirement lists are tuples in the change; asyncpg wants lists for arrays.
-    return tuple(list(v) if isinstance(v, tuple) else v for v in row)
+    return tuple(list(v) if isinstance(v, tuple) else v for v in _values(account))
 
 
 async def _upsert(conn: asyncpg.Connection, sql: str, rows: Sequence[Any]) -> None:
