@@ -91,7 +91,8 @@ class ProgressLine:
             else (f" back to {rfc3339(datetime.fromtimestamp(state.oldest, UTC))}")
         )
         line = (
-            f"backfill: {state.listed} listed in {state.pages} pages{oldest}; "
+            f"backfill: {state.listed} listed in {state.pages} "
+            f"page{'' if state.pages == 1 else 's'}{oldest}; "
             f"{state.missing} missing; {state.appended} appended"
         )
         end = "\n" if final or not self.tty else ""

@@ -73,7 +73,7 @@ async def test_backfill_command_survives_an_outage_and_reports_what_was_missing(
     code, out, err = await lattice(settings, fake, "backfill", "--since", str(BASE_TIME))
     assert code == 0, err
     assert out.startswith(f"{len(unique)} events missing from the log (appended {len(unique)})")
-    assert f"backfill: {len(unique)} listed in 1 pages" in err
+    assert f"backfill: {len(unique)} listed in 1 page " in err
     assert fake.api_key not in out + err
     log = await read_all(settings.kafka_bootstrap, settings.topic)
     assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in log) == sorted(unique)
