@@ -9,6 +9,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
+from aiokafka.errors import KafkaError
+
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings, load_settings
 from ingest.record import rfc3339
@@ -135,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
         state = asyncio.run(_run(settings, options, line))
     except BackfillError as exc:
         print(f"lattice: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+        print(
+            f"lattice: backfill stopped: {type(exc).__name__}: {exc}; check that "
+            "PostgreSQL and Kafka answer, then run the same command again",
+            file=sys.stderr,
+        )
         return 1
     except (StripeUnavailable, StripeAPIError) as exc:
         print(
