@@ -34,6 +34,7 @@ log = structlog.get_logger("lattice.replay")
 # Any constant works; the projection's name is the second key.
 REPLAY_LOCK = 0x1A77
 MAX_BACKOFF_S = 10.0
+SWAP_ATTEMPTS = 200
 
 
 class ReplayError(Exception):
@@ -199,8 +200,7 @@ async def replay(
         )
         started = time.monotonic()
         done = await _catch_up(consumer, applier, settings, positions, stop, on_progress, started)
-        async with lock_conn.transaction():
-            swapped = await shadow.swap(lock_conn, projection, schema, view_owners)
+        swapped = await _swap(lock_conn, projection, schema, view_owners, stop)
         finished = True
         seconds = time.monotonic() - started
         log.info(
@@ -217,6 +217,31 @@ async def replay(
         if owner and not finished:
             await _discard(lock_conn, schema, key)
         await lock_conn.close()  # also releases the session's advisory lock
+
+
+async def _swap(
+    conn: asyncpg.Connection,
+    projection: Any,
+    schema: str,
+    view_owners: Sequence[Any],
+    stop: asyncio.Event,
+) -> list[str]:
+    """Swap, backing off while readers hold the tables (never making them wait long)."""
+    delay = 0.05
+    for attempt in range(1, SWAP_ATTEMPTS + 1):
+        try:
+            async with conn.transaction():
+                return await shadow.swap(conn, projection, schema, view_owners)
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            if attempt == SWAP_ATTEMPTS or stop.is_set():
+                raise ReplayError(
+                    f"could not take the locks to swap {projection.name} in after {attempt} "
+                    f"attempts ({exc}); long-running queries hold its tables"
+                ) from exc
+            log.info("swap waiting for readers", projector=projection.name, attempt=attempt)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    raise AssertionError("unreachable")
 
 
 async def _discard(conn: asyncpg.Connection, schema: str, key: str) -> None:

@@ -19,6 +19,10 @@ from projectors import offsets
 from projectors.base import LIVE_SCHEMA, Connection
 from projectors.migrate import apply_views, migrate
 
+# How long the swap waits for one lock before it backs off and retries; well below
+# PostgreSQL's deadlock_timeout (1 s), so a reader is never the deadlock victim.
+LOCK_TIMEOUT_MS = 300
+
 
 class SwapError(Exception):
     """The shadow schema holds something the swap cannot move; nothing was changed."""
@@ -90,10 +94,10 @@ async def seed(conn: Connection, schema: str, tables: Sequence[str]) -> None:
                 )
 
 
-async def _dependent_views(conn: Connection, tables: Sequence[str]) -> list[str]:
+async def _dependent_views(conn: Connection, tables: Sequence[str]) -> list[tuple[str, str]]:
     rows = await conn.fetch(
         """
-        SELECT DISTINCT vn.nspname AS schema, v.relname AS name
+        SELECT DISTINCT vn.nspname AS schema, v.relname AS name, v.relkind AS kind
           FROM pg_depend d
           JOIN pg_rewrite r ON r.oid = d.objid
           JOIN pg_class v ON v.oid = r.ev_class
@@ -106,7 +110,13 @@ async def _dependent_views(conn: Connection, tables: Sequence[str]) -> list[str]
         LIVE_SCHEMA,
         list(tables),
     )
-    return [f"{ident(r['schema'])}.{ident(r['name'])}" for r in rows]
+    return [
+        (
+            f"{ident(r['schema'])}.{ident(r['name'])}",
+            "MATERIALIZED VIEW" if r["kind"] == "m" else "VIEW",
+        )
+        for r in rows
+    ]
 
 
 async def _move_types_and_functions(conn: Connection, schema: str) -> None:
@@ -139,16 +149,34 @@ async def swap(
     conn: asyncpg.Connection, projection: Any, schema: str, view_owners: Sequence[Any]
 ) -> list[str]:
     """Swap the shadow tables in and adopt the replay's positions, in the caller's
-    transaction; returns the tables swapped. `view_owners`: the other projections whose
-    views.sql is re-run if installed here (a view may join several projections' tables)."""
+    transaction; returns the tables swapped. LockNotAvailableError: a reader held on;
+    retry. `view_owners`: the other projections whose views.sql is re-run if installed
+    here (a view may join several projections' tables)."""
     name = projection.name
+    # Readers lock a view and its tables in whatever order their query names them, so a
+    # swap can deadlock with one. Waiting briefly and giving up (the caller retries) makes
+    # the swap, never a reader, the one that backs off.
+    await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
     await offsets.lock(conn, name)
     await offsets.lock(conn, replay_key(name))
     tables = await tables_in(conn, schema)
-    views = await _dependent_views(conn, tables)
-    if views:
-        await conn.execute(f"DROP VIEW IF EXISTS {', '.join(views)} CASCADE")
     live = set(await tables_in(conn, LIVE_SCHEMA))
+    doomed = [f"{ident(LIVE_SCHEMA)}.{ident(t)}" for t in tables if t in live]
+    if doomed:
+        await conn.execute(f"LOCK TABLE {', '.join(doomed)} IN ACCESS EXCLUSIVE MODE")
+    # The shadow's own views (from views.sql) are bound to the shadow tables; the live
+    # ones are re-created from views.sql below.
+    shadow_views = await conn.fetch(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relkind IN ('v', 'm')",
+        schema,
+    )
+    for row in shadow_views:
+        kind = "MATERIALIZED VIEW" if row["relkind"] == "m" else "VIEW"
+        await conn.execute(f"DROP {kind} IF EXISTS {ident(schema)}.{ident(row['relname'])} CASCADE")
+    views = await _dependent_views(conn, tables)
+    for view, kind in views:
+        await conn.execute(f"DROP {kind} IF EXISTS {view} CASCADE")
     for table in tables:
         if table in live:
             await conn.execute(f"DROP TABLE {ident(LIVE_SCHEMA)}.{ident(table)} CASCADE")

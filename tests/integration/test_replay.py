@@ -1,0 +1,129 @@
+"""`lattice replay`: rebuild into a shadow schema, swap in one transaction, readers never
+see an empty or partial table, the live runner carries on from the rebuilt positions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from deploy.settings import Settings
+from ingest.record import build_record
+from projectors.events import projection as events
+from projectors.replay import Progress, StartAt, replay
+from projectors.service import dead_letter_producer
+from tests.conftest import Stack
+from tests.support.projectors import log_ends, positions, rows, running
+from tests.support.stripe_stream import produce, records, stream
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def _ids(items: list[tuple[object, ...]]) -> set[object]:
+    return {r[0] for r in items}
+
+
+async def _caught_up(settings: Settings, name: str = "events") -> None:
+    ends = await log_ends(settings.kafka_bootstrap, settings.topic)
+    url = settings.require_database_url()
+    await eventually(
+        lambda: positions(url, name),
+        lambda p: p == ends,
+        timeout=30,
+        what=f"{name} at the log end {ends}",
+    )
+
+
+async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = settings.model_copy(update={"group_prefix": unique, "projector_batch_size": 100})
+    url = settings.require_database_url()
+    stream_ = records(stream(1500, seed=4))
+    await produce(stack.kafka_bootstrap, settings.topic, stream_[:1200])
+    seen: list[tuple[int, int]] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            while not done.is_set():
+                # One statement, one snapshot: the table and the view must agree.
+                row = await conn.fetchrow(
+                    "SELECT (SELECT count(*) FROM projections.events), "
+                    "(SELECT sum(events) FROM projections.event_types)"
+                )
+                assert row is not None
+                seen.append((row[0], row[1]))
+        finally:
+            await conn.close()
+
+    progress: list[Progress] = []
+    async with running(ours, [events]):
+        await _caught_up(ours)
+        before = len(await rows(url, "SELECT id FROM projections.events"))
+        polling = asyncio.create_task(reader())
+        try:
+            async with dead_letter_producer(ours) as dead_letters:
+                result = await replay(
+                    ours,
+                    events,
+                    StartAt(from_beginning=True),
+                    dead_letters,
+                    on_progress=progress.append,
+                )
+            # The live runner must write into the swapped-in table from the rebuilt positions.
+            await produce(stack.kafka_bootstrap, settings.topic, stream_[1200:])
+            await _caught_up(ours)
+        finally:
+            done.set()
+            await polling
+
+    assert result.tables == ["events"]
+    assert result.records >= 1200
+    assert progress, "no progress was reported"
+    assert progress[-1].done == progress[-1].total
+    assert len(seen) > 10, "the reader barely ran"
+    assert min(table for table, _ in seen) >= before
+    assert all(view == table for table, view in seen)
+    assert _ids(await rows(url, "SELECT id FROM projections.events")) == {
+        r.headers[0][1].decode() for r in stream_
+    }
+    assert await positions(url, "events.replay") == {}
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+
+
+async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    early, late = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
+    stream_ = stream(200, seed=8)
+    batches = [
+        build_record(e.body, e.event, endpoint="platform", received_at=early if i < 100 else late)
+        for i, e in enumerate(stream_)
+    ]
+    await produce(stack.kafka_bootstrap, settings.topic, batches)
+    async with running(ours, [events]):
+        await _caught_up(ours)
+    everything = _ids(await rows(url, "SELECT id FROM projections.events"))
+    # Rows lost by hand (a bug, a bad migration): replay --since restores what it re-reads.
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("DELETE FROM projections.events")
+        await conn.execute(
+            "INSERT INTO projections.events SELECT * FROM projections.events WHERE false"
+        )
+    finally:
+        await conn.close()
+    kept = {b.headers[0][1].decode() for b in batches[100:]}
+    async with dead_letter_producer(ours) as dead_letters:
+        await replay(ours, events, StartAt(since=late - timedelta(minutes=1)), dead_letters)
+    assert _ids(await rows(url, "SELECT id FROM projections.events")) == kept
+    async with dead_letter_producer(ours) as dead_letters:
+        await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+    assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
