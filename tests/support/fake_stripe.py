@@ -187,6 +187,7 @@ async def serve(fake: FakeStripe) -> AsyncIterator[FakeStripe]:
     port = sock.getsockname()[1]
     config = uvicorn.Config(
         fake.app(),
+        log_config=None,  # leave the process's logging as the tests configured it
         log_level="warning",
         lifespan="off",
         ws="none",
