@@ -4,33 +4,6 @@ snapshots win by (created, rank, event id); facts merge by rules that commute.""
 
 from __future__ import annotations
 
-# A report fills the fact (the earliest (time, value) wins between two reports of one
-# identifier, as Stripe keeps only one); cancelled and reported only ever become true.
-# The winning version of a fact: a report beats a cancel-only row; between two of a kind
-# the earliest (time, value, event name, customer) wins, as Stripe keeps one per identifier.
-# `cancelled` and `reported` only ever become true, so the merge commutes.
-_TAKES = """(excluded.reported, t.occurred_at, t.value,
-     t.event_name COLLATE "C", t.customer COLLATE "C")
-    > (t.reported, excluded.occurred_at, excluded.value,
-       excluded.event_name COLLATE "C", excluded.customer COLLATE "C")"""
-
-UPSERT_FACTS = f"""
-INSERT INTO usage_facts AS t (identifier, event_name, customer, value, occurred_at,
-                              reported, cancelled, last_event_id, last_event_created)
-SELECT i, e, c, v, to_timestamp(ts), r, x, i, to_timestamp(ts)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::bigint[],
-            $6::boolean[], $7::boolean[]) AS u(i, e, c, v, ts, r, x)
-ON CONFLICT (identifier) DO UPDATE SET
-    event_name = CASE WHEN {_TAKES} THEN excluded.event_name ELSE t.event_name END,
-    customer = CASE WHEN {_TAKES} THEN excluded.customer ELSE t.customer END,
-    value = CASE WHEN {_TAKES} THEN excluded.value ELSE t.value END,
-    occurred_at = CASE WHEN {_TAKES} THEN excluded.occurred_at ELSE t.occurred_at END,
-    last_event_created = CASE WHEN {_TAKES} THEN excluded.occurred_at
-                         ELSE t.last_event_created END,
-    reported = t.reported OR excluded.reported,
-    cancelled = t.cancelled OR excluded.cancelled
-"""
-
 UPSERT_METERS = """
 INSERT INTO meters AS t (id, event_name, display_name, status, aggregation,
                          last_event_id, last_event_created)

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-# $1/$2 customers and event names of facts; $3 meters; $4 prices; $5 customers of
-# periods and invoices; $6 identifiers of rejected facts.
+# $1/$2 customers and event names of changed facts; $3 meters; $4 prices; $5 customers of
+# periods and invoices; $6 identifiers of rejected facts; $7/$8 customers and event names
+# of facts just added (ADD_FACTS counted them already, except for `last` meters).
 RECOMPUTE = """
 WITH touched AS (
     SELECT c AS customer, e AS event_name FROM unnest($1::text[], $2::text[]) AS u(c, e)
@@ -23,6 +24,9 @@ WITH touched AS (
 ),
 pairs AS (
     SELECT t.customer, m.id AS meter FROM touched t JOIN meters m ON m.event_name = t.event_name
+    UNION
+    SELECT a.c, m.id FROM unnest($7::text[], $8::text[]) AS a(c, e)
+    JOIN meters m ON m.event_name = a.e AND m.aggregation = 'last'
     UNION
     SELECT p.customer, mp.meter FROM meter_prices mp JOIN meter_periods p ON p.price = mp.price
     WHERE mp.meter = ANY($3::text[]) OR mp.price = ANY($4::text[])
@@ -139,6 +143,7 @@ class Touched:
     """What one batch touched: the keys `RECOMPUTE` starts from."""
 
     facts: set[tuple[str, str]] = field(default_factory=set)
+    added: set[tuple[str, str]] = field(default_factory=set)
     meters: set[str] = field(default_factory=set)
     prices: set[str] = field(default_factory=set)
     customers: set[str] = field(default_factory=set)
@@ -146,7 +151,14 @@ class Touched:
 
     def empty(self) -> bool:
         """True when the batch changed nothing a reconciliation row depends on."""
-        return not (self.facts or self.meters or self.prices or self.customers or self.rejected)
+        return not (
+            self.facts
+            or self.added
+            or self.meters
+            or self.prices
+            or self.customers
+            or self.rejected
+        )
 
 
 async def recompute(conn: asyncpg.Connection, touched: Touched) -> None:
@@ -154,6 +166,7 @@ async def recompute(conn: asyncpg.Connection, touched: Touched) -> None:
     if touched.empty():
         return
     customers, event_names = _columns(touched.facts)
+    added_customers, added_event_names = _columns(touched.added)
     await conn.execute(
         RECOMPUTE,
         customers,
@@ -162,6 +175,8 @@ async def recompute(conn: asyncpg.Connection, touched: Touched) -> None:
         sorted(touched.prices),
         sorted(touched.customers),
         sorted(touched.rejected),
+        added_customers,
+        added_event_names,
     )
 
 

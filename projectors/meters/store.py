@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from projectors.meters import queries
+from projectors.meters import fact_queries, queries
 from projectors.meters.changes import (
     Change,
     ErrorReport,
@@ -79,8 +79,8 @@ async def _facts(conn: asyncpg.Connection, facts: list[UsageReported], touched: 
     if not facts:
         return
     rows = merge_facts(facts)
-    await conn.execute(
-        queries.UPSERT_FACTS,
+    pairs = await conn.fetch(
+        fact_queries.WRITE_FACTS,
         [f.identifier for f, _, _ in rows],
         [f.event_name for f, _, _ in rows],
         [f.customer for f, _, _ in rows],
@@ -89,7 +89,9 @@ async def _facts(conn: asyncpg.Connection, facts: list[UsageReported], touched: 
         [reported for _, reported, _ in rows],
         [cancelled for _, _, cancelled in rows],
     )
-    touched.facts.update((f.customer, f.event_name) for f in facts)
+    for kind, customer, event_name in pairs:
+        target = touched.added if kind == "added" else touched.facts
+        target.add((customer, event_name))
 
 
 async def _meters(conn: asyncpg.Connection, meters: list[MeterSeen], touched: Touched) -> None:

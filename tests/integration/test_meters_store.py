@@ -161,3 +161,14 @@ async def test_decimal_tenths_sum_exactly(conn: asyncpg.Connection) -> None:
     # 2 + 1.5 + ten times 0.1, where floats would give 4.499999999999999.
     assert sum([0.1] * 10) != 1.0
     assert rows == [(Decimal("4.5"), Decimal("2.5"))]
+
+
+async def test_facts_counted_one_by_one_match_a_full_recompute(conn: asyncpg.Connection) -> None:
+    # Stripe's side first, so every fact after it is counted by the incremental path,
+    # including one already rejected and those of the `last` and `count` meters.
+    records = billing_month().records()
+    await project(conn, "ordered", [records])
+    stripe = [r for r in records if r.topic != "usage.reported"]
+    facts = [r for r in records if r.topic == "usage.reported"]
+    await project(conn, "incremental", [stripe, *([f] for f in facts)])
+    assert await fetch(conn, "incremental") == await fetch(conn, "ordered")

@@ -1,0 +1,107 @@
+"""The hot path's SQL: one statement per batch writes the usage facts and counts the plain
+additions into the reconciliation rows that already exist.
+
+Everything else a fact can do (a cancel, a different winning version, a fact of a `last`
+meter, a fact whose row does not exist yet) is returned to the store, which has RECOMPUTE
+rebuild those rows from the tables. All CTEs read one snapshot: `old` sees the facts as
+they were before `up` wrote, and `counted` runs even though nothing reads it.
+"""
+
+from __future__ import annotations
+
+# The winning version of a fact: a report beats a cancel-only row; between two of a kind
+# the earliest (time, value, event name, customer) wins, as Stripe keeps one per identifier.
+# `cancelled` and `reported` only ever become true, so the merge commutes.
+_TAKES = """(excluded.reported, t.occurred_at, t.value,
+     t.event_name COLLATE "C", t.customer COLLATE "C")
+    > (t.reported, excluded.occurred_at, excluded.value,
+       excluded.event_name COLLATE "C", excluded.customer COLLATE "C")"""
+
+# $1..$7: identifier, event name, customer, value, Unix seconds, reported?, cancelled?
+# Returns (kind, customer, event_name): `added` pairs (their `last` meters need RECOMPUTE)
+# and `changed` pairs (RECOMPUTE where the fact was and where it is now).
+WRITE_FACTS = f"""
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::bigint[],
+                         $6::boolean[], $7::boolean[]) AS u(i, e, c, v, ts, r, x)
+),
+old AS (
+    SELECT f.identifier, f.customer, f.event_name, f.value, f.occurred_at,
+           f.reported AND NOT f.cancelled AS live
+    FROM usage_facts f WHERE f.identifier = ANY($1::text[])
+),
+up AS (
+    INSERT INTO usage_facts AS t (identifier, event_name, customer, value, occurred_at,
+                                  reported, cancelled, last_event_id, last_event_created)
+    SELECT i, e, c, v, to_timestamp(ts), r, x, i, to_timestamp(ts) FROM batch
+    ON CONFLICT (identifier) DO UPDATE SET
+        event_name = CASE WHEN {_TAKES} THEN excluded.event_name ELSE t.event_name END,
+        customer = CASE WHEN {_TAKES} THEN excluded.customer ELSE t.customer END,
+        value = CASE WHEN {_TAKES} THEN excluded.value ELSE t.value END,
+        occurred_at = CASE WHEN {_TAKES} THEN excluded.occurred_at ELSE t.occurred_at END,
+        last_event_created = CASE WHEN {_TAKES} THEN excluded.occurred_at
+                             ELSE t.last_event_created END,
+        reported = t.reported OR excluded.reported,
+        cancelled = t.cancelled OR excluded.cancelled
+    RETURNING identifier, customer, event_name, value, occurred_at,
+              reported AND NOT cancelled AS live
+),
+states AS (
+    SELECT up.*, coalesce(old.live, false) AS was_live,
+           (old.customer, old.event_name, old.value, old.occurred_at)
+               IS NOT DISTINCT FROM (up.customer, up.event_name, up.value, up.occurred_at)
+               AS same,
+           old.customer AS old_customer, old.event_name AS old_event_name
+    FROM up LEFT JOIN old USING (identifier)
+),
+added AS (SELECT * FROM states WHERE live AND NOT was_live),
+changed AS (
+    -- Neither a duplicate, nor a fact that stays out of every total, nor a plain addition.
+    SELECT * FROM states
+    WHERE NOT (live = was_live AND (same OR NOT live)) AND NOT (live AND NOT was_live)
+),
+placed AS (
+    SELECT r.customer, r.meter, r.period_start,
+           count(*) AS n,
+           count(rj.identifier) AS rejected_n,
+           CASE m.aggregation WHEN 'sum' THEN sum(a.value) ELSE count(*) END AS reported,
+           CASE m.aggregation
+               WHEN 'sum' THEN coalesce(sum(a.value) FILTER (WHERE rj.identifier IS NOT NULL), 0)
+               ELSE count(rj.identifier) END AS rejected,
+           max(a.occurred_at) AS at,
+           (array_agg(a.identifier ORDER BY a.occurred_at DESC, a.identifier DESC))[1] AS id
+    FROM added a
+    JOIN meters m ON m.event_name = a.event_name AND m.aggregation IN ('sum', 'count')
+    JOIN meter_reconciliation r ON r.customer = a.customer AND r.meter = m.id
+         AND a.occurred_at >= r.period_start AND a.occurred_at < r.period_end
+    LEFT JOIN meter_rejections rj ON rj.identifier = a.identifier
+    GROUP BY r.customer, r.meter, r.period_start, m.aggregation
+),
+moved AS (
+    SELECT p.*, t.reported_value + p.reported - t.rejected_value - p.rejected AS accepted
+    FROM placed p JOIN meter_reconciliation t USING (customer, meter, period_start)
+),
+counted AS (
+    UPDATE meter_reconciliation t SET
+        reported_value = t.reported_value + p.reported,
+        rejected_value = t.rejected_value + p.rejected,
+        delta = p.accepted - t.billed_quantity,
+        status = CASE WHEN t.invoices = 0 THEN 'pending'
+                      WHEN p.accepted = t.billed_quantity THEN 'matched'
+                      WHEN p.accepted > t.billed_quantity THEN 'under_billed'
+                      ELSE 'over_billed' END,
+        reported_facts = t.reported_facts + p.n,
+        rejected_facts = t.rejected_facts + p.rejected_n,
+        last_event_id = CASE WHEN (p.at, p.id) > (t.last_event_created, t.last_event_id)
+                             THEN p.id ELSE t.last_event_id END,
+        last_event_created = greatest(p.at, t.last_event_created)
+    FROM moved p
+    WHERE t.customer = p.customer AND t.meter = p.meter AND t.period_start = p.period_start
+    RETURNING 1
+)
+SELECT 'added' AS kind, customer, event_name FROM added
+UNION
+SELECT 'changed', customer, event_name FROM changed
+UNION
+SELECT 'changed', old_customer, old_event_name FROM changed WHERE old_customer IS NOT NULL
+"""
