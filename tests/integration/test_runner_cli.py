@@ -1,0 +1,143 @@
+"""The commands as an operator runs them: project (SIGTERM), migrate, status, replay, rewind."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import Settings
+from projectors.rewind import committed
+from tests.conftest import Stack
+from tests.support.projectors import ROOT, log_ends, positions
+from tests.support.stripe_stream import produce, records, stream
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def _env(settings: Settings, unique: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_DATABASE_URL": settings.require_database_url(),
+        "LATTICE_TOPIC": settings.topic,
+        "LATTICE_GROUP_PREFIX": unique,
+    }
+
+
+def _lattice(settings: Settings, unique: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "deploy.cli", *args],
+        cwd=ROOT,
+        env=_env(settings, unique),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def _start(settings: Settings, unique: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "deploy.cli", *args],
+            cwd=ROOT,
+            env=_env(settings, unique),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def _run(settings: Settings, unique: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(_lattice, settings, unique, *args)
+
+
+async def test_project_migrate_status_and_replay_from_the_command_line(
+    settings: Settings, stack: Stack, unique: str, tmp_path: Path
+) -> None:
+    migrated = await _run(settings, unique, "migrate", "events")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.splitlines() == ["applied events/0001_events"]
+    again = await _run(settings, unique, "migrate", "events")
+    assert (again.returncode, again.stdout) == (0, "")
+
+    await produce(stack.kafka_bootstrap, settings.topic, [*records(stream(150)), b"poison"])
+    log = tmp_path / "project.log"
+    proc = _start(settings, unique, log, "project", "events")
+    try:
+        ends = await log_ends(stack.kafka_bootstrap, settings.topic)
+        url = settings.require_database_url()
+        await eventually(lambda: positions(url, "events"), lambda p: p == ends, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, log.read_text()[-2000:]
+    assert "projector stopped" in log.read_text()
+
+    shown = await _run(settings, unique, "status", "events", "--json")
+    assert shown.returncode == 0, shown.stderr
+    report = orjson.loads(shown.stdout)
+    assert {(r["partition"], r["position"], r["lag"]) for r in report} == {
+        (p, end, 0) for p, end in ends.items()
+    }
+    assert sum(r["dead_letters"] for r in report) == 1
+    assert all(r["last_event_at"] for r in report if r["position"])
+    table = await _run(settings, unique, "status", "events")
+    assert table.stdout.splitlines()[0].split()[:3] == ["PROJECTOR", "TOPIC", "PART"]
+
+    replayed = await _run(settings, unique, "replay", "events", "--from-beginning")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "events/s" in replayed.stderr
+    assert "left" in replayed.stderr
+    assert "swapped in (events)" in replayed.stderr
+    bad = await _run(settings, unique, "replay", "events", "--since", "yesterday")
+    assert bad.returncode == 2
+    assert "RFC 3339" in bad.stderr
+
+
+async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60)))
+    group = f"{unique}.billing-exports"
+    consumer = AIOKafkaConsumer(
+        settings.topic,
+        bootstrap_servers=stack.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        ends = await log_ends(stack.kafka_bootstrap, settings.topic)
+        remaining = sum(ends.values())
+        while remaining > 0:
+            batch = await consumer.getmany(timeout_ms=1000)
+            remaining -= sum(len(msgs) for msgs in batch.values())
+        await consumer.commit()
+        refused = await _run(settings, unique, "rewind", group, "--to-offset", "0:1")
+        assert refused.returncode == 1
+        assert "stop them" in refused.stderr
+    finally:
+        await consumer.stop()
+
+    moved = await _run(settings, unique, "rewind", group, "--to-offset", "0:1")
+    assert moved.returncode == 0, moved.stderr
+    after = await committed(stack.kafka_bootstrap, group)
+    assert after[TopicPartition(settings.topic, 0)] == 1
+    assert after[TopicPartition(settings.topic, 1)] == ends[1]
+
+    since = await _run(settings, unique, "rewind", group, "--since", "1970-01-01T00:00:00Z")
+    assert since.returncode == 0, since.stderr
+    assert set((await committed(stack.kafka_bootstrap, group)).values()) == {0}
+    ours = await _run(settings, unique, "rewind", "lattice.events", "--since", "0")
+    assert ours.returncode == 2
+    assert "lattice replay events" in ours.stderr
