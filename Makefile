@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install stack stack-down clean check test test-faults bench demo fmt
+.PHONY: install stack stack-down clean check test test-faults bench demo demo-stop fmt
 
 install: $(STAMP)
 
@@ -38,3 +38,11 @@ test: install
 
 bench: install
 	deploy/with-stack.sh $(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
+
+# The front door: stack, migrations, receiver and projectors in the background, a simulated
+# billing month delivered like Stripe, then the tables' report (DEMO_CUSTOMERS, DEMO_SEED...).
+demo: install
+	deploy/demo.sh
+
+demo-stop:
+	deploy/demo.sh stop

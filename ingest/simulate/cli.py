@@ -10,11 +10,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from deploy.settings import ConfigError, Settings, load_settings
 from ingest.simulate import fake_stripe
 from ingest.simulate.deliver import DeliveryFailed, Progress, deliver, produce_facts
 from ingest.simulate.generator import MIXED, Simulation, generate
-from ingest.simulate.report import differences, read_tables, wait_caught_up
+from ingest.simulate.report import (
+    differences,
+    read_tables,
+    receiver_outcomes,
+    wait_caught_up,
+)
 from ingest.simulate.shapes import API_VERSIONS
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -140,6 +147,11 @@ async def _run(args: argparse.Namespace, settings: Settings, simulation: Simulat
         print(outcome.line(), file=sys.stderr)
         if not (args.wait or args.check):
             return 0
+        try:
+            receiver: dict[str, int] | None = await receiver_outcomes(args.url)
+        except httpx.HTTPError as exc:  # the report goes on without the receiver's count
+            print(f"lattice simulate: no receiver metrics from {args.url}: {exc}", file=sys.stderr)
+            receiver = None
         lag, dead = await wait_caught_up(settings, timeout=args.wait or 120.0)
     actual = await read_tables(settings.require_database_url())
     print(
@@ -151,6 +163,7 @@ async def _run(args: argparse.Namespace, settings: Settings, simulation: Simulat
             broken=outcome.broken_off,
             lag=lag,
             dead=dead,
+            receiver=receiver,
         )
     )
     wrong = differences(simulation.expected, actual)

@@ -25,6 +25,7 @@ def render(
     broken: int,
     lag: int,
     dead: int,
+    receiver: dict[str, int] | None = None,
 ) -> str:
     """The report: each table with a mark saying whether it equals the expectation."""
     want = expected_as_actual(expected)
@@ -74,6 +75,9 @@ def render(
         f"(duplicates and retries included); rejected {rejected} forged; "
         f"{broken} broke off mid-body and were retried"
     )
+    if receiver is not None:
+        counted = ", ".join(f"{outcome} {n}" for outcome, n in sorted(receiver.items()))
+        out.append(f"  the receiver's own count (GET /metrics): {counted or 'nothing'}")
     out.append(
         f"  projections.events holds {actual.events} events  "
         f"[{_mark(actual.events == expected.events)}]"

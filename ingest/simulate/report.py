@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.settings import Settings
 from ingest.simulate.expected import Expected, InvoiceTotals
@@ -119,3 +121,19 @@ async def wait_caught_up(settings: Settings, *, timeout: float) -> tuple[int, in
         if lag == 0 or time.monotonic() > deadline:
             return lag, sum(row.dead_letters for row in rows)
         await asyncio.sleep(0.5)
+
+
+async def receiver_outcomes(url: str) -> dict[str, int]:
+    """The receiver's own count of deliveries by outcome, from its `GET /metrics`."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        response = await client.get(f"{url.rstrip('/')}/metrics")
+        response.raise_for_status()
+    outcomes: dict[str, int] = {}
+    for family in text_string_to_metric_families(response.text):
+        if family.name != "lattice_webhook_deliveries":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                outcome = sample.labels["outcome"]
+                outcomes[outcome] = outcomes.get(outcome, 0) + int(sample.value)
+    return outcomes

@@ -16,7 +16,13 @@ from ingest.app import create_app
 from ingest.simulate import fake_stripe
 from ingest.simulate.deliver import deliver, produce_facts
 from ingest.simulate.generator import generate
-from ingest.simulate.report import Actual, differences, read_tables, wait_caught_up
+from ingest.simulate.report import (
+    Actual,
+    differences,
+    read_tables,
+    receiver_outcomes,
+    wait_caught_up,
+)
 from projectors import catalog
 from projectors.service import run_projections
 from projectors.stripe_api.hydrate import open_hydrator
@@ -86,6 +92,9 @@ async def test_tables_equal_the_simulators_expected_totals(settings: Settings) -
         )
         assert outcome.accepted == expected.accepted
         assert outcome.rejected == expected.rejected
+        counted = await receiver_outcomes(url)  # broken-off requests are never counted
+        assert counted.pop("accepted") == expected.accepted
+        assert sum(counted.values()) == expected.rejected
         lag, dead = await wait_caught_up(settings, timeout=60)
         assert (lag, dead) == (0, 0)
 

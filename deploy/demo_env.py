@@ -1,0 +1,107 @@
+"""Prepare a fresh, isolated namespace for `make demo` and write `.lattice/demo/env`.
+
+The demo gets its own topics (`demo.stripe.events`, ...) and database (`lattice_demo`),
+emptied on every run, so its tables always show exactly one simulated month and nothing
+else on the shared stack is touched. Run as `python -m deploy.demo_env HOME` with
+`.lattice/stack.env` sourced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy.settings import load_settings
+from deploy.stack.topics import ensure_topics
+
+PREFIX = "demo"
+DATABASE = "lattice_demo"
+RECEIVER_PORT = 8000
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` when nothing listens there, else any free loopback port."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise RuntimeError("no free loopback port")
+
+
+async def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [name for name in names if name in set(await admin.list_topics())]
+        if doomed:
+            await admin.delete_topics(doomed)
+        deadline = time.monotonic() + 60
+        while set(names) & set(await admin.list_topics()):  # deletion is asynchronous
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka did not delete the old demo topics {doomed}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    await ensure_topics(bootstrap, names, partitions=partitions)
+
+
+async def _fresh_database(url: str) -> str:
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await admin.close()
+    return urlunsplit(urlsplit(url)._replace(path=f"/{DATABASE}"))
+
+
+async def prepare() -> dict[str, str]:
+    """Empty the demo's topics and database; return the demo's environment."""
+    settings = load_settings()
+    topic, usage = f"{PREFIX}.stripe.events", f"{PREFIX}.usage.reported"
+    await _fresh_topics(
+        settings.kafka_bootstrap, [topic, f"{topic}.dlq", usage], settings.partitions
+    )
+    database_url = await _fresh_database(settings.require_database_url())
+    receiver, stripe = free_port(RECEIVER_PORT), free_port()
+    return {
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_DATABASE_URL": database_url,
+        "LATTICE_TOPIC": topic,
+        "LATTICE_USAGE_TOPIC": usage,
+        # Fresh signing secrets each run, as if two endpoints had just been created.
+        "LATTICE_WEBHOOK_SECRETS": f"platform=whsec_{secrets.token_hex(16)},"
+        f"connect=whsec_{secrets.token_hex(16)}",
+        # The simulator serves the thin events' bodies itself: a stand-in for Stripe's API.
+        "LATTICE_STRIPE_API_KEY": "sk_test_lattice_demo",
+        "LATTICE_STRIPE_API_BASE": f"http://127.0.0.1:{stripe}",
+        "DEMO_RECEIVER_PORT": str(receiver),
+        "DEMO_STRIPE_PORT": str(stripe),
+    }
+
+
+def main() -> int:
+    """Entry point: `python -m deploy.demo_env HOME`."""
+    home = Path(sys.argv[1] if len(sys.argv) > 1 else ".lattice/demo")
+    values = asyncio.run(prepare())
+    home.mkdir(parents=True, exist_ok=True)
+    env = home / "env"
+    env.write_text("".join(f"export {key}={value}\n" for key, value in values.items()))
+    env.chmod(0o600)  # it holds signing secrets
+    print(env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
