@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -172,3 +174,24 @@ async def test_facts_counted_one_by_one_match_a_full_recompute(conn: asyncpg.Con
     facts = [r for r in records if r.topic == "usage.reported"]
     await project(conn, "incremental", [stripe, *([f] for f in facts)])
     assert await fetch(conn, "incremental") == await fetch(conn, "ordered")
+
+
+def readme_query() -> str:
+    """The copy-paste query of the README's `meters` section."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("<!-- section:meters -->")[1].split("<!-- /section:meters -->")[0]
+    return section.split("```sql\n")[1].split("```")[0]
+
+
+async def test_the_readme_query_finds_last_months_under_billed_customers(
+    conn: asyncpg.Connection,
+) -> None:
+    today = datetime.now(UTC)
+    this_month = datetime(today.year, today.month, 1, tzinfo=UTC)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    scenario = billing_month(start=int(last_month.timestamp()), end=int(this_month.timestamp()))
+    await project(conn, "projections", [scenario.records()])
+    rows = await conn.fetch(readme_query())
+    assert [(r["customer"], r["delta"], r["period_end"]) for r in rows] == [
+        ("cus_legacy", Decimal("1.5"), this_month)
+    ]

@@ -27,7 +27,6 @@ from tests.support.meter_payloads import (
     usage_record,
 )
 
-START, END = T0, T0 + MONTH
 DAY = 86_400
 
 
@@ -48,8 +47,9 @@ class Scenario:
         return stripe + usage
 
 
-def billing_month(tag: str = "") -> Scenario:
-    """Three meters (sum, count, last), one basil and one legacy customer, and every case."""
+def billing_month(tag: str = "", *, start: int = T0, end: int = T0 + MONTH) -> Scenario:
+    """Three meters (sum, count, last), one basil and one legacy customer, and every case,
+    in the billing period [start, end)."""
     s = Scenario()
     sum_meter = billing_meter(event_name=f"api_requests{tag}", formula="sum")
     count_meter = billing_meter(event_name=f"logins{tag}", formula="count")
@@ -64,15 +64,24 @@ def billing_month(tag: str = "") -> Scenario:
     p_sum, p_count, p_last = (
         price(meter=m["id"], unit_amount=None) for m in (sum_meter, count_meter, last_meter)
     )
-    items = [subscription_item(era="basil", item_price=p) for p in (p_sum, p_count, p_last)]
-    sub_b = subscription(era="basil", customer=basil, items=items)
-    s.stripe_events.append(event("customer.subscription.created", sub_b, created=START))
+    items = [
+        subscription_item(era="basil", item_price=p, period_start=start, period_end=end)
+        for p in (p_sum, p_count, p_last)
+    ]
+    sub_b = subscription(
+        era="basil", customer=basil, items=items, period_start=start, period_end=end
+    )
+    s.stripe_events.append(event("customer.subscription.created", sub_b, created=start))
     p_legacy = price(meter=sum_meter["id"], unit_amount=None)
     sub_l = subscription(
-        era="legacy", customer=legacy, items=[subscription_item(era="legacy", item_price=p_legacy)]
+        era="legacy",
+        customer=legacy,
+        items=[subscription_item(era="legacy", item_price=p_legacy)],
+        period_start=start,
+        period_end=end,
     )
     s.stripe_events.append(
-        event("customer.subscription.created", sub_l, created=START, era="legacy")
+        event("customer.subscription.created", sub_l, created=start, era="legacy")
     )
 
     # Basil customer: 0.1 x 10 (each reported twice), a cancelled fact, a rejected fact.
@@ -82,7 +91,7 @@ def billing_month(tag: str = "") -> Scenario:
             basil,
             0.1,
             event_name=sum_meter["event_name"],
-            timestamp=START + DAY + n,
+            timestamp=start + DAY + n,
         )
         s.facts += [fact, dict(fact)]
     s.facts.append(
@@ -91,7 +100,7 @@ def billing_month(tag: str = "") -> Scenario:
             basil,
             "5",
             event_name=sum_meter["event_name"],
-            timestamp=START + 2 * DAY,
+            timestamp=start + 2 * DAY,
         )
     )
     s.facts.append(
@@ -100,7 +109,7 @@ def billing_month(tag: str = "") -> Scenario:
             basil,
             "5",
             event_name=sum_meter["event_name"],
-            timestamp=START + 2 * DAY,
+            timestamp=start + 2 * DAY,
             action="cancel",
         )
     )
@@ -110,7 +119,7 @@ def billing_month(tag: str = "") -> Scenario:
             basil,
             "7",
             event_name=sum_meter["event_name"],
-            timestamp=START + 3 * DAY,
+            timestamp=start + 3 * DAY,
         )
     )
     s.stripe_events.append(
@@ -119,7 +128,7 @@ def billing_month(tag: str = "") -> Scenario:
             meter=sum_meter["id"],
             code="invalid_value",
             extra_errors=2,
-            at=START + 3 * DAY,
+            at=start + 3 * DAY,
         )
     )
     # A count meter (3 logins) and a last meter (5 then 8 seats: 8 is billed).
@@ -130,12 +139,12 @@ def billing_month(tag: str = "") -> Scenario:
                 basil,
                 1,
                 event_name=count_meter["event_name"],
-                timestamp=START + DAY + n,
+                timestamp=start + DAY + n,
             )
         )
     s.facts.append(
         usage_fact(
-            f"b-seats-{tag}a", basil, 5, event_name=last_meter["event_name"], timestamp=START + DAY
+            f"b-seats-{tag}a", basil, 5, event_name=last_meter["event_name"], timestamp=start + DAY
         )
     )
     s.facts.append(
@@ -144,7 +153,7 @@ def billing_month(tag: str = "") -> Scenario:
             basil,
             8,
             event_name=last_meter["event_name"],
-            timestamp=START + 5 * DAY,
+            timestamp=start + 5 * DAY,
         )
     )
     inv_b = invoice(
@@ -153,26 +162,32 @@ def billing_month(tag: str = "") -> Scenario:
         customer=basil,
         subscription=sub_b["id"],
         lines=[
-            invoice_line(era="basil", line_price=p_sum, quantity=1),
-            invoice_line(era="basil", line_price=p_count, quantity=3),
-            invoice_line(era="basil", line_price=p_last, quantity=8),
+            invoice_line(
+                era="basil", line_price=p_sum, quantity=1, period_start=start, period_end=end
+            ),
+            invoice_line(
+                era="basil", line_price=p_count, quantity=3, period_start=start, period_end=end
+            ),
+            invoice_line(
+                era="basil", line_price=p_last, quantity=8, period_start=start, period_end=end
+            ),
         ],
-        created=END,
+        created=end,
     )
-    s.stripe_events.append(event("invoice.created", inv_b, created=END))
-    s.stripe_events.append(event("invoice.finalized", dict(inv_b, status="open"), created=END + 60))
-    s.stripe_events.append(event("invoice.paid", dict(inv_b, status="paid"), created=END + 120))
-    s.stripe_events.append(event("invoice.paid", dict(inv_b, status="paid"), created=END + 120))
+    s.stripe_events.append(event("invoice.created", inv_b, created=end))
+    s.stripe_events.append(event("invoice.finalized", dict(inv_b, status="open"), created=end + 60))
+    s.stripe_events.append(event("invoice.paid", dict(inv_b, status="paid"), created=end + 120))
+    s.stripe_events.append(event("invoice.paid", dict(inv_b, status="paid"), created=end + 120))
 
     # Legacy customer: 2 units billed, then 1.5 more reported after the invoice was final.
     s.facts.append(
         usage_fact(
-            f"l-1{tag}", legacy, "2", event_name=sum_meter["event_name"], timestamp=START + 10 * DAY
+            f"l-1{tag}", legacy, "2", event_name=sum_meter["event_name"], timestamp=start + 10 * DAY
         )
     )
     s.facts.append(
         usage_fact(
-            f"l-late{tag}", legacy, "1.5", event_name=sum_meter["event_name"], timestamp=END - 60
+            f"l-late{tag}", legacy, "1.5", event_name=sum_meter["event_name"], timestamp=end - 60
         )
     )
     inv_l = invoice(
@@ -181,19 +196,26 @@ def billing_month(tag: str = "") -> Scenario:
         customer=legacy,
         subscription=sub_l["id"],
         lines=[
-            invoice_line(era="legacy", line_price=p_legacy, quantity=2, subscription=sub_l["id"])
+            invoice_line(
+                era="legacy",
+                line_price=p_legacy,
+                quantity=2,
+                subscription=sub_l["id"],
+                period_start=start,
+                period_end=end,
+            )
         ],
     )
-    s.stripe_events.append(event("invoice.finalized", inv_l, created=END + 60, era="legacy"))
+    s.stripe_events.append(event("invoice.finalized", inv_l, created=end + 60, era="legacy"))
 
     # A customer Stripe does not know: rejected by no_meter_found, never placed in a period.
     s.facts.append(
         usage_fact(
-            f"ghost{tag}", f"cus_ghost{tag}", 4, event_name=f"unknown{tag}", timestamp=START + DAY
+            f"ghost{tag}", f"cus_ghost{tag}", 4, event_name=f"unknown{tag}", timestamp=start + DAY
         )
     )
     s.stripe_events.append(
-        error_report(identifiers=[f"ghost{tag}"], meter=None, code="no_meter", at=START + 2 * DAY)
+        error_report(identifiers=[f"ghost{tag}"], meter=None, code="no_meter", at=start + 2 * DAY)
     )
 
     s.expected = {
