@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
-from ingest.simulate.shapes import Json, Price, customer
+from ingest.simulate.catalogue import Catalogue
+from ingest.simulate.shapes import Json, customer
 from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, Story
 from ingest.simulate.usage import metered_month
 
@@ -24,35 +24,6 @@ SCENARIOS = {
     "plan_change": 12,
 }
 RETRY_DELAYS = (3 * DAY, 5 * DAY)  # Smart Retries, simplified: attempts 2 and 3
-
-
-@dataclass(frozen=True, slots=True)
-class Catalogue:
-    """The platform's prices."""
-
-    starter: Price
-    pro: Price
-    business_eur: Price
-    team_eur_yearly: Price
-    metered: Price
-
-
-def catalogue(story: Story) -> Catalogue:
-    """The prices every customer chooses from; the metered one belongs to the meter."""
-    ids = story.ids
-
-    def price(product: str, currency: str, amount: int, interval: str = "month") -> Price:
-        return Price(ids.new("price"), product, currency, amount, str(amount), interval)
-
-    return Catalogue(
-        starter=price("prod_starter", "usd", 2900),
-        pro=price("prod_pro", "usd", 9900),
-        business_eur=price("prod_business", "eur", 4900),
-        team_eur_yearly=price("prod_team", "eur", 120_000, "year"),
-        metered=Price(
-            ids.new("price"), "prod_api_calls", "usd", None, "0.5", "month", meter=story.meter_id
-        ),
-    )
 
 
 class CustomerMonth:

@@ -13,7 +13,8 @@ import json
 import random
 from dataclasses import dataclass
 
-from ingest.simulate.billing import CustomerMonth, catalogue
+from ingest.simulate.billing import CustomerMonth
+from ingest.simulate.catalogue import catalogue
 from ingest.simulate.connect import connect_month
 from ingest.simulate.expected import Expected, expected_totals
 from ingest.simulate.shapes import API_VERSIONS, NEW_API, Ids, meter

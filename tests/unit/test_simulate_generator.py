@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -49,6 +51,22 @@ def test_same_seed_gives_the_same_bytes() -> None:
     assert [d.body for d in first.deliveries] == [d.body for d in second.deliveries]
     assert first.expected == second.expected
     assert generate(40, 3, seed=12).digest() != first.digest()
+
+
+def test_same_seed_gives_the_same_bytes_in_another_process() -> None:
+    # Another interpreter with another hash seed: no set or hash order leaks into the output.
+    code = "from ingest.simulate.generator import generate; print(generate(40, 3, 11).digest())"
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={"PYTHONHASHSEED": hash_seed, "PATH": ""},
+        ).stdout.strip()
+        for hash_seed in ("1", "2")
+    }
+    assert digests == {generate(40, 3, seed=11).digest()}
 
 
 def test_every_event_is_delivered_and_some_twice_out_of_order_or_after_a_retry() -> None:
