@@ -90,6 +90,12 @@ status=0
 "$lattice" simulate --customers "${DEMO_CUSTOMERS:-200}" --accounts "${DEMO_ACCOUNTS:-5}" \
   --seed "${DEMO_SEED:-2026}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
   --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check || status=$?
+if [ "$status" != 0 ]; then
+  for name in serve project; do
+    echo "--- the end of $DEMO/$name.log" >&2
+    tail -n 15 "$DEMO/$name.log" >&2
+  done
+fi
 
 psql_bin=$(command -v psql || true)
 if [ -z "$psql_bin" ]; then
