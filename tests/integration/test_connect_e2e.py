@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaProducer
 from deploy.settings import Settings
 from projectors.connect import projection
 from projectors.connect.fold import fold, ledger
+from projectors.replay import StartAt, replay
+from projectors.service import dead_letter_producer
 from tests.fixtures import connect_streams as streams
 from tests.fixtures.records import as_record, log_record
 from tests.support.projectors import running
@@ -19,6 +21,7 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
+LEDGER = "SELECT * FROM projections.connect_ledger ORDER BY kind, source_id"
 BALANCES = """
 SELECT account, currency, transferred, reversed, application_fees, refunded_fees, paid_out, net
 FROM projections.connect_balances
@@ -58,15 +61,15 @@ async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
 
     conn = await asyncpg.connect(settings.require_database_url())
     try:
+
+        async def balances() -> dict[tuple[str, str], tuple[int, ...]]:
+            try:
+                rows = await conn.fetch(BALANCES)
+            except asyncpg.UndefinedTableError:
+                return {}
+            return {(r[0], r[1]): tuple(r[2:]) for r in rows}
+
         async with running(isolated, [projection]):
-
-            async def balances() -> dict[tuple[str, str], tuple[int, ...]]:
-                try:
-                    rows = await conn.fetch(BALANCES)
-                except asyncpg.UndefinedTableError:
-                    return {}
-                return {(r[0], r[1]): tuple(r[2:]) for r in rows}
-
             await eventually(
                 balances,
                 lambda got: got == stream.expected,
@@ -77,7 +80,15 @@ async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
             "SELECT sum(next_offset) FROM lattice.offsets WHERE projector = 'connect'"
         )
         assert positions == len(logged)
-        ledger_rows = await conn.fetchval("SELECT count(*) FROM projections.connect_ledger")
-        assert ledger_rows == len(expected_entries)
+        ledger_rows = await conn.fetch(LEDGER)
+        assert len(ledger_rows) == len(expected_entries)
+
+        # `lattice replay connect --from-beginning`: the rebuilt tables and the views over
+        # them are swapped in, and they hold exactly what the live run built.
+        async with dead_letter_producer(isolated) as dead_letters:
+            result = await replay(isolated, projection, StartAt(from_beginning=True), dead_letters)
+        assert result.records == len(logged)
+        assert await conn.fetch(LEDGER) == ledger_rows
+        assert await balances() == stream.expected
     finally:
         await conn.close()
