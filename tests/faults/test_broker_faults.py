@@ -1,0 +1,138 @@
+"""The broker fails under the receiver: SIGKILLed under load and restarted, stopped, or
+refusing writes. Invariant: a 200 only for a record on the log; otherwise a 503 with
+`Retry-After` (or a dropped connection), and the load generator's redeliveries, as
+Stripe's, end with every event on the log."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from deploy.stack.topics import delete_topics, ensure_topics
+from ingest.signature import sign_header
+from tests.conftest import Stack
+from tests.faults.loadgen import LoadGenerator, LoadReport
+from tests.faults.receiving import (
+    SECRET,
+    SECRETS,
+    assert_every_200_is_logged,
+    assert_no_secret_in,
+    event_deliveries,
+    running_receiver,
+)
+from tests.faults.services import PrivateKafka
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+async def test_broker_sigkilled_under_load_loses_no_accepted_delivery(
+    live_kafka: PrivateKafka,
+    unique: str,
+    tmp_path: Path,
+    fault_seed: int,
+    injected: Counter[str],
+) -> None:
+    topic = f"{unique}.stripe.events"
+    await ensure_topics(live_kafka.bootstrap, [topic], partitions=3)
+    rng = random.Random(fault_seed)
+    sent = event_deliveries(1200, seed=fault_seed)
+    kill_after = rng.randrange(150, 500)
+    log = tmp_path / "receiver.log"
+    async with running_receiver(live_kafka.bootstrap, topic, log) as rx:
+        load = LoadGenerator(rx.base_url, SECRETS, concurrency=16, rate=150)
+        delivering = asyncio.create_task(load.run(sent, deadline=150))
+        await eventually(
+            lambda: _value(load.report.accepted.total()),
+            lambda n: n >= kill_after,
+            timeout=60,
+            what="deliveries accepted before the kill",
+        )
+        await asyncio.to_thread(live_kafka.kill)
+        injected["broker SIGKILL under load"] += 1
+        # The outage must be seen by the load generator before the broker comes back.
+        await eventually(
+            lambda: _value(load.report.statuses[503] + load.report.connection_errors),
+            lambda n: n > 0,
+            timeout=30,
+            what="a 503 while the broker is down",
+        )
+        await asyncio.to_thread(live_kafka.start)
+        report = await delivering
+    assert report.refused == []
+    assert report.unavailable_without_retry_after == 0
+    assert set(report.accepted) == {d.event_id for d in sent}, "a delivery never got its 200"
+    await assert_every_200_is_logged(live_kafka.bootstrap, topic, sent, report)
+    assert_no_secret_in(log.read_text(errors="replace"))
+    await delete_topics(live_kafka.bootstrap, [topic])
+
+
+async def test_a_stopped_broker_gets_503_with_retry_after_never_200(
+    live_kafka: PrivateKafka, unique: str, tmp_path: Path, injected: Counter[str]
+) -> None:
+    topic = f"{unique}.stripe.events"
+    await ensure_topics(live_kafka.bootstrap, [topic], partitions=3)
+    before, during = event_deliveries(40, seed=1)[:20], event_deliveries(60, seed=2)[20:60]
+    async with running_receiver(live_kafka.bootstrap, topic, tmp_path / "rx.log") as rx:
+        await LoadGenerator(rx.base_url, SECRETS, concurrency=4).run(before)
+        await asyncio.to_thread(live_kafka.stop)
+        injected["broker stopped"] += 1
+        async with httpx.AsyncClient(base_url=rx.base_url, timeout=30) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert "retry-after" in ready.headers
+            # Each delivered once while the broker is down: all 503 with Retry-After.
+            once = LoadGenerator(rx.base_url, SECRETS, concurrency=8)
+            answers = await asyncio.gather(*(_single(client, d.body) for d in during))
+        assert answers == [(503, True)] * len(during), Counter(answers)
+        await asyncio.to_thread(live_kafka.start)
+        report = await once.run(during, deadline=90)
+    assert set(report.accepted) == {d.event_id for d in during}
+    await assert_every_200_is_logged(live_kafka.bootstrap, topic, before + during, report)
+    await delete_topics(live_kafka.bootstrap, [topic])
+
+
+async def test_a_broker_refusing_writes_gets_503_never_200(
+    stack: Stack, unique: str, tmp_path: Path, injected: Counter[str]
+) -> None:
+    """A topic that refuses every record (max.message.bytes far below any event): the
+    broker is up and answers, but will not take the write — like a full disk."""
+    topic = f"{unique}.stripe.events"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, 3, 1, topic_configs={"max.message.bytes": "64"})]
+        )
+    finally:
+        await admin.close()
+    sent = event_deliveries(30, seed=3)
+    async with (
+        running_receiver(stack.kafka_bootstrap, topic, tmp_path / "rx.log") as rx,
+        httpx.AsyncClient(base_url=rx.base_url, timeout=30) as client,
+    ):
+        answers = await asyncio.gather(*(_single(client, d.body) for d in sent))
+    injected["broker refusing writes"] += len(sent)
+    assert answers == [(503, True)] * len(sent), Counter(answers)
+    await assert_every_200_is_logged(stack.kafka_bootstrap, topic, sent, LoadReport())
+    await delete_topics(stack.kafka_bootstrap, [topic])
+
+
+async def _single(client: httpx.AsyncClient, body: bytes) -> tuple[int, bool]:
+    """One signed attempt, no retry: (status, has Retry-After)."""
+    header = sign_header(body, SECRET, int(time.time()))
+    answer = await client.post(
+        "/webhooks/platform", content=body, headers={"Stripe-Signature": header}
+    )
+    return answer.status_code, "retry-after" in answer.headers
+
+
+async def _value(n: int) -> int:
+    return n
