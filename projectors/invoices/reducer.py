@@ -17,6 +17,7 @@ from projectors.subscriptions.snapshot import (
     LIVE,
     TERMINAL,
     Event,
+    declared_elsewhere,
     integer,
     mapping,
     object_id,
@@ -45,6 +46,7 @@ INVOICE_EVENTS = frozenset(
     )
 )
 PAYMENT_EVENTS = frozenset({"invoice_payment.paid"})
+HANDLED = INVOICE_EVENTS | PAYMENT_EVENTS
 
 # Lifecycle order within one second; `uncollectible` may still be paid (or voided).
 INVOICE_RANK: Mapping[str, int] = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
@@ -129,6 +131,8 @@ Change = InvoiceSnapshot | PaymentSnapshot
 
 def reduce(record: Record) -> list[Change]:
     """The change one record makes: an invoice or invoice payment snapshot, or nothing."""
+    if declared_elsewhere(record, HANDLED):
+        return []
     event = read_event(record)
     if event is None or event.type == "invoice.upcoming":
         return []
@@ -157,7 +161,7 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     lines_list = mapping(obj.get("lines"))
     lines = {}
     for raw in lines_list.get("data") or ():
-        if isinstance(raw, Mapping) and isinstance(raw.get("id"), str):
+        if type(raw) is dict and type(raw.get("id")) is str:
             lines[raw["id"]] = _line(raw)
     terminal = deleted or status in TERMINAL_INVOICE
     return InvoiceSnapshot(

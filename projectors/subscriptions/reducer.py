@@ -16,6 +16,7 @@ from projectors.subscriptions.snapshot import (
     LIVE,
     TERMINAL,
     Event,
+    declared_elsewhere,
     integer,
     mapping,
     object_id,
@@ -39,6 +40,7 @@ SUBSCRIPTION_EVENTS = frozenset(
     )
 )
 CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
+HANDLED = SUBSCRIPTION_EVENTS | CUSTOMER_EVENTS
 
 # Lifecycle order, for snapshots that share a `created` second.
 SUBSCRIPTION_RANK: Mapping[str, int] = {
@@ -121,6 +123,8 @@ Change = SubscriptionSnapshot | CustomerSnapshot
 
 def reduce(record: Record) -> list[Change]:
     """The change one record makes: a subscription or customer snapshot, or nothing."""
+    if declared_elsewhere(record, HANDLED):
+        return []
     event = read_event(record)
     if event is None:
         return []
@@ -142,7 +146,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
     items = tuple(
         _item(raw, legacy_start, legacy_end)
         for raw in mapping(obj.get("items")).get("data") or ()
-        if isinstance(raw, Mapping) and isinstance(raw.get("id"), str)
+        if type(raw) is dict and type(raw.get("id")) is str
     )
     # Since basil each item has its own period; the subscription's is their span.
     starts = [i.current_period_start for i in items if i.current_period_start is not None]
@@ -181,7 +185,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
 
 def _item(raw: Mapping[str, Any], legacy_start: int | None, legacy_end: int | None) -> Item:
     # `price` is always expanded on items; very old payloads only have `plan`.
-    price = raw.get("price") if isinstance(raw.get("price"), Mapping) else raw.get("plan")
+    price = raw.get("price") if type(raw.get("price")) is dict else raw.get("plan")
     price = mapping(price)
     recurring = mapping(price.get("recurring"))
     interval = text(recurring.get("interval")) or text(price.get("interval"))

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
+from ingest.record import HEADER_EVENT_TYPE
 from projectors.base import PoisonRecord, Record
 
 LIVE = 0
@@ -74,11 +76,21 @@ class Event:
     object: dict[str, Any]
 
 
+def declared_elsewhere(record: Record, handled: frozenset[str]) -> bool:
+    """True when the record's `stripe-event-type` header names a type not in `handled`.
+
+    The receiver copies the type into a header, so most records a projection does not
+    read are skipped without parsing their body; a record without the header is parsed.
+    """
+    declared = record.headers.get(HEADER_EVENT_TYPE)
+    return declared is not None and declared.decode("utf-8", "replace") not in handled
+
+
 def read_event(record: Record) -> Event | None:
     """The snapshot event in `record`, or None for thin events (no `data.object`)."""
     body = record.json()
     data = body.get("data")
-    obj = data.get("object") if isinstance(data, Mapping) else None
+    obj = data.get("object") if type(data) is dict else None
     if not isinstance(obj, dict):
         return None
     event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
@@ -107,24 +119,30 @@ def object_id(event: Event, prefix: str) -> str:
 
 def ref(value: Any) -> str | None:
     """An id from a field that is either an id or an expanded object."""
-    if isinstance(value, str):
+    # Exact type checks: parsed JSON holds only dicts and lists, and an ABC isinstance
+    # check costs more than all the rest of reading a snapshot.
+    kind = type(value)
+    if kind is str:
         return value or None
-    if isinstance(value, Mapping):
+    if kind is dict:
         inner = value.get("id")
-        return inner if isinstance(inner, str) else None
+        return inner if type(inner) is str else None
     return None
 
 
 def integer(value: Any) -> int | None:
-    """An integer field (Unix seconds, amounts, counts), else None."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    """An integer field (Unix seconds, amounts, counts), else None (bools are not ints)."""
+    return value if type(value) is int else None
 
 
 def text(value: Any) -> str | None:
     """A string field, else None."""
-    return value if isinstance(value, str) else None
+    return value if type(value) is str else None
+
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def mapping(value: Any) -> Mapping[str, Any]:
     """A nested object, or an empty one when absent or null."""
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict else EMPTY
