@@ -63,6 +63,20 @@ def is_thin(record: Record) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
+class Prepared:
+    """A reduced batch, ready to write."""
+
+    batch: Mapping[TopicPartition, Sequence[Record]]
+    reduced: list[tuple[Record, Sequence[Any]]]
+    dead: list[DeadLetter]
+
+    @property
+    def records(self) -> int:
+        """How many records the batch holds."""
+        return sum(len(recs) for recs in self.batch.values())
+
+
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What one committed batch did."""
 
@@ -101,27 +115,39 @@ class BatchApplier:
         batch: Mapping[TopicPartition, Sequence[Record]],
         expected: Mapping[TopicPartition, int | None],
     ) -> Outcome:
-        """Apply `batch` and move its partitions from `expected`, in one transaction.
+        """Reduce and write `batch` (see `prepare` and `write`)."""
+        return await self.write(await self.prepare(batch), expected)
 
-        Raises PositionConflict (rolled back; re-seek), a transient database error
-        (rolled back; reconnect and re-seek) or Abandoned (shutdown while waiting)."""
+    async def prepare(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> Prepared:
+        """Reduce every record (hydrating thin events first when the projection asks);
+        records that keep failing become dead letters. No I/O but the hydrator's, so the
+        runner can prepare the next batch while the database writes this one."""
+        reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
+        return Prepared(batch, reduced, dead)
+
+    async def write(
+        self, prepared: Prepared, expected: Mapping[TopicPartition, int | None]
+    ) -> Outcome:
+        """Apply the changes and move the batch's partitions from `expected`, in one
+        transaction. Raises PositionConflict (rolled back; re-seek) or a transient
+        database error (rolled back; reconnect and re-seek)."""
         moves = {
             tp: offsets.Advance(expected.get(tp), recs[-1].offset + 1, recs[-1].timestamp_ms)
-            for tp, recs in batch.items()
+            for tp, recs in prepared.batch.items()
             if recs
         }
-        reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
-        changes = sum(len(c) for _, c in reduced)
+        dead = list(prepared.dead)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(self._search_path)
             # Positions first: a zombie fails before doing the work, and the row locks are
             # taken before the table locks, the same order a replay swap uses.
             await offsets.compare_and_set(conn, self.key, moves)
-            dead += await self._apply(conn, reduced)
+            dead += await self._apply(conn, prepared.reduced)
             if dead:
                 await self.dead_letters.send(dead)
                 await deadletter.record(conn, dead)
-        return Outcome(sum(len(r) for r in batch.values()), changes, len(dead))
+        changes = sum(len(c) for _, c in prepared.reduced)
+        return Outcome(prepared.records, changes, len(dead))
 
     async def _reduce(
         self, records: Sequence[Record]

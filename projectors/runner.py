@@ -3,6 +3,10 @@
 One aiokafka consumer per projection, group `lattice.<name>`, auto-commit off. Positions
 live in `lattice.offsets`, written with the rows in one transaction (`batch.py`); on every
 assignment the consumer seeks to them. Kafka's committed offsets are never used.
+
+Two batches overlap: while PostgreSQL writes batch N (its own process, its own core), this
+one fetches and reduces batch N+1. Batch N+1 is written only after N committed, from the
+positions N left, so the positions still move strictly in order.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from aiokafka.structs import ConsumerRecord
 from deploy.settings import Settings
 from projectors import offsets
 from projectors.base import LIVE_SCHEMA, Record
-from projectors.batch import Abandoned, BatchApplier, Hydrate, is_transient
+from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared, is_transient
 from projectors.deadletter import DeadLetterSink
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
@@ -48,20 +52,21 @@ def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Seek to the positions in PostgreSQL on every assignment."""
+    """Finish the batch in flight before a rebalance; seek to the stored positions after."""
 
     def __init__(self, runner: ProjectionRunner) -> None:
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        # Waiting for the batch in flight lets it commit before another consumer starts.
-        async with self.runner.lock:
-            for tp in revoked:
-                self.runner.positions.pop(tp, None)
+        await self.runner.drain()
+        for tp in revoked:
+            self.runner.positions.pop(tp, None)
+            self.runner.fetched.pop(tp, None)
+        self.runner.epoch += 1
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        async with self.runner.lock:
-            await self.runner.seek_to_stored(list(assigned))
+        await self.runner.drain()
+        await self.runner.seek_to_stored(list(assigned))
 
 
 class ProjectionRunner:
@@ -94,11 +99,17 @@ class ProjectionRunner:
             hydrate=hydrate,
             stop=self.stop,
         )
-        self.lock = asyncio.Lock()
-        # The stored position of each assigned partition (None: nothing stored yet).
+        # Stored position of each assigned partition (None: nothing stored yet), and the
+        # next offset to take from a fetch (ahead of the stored one while a batch writes).
         self.positions: dict[TopicPartition, int | None] = {}
+        self.fetched: dict[TopicPartition, int | None] = {}
+        # Bumped by every seek and rebalance: a batch fetched before one is dropped.
+        self.epoch = 0
         self.consumer: AIOKafkaConsumer | None = None
+        self._inflight: tuple[asyncio.Task[Outcome], Prepared, float] | None = None
+        self._drain_lock = asyncio.Lock()
         self._needs_seek = False
+        self._needs_pause = False
         self._backoff = 0.5
 
     def _consumer(self) -> AIOKafkaConsumer:
@@ -127,42 +138,70 @@ class ProjectionRunner:
         )
         try:
             while not self.stop.is_set():
-                if self._needs_seek and not await self._reseek():
-                    await self._pause()
+                if self._needs_seek:
+                    await self.drain()
+                    if self._needs_pause:
+                        self._needs_pause = False
+                        await self._pause()
+                    if not await self._reseek():
+                        await self._pause()
                     continue
+                epoch = self.epoch
                 fetched = await consumer.getmany(
                     timeout_ms=self.settings.projector_batch_wait_ms,
                     max_records=self.settings.projector_batch_size,
                 )
-                if fetched and not self.stop.is_set():
-                    await self._process(fetched)
+                batch = self._take(fetched)
+                if not batch:
+                    if self._inflight is not None and self._inflight[0].done():
+                        await self.drain()
+                    continue
+                started = time.monotonic()
+                try:
+                    prepared = await self.applier.prepare(batch)
+                except Abandoned:
+                    break
+                await self.drain()
+                if epoch != self.epoch:
+                    # A rebalance or seek happened since the fetch: the batch may be stale.
+                    # Drop it and seek again, so nothing is skipped or applied twice.
+                    self._needs_seek = True
+                if not self._needs_seek:
+                    expected = {tp: self.positions.get(tp) for tp in prepared.batch}
+                    task = asyncio.create_task(self.applier.write(prepared, expected))
+                    self._inflight = (task, prepared, started)
         finally:
+            await self.drain()  # SIGTERM: the batch in flight commits (or rolls back) first
             await consumer.stop()
             log.info("projector stopped", projector=self.name)
 
-    async def _process(
+    def _take(
         self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
-    ) -> None:
-        started = time.monotonic()
-        async with self.lock:
-            batch: dict[TopicPartition, list[Record]] = {}
-            for tp, msgs in fetched.items():
-                if tp not in self.positions:
-                    continue  # revoked while the fetch was in flight
-                stored = self.positions[tp]
-                records = [to_record(m) for m in msgs if stored is None or m.offset >= stored]
-                if records:
-                    batch[tp] = records
-            if not batch:
+    ) -> dict[TopicPartition, list[Record]]:
+        batch: dict[TopicPartition, list[Record]] = {}
+        for tp, msgs in fetched.items():
+            if tp not in self.fetched:
+                continue  # revoked while the fetch was in flight
+            start = self.fetched[tp]
+            records = [to_record(m) for m in msgs if start is None or m.offset >= start]
+            if records:
+                batch[tp] = records
+                self.fetched[tp] = records[-1].offset + 1
+        return batch
+
+    async def drain(self) -> None:
+        """Wait for the batch in flight; on success its positions become the stored ones,
+        on a conflict or a lost database the runner re-seeks before it goes on."""
+        async with self._drain_lock:
+            if self._inflight is None:
                 return
+            task, prepared, started = self._inflight
             try:
-                outcome = await self.applier.commit(batch, self.positions)
+                outcome = await asyncio.shield(task)
             except PositionConflict as exc:
                 self.metrics.conflicts.labels(self.name).inc()
                 log.warning("positions moved; re-seeking", projector=self.name, error=str(exc))
                 self._needs_seek = True
-                return
-            except Abandoned:
                 return
             except Exception as exc:
                 if not is_transient(exc):
@@ -173,41 +212,35 @@ class ProjectionRunner:
                     projector=self.name,
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                self._needs_seek = True
-            else:
-                for tp, records in batch.items():
-                    self.positions[tp] = records[-1].offset + 1
-                self._backoff = 0.5
-                self._observe(batch, outcome.records, outcome.dead, started)
+                self._needs_seek = self._needs_pause = True
                 return
-        await self._pause()
+            finally:
+                self._inflight = None
+            for tp, records in prepared.batch.items():
+                if tp in self.positions:
+                    self.positions[tp] = records[-1].offset + 1
+            self._backoff = 0.5
+            self._observe(prepared, outcome, started)
 
-    def _observe(
-        self,
-        batch: Mapping[TopicPartition, Sequence[Record]],
-        count: int,
-        dead: int,
-        started: float,
-    ) -> None:
+    def _observe(self, prepared: Prepared, outcome: Outcome, started: float) -> None:
         seconds = time.monotonic() - started
         m = self.metrics
-        m.events.labels(self.name).inc(count)
-        m.batch_size.labels(self.name).observe(count)
+        m.events.labels(self.name).inc(outcome.records)
+        m.batch_size.labels(self.name).observe(outcome.records)
         m.batch_seconds.labels(self.name).observe(seconds)
-        if dead:
-            m.dead_letters.labels(self.name).inc(dead)
+        if outcome.dead:
+            m.dead_letters.labels(self.name).inc(outcome.dead)
         assert self.consumer is not None
-        for tp in batch:
-            end = self.consumer.highwater(tp)
-            position = self.positions.get(tp)
+        for tp in prepared.batch:
+            end, position = self.consumer.highwater(tp), self.positions.get(tp)
             if end is not None and position is not None:
                 m.lag.labels(self.name, tp.topic, str(tp.partition)).set(end - position)
         log.info(
             "batch",
             projector=self.name,
-            records=count,
-            dead=dead,
-            partitions=sorted(tp.partition for tp in batch),
+            records=outcome.records,
+            dead=outcome.dead,
+            partitions=sorted(tp.partition for tp in prepared.batch),
             ms=round(seconds * 1000, 1),
         )
 
@@ -215,9 +248,10 @@ class ProjectionRunner:
         """Seek each partition to its stored position (the beginning when none); on a
         database failure pause them and retry from the main loop."""
         assert self.consumer is not None
-        for tp in list(self.positions):
-            if tp not in partitions:
-                del self.positions[tp]
+        self.epoch += 1
+        for held in (self.positions, self.fetched):
+            for tp in [tp for tp in held if tp not in partitions]:
+                del held[tp]
         if not partitions:
             return
         try:
@@ -232,8 +266,6 @@ class ProjectionRunner:
                 error=f"{type(exc).__name__}: {exc}",
             )
             self.consumer.pause(*partitions)
-            for tp in partitions:
-                self.positions.setdefault(tp, None)
             self._needs_seek = True
             return
         for tp, position in stored.items():
@@ -241,7 +273,7 @@ class ProjectionRunner:
                 await self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, position)
-            self.positions[tp] = position
+            self.positions[tp] = self.fetched[tp] = position
         self.consumer.resume(*partitions)
         self._needs_seek = False
         log.info(
@@ -252,8 +284,7 @@ class ProjectionRunner:
 
     async def _reseek(self) -> bool:
         assert self.consumer is not None
-        async with self.lock:
-            await self.seek_to_stored(list(self.consumer.assignment()))
+        await self.seek_to_stored(list(self.consumer.assignment()))
         return not self._needs_seek
 
     async def _pause(self) -> None:
