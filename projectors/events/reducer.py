@@ -6,15 +6,18 @@ events (`created` in RFC 3339, `related_object.id`, `context`) alike.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from ingest.record import HEADER_RECEIVED_AT, account_of
 from projectors.base import PoisonRecord, Record
 
 
-class EventRow(NamedTuple):
-    """One row of `projections.events` (times as Unix seconds)."""
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One row of `projections.events` (times as Unix seconds). A dataclass because orjson
+    serializes those natively: the store ships a batch as one JSON document."""
 
     id: str
     type: str
