@@ -2,8 +2,8 @@
 default), e.g. `python -m tests.benchmarks projectors --records 100000`.
 
 A benchmark is a module of this package with `main(argv: list[str]) -> int` (or a
-`main()` that takes nothing); its name is the module's name. Everything from the first argument starting with `-` goes to each
-benchmark run (`--` itself is dropped).
+`main()` that takes nothing); its name is the module's name. Everything from the first
+argument starting with `-` goes to each benchmark run (`--` itself is dropped).
 """
 
 from __future__ import annotations
