@@ -18,7 +18,7 @@ _TAKES = """(excluded.reported, t.occurred_at, t.value,
        excluded.event_name COLLATE "C", excluded.customer COLLATE "C")"""
 
 # $1..$7: identifier, event name, customer, value, Unix seconds, reported?, cancelled?
-# Returns (kind, customer, event_name): `added` pairs (their `last` meters need RECOMPUTE)
+# Returns (kind, customer, event_name): `added` pairs of `last` meters (RECOMPUTE them)
 # and `changed` pairs (RECOMPUTE where the fact was and where it is now).
 WRITE_FACTS = f"""
 WITH batch AS (
@@ -77,29 +77,29 @@ placed AS (
     LEFT JOIN meter_rejections rj ON rj.identifier = a.identifier
     GROUP BY r.customer, r.meter, r.period_start, m.aggregation
 ),
-moved AS (
-    SELECT p.*, t.reported_value + p.reported - t.rejected_value - p.rejected AS accepted
-    FROM placed p JOIN meter_reconciliation t USING (customer, meter, period_start)
-),
 counted AS (
     UPDATE meter_reconciliation t SET
         reported_value = t.reported_value + p.reported,
         rejected_value = t.rejected_value + p.rejected,
-        delta = p.accepted - t.billed_quantity,
+        delta = t.reported_value + p.reported - t.rejected_value - p.rejected
+                - t.billed_quantity,
         status = CASE WHEN t.invoices = 0 THEN 'pending'
-                      WHEN p.accepted = t.billed_quantity THEN 'matched'
-                      WHEN p.accepted > t.billed_quantity THEN 'under_billed'
+                      WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
+                           = t.billed_quantity THEN 'matched'
+                      WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
+                           > t.billed_quantity THEN 'under_billed'
                       ELSE 'over_billed' END,
         reported_facts = t.reported_facts + p.n,
         rejected_facts = t.rejected_facts + p.rejected_n,
         last_event_id = CASE WHEN (p.at, p.id) > (t.last_event_created, t.last_event_id)
                              THEN p.id ELSE t.last_event_id END,
         last_event_created = greatest(p.at, t.last_event_created)
-    FROM moved p
+    FROM placed p
     WHERE t.customer = p.customer AND t.meter = p.meter AND t.period_start = p.period_start
     RETURNING 1
 )
 SELECT 'added' AS kind, customer, event_name FROM added
+WHERE event_name IN (SELECT event_name FROM meters WHERE aggregation = 'last')
 UNION
 SELECT 'changed', customer, event_name FROM changed
 UNION
