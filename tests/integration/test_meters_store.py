@@ -17,8 +17,8 @@ from projectors.base import Record
 from projectors.meters import projection
 from projectors.meters.changes import Change
 from projectors.migrate import migrate
-from tests.fixtures.stripe_objects import T0
-from tests.support.meter_payloads import usage_fact, usage_record
+from tests.fixtures.stripe_objects import T0, event
+from tests.support.meter_payloads import stripe_record, usage_fact, usage_record
 from tests.support.meter_scenario import billing_month, expected_decimal
 
 pytestmark = pytest.mark.integration
@@ -195,3 +195,37 @@ async def test_the_readme_query_finds_last_months_under_billed_customers(
     assert [(r["customer"], r["delta"], r["period_end"]) for r in rows] == [
         ("cus_legacy", Decimal("1.5"), this_month)
     ]
+
+
+STATUS = "SELECT customer, status, delta FROM meter_reconciliation WHERE customer = 'cus_legacy'"
+
+
+async def test_usage_reported_after_the_invoice_was_final_turns_a_match_under_billed(
+    conn: asyncpg.Connection,
+) -> None:
+    scenario = billing_month()
+    records = scenario.records()
+    late = [r for r in records if r.topic == "usage.reported" and b"l-late" in r.value]
+    await project(conn, "projections", [[r for r in records if r not in late]])
+    assert await fetch(conn, "projections", STATUS) == [("cus_legacy", "matched", Decimal(0))]
+    await project(conn, "projections", [late], fresh=False)
+    assert await fetch(conn, "projections", STATUS) == [
+        ("cus_legacy", "under_billed", Decimal("1.5"))
+    ]
+
+
+async def test_a_voided_invoice_bills_nothing(conn: asyncpg.Connection) -> None:
+    scenario = billing_month()
+    finalized = next(
+        e
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
+    )
+    voided = event(
+        "invoice.voided",
+        dict(finalized["data"]["object"], status="void"),
+        created=finalized["created"] + 60,
+        era="legacy",
+    )
+    await project(conn, "projections", [[*scenario.records(), stripe_record(voided)]])
+    assert await fetch(conn, "projections", STATUS) == [("cus_legacy", "pending", Decimal("3.5"))]
