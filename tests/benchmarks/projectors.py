@@ -155,6 +155,7 @@ async def _projection(settings: Settings, name: str) -> dict[str, Any]:
             run_projections(settings, [projection], stop=stop, handle_signals=False)
         )
         conn = await asyncpg.connect(url)
+        first: tuple[float, int] | None = None
         try:
             while True:
                 if task.done():
@@ -169,6 +170,8 @@ async def _projection(settings: Settings, name: str) -> dict[str, Any]:
                     )
                 except asyncpg.UndefinedTableError:
                     applied = 0
+                if applied and first is None:
+                    first = (time.monotonic(), int(applied))
                 if applied >= ends_total:
                     break
                 await asyncio.sleep(0.1)
@@ -177,7 +180,16 @@ async def _projection(settings: Settings, name: str) -> dict[str, Any]:
         seconds = time.monotonic() - started
         stop.set()
         await task
-    return {"events": ends_total, "seconds": seconds, **rss.report()}
+    assert first is not None
+    # Startup (migrations, joining the group) is in `seconds`; `steady` leaves it out.
+    steady = (ends_total - first[1]) / max(1e-9, started + seconds - first[0])
+    return {
+        "events": ends_total,
+        "seconds": seconds,
+        "steady": steady,
+        "startup": first[0] - started,
+        **rss.report(),
+    }
 
 
 async def _log_size(bootstrap: str, topic: str) -> int:
@@ -283,4 +295,8 @@ def main(argv: list[str]) -> int:
             f"{rate / c_rate:>6.0%} {r['peak_mib']:>6} MiB  "
             f"{'/'.join(str(q) for q in r['quarters_mib'])} MiB"
         )
+    print(
+        f"projector startup (migrate, join group, first commit) {projected['startup']:.1f} s; "
+        f"steady state {projected['steady']:,.0f} events/s ({projected['steady'] / c_rate:.0%})"
+    )
     return 0
