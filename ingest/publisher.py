@@ -17,7 +17,13 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from ingest.record import LogRecord
 
@@ -26,6 +32,10 @@ log = structlog.get_logger("ingest.publisher")
 LINGER_MS = 5  # long enough to batch concurrent deliveries, short against a webhook timeout
 COMPRESSION = "zstd"  # best ratio per CPU for JSON bodies among the codecs Kafka speaks
 RECONNECT_SECONDS = 1.0
+# After these the producer's sender has stopped for good (typically: batches failed while
+# the broker shut down, leaving a gap in the idempotent sequence); only a new producer,
+# with a new producer id, can send again.
+FATAL = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 
 class PublishUnavailable(Exception):
@@ -93,6 +103,20 @@ class Publisher:
                 return
             await asyncio.sleep(RECONNECT_SECONDS)
 
+    def _replace(self, broken: AIOKafkaProducer) -> None:
+        if self._producer is not broken or self._closing:
+            return  # another request already started the replacement
+        self._producer = None
+        log.warning("kafka_producer_replaced", topic=self.topic)
+        self._connector = asyncio.create_task(self._discard_and_reconnect(broken))
+
+    async def _discard_and_reconnect(self, broken: AIOKafkaProducer) -> None:
+        # Its pending batches can only fail now; do not wait long for them to say so.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self._timeout):
+                await broken.stop()
+        await self._keep_connecting()
+
     async def stop(self) -> None:
         """Flush what is pending and close the producer."""
         self._closing = True
@@ -129,6 +153,8 @@ class Publisher:
             ) from None
         except KafkaError as exc:
             self._on_error(type(exc).__name__)
+            if isinstance(exc, FATAL):
+                self._replace(producer)
             raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
         return int(metadata.partition), int(metadata.offset)
 

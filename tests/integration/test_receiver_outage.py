@@ -1,0 +1,163 @@
+"""The broker goes away while deliveries arrive: 503, never 200; it returns: nothing is lost.
+
+Runs its own broker (on a free port, under tmp_path) so that stopping it disturbs nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from deploy.settings import Settings
+from deploy.stack import kafka
+from deploy.stack.topics import ensure_topics
+from tests.integration.test_receiver import (
+    PLATFORM_NEW,
+    encode,
+    running,
+    signed,
+    subscription_event,
+)
+from tests.support.kafka import read_all
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SHARED_LIBS = Path(__file__).resolve().parents[2] / ".lattice" / "kafka" / "libs"
+TOPIC = "stripe.events"
+
+
+def free_port_pair() -> int:
+    """A port P with P and P+1 free (the broker and its controller)."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        with socket.socket() as probe, contextlib.suppress(OSError):
+            probe.bind(("127.0.0.1", port + 1))
+            return port
+    raise RuntimeError("no two adjacent free loopback ports")
+
+
+@dataclass
+class PrivateBroker:
+    home: Path
+    port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        await asyncio.to_thread(kafka.start, self.home, port=self.port, partitions=1)
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(kafka.stop, self.home)
+
+
+@pytest.fixture
+async def broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
+    """A broker of this test's own, sharing the stack's jars when they are there."""
+    home = tmp_path / "stack"
+    if SHARED_LIBS.is_dir():
+        (home / "kafka").mkdir(parents=True)
+        (home / "kafka" / "libs").symlink_to(SHARED_LIBS)
+    private = PrivateBroker(home, free_port_pair())
+    await private.start()
+    try:
+        await ensure_topics(private.bootstrap, [TOPIC], partitions=1)
+        yield private
+    finally:
+        await private.stop()
+
+
+@dataclass
+class Log:
+    """Every answer the receiver gave: (event id, status, sent at, answered at)."""
+
+    answers: list[tuple[str, int, float, float]] = field(default_factory=list)
+    bodies: dict[str, bytes] = field(default_factory=dict)
+
+    def ids_with(self, status: int) -> set[str]:
+        return {event_id for event_id, code, _, _ in self.answers if code == status}
+
+
+async def test_outage_gives_503_never_200_and_loses_nothing(broker: PrivateBroker) -> None:
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        topic=TOPIC,
+        webhook_secrets=SecretStr(f"platform={PLATFORM_NEW}"),
+        publish_timeout=1.5,
+    )
+    log = Log()
+    async with running(settings) as client:
+
+        async def deliver(n: int, event_id: str | None = None) -> int:
+            if event_id is None:
+                event = subscription_event(n)
+                event_id = event["id"]
+                log.bodies[event_id] = encode(event)
+            body = log.bodies[event_id]
+            sent = time.monotonic()
+            answer = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            log.answers.append((event_id, answer.status_code, sent, time.monotonic()))
+            if answer.status_code == 503:
+                assert answer.headers["retry-after"].isdigit()
+            return answer.status_code
+
+        async def keep_delivering(worker: int) -> None:
+            for n in range(worker * 100_000, (worker + 1) * 100_000):
+                await deliver(n)
+                # In-process requests need no I/O: pace them so that the loop breathes.
+                await asyncio.sleep(0.02)
+
+        assert [await deliver(n) for n in range(10)] == [200] * 10
+        senders = [asyncio.create_task(keep_delivering(w + 1)) for w in range(4)]
+        await broker.stop()
+        stopped = time.monotonic()
+        await eventually(
+            lambda: asyncio.sleep(0, sum(1 for a in log.answers if a[2] > stopped)),
+            lambda count: count >= 8,
+            what="deliveries answered during the outage",
+        )
+        assert (await client.get("/readyz")).status_code == 503
+        during = [code for _, code, sent, _ in log.answers if sent > stopped]
+        assert set(during) == {503}
+
+        await broker.start()
+        restarted = time.monotonic()
+        await eventually(
+            lambda: asyncio.sleep(
+                0, sum(1 for _, c, sent, _ in log.answers if sent > restarted and c == 200)
+            ),
+            lambda accepted: accepted > 0,
+            timeout=60,
+            what="an accepted delivery after the broker came back",
+        )
+        for sender in senders:
+            sender.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+        assert (await client.get("/readyz")).status_code == 200
+        assert {code for _, code, _, _ in log.answers} <= {200, 503}
+        # Stripe retries what got 503; every retry is now accepted.
+        refused = log.ids_with(503) - log.ids_with(200)
+        assert refused
+        assert [await deliver(0, event_id) for event_id in sorted(refused)] == [200] * len(refused)
+
+    accepted = log.ids_with(200)
+    assert accepted == {event_id for event_id, *_ in log.answers}
+    on_topic = {
+        r.headers["stripe-event-id"].decode() for r in await read_all(broker.bootstrap, TOPIC)
+    }
+    missing = accepted - on_topic
+    assert not missing, f"{len(missing)} accepted events are not on the topic"
