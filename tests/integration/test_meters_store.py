@@ -18,7 +18,7 @@ from projectors.meters import projection
 from projectors.meters.changes import Change
 from projectors.migrate import migrate
 from tests.fixtures.stripe_objects import T0, event
-from tests.support.meter_payloads import stripe_record, usage_fact, usage_record
+from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
 from tests.support.meter_scenario import billing_month, expected_decimal
 
 pytestmark = pytest.mark.integration
@@ -229,3 +229,22 @@ async def test_a_voided_invoice_bills_nothing(conn: asyncpg.Connection) -> None:
     )
     await project(conn, "projections", [[*scenario.records(), stripe_record(voided)]])
     assert await fetch(conn, "projections", STATUS) == [("cus_legacy", "pending", Decimal("3.5"))]
+
+
+async def test_rejections_follow_the_meter_formula(conn: asyncpg.Connection) -> None:
+    # A rejected login takes one off a count; a rejected last value falls back to the one
+    # before it (8 rejected: Stripe's last is 5), so what was billed is now too much.
+    scenario = billing_month()
+    report = error_report(identifiers=["b-login-0", "b-seats-b"], meter=None, code="invalid_value")
+    await project(conn, "projections", [[*scenario.records(), stripe_record(report)]])
+    rows = await fetch(
+        conn,
+        "projections",
+        "SELECT aggregation, reported_value, rejected_value, billed_quantity, delta, status "
+        "FROM meter_reconciliation WHERE customer = 'cus_basil' AND aggregation <> 'sum' "
+        "ORDER BY aggregation",
+    )
+    assert rows == [
+        ("count", Decimal(3), Decimal(1), Decimal(3), Decimal(-1), "over_billed"),
+        ("last", Decimal(8), Decimal(3), Decimal(8), Decimal(-3), "over_billed"),
+    ]
