@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from deploy import stack_cli
 from deploy.settings import ConfigError
 from deploy.stack.errors import StackError
+from ingest import cli as ingest_cli
 from ingest.simulate import cli as simulate_cli
 from projectors import cli as projectors_cli
 from projectors.stripe_api import cli as stripe_api_cli
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     stack_cli.register(commands)
+    ingest_cli.register(commands)
     projectors_cli.register(commands)
     stripe_api_cli.register(commands)
     simulate_cli.register(commands)
