@@ -1,0 +1,171 @@
+"""The deployment files agree with the code: they parse, and their settings, commands,
+ports, probes and projector names are ones Lattice actually has (no Docker engine here)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deploy.cli import build_parser
+from deploy.settings import ENV_PREFIX, Settings
+from ingest.app import create_app
+from projectors import catalog
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+RECEIVER_PORT = 8000
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _k8s() -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) for doc in _docs(path)]
+
+
+def _by_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in _k8s() if doc.get("kind") == kind]
+
+
+def _containers() -> Iterator[dict[str, Any]]:
+    for doc in _by_kind("Deployment") + _by_kind("Job"):
+        yield from doc["spec"]["template"]["spec"]["containers"]
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return compose
+
+
+def _env_names() -> set[str]:
+    names: set[str] = set()
+    for doc in _by_kind("ConfigMap"):
+        names |= set(doc["data"])
+    for doc in _by_kind("Secret"):
+        names |= set(doc["stringData"])
+    for container in _containers():
+        names |= {env["name"] for env in container.get("env", [])}
+        names |= {
+            env["valueFrom"]["secretKeyRef"]["key"]
+            for env in container.get("env", [])
+            if "valueFrom" in env
+        }
+    for service in _compose()["services"].values():
+        if str(service.get("image", "")).startswith("lattice"):
+            names |= set(service.get("environment", {}))
+    names |= set(re.findall(r"\b(LATTICE_[A-Z_]+)=", (DEPLOY / "Dockerfile").read_text()))
+    return names
+
+
+def _lattice_commands() -> list[list[str]]:
+    commands = [list(c["args"]) for c in _containers() if c["image"] == "lattice"]
+    for service in _compose()["services"].values():
+        if not str(service.get("image", "")).startswith("lattice"):
+            continue
+        entrypoint = service.get("entrypoint")
+        if entrypoint:  # ["sh", "-c", "lattice a && lattice b"]
+            for part in entrypoint[-1].split("&&"):
+                words = shlex.split(part)
+                assert words[0] == "lattice"
+                commands.append(words[1:])
+        else:
+            commands.append(list(service["command"]))
+    cmd = re.search(r"^CMD (\[.*\])$", (DEPLOY / "Dockerfile").read_text(), re.M)
+    assert cmd is not None
+    commands.append(yaml.safe_load(cmd.group(1)))
+    return commands
+
+
+def test_every_yaml_file_parses_and_kustomize_lists_them_all() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert listed == on_disk
+    kinds = {doc["kind"] for doc in _k8s()}
+    assert {"Deployment", "Service", "Secret", "ConfigMap", "Job"} <= kinds
+    assert set(_compose()["services"]) >= {"kafka", "postgres", "receiver", "projectors"}
+
+
+def test_every_lattice_env_name_is_a_setting() -> None:
+    names = _env_names()
+    assert "LATTICE_WEBHOOK_SECRETS" in names
+    fields = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    assert names - fields == set()
+
+
+@pytest.mark.parametrize("argv", _lattice_commands(), ids=lambda argv: " ".join(argv))
+def test_every_command_is_one_the_cli_accepts(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert callable(args.handler)
+
+
+def test_receiver_port_probes_and_routes_agree() -> None:
+    routes = {route.path for route in create_app(Settings()).routes}  # type: ignore[attr-defined]
+    (receiver,) = [c for c in _containers() if c["name"] == "receiver"]
+    args = receiver["args"]
+    assert args[:1] == ["serve"]
+    assert int(args[args.index("--port") + 1]) == RECEIVER_PORT
+    assert receiver["ports"][0]["containerPort"] == RECEIVER_PORT
+    assert receiver["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": RECEIVER_PORT}
+    assert receiver["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": RECEIVER_PORT}
+    assert {"/readyz", "/healthz", "/metrics", "/webhooks/{endpoint}"} <= routes
+    (service,) = _by_kind("Service")
+    assert service["spec"]["ports"][0]["targetPort"] == RECEIVER_PORT
+    assert f"EXPOSE {RECEIVER_PORT}" in (DEPLOY / "Dockerfile").read_text()
+    compose_receiver = _compose()["services"]["receiver"]
+    assert compose_receiver["ports"] == [f"{RECEIVER_PORT}:{RECEIVER_PORT}"]
+    assert "--port" in compose_receiver["command"]
+
+
+def test_one_deployment_per_projection_within_the_partition_count() -> None:
+    partitions = int(_by_kind("ConfigMap")[0]["data"]["LATTICE_PARTITIONS"])
+    projectors = {}
+    for doc in _by_kind("Deployment"):
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        if container["args"][0] == "project":
+            projectors[container["args"][1]] = doc["spec"]["replicas"]
+    assert set(projectors) == set(catalog.discover())
+    assert all(1 <= replicas <= partitions for replicas in projectors.values())
+
+
+def test_topic_job_replicates_three_ways() -> None:
+    (job,) = _by_kind("Job")
+    containers = job["spec"]["template"]["spec"]["containers"]
+    (topics,) = [c for c in containers if c["args"][:2] == ["stack", "up"]]
+    env = {e["name"]: e.get("value") for e in topics["env"]}
+    assert env["LATTICE_REPLICATION_FACTOR"] == "3"
+    # topics.py sets min.insync.replicas=2 and retention forever whenever RF > 1.
+    source = (ROOT / "deploy/stack/topics.py").read_text()
+    assert '"retention.ms": "-1"' in source
+    assert '"min.insync.replicas"' in source
+
+
+def test_image_is_multi_stage_non_root_with_lattice_entrypoint() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.M)) >= 2
+    user = re.findall(r"^USER (\S+)", text, re.M)
+    assert user
+    assert user[-1].split(":")[0] not in ("0", "root")
+    assert 'ENTRYPOINT ["lattice"]' in text
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "lattice" in project["scripts"]
+    for container in _containers():
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_compose_kafka_matches_the_local_stack_version() -> None:
+    pom = (DEPLOY / "kafka/pom.xml").read_text()
+    version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
+    assert version is not None
+    kafka = _compose()["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{version.group(1)}"
+    assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
