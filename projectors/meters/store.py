@@ -212,4 +212,4 @@ async def _rejections(
             [r.summary for r in unique],
             [r.created for r in unique],
         )
-        touched.meters.update(r.meter for r in unique if r.meter is not None)
+        await conn.execute(queries.UPDATE_UNATTRIBUTED, [r.event_id for r in unique])
