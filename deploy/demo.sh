@@ -114,6 +114,8 @@ Query the tables:
   ${psql_bin:-psql} "\$LATTICE_DATABASE_URL" -c 'SELECT * FROM projections.usage_discrepancies'
 Watch the projectors:
   $lattice status
+Send one event of your own (signed with the demo's secret for that endpoint):
+  $lattice send event.json --endpoint platform --url $url
 Stop the demo (Kafka and PostgreSQL keep running):
   deploy/demo.sh stop        then, to stop the stack too:  make stack-down
 EOF2
