@@ -25,6 +25,7 @@ from projectors.deadletter import DeadLetter, DeadLetterSink
 
 Hydrate = Callable[[Record], Awaitable[Record]]
 THIN_EVENT = "v2.core.event"
+YIELD_EVERY = 250
 log = structlog.get_logger("lattice.projector")
 
 
@@ -108,7 +109,12 @@ class BatchApplier:
         self.retries = max(1, retries)
         self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
         self.stop = stop or asyncio.Event()
-        self._search_path = f'SET LOCAL search_path TO "{schema}", public'
+        # synchronous_commit off is safe here: the rows and the positions are one
+        # transaction, so a server crash can only lose both together, and the records are
+        # read again from the positions that survived. One round trip for both settings.
+        self._settings_sql = (
+            f'SET LOCAL search_path TO "{schema}", public; SET LOCAL synchronous_commit TO off'
+        )
 
     async def commit(
         self,
@@ -138,7 +144,7 @@ class BatchApplier:
         }
         dead = list(prepared.dead)
         async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(self._search_path)
+            await conn.execute(self._settings_sql)
             # Positions first: a zombie fails before doing the work, and the row locks are
             # taken before the table locks, the same order a replay swap uses.
             await offsets.compare_and_set(conn, self.key, moves)
@@ -155,7 +161,11 @@ class BatchApplier:
         reduced: list[tuple[Record, Sequence[Any]]] = []
         dead: list[DeadLetter] = []
         reduce = self.projection.reduce
-        for record in records:
+        for n, record in enumerate(records):
+            if n % YIELD_EVERY == YIELD_EVERY - 1:
+                # Let the batch being written meanwhile get its replies: reducing is CPU work
+                # that would otherwise hold its round trips until the whole batch is reduced.
+                await asyncio.sleep(0)
             try:
                 # The hot path: one call, no retry bookkeeping, when the record is fine.
                 source = record if self.hydrate is None else await self._hydrated(record)

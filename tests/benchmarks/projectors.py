@@ -129,15 +129,19 @@ async def _ceiling(bootstrap: str, topic: str, batch: int) -> dict[str, Any]:
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
-        remaining, done = sum(ends.values()), 0
+        done = 0
         with RssSampler() as rss:
             started = time.monotonic()
-            while done < remaining:
-                fetched = await consumer.getmany(timeout_ms=1000, max_records=batch)
+            # Until every partition's position reaches its end (offsets, not a count: an
+            # offset may hold no record, e.g. a transaction marker).
+            behind = [tp for tp in tps if ends[tp] > 0]
+            while behind:
+                fetched = await consumer.getmany(*behind, timeout_ms=1000, max_records=batch)
                 for msgs in fetched.values():
                     for msg in msgs:
                         orjson.loads(msg.value)
                     done += len(msgs)
+                behind = [tp for tp in behind if await consumer.position(tp) < ends[tp]]
             seconds = time.monotonic() - started
         return {"events": done, "seconds": seconds, **rss.report()}
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
@@ -14,6 +15,7 @@ import pytest
 from deploy.settings import Settings
 from ingest.record import build_record
 from projectors import status
+from projectors.base import HydrationUnavailable, Record
 from projectors.deadletter import (
     HEADER_ERROR,
     HEADER_ORIGIN_OFFSET,
@@ -156,3 +158,32 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
     finally:
         await first.close()
         await second.close()
+
+
+async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_for(
+    settings: Settings, stack: Stack, topics: Topics, unique: str
+) -> None:
+    stream_ = stream(120, seed=13, thin_every=10)
+    thin = [e for e in stream_ if e.event["object"] == "v2.core.event"]
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
+    calls: list[int] = []
+
+    async def hydrate(record: Record) -> Record:
+        calls.append(record.offset)
+        if len(calls) <= 2:
+            raise HydrationUnavailable("Stripe answered 503")
+        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+        return replace(record, value=orjson.dumps(full))
+
+    ours = settings.model_copy(update={"group_prefix": unique})
+    async with running(ours, [AuditProjection(hydrate_thin_events=True)], hydrate=hydrate):
+        await _caught_up(settings, "audit")
+
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert len(counts) == len(stream_), "a record was skipped instead of waited for"
+    assert len(calls) == len(thin) + 2  # only thin events, and the two refusals retried
+    assert await read_all(stack.kafka_bootstrap, topics.dlq) == []

@@ -17,11 +17,14 @@ Applied = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class AuditProjection:
-    """`audit_applied`: one row per application; records named in `fail_on` never apply."""
+    """`audit_applied`: one row per application; records named in `fail_on` never apply.
+    With `hydrate_thin_events`, a thin event that reaches `reduce` without its `data` is
+    poison (so a test sees whether the runner hydrated it)."""
 
     name: str = "audit"
     sql_dir: Path = Path(__file__).resolve().parent / "audit_sql"
     fail_on: frozenset[bytes] = frozenset()
+    hydrate_thin_events: bool = False
 
     def topics(self, settings: Settings) -> Sequence[str]:
         """The event log."""
@@ -31,6 +34,9 @@ class AuditProjection:
         """One row per record; a record whose value is in `fail_on` is poison."""
         if record.value in self.fail_on:
             raise PoisonRecord("marked as poison by the test")
+        thin = self.hydrate_thin_events and b"v2.core.event" in record.value
+        if thin and "data" not in record.json():
+            raise PoisonRecord("a thin event reached reduce without its data")
         return [(record.topic, record.partition, record.offset)]
 
     async def apply(self, conn: Connection, changes: Sequence[Applied]) -> None:
