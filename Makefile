@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 stack: install
 	$(BIN)/lattice stack up
 
-stack-down:
+# The demo's receiver and projectors go first: they need the stack.
+stack-down: demo-stop
 	@if [ -x $(BIN)/lattice ]; then $(BIN)/lattice stack down; else echo "nothing to stop (no .venv)"; fi
 
 clean: stack-down

@@ -13,6 +13,7 @@ step() { printf '\n==> %s\n' "$*" >&2; }
 
 # Stop what an earlier demo started: only the pids it recorded, and only if they still
 # are `lattice` processes (a stale pid may belong to someone else by now).
+stopped=0
 stop_demo() {
   local name pid
   for name in serve project; do
@@ -22,6 +23,7 @@ stop_demo() {
       kill -TERM "$pid"
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
       if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+      stopped=$((stopped + 1))
     fi
     rm -f "$DEMO/$name.pid"
   done
@@ -40,7 +42,7 @@ background() {  # name, command...: detached, logging to $DEMO/name.log
 
 if [ "${1:-}" = stop ]; then
   stop_demo
-  echo "demo stopped; Kafka and PostgreSQL keep running (make stack-down stops them)" >&2
+  if [ "$stopped" -gt 0 ]; then echo "stopped the demo's receiver and projectors" >&2; fi
   exit 0
 fi
 

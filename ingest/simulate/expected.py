@@ -57,7 +57,7 @@ class Expected:
     rejected: int
     usage_facts: int
     subscriptions: dict[str, int]
-    invoices: dict[str, InvoiceTotals]
+    invoices: dict[tuple[str, str], InvoiceTotals]  # (status, currency)
     mrr: dict[str, int]
     reconciliation: list[Reconciliation]
     balances: dict[tuple[str, str], Balance]
@@ -74,6 +74,9 @@ class Expected:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form (for `lattice simulate --expected` and tests)."""
         body = asdict(self)
+        body["invoices"] = {
+            f"{status}/{cur}": asdict(t) for (status, cur), t in self.invoices.items()
+        }
         body["balances"] = {f"{acct}/{cur}": asdict(b) for (acct, cur), b in self.balances.items()}
         body["discrepancies"] = [asdict(row) for row in self.discrepancies]
         return body
@@ -90,9 +93,9 @@ def _status(delta: int, closed: bool) -> str:
 def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) -> Expected:
     """Compute the totals from the final state of every simulated object."""
     subscriptions = Counter(sub.status for sub in story.subscriptions)
-    invoices: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    invoices: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
     for invoice in story.invoices:
-        sums = invoices[invoice.status]
+        sums = invoices[(invoice.status, invoice.currency)]
         sums[0] += 1
         sums[1] += invoice.total
         sums[2] += invoice.amount_paid
@@ -130,7 +133,7 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
         rejected=rejected,
         usage_facts=len(story.facts),
         subscriptions=dict(sorted(subscriptions.items())),
-        invoices={status: InvoiceTotals(*sums) for status, sums in sorted(invoices.items())},
+        invoices={key: InvoiceTotals(*sums) for key, sums in sorted(invoices.items())},
         mrr=dict(sorted(mrr.items())),
         reconciliation=rows,
         balances=_balances(story),

@@ -37,13 +37,14 @@ def render(
             f"   (simulated {want.subscriptions.get(status, 0)})"
         )
     out.append(f"\nInvoices by status  [{_mark(want.invoices == actual.invoices)}]")
-    out.append(f"  {'status':<14} {'count':>7} {'total':>16} {'paid':>16} {'remaining':>16}")
-    for status, totals in sorted(actual.invoices.items()):
+    out.append(
+        f"  {'status':<14} {'cur':<4} {'count':>7} {'total':>14} {'paid':>14} {'remaining':>14}"
+    )
+    for (status, currency), totals in sorted(actual.invoices.items()):
         out.append(
-            f"  {status:<14} {totals.count:>7} {_money(totals.total):>16} "
-            f"{_money(totals.amount_paid):>16} {_money(totals.amount_remaining):>16}"
+            f"  {status:<14} {currency:<4} {totals.count:>7} {_money(totals.total):>14} "
+            f"{_money(totals.amount_paid):>14} {_money(totals.amount_remaining):>14}"
         )
-    out.append("  (amounts summed across currencies, in major units)")
     out.append(f"\nMRR per currency  [{_mark(want.mrr == actual.mrr)}]")
     for currency, minor in sorted(actual.mrr.items()):
         out.append(f"  {currency:<6} {_money(minor):>16}")

@@ -16,8 +16,9 @@ from ingest.simulate.expected import Expected, InvoiceTotals
 
 QUERIES = {
     "subscriptions": "SELECT status, count(*) FROM projections.subscriptions GROUP BY 1",
-    "invoices": "SELECT status, count(*), sum(total), sum(amount_paid), sum(amount_remaining) "
-    "FROM projections.invoices GROUP BY 1",
+    "invoices": "SELECT status, currency, count(*), sum(total), sum(amount_paid), "
+    "sum(amount_remaining) "
+    "FROM projections.invoices GROUP BY 1, 2",
     "mrr": "SELECT currency, mrr FROM projections.mrr",
     "discrepancies": "SELECT customer, period_start, reported_value, rejected_value, "
     "billed_quantity, delta, status FROM projections.usage_discrepancies",
@@ -32,7 +33,7 @@ class Actual:
     """What the tables say, in the same shapes as `Expected`."""
 
     subscriptions: dict[str, int]
-    invoices: dict[str, InvoiceTotals]
+    invoices: dict[tuple[str, str], InvoiceTotals]
     mrr: dict[str, int]
     discrepancies: list[tuple[Any, ...]]
     balances: dict[tuple[str, str], tuple[int, ...]]
@@ -53,7 +54,9 @@ async def read_tables(database_url: str) -> Actual:
         await conn.close()
     return Actual(
         subscriptions={r[0]: int(r[1]) for r in rows["subscriptions"]},
-        invoices={r[0]: InvoiceTotals(*(int(v or 0) for v in r[1:])) for r in rows["invoices"]},
+        invoices={
+            (r[0], r[1]): InvoiceTotals(*(int(v or 0) for v in r[2:])) for r in rows["invoices"]
+        },
         mrr={r[0]: int(r[1]) for r in rows["mrr"]},
         discrepancies=[
             (r[0], int(r[1].timestamp()), *(int(v) for v in r[2:6]), r[6])
