@@ -179,6 +179,16 @@ WHERE id = ANY($1::text[]) AND paid_event_id IS NOT NULL AND failed_event_id IS 
 {_LEDGER_CONFLICT}"""
 
 
+# A fee and its refund's own event (`application_fee.refund.updated`, keyed by the `fr_`
+# id) can sit on different partitions, so two consumers may write them at once; neither
+# transaction would see the other's row and the refund would never be booked. Batches
+# touching one fee take its lock first (in a sorted order, so they cannot deadlock).
+LOCK_FEES = """
+SELECT pg_advisory_xact_lock(hashtextextended('lattice.connect.fee:' || fee, 0))
+FROM unnest($1::text[]) AS fee
+"""
+
+
 def _values(row: Any) -> tuple[Any, ...]:
     """A change's field values in column order (not `astuple`, which deep-copies each)."""
     getter = _GETTERS.get(type(row))
@@ -206,6 +216,9 @@ async def _upsert(conn: asyncpg.Connection, sql: str, rows: Sequence[Any]) -> No
 async def apply(conn: asyncpg.Connection, changes: Sequence[c.Change]) -> None:
     """Write a batch of changes; the caller owns the transaction and the search_path."""
     state = fold(changes)
+    fees = sorted(set(state.fees) | {refund.fee for refund in state.fee_refunds.values()})
+    if fees:
+        await conn.execute(LOCK_FEES, fees)
     if state.accounts:
         await conn.executemany(UPSERT_ACCOUNTS, [_account_args(a) for a in state.accounts.values()])
     await _upsert(conn, UPSERT_AUTHORIZATIONS, list(state.authorizations.values()))

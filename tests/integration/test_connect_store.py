@@ -3,6 +3,7 @@ queries, and the same tables and balances from any shuffle or duplication of the
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from tests.fixtures import connect_streams as streams
 from tests.fixtures.connect_objects import account, application
 from tests.fixtures.records import as_record
 from tests.fixtures.stripe_objects import T0, event
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +262,40 @@ async def test_replaying_the_log_adds_nothing(conn: asyncpg.Connection) -> None:
     once = await everything(conn, "projections")
     await project(conn, [RECORDS, RECORDS[::-1]])
     assert await everything(conn, "projections") == once
+
+
+async def test_fee_and_refund_written_by_two_consumers_at_once_are_booked(
+    conn: asyncpg.Connection, database_url: str
+) -> None:
+    # The refund's own event is keyed by its fr_ id, the fee's by its fee_ id: with two
+    # projector processes they are applied in concurrent transactions.
+    stream = streams.direct_charge_with_fee(fee=500, refunded=200)
+    _, created, _, refund_updated = records(stream.events)
+    await migrate(conn, [projection])
+    other = await asyncpg.connect(database_url)
+    try:
+        first = conn.transaction()
+        await first.start()
+        await conn.execute("SET LOCAL search_path TO projections, public")
+        await projection.apply(conn, projection.reduce(refund_updated))
+
+        async def second() -> None:
+            async with other.transaction():
+                await other.execute("SET LOCAL search_path TO projections, public")
+                await projection.apply(other, projection.reduce(created))
+
+        writing = asyncio.create_task(second())
+
+        async def second_done_or_waiting() -> bool:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            return writing.done() or waiting > 0
+
+        await eventually(second_done_or_waiting, what="the second writer done or waiting")
+        await first.commit()
+        await writing
+    finally:
+        await other.close()
+
+    assert await balances(conn) == stream.expected
