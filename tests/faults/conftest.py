@@ -9,20 +9,40 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
+from deploy.stack.topics import delete_topics
+from projectors.catalog import discover
+from tests.conftest import Stack
+from tests.faults.projecting import (
+    Topics,
+    caught_up,
+    create_topics,
+    expected_positions,
+    log_end_positions,
+    produce_stream,
+    settings_for,
+    snapshot,
+    stored_positions,
+)
 from tests.faults.services import (
     PrivateKafka,
     PrivatePostgres,
     start_private_kafka,
     start_private_postgres,
 )
+from tests.support.projectors import extra_database, running
+from tests.support.wait import eventually
 
 SEED = int(os.environ.get("LATTICE_FAULT_SEED", str(random.randrange(1 << 30))))
 _injected: Counter[str] = Counter()
+_observed: Counter[str] = Counter()
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +55,12 @@ def fault_seed() -> int:
 def injected() -> Counter[str]:
     """The run's count of injected faults, by kind."""
     return _injected
+
+
+@pytest.fixture(scope="session")
+def observed() -> Counter[str]:
+    """What the run saw while faults were on (503s, dropped connections, restarts)."""
+    return _observed
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +90,53 @@ def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Priva
         server.stop()
 
 
+CONTRACT_TABLES = [
+    "events",
+    "subscriptions",
+    "subscription_items",
+    "invoices",
+    "invoice_lines",
+    "meters",
+    "meter_reconciliation",
+    "transfers",
+    "connect_balances",
+    "lattice.dead_letters",
+]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The tables one clean run of every projector gives for the fault stream."""
+
+    tables: dict[str, list[tuple[Any, ...]]]
+    records: int
+
+
+@pytest.fixture(scope="session")
+async def reference(stack: Stack) -> AsyncIterator[Reference]:
+    """Run every projection once, undisturbed, over the fault stream; snapshot its tables."""
+    prefix = f"ref{uuid.uuid4().hex[:8]}"
+    topics: Topics = await create_topics(stack.kafka_bootstrap, prefix)
+    await produce_stream(stack.kafka_bootstrap, topics)
+    try:
+        async with extra_database(stack.database_url, prefix) as url:
+            settings = settings_for(stack.kafka_bootstrap, url, topics, prefix)
+            ends = await log_end_positions(stack.kafka_bootstrap, topics)
+            async with running(settings, list(discover().values())):
+                await eventually(
+                    lambda: stored_positions(url),
+                    caught_up(expected_positions(settings, ends)),
+                    timeout=120,
+                    what="the reference run at the log end",
+                )
+            tables = await snapshot(url, topics)
+            empty = [t for t in CONTRACT_TABLES if not tables.get(t)]
+            assert not empty, f"the fault stream leaves {empty} empty: it would prove nothing"
+            yield Reference(tables, sum(ends.values()))
+    finally:
+        await delete_topics(stack.kafka_bootstrap, [topics.events, topics.dlq, topics.usage])
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Print the faults injected by this run and the seed that replays them."""
     if not _injected:
@@ -71,4 +144,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("faults injected")
     for kind, count in sorted(_injected.items()):
         terminalreporter.write_line(f"{count:>6}  {kind}")
+    for kind, count in sorted(_observed.items()):
+        terminalreporter.write_line(f"{count:>6}  observed: {kind}")
     terminalreporter.write_line(f"seed: LATTICE_FAULT_SEED={SEED}")

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,6 +184,11 @@ def projector(env: dict[str, str], log: Path, *names: str) -> Service:
     """`lattice project [NAME ...]` as a child process."""
     argv = [sys.executable, "-m", "deploy.cli", "project", *names]
     return Service(f"projector:{log.stem}", argv, env, log)
+
+
+def at_least(point: int) -> Callable[[int], bool]:
+    """A predicate for `eventually`: a count reached `point`."""
+    return lambda n: n >= point
 
 
 async def wait_http_ready(base_url: str, service: Service, timeout: float = 60.0) -> None:

@@ -39,6 +39,7 @@ async def test_broker_sigkilled_under_load_loses_no_accepted_delivery(
     tmp_path: Path,
     fault_seed: int,
     injected: Counter[str],
+    observed: Counter[str],
 ) -> None:
     topic = f"{unique}.stripe.events"
     await ensure_topics(live_kafka.bootstrap, [topic], partitions=3)
@@ -66,6 +67,9 @@ async def test_broker_sigkilled_under_load_loses_no_accepted_delivery(
         )
         await asyncio.to_thread(live_kafka.start)
         report = await delivering
+    observed["broker SIGKILL: 503 answers"] += report.statuses[503]
+    observed["broker SIGKILL: dropped connections"] += report.connection_errors
+    observed["broker SIGKILL: deliveries accepted"] += len(report.accepted)
     assert report.refused == []
     assert report.unavailable_without_retry_after == 0
     assert set(report.accepted) == {d.event_id for d in sent}, "a delivery never got its 200"

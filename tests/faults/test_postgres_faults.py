@@ -1,0 +1,98 @@
+"""PostgreSQL SIGKILLed (postmaster and every backend) under the projectors, then
+restarted: the projectors wait or are restarted by their supervisor, resume from the
+positions PostgreSQL kept, and end with tables identical to the reference run."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+from tests.faults.conftest import Reference
+from tests.faults.projecting import (
+    caught_up,
+    create_topics,
+    differences,
+    expected_positions,
+    log_end_positions,
+    produce_stream,
+    progress,
+    projector_env,
+    settings_for,
+    snapshot,
+    stored_positions,
+)
+from tests.faults.services import PrivatePostgres, at_least, projector
+from tests.support.projectors import extra_database
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DB_KILLS = 2
+
+
+async def test_postgres_killed_under_projectors_they_resume_and_match_the_reference(
+    stack: Stack,
+    private_postgres: PrivatePostgres,
+    unique: str,
+    tmp_path: Path,
+    reference: Reference,
+    fault_seed: int,
+    injected: Counter[str],
+    observed: Counter[str],
+) -> None:
+    rng = random.Random(fault_seed + 4)
+    topics = await create_topics(stack.kafka_bootstrap, unique)
+    await produce_stream(stack.kafka_bootstrap, topics)
+    async with extra_database(private_postgres.url("postgres"), unique) as url:
+        proc = projector(
+            projector_env(stack.kafka_bootstrap, url, topics, unique), tmp_path / "projector.log"
+        )
+        points = sorted(rng.sample(range(reference.records // 10, reference.records), DB_KILLS))
+        try:
+            proc.start()
+
+            def supervise() -> None:
+                # A projector that gave up while the database was gone is restarted, as
+                # its supervisor (systemd, Kubernetes) would.
+                if not proc.alive():
+                    observed["projector exited while PostgreSQL was down (restarted)"] += 1
+                    proc.start()
+
+            async def supervised_progress() -> int:
+                supervise()
+                return await progress(url)
+
+            for point in points:
+                await eventually(
+                    supervised_progress,
+                    at_least(point),
+                    timeout=90,
+                    interval=0.01,
+                    what=f"{point} records committed",
+                )
+                await asyncio.to_thread(private_postgres.kill)
+                injected["PostgreSQL SIGKILL under projectors"] += 1
+                # Down for a random while (fault timing, not a wait for a condition).
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
+                await asyncio.to_thread(private_postgres.start)
+            settings = settings_for(stack.kafka_bootstrap, url, topics, unique)
+            wanted = caught_up(
+                expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
+            )
+
+            async def positions_supervised() -> dict[str, dict[tuple[str, int], int]]:
+                supervise()
+                return await stored_positions(url)
+
+            await eventually(
+                positions_supervised, wanted, timeout=120, what="every projector at the log end"
+            )
+            diffs = differences(await snapshot(url, topics), reference.tables)
+            assert not diffs, diffs
+        finally:
+            proc.stop()

@@ -1,0 +1,133 @@
+"""Projector processes killed at random points, and a rebalance storm of three processes
+per projector: the tables end row for row as one clean pass leaves them (no event lost,
+none applied twice — the Connect ledger and the meter sums would double), and every
+projector's stored positions stand at the log end.
+
+`LATTICE_FAULT_KILLS` (default 5) sets the kills; a nightly run sets 50 or more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Stack
+from tests.faults.conftest import Reference
+from tests.faults.projecting import (
+    caught_up,
+    create_topics,
+    differences,
+    expected_positions,
+    log_end_positions,
+    produce_stream,
+    progress,
+    projector_env,
+    settings_for,
+    snapshot,
+    stored_positions,
+)
+from tests.faults.services import Service, at_least, projector
+from tests.support.wait import eventually
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+KILLS = int(os.environ.get("LATTICE_FAULT_KILLS", "5"))
+STORM_STEPS = int(os.environ.get("LATTICE_STORM_STEPS", "12"))
+
+
+async def _finish_and_compare(
+    stack: Stack, url: str, unique: str, topics_prefix: str, reference: Reference
+) -> None:
+    topics = await create_topics(stack.kafka_bootstrap, topics_prefix)  # idempotent: exists
+    settings = settings_for(stack.kafka_bootstrap, url, topics, unique)
+    ends = await log_end_positions(stack.kafka_bootstrap, topics)
+    await eventually(
+        lambda: stored_positions(url),
+        caught_up(expected_positions(settings, ends)),
+        timeout=120,
+        what="every projector at the log end",
+    )
+    diffs = differences(await snapshot(url, topics), reference.tables)
+    assert not diffs, diffs
+
+
+async def test_projector_killed_at_random_points_ends_like_the_reference(
+    stack: Stack,
+    database_url: str,
+    unique: str,
+    tmp_path: Path,
+    reference: Reference,
+    fault_seed: int,
+    injected: Counter[str],
+) -> None:
+    rng = random.Random(fault_seed + 2)
+    topics = await create_topics(stack.kafka_bootstrap, unique)
+    await produce_stream(stack.kafka_bootstrap, topics)
+    env = projector_env(stack.kafka_bootstrap, database_url, topics, unique)
+    proc = projector(env, tmp_path / "projector.log")
+    # Kill points: numbers of committed records, spread over the whole run, seeded.
+    points = sorted(rng.sample(range(1, reference.records), min(KILLS, reference.records - 1)))
+    try:
+        proc.start()
+        for point in points:
+            await eventually(
+                lambda: progress(database_url),
+                at_least(point),
+                timeout=90,
+                interval=0.01,
+                what=f"{point} records committed",
+            )
+            assert proc.alive(), f"the projector died on its own:\n{proc.output()[-3000:]}"
+            proc.kill(signal.SIGKILL)
+            injected["projector SIGKILL at a random point"] += 1
+            proc.start()
+        await _finish_and_compare(stack, database_url, unique, unique, reference)
+    finally:
+        proc.stop()
+
+
+async def test_rebalance_storm_applies_no_event_twice(
+    stack: Stack,
+    database_url: str,
+    unique: str,
+    tmp_path: Path,
+    reference: Reference,
+    fault_seed: int,
+    injected: Counter[str],
+) -> None:
+    rng = random.Random(fault_seed + 3)
+    topics = await create_topics(stack.kafka_bootstrap, unique)
+    env = projector_env(stack.kafka_bootstrap, database_url, topics, unique)
+    procs: list[Service] = [projector(env, tmp_path / f"projector{n}.log") for n in range(3)]
+    parts = 4
+    try:
+        for proc in procs:
+            proc.start()
+        for step in range(STORM_STEPS):
+            if step % (STORM_STEPS // parts) == 0 and step // (STORM_STEPS // parts) < parts:
+                # The log keeps growing through the storm, so there is work to fight over.
+                await produce_stream(
+                    stack.kafka_bootstrap, topics, step // (STORM_STEPS // parts), parts
+                )
+            proc = rng.choice(procs)
+            if proc.alive():
+                how = rng.choice([signal.SIGTERM, signal.SIGKILL])
+                proc.kill(how)
+                injected[f"rebalance storm: {signal.Signals(how).name}"] += 1
+            else:
+                proc.start()
+                injected["rebalance storm: start"] += 1
+            await asyncio.sleep(rng.uniform(0.2, 1.2))
+        for proc in procs:
+            if not proc.alive():
+                proc.start()
+        await _finish_and_compare(stack, database_url, unique, unique, reference)
+    finally:
+        for proc in procs:
+            proc.stop()
