@@ -10,10 +10,12 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
+from prometheus_client import REGISTRY, start_http_server
 
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings, load_settings
 from projectors import catalog, status
+from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.replay import Progress, ReplayError, StartAt, replay
 from projectors.rewind import RewindError, rewind
@@ -67,6 +69,17 @@ def register(commands: Any) -> None:
         "--poison-retries",
         type=int,
         help="attempts before a record is dead-lettered (LATTICE_POISON_RETRIES)",
+    )
+    project.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve Prometheus metrics on this port (default: off)",
+    )
+    project.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address for --metrics-port (0.0.0.0 to let a scraper in)",
     )
     _common(project)
     project.set_defaults(handler=run_project)
@@ -140,17 +153,20 @@ def run_project(args: argparse.Namespace) -> int:
     settings.require_database_url()
     projections = _select(args.names)
     configure_logging()
-    asyncio.run(_project(settings, projections))
+    metrics = RuntimeMetrics(REGISTRY)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    asyncio.run(_project(settings, projections, metrics))
     return 0
 
 
-async def _project(settings: Settings, projections: list[Any]) -> None:
+async def _project(settings: Settings, projections: list[Any], metrics: RuntimeMetrics) -> None:
     # Thin events are fetched from Stripe (and cached) only for projections that ask.
     if not any(getattr(p, "hydrate_thin_events", False) for p in projections):
-        await run_projections(settings, projections)
+        await run_projections(settings, projections, metrics=metrics)
         return
     async with open_hydrator(settings) as hydrate:
-        await run_projections(settings, projections, hydrate=hydrate)
+        await run_projections(settings, projections, hydrate=hydrate, metrics=metrics)
 
 
 async def _migrate(settings: Settings, projections: list[Any]) -> list[str]:

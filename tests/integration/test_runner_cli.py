@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -16,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from deploy.settings import Settings
 from projectors.rewind import committed
 from tests.conftest import Stack
+from tests.support.ports import free_port
 from tests.support.projectors import ROOT, log_ends, positions
 from tests.support.stripe_stream import produce, records, stream
 from tests.support.wait import eventually
@@ -71,11 +73,17 @@ async def test_project_migrate_status_and_replay_from_the_command_line(
 
     await produce(stack.kafka_bootstrap, settings.topic, [*records(stream(150)), b"poison"])
     log = tmp_path / "project.log"
-    proc = _start(settings, unique, log, "project", "events")
+    port = free_port()
+    proc = _start(settings, unique, log, "project", "events", "--metrics-port", str(port))
     try:
         ends = await log_ends(stack.kafka_bootstrap, settings.topic)
         url = settings.require_database_url()
         await eventually(lambda: positions(url, "events"), lambda p: p == ends, timeout=30)
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+        applied = 'lattice_projector_events_applied_total{projector="events"} 151.0'
+        assert applied in metrics
+        assert 'lattice_projector_dead_letters_total{projector="events"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.to_thread(proc.wait, 30)
