@@ -14,7 +14,9 @@ from projectors.connect import projection
 from projectors.connect.changes import Change
 from projectors.connect.fold import Balance, State, balances, fold, ledger
 from tests.fixtures import connect_streams as streams
+from tests.fixtures.connect_objects import application, payout
 from tests.fixtures.records import as_record
+from tests.fixtures.stripe_objects import T0, event
 
 EVERYTHING = streams.everything()
 RECORDS = [as_record(evt) for evt in EVERYTHING.events]
@@ -82,6 +84,28 @@ def test_fee_refund_needs_its_fee_to_be_booked() -> None:
     assert balance_rows(state_of([stream.events[3], stream.events[1]])) == {
         (stream.ids["account"], "usd"): (0, 0, 500, 200, 0, -300)
     }
+
+
+def test_a_canceled_payout_books_nothing_and_stays_canceled() -> None:
+    acct, po_id = "acct_cancel", "po_cancel"
+    created = event("payout.created", payout(id=po_id, amount=900), created=T0, account=acct)
+    canceled = event(
+        "payout.canceled",
+        payout(id=po_id, amount=900, status="canceled"),
+        created=T0 + 60,
+        account=acct,
+    )
+    state = state_of([canceled, created])
+    assert ledger(state) == {}
+    assert state.payouts[po_id].status == "canceled"
+
+
+def test_reauthorization_after_deauthorization_follows_the_newer_event() -> None:
+    app = application()
+    deauth = event("account.application.deauthorized", app, created=T0, account="acct_re")
+    auth = event("account.application.authorized", app, created=T0 + 60, account="acct_re")
+    for order in ([deauth, auth], [auth, deauth]):
+        assert state_of(order).authorizations["acct_re"].deauthorized is False
 
 
 @st.composite
