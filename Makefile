@@ -37,6 +37,11 @@ fmt: install
 test: install
 	deploy/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)
 
+# Only the fault suite: brokers, databases, receivers and projectors killed under load
+# (LATTICE_FAULT_SEED replays a run; LATTICE_FAULT_KILLS=50 for a nightly run).
+test-faults: install
+	deploy/with-stack.sh $(BIN)/pytest tests/faults $(PYTEST_ARGS)
+
 bench: install
 	deploy/with-stack.sh $(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
 
