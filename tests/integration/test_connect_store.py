@@ -186,6 +186,9 @@ async def test_payout_paid_then_failed(conn: asyncpg.Connection) -> None:
         ("payout", -4_000, stream.events[3]["id"]),
         ("payout_failed", 4_000, stream.events[4]["id"]),
     ]
+    assert await fetch(
+        conn, "SELECT last_event_id FROM connect_balances WHERE account = $1", acct
+    ) == [(stream.events[4]["id"],)]
 
 
 async def test_account_losing_payouts_enabled_cannot_be_paid(conn: asyncpg.Connection) -> None:

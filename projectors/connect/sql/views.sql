@@ -1,4 +1,5 @@
--- Derived from the ledger, so it cannot drift from it. All amounts are positive except
+-- Derived from the ledger, so it cannot drift from it. Columns are only ever appended
+-- (CREATE OR REPLACE VIEW cannot drop or rename one). All amounts are positive except
 -- `net`, the signed sum of every movement (what reached the account and stayed there).
 CREATE OR REPLACE VIEW connect_balances AS
 SELECT
@@ -11,7 +12,11 @@ SELECT
     coalesce(-sum(amount) FILTER (WHERE kind IN ('payout', 'payout_failed')), 0)::bigint
                                                                               AS paid_out,
     sum(amount)::bigint                                                       AS net,
-    max(created)                                                              AS last_movement_at
+    max(created)                                                              AS last_movement_at,
+    -- The newest event behind the balance, as every read-model row carries.
+    (array_agg(last_event_id ORDER BY last_event_created DESC, last_event_id DESC))[1]
+                                                                              AS last_event_id,
+    max(last_event_created)                                                   AS last_event_created
 FROM connect_ledger
 GROUP BY account, currency;
 
