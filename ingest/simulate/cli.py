@@ -48,7 +48,7 @@ def register(commands: Any) -> None:
         help="payload shapes: one Stripe API version, or mixed (default)",
     )
     parser.add_argument("--rate", type=float, help="deliveries per second (unlimited)")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (16)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the receiver ({DEFAULT_URL})")
     parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
     parser.add_argument("--usage-topic", help="usage facts topic (LATTICE_USAGE_TOPIC)")

@@ -100,7 +100,7 @@ async def deliver(
     url: str,
     secrets: Mapping[str, Sequence[str]],
     rate: float | None = None,
-    concurrency: int = 16,
+    concurrency: int = 8,
     clock: Callable[[], float] = time.time,
     progress: Progress | None = None,
 ) -> Outcome:
