@@ -32,6 +32,7 @@ log = structlog.get_logger("ingest.publisher")
 LINGER_MS = 5  # long enough to batch concurrent deliveries, short against a webhook timeout
 COMPRESSION = "zstd"  # best ratio per CPU for JSON bodies among the codecs Kafka speaks
 RECONNECT_SECONDS = 1.0
+MAX_BATCH_BYTES = 512 * 1024
 # After these the producer's sender has stopped for good (typically: batches failed while
 # the broker shut down, leaving a gap in the idempotent sequence); only a new producer,
 # with a new producer id, can send again.
@@ -73,6 +74,9 @@ class Publisher:
             acks="all",
             linger_ms=LINGER_MS,
             compression_type=COMPRESSION,
+            # Idempotence allows one in-flight batch per partition: under load, records
+            # queue behind it, so a batch must hold many webhook bodies (~2 KB each).
+            max_batch_size=MAX_BATCH_BYTES,
             # A record nobody waits for any more (we answered 503) is not kept for long.
             request_timeout_ms=max(ms, 1000),
             retry_backoff_ms=100,

@@ -1,0 +1,329 @@
+"""Receiver throughput and latency against a bare Starlette ceiling, measured in one run.
+
+    python -m tests.benchmarks receiver                   # 8 s per run, 64 connections
+    python -m tests.benchmarks receiver --seconds 15 --connections 128 --rate 1000
+
+Each server runs under uvicorn in its own process(es): (a) a bare Starlette endpoint that
+reads the body and answers 200 (the ceiling), (b) the receiver: signature check, parse,
+`acks=all` idempotent produce to the local broker. The load comes from a separate process
+(asyncio + uvloop, raw HTTP/1.1 keep-alive, every request a distinct signed event). It
+prints events/s and p50/p99 per server and worker count, the receiver/ceiling ratio, then
+p99 at a steady (open-loop) rate, with latency counted from each request's scheduled
+time, so a stall is not hidden by the client waiting for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import httpx
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from deploy.stack.topics import delete_topics, ensure_topics
+from ingest.signature import sign_header
+
+PARTITIONS = 6
+SECRET = "whsec_" + "b" * 32
+BODY = (
+    '{\n  "id": "%s",\n  "object": "event",\n  "api_version": "2025-10-29.clover",\n'
+    '  "created": 1764064800,\n  "data": {\n    "object": {\n      "id": "%s",\n'
+    '      "object": "subscription",\n      "customer": "cus_QXg1o8vcGmoR32",\n'
+    '      "status": "active",\n      "cancel_at_period_end": false,\n'
+    '      "collection_method": "charge_automatically",\n      "currency": "usd",\n'
+    '      "items": {"object": "list", "data": [{"id": "si_QXg1xyz", "object": '
+    '"subscription_item", "current_period_start": 1764000000, "current_period_end": '
+    '1766592000, "quantity": 1, "price": {"id": "price_1PgafmB7WZ01zgkW6dKueIc5", '
+    '"object": "price", "currency": "usd", "unit_amount": 2000, "recurring": '
+    '{"interval": "month", "interval_count": 1, "usage_type": "licensed"}}}]},\n'
+    '      "latest_invoice": "in_1Pgc6tB7WZ01zgkWu9fdqL6I",\n      "livemode": false,\n'
+    '      "metadata": {"plan": "pro", "seats": "12"}\n    },\n'
+    '    "previous_attributes": {"cancel_at_period_end": true}\n  },\n'
+    '  "livemode": false,\n  "pending_webhooks": 1,\n'
+    '  "request": {"id": null, "idempotency_key": null},\n'
+    '  "type": "customer.subscription.updated"\n}'
+)
+
+
+def bare_app() -> Starlette:
+    """The ceiling: read the body, answer 200 (uvicorn factory)."""
+
+    async def accept(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"received":true}', media_type="application/json")
+
+    async def alive(request: Request) -> Response:
+        return Response(b"{}", media_type="application/json")
+
+    return Starlette(
+        routes=[Route("/webhooks/{endpoint}", accept, methods=["POST"]), Route("/readyz", alive)]
+    )
+
+
+def request_bytes(n: int, prefix: str) -> bytes:
+    """One signed POST of a distinct event, as Stripe would send it."""
+    body = (BODY % (f"evt_{prefix}{n:09d}", f"sub_{prefix}{n % 5000:06d}")).encode()
+    head = (
+        "POST /webhooks/platform HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json; charset=utf-8\r\nUser-Agent: Stripe/1.0\r\n"
+        f"Stripe-Signature: {sign_header(body, SECRET, int(time.time()))}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
+    """Send one request on a keep-alive connection and read the whole answer; its status."""
+    writer.write(req)
+    head = await reader.readuntil(b"\r\n\r\n")
+    lower = head.lower()
+    at = lower.index(b"content-length:") + 15
+    await reader.readexactly(int(lower[at : lower.index(b"\r\n", at)]))
+    return int(head[9:12])
+
+
+@dataclass
+class Load:
+    """What one load run does: closed loop for `seconds`, or open loop at `rate`."""
+
+    port: int
+    connections: int
+    seconds: float
+    warmup: float
+    rate: float | None = None
+
+
+async def drive(load: Load) -> tuple[list[float], int, int, int]:
+    """Latencies (s) after warm-up, 200s and other answers after warm-up, all 200s."""
+    prefix = secrets.token_hex(4)
+    counter = iter(range(10**9))
+    latencies: list[float] = []
+    failures = accepted = 0
+    start = time.perf_counter()
+    measure_from, stop_at = start + load.warmup, start + load.warmup + load.seconds
+    queue: asyncio.Queue[float] = asyncio.Queue()
+
+    async def connection() -> None:
+        nonlocal failures, accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", load.port)
+        while True:
+            scheduled = await queue.get() if load.rate else time.perf_counter()
+            if scheduled >= stop_at:
+                break
+            status = await exchange(reader, writer, request_bytes(next(counter), prefix))
+            accepted += status == 200
+            if scheduled >= measure_from:
+                latencies.append(time.perf_counter() - scheduled)
+                failures += status != 200
+        writer.close()
+
+    async def pace(rate: float) -> None:
+        for i in range(int((load.warmup + load.seconds) * rate)):
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            queue.put_nowait(due)
+        for _ in range(load.connections):
+            queue.put_nowait(stop_at)
+
+    tasks = [asyncio.create_task(connection()) for _ in range(load.connections)]
+    if load.rate:
+        tasks.append(asyncio.create_task(pace(load.rate)))
+    await asyncio.gather(*tasks)
+    return latencies, len(latencies) - failures, failures, accepted
+
+
+def _load_process(load: Load, out: Connection) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    out.send(asyncio.run(drive(load)))
+    out.close()
+
+
+def run_load(load: Load) -> tuple[list[float], int, int, int]:
+    """Run `drive` in a separate process so the client does not share the server's loop."""
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    worker = ctx.Process(target=_load_process, args=(load, send))
+    worker.start()
+    result: tuple[list[float], int, int, int] = receive.recv()
+    worker.join()
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def serve(
+    target: str, workers: int, env: dict[str, str], log: str
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start uvicorn with `target` (a factory) and wait until /readyz answers 200."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--factory",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    with open(log, "ab") as sink:
+        server = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return server, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    raise RuntimeError(f"{target} did not become ready; see {log}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.send_signal(signal.SIGTERM)
+    server.wait(timeout=30)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+async def records_on(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many records the topic holds (the sum of its end offsets)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+def main(argv: list[str]) -> int:
+    """Run the comparison and the steady-rate run; print the table."""
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks receiver")
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured seconds per run")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rate", type=float, default=1000.0, help="steady-rate events/s")
+    args = parser.parse_args(argv)
+    bootstrap = os.environ.get("LATTICE_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
+    topic = f"bench.{uuid.uuid4().hex[:8]}.stripe.events"
+    asyncio.run(ensure_topics(bootstrap, [topic], partitions=PARTITIONS))
+    env = {
+        **os.environ,
+        "LATTICE_KAFKA_BOOTSTRAP": bootstrap,
+        "LATTICE_TOPIC": topic,
+        "LATTICE_WEBHOOK_SECRETS": f"platform={SECRET}",
+    }
+    log = os.path.join(tempfile.gettempdir(), f"lattice-bench-{topic}.log")
+    rows: list[tuple[str, int, float, float, float, int]] = []
+    accepted = 0
+    try:
+        for workers in (1, 2):
+            for name, target in (
+                ("bare Starlette (ceiling)", f"{__name__}:bare_app"),
+                ("receiver", "ingest.app:app_from_env"),
+            ):
+                server, port = serve(target, workers, env, log)
+                try:
+                    lat, ok, bad, total = run_load(Load(port, args.connections, args.seconds, 1.5))
+                finally:
+                    stop(server)
+                accepted += total if name == "receiver" else 0
+                rows.append(
+                    (
+                        name,
+                        workers,
+                        ok / args.seconds,
+                        percentile(lat, 0.5),
+                        percentile(lat, 0.99),
+                        bad,
+                    )
+                )
+        best = max((r for r in rows if r[0] == "receiver"), key=lambda r: r[2])
+        server, port = serve("ingest.app:app_from_env", best[1], env, log)
+        try:
+            steady = run_load(Load(port, args.connections, args.seconds, 1.5, rate=args.rate))
+        finally:
+            stop(server)
+        accepted += steady[3]
+        on_topic = asyncio.run(records_on(bootstrap, topic, PARTITIONS))
+    finally:
+        asyncio.run(delete_topics(bootstrap, [topic]))
+    report(rows, steady, args.rate, best[1], on_topic, accepted, log)
+    return 0
+
+
+def check(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(
+    rows: list[tuple[str, int, float, float, float, int]],
+    steady: tuple[list[float], int, int, int],
+    rate: float,
+    workers: int,
+    on_topic: int,
+    accepted: int,
+    log: str,
+) -> None:
+    """Print the table and the targets from the issue next to the figures."""
+    cpus = os.cpu_count()
+    print(
+        f"receiver benchmark ({cpus} CPUs shared with the broker and the client; server log {log})"
+    )
+    print(f"{'server':<26}{'workers':>8}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}")
+    for name, w, per_s, p50, p99, bad in rows:
+        print(f"{name:<26}{w:>8}{per_s:>10.0f}{p50:>9.2f}{p99:>9.2f}{bad:>9}")
+    by: dict[tuple[str, int], float] = {(r[0], r[1]): r[2] for r in rows}
+    best = max(by[("receiver", w)] for w in (1, 2))
+    for w in (1, 2):
+        ratio = by[("receiver", w)] / by[("bare Starlette (ceiling)", w)]
+        print(
+            f"ratio receiver/ceiling, {w} worker(s): {ratio:.0%} (target >= 60%: "
+            f"{check(ratio >= 0.6)})"
+        )
+    print(f"best receiver: {best:.0f} verified events/s (target >= 4,000: {check(best >= 4000)})")
+    lat, ok, bad, _ = steady
+    p99 = percentile(lat, 0.99)
+    print(
+        f"steady {rate:.0f} events/s, {workers} worker(s): {ok} ok, {bad} non-200, p50 "
+        f"{percentile(lat, 0.5):.2f} ms, p99 {p99:.2f} ms, max {max(lat, default=0) * 1000:.1f} "
+        f"ms (target p99 < 25 ms: {check(p99 < 25)})"
+    )
+    verdict = "each accepted event is there" if on_topic >= accepted else "MISSING RECORDS"
+    print(f"records on the topic: {on_topic} for {accepted} 200 answers ({verdict})")
+    if lat:
+        print(f"steady mean {statistics.fmean(lat) * 1000:.2f} ms")
