@@ -51,8 +51,14 @@ def register(commands: Any) -> None:
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the receiver ({DEFAULT_URL})")
     parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--topic", help="the event log, for --wait (LATTICE_TOPIC)")
     parser.add_argument("--usage-topic", help="usage facts topic (LATTICE_USAGE_TOPIC)")
     parser.add_argument("--database-url", help="libpq URL, for --wait/--check")
+    parser.add_argument(
+        "--webhook-secrets",
+        help="endpoint=secret pairs (LATTICE_WEBHOOK_SECRETS; prefer the variable: "
+        "flags show in the process list)",
+    )
     parser.add_argument(
         "--fake-stripe-port",
         type=int,
@@ -89,8 +95,10 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(
         {
             "kafka_bootstrap": args.kafka_bootstrap,
+            "topic": args.topic,
             "usage_topic": args.usage_topic,
             "database_url": args.database_url,
+            "webhook_secrets": args.webhook_secrets,
         }
     )
     simulation = generate(args.customers, args.accounts, args.seed, args.api_version)
