@@ -20,19 +20,23 @@ from typing import Any
 import orjson
 
 from ingest.signature import sign_header
+from tests.fixtures import stripe_objects as so
 from tests.support.stripe_stream import stream
 
 
 @dataclass(frozen=True)
 class Plan:
-    """An open-loop run: `rate` events/s for `seconds` over `connections` connections."""
+    """An open-loop run at `rate` events/s (closed loop, as fast as answers come, when
+    `rate` is None) for `seconds` over `connections` connections. `bodies`: "mixed"
+    (subscription updates and paid invoices) or "invoice_paid" (each a new invoice)."""
 
     port: int
     secret: str
-    rate: float
+    rate: float | None
     seconds: float
     connections: int
     path: str = "/webhooks/platform"
+    bodies: str = "mixed"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,19 @@ def body_for(template: dict[str, Any], event_id: str) -> bytes:
     return orjson.dumps({**template, "id": event_id}, option=orjson.OPT_INDENT_2)
 
 
+def new_invoice_paid(template: dict[str, Any], n: int, prefix: str) -> bytes:
+    """`invoice.paid` for a new invoice (~4 KB, indented as Stripe sends it)."""
+    invoice = {**template["data"]["object"], "id": f"in_{prefix}{n:012d}"}
+    event = {**template, "id": f"evt_e2e{prefix}{n:09d}", "data": {"object": invoice}}
+    return orjson.dumps(event, option=orjson.OPT_INDENT_2)
+
+
+def invoice_template() -> dict[str, Any]:
+    """A paid invoice event in the current API shape, with one subscription line."""
+    invoice = so.invoice(era="basil", status="paid", subscription="sub_1", customer="cus_1")
+    return so.event("invoice.paid", invoice)
+
+
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes) -> int:
     writer.write(req)
     head = await reader.readuntil(b"\r\n\r\n")
@@ -70,26 +87,21 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
 async def drive(plan: Plan) -> list[Sent]:
     """Run the plan; every request's record."""
     prefix = secrets.token_hex(4)
-    shapes = templates()
+    shapes = templates() if plan.bodies == "mixed" else [invoice_template()]
     queue: asyncio.Queue[tuple[int, float, float] | None] = asyncio.Queue()
     sent: list[Sent] = []
-    total = int(plan.rate * plan.seconds)
     start = time.perf_counter()
     wall0 = time.time()
+    if plan.rate is None:
+        return await _closed_loop(plan, shapes, prefix, start, wall0)
+    total = int(plan.rate * plan.seconds)
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", plan.port)
         while (job := await queue.get()) is not None:
             n, due, due_wall = job
-            event_id = f"evt_e2e{prefix}{n:09d}"
-            body = body_for(shapes[n % len(shapes)], event_id)
-            head = (
-                f"POST {plan.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Content-Type: application/json; charset=utf-8\r\nUser-Agent: Stripe/1.0\r\n"
-                f"Stripe-Signature: {sign_header(body, plan.secret, int(time.time()))}\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode()
-            status = await _exchange(reader, writer, head + body)
+            event_id, body = _event(plan, shapes, n, prefix)
+            status = await _exchange(reader, writer, _request(plan, body))
             sent.append(Sent(event_id, due_wall, time.perf_counter() - due, status))
         writer.close()
 
@@ -101,6 +113,43 @@ async def drive(plan: Plan) -> list[Sent]:
     for _ in workers:
         queue.put_nowait(None)
     await asyncio.gather(*workers)
+    return sent
+
+
+def _event(plan: Plan, shapes: list[dict[str, Any]], n: int, prefix: str) -> tuple[str, bytes]:
+    event_id = f"evt_e2e{prefix}{n:09d}"
+    if plan.bodies == "invoice_paid":
+        return event_id, new_invoice_paid(shapes[0], n, prefix)
+    return event_id, body_for(shapes[n % len(shapes)], event_id)
+
+
+def _request(plan: Plan, body: bytes) -> bytes:
+    head = (
+        f"POST {plan.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Content-Type: application/json; charset=utf-8\r\nUser-Agent: Stripe/1.0\r\n"
+        f"Stripe-Signature: {sign_header(body, plan.secret, int(time.time()))}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def _closed_loop(
+    plan: Plan, shapes: list[dict[str, Any]], prefix: str, start: float, wall0: float
+) -> list[Sent]:
+    """Each connection sends its next request as soon as the last one is answered."""
+    sent: list[Sent] = []
+    counter = iter(range(10**9))
+    stop_at = start + plan.seconds
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", plan.port)
+        while (began := time.perf_counter()) < stop_at:
+            event_id, body = _event(plan, shapes, next(counter), prefix)
+            status = await _exchange(reader, writer, _request(plan, body))
+            sent.append(Sent(event_id, wall0 + began - start, time.perf_counter() - began, status))
+        writer.close()
+
+    await asyncio.gather(*(connection() for _ in range(plan.connections)))
     return sent
 
 

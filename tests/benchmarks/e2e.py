@@ -3,6 +3,7 @@
     python -m tests.benchmarks e2e                          # 500 events/s for 60 s
     python -m tests.benchmarks e2e --rate 300 --seconds 30
     python -m tests.benchmarks e2e --soak                   # 10 min, RSS every 10 s
+    python -m tests.benchmarks e2e --peer                   # + Supabase's stripe-sync-engine
 
 The receiver (uvicorn, one worker) and `lattice project` (all projections, one process)
 run as in production against the local stack, on topics, a database and consumer groups
@@ -31,6 +32,7 @@ from deploy.stack.topics import delete_topics, ensure_topics
 from projectors.catalog import discover
 from tests.benchmarks import _e2e_load as load
 from tests.benchmarks._e2e_watch import Commits, Sampler, watch_commits
+from tests.benchmarks.peer import compare
 from tests.faults.services import Service, projector, receiver, wait_http_ready
 from tests.support.ports import free_port
 from tests.support.projectors import extra_database, log_ends
@@ -202,10 +204,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--soak", action="store_true", help="10 minutes, RSS every 10 s")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--soak-rate", type=float, default=200.0)
+    parser.add_argument("--peer", action="store_true", help="then the peer comparison")
     args, _ = parser.parse_known_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="lattice-e2e-") as folder:
-        return asyncio.run(run(args, Path(folder)))
+        status = asyncio.run(run(args, Path(folder)))
+    if args.peer:
+        status = max(status, compare.main(argv))
+    return status
 
 
 if __name__ == "__main__":
