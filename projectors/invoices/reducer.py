@@ -54,7 +54,7 @@ TERMINAL_INVOICE = frozenset({"paid", "void"})
 PAYMENT_RANK: Mapping[str, int] = {"open": 0, "paid": 1, "canceled": 1}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Line:
     """One invoice line row."""
 
@@ -72,7 +72,7 @@ class Line:
     period_end: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class InvoiceSnapshot:
     """An invoice as one event shows it, with the lines it carries."""
 
@@ -107,7 +107,7 @@ class InvoiceSnapshot:
     lines: tuple[Line, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PaymentSnapshot:
     """An invoice payment (`invoice_payment.paid`)."""
 

@@ -56,7 +56,7 @@ SUBSCRIPTION_RANK: Mapping[str, int] = {
 TERMINAL_SUBSCRIPTION = frozenset({"canceled", "incomplete_expired"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Item:
     """One subscription item row."""
 
@@ -74,7 +74,7 @@ class Item:
     current_period_end: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SubscriptionSnapshot:
     """A subscription as one event shows it, with its items."""
 
@@ -101,7 +101,7 @@ class SubscriptionSnapshot:
     items: tuple[Item, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CustomerSnapshot:
     """A customer as one event shows it."""
 
