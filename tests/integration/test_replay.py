@@ -14,7 +14,8 @@ from ingest.record import build_record
 from projectors.events import projection as events
 from projectors.replay import Progress, StartAt, replay
 from projectors.service import dead_letter_producer
-from tests.conftest import Stack
+from tests.conftest import Stack, Topics
+from tests.support.kafka import read_all
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import produce, records, stream
 from tests.support.wait import eventually
@@ -38,12 +39,13 @@ async def _caught_up(settings: Settings, name: str = "events") -> None:
 
 
 async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
-    settings: Settings, stack: Stack, unique: str
+    settings: Settings, stack: Stack, topics: Topics, unique: str
 ) -> None:
     ours = settings.model_copy(update={"group_prefix": unique, "projector_batch_size": 100})
     url = settings.require_database_url()
     stream_ = records(stream(1500, seed=4))
-    await produce(stack.kafka_bootstrap, settings.topic, stream_[:1200])
+    # A poison record: dead-lettered once by the live runner, not again by the replay.
+    await produce(stack.kafka_bootstrap, settings.topic, [*stream_[:1200], b"not json"])
     seen: list[tuple[int, int]] = []
     done = asyncio.Event()
 
@@ -83,7 +85,7 @@ async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
             await polling
 
     assert result.tables == ["events"]
-    assert result.records >= 1200
+    assert result.records >= 1201
     assert progress, "no progress was reported"
     assert progress[-1].done == progress[-1].total
     assert len(seen) > 10, "the reader barely ran"
@@ -93,6 +95,7 @@ async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
         r.headers[0][1].decode() for r in stream_
     }
     assert await positions(url, "events.replay") == {}
+    assert [r.value for r in await read_all(stack.kafka_bootstrap, topics.dlq)] == [b"not json"]
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
 
 

@@ -5,26 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 
 import asyncpg
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
 from deploy.settings import Settings
 from ingest.record import build_record
 from projectors import status
 from projectors.base import HydrationUnavailable, Record
+from projectors.batch import BatchApplier
 from projectors.deadletter import (
     HEADER_ERROR,
     HEADER_ORIGIN_OFFSET,
     HEADER_ORIGIN_PARTITION,
     HEADER_ORIGIN_TOPIC,
     HEADER_PROJECTOR,
+    DeadLetter,
 )
 from projectors.events import projection as events
 from projectors.migrate import migrate
+from projectors.offsets import PositionConflict
 from tests.conftest import Stack, Topics
 from tests.support.audit_projection import AuditProjection, applied_counts
 from tests.support.kafka import read_all
@@ -187,3 +192,35 @@ async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_fo
     assert len(counts) == len(stream_), "a record was skipped instead of waited for"
     assert len(calls) == len(thin) + 2  # only thin events, and the two refusals retried
     assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
+
+
+class _NoDeadLetters:
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        raise AssertionError(f"no dead letter expected, got {letters}")
+
+
+async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
+    settings: Settings, stack: Stack
+) -> None:
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        await migrate(conn, [audit])
+        tp = TopicPartition(settings.topic, 0)
+        batch = {tp: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(5)]}
+        sink = _NoDeadLetters()
+        owner = BatchApplier(audit, pool, sink, schema="projections", projector_key="audit")
+        zombie = BatchApplier(audit, pool, sink, schema="projections", projector_key="audit")
+        await owner.commit(batch, {tp: None})
+        # The zombie still believes nothing was stored: its whole batch must roll back.
+        with pytest.raises(PositionConflict):
+            await zombie.commit(batch, {tp: None})
+        with pytest.raises(PositionConflict):
+            await zombie.commit(batch, {tp: 3})
+        assert set((await applied_counts(conn)).values()) == {1}
+        assert await positions(url, "audit") == {0: 5}
+    finally:
+        await pool.close()
+        await conn.close()
