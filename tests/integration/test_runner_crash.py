@@ -1,6 +1,6 @@
 """Projector processes killed and stopped under load: nothing lost, nothing applied twice.
 
-`LATTICE_CRASH_KILLS` (default 6) sets how many SIGKILLs the crash test deals out;
+`LATTICE_CRASH_KILLS` (default 5) sets how many SIGKILLs the crash test deals out;
 `LATTICE_CRASH_SEED` replays one run's kill timings.
 """
 
@@ -36,7 +36,7 @@ from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
-KILLS = int(os.environ.get("LATTICE_CRASH_KILLS", "6"))
+KILLS = int(os.environ.get("LATTICE_CRASH_KILLS", "5"))
 CHUNK = 300
 SMALL_BATCHES = {"LATTICE_PROJECTOR_BATCH_SIZE": "20", "LATTICE_PROJECTOR_BATCH_WAIT_MS": "20"}
 
