@@ -25,11 +25,12 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from ingest.batching import Batcher
 from ingest.record import LogRecord
 
 log = structlog.get_logger("ingest.publisher")
 
-LINGER_MS = 5  # long enough to batch concurrent deliveries, short against a webhook timeout
+LINGER_MS = 2  # gathers concurrent deliveries into one batch; later ones queue behind it
 COMPRESSION = "zstd"  # best ratio per CPU for JSON bodies among the codecs Kafka speaks
 RECONNECT_SECONDS = 1.0
 MAX_BATCH_BYTES = 512 * 1024
@@ -62,7 +63,7 @@ class Publisher:
         self._bootstrap = bootstrap
         self._timeout = timeout
         self._on_error = on_error
-        self._producer: AIOKafkaProducer | None = None
+        self._batcher: Batcher | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -72,7 +73,7 @@ class Publisher:
             bootstrap_servers=self._bootstrap,
             enable_idempotence=True,
             acks="all",
-            linger_ms=LINGER_MS,
+            linger_ms=0,  # the Batcher has lingered already
             compression_type=COMPRESSION,
             # Idempotence allows one in-flight batch per partition: under load, records
             # queue behind it, so a batch must hold many webhook bodies (~2 KB each).
@@ -97,7 +98,7 @@ class Publisher:
                 await producer.stop()
             log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
             return False
-        self._producer = producer
+        self._batcher = Batcher(producer, self.topic, LINGER_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
         return True
 
@@ -107,18 +108,19 @@ class Publisher:
                 return
             await asyncio.sleep(RECONNECT_SECONDS)
 
-    def _replace(self, broken: AIOKafkaProducer) -> None:
-        if self._producer is not broken or self._closing:
+    def _replace(self, broken: Batcher) -> None:
+        if self._batcher is not broken or self._closing:
             return  # another request already started the replacement
-        self._producer = None
+        self._batcher = None
         log.warning("kafka_producer_replaced", topic=self.topic)
         self._connector = asyncio.create_task(self._discard_and_reconnect(broken))
 
-    async def _discard_and_reconnect(self, broken: AIOKafkaProducer) -> None:
+    async def _discard_and_reconnect(self, broken: Batcher) -> None:
         # Its pending batches can only fail now; do not wait long for them to say so.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self._timeout):
-                await broken.stop()
+                await broken.close()
+                await broken.producer.stop()
         await self._keep_connecting()
 
     async def stop(self) -> None:
@@ -128,28 +130,23 @@ class Publisher:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        if self._batcher is not None:
+            await self._batcher.close()
+            await self._batcher.producer.stop()
+            self._batcher = None
 
     async def publish(self, record: LogRecord) -> tuple[int, int]:
         """Append `record`; return (partition, offset) once acknowledged by all replicas."""
-        producer = self._producer
-        if producer is None:
+        batcher = self._batcher
+        if batcher is None:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
+        future = batcher.add(record)
+        future.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout(self._timeout):
-                future = await producer.send(
-                    self.topic,
-                    value=record.value,
-                    key=record.key,
-                    headers=record.headers,
-                    timestamp_ms=record.timestamp_ms,
-                )
-                future.add_done_callback(_retrieve)
-                # Shielded: giving up on the answer must not cancel aiokafka's own future.
-                metadata: Any = await asyncio.shield(future)
+                # Shielded: giving up on the answer must not cancel the batch's future.
+                return await asyncio.shield(future)
         except TimeoutError:
             self._on_error("timeout")
             raise PublishUnavailable(
@@ -158,18 +155,17 @@ class Publisher:
         except KafkaError as exc:
             self._on_error(type(exc).__name__)
             if isinstance(exc, FATAL):
-                self._replace(producer)
+                self._replace(batcher)
             raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
-        return int(metadata.partition), int(metadata.offset)
 
     async def ready(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request now."""
-        producer = self._producer
-        if producer is None:
+        batcher = self._batcher
+        if batcher is None:
             return False
         try:
             async with asyncio.timeout(timeout):
-                await producer.client.fetch_all_metadata()
+                await batcher.producer.client.fetch_all_metadata()
         except (KafkaError, OSError, TimeoutError):
             return False
         return True

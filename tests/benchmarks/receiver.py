@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import httpx
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,6 +42,7 @@ from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.signature import sign_header
 
 PARTITIONS = 6
+Row = tuple[str, int, float, float, float, int, float]
 SECRET = "whsec_" + "b" * 32
 BODY = (
     '{\n  "id": "%s",\n  "object": "event",\n  "api_version": "2025-10-29.clover",\n'
@@ -210,6 +212,16 @@ def serve(
     raise RuntimeError(f"{target} did not become ready; see {log}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a server and its worker processes so far."""
+    parent = psutil.Process(pid)
+    total = 0.0
+    for process in [parent, *parent.children(recursive=True)]:
+        times = process.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def stop(server: subprocess.Popen[bytes]) -> None:
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
@@ -248,7 +260,7 @@ def main(argv: list[str]) -> int:
         "LATTICE_WEBHOOK_SECRETS": f"platform={SECRET}",
     }
     log = os.path.join(tempfile.gettempdir(), f"lattice-bench-{topic}.log")
-    rows: list[tuple[str, int, float, float, float, int]] = []
+    rows: list[Row] = []
     accepted = 0
     try:
         for workers in (1, 2):
@@ -258,7 +270,9 @@ def main(argv: list[str]) -> int:
             ):
                 server, port = serve(target, workers, env, log)
                 try:
+                    cpu_before = cpu_seconds(server.pid)
                     lat, ok, bad, total = run_load(Load(port, args.connections, args.seconds, 1.5))
+                    cpu_per_request = (cpu_seconds(server.pid) - cpu_before) / max(total, 1)
                 finally:
                     stop(server)
                 accepted += total if name == "receiver" else 0
@@ -270,6 +284,7 @@ def main(argv: list[str]) -> int:
                         percentile(lat, 0.5),
                         percentile(lat, 0.99),
                         bad,
+                        cpu_per_request * 1e6,
                     )
                 )
         best = max((r for r in rows if r[0] == "receiver"), key=lambda r: r[2])
@@ -291,7 +306,7 @@ def check(ok: bool) -> str:
 
 
 def report(
-    rows: list[tuple[str, int, float, float, float, int]],
+    rows: list[Row],
     steady: tuple[list[float], int, int, int],
     rate: float,
     workers: int,
@@ -304,10 +319,20 @@ def report(
     print(
         f"receiver benchmark ({cpus} CPUs shared with the broker and the client; server log {log})"
     )
-    print(f"{'server':<26}{'workers':>8}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-200':>9}")
-    for name, w, per_s, p50, p99, bad in rows:
-        print(f"{name:<26}{w:>8}{per_s:>10.0f}{p50:>9.2f}{p99:>9.2f}{bad:>9}")
+    print(
+        f"{'server':<26}{'workers':>8}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'non-200':>9}{'CPU us/req':>12}"
+    )
+    for name, w, per_s, p50, p99, bad, cpu in rows:
+        print(f"{name:<26}{w:>8}{per_s:>10.0f}{p50:>9.2f}{p99:>9.2f}{bad:>9}{cpu:>12.0f}")
     by: dict[tuple[str, int], float] = {(r[0], r[1]): r[2] for r in rows}
+    cpu_by: dict[tuple[str, int], float] = {(r[0], r[1]): r[6] for r in rows}
+    for w in (1, 2):
+        cost = cpu_by[("bare Starlette (ceiling)", w)] / cpu_by[("receiver", w)]
+        print(
+            f"server CPU per request, ceiling/receiver, {w} worker(s): {cost:.0%} "
+            "(what the ratio would be with a core to spare)"
+        )
     best = max(by[("receiver", w)] for w in (1, 2))
     for w in (1, 2):
         ratio = by[("receiver", w)] / by[("bare Starlette (ceiling)", w)]

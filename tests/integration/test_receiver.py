@@ -14,10 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from deploy.settings import Settings
 from ingest.app import create_app
+from ingest.batching import partition_for
 from ingest.signature import sign_header
 from tests.support.kafka import ReadRecord, read_all
 
@@ -285,3 +289,9 @@ async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Setti
     records = await read_all(settings.kafka_bootstrap, config.topic)
     on_topic = Counter(r.headers["stripe-event-id"].decode() for r in records)
     assert on_topic == Counter(e["id"] for e in events)
+
+
+@given(key=st.binary(min_size=1, max_size=64), count=st.integers(1, 64))
+def test_batches_go_where_kafkas_default_partitioner_puts_the_key(key: bytes, count: int) -> None:
+    partitions = list(range(count))
+    assert partition_for(key, partitions) == DefaultPartitioner()(key, partitions, partitions)
