@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
 from ingest.record import LogRecord
@@ -78,6 +79,8 @@ class Batcher:
         handed: set[int] = set()
         try:
             partitions = sorted(await self.producer.partitions_for(self._topic))
+            if not partitions:
+                raise KafkaError(f"no partitions known for topic {self._topic}")
             groups: dict[int, list[tuple[LogRecord, asyncio.Future[Ack]]]] = defaultdict(list)
             for item in items:
                 groups[partition_for(item[0].key, partitions)].append(item)

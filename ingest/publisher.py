@@ -157,6 +157,11 @@ class Publisher:
             if isinstance(exc, FATAL):
                 self._replace(batcher)
             raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
+        except Exception as exc:
+            # A bug here must still answer 503 (Stripe retries), not 500, and be seen.
+            log.exception("publish_failed", topic=self.topic)
+            self._on_error(type(exc).__name__)
+            raise PublishUnavailable("kafka_error", "the record could not be appended") from exc
 
     async def ready(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request now."""
