@@ -13,7 +13,7 @@ from tests.fixtures.lifecycles import billing_history, delivered
 from tests.fixtures.model import content, last_snapshots, project
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data())
 def test_any_delivery_order_gives_the_tables_of_the_true_order(data: st.DataObject) -> None:
     history: list[dict[str, Any]] = data.draw(billing_history())
@@ -25,7 +25,7 @@ def test_any_delivery_order_gives_the_tables_of_the_true_order(data: st.DataObje
     assert {key: content(row) for key, row in truth.items()} == last_snapshots(projection, history)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_replaying_the_log_twice_changes_nothing(data: st.DataObject) -> None:
     history: list[dict[str, Any]] = data.draw(billing_history())
