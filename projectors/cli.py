@@ -19,7 +19,7 @@ from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.replay import Progress, ReplayError, StartAt, replay
 from projectors.rewind import RewindError, rewind
-from projectors.service import dead_letter_producer, run_projections
+from projectors.service import dead_letter_producer, run_projections, tune_gc
 from projectors.stripe_api.hydrate import open_hydrator
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
 
@@ -156,6 +156,7 @@ def run_project(args: argparse.Namespace) -> int:
     metrics = RuntimeMetrics(REGISTRY)
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+    tune_gc()
     asyncio.run(_project(settings, projections, metrics))
     return 0
 
@@ -246,6 +247,7 @@ def run_replay(args: argparse.Namespace) -> int:
     except ArgumentError as exc:
         raise ConfigError(str(exc)) from None
     configure_logging()
+    tune_gc()
     try:
         return asyncio.run(_replay(settings, args.name, start))
     except ReplayError as exc:

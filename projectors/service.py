@@ -4,6 +4,7 @@ dead-letter producer, until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,6 +22,16 @@ from projectors.migrate import migrate
 from projectors.runner import ProjectionRunner
 
 log = structlog.get_logger("lattice.projector")
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a projector process (call once, at
+    start). A batch allocates hundreds of thousands of short-lived objects (parsed JSON,
+    records, rows) that reference counting frees; with the default threshold the collector
+    would also walk every long-lived object many times a batch (~20 % of the CPU)."""
+    gc.collect()
+    gc.freeze()  # everything imported so far is never garbage: stop scanning it
+    gc.set_threshold(100_000, 50, 1000)
 
 
 @asynccontextmanager

@@ -31,7 +31,7 @@ from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.record import build_record
 from projectors import catalog
-from projectors.service import run_projections
+from projectors.service import run_projections, tune_gc
 from tests.support.stripe_stream import stream
 
 TEMPLATES = 2000
@@ -214,6 +214,7 @@ def _child(kind: str, settings_json: str, name: str, queue: Any) -> None:
             _ceiling(settings.kafka_bootstrap, settings.topic, settings.projector_batch_size)
         )
     else:
+        tune_gc()  # as `lattice project` does
         result = asyncio.run(_projection(settings, name))
     queue.put(result)
 

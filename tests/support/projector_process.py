@@ -8,13 +8,14 @@ import asyncio
 from deploy.logs import configure_logging
 from deploy.settings import load_settings
 from projectors.events import projection as events
-from projectors.service import run_projections
+from projectors.service import run_projections, tune_gc
 from tests.support.audit_projection import AuditProjection
 
 
 def main() -> None:
     """Run until SIGTERM (or SIGKILL, which is the point of the crash test)."""
     configure_logging(json=True)
+    tune_gc()
     asyncio.run(run_projections(load_settings(), [events, AuditProjection()]))
 
 
