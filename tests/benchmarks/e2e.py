@@ -5,7 +5,7 @@
     python -m tests.benchmarks e2e --soak                   # 10 min, RSS every 10 s
     python -m tests.benchmarks e2e --peer                   # + Supabase's stripe-sync-engine
 
-The receiver (uvicorn, one worker) and `lattice project` (all projections, one process)
+The receiver (`lattice serve`, one worker) and `lattice project` (all projections, one process)
 run as in production against the local stack, on topics, a database and consumer groups
 of their own. An open-loop client in its own process sends each event at its scheduled
 time. Latency "POST -> row visible" runs from that scheduled time to the first poll of

@@ -162,21 +162,8 @@ class Service:
 
 
 def receiver(env: dict[str, str], log: Path, port: int) -> Service:
-    """The receiver as production runs it: uvicorn on `ingest.app:app_from_env`."""
-    argv = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "ingest.app:app_from_env",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--no-access-log",
-        "--timeout-graceful-shutdown",
-        "5",
-    ]
+    """`lattice serve` on loopback as a child process."""
+    argv = [sys.executable, "-m", "deploy.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return Service(f"receiver:{port}", argv, env, log)
 
 

@@ -5,7 +5,7 @@
 
 Closed loop, 32 keep-alive connections, each request a signed ~4 KB `invoice.paid` for a
 new invoice. The peer (node:http + `StripeSync.processWebhook`, upserting into its own
-PostgreSQL schema) and the receiver (uvicorn, one worker, appending to Kafka with
+PostgreSQL schema) and the receiver (`lattice serve`, one worker, appending to Kafka with
 acks=all) run one after the other, each alone with the load, each as one process.
 `npm install` runs here on first use (node_modules is git-ignored).
 """
