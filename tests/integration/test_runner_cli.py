@@ -80,9 +80,13 @@ async def test_project_migrate_status_and_replay_from_the_command_line(
         url = settings.require_database_url()
         await eventually(lambda: positions(url, "events"), lambda p: p == ends, timeout=30)
         async with httpx.AsyncClient() as client:
-            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-        applied = 'lattice_projector_events_applied_total{projector="events"} 151.0'
-        assert applied in metrics
+
+            async def scrape() -> str:
+                return (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+
+            # The counters move just after the commit the positions show.
+            applied = 'lattice_projector_events_applied_total{projector="events"} 151.0'
+            metrics = await eventually(scrape, lambda text: applied in text, timeout=10)
         assert 'lattice_projector_dead_letters_total{projector="events"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
