@@ -1,0 +1,106 @@
+"""`lattice serve` over real HTTP (two uvicorn workers) and `lattice send` against it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from deploy.settings import Settings
+from tests.integration.test_receiver import PLATFORM_NEW, PLATFORM_OLD, encode, subscription_event
+from tests.support.kafka import read_all
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+LATTICE = [sys.executable, "-m", "deploy.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """`lattice serve --workers 2` on a free port; yields its URL and environment."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_OLD},platform={PLATFORM_NEW}",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    server = await asyncio.create_subprocess_exec(
+        *[*LATTICE, "serve", "--port", str(port), "--workers", "2", "--topic", settings.topic],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def ready() -> int:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{url}/readyz")).status_code
+        except httpx.HTTPError:
+            return 0
+
+    try:
+        await eventually(ready, lambda code: code == 200, what="lattice serve ready")
+        yield url, env
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(server.wait(), 30)
+        log.close()
+
+
+async def send(env: dict[str, str], *args: str, stdin: bytes | None = None) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        *LATTICE,
+        "send",
+        *args,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    out, _ = await process.communicate(stdin)
+    return int(process.returncode or 0), out.decode()
+
+
+async def test_send_signs_like_stripe_and_serve_appends(
+    served: tuple[str, dict[str, str]], settings: Settings, tmp_path: Path
+) -> None:
+    url, env = served
+    event = subscription_event(1)
+    event_file = tmp_path / "event.json"
+    event_file.write_bytes(encode(event))
+
+    code, out = await send(env, str(event_file), "--endpoint", "platform", "--url", url)
+    assert (code, out.splitlines()[0]) == (0, "200 OK"), out
+    assert json.loads(out.splitlines()[1]) == {"received": True}
+
+    wrong = ["-", "--endpoint", "platform", "--url", url, "--secret", "whsec_wrong"]
+    code, out = await send(env, *wrong, stdin=encode(subscription_event(2)))
+    assert code == 1
+    assert "400 Bad Request" in out
+    assert "bad_signature" in out
+
+    # Over real sockets the oversize body is refused from its Content-Length.
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{url}/webhooks/platform", content=b"{" * (1024 * 1024 + 1))
+    assert answer.status_code == 413
+
+    records = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [r.value for r in records] == [encode(event)]
