@@ -196,7 +196,7 @@ def _report(
 
 def main(argv: list[str]) -> int:
     """Parse options (others' options are ignored: the dispatcher passes them to all)."""
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks e2e")
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks e2e", allow_abbrev=False)
     parser.add_argument("--rate", type=float, default=500.0, help="events/s (steady run)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--connections", type=int, default=32)

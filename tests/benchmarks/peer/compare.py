@@ -162,7 +162,9 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> No
 def main(argv: list[str]) -> int:
     """Install the peer if needed, run both, print the table; 1 with the reason if the peer
     cannot run here."""
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.peer.compare")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.benchmarks.peer.compare", allow_abbrev=False
+    )
     parser.add_argument("--peer-seconds", type=float, default=15.0)
     parser.add_argument("--peer-connections", type=int, default=32)
     args, _ = parser.parse_known_args(argv)
