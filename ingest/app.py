@@ -19,6 +19,7 @@ import orjson
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -156,6 +157,14 @@ class Receiver:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer in the same short JSON as everything else."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    reason = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
+    return _error(status, reason, f"{request.method} {request.url.path}: {reason}", headers)
+
+
 def create_app(settings: Settings) -> Starlette:
     """The receiver app for `settings`; its lifespan starts and stops the producer."""
     receiver = Receiver(settings, create_metrics())
@@ -176,6 +185,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/metrics", receiver.metrics_text, methods=["GET"]),
         ],
         lifespan=lifespan,
+        exception_handlers={404: _http_error, 405: _http_error},
     )
     app.state.receiver = receiver
     return app

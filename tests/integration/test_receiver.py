@@ -266,7 +266,14 @@ async def test_probes(settings: Settings) -> None:
     async with running(receiver_settings(settings)) as client:
         assert (await client.get("/healthz")).status_code == 200
         assert (await client.get("/readyz")).json() == {"ready": True}
-        assert (await client.get("/webhooks/platform")).status_code == 405
+        wrong_method = await client.get("/webhooks/platform")
+        assert (wrong_method.status_code, wrong_method.json()["error"]) == (
+            405,
+            "method_not_allowed",
+        )
+        assert "POST" in wrong_method.headers["allow"]
+        nowhere = await client.post("/nowhere")
+        assert (nowhere.status_code, nowhere.json()["error"]) == (404, "not_found")
         metrics = await client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         assert "lattice_kafka_producer_errors" in metrics.text
