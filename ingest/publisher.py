@@ -145,8 +145,9 @@ class Publisher:
         future.add_done_callback(_retrieve)
         try:
             async with asyncio.timeout(self._timeout):
-                # Shielded: giving up on the answer must not cancel the batch's future.
-                return await asyncio.shield(future)
+                # On timeout this future (ours, one per record) is cancelled; the batch
+                # it rides in is not, and may still land: a 503 allows for that.
+                return await future
         except TimeoutError:
             self._on_error("timeout")
             raise PublishUnavailable(
