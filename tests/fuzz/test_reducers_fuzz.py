@@ -12,6 +12,7 @@ import functools
 import json
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -66,10 +67,8 @@ def _headers_of(event: dict[str, Any]) -> dict[str, bytes]:
     return dict(log.headers)
 
 
-def as_record_time() -> Any:
+def as_record_time() -> datetime:
     """The receive time every fuzzed record carries (a fixed moment: runs are repeatable)."""
-    from datetime import UTC, datetime
-
     return datetime(2025, 11, 24, 16, 0, 1, tzinfo=UTC)
 
 
