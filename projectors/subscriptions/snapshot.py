@@ -44,6 +44,8 @@ def supersedes(candidate: str, current: str | None) -> bool:
 
 
 class Versioned(Protocol):
+    """A snapshot change: an object id and the version that orders its snapshots."""
+
     @property
     def id(self) -> str: ...
 
@@ -96,7 +98,7 @@ def read_event(record: Record) -> Event | None:
     event_id, event_type, created = body.get("id"), body.get("type"), body.get("created")
     if not isinstance(event_id, str) or not isinstance(event_type, str):
         raise PoisonRecord("snapshot event without a string `id` and `type`")
-    if not isinstance(created, int) or isinstance(created, bool):
+    if type(created) is not int or not 0 <= created < 10**12:
         raise PoisonRecord(f"{event_id}: `created` is not Unix seconds: {created!r}")
     account = body.get("account")
     return Event(
