@@ -9,6 +9,7 @@ topic names (which differ) replaced by a placeholder.
 from __future__ import annotations
 
 import functools
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ PARTITIONS = 3
 # Small batches: a kill lands between many commits, not before one big one.
 SMALL_BATCHES = {"LATTICE_PROJECTOR_BATCH_SIZE": "10", "LATTICE_PROJECTOR_BATCH_WAIT_MS": "20"}
 POISON = [b"not json at all", b'{"id": 5}', b"\xff\xfe"]
+# Given to every projector process; no output of theirs may ever contain it.
+API_KEY = "sk_test_" + secrets.token_hex(16)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ def projector_env(bootstrap: str, url: str, topics: Topics, group_prefix: str) -
         "LATTICE_TOPIC": topics.events,
         "LATTICE_USAGE_TOPIC": topics.usage,
         "LATTICE_GROUP_PREFIX": group_prefix,
+        "LATTICE_STRIPE_API_KEY": API_KEY,
+        "LATTICE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never reached: no thin events
         **SMALL_BATCHES,
     }
 

@@ -19,6 +19,7 @@ from tests.support.stripe_stream import stream
 
 SECRET = "whsec_" + secrets.token_hex(16)
 SECRETS = {"platform": SECRET}
+API_KEY = "sk_test_" + secrets.token_hex(16)  # in the receiver's environment, never its output
 
 
 @dataclass
@@ -44,6 +45,7 @@ async def running_receiver(
         "LATTICE_TOPIC": topic,
         "LATTICE_WEBHOOK_SECRETS": f"platform={SECRET}",
         "LATTICE_PUBLISH_TIMEOUT": str(publish_timeout),
+        "LATTICE_STRIPE_API_KEY": API_KEY,
     }
     service = receiver(env, log, port)
     handle = Receiver(service, f"http://127.0.0.1:{port}")
@@ -80,6 +82,7 @@ async def assert_every_200_is_logged(
 
 
 def assert_no_secret_in(*outputs: str) -> None:
-    """The signing secret appears in no output of the scenario."""
+    """Neither the signing secret nor the API key appears in any output of the scenario."""
     for text in outputs:
         assert SECRET not in text
+        assert API_KEY not in text

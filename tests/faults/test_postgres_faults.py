@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import Stack
 from tests.faults.conftest import Reference
 from tests.faults.projecting import (
+    API_KEY,
     caught_up,
     create_topics,
     differences,
@@ -96,3 +97,4 @@ async def test_postgres_killed_under_projectors_they_resume_and_match_the_refere
             assert not diffs, diffs
         finally:
             proc.stop()
+    assert API_KEY not in proc.output()

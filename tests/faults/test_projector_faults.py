@@ -20,6 +20,7 @@ import pytest
 from tests.conftest import Stack
 from tests.faults.conftest import Reference
 from tests.faults.projecting import (
+    API_KEY,
     caught_up,
     create_topics,
     differences,
@@ -90,6 +91,7 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
         await _finish_and_compare(stack, database_url, unique, unique, reference)
     finally:
         proc.stop()
+    assert API_KEY not in proc.output()
 
 
 async def test_rebalance_storm_applies_no_event_twice(
@@ -131,3 +133,4 @@ async def test_rebalance_storm_applies_no_event_twice(
     finally:
         for proc in procs:
             proc.stop()
+    assert all(API_KEY not in proc.output() for proc in procs)
