@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     kafka_timeout: float = Field(default=10.0, gt=0)
     # The receiver answers 503 when the broker has not acknowledged within this bound.
     publish_timeout: float = Field(default=5.0, gt=0)
+    # A client that takes longer than this to send one body is cut off with 408, so a
+    # slow sender cannot hold a connection and its buffer open for ever.
+    body_timeout: float = Field(default=10.0, gt=0)
     home: Path = Path(".lattice")
     kafka_port: int = Field(default=9092, gt=0, lt=65536)
     pg_port: int = Field(default=55432, gt=0, lt=65536)

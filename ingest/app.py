@@ -10,6 +10,7 @@ and the broker must acknowledge the record within `publish_timeout` (else 503 wi
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,7 +21,7 @@ import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -41,6 +42,10 @@ class BodyTooLarge(Exception):
     """The request body is over the configured limit."""
 
 
+class BodyTimeout(Exception):
+    """The client did not finish sending its body in time."""
+
+
 def _error(
     status: int, reason: str, message: str, headers: dict[str, str] | None = None
 ) -> Response:
@@ -48,18 +53,23 @@ def _error(
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or `BodyTooLarge` as soon as more than `limit` bytes have arrived."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The whole body; `BodyTooLarge` as soon as more than `limit` bytes have arrived,
+    `BodyTimeout` when it has not all arrived within `timeout` seconds."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge  # stop reading: the rest is never buffered
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge  # stop reading: the rest is never buffered
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout from None
     return b"".join(chunks)
 
 
@@ -92,7 +102,9 @@ class Receiver:
         else:
             endpoint_label = endpoint
             try:
-                body = await read_body(request, self.settings.max_body_bytes)
+                body = await read_body(
+                    request, self.settings.max_body_bytes, self.settings.body_timeout
+                )
                 verify(
                     body,
                     request.headers.get("stripe-signature"),
@@ -115,6 +127,14 @@ class Receiver:
                 outcome = "too_large"
                 limit = self.settings.max_body_bytes
                 response = _error(413, outcome, f"body is over {limit} bytes")
+            except BodyTimeout:
+                outcome = "body_timeout"
+                seconds = self.settings.body_timeout
+                response = _error(408, outcome, f"body not received within {seconds:g} s")
+            except ClientDisconnect:
+                # The client went away mid-body: nothing was written; Stripe will retry.
+                outcome = "client_disconnected"
+                response = _error(400, outcome, "the client closed the connection mid-body")
             except (SignatureError, EnvelopeError) as exc:
                 outcome = exc.reason
                 response = _error(400, outcome, str(exc))

@@ -1,0 +1,87 @@
+"""Clients that send too slowly or hang up mid-body: a clear answer, nothing on the topic."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator, MutableMapping
+from typing import Any
+
+import orjson
+import pytest
+
+from deploy.settings import Settings
+from ingest.app import create_app
+from ingest.signature import sign_header
+from tests.integration.test_receiver import (
+    PLATFORM_NEW,
+    receiver_settings,
+    running,
+    subscription_event,
+)
+from tests.support.kafka import read_all
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_body_sent_too_slowly_is_cut_off_with_408(settings: Settings) -> None:
+    body = orjson.dumps(subscription_event(1))
+    header = sign_header(body, PLATFORM_NEW, int(time.time()))
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for i in range(0, len(body), 64):
+            yield body[i : i + 64]
+            await asyncio.sleep(0.1)  # the slow client under test, not a wait for a result
+
+    async with running(receiver_settings(settings, body_timeout=0.3)) as client:
+        answer = await client.post(
+            "/webhooks/platform", content=trickle(), headers={"Stripe-Signature": header}
+        )
+        assert answer.status_code == 408
+        assert answer.json()["error"] == "body_timeout"
+        # The same body sent at once is accepted: the cut-off was about time, not content.
+        whole = await client.post(
+            "/webhooks/platform", content=body, headers={"Stripe-Signature": header}
+        )
+        assert whole.status_code == 200
+    records = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [r.value for r in records] == [body]
+
+
+async def test_a_client_that_hangs_up_mid_body_writes_nothing(settings: Settings) -> None:
+    body = orjson.dumps(subscription_event(2))
+    header = sign_header(body, PLATFORM_NEW, int(time.time()))
+    sent: list[MutableMapping[str, Any]] = []
+    messages: Iterator[dict[str, Any]] = iter(
+        [
+            {"type": "http.request", "body": body[:100], "more_body": True},
+            {"type": "http.disconnect"},
+        ]
+    )
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/webhooks/platform",
+        "raw_path": b"/webhooks/platform",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"stripe-signature", header.encode()), (b"host", b"receiver")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
+    app = create_app(receiver_settings(settings))
+    async with app.router.lifespan_context(app):
+        await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    assert start["status"] == 400
+    assert await read_all(settings.kafka_bootstrap, settings.topic) == []
