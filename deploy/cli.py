@@ -7,6 +7,7 @@ this module only wires them and turns configuration errors into one line on stde
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lattice: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `lattice status | head`: the reader left. Quietly stop, as Unix tools do; point
+        # stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return code
 
 
