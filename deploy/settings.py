@@ -43,35 +43,57 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
-    webhook_secrets: SecretStr = SecretStr("")
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: str | None = None
-    topic: str = "stripe.events"
-    usage_topic: str = "usage.reported"
-    signature_tolerance: int = Field(default=300, ge=0)
-    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
-    stripe_api_key: SecretStr | None = None
-    stripe_api_base: str = "https://api.stripe.com"
-    stripe_api_version: str = "2025-10-29.clover"
-    partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
-    kafka_timeout: float = Field(default=10.0, gt=0)
+    webhook_secrets: SecretStr = Field(
+        default=SecretStr(""),
+        description="endpoint=whsec_... pairs, comma-separated; name an endpoint twice to "
+        "rotate (prefer the variable: flags show in the process list)",
+    )
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka brokers")
+    database_url: str | None = Field(default=None, description="libpq URL of PostgreSQL")
+    topic: str = Field(default="stripe.events", description="the event log topic")
+    usage_topic: str = Field(default="usage.reported", description="the usage-fact topic")
+    signature_tolerance: int = Field(
+        default=300, ge=0, description="seconds a signature's timestamp may be off"
+    )
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="largest webhook body")
+    stripe_api_key: SecretStr | None = Field(
+        default=None, description="Stripe secret key, for thin-event hydration and backfill"
+    )
+    stripe_api_base: str = Field(default="https://api.stripe.com", description="Stripe API URL")
+    stripe_api_version: str = Field(
+        default="2025-10-29.clover", description="Stripe-Version sent to the API"
+    )
+    partitions: int = Field(default=6, ge=1, description="partitions of provisioned topics")
+    replication_factor: int = Field(
+        default=1, ge=1, description="replication factor of provisioned topics"
+    )
+    kafka_timeout: float = Field(default=10.0, gt=0, description="seconds to wait for Kafka")
     # The receiver answers 503 when the broker has not acknowledged within this bound.
-    publish_timeout: float = Field(default=5.0, gt=0)
+    publish_timeout: float = Field(
+        default=5.0, gt=0, description="seconds for the broker to acknowledge before a 503"
+    )
     # A client that takes longer than this to send one body is cut off with 408, so a
     # slow sender cannot hold a connection and its buffer open for ever.
-    body_timeout: float = Field(default=10.0, gt=0)
-    home: Path = Path(".lattice")
-    kafka_port: int = Field(default=9092, gt=0, lt=65536)
-    pg_port: int = Field(default=55432, gt=0, lt=65536)
+    body_timeout: float = Field(
+        default=10.0, gt=0, description="seconds for a client to send its body before a 408"
+    )
+    home: Path = Field(default=Path(".lattice"), description="the local stack's data folder")
+    kafka_port: int = Field(default=9092, gt=0, lt=65536, description="local Kafka port")
+    pg_port: int = Field(default=55432, gt=0, lt=65536, description="local PostgreSQL port")
     # Projector runtime: records per batch, how long a batch waits to fill, and how many
     # attempts a failing record gets before it is dead-lettered.
-    projector_batch_size: int = Field(default=5000, gt=0)
-    projector_batch_wait_ms: int = Field(default=200, ge=0)
-    poison_retries: int = Field(default=3, ge=1)
+    projector_batch_size: int = Field(default=5000, gt=0, description="records per batch")
+    projector_batch_wait_ms: int = Field(
+        default=200, ge=0, description="milliseconds a batch waits to fill"
+    )
+    poison_retries: int = Field(
+        default=3, ge=1, description="attempts before a record is dead-lettered"
+    )
     # Projector consumer groups are `<prefix>.<name>`: two deployments sharing one Kafka
     # cluster (staging next to production) give themselves different prefixes.
-    group_prefix: str = Field(default="lattice", min_length=1)
+    group_prefix: str = Field(
+        default="lattice", min_length=1, description="consumer groups are <prefix>.<name>"
+    )
 
     @field_validator("webhook_secrets")
     @classmethod
@@ -106,4 +128,7 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     except ValidationError as exc:
         error = exc.errors()[0]
         field = str(error["loc"][0]) if error["loc"] else "?"
-        raise ConfigError(f"{ENV_PREFIX}{field.upper()}: {error['msg']}") from None
+        source = (
+            f"--{field.replace('_', '-')}" if field in given else f"{ENV_PREFIX}{field.upper()}"
+        )
+        raise ConfigError(f"{source}: {error['msg']}") from None

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from deploy import stack
-from deploy.settings import load_settings
+from deploy.flags import add_setting_flags, settings_from
 
 
 def register(commands: Any) -> None:
@@ -20,23 +19,24 @@ def register(commands: Any) -> None:
         "PostgreSQL server on 127.0.0.1, with data under --home (default .lattice/).",
     )
     parser.add_argument("action", choices=["up", "down", "env", "status"])
-    parser.add_argument("--home", type=Path, help="data folder (LATTICE_HOME, default .lattice)")
-    parser.add_argument("--kafka-port", type=int, help="broker port (LATTICE_KAFKA_PORT, 9092)")
-    parser.add_argument("--pg-port", type=int, help="PostgreSQL port (LATTICE_PG_PORT, 55432)")
-    parser.add_argument("--partitions", type=int, help="partitions per topic (LATTICE_PARTITIONS)")
+    add_setting_flags(
+        parser,
+        (
+            "home",
+            "kafka_port",
+            "pg_port",
+            "partitions",
+            "replication_factor",
+            "kafka_bootstrap",
+            "database_url",
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `stack up|down|env`."""
-    settings = load_settings(
-        {
-            "home": args.home,
-            "kafka_port": args.kafka_port,
-            "pg_port": args.pg_port,
-            "partitions": args.partitions,
-        }
-    )
+    settings = settings_from(args)
     if args.action == "up":
         info = stack.up(settings)
         kafka_state = "started" if info.kafka_started else "already running"

@@ -12,12 +12,22 @@ from typing import Any
 import httpx
 import uvicorn
 
+from deploy.flags import add_setting_flags, setting_overrides
 from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
 from ingest.signature import sign_header
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+RECEIVER_SETTINGS = (
+    "webhook_secrets",
+    "kafka_bootstrap",
+    "topic",
+    "signature_tolerance",
+    "max_body_bytes",
+    "publish_timeout",
+    "body_timeout",
+)
 
 
 def register(commands: Any) -> None:
@@ -31,15 +41,7 @@ def register(commands: Any) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes (1)")
-    serve.add_argument("--kafka-bootstrap", help="broker list (LATTICE_KAFKA_BOOTSTRAP)")
-    serve.add_argument("--topic", help="the event log topic (LATTICE_TOPIC)")
-    serve.add_argument(
-        "--signature-tolerance", type=int, help="seconds (LATTICE_SIGNATURE_TOLERANCE, 300)"
-    )
-    serve.add_argument("--max-body-bytes", type=int, help="(LATTICE_MAX_BODY_BYTES, 1 MiB)")
-    serve.add_argument(
-        "--publish-timeout", type=float, help="seconds before 503 (LATTICE_PUBLISH_TIMEOUT, 5)"
-    )
+    add_setting_flags(serve, RECEIVER_SETTINGS)
     serve.set_defaults(handler=run_serve)
 
     send: argparse.ArgumentParser = commands.add_parser(
@@ -60,13 +62,7 @@ def register(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the receiver until interrupted."""
-    overrides = {
-        "kafka_bootstrap": args.kafka_bootstrap,
-        "topic": args.topic,
-        "signature_tolerance": args.signature_tolerance,
-        "max_body_bytes": args.max_body_bytes,
-        "publish_timeout": args.publish_timeout,
-    }
+    overrides = setting_overrides(args)
     settings = load_settings(overrides)  # fail here, with one line, before any worker starts
     if not settings.secrets_by_endpoint():
         raise ConfigError(f"{ENV_PREFIX}WEBHOOK_SECRETS: no endpoint=secret pairs given")

@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY, start_http_server
 
+from deploy.flags import DATABASE, KAFKA, STRIPE_API, add_setting_flags, settings_from
 from deploy.logs import configure_logging
-from deploy.settings import ConfigError, Settings, load_settings
+from deploy.settings import ConfigError, Settings
 from projectors import catalog, status
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
@@ -23,22 +24,20 @@ from projectors.service import dead_letter_producer, run_projections, tune_gc
 from projectors.stripe_api.hydrate import open_hydrator
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
 
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--database-url", help="libpq URL (LATTICE_DATABASE_URL)")
-    parser.add_argument("--topic", help="the event log (LATTICE_TOPIC, stripe.events)")
-
-
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
-    return load_settings(
-        {
-            "kafka_bootstrap": args.kafka_bootstrap,
-            "database_url": args.database_url,
-            "topic": args.topic,
-            **extra,
-        }
-    )
+PROJECTOR_SETTINGS = (
+    *KAFKA,
+    *DATABASE,
+    *STRIPE_API,
+    "projector_batch_size",
+    "projector_batch_wait_ms",
+    "poison_retries",
+    "group_prefix",
+)
+# The flags these commands had before every setting was one; kept so scripts keep working.
+ALIASES = {
+    "projector_batch_size": "--batch-size",
+    "projector_batch_wait_ms": "--batch-wait-ms",
+}
 
 
 def _select(names: list[str]) -> list[Any]:
@@ -58,19 +57,6 @@ def register(commands: Any) -> None:
     )
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
     project.add_argument(
-        "--batch-size", type=int, help="records per batch (LATTICE_PROJECTOR_BATCH_SIZE, 5000)"
-    )
-    project.add_argument(
-        "--batch-wait-ms",
-        type=int,
-        help="how long a batch waits to fill (LATTICE_PROJECTOR_BATCH_WAIT_MS)",
-    )
-    project.add_argument(
-        "--poison-retries",
-        type=int,
-        help="attempts before a record is dead-lettered (LATTICE_POISON_RETRIES)",
-    )
-    project.add_argument(
         "--metrics-port",
         type=int,
         default=0,
@@ -81,7 +67,7 @@ def register(commands: Any) -> None:
         default="127.0.0.1",
         help="address for --metrics-port (0.0.0.0 to let a scraper in)",
     )
-    _common(project)
+    add_setting_flags(project, PROJECTOR_SETTINGS, aliases=ALIASES)
     project.set_defaults(handler=run_project)
 
     migrate_cmd = commands.add_parser(
@@ -91,7 +77,7 @@ def register(commands: Any) -> None:
         "`projections` (recorded in lattice.migrations; safe to run concurrently).",
     )
     migrate_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
-    _common(migrate_cmd)
+    add_setting_flags(migrate_cmd, DATABASE)
     migrate_cmd.set_defaults(handler=run_migrate)
 
     replay_cmd = commands.add_parser(
@@ -106,8 +92,7 @@ def register(commands: Any) -> None:
     start.add_argument("--from-beginning", action="store_true", help="rebuild from offset 0")
     start.add_argument("--offset", metavar="P:N", help="re-apply partition P from offset N")
     start.add_argument("--since", metavar="TIME", help="re-apply from TIME (RFC 3339 or Unix s)")
-    replay_cmd.add_argument("--batch-size", type=int, help="records per batch")
-    _common(replay_cmd)
+    add_setting_flags(replay_cmd, PROJECTOR_SETTINGS, aliases=ALIASES)
     replay_cmd.set_defaults(handler=run_replay)
 
     status_cmd = commands.add_parser(
@@ -118,7 +103,7 @@ def register(commands: Any) -> None:
     )
     status_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
     status_cmd.add_argument("--json", action="store_true", help="one JSON array on stdout")
-    _common(status_cmd)
+    add_setting_flags(status_cmd, (*KAFKA, *DATABASE, "group_prefix"))
     status_cmd.set_defaults(handler=run_status)
 
     rewind_cmd = commands.add_parser(
@@ -138,18 +123,13 @@ def register(commands: Any) -> None:
         metavar="TOPIC",
         help="topic(s) to move (default: the event log)",
     )
-    _common(rewind_cmd)
+    add_setting_flags(rewind_cmd, ("kafka_bootstrap", "topic"))
     rewind_cmd.set_defaults(handler=run_rewind)
 
 
 def run_project(args: argparse.Namespace) -> int:
     """`lattice project [NAME ...]`."""
-    settings = _settings(
-        args,
-        projector_batch_size=args.batch_size,
-        projector_batch_wait_ms=args.batch_wait_ms,
-        poison_retries=args.poison_retries,
-    )
+    settings = settings_from(args)
     settings.require_database_url()
     projections = _select(args.names)
     configure_logging()
@@ -180,7 +160,7 @@ async def _migrate(settings: Settings, projections: list[Any]) -> list[str]:
 
 def run_migrate(args: argparse.Namespace) -> int:
     """`lattice migrate [NAME ...]`."""
-    settings = _settings(args)
+    settings = settings_from(args)
     projections = _select(args.names)
     try:
         applied = asyncio.run(_migrate(settings, projections))
@@ -237,7 +217,7 @@ async def _replay(settings: Settings, name: str, start: StartAt) -> int:
 
 def run_replay(args: argparse.Namespace) -> int:
     """`lattice replay NAME --from-beginning | --offset P:N | --since TIME`."""
-    settings = _settings(args, projector_batch_size=args.batch_size)
+    settings = settings_from(args)
     try:
         start = StartAt(
             from_beginning=args.from_beginning,
@@ -257,7 +237,7 @@ def run_replay(args: argparse.Namespace) -> int:
 
 def run_status(args: argparse.Namespace) -> int:
     """`lattice status [NAME ...] [--json]`."""
-    settings = _settings(args)
+    settings = settings_from(args)
     statuses = asyncio.run(status.collect(settings, _select(args.names)))
     if args.json:
         import orjson
@@ -270,7 +250,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 def run_rewind(args: argparse.Namespace) -> int:
     """`lattice rewind GROUP --since TIME | --to-offset P:N`."""
-    settings = _settings(args)
+    settings = settings_from(args)
     name = args.group.removeprefix("lattice.")
     if args.group.startswith("lattice.") and name in catalog.discover():
         raise ConfigError(

@@ -12,7 +12,8 @@ from typing import Any
 
 import httpx
 
-from deploy.settings import ConfigError, Settings, load_settings
+from deploy.flags import DATABASE, KAFKA, add_setting_flags, settings_from
+from deploy.settings import ConfigError, Settings
 from ingest.simulate import fake_stripe
 from ingest.simulate.deliver import DeliveryFailed, Progress, deliver, produce_facts
 from ingest.simulate.generator import MIXED, Simulation, generate
@@ -50,15 +51,7 @@ def register(commands: Any) -> None:
     parser.add_argument("--rate", type=float, help="deliveries per second (unlimited)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
     parser.add_argument("--url", default=DEFAULT_URL, help=f"the receiver ({DEFAULT_URL})")
-    parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--topic", help="the event log, for --wait (LATTICE_TOPIC)")
-    parser.add_argument("--usage-topic", help="usage facts topic (LATTICE_USAGE_TOPIC)")
-    parser.add_argument("--database-url", help="libpq URL, for --wait/--check")
-    parser.add_argument(
-        "--webhook-secrets",
-        help="endpoint=secret pairs (LATTICE_WEBHOOK_SECRETS; prefer the variable: "
-        "flags show in the process list)",
-    )
+    add_setting_flags(parser, (*KAFKA, *DATABASE, "webhook_secrets"))
     parser.add_argument(
         "--fake-stripe-port",
         type=int,
@@ -92,15 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Carry out `lattice simulate`."""
     if args.customers < 0 or args.accounts < 0:
         raise ConfigError("--customers and --accounts must be zero or more")
-    settings = load_settings(
-        {
-            "kafka_bootstrap": args.kafka_bootstrap,
-            "topic": args.topic,
-            "usage_topic": args.usage_topic,
-            "database_url": args.database_url,
-            "webhook_secrets": args.webhook_secrets,
-        }
-    )
+    settings = settings_from(args)
     simulation = generate(args.customers, args.accounts, args.seed, args.api_version)
     expected = simulation.expected
     print(

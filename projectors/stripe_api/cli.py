@@ -12,8 +12,9 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from deploy.flags import DATABASE, STRIPE_API, add_setting_flags, settings_from
 from deploy.logs import configure_logging
-from deploy.settings import ConfigError, Settings, load_settings
+from deploy.settings import ConfigError, Settings
 from ingest.record import rfc3339
 from projectors.stripe_api.backfill import BackfillOptions, Progress, backfill
 from projectors.stripe_api.client import StripeClient
@@ -69,10 +70,7 @@ def register(commands: Any) -> None:
         help="run even though the events projector has not indexed the "
         "whole log (unindexed events may be appended twice)",
     )
-    parser.add_argument("--kafka-bootstrap", help="brokers (LATTICE_KAFKA_BOOTSTRAP)")
-    parser.add_argument("--database-url", help="libpq URL (LATTICE_DATABASE_URL)")
-    parser.add_argument("--topic", help="the event log (LATTICE_TOPIC, stripe.events)")
-    parser.add_argument("--stripe-api-base", help="LATTICE_STRIPE_API_BASE")
+    add_setting_flags(parser, ("kafka_bootstrap", "topic", *DATABASE, *STRIPE_API, "kafka_timeout"))
     parser.set_defaults(handler=run)
 
 
@@ -104,14 +102,7 @@ class ProgressLine:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `lattice backfill`."""
-    settings = load_settings(
-        {
-            "kafka_bootstrap": args.kafka_bootstrap,
-            "database_url": args.database_url,
-            "topic": args.topic,
-            "stripe_api_base": args.stripe_api_base,
-        }
-    )
+    settings = settings_from(args)
     settings.require_database_url()
     try:
         since = parse_time(args.since)

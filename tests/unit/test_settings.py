@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from deploy.cli import main
@@ -30,6 +32,30 @@ def test_a_malformed_number_names_its_variable(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("LATTICE_SIGNATURE_TOLERANCE", "five minutes")
     with pytest.raises(ConfigError, match=r"^LATTICE_SIGNATURE_TOLERANCE: "):
         load_settings()
+
+
+def test_a_malformed_flag_names_the_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_POISON_RETRIES", "2")
+    with pytest.raises(ConfigError, match=r"^--poison-retries: "):
+        load_settings({"poison_retries": "many"})
+
+
+def test_every_setting_is_a_flag_of_some_command() -> None:
+    from deploy.cli import build_parser
+    from deploy.flags import DEST_PREFIX
+    from deploy.settings import Settings
+
+    parser = build_parser()
+    choices = next(a for a in parser._actions if a.dest == "command").choices
+    assert isinstance(choices, dict)
+    commands: dict[str, argparse.ArgumentParser] = choices
+    dests = {
+        action.dest.removeprefix(DEST_PREFIX)
+        for sub in commands.values()
+        for action in sub._actions
+        if action.dest.startswith(DEST_PREFIX)
+    }
+    assert set(Settings.model_fields) <= dests
 
 
 def test_flags_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
