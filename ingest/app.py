@@ -144,8 +144,7 @@ class Receiver:
                     503, exc.reason, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
         elapsed = time.perf_counter() - started
-        self.metrics.deliveries.labels(endpoint_label, event_type, outcome).inc()
-        self.metrics.latency.labels(endpoint_label, outcome).observe(elapsed)
+        self.metrics.delivery(endpoint_label, event_type, outcome, elapsed)
         self.log.info(
             "webhook",
             endpoint=endpoint_label,

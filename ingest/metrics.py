@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
@@ -17,6 +18,25 @@ class ReceiverMetrics:
     deliveries: Counter
     latency: Histogram
     producer_errors: Counter
+    # `.labels()` takes a lock and builds a tuple per call (~3 us); the label sets are few
+    # (configured endpoints or "unknown", verified event types, a dozen outcomes), so the
+    # children are looked up once per set. Same cardinality as the metrics themselves.
+    _children: dict[tuple[str, str, str], tuple[Any, Any]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def delivery(self, endpoint: str, event_type: str, outcome: str, seconds: float) -> None:
+        """Count one answered delivery and observe how long it took."""
+        key = (endpoint, event_type, outcome)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.deliveries.labels(endpoint, event_type, outcome),
+                self.latency.labels(endpoint, outcome),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def producer_error(self, reason: str) -> None:
         """Count one failed or timed-out append to Kafka."""
