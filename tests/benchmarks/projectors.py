@@ -285,6 +285,9 @@ def main(argv: list[str]) -> int:
         projected = _in_child("projection", settings, args.projection)
     finally:
         asyncio.run(_teardown(settings, args))
+    for label, phase in (("ceiling", ceiling), ("projection", projected)):
+        if phase["events"] <= 0 or phase["seconds"] <= 0:
+            raise SystemExit(f"bench: the {label} phase read no records; see its output above")
     c_rate = ceiling["events"] / ceiling["seconds"]
     p_rate = projected["events"] / projected["seconds"]
     print(
