@@ -77,6 +77,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await receiver.publisher.stop()
+            receiver.webhook.body_deadlines.close()
 
     app = Starlette(
         routes=[

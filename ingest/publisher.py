@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ from aiokafka.errors import (
 )
 
 from ingest.batching import Batcher
+from ingest.deadlines import Deadlines
 from ingest.record import LogRecord
 
 log = structlog.get_logger("ingest.publisher")
@@ -66,6 +68,7 @@ class Publisher:
         self._batcher: Batcher | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
+        self._deadlines = Deadlines(timeout)
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
@@ -134,6 +137,7 @@ class Publisher:
             await self._batcher.close()
             await self._batcher.producer.stop()
             self._batcher = None
+        self._deadlines.close()
 
     async def publish(self, record: LogRecord) -> tuple[int, int]:
         """Append `record`; return (partition, offset) once acknowledged by all replicas."""
@@ -143,11 +147,11 @@ class Publisher:
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
         future = batcher.add(record)
         future.add_done_callback(_retrieve)
+        # On timeout this future (ours, one per record) fails; the batch it rides in does
+        # not, and may still land: a 503 allows for that.
+        wait = self._deadlines.start(functools.partial(_expire, future))
         try:
-            async with asyncio.timeout(self._timeout):
-                # On timeout this future (ours, one per record) is cancelled; the batch
-                # it rides in is not, and may still land: a 503 allows for that.
-                return await future
+            return await future
         except TimeoutError:
             self._on_error("timeout")
             raise PublishUnavailable(
@@ -163,6 +167,8 @@ class Publisher:
             log.exception("publish_failed", topic=self.topic)
             self._on_error(type(exc).__name__)
             raise PublishUnavailable("kafka_error", "the record could not be appended") from exc
+        finally:
+            wait.finish()
 
     async def ready(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request now."""
@@ -175,6 +181,11 @@ class Publisher:
         except (KafkaError, OSError, TimeoutError):
             return False
         return True
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

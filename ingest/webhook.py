@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from deploy.settings import Settings
+from ingest.deadlines import Deadlines
 from ingest.metrics import ReceiverMetrics
 from ingest.publisher import Publisher, PublishUnavailable
 from ingest.record import build_received
@@ -69,29 +70,39 @@ def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str
     return signature, length
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int, timeout: float) -> bytes:
+async def read_body(
+    receive: Receive, declared: str | None, limit: int, deadlines: Deadlines
+) -> bytes:
     """The whole body; `BodyTooLarge` as soon as more than `limit` bytes have arrived,
-    `BodyTimeout` when it has not all arrived within `timeout` seconds, `ClientDisconnect`
-    when the client hung up first."""
+    `BodyTimeout` when it has not all arrived within `deadlines.seconds`,
+    `ClientDisconnect` when the client hung up first."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
+    task = asyncio.current_task()
+    assert task is not None  # an ASGI app always runs in a task
+    cancelling = task.cancelling()
+    wait = deadlines.start(task.cancel)
     try:
-        async with asyncio.timeout(timeout):
-            while True:
-                message = await receive()
-                if message["type"] != "http.request":
-                    raise ClientDisconnect
-                chunk: bytes = message.get("body", b"")
-                size += len(chunk)
-                if size > limit:
-                    raise BodyTooLarge  # stop reading: the rest is never buffered
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    break
-    except TimeoutError:
-        raise BodyTimeout from None
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                raise ClientDisconnect
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge  # stop reading: the rest is never buffered
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+    except asyncio.CancelledError:
+        # Ours only if the deadline cancelled it and nobody else did (as asyncio.timeout).
+        if wait.expired and task.uncancel() <= cancelling:
+            raise BodyTimeout from None
+        raise
+    finally:
+        wait.finish()
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -104,6 +115,7 @@ class Webhook:
         self.metrics = metrics
         self.publisher = publisher
         self.log = structlog.get_logger("ingest")
+        self.body_deadlines = Deadlines(settings.body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -122,7 +134,7 @@ class Webhook:
             signature, declared = request_headers(scope["headers"])
             try:
                 body = await read_body(
-                    receive, declared, settings.max_body_bytes, settings.body_timeout
+                    receive, declared, settings.max_body_bytes, self.body_deadlines
                 )
                 verify(
                     body,
