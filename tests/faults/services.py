@@ -22,6 +22,7 @@ import httpx
 import psutil
 
 from deploy.stack import kafka, postgres
+from deploy.stack.errors import StackError
 from deploy.stack.kafka import KafkaPaths
 from deploy.stack.postgres import PgPaths
 from deploy.stack.process import running_pid
@@ -45,9 +46,18 @@ class PrivateKafka:
 
     def start(self) -> None:
         """Start it (or find it running) and wait until it answers."""
-        kafka.start(
-            self.home, port=self.port, partitions=self.partitions, timeout=KAFKA_START_TIMEOUT
-        )
+        try:
+            kafka.start(
+                self.home, port=self.port, partitions=self.partitions, timeout=KAFKA_START_TIMEOUT
+            )
+        except StackError as exc:
+            if "formatting Kafka storage" not in str(exc):
+                raise
+            # The random cluster id starts with "-" one time in 64 and the storage tool
+            # reads it as an option; a fresh id (formatting left nothing behind) works.
+            kafka.start(
+                self.home, port=self.port, partitions=self.partitions, timeout=KAFKA_START_TIMEOUT
+            )
 
     def kill(self) -> None:
         """SIGKILL the JVM, as an OOM killer or a lost host would."""

@@ -58,6 +58,12 @@ async def _finish_and_compare(
     assert not diffs, diffs
 
 
+async def progress_of(proc: Service, url: str) -> int:
+    """Records committed so far; fails at once if the projector died by itself."""
+    assert proc.alive(), f"the projector died on its own:\n{proc.output()[-3000:]}"
+    return await progress(url)
+
+
 async def test_projector_killed_at_random_points_ends_like_the_reference(
     stack: Stack,
     database_url: str,
@@ -78,13 +84,12 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
         proc.start()
         for point in points:
             await eventually(
-                lambda: progress(database_url),
+                lambda: progress_of(proc, database_url),
                 at_least(point),
                 timeout=90,
                 interval=0.01,
                 what=f"{point} records committed",
             )
-            assert proc.alive(), f"the projector died on its own:\n{proc.output()[-3000:]}"
             proc.kill(signal.SIGKILL)
             injected["projector SIGKILL at a random point"] += 1
             proc.start()
