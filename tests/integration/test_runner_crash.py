@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 
 from deploy.settings import Settings
@@ -116,7 +118,11 @@ async def test_sigkill_at_random_points_ends_like_one_clean_pass(
 
 
 def _batches_in(log: Path) -> int:
-    return sum('"event": "batch"' in line for line in log.read_text().splitlines())
+    batches = 0
+    for line in log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            batches += orjson.loads(line).get("event") == "batch"
+    return batches
 
 
 async def test_two_processes_share_partitions_and_one_stopping_loses_nothing(
