@@ -33,10 +33,19 @@ class Abandoned(Exception):
     """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
 
 
+# SQLSTATE classes that say the database (or our schema) is wrong, not one record: a lost
+# connection (08), transaction state (25), rollback (40), a missing table or column or a
+# permission (42, e.g. a migration half-deployed), resources (53), a lock not available
+# (55), operator intervention such as a restart (57), system and internal errors (58, XX),
+# an unsupported feature (0A). Isolating records would dead-letter every one of them.
+SYSTEM_SQLSTATE_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "0A", "XX"})
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for failures of the database itself, not of a record: a lost or refused
-    connection, a server shutting down, a serialization failure or deadlock, a plan made
-    stale by a replay swap. The batch is retried whole; nothing is dead-lettered."""
+    connection, a server starting or shutting down, a serialization failure or deadlock, a
+    plan made stale by a replay swap, a schema that does not match the code yet. The batch
+    is retried whole after a pause; nothing is dead-lettered."""
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     if isinstance(
@@ -44,12 +53,13 @@ def is_transient(exc: BaseException) -> bool:
         asyncpg.PostgresConnectionError
         | asyncpg.exceptions.OperatorInterventionError
         | asyncpg.exceptions.InvalidCachedStatementError
-        | asyncpg.exceptions.InsufficientResourcesError,
+        | asyncpg.exceptions.InsufficientResourcesError
+        # "another operation is in progress": a connection left mid-query by a crash.
+        | asyncpg.exceptions.InternalClientError,
     ):
         return True
     sqlstate = getattr(exc, "sqlstate", None)
-    # Class 40: transaction rollback (serialization failure, deadlock detected).
-    return isinstance(sqlstate, str) and sqlstate.startswith("40")
+    return isinstance(sqlstate, str) and sqlstate[:2] in SYSTEM_SQLSTATE_CLASSES
 
 
 def is_thin(record: Record) -> bool:
@@ -173,6 +183,8 @@ class BatchApplier:
             except Abandoned:
                 raise
             except Exception as first:
+                if is_transient(first):
+                    raise  # the database (via the hydrator's cache), not the record
                 outcome = await self._retry_reduce(record, first)
                 if isinstance(outcome, DeadLetter):
                     dead.append(outcome)
@@ -190,6 +202,8 @@ class BatchApplier:
             except Abandoned:
                 raise
             except Exception as exc:
+                if is_transient(exc):
+                    raise
                 error = exc
         return self._letter(record, "reduce", error)
 

@@ -161,6 +161,11 @@ class ProjectionRunner:
                     prepared = await self.applier.prepare(batch)
                 except Abandoned:
                     break
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._database_lost(exc)
+                    continue
                 await self.drain()
                 if epoch != self.epoch:
                     # A rebalance or seek happened since the fetch: the batch may be stale.
@@ -174,6 +179,17 @@ class ProjectionRunner:
             await self.drain()  # SIGTERM: the batch in flight commits (or rolls back) first
             await consumer.stop()
             log.info("projector stopped", projector=self.name)
+
+    def _database_lost(self, exc: Exception) -> None:
+        """The database failed, not a record: pause, reconnect and re-seek to the stored
+        positions (whatever was fetched since is fetched again)."""
+        self.metrics.database_errors.labels(self.name).inc()
+        log.warning(
+            "database unavailable; will reconnect and re-seek",
+            projector=self.name,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        self._needs_seek = self._needs_pause = True
 
     def _take(
         self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
@@ -206,13 +222,7 @@ class ProjectionRunner:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                self.metrics.database_errors.labels(self.name).inc()
-                log.warning(
-                    "database unavailable; will reconnect and re-seek",
-                    projector=self.name,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
-                self._needs_seek = self._needs_pause = True
+                self._database_lost(exc)
                 return
             finally:
                 self._inflight = None
@@ -253,6 +263,8 @@ class ProjectionRunner:
             for tp in [tp for tp in held if tp not in partitions]:
                 del held[tp]
         if not partitions:
+            # Nothing assigned: nothing to seek, so nothing is owed a seek or a pause.
+            self._needs_seek = self._needs_pause = False
             return
         try:
             async with self.pool.acquire() as conn:
@@ -275,7 +287,7 @@ class ProjectionRunner:
                 self.consumer.seek(tp, position)
             self.positions[tp] = self.fetched[tp] = position
         self.consumer.resume(*partitions)
-        self._needs_seek = False
+        self._needs_seek = self._needs_pause = False
         log.info(
             "seeked to stored positions",
             projector=self.name,
