@@ -1,11 +1,11 @@
 """Shadow schemas for replay: build one, seed it from the live tables, swap it in.
 
 The swap is one transaction: lock the positions (the runner's lock order: positions,
-then tables), drop the views that depend on the live tables (views bind to table OIDs),
+then tables), save and drop every view on the live tables (views bind to table OIDs),
 drop the live tables, move the shadow tables, types and functions into `projections`,
-re-run every views.sql, and replace the live positions by the rebuilt ones. Readers
-block for the length of that transaction and then see the rebuilt tables, never an
-empty or half-built one.
+re-run every views.sql, re-create the other views (`dependents.py`), and replace the
+live positions by the rebuilt ones. Readers block for the length of that transaction
+and then see the rebuilt tables, never an empty or half-built one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from projectors import offsets
+from projectors import dependents, offsets
 from projectors.base import LIVE_SCHEMA, Connection
 from projectors.migrate import apply_views, migrate
 
@@ -94,31 +94,6 @@ async def seed(conn: Connection, schema: str, tables: Sequence[str]) -> None:
                 )
 
 
-async def _dependent_views(conn: Connection, tables: Sequence[str]) -> list[tuple[str, str]]:
-    rows = await conn.fetch(
-        """
-        SELECT DISTINCT vn.nspname AS schema, v.relname AS name, v.relkind AS kind
-          FROM pg_depend d
-          JOIN pg_rewrite r ON r.oid = d.objid
-          JOIN pg_class v ON v.oid = r.ev_class
-          JOIN pg_namespace vn ON vn.oid = v.relnamespace
-          JOIN pg_class t ON t.oid = d.refobjid
-          JOIN pg_namespace tn ON tn.oid = t.relnamespace
-         WHERE tn.nspname = $1 AND t.relname = ANY($2::text[])
-           AND v.oid <> t.oid AND v.relkind IN ('v', 'm')
-        """,
-        LIVE_SCHEMA,
-        list(tables),
-    )
-    return [
-        (
-            f"{ident(r['schema'])}.{ident(r['name'])}",
-            "MATERIALIZED VIEW" if r["kind"] == "m" else "VIEW",
-        )
-        for r in rows
-    ]
-
-
 async def _move_types_and_functions(conn: Connection, schema: str) -> None:
     # Enums, domains and composite types the migrations created (not the row types of
     # tables, which move with their table).
@@ -174,9 +149,9 @@ async def swap(
     for row in shadow_views:
         kind = "MATERIALIZED VIEW" if row["relkind"] == "m" else "VIEW"
         await conn.execute(f"DROP {kind} IF EXISTS {ident(schema)}.{ident(row['relname'])} CASCADE")
-    views = await _dependent_views(conn, tables)
-    for view, kind in views:
-        await conn.execute(f"DROP {kind} IF EXISTS {view} CASCADE")
+    # Every view on the live tables, ours and other people's: saved, dropped, re-created.
+    dependent = await dependents.save(conn, LIVE_SCHEMA, tables)
+    await dependents.drop(conn, dependent)
     for table in tables:
         if table in live:
             await conn.execute(f"DROP TABLE {ident(LIVE_SCHEMA)}.{ident(table)} CASCADE")
@@ -201,5 +176,6 @@ async def swap(
         # Only projections installed in this database; a failing views.sql fails the swap.
         if owner is projection or owner.name in installed:
             await apply_views(conn, owner)
+    await dependents.restore(conn, dependent)
     await offsets.adopt(conn, name, replay_key(name))
     return tables

@@ -127,3 +127,40 @@ async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables
     async with dead_letter_producer(ours) as dead_letters:
         await replay(ours, events, StartAt(from_beginning=True), dead_letters)
     assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
+
+
+async def test_other_peoples_views_survive_a_replay_with_their_grants(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60, seed=9)))
+    async with running(ours, [events]):
+        await _caught_up(ours)
+    reader = f"{unique}_reader"
+    conn = await asyncpg.connect(url)
+    try:
+        # An analyst's schema: a view on a projection table, a view on that view, a grant.
+        await conn.execute(f'CREATE ROLE "{reader}"')
+        await conn.execute("CREATE SCHEMA analytics")
+        await conn.execute(
+            "CREATE VIEW analytics.by_type AS "
+            "SELECT type, count(*) AS n FROM projections.events GROUP BY type"
+        )
+        await conn.execute(
+            "CREATE VIEW analytics.top_type AS SELECT type FROM analytics.by_type "
+            "ORDER BY n DESC, type LIMIT 1"
+        )
+        await conn.execute(f'GRANT SELECT ON analytics.top_type TO "{reader}"')
+        before = await conn.fetch("SELECT * FROM analytics.by_type ORDER BY type")
+        async with dead_letter_producer(ours) as dead_letters:
+            await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        assert await conn.fetch("SELECT * FROM analytics.by_type ORDER BY type") == before
+        assert await conn.fetchval(
+            "SELECT has_table_privilege($1, 'analytics.top_type', 'SELECT')", reader
+        )
+        assert await conn.fetchval("SELECT type FROM analytics.top_type") is not None
+    finally:
+        await conn.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
+        await conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
+        await conn.close()
