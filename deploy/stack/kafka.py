@@ -129,10 +129,19 @@ def _java(paths: KafkaPaths, main: str, *args: str) -> list[str]:
     ]
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64 of a UUID, as Kafka's own tool makes them) that
+    does not start with `-`: the storage tool would read such an id as an option."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _format_storage(paths: KafkaPaths) -> None:
     if (paths.data / "meta.properties").exists():
         return
-    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    cluster_id = new_cluster_id()
     result = subprocess.run(
         _java(
             paths,

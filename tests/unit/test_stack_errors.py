@@ -57,3 +57,9 @@ def test_a_stale_pid_file_is_not_a_running_process(tmp_path: Path) -> None:
     assert process.running_pid(pid_file) is None
     assert process.stop(pid_file) is False
     assert not pid_file.exists()
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    ids = [kafka.new_cluster_id() for _ in range(2000)]  # about 30 would start with '-'
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)
