@@ -81,3 +81,13 @@ def test_a_missing_database_url_says_how_to_set_it() -> None:
         settings = settings.model_copy(update={"database_url": None})
     with pytest.raises(ConfigError, match="LATTICE_DATABASE_URL is not set"):
         settings.require_database_url()
+
+
+def test_the_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    from deploy.settings import ENV_PREFIX, Settings
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"| `{ENV_PREFIX}{name.upper()}` | `--{name.replace('_', '-')}` |" in readme
