@@ -7,8 +7,12 @@ error reports, which the runner hydrates with their `data` before they get here)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
+
+import orjson
 
 from ingest.record import HEADER_EVENT_TYPE
 from projectors.base import PoisonRecord, Record
@@ -19,7 +23,7 @@ from projectors.meters.stripe_objects import (
     subscription_changes,
     unix_seconds,
 )
-from schemas.usage import UsageAction, UsageFactError, parse_usage_fact
+from schemas.usage import MAX_IDENTIFIER, UsageAction, UsageFactError, parse_usage_fact
 
 METER_EVENTS = frozenset(
     {
@@ -33,6 +37,10 @@ ERROR_REPORTS = frozenset(
     {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
 )
 AGGREGATIONS = frozenset({"sum", "count", "last"})
+# The plain decimal strings well-formed producers send (ASCII digits only: `\d` would take
+# other scripts' digits, which only the model may judge).
+PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+ACTIONS = {None: False, "report": False, "cancel": True}
 
 
 def reduce(record: Record) -> list[Change]:
@@ -61,6 +69,9 @@ def reduce(record: Record) -> list[Change]:
 
 def usage_change(value: bytes) -> UsageReported:
     """A usage-fact record as a change; PoisonRecord with the validation error otherwise."""
+    fast = _plain_usage_change(value)
+    if fast is not None:
+        return fast
     try:
         fact = parse_usage_fact(value)
     except UsageFactError as exc:
@@ -72,6 +83,48 @@ def usage_change(value: bytes) -> UsageReported:
         value=fact.value,
         timestamp=fact.timestamp,
         cancel=fact.action is UsageAction.CANCEL,
+    )
+
+
+def _plain_usage_change(value: bytes) -> UsageReported | None:
+    """The change of a fact in the common, plainly valid shape, without the model (it cost
+    more than the rest of the reducer); None for anything else, which the model judges and
+    explains. Accepts only what the model accepts, with the same resulting values."""
+    try:
+        fact = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(fact) is not dict:
+        return None
+    identifier = fact.get("identifier")
+    event_name = fact.get("event_name")
+    customer = fact.get("stripe_customer_id")
+    raw = fact.get("value")
+    timestamp = fact.get("timestamp")
+    action = fact.get("action")
+    if (
+        type(identifier) is not str
+        or not 0 < len(identifier) <= MAX_IDENTIFIER
+        or type(event_name) is not str
+        or not 0 < len(event_name) <= 100
+        or type(customer) is not str
+        or not customer
+        or type(raw) is not str
+        or PLAIN_DECIMAL.fullmatch(raw) is None
+        or type(timestamp) is not int
+        or timestamp < 0
+        or (action is not None and type(action) is not str)
+        or action not in ACTIONS
+        or ("action" in fact and action is None)  # an explicit null: the model says why
+    ):
+        return None
+    return UsageReported(
+        identifier=identifier,
+        event_name=event_name,
+        customer=customer,
+        value=Decimal(raw),
+        timestamp=timestamp,
+        cancel=ACTIONS[action],
     )
 
 
