@@ -84,7 +84,7 @@ async def _facts(conn: asyncpg.Connection, facts: list[UsageReported], touched: 
         [f.identifier for f, _, _ in rows],
         [f.event_name for f, _, _ in rows],
         [f.customer for f, _, _ in rows],
-        [f.value for f, _, _ in rows],
+        [str(f.value) for f, _, _ in rows],
         [f.timestamp for f, _, _ in rows],
         [reported for _, reported, _ in rows],
         [cancelled for _, _, cancelled in rows],
