@@ -90,6 +90,9 @@ def create_app(settings: Settings) -> Starlette:
         lifespan=lifespan,
         exception_handlers={404: _http_error, 405: _http_error},
     )
+    # `/webhooks/x/` is not an endpoint: answer 404 like any unknown path, not a redirect
+    # that a client might follow with its body and signature.
+    app.router.redirect_slashes = False
     app.state.receiver = receiver
     return app
 

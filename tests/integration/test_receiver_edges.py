@@ -1,4 +1,5 @@
-"""Clients that send too slowly or hang up mid-body: a clear answer, nothing on the topic."""
+"""Edge cases of delivery: clients too slow or hanging up mid-body, paths with a trailing
+slash. Each gets a clear answer and nothing on the topic."""
 
 from __future__ import annotations
 
@@ -84,4 +85,16 @@ async def test_a_client_that_hangs_up_mid_body_writes_nothing(settings: Settings
         await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
+    assert await read_all(settings.kafka_bootstrap, settings.topic) == []
+
+
+async def test_a_trailing_slash_is_not_redirected(settings: Settings) -> None:
+    body = orjson.dumps(subscription_event(3))
+    header = sign_header(body, PLATFORM_NEW, int(time.time()))
+    async with running(receiver_settings(settings)) as client:
+        answer = await client.post(
+            "/webhooks/platform/", content=body, headers={"Stripe-Signature": header}
+        )
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "not_found"
     assert await read_all(settings.kafka_bootstrap, settings.topic) == []
