@@ -29,6 +29,7 @@ from projectors.batch import BatchApplier, Hydrate, is_transient
 from projectors.deadletter import DeadLetter, DeadLetterSink
 from projectors.migrate import migrate
 from projectors.runner import to_record
+from projectors.topic_partitions import UnknownTopic, partitions_of
 
 log = structlog.get_logger("lattice.replay")
 # Any constant works; the projection's name is the second key.
@@ -254,16 +255,10 @@ async def _discard(conn: asyncpg.Connection, schema: str, key: str) -> None:
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
-    tps: list[TopicPartition] = []
-    for topic in topics:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise ReplayError(f"topic {topic} does not exist")
-        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-    return tps
+    try:
+        return await partitions_of(consumer, topics)
+    except UnknownTopic as exc:
+        raise ReplayError(str(exc)) from None
 
 
 async def _catch_up(

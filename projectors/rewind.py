@@ -18,6 +18,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from projectors.topic_partitions import UnknownTopic, partitions_of
+
 
 class RewindError(Exception):
     """The group cannot be rewound as asked; the message says why and what to do."""
@@ -82,16 +84,10 @@ async def rewind(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:
-    tps: list[TopicPartition] = []
-    for topic in topics:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            raise RewindError(f"topic {topic} does not exist")
-        tps += [TopicPartition(topic, p) for p in sorted(partitions)]
-    return tps
+    try:
+        return await partitions_of(consumer, topics)
+    except UnknownTopic as exc:
+        raise RewindError(str(exc)) from None
 
 
 async def _targets(

@@ -8,9 +8,10 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from deploy.settings import Settings
+from projectors.topic_partitions import partitions_of
 
 
 @dataclass(frozen=True)
@@ -68,13 +69,8 @@ async def collect(settings: Settings, projections: Sequence[Any]) -> list[Partit
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
         topics = sorted({t for ts in wanted.values() for t in ts})
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
+        tps = await partitions_of(consumer, topics, missing_ok=True)
         ends = await consumer.end_offsets(tps) if tps else {}
         starts = await consumer.beginning_offsets(tps) if tps else {}
     finally:

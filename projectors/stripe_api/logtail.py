@@ -7,6 +7,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest.record import HEADER_EVENT_ID, HEADER_SOURCE
+from projectors.topic_partitions import UnknownTopic, partitions_of
 
 BACKFILL_SOURCE = b"backfill"
 
@@ -16,14 +17,11 @@ async def _consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[
         bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="lattice-backfill"
     )
     await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
+    try:
+        tps = await partitions_of(consumer, [topic])
+    except UnknownTopic:
         await consumer.stop()
-        raise LookupError(f"topic {topic} does not exist (or has no partitions)")
-    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        raise
     consumer.assign(tps)
     return consumer, tps
 

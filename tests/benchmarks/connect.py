@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.record import build_record
 from projectors.connect import projection
 from projectors.service import run_projections
+from projectors.topic_partitions import partitions_of
 from tests.fixtures.connect_streams import volume
 
 
@@ -67,11 +68,7 @@ async def ceiling(settings: Settings, total: int) -> float:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(settings.topic) or ()
-        tps = [TopicPartition(settings.topic, p) for p in parts]
-        if not tps:
-            raise RuntimeError(f"topic {settings.topic} has no partitions")
+        tps = await partitions_of(consumer, [settings.topic])
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         started, done = time.monotonic(), 0

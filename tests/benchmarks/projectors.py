@@ -25,13 +25,14 @@ from typing import Any
 import asyncpg
 import orjson
 import psutil
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.record import build_record
 from projectors import catalog
 from projectors.service import run_projections, tune_gc
+from projectors.topic_partitions import partitions_of
 from tests.support.stripe_stream import stream
 
 TEMPLATES = 2000
@@ -124,8 +125,7 @@ async def _ceiling(bootstrap: str, topic: str, batch: int) -> dict[str, Any]:
     )
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await partitions_of(consumer, [topic])
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
@@ -200,8 +200,7 @@ async def _log_size(bootstrap: str, topic: str) -> int:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await partitions_of(consumer, [topic])
         return int(sum((await consumer.end_offsets(tps)).values()))
     finally:
         await consumer.stop()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
+
+from projectors.topic_partitions import partitions_of
 
 
 @dataclass(frozen=True)
@@ -26,11 +28,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> lis
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await partitions_of(consumer, [topic], missing_ok=True)
         if not tps:
             return []
         consumer.assign(tps)

@@ -14,10 +14,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from deploy.settings import Settings
 from projectors.service import run_projections
+from projectors.topic_partitions import partitions_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,8 +62,7 @@ async def log_ends(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        tps = await partitions_of(consumer, [topic], missing_ok=True)
         ends = await consumer.end_offsets(tps)
         return {tp.partition: int(offset) for tp, offset in ends.items()}
     finally:
