@@ -18,7 +18,8 @@ from deploy.settings import ConfigError, Settings
 from projectors import catalog, status
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
-from projectors.replay import Progress, ReplayError, StartAt, replay
+from projectors.progress import Progress
+from projectors.replay import ReplayError, StartAt, replay
 from projectors.rewind import RewindError, rewind
 from projectors.service import dead_letter_producer, run_projections, tune_gc
 from projectors.stripe_api.hydrate import open_hydrator

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 
 from projectors.base import Connection, Record
@@ -92,3 +93,30 @@ async def record(conn: Connection, letters: Sequence[DeadLetter]) -> None:
             for lt in letters
         ],
     )
+
+
+class UnsentDeadLetters:
+    """A replay reads poison records the live runner already dead-lettered: send only
+    the ones `lattice.dead_letters` does not know yet."""
+
+    def __init__(self, sink: DeadLetterSink, pool: asyncpg.Pool) -> None:
+        self.sink = sink
+        self.pool = pool
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        async with self.pool.acquire() as conn:
+            known = {
+                (r["topic"], r["partition"], r["kafka_offset"])
+                for r in await conn.fetch(
+                    "SELECT topic, partition, kafka_offset FROM lattice.dead_letters "
+                    "WHERE projector = $1",
+                    letters[0].projector,
+                )
+            }
+        fresh = [
+            lt
+            for lt in letters
+            if (lt.record.topic, lt.record.partition, lt.record.offset) not in known
+        ]
+        if fresh:
+            await self.sink.send(fresh)

@@ -26,8 +26,9 @@ from deploy.settings import Settings
 from projectors import offsets, shadow
 from projectors.base import Connection
 from projectors.batch import BatchApplier, Hydrate, is_transient
-from projectors.deadletter import DeadLetter, DeadLetterSink
+from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.migrate import migrate
+from projectors.progress import Progress, report_progress
 from projectors.runner import to_record
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
@@ -52,26 +53,6 @@ class StartAt:
 
 
 @dataclass(frozen=True)
-class Progress:
-    """How far a replay is: records done of the known total, and the speed."""
-
-    done: int
-    total: int
-    seconds: float
-
-    @property
-    def rate(self) -> float:
-        """Records per second so far."""
-        return self.done / self.seconds if self.seconds > 0 else 0.0
-
-    @property
-    def eta_seconds(self) -> float | None:
-        """Seconds left at the current rate (None before the first batch)."""
-        rate = self.rate
-        return max(0, self.total - self.done) / rate if rate > 0 else None
-
-
-@dataclass(frozen=True)
 class ReplayResult:
     """What a finished replay did."""
 
@@ -79,33 +60,6 @@ class ReplayResult:
     seconds: float
     tables: list[str]
     positions: dict[TopicPartition, int]
-
-
-class _OnceDeadLetters:
-    """A replay reads poison records the live runner already dead-lettered: send only
-    the ones `lattice.dead_letters` does not know yet."""
-
-    def __init__(self, sink: DeadLetterSink, pool: asyncpg.Pool) -> None:
-        self.sink = sink
-        self.pool = pool
-
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
-        async with self.pool.acquire() as conn:
-            known = {
-                (r["topic"], r["partition"], r["kafka_offset"])
-                for r in await conn.fetch(
-                    "SELECT topic, partition, kafka_offset FROM lattice.dead_letters "
-                    "WHERE projector = $1",
-                    letters[0].projector,
-                )
-            }
-        fresh = [
-            lt
-            for lt in letters
-            if (lt.record.topic, lt.record.partition, lt.record.offset) not in known
-        ]
-        if fresh:
-            await self.sink.send(fresh)
 
 
 async def _start_positions(
@@ -192,7 +146,7 @@ async def replay(
         applier = BatchApplier(
             projection,
             pool,
-            _OnceDeadLetters(dead_letters, pool),
+            UnsentDeadLetters(dead_letters, pool),
             schema=schema,
             projector_key=key,
             retries=settings.poison_retries,
@@ -283,7 +237,7 @@ async def _catch_up(
             # Swap once what is left is less than a batch: the live runner, re-seeking to
             # the rebuilt positions, applies the rest within its next batch.
             if sum(fresh[tp] - positions[tp] for tp in positions) <= settings.projector_batch_size:
-                _report(on_progress, positions, first, ends, started, force=True)
+                report_progress(on_progress, positions, first, ends, started, force=True)
                 return sum(positions[tp] - first[tp] for tp in positions)
             ends = fresh
             continue
@@ -317,20 +271,4 @@ async def _catch_up(
             positions[tp] = recs[-1].offset + 1
         if time.monotonic() - last_report >= 1.0:
             last_report = time.monotonic()
-            _report(on_progress, positions, first, ends, started)
-
-
-def _report(
-    on_progress: Callable[[Progress], None] | None,
-    positions: Mapping[TopicPartition, int],
-    first: Mapping[TopicPartition, int],
-    ends: Mapping[TopicPartition, int],
-    started: float,
-    *,
-    force: bool = False,
-) -> None:
-    if on_progress is None:
-        return
-    done = sum(positions[tp] - first[tp] for tp in positions)
-    total = sum(max(ends[tp], positions[tp]) - first[tp] for tp in positions)
-    on_progress(Progress(done, total, time.monotonic() - started))
+            report_progress(on_progress, positions, first, ends, started)

@@ -12,7 +12,8 @@ import pytest
 from deploy.settings import Settings
 from ingest.record import build_record
 from projectors.events import projection as events
-from projectors.replay import Progress, StartAt, replay
+from projectors.progress import Progress
+from projectors.replay import StartAt, replay
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
