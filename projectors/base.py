@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 import orjson
+from aiokafka.structs import ConsumerRecord
 from asyncpg.pool import PoolConnectionProxy
 
 from deploy.settings import Settings
@@ -65,6 +66,19 @@ class Record:
         if not isinstance(parsed, dict):
             raise PoisonRecord("value is not a JSON object")
         return parsed
+
+
+def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
+    """An aiokafka record as the reducer sees it."""
+    return Record(
+        topic=msg.topic,
+        partition=msg.partition,
+        offset=msg.offset,
+        key=msg.key,
+        value=msg.value if msg.value is not None else b"",
+        headers=dict(msg.headers),
+        timestamp_ms=msg.timestamp,
+    )
 
 
 class Projection(Protocol[C]):

@@ -24,12 +24,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
 from projectors import offsets, shadow
-from projectors.base import Connection
+from projectors.base import Connection, to_record
 from projectors.batch import BatchApplier, Hydrate, is_transient
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.migrate import migrate
 from projectors.progress import Progress, report_progress
-from projectors.runner import to_record
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 log = structlog.get_logger("lattice.replay")

@@ -23,7 +23,7 @@ from aiokafka.structs import ConsumerRecord
 
 from deploy.settings import Settings
 from projectors import offsets
-from projectors.base import LIVE_SCHEMA, Record
+from projectors.base import LIVE_SCHEMA, Record, to_record
 from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared, is_transient
 from projectors.deadletter import DeadLetterSink
 from projectors.metrics import RuntimeMetrics
@@ -36,19 +36,6 @@ MAX_BACKOFF_S = 10.0
 def group_of(name: str, prefix: str = "lattice") -> str:
     """The Kafka consumer group of a projection: `lattice.<name>` by default."""
     return f"{prefix}.{name}"
-
-
-def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
-    """An aiokafka record as the reducer sees it."""
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value if msg.value is not None else b"",
-        headers=dict(msg.headers),
-        timestamp_ms=msg.timestamp,
-    )
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
