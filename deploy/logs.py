@@ -2,21 +2,88 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import sys
 import time
+from dataclasses import dataclass
+from typing import IO, Any
 
 import orjson
 import structlog
 from structlog.types import EventDict, WrappedLogger
 
 
-def _utc_timestamp(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _now_text() -> str:
     # structlog's TimeStamper builds a datetime per line; this is the same ISO text, cheaper.
-    now = time.time()
-    millis = int(now * 1000) % 1000
-    event["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{millis:03d}Z"
+    seconds, millis = divmod(int(time.time() * 1000), 1000)
+    return f"{_utc_second(seconds)}.{millis:03d}Z"
+
+
+def _utc_timestamp(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
+    event["timestamp"] = _now_text()
     return event
+
+
+@dataclass(frozen=True)
+class _JSONLines:
+    """What `configure_logging` set up when it writes JSON bytes: `HotLog` writes the same
+    lines itself while structlog's processors still end with this very renderer (tools
+    such as `structlog.testing.capture_logs` swap the processors inside the same list)."""
+
+    renderer: Any
+    stream: IO[bytes]
+    level: int
+
+
+_json_lines: _JSONLines | None = None
+
+
+class HotLog:
+    """One info line per request, as structlog would write it, at a fraction of the cost.
+
+    structlog spends ~10 µs on a line (a bound logger, a processor chain, a flush per
+    line); the receiver writes one per delivery. When logging is the JSON-bytes setup of
+    `configure_logging`, this renders the same fields (plus `event`, `level`, `timestamp`)
+    with one `orjson.dumps` and writes the lines of one event-loop turn together. Under
+    any other configuration (a terminal, a test capturing logs) it is structlog's logger.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._fallback = structlog.get_logger(name)
+        self._pending: list[bytes] = []
+
+    def info(self, event: str, **fields: Any) -> None:
+        """Log `event` with `fields` at info level."""
+        setup = _json_lines
+        if setup is None or structlog.get_config()["processors"][-1:] != [setup.renderer]:
+            self._fallback.info(event, **fields)
+            return
+        if setup.level > logging.INFO:
+            return
+        fields["event"] = event
+        fields["level"] = "info"
+        fields["timestamp"] = _now_text()
+        line = orjson.dumps(fields, option=orjson.OPT_APPEND_NEWLINE)
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self._flush, setup.stream)
+            except RuntimeError:  # no loop: write now
+                setup.stream.write(line)
+                setup.stream.flush()
+                return
+        self._pending.append(line)
+
+    def _flush(self, stream: IO[bytes]) -> None:
+        lines, self._pending = self._pending, []
+        stream.write(b"".join(lines))
+        stream.flush()
 
 
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
@@ -25,7 +92,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     JSON lines are rendered with orjson straight to bytes: the receiver writes one per
     request, so the renderer is on the hot path.
     """
+    global _json_lines
     as_json = (not sys.stdout.isatty()) if json is None else json
+    _json_lines = None
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -35,8 +104,10 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
     stream = getattr(sys.stderr, "buffer", None)  # absent when a test captures stderr as text
     if as_json and stream is not None:
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        _json_lines = _JSONLines(renderer, stream, numeric)
         structlog.configure(
-            processors=[*shared, structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+            processors=[*shared, renderer],
             wrapper_class=structlog.make_filtering_bound_logger(numeric),
             logger_factory=structlog.BytesLoggerFactory(file=stream),
             cache_logger_on_first_use=True,

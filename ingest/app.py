@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -16,6 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from deploy.logs import configure_logging
 from deploy.settings import Settings, load_settings
@@ -58,6 +60,37 @@ class Receiver:
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+WEBHOOKS = "/webhooks/"
+
+
+class ReceiverApp(Starlette):
+    """Starlette, except that a delivery goes straight to the webhook handler.
+
+    Starlette's middleware stack (two layers that each wrap `send`) and its regex route
+    matching cost a sixth of a delivery's CPU. A POST to `/webhooks/{endpoint}` (one path
+    segment, as the route matches it) is recognised here by its prefix and handed to
+    the `Webhook`, which answers every case itself. Everything else, including what
+    that route would not match (`/webhooks/a/b`, a trailing slash, another method), goes
+    through Starlette: its 404/405 answers, probes and lifespan are unchanged.
+    """
+
+    def __init__(self, webhook: Webhook, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.webhook = webhook
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path: str = scope["path"]
+            if path.startswith(WEBHOOKS):
+                endpoint = path[len(WEBHOOKS) :]
+                if endpoint and "/" not in endpoint:
+                    scope["app"] = self
+                    scope["path_params"] = {"endpoint": endpoint}
+                    await self.webhook(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer in the same short JSON as everything else."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
@@ -79,9 +112,11 @@ def create_app(settings: Settings) -> Starlette:
             await receiver.publisher.stop()
             receiver.webhook.body_deadlines.close()
 
-    app = Starlette(
+    app = ReceiverApp(
+        receiver.webhook,
         routes=[
-            # A plain ASGI callable: Starlette routes to it and answers 404/405 itself.
+            # Normally taken by `ReceiverApp` before routing; the route documents it and
+            # serves an app mounted under a root path.
             Route("/webhooks/{endpoint}", receiver.webhook, methods=["POST"]),
             Route("/healthz", receiver.healthz, methods=["GET"]),
             Route("/readyz", receiver.readyz, methods=["GET"]),

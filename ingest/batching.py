@@ -13,16 +13,46 @@ so keys land where any other Kafka producer would put them.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 
 from ingest.record import LogRecord
 
 Ack = tuple[int, int]
+
+
+_M = 0x5BD1E995  # murmur2's mixing constant
+_MASK = 0xFFFFFFFF
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 of `data` (`org.apache.kafka.common.utils.Utils.murmur2`).
+
+    The same function as `aiokafka.partitioner.murmur2`, which masks after every step
+    and reads a byte at a time (~4 µs for an object id); this reads the 4-byte words in
+    one `struct` call and masks only where a product can outgrow 32 bits.
+    """
+    length = len(data)
+    words = length // 4
+    h = 0x9747B28C ^ length
+    for k in struct.unpack_from(f"<{words}I", data):
+        k = (k * _M) & _MASK
+        k = ((k ^ (k >> 24)) * _M) & _MASK
+        h = ((h * _M) & _MASK) ^ k
+    rest = length - words * 4
+    if rest:
+        tail = words * 4
+        if rest == 3:
+            h ^= data[tail + 2] << 16
+        if rest >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & _MASK
+    h = ((h ^ (h >> 13)) * _M) & _MASK
+    return h ^ (h >> 15)
 
 
 def partition_for(key: bytes, partitions: list[int]) -> int:

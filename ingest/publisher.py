@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from ingest.record import LogRecord
 log = structlog.get_logger("ingest.publisher")
 
 LINGER_MS = 2  # gathers concurrent deliveries into one batch; later ones queue behind it
-COMPRESSION = "zstd"  # best ratio per CPU for JSON bodies among the codecs Kafka speaks
+COMPRESSION = "zstd"
 RECONNECT_SECONDS = 1.0
 MAX_BATCH_BYTES = 512 * 1024
 # After these the producer's sender has stopped for good (typically: batches failed while
@@ -146,7 +145,6 @@ class Publisher:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
         future = batcher.add(record)
-        future.add_done_callback(_retrieve)
         # On timeout this future (ours, one per record) fails; the batch it rides in does
         # not, and may still land: a 503 allows for that.
         wait = self._deadlines.start(functools.partial(_expire, future))
@@ -162,6 +160,13 @@ class Publisher:
             if isinstance(exc, FATAL):
                 self._replace(batcher)
             raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
+        except asyncio.CancelledError:
+            # Our caller went away (cancelling the future it awaited) or was cancelled just
+            # after the future failed: read that failure, so asyncio does not report it as
+            # never retrieved.
+            if future.done() and not future.cancelled():
+                future.exception()
+            raise
         except Exception as exc:
             # A bug here must still answer 503 (Stripe retries), not 500, and be seen.
             log.exception("publish_failed", topic=self.topic)
@@ -186,10 +191,3 @@ class Publisher:
 def _expire(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    # A send we stopped waiting for may fail later; read its error so asyncio does not
-    # report it as never retrieved (the request already got its 503).
-    if not future.cancelled() and future.exception() is not None:
-        logging.getLogger("ingest.publisher").debug("late send failure: %s", future.exception())

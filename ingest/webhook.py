@@ -17,11 +17,11 @@ import time
 from collections.abc import Iterable
 
 import orjson
-import structlog
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from deploy.logs import HotLog
 from deploy.settings import Settings
 from ingest.deadlines import Deadlines
 from ingest.metrics import ReceiverMetrics
@@ -114,7 +114,7 @@ class Webhook:
         self.secrets = settings.secrets_by_endpoint()
         self.metrics = metrics
         self.publisher = publisher
-        self.log = structlog.get_logger("ingest")
+        self.log = HotLog("ingest")
         self.body_deadlines = Deadlines(settings.body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -98,3 +99,27 @@ async def test_a_trailing_slash_is_not_redirected(settings: Settings) -> None:
     assert answer.status_code == 404
     assert answer.json()["error"] == "not_found"
     assert await read_all(settings.kafka_bootstrap, settings.topic) == []
+
+
+async def test_behind_a_root_path_deliveries_take_the_routed_path(settings: Settings) -> None:
+    # Mounted under a prefix, the fast dispatch stands aside and Starlette routes the
+    # delivery to the same handler; a nested path is still unknown.
+    body = orjson.dumps(subscription_event(4))
+    header = sign_header(body, PLATFORM_NEW, int(time.time()))
+    app = create_app(receiver_settings(settings))
+    transport = httpx.ASGITransport(app=app, root_path="/stripe")
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://receiver") as client,
+    ):
+        accepted = await client.post(
+            "/stripe/webhooks/platform", content=body, headers={"Stripe-Signature": header}
+        )
+        nested = await client.post(
+            "/stripe/webhooks/platform/x", content=body, headers={"Stripe-Signature": header}
+        )
+    assert accepted.status_code == 200, accepted.text
+    assert nested.status_code == 404
+    records = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [r.value for r in records] == [body]
+    assert records[0].headers["lattice-endpoint"] == b"platform"

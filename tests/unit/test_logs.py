@@ -1,0 +1,83 @@
+"""The receiver's per-request line: what structlog would write, written for less."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Iterator
+
+import orjson
+import pytest
+import structlog
+
+from deploy import logs
+from deploy.logs import HotLog, configure_logging
+
+
+class _Stderr(io.StringIO):
+    """A text stream with a `buffer` of bytes, like the real stderr."""
+
+    def __init__(self, buffer: io.BytesIO) -> None:
+        super().__init__()
+        self.buffer = buffer
+
+
+@pytest.fixture
+def json_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.BytesIO]:
+    sink = io.BytesIO()
+    monkeypatch.setattr(sys, "stderr", _Stderr(sink))
+    configure_logging(json=True)
+    try:
+        yield sink
+    finally:
+        structlog.reset_defaults()
+        monkeypatch.setattr(logs, "_json_lines", None)
+
+
+def lines(sink: io.BytesIO) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in sink.getvalue().splitlines()]
+
+
+def test_the_line_has_structlogs_fields(json_stderr: io.BytesIO) -> None:
+    structlog.get_logger("ingest").info("webhook", outcome="accepted", ms=1.5)
+    HotLog("ingest").info("webhook", outcome="accepted", ms=1.5)
+    by_structlog, by_hot_log = lines(json_stderr)
+    assert (
+        by_structlog.keys()
+        == by_hot_log.keys()
+        == {
+            "outcome",
+            "ms",
+            "event",
+            "level",
+            "timestamp",
+        }
+    )
+    assert by_hot_log["level"] == "info"
+    assert by_hot_log["event"] == "webhook"
+    assert str(by_hot_log["timestamp"]).endswith("Z")
+
+
+async def test_lines_of_one_loop_turn_are_written_together(json_stderr: io.BytesIO) -> None:
+    log = HotLog("ingest")
+    for n in range(3):
+        log.info("webhook", n=n)
+    assert json_stderr.getvalue() == b""  # not yet: at the end of this turn of the loop
+    await asyncio.sleep(0)
+    assert [line["n"] for line in lines(json_stderr)] == [0, 1, 2]
+
+
+def test_under_another_configuration_it_is_structlogs_logger(json_stderr: io.BytesIO) -> None:
+    with structlog.testing.capture_logs() as captured:
+        HotLog("ingest").info("webhook", outcome="too_large")
+    assert captured == [{"event": "webhook", "outcome": "too_large", "log_level": "info"}]
+    assert json_stderr.getvalue() == b""
+
+
+def test_below_the_configured_level_nothing_is_written(
+    json_stderr: io.BytesIO,
+) -> None:
+    configure_logging("warning", json=True)
+    HotLog("ingest").info("webhook", outcome="accepted")
+    assert json_stderr.getvalue() == b""
