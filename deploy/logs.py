@@ -104,10 +104,10 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     numeric = logging.getLevelName(level.upper())
     stream = getattr(sys.stderr, "buffer", None)  # absent when a test captures stderr as text
     if as_json and stream is not None:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
-        _json_lines = _JSONLines(renderer, stream, numeric)
+        to_bytes = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+        _json_lines = _JSONLines(to_bytes, stream, numeric)
         structlog.configure(
-            processors=[*shared, renderer],
+            processors=[*shared, to_bytes],
             wrapper_class=structlog.make_filtering_bound_logger(numeric),
             logger_factory=structlog.BytesLoggerFactory(file=stream),
             cache_logger_on_first_use=True,

@@ -20,7 +20,11 @@ class _Stderr(io.StringIO):
 
     def __init__(self, buffer: io.BytesIO) -> None:
         super().__init__()
-        self.buffer = buffer
+        self._bytes = buffer
+
+    @property
+    def buffer(self) -> io.BytesIO:
+        return self._bytes
 
 
 @pytest.fixture
