@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SCHEME = "v1"
 _BLANK = " \t\r\n\f\v"
@@ -28,8 +28,7 @@ class SignatureError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureHeader:
+class SignatureHeader(NamedTuple):
     """The parts of a `Stripe-Signature` header this check uses."""
 
     timestamp: int
