@@ -2,9 +2,9 @@
 
 aiokafka's `send()` costs ~60-90 µs of CPU per record (a coroutine, metadata checks and a
 future per record), more than the rest of a webhook request together. Records that
-arrive within one linger interval are instead grouped by partition, appended to a batch
-each (`create_batch`/`send_batch`, ~15 µs per record) and handed to the same idempotent,
-`acks=all` producer. Each caller still gets its own future, resolved with its own
+arrive while the previous group is in flight are instead grouped by partition, appended
+to a batch each (`create_batch`/`send_batch`, a few µs per record) and handed to the same
+idempotent, `acks=all` producer. Each caller still gets its own future, resolved with its own
 (partition, offset) when the broker acknowledges its batch, or failed with the batch.
 Partitions are chosen exactly as Kafka's default partitioner does (murmur2 of the key),
 so keys land where any other Kafka producer would put them.
@@ -61,10 +61,15 @@ def partition_for(key: bytes, partitions: list[int]) -> int:
 
 
 class Batcher:
-    """Collects records for `linger` seconds, then sends one batch per partition.
+    """Sends what has queued as one batch per partition, one group in flight at a time.
 
-    One flush runs at a time, so records keep their arrival order within a partition;
-    what arrives while a flush waits for the broker forms the next batch.
+    The first record after a quiet spell goes out after `linger` (normally 0: at the end
+    of the current loop turn, with whatever else arrived in it). While a group waits for
+    the broker's acknowledgement, new records queue; when it is acknowledged (or failed),
+    they all go out together. So a batch holds what arrived during one round trip: a
+    lone delivery is sent at once, and under load batches grow instead of queueing
+    behind each other in the producer (which, idempotent, sends one batch per partition
+    per request). Records keep their arrival order within a partition.
     """
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, linger: float) -> None:
@@ -81,7 +86,10 @@ class Batcher:
         future: asyncio.Future[Ack] = loop.create_future()
         self._pending.append((record, future))
         if self._timer is None and self._flushing is None:
-            self._timer = loop.call_later(self._linger, self._start)
+            if self._linger > 0:
+                self._timer = loop.call_later(self._linger, self._start)
+            else:
+                self._start()  # the task's first step runs after this loop turn
         return future
 
     def _start(self) -> None:
@@ -93,20 +101,27 @@ class Batcher:
         try:
             while self._pending:
                 items, self._pending = self._pending, []
-                await self._flush(items)
+                sent = await self._flush(items)
+                if sent:
+                    # The next group waits for this one's answer: it grows meanwhile.
+                    await asyncio.wait(sent)
         finally:
             self._flushing = None
 
     async def close(self) -> None:
-        """Send what is queued and wait until every batch was handed to the producer."""
+        """Send what is queued and wait until the broker answered for every batch."""
         if self._timer is not None:
             self._timer.cancel()
         self._start()
         if self._flushing is not None:
             await self._flushing
 
-    async def _flush(self, items: list[tuple[LogRecord, asyncio.Future[Ack]]]) -> None:
+    async def _flush(
+        self, items: list[tuple[LogRecord, asyncio.Future[Ack]]]
+    ) -> list[asyncio.Future[Any]]:
+        """Hand `items` to the producer; the futures of the batches it took."""
         handed: set[int] = set()
+        sent: list[asyncio.Future[Any] | None] = []
         try:
             partitions = sorted(await self.producer.partitions_for(self._topic))
             if not partitions:
@@ -119,15 +134,16 @@ class Batcher:
                 members: list[asyncio.Future[Ack]] = []
                 for record, future in group:
                     if not _append(batch, record):
-                        await self._send(batch, partition, members, handed)
+                        sent.append(await self._send(batch, partition, members, handed))
                         batch, members = self.producer.create_batch(), []
                         _append(batch, record)  # a fresh batch always takes one record
                     members.append(future)
-                await self._send(batch, partition, members, handed)
+                sent.append(await self._send(batch, partition, members, handed))
         except Exception as exc:  # every caller must hear of it: they answer 503
             for _, future in items:
                 if id(future) not in handed and not future.done():
                     future.set_exception(exc)
+        return [future for future in sent if future is not None]
 
     async def _send(
         self,
@@ -135,10 +151,12 @@ class Batcher:
         partition: int,
         members: list[asyncio.Future[Ack]],
         handed: set[int],
-    ) -> None:
+    ) -> asyncio.Future[Any] | None:
         if not members:
-            return
-        sent = await self.producer.send_batch(batch, self._topic, partition=partition)
+            return None
+        sent: asyncio.Future[Any] = await self.producer.send_batch(
+            batch, self._topic, partition=partition
+        )
         handed.update(id(f) for f in members)
 
         def settle(done: asyncio.Future[Any]) -> None:
@@ -154,6 +172,7 @@ class Batcher:
                     future.set_result((partition, int(done.result().offset) + index))
 
         sent.add_done_callback(settle)
+        return sent
 
 
 def _append(batch: Any, record: LogRecord) -> bool:

@@ -31,7 +31,7 @@ from ingest.record import LogRecord
 
 log = structlog.get_logger("ingest.publisher")
 
-LINGER_MS = 2  # gathers concurrent deliveries into one batch; later ones queue behind it
+LINGER_MS = 0  # no wait: a batch gathers what arrives while the previous one is in flight
 COMPRESSION = "zstd"
 RECONNECT_SECONDS = 1.0
 MAX_BATCH_BYTES = 512 * 1024
