@@ -73,6 +73,10 @@ def run_serve(args: argparse.Namespace) -> int:
         "port": args.port,
         "access_log": False,  # the app writes one line per request itself
         "lifespan": "on",
+        # Nothing here reads the client's address, so X-Forwarded-* need no rewriting
+        # (a middleware less per request), and the answer does not name the server.
+        "proxy_headers": False,
+        "server_header": False,
     }
     if args.workers == 1:
         configure_logging()
