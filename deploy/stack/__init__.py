@@ -54,7 +54,9 @@ def up(settings: Settings) -> StackInfo:
         kafka.wait_ready(bootstrap, timeout=30)
     else:
         bootstrap = _local_bootstrap(settings)
-        kafka_started = kafka.start(home, port=settings.kafka_port, partitions=settings.partitions)
+        kafka_started = kafka.start(
+            home, port=settings.kafka_port, partitions=settings.partitions, long_lived=True
+        )
     if _postgres_is_external(settings):
         database_url, pg_started = settings.require_database_url(), False
     else:

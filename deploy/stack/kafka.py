@@ -110,16 +110,22 @@ def ensure_jars(paths: KafkaPaths) -> None:
         )
 
 
-def _java(paths: KafkaPaths, main: str, *args: str) -> list[str]:
+def _java(paths: KafkaPaths, main: str, *args: str, long_lived: bool = False) -> list[str]:
+    """The JVM command line. Short-lived JVMs (the storage tool, the private brokers of
+    tests) stop at the quick C1 compiler: they start ~1 s sooner. A long-lived broker
+    (`lattice stack up`: tests, demo, benchmarks) also gets C2, which takes CPU in its
+    first minute and then serves each produce and fetch with less of it: on two cores
+    shared with the receiver and projectors, that is what counts."""
     java = _require_tool(
         "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
     )
+    compiler = [] if long_lived else ["-XX:TieredStopAtLevel=1"]
     return [
         java,
         "-Xms256m",
         "-Xmx1g",
         "-XX:+UseG1GC",
-        "-XX:TieredStopAtLevel=1",
+        *compiler,
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={LOG4J}",
         "-cp",
@@ -163,8 +169,11 @@ def _format_storage(paths: KafkaPaths) -> None:
         )
 
 
-def start(home: Path, *, port: int, partitions: int, timeout: float = 60.0) -> bool:
-    """Start the broker unless it already runs; wait until it answers. True if started."""
+def start(
+    home: Path, *, port: int, partitions: int, timeout: float = 60.0, long_lived: bool = False
+) -> bool:
+    """Start the broker unless it already runs; wait until it answers. True if started.
+    `long_lived`: a broker that will serve for a while (see `_java`)."""
     paths = KafkaPaths(home / "kafka")
     if process.running_pid(paths.pid) is not None:
         wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log)
@@ -184,7 +193,7 @@ def start(home: Path, *, port: int, partitions: int, timeout: float = 60.0) -> b
     )
     _format_storage(paths)
     process.spawn(
-        _java(paths, "kafka.Kafka", str(paths.config.resolve())),
+        _java(paths, "kafka.Kafka", str(paths.config.resolve()), long_lived=long_lived),
         log_file=paths.log,
         pid_file=paths.pid,
     )
