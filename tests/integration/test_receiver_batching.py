@@ -1,0 +1,68 @@
+"""How deliveries are grouped into Kafka batches: one group in flight at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from deploy.settings import Settings
+from ingest.batching import Batcher
+from ingest.record import build_received
+from tests.integration.test_receiver import subscription_event
+from tests.support.kafka import read_all
+
+pytestmark = pytest.mark.integration
+
+
+class Watched:
+    """The real producer, with a note of each batch handed over and when it was answered."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.events: list[str] = []  # "sent" and "acked", in the order they happened
+        self.handed = asyncio.Event()
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        self.events.append("sent")
+        self.handed.set()
+        future = await self.producer.send_batch(batch, topic, partition=partition)
+        future.add_done_callback(lambda _: self.events.append("acked"))
+        return future
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)
+
+
+async def test_what_arrives_during_a_round_trip_goes_out_together(settings: Settings) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+    )
+    await producer.start()
+    events = [subscription_event(n) for n in range(41)]
+    records = [
+        build_received(orjson.dumps(e), e, endpoint="platform", received_ms=1_764_000_000_000)
+        for e in events
+    ]
+    watched = Watched(producer)
+    try:
+        batcher = Batcher(watched, settings.topic, linger=0)
+        first = batcher.add(records[0])
+        await watched.handed.wait()  # the lone record is handed over at once
+        rest = [batcher.add(record) for record in records[1:]]
+        acks = await asyncio.gather(first, *rest)
+        await batcher.close()
+    finally:
+        await producer.stop()
+    # The forty that came while the first was in flight waited for its answer, then
+    # went together: one batch per partition they fall in.
+    assert watched.events[:2] == ["sent", "acked"]
+    assert 2 <= watched.events.count("sent") <= 1 + settings.partitions
+    # Each caller got its own position, and they are the records' real positions.
+    on_topic = await read_all(settings.kafka_bootstrap, settings.topic)
+    where = {(r.partition, r.offset): r.value for r in on_topic}
+    assert len(set(acks)) == len(records) == len(on_topic)
+    assert [where[ack] for ack in acks] == [r.value for r in records]
