@@ -2,8 +2,9 @@
 
 Shared by the live runner and by replay (which writes into a shadow schema under its own
 positions). Poison is isolated here: a reducer that keeps failing, or an apply that fails
-for one record alone (found with per-record savepoints after the batch apply failed), is
-retried a bounded number of times and then dead-lettered; the position moves past it.
+for one record alone (found by applying the batch again, each record under a savepoint,
+once the whole batch failed and rolled back), is retried a bounded number of times and
+then dead-lettered; the position moves past it.
 A lost connection is never poison: it propagates, and the caller reconnects and re-seeks.
 """
 
@@ -25,12 +26,16 @@ from projectors.deadletter import DeadLetter, DeadLetterSink
 
 Hydrate = Callable[[Record], Awaitable[Record]]
 THIN_EVENT = "v2.core.event"
-YIELD_EVERY = 250
+YIELD_EVERY = 50
 log = structlog.get_logger("lattice.projector")
 
 
 class Abandoned(Exception):
     """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
+
+
+class _BatchApplyFailed(Exception):
+    """A batch's apply failed for a record (not the database): isolate records and retry."""
 
 
 # SQLSTATE classes that say the database (or our schema) is wrong, not one record: a lost
@@ -152,18 +157,33 @@ class BatchApplier:
             for tp, recs in prepared.batch.items()
             if recs
         }
+        try:
+            dead = await self._transaction(prepared, moves, isolate=False)
+        except _BatchApplyFailed:
+            # Rolled back whole. Again, with every record under its own savepoint, to tell
+            # the poison from the rest (a savepoint around the whole batch would cost two
+            # round trips on every batch, the fine ones included).
+            dead = await self._transaction(prepared, moves, isolate=True)
+        changes = sum(len(c) for _, c in prepared.reduced)
+        return Outcome(prepared.records, changes, len(dead))
+
+    async def _transaction(
+        self, prepared: Prepared, moves: Mapping[TopicPartition, offsets.Advance], *, isolate: bool
+    ) -> list[DeadLetter]:
         dead = list(prepared.dead)
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(self._settings_sql)
             # Positions first: a zombie fails before doing the work, and the row locks are
             # taken before the table locks, the same order a replay swap uses.
             await offsets.compare_and_set(conn, self.key, moves)
-            dead += await self._apply(conn, prepared.reduced)
+            if isolate:
+                dead += await self._isolate(conn, prepared.reduced)
+            else:
+                await self._apply(conn, prepared.reduced)
             if dead:
                 await self.dead_letters.send(dead)
                 await deadletter.record(conn, dead)
-        changes = sum(len(c) for _, c in prepared.reduced)
-        return Outcome(prepared.records, changes, len(dead))
+        return dead
 
     async def _reduce(
         self, records: Sequence[Record]
@@ -233,14 +253,14 @@ class BatchApplier:
 
     async def _apply(
         self, conn: Connection, reduced: Sequence[tuple[Record, Sequence[Any]]]
-    ) -> list[DeadLetter]:
+    ) -> None:
+        """The whole batch in one go; _BatchApplyFailed (the transaction rolls back) when
+        it fails for something other than the database itself."""
         changes = [change for _, cs in reduced for change in cs]
         if not changes:
-            return []
+            return
         try:
-            async with conn.transaction():
-                await self.projection.apply(conn, changes)
-            return []
+            await self.projection.apply(conn, changes)
         except Exception as exc:
             if is_transient(exc):
                 raise
@@ -250,6 +270,13 @@ class BatchApplier:
                 records=len(reduced),
                 error=str(exc),
             )
+            raise _BatchApplyFailed from exc
+
+    async def _isolate(
+        self, conn: Connection, reduced: Sequence[tuple[Record, Sequence[Any]]]
+    ) -> list[DeadLetter]:
+        """Each record's changes under a savepoint: the ones that keep failing become
+        dead letters, the others are applied."""
         return [
             letter
             for record, cs in reduced
