@@ -4,6 +4,7 @@
     python -m tests.benchmarks e2e --rate 300 --seconds 30
     python -m tests.benchmarks e2e --soak                   # 10 min, RSS every 10 s
     python -m tests.benchmarks e2e --peer                   # + Supabase's stripe-sync-engine
+    python -m tests.benchmarks e2e --peer --load python     # ... driven by our client, not wrk
 
 The receiver (`lattice serve`, one worker) and `lattice project` (all projections, one process)
 run as in production against the local stack, on topics, a database and consumer groups
