@@ -6,7 +6,8 @@ assignment the consumer seeks to them. Kafka's committed offsets are never used.
 
 Two batches overlap: while PostgreSQL writes batch N (its own process, its own core), this
 one fetches and reduces batch N+1. Batch N+1 is written only after N committed, from the
-positions N left, so the positions still move strictly in order.
+positions N left, so the positions still move strictly in order; it takes along what was
+fetched meanwhile, which would otherwise wait for its write too.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class ProjectionRunner:
                 started = time.monotonic()
                 try:
                     prepared = await self.applier.prepare(batch)
+                    await self.drain()
+                    if epoch == self.epoch and not self._needs_seek:
+                        prepared = await self._top_up(prepared)
                 except Abandoned:
                     break
                 except Exception as exc:
@@ -153,7 +157,6 @@ class ProjectionRunner:
                         raise
                     self._database_lost(exc)
                     continue
-                await self.drain()
                 if epoch != self.epoch:
                     # A rebalance or seek happened since the fetch: the batch may be stale.
                     # Drop it and seek again, so nothing is skipped or applied twice.
@@ -166,6 +169,16 @@ class ProjectionRunner:
             await self.drain()  # SIGTERM: the batch in flight commits (or rolls back) first
             await consumer.stop()
             log.info("projector stopped", projector=self.name)
+
+    async def _top_up(self, prepared: Prepared) -> Prepared:
+        """Add the records fetched while the batch before was written: left for the next
+        batch, they would wait for this one's whole write too (light load: ~2.5 writes from
+        append to visible instead of ~1.5). No waiting, and never past the batch size."""
+        room = self.settings.projector_batch_size - prepared.records
+        if room <= 0 or self.consumer is None:
+            return prepared
+        more = self._take(await self.consumer.getmany(timeout_ms=0, max_records=room))
+        return _joined(prepared, await self.applier.prepare(more)) if more else prepared
 
     def _database_lost(self, exc: Exception) -> None:
         """The database failed, not a record: pause, reconnect and re-seek to the stored
@@ -292,3 +305,10 @@ class ProjectionRunner:
             await asyncio.wait_for(self.stop.wait(), timeout=self._backoff)
         except TimeoutError:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
+
+
+def _joined(first: Prepared, then: Prepared) -> Prepared:
+    """`first`, then `then` (the next offsets of the same partitions), as one batch."""
+    batch = {tp: [*recs, *then.batch.get(tp, ())] for tp, recs in first.batch.items()}
+    batch.update({tp: list(recs) for tp, recs in then.batch.items() if tp not in batch})
+    return Prepared(batch, [*first.reduced, *then.reduced], [*first.dead, *then.dead])

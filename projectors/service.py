@@ -34,6 +34,12 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 1000)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's reset query (RESET ALL, UNLISTEN, ...): a
+    round trip per batch, and nothing here sets session state (settings are SET LOCAL).
+    An open transaction is still rolled back by asyncpg before this is called."""
+
+
 @asynccontextmanager
 async def database(settings: Settings, *, size: int = 4) -> AsyncIterator[asyncpg.Pool]:
     """The process's one asyncpg pool."""
@@ -43,6 +49,7 @@ async def database(settings: Settings, *, size: int = 4) -> AsyncIterator[asyncp
         max_size=size,
         # A replay swap changes the tables under cached plans; fresh plans are cheap here.
         max_inactive_connection_lifetime=60,
+        reset=_keep_session,
     )
     try:
         yield pool
