@@ -68,17 +68,31 @@ class Record:
         return parsed
 
 
+# A frozen dataclass's __init__ sets each field through object.__setattr__, to get past
+# its own __setattr__; every record the runtime reads is built here, so set the slots
+# directly instead (about a microsecond less per record; the result is the same Record).
+_new_record = object.__new__
+_slots: Mapping[str, Any] = vars(Record)
+_set_topic = _slots["topic"].__set__
+_set_partition = _slots["partition"].__set__
+_set_offset = _slots["offset"].__set__
+_set_key = _slots["key"].__set__
+_set_value = _slots["value"].__set__
+_set_headers = _slots["headers"].__set__
+_set_timestamp = _slots["timestamp_ms"].__set__
+
+
 def to_record(msg: ConsumerRecord[bytes, bytes]) -> Record:
     """An aiokafka record as the reducer sees it."""
-    return Record(
-        topic=msg.topic,
-        partition=msg.partition,
-        offset=msg.offset,
-        key=msg.key,
-        value=msg.value if msg.value is not None else b"",
-        headers=dict(msg.headers),
-        timestamp_ms=msg.timestamp,
-    )
+    record: Record = _new_record(Record)
+    _set_topic(record, msg.topic)
+    _set_partition(record, msg.partition)
+    _set_offset(record, msg.offset)
+    _set_key(record, msg.key)
+    _set_value(record, msg.value if msg.value is not None else b"")
+    _set_headers(record, dict(msg.headers))
+    _set_timestamp(record, msg.timestamp)
+    return record
 
 
 class Projection(Protocol[C]):
