@@ -30,6 +30,8 @@ from projectors.deadletter import DeadLetterSink
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
 
+Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
 
@@ -95,6 +97,8 @@ class ProjectionRunner:
         self.epoch = 0
         self.consumer: AIOKafkaConsumer | None = None
         self._inflight: tuple[asyncio.Task[Outcome], Prepared, float] | None = None
+        # A getmany still waiting when the batch before committed, and the epoch it began in.
+        self._fetch: tuple[asyncio.Future[Fetched], int] | None = None
         self._drain_lock = asyncio.Lock()
         self._needs_seek = False
         self._needs_pause = False
@@ -134,22 +138,19 @@ class ProjectionRunner:
                     if not await self._reseek():
                         await self._pause()
                     continue
-                epoch = self.epoch
-                fetched = await consumer.getmany(
-                    timeout_ms=self.settings.projector_batch_wait_ms,
-                    max_records=self.settings.projector_batch_size,
+                fetch, epoch = self._fetch or (
+                    self._getmany(self.settings.projector_batch_size),
+                    self.epoch,
                 )
-                batch = self._take(fetched)
+                self._fetch = None
+                batch = self._take(await fetch)
                 if not batch:
                     if self._inflight is not None and self._inflight[0].done():
                         await self.drain()
                     continue
                 started = time.monotonic()
                 try:
-                    prepared = await self.applier.prepare(batch)
-                    await self.drain()
-                    if epoch == self.epoch and not self._needs_seek:
-                        prepared = await self._top_up(prepared)
+                    prepared = await self._fill(await self.applier.prepare(batch), epoch)
                 except Abandoned:
                     break
                 except Exception as exc:
@@ -166,19 +167,40 @@ class ProjectionRunner:
                     task = asyncio.create_task(self.applier.write(prepared, expected))
                     self._inflight = (task, prepared, started)
         finally:
+            if self._fetch is not None:
+                self._fetch[0].cancel()
             await self.drain()  # SIGTERM: the batch in flight commits (or rolls back) first
             await consumer.stop()
             log.info("projector stopped", projector=self.name)
 
-    async def _top_up(self, prepared: Prepared) -> Prepared:
-        """Add the records fetched while the batch before was written: left for the next
-        batch, they would wait for this one's whole write too (light load: ~2.5 writes from
-        append to visible instead of ~1.5). No waiting, and never past the batch size."""
-        room = self.settings.projector_batch_size - prepared.records
-        if room <= 0 or self.consumer is None:
-            return prepared
-        more = self._take(await self.consumer.getmany(timeout_ms=0, max_records=room))
-        return _joined(prepared, await self.applier.prepare(more)) if more else prepared
+    async def _getmany(self, most: int) -> Fetched:
+        assert self.consumer is not None
+        wait = self.settings.projector_batch_wait_ms
+        fetched: Fetched = await self.consumer.getmany(timeout_ms=wait, max_records=most)
+        return fetched
+
+    async def _fill(self, prepared: Prepared, epoch: int) -> Prepared:
+        """Until the batch before commits, keep taking and reducing what arrives: left for
+        the batch after, it would wait for this one's whole write too (~2.5 writes from
+        append to visible instead of ~1.5). Never past the batch size; a fetch still waiting
+        when the write ends is kept for the next batch (cancelling one would upset aiokafka).
+        An empty fetch ends it, so a hung write still stops the polling."""
+        while (inflight := self._inflight) is not None and epoch == self.epoch:
+            room = self.settings.projector_batch_size - prepared.records
+            if room <= 0 or self._needs_seek:
+                break
+            fetch = asyncio.ensure_future(self._getmany(room))
+            self._fetch = (fetch, epoch)
+            await asyncio.wait((fetch, inflight[0]), return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                break
+            self._fetch = None
+            more = self._take(fetch.result())
+            if not more or epoch != self.epoch:
+                break  # nothing came, or a rebalance: the caller re-seeks
+            prepared = _joined(prepared, await self.applier.prepare(more))
+        await self.drain()
+        return prepared
 
     def _database_lost(self, exc: Exception) -> None:
         """The database failed, not a record: pause, reconnect and re-seek to the stored
