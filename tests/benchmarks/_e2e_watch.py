@@ -80,10 +80,17 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._began = time.monotonic()
+        self._seen: dict[int, psutil.Process] = {}
 
     def _family(self, name: str) -> Iterable[psutil.Process]:
+        # The same Process object per pid every time: `cpu_percent` measures since that
+        # object's previous call, so a fresh one for a child (a uvicorn worker) reads 0.
         proc = self.procs[name]
-        return [proc, *proc.children(recursive=True)]
+        try:
+            children = proc.children(recursive=True)
+        except psutil.NoSuchProcess:
+            children = []
+        return [proc, *(self._seen.setdefault(child.pid, child) for child in children)]
 
     def _run(self) -> None:
         for name in self.procs:
