@@ -167,6 +167,9 @@ class ProjectionRunner:
                     expected = {tp: self.positions.get(tp) for tp in prepared.batch}
                     task = asyncio.create_task(self.applier.write(prepared, expected))
                     self._inflight = (task, prepared, started)
+                    # Let the write send its first statement now, not after the next
+                    # chunk of records is unpacked.
+                    await asyncio.sleep(0)
         finally:
             if self._fetch is not None:
                 self._fetch[0].cancel()
