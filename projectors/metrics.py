@@ -6,6 +6,9 @@ registry given to it, so tests that start many runners never collide on the glob
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -58,3 +61,21 @@ class RuntimeMetrics:
             ["projector"],
             registry=registry,
         )
+
+    def committed(
+        self,
+        projector: str,
+        records: int,
+        dead: int,
+        seconds: float,
+        lag: Mapping[TopicPartition, tuple[int | None, int | None]],
+    ) -> None:
+        """One batch committed: `lag` is each partition's (log end, stored position)."""
+        self.events.labels(projector).inc(records)
+        self.batch_size.labels(projector).observe(records)
+        self.batch_seconds.labels(projector).observe(seconds)
+        if dead:
+            self.dead_letters.labels(projector).inc(dead)
+        for tp, (end, position) in lag.items():
+            if end is not None and position is not None:
+                self.lag.labels(projector, tp.topic, str(tp.partition)).set(end - position)

@@ -19,45 +19,26 @@ from typing import Any
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
 
 from deploy.settings import Settings
 from projectors import offsets
-from projectors.base import LIVE_SCHEMA, Record, to_record
+from projectors.base import LIVE_SCHEMA, Record
 from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared, is_transient
 from projectors.deadletter import DeadLetterSink
+from projectors.intake import Fetched, getmany, joined, take
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
-
-Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+from projectors.rebalance import SeekToStored
 
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
-FETCH_CHUNK = 500  # records unpacked between two turns of the event loop
 
 
 def group_of(name: str, prefix: str = "lattice") -> str:
     """The Kafka consumer group of a projection: `lattice.<name>` by default."""
     return f"{prefix}.{name}"
-
-
-class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Finish the batch in flight before a rebalance; seek to the stored positions after."""
-
-    def __init__(self, runner: ProjectionRunner) -> None:
-        self.runner = runner
-
-    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.runner.drain()
-        for tp in revoked:
-            self.runner.positions.pop(tp, None)
-            self.runner.fetched.pop(tp, None)
-        self.runner.epoch += 1
-
-    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.runner.drain()
-        await self.runner.seek_to_stored(list(assigned))
 
 
 class ProjectionRunner:
@@ -120,9 +101,7 @@ class ProjectionRunner:
         """Consume, apply and commit until `stop` is set; then leave the group cleanly."""
         consumer = self._consumer()
         self.consumer = consumer
-        consumer.subscribe(
-            list(self.projection.topics(self.settings)), listener=_SeekToStored(self)
-        )
+        consumer.subscribe(list(self.projection.topics(self.settings)), listener=SeekToStored(self))
         await consumer.start()
         log.info(
             "projector started",
@@ -178,27 +157,8 @@ class ProjectionRunner:
             log.info("projector stopped", projector=self.name)
 
     async def _getmany(self, most: int) -> Fetched:
-        """Up to `most` records: waits for the first ones, then takes what is already
-        fetched in chunks of FETCH_CHUNK, yielding between them. aiokafka unpacks the
-        records of one getmany without yielding (~6 us a record): in one piece, a full batch
-        would hold the write in flight ~30 ms before each of its round trips, and
-        PostgreSQL would sit idle instead of writing while this batch is read."""
         assert self.consumer is not None
-        wait = self.settings.projector_batch_wait_ms
-        first = await self.consumer.getmany(timeout_ms=wait, max_records=min(most, FETCH_CHUNK))
-        fetched: Fetched = {tp: list(msgs) for tp, msgs in first.items()}
-        taken = sum(len(msgs) for msgs in first.values())
-        while first and taken < most:
-            await asyncio.sleep(0)
-            more = await self.consumer.getmany(
-                timeout_ms=0, max_records=min(most - taken, FETCH_CHUNK)
-            )
-            if not more:
-                break
-            for tp, msgs in more.items():
-                fetched.setdefault(tp, []).extend(msgs)
-                taken += len(msgs)
-        return fetched
+        return await getmany(self.consumer, most, self.settings.projector_batch_wait_ms)
 
     async def _fill(self, prepared: Prepared, epoch: int) -> Prepared:
         """Until the batch before commits, keep taking and reducing what arrives: left for
@@ -219,7 +179,7 @@ class ProjectionRunner:
             more = self._take(fetch.result())
             if not more or epoch != self.epoch:
                 break  # nothing came, or a rebalance: the caller re-seeks
-            prepared = _joined(prepared, await self.applier.prepare(more))
+            prepared = joined(prepared, await self.applier.prepare(more))
         await self.drain()
         return prepared
 
@@ -237,16 +197,7 @@ class ProjectionRunner:
     def _take(
         self, fetched: Mapping[TopicPartition, Sequence[ConsumerRecord[bytes, bytes]]]
     ) -> dict[TopicPartition, list[Record]]:
-        batch: dict[TopicPartition, list[Record]] = {}
-        for tp, msgs in fetched.items():
-            if tp not in self.fetched:
-                continue  # revoked while the fetch was in flight
-            start = self.fetched[tp]
-            records = [to_record(m) for m in msgs if start is None or m.offset >= start]
-            if records:
-                batch[tp] = records
-                self.fetched[tp] = records[-1].offset + 1
-        return batch
+        return take(fetched, self.fetched)
 
     async def drain(self) -> None:
         """Wait for the batch in flight; on success its positions become the stored ones,
@@ -273,29 +224,20 @@ class ProjectionRunner:
                 if tp in self.positions:
                     self.positions[tp] = records[-1].offset + 1
             self._backoff = 0.5
-            self._observe(prepared, outcome, started)
-
-    def _observe(self, prepared: Prepared, outcome: Outcome, started: float) -> None:
-        seconds = time.monotonic() - started
-        m = self.metrics
-        m.events.labels(self.name).inc(outcome.records)
-        m.batch_size.labels(self.name).observe(outcome.records)
-        m.batch_seconds.labels(self.name).observe(seconds)
-        if outcome.dead:
-            m.dead_letters.labels(self.name).inc(outcome.dead)
-        assert self.consumer is not None
-        for tp in prepared.batch:
-            end, position = self.consumer.highwater(tp), self.positions.get(tp)
-            if end is not None and position is not None:
-                m.lag.labels(self.name, tp.topic, str(tp.partition)).set(end - position)
-        log.info(
-            "batch",
-            projector=self.name,
-            records=outcome.records,
-            dead=outcome.dead,
-            partitions=sorted(tp.partition for tp in prepared.batch),
-            ms=round(seconds * 1000, 1),
-        )
+            assert self.consumer is not None
+            seconds = time.monotonic() - started
+            lag = {
+                tp: (self.consumer.highwater(tp), self.positions.get(tp)) for tp in prepared.batch
+            }
+            self.metrics.committed(self.name, outcome.records, outcome.dead, seconds, lag)
+            log.info(
+                "batch",
+                projector=self.name,
+                records=outcome.records,
+                dead=outcome.dead,
+                partitions=sorted(tp.partition for tp in prepared.batch),
+                ms=round(seconds * 1000, 1),
+            )
 
     async def seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek each partition to its stored position (the beginning when none); on a
@@ -348,10 +290,3 @@ class ProjectionRunner:
             await asyncio.wait_for(self.stop.wait(), timeout=self._backoff)
         except TimeoutError:
             self._backoff = min(self._backoff * 2, MAX_BACKOFF_S)
-
-
-def _joined(first: Prepared, then: Prepared) -> Prepared:
-    """`first`, then `then` (the next offsets of the same partitions), as one batch."""
-    batch = {tp: [*recs, *then.batch.get(tp, ())] for tp, recs in first.batch.items()}
-    batch.update({tp: list(recs) for tp, recs in then.batch.items() if tp not in batch})
-    return Prepared(batch, [*first.reduced, *then.reduced], [*first.dead, *then.dead])

@@ -1,0 +1,30 @@
+"""The runner's answer to a rebalance: finish the batch in flight, then seek to the
+positions stored in PostgreSQL (Kafka's committed offsets are never used)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from aiokafka import ConsumerRebalanceListener, TopicPartition
+
+if TYPE_CHECKING:
+    from projectors.runner import ProjectionRunner
+
+
+class SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Finish the batch in flight before a rebalance; seek to the stored positions after."""
+
+    def __init__(self, runner: ProjectionRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        await self.runner.drain()
+        for tp in revoked:
+            self.runner.positions.pop(tp, None)
+            self.runner.fetched.pop(tp, None)
+        self.runner.epoch += 1
+
+    async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        await self.runner.drain()
+        await self.runner.seek_to_stored(list(assigned))
