@@ -37,6 +37,7 @@ from tests.faults.services import (
     start_private_kafka,
     start_private_postgres,
 )
+from tests.support.homes import server_home
 from tests.support.projectors import extra_database, running
 from tests.support.wait import eventually
 
@@ -81,13 +82,14 @@ def live_kafka(private_kafka: PrivateKafka) -> PrivateKafka:
 
 
 @pytest.fixture(scope="session")
-def private_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePostgres]:
+def private_postgres() -> Iterator[PrivatePostgres]:
     """A PostgreSQL server this session may kill (never the shared one on 55432)."""
-    server = start_private_postgres(tmp_path_factory.mktemp("pg"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    with server_home("pg") as home:
+        server = start_private_postgres(home)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 CONTRACT_TABLES = [

@@ -1,6 +1,6 @@
 """PostgreSQL restarted under a running projector: it waits, reconnects and goes on.
 
-Uses a private PostgreSQL server under tmp_path (the shared one is never restarted)."""
+Uses a private PostgreSQL server (the shared one is never restarted)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
 from tests.conftest import Stack
 from tests.support.audit_projection import AuditProjection, applied_counts
+from tests.support.homes import server_home
 from tests.support.ports import free_port
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import produce, records, stream
@@ -26,14 +27,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def private_pg(tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
+async def private_pg() -> AsyncIterator[tuple[Path, int]]:
     """A PostgreSQL server of this test's own: its home and port."""
-    home, port = tmp_path / "pg-home", free_port()
-    await asyncio.to_thread(postgres.start, home, port=port)
-    try:
-        yield home, port
-    finally:
-        await asyncio.to_thread(postgres.stop, home)
+    with server_home("pg") as home:
+        port = free_port()
+        await asyncio.to_thread(postgres.start, home, port=port)
+        try:
+            yield home, port
+        finally:
+            await asyncio.to_thread(postgres.stop, home)
 
 
 async def test_postgresql_restart_loses_and_doubles_nothing(
