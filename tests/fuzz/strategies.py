@@ -106,7 +106,7 @@ def mutated(draw: st.DrawFn, document: Any, *, max_changes: int = 3) -> Any:
     """`document` (a JSON value) with up to `max_changes` fields dropped or replaced."""
     result = json.loads(json.dumps(document))
     for _ in range(draw(st.integers(1, max_changes))):
-        paths = list(_paths(result))
+        paths = list(json_paths(result))
         if not paths:
             break
         path = draw(st.sampled_from(paths))
@@ -124,7 +124,7 @@ def mutated(draw: st.DrawFn, document: Any, *, max_changes: int = 3) -> Any:
     return result
 
 
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+def json_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     found: list[tuple[Any, ...]] = []
     if isinstance(value, dict):
         items: list[tuple[Any, Any]] = list(value.items())
@@ -134,5 +134,5 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         return found
     for key, child in items:
         found.append((*prefix, key))
-        found.extend(_paths(child, (*prefix, key)))
+        found.extend(json_paths(child, (*prefix, key)))
     return found
