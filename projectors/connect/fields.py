@@ -40,7 +40,10 @@ def moment(value: Any, what: str) -> datetime:
     """Unix seconds as a UTC datetime; PoisonRecord naming `what` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise PoisonRecord(f"{what} is not Unix seconds: {value!r}")
-    return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        raise PoisonRecord(f"{what} is out of range: {value!r}") from None
 
 
 def opt_moment(value: Any, what: str) -> datetime | None:
@@ -96,7 +99,7 @@ def list_data(obj: Mapping[str, Any], field: str) -> list[Mapping[str, Any]]:
     """The objects of an embedded list (`{"object": "list", "data": [...]}`)."""
     listing = obj.get(field)
     data = listing.get("data") if isinstance(listing, dict) else None
-    return [item for item in data or () if isinstance(item, dict)]
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
 
 
 def strings(value: Any) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from projectors.subscriptions.snapshot import (
     Event,
     declared_elsewhere,
     integer,
+    list_data,
     mapping,
     object_id,
     read_event,
@@ -158,9 +159,8 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     status = text(obj.get("status")) or "draft"
     deleted = event.type == "invoice.deleted" or obj.get("deleted") is True
     transitions = mapping(obj.get("status_transitions"))
-    lines_list = mapping(obj.get("lines"))
     lines = {}
-    for raw in lines_list.get("data") or ():
+    for raw in list_data(obj.get("lines")):
         if type(raw) is dict and type(raw.get("id")) is str:
             lines[raw["id"]] = _line(raw)
     terminal = deleted or status in TERMINAL_INVOICE
@@ -194,7 +194,7 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
         number=text(obj.get("number")),
         created=integer(obj.get("created")),
         livemode=obj.get("livemode") is True or event.livemode,
-        lines_complete=lines_list.get("has_more") is not True,
+        lines_complete=mapping(obj.get("lines")).get("has_more") is not True,
         lines=tuple(lines.values()),
     )
 

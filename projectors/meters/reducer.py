@@ -135,7 +135,7 @@ def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> Meter
         raise PoisonRecord(f"billing.meter in {event_id} has no id or event_name")
     aggregation = meter.get("default_aggregation")
     formula = aggregation.get("formula") if isinstance(aggregation, Mapping) else None
-    if formula not in AGGREGATIONS:
+    if not isinstance(formula, str) or formula not in AGGREGATIONS:
         raise PoisonRecord(
             f"meter {meter_id} in {event_id}: aggregation {formula!r} is not sum, count or last"
         )
@@ -149,6 +149,12 @@ def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> Meter
         event_id=event_id,
         created=created,
     )
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` if it is a JSON array, else no items (a report with a mangled list still
+    counts its errors; only its samples are lost)."""
+    return value if isinstance(value, list) else []
 
 
 def error_report_changes(
@@ -167,13 +173,13 @@ def error_report_changes(
     changes: list[Change] = []
     sampled = 0
     counted = 0
-    for error_type in reason.get("error_types") or []:
+    for error_type in _list(reason.get("error_types")):
         if not isinstance(error_type, Mapping):
             continue
         code = str(error_type.get("code") or "unknown")
         count = error_type.get("error_count")
         counted += count if isinstance(count, int) and not isinstance(count, bool) else 0
-        for sample in error_type.get("sample_errors") or []:
+        for sample in _list(error_type.get("sample_errors")):
             if not isinstance(sample, Mapping):
                 continue
             request = sample.get("request")

@@ -18,6 +18,7 @@ from projectors.subscriptions.snapshot import (
     Event,
     declared_elsewhere,
     integer,
+    list_data,
     mapping,
     object_id,
     read_event,
@@ -145,7 +146,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
     legacy_end = integer(obj.get("current_period_end"))
     items = tuple(
         _item(raw, legacy_start, legacy_end)
-        for raw in mapping(obj.get("items")).get("data") or ()
+        for raw in list_data(obj.get("items"))
         if type(raw) is dict and type(raw.get("id")) is str
     )
     # Since basil each item has its own period; the subscription's is their span.

@@ -148,3 +148,10 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 def mapping(value: Any) -> Mapping[str, Any]:
     """A nested object, or an empty one when absent or null."""
     return value if type(value) is dict else EMPTY
+
+
+def list_data(value: Any) -> list[Any]:
+    """The items of an embedded list object (`{"object": "list", "data": [...]}`); none
+    when it is absent, null or not that shape."""
+    data = mapping(value).get("data")
+    return data if type(data) is list else []

@@ -155,6 +155,25 @@ def test_a_hydrated_error_report_rejects_its_samples_and_keeps_the_count() -> No
     assert (report.validation_start, report.validation_end, report.created) == (T0 - 3600, T0, T0)
 
 
+@pytest.mark.parametrize(
+    ("error_types", "sample_errors"), [(True, None), (5, None), ({"a": 1}, None), (None, True)]
+)
+def test_a_report_whose_lists_are_not_lists_keeps_its_count(
+    error_types: object, sample_errors: object
+) -> None:
+    """Found by the guided fuzzer: `sample_errors: true` raised TypeError, which would stall
+    the partition instead of being applied or dead-lettered."""
+    evt = error_report(identifiers=["a"], meter="mtr_1", extra_errors=3, at=T0)
+    reason = evt["data"]["reason"]
+    if error_types is None:
+        reason["error_types"][0]["sample_errors"] = sample_errors
+    else:
+        reason["error_types"] = error_types
+    (report,) = projection.reduce(stripe_record(evt))
+    assert isinstance(report, ErrorReport)
+    assert (report.error_count, report.sampled) == (reason.get("error_count", 4), 0)
+
+
 def test_no_meter_found_has_no_meter() -> None:
     evt = error_report(identifiers=["a"], meter=None, code="no_meter")
     changes = projection.reduce(stripe_record(evt))
