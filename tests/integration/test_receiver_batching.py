@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
 from ingest.batching import Batcher
+from ingest.publisher import MAX_BATCH_BYTES
 from ingest.record import build_received
 from tests.integration.test_receiver import subscription_event
 from tests.support.kafka import read_all
@@ -38,8 +39,13 @@ class Watched:
 
 
 async def test_what_arrives_during_a_round_trip_goes_out_together(settings: Settings) -> None:
+    # Batches as large as the receiver's: each partition's share of the forty fits in one,
+    # wherever their random ids send them (with aiokafka's 16 KB default it may not).
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True, acks="all"
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        max_batch_size=MAX_BATCH_BYTES,
     )
     await producer.start()
     events = [subscription_event(n) for n in range(41)]
