@@ -161,8 +161,8 @@ def test_a_hydrated_error_report_rejects_its_samples_and_keeps_the_count() -> No
 def test_a_report_whose_lists_are_not_lists_keeps_its_count(
     error_types: object, sample_errors: object
 ) -> None:
-    """Found by the guided fuzzer: `sample_errors: true` raised TypeError, which would stall
-    the partition instead of being applied or dead-lettered."""
+    """Found by the guided fuzzer: `sample_errors: true` raised TypeError, so the runner
+    dead-lettered the whole report (after its retries), error count included."""
     evt = error_report(identifiers=["a"], meter="mtr_1", extra_errors=3, at=T0)
     reason = evt["data"]["reason"]
     if error_types is None:
