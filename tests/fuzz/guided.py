@@ -5,23 +5,25 @@
     python -m tests.fuzz.guided reducers -runs=5000 -seed=7
 
 The hypothesis suites beside this file generate what we expect to be hostile; libFuzzer
-instead mutates bytes towards branches no input has reached yet, which finds what nobody
+instead mutates inputs towards branches no input has reached yet, which finds what nobody
 thought of. Each target asserts its invariant; a violation is an uncaught exception, which
 libFuzzer reports with the input that caused it (saved under `-artifact_prefix`) and a
-non-zero exit. Every run starts from a seed corpus of real Stripe-shaped inputs written to
-a temporary folder (new finds are added there and go with it). `test_guided_fuzz.py` runs
-each target for a bounded number of inputs in `make test`.
+non-zero exit. Every run starts from seeds of real Stripe-shaped inputs (read with
+`-seed_inputs`; give corpus folders after the flags to keep what a run finds) and a
+dictionary of JSON tokens and Stripe's field names. `test_guided_fuzz.py` runs each target
+for a bounded number of inputs in `make test`.
 
 - `signature`: a body and a `Stripe-Signature` header built from fuzzed items (right and
-  wrong `v1`s, junk, any spelling). `verify` accepts exactly when Stripe's own library does
-  (the `stripe` package is the oracle), refuses a timestamp outside the tolerance, and
-  raises nothing but `SignatureError`.
-- `envelope`: any bytes as a body. `parse_event` returns an event that meets the envelope
-  contract (and reads as Python's json module reads it) or raises `EnvelopeError`; the
-  record the receiver would then append builds without error.
-- `reducers`: any bytes as a record's value, with fuzzed headers and topic. Every
-  projection's `reduce` returns a sequence of changes or raises `PoisonRecord` (a dead
-  letter with a reason), nothing else.
+  wrong `v1`s, upper-case hex, `v0`, junk, any separator). `verify` accepts exactly when
+  Stripe's own library does (where it gives a verdict, see `tests/support/stripe_oracle`),
+  refuses a timestamp outside the tolerance, and raises nothing but `SignatureError`.
+- `envelope`: bytes as a body, or a real event with fields edited by the fuzzer (`_edit`).
+  `parse_event` returns an event that meets the envelope contract (and reads as Python's
+  json module reads it) or raises `EnvelopeError`; the record the receiver would then
+  append builds without error.
+- `reducers`: the same two kinds of value on every topic, with the receiver's headers,
+  fuzzed ones or none. Every projection's `reduce` returns a sequence of changes or
+  raises `PoisonRecord` (a dead letter with a reason), nothing else.
 """
 
 from __future__ import annotations
@@ -277,7 +279,8 @@ JSON_TOKENS = (
     b'"previous_attributes"',
 )
 
-
+# Seeds of the edit mode (an odd first byte): the fuzzer's choices start from all zeros
+# (the first event, one edit) and from a ramp, and grow from there.
 EDITS = (b"\x01" + bytes(64), b"\x01" + bytes(range(1, 256, 3)))
 
 
