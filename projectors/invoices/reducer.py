@@ -159,8 +159,9 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     status = text(obj.get("status")) or "draft"
     deleted = event.type == "invoice.deleted" or obj.get("deleted") is True
     transitions = mapping(obj.get("status_transitions"))
+    lines_list = mapping(obj.get("lines"))
     lines = {}
-    for raw in list_data(obj.get("lines")):
+    for raw in list_data(lines_list):
         if type(raw) is dict and type(raw.get("id")) is str:
             lines[raw["id"]] = _line(raw)
     terminal = deleted or status in TERMINAL_INVOICE
@@ -194,7 +195,7 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
         number=text(obj.get("number")),
         created=integer(obj.get("created")),
         livemode=obj.get("livemode") is True or event.livemode,
-        lines_complete=mapping(obj.get("lines")).get("has_more") is not True,
+        lines_complete=lines_list.get("has_more") is not True,
         lines=tuple(lines.values()),
     )
 

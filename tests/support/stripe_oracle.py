@@ -18,5 +18,5 @@ def stripe_verdict(body: str, header: str, secret: str, tolerance: int | None) -
         return bool(stripe.WebhookSignature.verify_header(body, header, secret, tolerance))
     except stripe.SignatureVerificationError:
         return False
-    except (TypeError, ValueError, UnicodeError):
+    except (TypeError, ValueError):
         return None
