@@ -23,6 +23,7 @@ from aiokafka import TopicPartition
 from projectors import deadletter, offsets
 from projectors.base import Connection, HydrationUnavailable, Record
 from projectors.deadletter import DeadLetter, DeadLetterSink
+from projectors.failures import is_transient
 
 Hydrate = Callable[[Record], Awaitable[Record]]
 THIN_EVENT = "v2.core.event"
@@ -36,35 +37,6 @@ class Abandoned(Exception):
 
 class _BatchApplyFailed(Exception):
     """A batch's apply failed for a record (not the database): isolate records and retry."""
-
-
-# SQLSTATE classes that say the database (or our schema) is wrong, not one record: a lost
-# connection (08), transaction state (25), rollback (40), a missing table or column or a
-# permission (42, e.g. a migration half-deployed), resources (53), a lock not available
-# (55), operator intervention such as a restart (57), system and internal errors (58, XX),
-# an unsupported feature (0A). Isolating records would dead-letter every one of them.
-SYSTEM_SQLSTATE_CLASSES = frozenset({"08", "25", "40", "42", "53", "55", "57", "58", "0A", "XX"})
-
-
-def is_transient(exc: BaseException) -> bool:
-    """True for failures of the database itself, not of a record: a lost or refused
-    connection, a server starting or shutting down, a serialization failure or deadlock, a
-    plan made stale by a replay swap, a schema that does not match the code yet. The batch
-    is retried whole after a pause; nothing is dead-lettered."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return True
-    if isinstance(
-        exc,
-        asyncpg.PostgresConnectionError
-        | asyncpg.exceptions.OperatorInterventionError
-        | asyncpg.exceptions.InvalidCachedStatementError
-        | asyncpg.exceptions.InsufficientResourcesError
-        # "another operation is in progress": a connection left mid-query by a crash.
-        | asyncpg.exceptions.InternalClientError,
-    ):
-        return True
-    sqlstate = getattr(exc, "sqlstate", None)
-    return isinstance(sqlstate, str) and sqlstate[:2] in SYSTEM_SQLSTATE_CLASSES
 
 
 def is_thin(record: Record) -> bool:

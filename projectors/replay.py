@@ -25,8 +25,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from deploy.settings import Settings
 from projectors import offsets, shadow
 from projectors.base import Connection, to_record
-from projectors.batch import BatchApplier, Hydrate, is_transient
+from projectors.batch import BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
+from projectors.failures import is_transient
 from projectors.migrate import migrate
 from projectors.progress import Progress, report_progress
 from projectors.topic_partitions import UnknownTopic, partitions_of

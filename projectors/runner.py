@@ -25,8 +25,9 @@ from aiokafka.structs import ConsumerRecord
 from deploy.settings import Settings
 from projectors import offsets
 from projectors.base import LIVE_SCHEMA, Record
-from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared, is_transient
+from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared
 from projectors.deadletter import DeadLetterSink
+from projectors.failures import is_transient
 from projectors.intake import Fetched, getmany, joined, take
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict

@@ -11,7 +11,7 @@ import pytest
 
 from deploy.settings import Settings
 from projectors.base import Record
-from projectors.batch import is_transient
+from projectors.failures import is_transient
 from projectors.migrate import migrate
 from tests.conftest import Stack, Topics
 from tests.support.audit_projection import AuditProjection, applied_counts

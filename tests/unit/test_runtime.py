@@ -12,9 +12,10 @@ import pytest
 
 from projectors import catalog
 from projectors.base import PoisonRecord, Record
-from projectors.batch import is_thin, is_transient
+from projectors.batch import is_thin
 from projectors.deadletter import DeadLetter, headers_for
 from projectors.events.reducer import reduce
+from projectors.failures import is_transient
 from projectors.progress import Progress
 from projectors.status import PartitionStatus, render
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
