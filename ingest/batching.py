@@ -63,44 +63,42 @@ def partition_for(key: bytes, partitions: list[int]) -> int:
 class Batcher:
     """Sends what has queued as one batch per partition, one group in flight at a time.
 
-    The first record after a quiet spell goes out after `linger` (normally 0: at the end
-    of the current loop turn, with whatever else arrived in it). While a group waits for
-    the broker's acknowledgement, new records queue; when it is acknowledged (or failed),
-    they all go out together. So a batch holds what arrived during one round trip: a
-    lone delivery is sent at once, and under load batches grow instead of queueing
-    behind each other in the producer (which, idempotent, sends one batch per partition
-    per request). Records keep their arrival order within a partition.
+    While a group waits for the broker's acknowledgement, new records queue; when it is
+    acknowledged (or failed), they go out together, but never sooner than `spacing`
+    after the previous group was handed over. So under load a worker sends at most one
+    produce request per `spacing` and a batch holds what arrived in that time (the broker
+    and the producer work per request, not per record: fewer, larger batches leave more
+    of the CPU to the deliveries themselves), while a delivery after a quiet spell is
+    sent at once. Records keep their arrival order within a partition.
     """
 
-    def __init__(self, producer: AIOKafkaProducer, topic: str, linger: float) -> None:
+    def __init__(self, producer: AIOKafkaProducer, topic: str, spacing: float) -> None:
         self.producer = producer
         self._topic = topic
-        self._linger = linger
+        self._spacing = spacing
         self._pending: list[tuple[LogRecord, asyncio.Future[Ack]]] = []
-        self._timer: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
+        self._last_sent = -spacing
 
     def add(self, record: LogRecord) -> asyncio.Future[Ack]:
         """Queue `record`; the future resolves to (partition, offset) once acknowledged."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self._pending.append((record, future))
-        if self._timer is None and self._flushing is None:
-            if self._linger > 0:
-                self._timer = loop.call_later(self._linger, self._start)
-            else:
-                self._start()  # the task's first step runs after this loop turn
+        if self._flushing is None:
+            # The task's first step runs after this loop turn, with whatever else came in it.
+            self._flushing = loop.create_task(self._run())
         return future
 
-    def _start(self) -> None:
-        self._timer = None
-        if self._flushing is None and self._pending:
-            self._flushing = asyncio.get_running_loop().create_task(self._run())
-
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending:
+                wait = self._last_sent + self._spacing - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 items, self._pending = self._pending, []
+                self._last_sent = loop.time()
                 sent = await self._flush(items)
                 if sent:
                     # The next group waits for this one's answer: it grows meanwhile.
@@ -110,9 +108,8 @@ class Batcher:
 
     async def close(self) -> None:
         """Send what is queued and wait until the broker answered for every batch."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._start()
+        if self._flushing is None and self._pending:
+            self._flushing = asyncio.get_running_loop().create_task(self._run())
         if self._flushing is not None:
             await self._flushing
 

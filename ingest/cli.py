@@ -17,6 +17,7 @@ from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
 from ingest.signature import sign_header
+from ingest.workers import run_workers
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RECEIVER_SETTINGS = (
@@ -40,7 +41,12 @@ def register(commands: Any) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
-    serve.add_argument("--workers", type=int, default=1, help="worker processes (1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes (1); each accepts on its own SO_REUSEPORT socket",
+    )
     add_setting_flags(serve, RECEIVER_SETTINGS)
     serve.set_defaults(handler=run_serve)
 
@@ -86,8 +92,9 @@ def run_serve(args: argparse.Namespace) -> int:
     for field, value in overrides.items():
         if value is not None:
             os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
-    uvicorn.run("ingest.app:app_from_env", factory=True, workers=args.workers, **common)
-    return 0
+    configure_logging()
+    config = uvicorn.Config("ingest.app:app_from_env", factory=True, **common)
+    return run_workers(config, args.workers)
 
 
 def run_send(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ from ingest.record import LogRecord
 
 log = structlog.get_logger("ingest.publisher")
 
-LINGER_MS = 0  # no wait: a batch gathers what arrives while the previous one is in flight
+# Under load, a worker's batches go at least this far apart (a lone delivery goes at once).
+BATCH_SPACING_MS = 2
 COMPRESSION = "zstd"
 RECONNECT_SECONDS = 1.0
 MAX_BATCH_BYTES = 512 * 1024
@@ -100,7 +101,7 @@ class Publisher:
                 await producer.stop()
             log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
             return False
-        self._batcher = Batcher(producer, self.topic, LINGER_MS / 1000)
+        self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
         return True
 

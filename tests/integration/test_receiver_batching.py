@@ -1,4 +1,4 @@
-"""How deliveries are grouped into Kafka batches: one group in flight at a time."""
+"""How deliveries are grouped into Kafka batches: one group in flight at a time, spaced."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from deploy.settings import Settings
 from ingest.batching import Batcher
 from ingest.publisher import MAX_BATCH_BYTES
-from ingest.record import build_received
+from ingest.record import LogRecord, build_received
 from tests.integration.test_receiver import subscription_event
 from tests.support.kafka import read_all
 
@@ -25,10 +25,12 @@ class Watched:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
         self.events: list[str] = []  # "sent" and "acked", in the order they happened
+        self.sent_at: list[float] = []  # loop time of each batch handed over
         self.handed = asyncio.Event()
 
     async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
         self.events.append("sent")
+        self.sent_at.append(asyncio.get_running_loop().time())
         self.handed.set()
         future = await self.producer.send_batch(batch, topic, partition=partition)
         future.add_done_callback(lambda _: self.events.append("acked"))
@@ -38,24 +40,32 @@ class Watched:
         return getattr(self.producer, name)
 
 
-async def test_what_arrives_during_a_round_trip_goes_out_together(settings: Settings) -> None:
-    # Batches as large as the receiver's: each partition's share of the forty fits in one,
-    # wherever their random ids send them (with aiokafka's 16 KB default it may not).
-    producer = AIOKafkaProducer(
+def receiver_producer(settings: Settings) -> AIOKafkaProducer:
+    # Batches as large as the receiver's: each partition's share of the records fits in
+    # one, wherever their random ids send them (with aiokafka's 16 KB default it may not).
+    return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         enable_idempotence=True,
         acks="all",
         max_batch_size=MAX_BATCH_BYTES,
     )
-    await producer.start()
-    events = [subscription_event(n) for n in range(41)]
-    records = [
+
+
+def received(count: int) -> list[LogRecord]:
+    events = [subscription_event(n) for n in range(count)]
+    return [
         build_received(orjson.dumps(e), e, endpoint="platform", received_ms=1_764_000_000_000)
         for e in events
     ]
+
+
+async def test_what_arrives_during_a_round_trip_goes_out_together(settings: Settings) -> None:
+    producer = receiver_producer(settings)
+    await producer.start()
+    records = received(41)
     watched = Watched(producer)
     try:
-        batcher = Batcher(watched, settings.topic, linger=0)
+        batcher = Batcher(watched, settings.topic, spacing=0)
         first = batcher.add(records[0])
         await watched.handed.wait()  # the lone record is handed over at once
         rest = [batcher.add(record) for record in records[1:]]
@@ -72,3 +82,36 @@ async def test_what_arrives_during_a_round_trip_goes_out_together(settings: Sett
     where = {(r.partition, r.offset): r.value for r in on_topic}
     assert len(set(acks)) == len(records) == len(on_topic)
     assert [where[ack] for ack in acks] == [r.value for r in records]
+
+
+async def test_batches_go_at_least_the_spacing_apart_and_a_lone_one_at_once(
+    settings: Settings,
+) -> None:
+    spacing = 0.4
+    producer = receiver_producer(settings)
+    await producer.start()
+    records = received(12)
+    watched = Watched(producer)
+    loop = asyncio.get_running_loop()
+    try:
+        batcher = Batcher(watched, settings.topic, spacing=spacing)
+        added = loop.time()
+        await batcher.add(records[0])  # answered: nothing is in flight any more
+        busy = [batcher.add(record) for record in records[1:11]]
+        await asyncio.gather(*busy)
+        await asyncio.sleep(spacing)  # a quiet spell
+        quiet_added = loop.time()
+        await batcher.add(records[11])
+        await batcher.close()
+    finally:
+        await producer.stop()
+    first, *group, last = watched.sent_at
+    # The first delivery and the one after the quiet spell were not held back ...
+    assert first - added < spacing
+    assert last - quiet_added < spacing
+    # ... while those that came right after an answer waited for the spacing to pass
+    # (counted from when the first group was formed, a moment before it was handed over).
+    assert group
+    assert min(group) >= first + spacing - 0.01
+    on_topic = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert sorted(r.value or b"" for r in on_topic) == sorted(r.value for r in records)

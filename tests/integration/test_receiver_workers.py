@@ -1,0 +1,135 @@
+"""`lattice serve --workers N`: each worker accepts on its own socket, and is restarted."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from deploy.settings import Settings
+from tests.integration.test_receiver import PLATFORM_NEW
+from tests.integration.test_receiver_cli import LATTICE, free_port
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.integration
+
+CONNECTIONS = 32
+
+
+def listening_workers(parent: psutil.Process, port: int) -> list[psutil.Process]:
+    """The children of `parent` that have a socket listening on `port`."""
+    found = []
+    for child in parent.children():
+        with_port = [
+            c
+            for c in child.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
+        if with_port:
+            found.append(child)
+    return found
+
+
+def established_on(process: psutil.Process, port: int) -> int:
+    return sum(
+        1
+        for c in process.net_connections("tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+    )
+
+
+async def get_healthz(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """One keep-alive connection that has had one answer (left open)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: lattice\r\n\r\n")
+    status = await reader.readline()
+    return reader, writer, status
+
+
+async def test_workers_listen_apart_share_connections_and_come_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}",
+    }
+    log = (tmp_path / "serve.log").open("wb")
+    server = await asyncio.create_subprocess_exec(
+        *[*LATTICE, "serve", "--port", str(port), "--workers", "2", "--topic", settings.topic],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    parent = psutil.Process(server.pid)
+    workers: list[psutil.Process] = []
+    replaced: list[psutil.Process] = []
+    try:
+
+        async def listening() -> list[psutil.Process]:
+            return listening_workers(parent, port)
+
+        workers = await eventually(listening, lambda found: len(found) == 2, what="workers")
+        # Each worker has a listening socket of its own; the supervisor has none.
+        assert not [c for c in parent.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+
+        # Connections opened at once spread over both workers (uvicorn's shared socket
+        # can leave one worker with most of them).
+        opened = await asyncio.gather(*(get_healthz(port) for _ in range(CONNECTIONS)))
+        assert {status for _, _, status in opened} == {b"HTTP/1.1 200 OK\r\n"}
+        spread = [established_on(worker, port) for worker in workers]
+        for _, writer, _ in opened:
+            writer.close()
+        assert sum(spread) == CONNECTIONS
+        assert min(spread) > 0, spread
+
+        # A worker that dies is replaced, and the replacement listens and answers.
+        os.kill(workers[0].pid, signal.SIGKILL)
+        replaced = await eventually(
+            listening,
+            lambda found: len(found) == 2 and workers[0].pid not in {p.pid for p in found},
+            what="a replacement worker",
+            timeout=30,
+        )
+        assert workers[1].pid in {p.pid for p in replaced}
+        again = await asyncio.gather(*(get_healthz(port) for _ in range(8)))
+        assert {status for _, _, status in again} == {b"HTTP/1.1 200 OK\r\n"}
+        for _, writer, _ in again:
+            writer.close()
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(server.wait(), 30)
+        log.close()
+    # SIGTERM stops the workers gracefully and the supervisor exits cleanly after them.
+    assert code == 0, (tmp_path / "serve.log").read_text()
+    assert not [p for p in workers + replaced if p.is_running() and p.status() != "zombie"]
+
+
+async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
+    settings: Settings,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [*LATTICE, "serve", "--port", str(port), "--workers", "2"],
+            env={**os.environ, "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"lattice: cannot listen on 127.0.0.1:{port}:")
+    ), result.stderr
