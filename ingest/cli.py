@@ -16,6 +16,7 @@ from deploy.flags import add_setting_flags, setting_overrides
 from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
+from ingest.http import OneWriteHttpToolsProtocol
 from ingest.signature import sign_header
 from ingest.workers import run_workers
 
@@ -83,6 +84,7 @@ def run_serve(args: argparse.Namespace) -> int:
         # (a middleware less per request), and the answer does not name the server.
         "proxy_headers": False,
         "server_header": False,
+        "http": OneWriteHttpToolsProtocol,  # httptools, one write per answer
     }
     if args.workers == 1:
         configure_logging()

@@ -1,0 +1,77 @@
+"""`lattice serve` over raw HTTP/1.1: pipelining and `Expect: 100-continue` still work
+with each answer sent in one write (`ingest.http.HeldWrites`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from deploy.settings import Settings
+from tests.integration.test_receiver import (
+    PLATFORM_NEW,
+    by_event_id,
+    encode,
+    signed,
+    subscription_event,
+)
+from tests.integration.test_receiver_cli import served
+from tests.support.kafka import read_all
+
+pytestmark = pytest.mark.integration
+__all__ = ["served"]  # the fixture, imported to be used here
+
+
+def delivery_head(body: bytes, *, expect: bool = False) -> bytes:
+    headers = signed(body, PLATFORM_NEW)
+    lines = [
+        b"POST /webhooks/platform HTTP/1.1",
+        b"Host: lattice",
+        f"Content-Length: {len(body)}".encode(),
+        *(f"{name}: {value}".encode() for name, value in headers.items()),
+        *([b"Expect: 100-continue"] if expect else []),
+    ]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One response: its status line and its body (by Content-Length)."""
+    status = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) != b"\r\n":
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    return status.rstrip(), await reader.readexactly(length)
+
+
+async def test_pipelined_requests_and_100_continue_on_one_connection(
+    served: tuple[str, dict[str, str]], settings: Settings
+) -> None:
+    url, _ = served
+    port = int(url.rsplit(":", 1)[1])
+    events = [subscription_event(1), subscription_event(2)]
+    first, second = (encode(event) for event in events)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        # A probe and a delivery written at once: two answers, in order.
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: lattice\r\n\r\n")
+        writer.write(delivery_head(first) + first)
+        healthz = await asyncio.wait_for(answer(reader), 10)
+        accepted = await asyncio.wait_for(answer(reader), 10)
+        assert healthz[0] == b"HTTP/1.1 200 OK"
+        assert accepted == (b"HTTP/1.1 200 OK", b'{"received":true}')
+
+        # The interim answer comes before the body is sent, then the final one.
+        writer.write(delivery_head(second, expect=True))
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(second)
+        assert await asyncio.wait_for(answer(reader), 10) == (
+            b"HTTP/1.1 200 OK",
+            b'{"received":true}',
+        )
+    finally:
+        writer.close()
+    records = by_event_id(await read_all(settings.kafka_bootstrap, settings.topic))
+    assert [records[event["id"]].value for event in events] == [first, second]

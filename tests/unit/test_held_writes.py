@@ -1,0 +1,79 @@
+"""`HeldWrites`: a response's head and body leave in one write, in order, never later
+than the end of the loop turn."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ingest.http import HeldWrites
+
+
+class Recorded(asyncio.Transport):
+    """The far end of the wrapper: keeps each write it is given, as one entry."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: Any) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000)}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def next_turn() -> None:
+    await asyncio.sleep(0)
+
+
+async def test_head_and_body_of_one_turn_go_in_one_write() -> None:
+    inner = Recorded()
+    held = HeldWrites(inner)
+    held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n")
+    assert inner.writes == []  # held back, for the body
+    assert held.get_write_buffer_size() == 39
+    held.write(b'{"received":true}')
+    assert inner.writes == [b'HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n{"received":true}']
+    await next_turn()
+    assert len(inner.writes) == 1  # nothing left to send
+
+
+async def test_a_lone_write_leaves_at_the_end_of_the_turn_and_order_holds() -> None:
+    inner = Recorded()
+    held = HeldWrites(inner)
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    await next_turn()
+    assert inner.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    for part in (b"a", b"b", b"c"):
+        held.write(part)
+    await next_turn()
+    assert b"".join(inner.writes[1:]) == b"abc"
+    assert inner.writes[1:] == [b"ab", b"c"]
+
+
+async def test_close_sends_what_is_held_and_abort_drops_it() -> None:
+    inner = Recorded()
+    held = HeldWrites(inner)
+    held.write(b"last words")
+    held.close()
+    assert (inner.writes, inner.closed) == ([b"last words"], True)
+
+    cut = Recorded()
+    held = HeldWrites(cut)
+    held.write(b"never sent")
+    held.abort()
+    await next_turn()
+    assert (cut.writes, cut.aborted) == ([], True)
+    assert held.get_extra_info("peername") == ("127.0.0.1", 50000)
