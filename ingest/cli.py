@@ -10,15 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from deploy.flags import add_setting_flags, setting_overrides
 from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
-from ingest.http import OneWriteHttpToolsProtocol
 from ingest.signature import sign_header
-from ingest.workers import run_workers
+from ingest.workers import serve
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RECEIVER_SETTINGS = (
@@ -75,28 +73,14 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ENV_PREFIX}WEBHOOK_SECRETS: no endpoint=secret pairs given")
     if args.workers < 1:
         raise ConfigError("--workers: must be at least 1")
-    common: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "access_log": False,  # the app writes one line per request itself
-        "lifespan": "on",
-        # Nothing here reads the client's address, so X-Forwarded-* need no rewriting
-        # (a middleware less per request), and the answer does not name the server.
-        "proxy_headers": False,
-        "server_header": False,
-        "http": OneWriteHttpToolsProtocol,  # httptools, one write per answer
-    }
+    configure_logging()
     if args.workers == 1:
-        configure_logging()
-        uvicorn.run(create_app(settings), **common)
-        return 0
+        return serve(create_app(settings), host=args.host, port=args.port)
     # Worker processes build their own app from the environment: hand the flags down there.
     for field, value in overrides.items():
         if value is not None:
             os.environ[f"{ENV_PREFIX}{field.upper()}"] = str(value)
-    configure_logging()
-    config = uvicorn.Config("ingest.app:app_from_env", factory=True, **common)
-    return run_workers(config, args.workers)
+    return serve("ingest.app:app_from_env", host=args.host, port=args.port, workers=args.workers)
 
 
 def run_send(args: argparse.Namespace) -> int:

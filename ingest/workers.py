@@ -1,4 +1,4 @@
-"""`lattice serve --workers N`: N uvicorn servers, each accepting on its own socket.
+"""How `lattice serve` runs uvicorn: one process, or N workers each on its own socket.
 
 uvicorn's own supervisor binds one listening socket and shares it between the workers.
 Whichever worker wakes first then accepts every connection that is waiting, so a burst
@@ -30,11 +30,36 @@ import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
 from deploy.settings import ConfigError
+from ingest.http import OneWriteHttpToolsProtocol
 
 log = structlog.get_logger("ingest.workers")
 
 _spawn = multiprocessing.get_context("spawn")
 POLL_SECONDS = 0.5
+
+
+def serve(app: Any, *, host: str, port: int, workers: int = 1) -> int:
+    """Serve `app` (an ASGI app, or with workers a "module:factory" path) until stopped."""
+    config = uvicorn.Config(
+        app,
+        factory=isinstance(app, str),
+        host=host,
+        port=port,
+        access_log=False,  # the app writes one line per request itself
+        lifespan="on",
+        # Nothing here reads the client's address, so X-Forwarded-* need no rewriting
+        # (a middleware less per request), and the answer does not name the server.
+        proxy_headers=False,
+        server_header=False,
+        http=OneWriteHttpToolsProtocol,  # httptools, one write per answer
+    )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else STARTUP_FAILURE
+    if not isinstance(app, str):
+        raise ConfigError("several workers need the app as a 'module:factory' path")
+    return run_workers(config, workers)
 
 
 def _address(host: str, port: int) -> tuple[socket.AddressFamily, tuple[Any, ...]]:

@@ -3,8 +3,10 @@
     python -m tests.benchmarks receiver                   # 8 s per run, 64 connections
     python -m tests.benchmarks receiver --seconds 15 --connections 128 --rate 1000
 
-Each server runs under uvicorn in its own process(es): (a) a bare Starlette endpoint that
-reads the body and answers 200 (the ceiling), (b) the receiver: signature check, parse,
+Each server runs in its own process(es), served the way `lattice serve` serves (uvicorn,
+one write per answer, each worker on its own SO_REUSEPORT socket; `ingest.workers.serve`),
+so the two differ only in the app: (a) a bare Starlette endpoint that reads the body and
+answers 200 (the ceiling), (b) the receiver: signature check, parse,
 `acks=all` idempotent produce to the local broker. The load comes from a separate process
 (asyncio + uvloop, raw HTTP/1.1 keep-alive, every request a distinct signed event). It
 prints events/s and p50/p99 per server and worker count, the receiver/ceiling ratio, then
@@ -65,21 +67,11 @@ def free_port() -> int:
 def serve(
     target: str, workers: int, env: dict[str, str], log: str
 ) -> tuple[subprocess.Popen[bytes], int]:
-    """Start uvicorn with `target` (a factory) and wait until /readyz answers 200."""
+    """Serve `target` (a factory) as `lattice serve` would; wait until /readyz answers 200."""
     port = free_port()
     command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        target,
-        "--factory",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-        "--no-access-log",
-        "--log-level",
-        "warning",
+        *[sys.executable, "-m", "tests.benchmarks._serve", target],
+        *["--port", str(port), "--workers", str(workers)],
     ]
     with open(log, "ab") as sink:
         server = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
