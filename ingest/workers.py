@@ -10,16 +10,20 @@ spreads new connections across the workers' sockets by a hash of the client's ad
 
 The supervisor restarts a worker that dies, stops everything when one cannot start
 (the same failure would repeat), and on SIGINT or SIGTERM asks each worker to shut down
-gracefully (answer what is in flight, flush the producer) and waits for them.
+gracefully (answer what is in flight, flush the producer) and waits for them. If the
+supervisor itself is killed, the workers get SIGTERM from the kernel and shut down the
+same way, rather than serving on as orphans that hold the port.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import threading
 from multiprocessing.context import SpawnProcess
 from types import FrameType
@@ -36,6 +40,7 @@ log = structlog.get_logger("ingest.workers")
 
 _spawn = multiprocessing.get_context("spawn")
 POLL_SECONDS = 0.5
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def serve(app: Any, *, host: str, port: int, workers: int = 1) -> int:
@@ -94,8 +99,18 @@ def reuseport_listener(host: str, port: int, backlog: int) -> socket.socket:
     return listener
 
 
-def _worker(config: uvicorn.Config) -> None:
+def _die_with(supervisor: int) -> None:
+    """Have Linux send this worker SIGTERM when the supervisor dies, even by SIGKILL, so
+    that no orphan keeps serving (and holding the port) after it."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before that took effect
+        raise SystemExit(0)
+
+
+def _worker(config: uvicorn.Config, supervisor: int) -> None:
     """One worker process: its own socket, then uvicorn's server until told to stop."""
+    _die_with(supervisor)
     config.configure_logging()
     try:
         listener = reuseport_listener(config.host, config.port, config.backlog)
@@ -107,7 +122,7 @@ def _worker(config: uvicorn.Config) -> None:
 
 
 def _start(config: uvicorn.Config) -> SpawnProcess:
-    worker = _spawn.Process(target=_worker, args=(config,), name="lattice-serve-worker")
+    worker = _spawn.Process(target=_worker, args=(config, os.getpid()), name="lattice-serve-worker")
     worker.start()
     return worker
 

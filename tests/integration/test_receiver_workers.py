@@ -133,3 +133,33 @@ async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
         .splitlines()[-1]
         .startswith(f"lattice: cannot listen on 127.0.0.1:{port}:")
     ), result.stderr
+
+
+async def test_workers_do_not_outlive_a_killed_supervisor(
+    settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = {**os.environ, "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}"}
+    with (tmp_path / "serve.log").open("wb") as log:
+        server = await asyncio.create_subprocess_exec(
+            *[*LATTICE, "serve", "--port", str(port), "--workers", "2"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        parent = psutil.Process(server.pid)
+
+        async def listening() -> list[psutil.Process]:
+            return listening_workers(parent, port)
+
+        workers = await eventually(listening, lambda found: len(found) == 2, what="workers")
+        server.kill()  # SIGKILL: the supervisor cannot pass anything on
+        await server.wait()
+
+        async def alive() -> list[psutil.Process]:
+            return [w for w in workers if w.is_running() and w.status() != "zombie"]
+
+        await eventually(alive, lambda left: not left, what="workers gone", timeout=30)
+    # Nothing holds the port any more: a new `lattice serve` could bind it.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
