@@ -31,22 +31,31 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def start_serve(
+    settings: Settings, port: int, log: Path, secrets: str = f"platform={PLATFORM_NEW}"
+) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
+    """`lattice serve --workers 2` on `port` and the test's topic; the process and its env."""
+    env = {
+        **os.environ,
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_WEBHOOK_SECRETS": secrets,
+    }
+    with log.open("wb") as sink:
+        server = await asyncio.create_subprocess_exec(
+            *[*LATTICE, "serve", "--port", str(port), "--workers", "2", "--topic", settings.topic],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    return server, env
+
+
 @pytest.fixture
 async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """`lattice serve --workers 2` on a free port; yields its URL and environment."""
     port = free_port()
-    env = {
-        **os.environ,
-        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_OLD},platform={PLATFORM_NEW}",
-    }
-    log = (tmp_path / "serve.log").open("wb")
-    server = await asyncio.create_subprocess_exec(
-        *[*LATTICE, "serve", "--port", str(port), "--workers", "2", "--topic", settings.topic],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    secrets = f"platform={PLATFORM_OLD},platform={PLATFORM_NEW}"
+    server, env = await start_serve(settings, port, tmp_path / "serve.log", secrets)
     url = f"http://127.0.0.1:{port}"
 
     async def ready() -> int:
@@ -62,7 +71,6 @@ async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str,
     finally:
         server.send_signal(signal.SIGTERM)
         await asyncio.wait_for(server.wait(), 30)
-        log.close()
 
 
 async def send(env: dict[str, str], *args: str, stdin: bytes | None = None) -> tuple[int, str]:

@@ -7,6 +7,8 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -14,7 +16,7 @@ import pytest
 
 from deploy.settings import Settings
 from tests.integration.test_receiver import PLATFORM_NEW
-from tests.integration.test_receiver_cli import LATTICE, free_port
+from tests.integration.test_receiver_cli import LATTICE, free_port, start_serve
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -52,64 +54,77 @@ async def get_healthz(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWr
     return reader, writer, status
 
 
-async def test_workers_listen_apart_share_connections_and_come_back(
-    settings: Settings, tmp_path: Path
-) -> None:
+@dataclass
+class Supervised:
+    """A running `lattice serve --workers 2` whose two workers listen."""
+
+    server: asyncio.subprocess.Process
+    parent: psutil.Process
+    port: int
+    log: Path
+    workers: list[psutil.Process]
+
+    async def listening(self) -> list[psutil.Process]:
+        return listening_workers(self.parent, self.port)
+
+
+@pytest.fixture
+async def supervised(settings: Settings, tmp_path: Path) -> AsyncIterator[Supervised]:
     port = free_port()
-    env = {
-        **os.environ,
-        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}",
-    }
-    log = (tmp_path / "serve.log").open("wb")
-    server = await asyncio.create_subprocess_exec(
-        *[*LATTICE, "serve", "--port", str(port), "--workers", "2", "--topic", settings.topic],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    parent = psutil.Process(server.pid)
-    workers: list[psutil.Process] = []
-    replaced: list[psutil.Process] = []
+    log = tmp_path / "serve.log"
+    server, _ = await start_serve(settings, port, log)
+    running = Supervised(server, psutil.Process(server.pid), port, log, [])
     try:
-
-        async def listening() -> list[psutil.Process]:
-            return listening_workers(parent, port)
-
-        workers = await eventually(listening, lambda found: len(found) == 2, what="workers")
-        # Each worker has a listening socket of its own; the supervisor has none.
-        assert not [c for c in parent.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
-
-        # Connections opened at once spread over both workers (uvicorn's shared socket
-        # can leave one worker with most of them).
-        opened = await asyncio.gather(*(get_healthz(port) for _ in range(CONNECTIONS)))
-        assert {status for _, _, status in opened} == {b"HTTP/1.1 200 OK\r\n"}
-        spread = [established_on(worker, port) for worker in workers]
-        for _, writer, _ in opened:
-            writer.close()
-        assert sum(spread) == CONNECTIONS
-        assert min(spread) > 0, spread
-
-        # A worker that dies is replaced, and the replacement listens and answers.
-        os.kill(workers[0].pid, signal.SIGKILL)
-        replaced = await eventually(
-            listening,
-            lambda found: len(found) == 2 and workers[0].pid not in {p.pid for p in found},
-            what="a replacement worker",
-            timeout=30,
+        running.workers = await eventually(
+            running.listening, lambda found: len(found) == 2, what="workers"
         )
-        assert workers[1].pid in {p.pid for p in replaced}
-        again = await asyncio.gather(*(get_healthz(port) for _ in range(8)))
-        assert {status for _, _, status in again} == {b"HTTP/1.1 200 OK\r\n"}
-        for _, writer, _ in again:
-            writer.close()
+        yield running
     finally:
-        server.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(server.wait(), 30)
-        log.close()
+        if server.returncode is None:
+            server.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(server.wait(), 30)
+
+
+def gone(processes: list[psutil.Process]) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != "zombie"]
+
+
+async def test_workers_listen_apart_share_connections_and_come_back(
+    supervised: Supervised,
+) -> None:
+    parent, port, workers = supervised.parent, supervised.port, supervised.workers
+    # Each worker has a listening socket of its own; the supervisor has none.
+    assert not [c for c in parent.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+
+    # Connections opened at once spread over both workers (uvicorn's shared socket
+    # can leave one worker with most of them).
+    opened = await asyncio.gather(*(get_healthz(port) for _ in range(CONNECTIONS)))
+    assert {status for _, _, status in opened} == {b"HTTP/1.1 200 OK\r\n"}
+    spread = [established_on(worker, port) for worker in workers]
+    for _, writer, _ in opened:
+        writer.close()
+    assert sum(spread) == CONNECTIONS
+    assert min(spread) > 0, spread
+
+    # A worker that dies is replaced, and the replacement listens and answers.
+    os.kill(workers[0].pid, signal.SIGKILL)
+    replaced = await eventually(
+        supervised.listening,
+        lambda found: len(found) == 2 and workers[0].pid not in {p.pid for p in found},
+        what="a replacement worker",
+        timeout=30,
+    )
+    assert workers[1].pid in {p.pid for p in replaced}
+    again = await asyncio.gather(*(get_healthz(port) for _ in range(8)))
+    assert {status for _, _, status in again} == {b"HTTP/1.1 200 OK\r\n"}
+    for _, writer, _ in again:
+        writer.close()
+
     # SIGTERM stops the workers gracefully and the supervisor exits cleanly after them.
-    assert code == 0, (tmp_path / "serve.log").read_text()
-    assert not [p for p in workers + replaced if p.is_running() and p.status() != "zombie"]
+    supervised.server.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(supervised.server.wait(), 30)
+    assert code == 0, supervised.log.read_text()
+    assert gone(workers + replaced)
 
 
 async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
@@ -135,31 +150,14 @@ async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
     ), result.stderr
 
 
-async def test_workers_do_not_outlive_a_killed_supervisor(
-    settings: Settings, tmp_path: Path
-) -> None:
-    port = free_port()
-    env = {**os.environ, "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}"}
-    with (tmp_path / "serve.log").open("wb") as log:
-        server = await asyncio.create_subprocess_exec(
-            *[*LATTICE, "serve", "--port", str(port), "--workers", "2"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        parent = psutil.Process(server.pid)
+async def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised) -> None:
+    supervised.server.kill()  # SIGKILL: the supervisor cannot pass anything on
+    await supervised.server.wait()
 
-        async def listening() -> list[psutil.Process]:
-            return listening_workers(parent, port)
+    async def outlived() -> bool:
+        return gone(supervised.workers)
 
-        workers = await eventually(listening, lambda found: len(found) == 2, what="workers")
-        server.kill()  # SIGKILL: the supervisor cannot pass anything on
-        await server.wait()
-
-        async def alive() -> list[psutil.Process]:
-            return [w for w in workers if w.is_running() and w.status() != "zombie"]
-
-        await eventually(alive, lambda left: not left, what="workers gone", timeout=30)
+    await eventually(outlived, what="workers gone", timeout=30)
     # Nothing holds the port any more: a new `lattice serve` could bind it.
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))
+        probe.bind(("127.0.0.1", supervised.port))
