@@ -36,9 +36,10 @@ class HeldWrites(asyncio.Transport):
             self._transport.write(held + data)
 
     def flush(self) -> None:
-        """Send what is held back, if anything."""
+        """Send what is held back, if anything (nothing once the connection is closing:
+        after a reset the real transport would raise)."""
         held, self._held = self._held, None
-        if held is not None:
+        if held is not None and not self._transport.is_closing():
             self._transport.write(held)
 
     def writelines(self, list_of_data: Any) -> None:

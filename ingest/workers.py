@@ -8,9 +8,11 @@ keep-alive connections saw 23 on one worker and 9 on the other, and the busy one
 the pace. Here each worker binds the address itself with SO_REUSEPORT, and the kernel
 spreads new connections across the workers' sockets by a hash of the client's address.
 
-The supervisor restarts a worker that dies, stops everything when one cannot start
-(the same failure would repeat), and on SIGINT or SIGTERM asks each worker to shut down
-gracefully (answer what is in flight, flush the producer) and waits for them. If the
+The supervisor restarts a worker that dies (with a growing pause if it keeps dying before
+it serves), stops everything when the first workers cannot start (the settings, the code or
+the port are wrong, and every restart would fail the same way), and on SIGINT or SIGTERM
+asks each worker to shut down gracefully (answer what is in flight, flush the producer),
+waits up to a minute, and kills what is left then or at a second signal. If the
 supervisor itself is killed, the workers get SIGTERM from the kernel and shut down the
 same way, rather than serving on as orphans that hold the port.
 """
@@ -24,7 +26,7 @@ import os
 import signal
 import socket
 import sys
-import threading
+import time
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any
@@ -40,6 +42,8 @@ log = structlog.get_logger("ingest.workers")
 
 _spawn = multiprocessing.get_context("spawn")
 POLL_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 30.0  # between restarts of a worker that keeps failing to start
+DRAIN_SECONDS = 60.0  # how long stopping workers may take before they are killed
 PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
@@ -108,7 +112,20 @@ def _die_with(supervisor: int) -> None:
         raise SystemExit(0)
 
 
-def _worker(config: uvicorn.Config, supervisor: int) -> None:
+class _Server(uvicorn.Server):
+    """uvicorn's server, raising a flag the supervisor reads once it is serving."""
+
+    def __init__(self, config: uvicorn.Config, ready: Any) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self._ready.value = 1
+
+
+def _worker(config: uvicorn.Config, supervisor: int, ready: Any) -> None:
     """One worker process: its own socket, then uvicorn's server until told to stop."""
     _die_with(supervisor)
     config.configure_logging()
@@ -118,43 +135,103 @@ def _worker(config: uvicorn.Config, supervisor: int) -> None:
         log.error("worker_cannot_listen", host=config.host, port=config.port, error=str(exc))
         raise SystemExit(STARTUP_FAILURE) from None
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches the whole process group
-        uvicorn.Server(config).run(sockets=[listener])
+        _Server(config, ready).run(sockets=[listener])
 
 
-def _start(config: uvicorn.Config) -> SpawnProcess:
-    worker = _spawn.Process(target=_worker, args=(config, os.getpid()), name="lattice-serve-worker")
+def _start(config: uvicorn.Config) -> tuple[SpawnProcess, Any]:
+    ready = _spawn.RawValue("b", 0)
+    worker = _spawn.Process(
+        target=_worker, args=(config, os.getpid(), ready), name="lattice-serve-worker"
+    )
     worker.start()
-    return worker
+    return worker, ready
+
+
+class _Slot:
+    """One worker's place: its current process, whether it got to serve, how it fared."""
+
+    def __init__(self, config: uvicorn.Config, *, first: bool) -> None:
+        self.process: SpawnProcess | None = None
+        self.ready: Any = None
+        self.first = first  # one of the workers started with the command
+        self.failed_starts = 0  # in a row
+        self.due = 0.0  # when to start it again, after a death
+        self.start(config)
+
+    def start(self, config: uvicorn.Config) -> None:
+        self.process, self.ready = _start(config)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def served(self) -> bool:
+        return bool(self.ready is not None and self.ready.value)
 
 
 def run_workers(config: uvicorn.Config, count: int) -> int:
-    """Run `count` workers until SIGINT/SIGTERM; the exit status (1 if one could not start)."""
+    """Run `count` workers until SIGINT/SIGTERM; the exit status (1 if they could not start)."""
     check_address(config.host, config.port)
-    stopping = threading.Event()
+    signals: list[int] = []  # only appended to by the handler: nothing in it can deadlock
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
+    def note(signum: int, frame: FrameType | None) -> None:
+        signals.append(signum)
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    workers = [_start(config) for _ in range(count)]
-    log.info("workers_started", pids=[w.pid for w in workers], host=config.host, port=config.port)
-    status = 0
-    while not stopping.wait(POLL_SECONDS):
-        for index, worker in enumerate(workers):
-            if worker.is_alive():
+        signal.signal(signum, note)
+    slots: list[_Slot] = []
+    try:
+        slots.extend(_Slot(config, first=True) for _ in range(count))
+        pids = [slot.process.pid for slot in slots if slot.process]
+        log.info("workers_started", pids=pids, host=config.host, port=config.port)
+        return _watch(config, slots, signals)
+    finally:
+        _stop(slots, signals)
+
+
+def _watch(config: uvicorn.Config, slots: list[_Slot], signals: list[int]) -> int:
+    """Keep the workers running until a signal (0) or until the first ones cannot start (1)."""
+    while not signals:
+        time.sleep(POLL_SECONDS)
+        now = time.monotonic()
+        for slot in slots:
+            worker = slot.process
+            if worker is None:  # waiting to be started again
+                if now >= slot.due:
+                    slot.start(config)
                 continue
-            if worker.exitcode == STARTUP_FAILURE:
-                log.error("worker_failed_to_start", pid=worker.pid)
-                status = 1
-                stopping.set()
-                break
-            log.warning("worker_died", pid=worker.pid, exitcode=worker.exitcode)
-            workers[index] = _start(config)
-    for worker in workers:
-        if worker.is_alive() and worker.pid is not None:
-            os.kill(worker.pid, signal.SIGTERM)
-    for worker in workers:
-        worker.join()
+            if worker.is_alive():
+                if slot.served():
+                    slot.failed_starts, slot.first = 0, False
+                continue
+            failed_to_start = worker.exitcode == STARTUP_FAILURE or not slot.served()
+            if failed_to_start and slot.first:
+                # The command's own workers cannot start: settings, code or port are
+                # broken, and every restart would fail the same way.
+                log.error("worker_failed_to_start", pid=worker.pid, exitcode=worker.exitcode)
+                return 1
+            slot.failed_starts = slot.failed_starts + 1 if failed_to_start else 0
+            wait = min(MAX_BACKOFF_SECONDS, POLL_SECONDS * (2**slot.failed_starts - 1))
+            log.warning("worker_died", pid=worker.pid, exitcode=worker.exitcode, restart_in=wait)
+            slot.process, slot.due = None, now + wait
+    return 0
+
+
+def _stop(slots: list[_Slot], signals: list[int]) -> None:
+    """SIGTERM every worker and wait for them to drain; SIGKILL those still running after
+    DRAIN_SECONDS, or at once on another SIGINT/SIGTERM."""
+    asked = len(signals)
+    for slot in slots:
+        if slot.alive() and slot.process and slot.process.pid is not None:
+            os.kill(slot.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while any(slot.alive() for slot in slots):
+        if len(signals) > asked or time.monotonic() > deadline:
+            for slot in slots:
+                if slot.alive() and slot.process:
+                    slot.process.kill()
+            break
+        time.sleep(0.05)
+    for slot in slots:
+        if slot.process is not None:
+            slot.process.join()
     log.info("workers_stopped")
-    return status

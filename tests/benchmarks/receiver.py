@@ -83,7 +83,7 @@ def serve(
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    server.kill()
+    stop(server)
     raise RuntimeError(f"{target} did not become ready; see {log}")
 
 
@@ -99,7 +99,11 @@ def cpu_seconds(pid: int) -> float:
 
 def stop(server: subprocess.Popen[bytes]) -> None:
     server.send_signal(signal.SIGTERM)
-    server.wait(timeout=30)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,3 +162,29 @@ async def test_workers_do_not_outlive_a_killed_supervisor(supervised: Supervised
     # Nothing holds the port any more: a new `lattice serve` could bind it.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", supervised.port))
+
+
+def broken_app() -> None:
+    """An app factory that fails as a worker builds it (the parent never calls it)."""
+    raise RuntimeError("this app cannot be built")
+
+
+async def test_workers_that_cannot_start_stop_the_command() -> None:
+    # Whatever the failure (here an exception, exit status 1, not uvicorn's 3), workers
+    # that never serve are not restarted for ever: the command ends, saying so.
+    serve = (
+        "import sys; from ingest.workers import serve; "
+        f"sys.exit(serve('{__name__}:broken_app', host='127.0.0.1', port={free_port()}, "
+        "workers=2))"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", serve],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr  # structlog unconfigured: its lines go to stdout
+    assert result.returncode == 1, output
+    assert "worker_failed_to_start" in output
+    assert "this app cannot be built" in output

@@ -17,12 +17,16 @@ class Recorded(asyncio.Transport):
         self.writes: list[bytes] = []
         self.closed = False
         self.aborted = False
+        self.reset = False  # the peer reset the connection: the transport is closing
 
     def write(self, data: Any) -> None:
         self.writes.append(bytes(data))
 
     def close(self) -> None:
         self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted or self.reset
 
     def abort(self) -> None:
         self.aborted = True
@@ -77,3 +81,12 @@ async def test_close_sends_what_is_held_and_abort_drops_it() -> None:
     await next_turn()
     assert (cut.writes, cut.aborted) == ([], True)
     assert held.get_extra_info("peername") == ("127.0.0.1", 50000)
+
+
+async def test_what_is_held_when_the_peer_resets_is_dropped_not_raised() -> None:
+    inner = Recorded()
+    held = HeldWrites(inner)
+    held.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    inner.reset = True  # connection_lost came first; writing now would raise
+    await next_turn()
+    assert inner.writes == []
