@@ -1,11 +1,21 @@
-"""The receiver's Prometheus metrics, in a registry of its own (one per app, no globals)."""
+"""The receiver's Prometheus metrics, in a registry of its own (one per app, no globals).
+
+Under `lattice serve --workers N` a scrape reaches whichever worker the kernel picks, so
+the workers keep their values in files in one directory (prometheus_client's
+multiprocess mode, `PROMETHEUS_MULTIPROC_DIR`, set by the supervisor) and every worker's
+/metrics answers with the sum over all of them, including workers that have died since.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -41,6 +51,15 @@ class ReceiverMetrics:
     def producer_error(self, reason: str) -> None:
         """Count one failed or timed-out append to Kafka."""
         self.producer_errors.labels(reason=reason).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition: this process's values, or all workers' summed."""
+        shared = os.environ.get(MULTIPROCESS_DIR)
+        if not shared:
+            return bytes(generate_latest(self.registry))
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=shared)  # type: ignore[no-untyped-call]
+        return bytes(generate_latest(registry))
 
 
 def create_metrics() -> ReceiverMetrics:

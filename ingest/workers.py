@@ -26,7 +26,9 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from multiprocessing.context import SpawnProcess
 from types import FrameType
 from typing import Any
@@ -37,6 +39,7 @@ from uvicorn.config import STARTUP_FAILURE
 
 from deploy.settings import ConfigError
 from ingest.http import OneWriteHttpToolsProtocol
+from ingest.metrics import MULTIPROCESS_DIR
 
 log = structlog.get_logger("ingest.workers")
 
@@ -179,13 +182,29 @@ def run_workers(config: uvicorn.Config, count: int) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, note)
     slots: list[_Slot] = []
-    try:
-        slots.extend(_Slot(config, first=True) for _ in range(count))
-        pids = [slot.process.pid for slot in slots if slot.process]
-        log.info("workers_started", pids=pids, host=config.host, port=config.port)
-        return _watch(config, slots, signals)
-    finally:
-        _stop(slots, signals)
+    with _shared_metrics():
+        try:
+            slots.extend(_Slot(config, first=True) for _ in range(count))
+            pids = [slot.process.pid for slot in slots if slot.process]
+            log.info("workers_started", pids=pids, host=config.host, port=config.port)
+            return _watch(config, slots, signals)
+        finally:
+            _stop(slots, signals)
+
+
+@contextlib.contextmanager
+def _shared_metrics() -> Iterator[None]:
+    """A directory where the workers keep their metrics, so that any worker's /metrics
+    sums them all (`ingest.metrics`); one given in the environment is used as it is."""
+    if os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="lattice-metrics-") as path:
+        os.environ[MULTIPROCESS_DIR] = path
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROCESS_DIR]
 
 
 def _watch(config: uvicorn.Config, slots: list[_Slot], signals: list[int]) -> int:

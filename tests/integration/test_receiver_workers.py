@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,17 +13,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
 from deploy.settings import Settings
-from tests.integration.test_receiver import PLATFORM_NEW
+from tests.integration.test_receiver import PLATFORM_NEW, encode, signed, subscription_event
 from tests.integration.test_receiver_cli import LATTICE, free_port, start_serve
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
 CONNECTIONS = 32
+DELIVERIES = 12
+SCRAPES = 8
 
 
 def listening_workers(parent: psutil.Process, port: int) -> list[psutil.Process]:
@@ -188,3 +192,31 @@ async def test_workers_that_cannot_start_stop_the_command() -> None:
     assert result.returncode == 1, output
     assert "worker_failed_to_start" in output
     assert "this app cannot be built" in output
+
+
+async def test_metrics_from_any_worker_count_every_workers_deliveries(
+    supervised: Supervised,
+) -> None:
+    url = f"http://127.0.0.1:{supervised.port}"
+    events = [subscription_event(n) for n in range(DELIVERIES)]
+    # A fresh connection each, so the kernel spreads them over both workers.
+    for event in events:
+        body = encode(event)
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(
+                f"{url}/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+        assert answer.status_code == 200
+    accepted = re.compile(
+        r'^lattice_webhook_deliveries_total\{endpoint="platform",'
+        r'event_type="customer\.subscription\.updated",outcome="accepted"\} (\S+)$',
+        re.MULTILINE,
+    )
+    seen = set()
+    for _ in range(SCRAPES):  # whichever worker answers, the count is the whole
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"{url}/metrics")).text
+        found = accepted.search(text)
+        assert found, text
+        seen.add(float(found.group(1)))
+    assert seen == {float(DELIVERIES)}
