@@ -55,7 +55,8 @@ async def _finish_and_compare(
         what="every projector at the log end",
     )
     diffs = differences(await snapshot(url, topics), reference.tables)
-    assert not diffs, diffs
+    # A string, so that pytest prints every table's difference in full.
+    assert not diffs, "\n".join(f"{table}: {diff}" for table, diff in diffs.items())
 
 
 async def progress_of(proc: Service, url: str) -> int:
