@@ -33,12 +33,11 @@ def listening_workers(parent: psutil.Process, port: int) -> list[psutil.Process]
     """The children of `parent` that have a socket listening on `port`."""
     found = []
     for child in parent.children():
-        with_port = [
-            c
-            for c in child.net_connections("tcp")
-            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-        ]
-        if with_port:
+        try:
+            sockets = child.net_connections("tcp")
+        except psutil.NoSuchProcess:  # a worker just killed, not yet replaced
+            continue
+        if [c for c in sockets if c.status == psutil.CONN_LISTEN and c.laddr.port == port]:
             found.append(child)
     return found
 
@@ -91,7 +90,13 @@ async def supervised(settings: Settings, tmp_path: Path) -> AsyncIterator[Superv
 
 
 def gone(processes: list[psutil.Process]) -> bool:
-    return not [p for p in processes if p.is_running() and p.status() != "zombie"]
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return not [p for p in processes if running(p)]
 
 
 async def test_workers_listen_apart_share_connections_and_come_back(
