@@ -85,10 +85,14 @@ class Batcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self._pending.append((record, future))
-        if self._flushing is None:
-            # The task's first step runs after this loop turn, with whatever else came in it.
-            self._flushing = loop.create_task(self._run())
+        self._start()
         return future
+
+    def _start(self) -> None:
+        """Run the sender unless it runs; its first step comes after this loop turn, so it
+        takes along whatever else arrives in the turn."""
+        if self._flushing is None and self._pending:
+            self._flushing = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -108,8 +112,7 @@ class Batcher:
 
     async def close(self) -> None:
         """Send what is queued and wait until the broker answered for every batch."""
-        if self._flushing is None and self._pending:
-            self._flushing = asyncio.get_running_loop().create_task(self._run())
+        self._start()
         if self._flushing is not None:
             await self._flushing
 
