@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import ConsumerRecord
 
 from deploy.settings import Settings
@@ -124,7 +125,13 @@ class ProjectionRunner:
                     self.epoch,
                 )
                 self._fetch = None
-                batch = self._take(await fetch)
+                fetched = await fetch
+                if epoch != self.epoch:
+                    # Fetched across a seek or a rebalance: the records may not follow the
+                    # positions held now. Seek again and fetch from them.
+                    self._needs_seek = True
+                    continue
+                batch = self._take(fetched)
                 if not batch:
                     if self._inflight is not None and self._inflight[0].done():
                         await self.drain()
@@ -177,9 +184,11 @@ class ProjectionRunner:
             if not fetch.done():
                 break
             self._fetch = None
+            if epoch != self.epoch:
+                break  # a rebalance or seek meanwhile: the caller drops the batch, re-seeks
             more = self._take(fetch.result())
-            if not more or epoch != self.epoch:
-                break  # nothing came, or a rebalance: the caller re-seeks
+            if not more:
+                break
             prepared = joined(prepared, await self.applier.prepare(more))
         await self.drain()
         return prepared
@@ -242,12 +251,19 @@ class ProjectionRunner:
 
     async def seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek each partition to its stored position (the beginning when none); on a
-        database failure pause them and retry from the main loop."""
+        database failure pause them and retry from the main loop.
+
+        aiokafka hands out records of a new assignment at once, from its own position,
+        while the stored positions are read here. Taken from the stored positions on, such
+        records would skip the ones between or apply some twice. So nothing is taken from
+        the partitions until every seek is done (they are not in `fetched`), and the epoch
+        moves again after the seeks: a fetch begun before them is dropped, not taken.
+        A rebalance or another seek while this one waits supersedes it: it stops there."""
         assert self.consumer is not None
         self.epoch += 1
-        for held in (self.positions, self.fetched):
-            for tp in [tp for tp in held if tp not in partitions]:
-                del held[tp]
+        epoch = self.epoch
+        self.positions.clear()
+        self.fetched.clear()
         if not partitions:
             # Nothing assigned: nothing to seek, so nothing is owed a seek or a pause.
             self._needs_seek = self._needs_pause = False
@@ -255,23 +271,34 @@ class ProjectionRunner:
         try:
             async with self.pool.acquire() as conn:
                 stored = await offsets.load(conn, self.name, partitions)
+            for tp, position in stored.items():
+                if epoch != self.epoch:
+                    return
+                if position is None:
+                    await self.consumer.seek_to_beginning(tp)
+                else:
+                    self.consumer.seek(tp, position)
+        except IllegalStateError:
+            # Unassigned meanwhile, before aiokafka told the listener: seek again after it.
+            self._needs_seek = True
+            return
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.warning(
-                "cannot read stored positions; pausing",
-                projector=self.name,
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            self.consumer.pause(*partitions)
-            self._needs_seek = True
+            if epoch == self.epoch:
+                log.warning(
+                    "cannot read stored positions; pausing",
+                    projector=self.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+                self.consumer.pause(*partitions)
+                self._needs_seek = True
             return
-        for tp, position in stored.items():
-            if position is None:
-                await self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, position)
-            self.positions[tp] = self.fetched[tp] = position
+        if epoch != self.epoch:
+            return
+        self.positions.update(stored)
+        self.fetched.update(stored)
+        self.epoch += 1
         self.consumer.resume(*partitions)
         self._needs_seek = self._needs_pause = False
         log.info(

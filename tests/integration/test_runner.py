@@ -8,15 +8,16 @@ import random
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import orjson
 import pytest
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
 from ingest.record import build_record
-from projectors import status
+from projectors import offsets, status
 from projectors.base import HydrationUnavailable, Record
 from projectors.batch import BatchApplier
 from projectors.deadletter import (
@@ -224,3 +225,65 @@ async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
     finally:
         await pool.close()
         await conn.close()
+
+
+async def test_records_fetched_while_the_stored_positions_load_are_not_taken(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka hands out records of a new assignment at once, from its own position (the
+    log start: the group never commits), while the rebalance listener still reads the
+    stored positions. A fetch that got such records before the seek and is taken after it
+    must be dropped: taken from the stored position on, its records would start past it
+    (the records between skipped) or repeat it (applied twice). The test holds such a
+    fetch until the listener has sought, so the interleaving happens every time."""
+    url = settings.require_database_url()
+    settings = settings.model_copy(update={"projector_batch_size": 50})
+    stream_ = stream(900)
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_[:90]))
+    async with running(settings, [AuditProjection()]):
+        await _caught_up(settings, "audit")
+    stored = await positions(url, "audit")
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_[90:]))
+
+    loading, held, sought = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_load, real_getmany, real_seek = (
+        offsets.load,
+        AIOKafkaConsumer.getmany,
+        AIOKafkaConsumer.seek,
+    )
+
+    async def load(conn: Any, projector: str, partitions: Any) -> Any:
+        if not held.is_set():
+            loading.set()
+            await asyncio.wait_for(held.wait(), timeout=30)
+        return await real_load(conn, projector, partitions)
+
+    async def getmany(self: AIOKafkaConsumer, *tps: Any, **kw: Any) -> Any:
+        got = await real_getmany(self, *tps, **kw)
+        past = any(msgs[0].offset > stored[tp.partition] for tp, msgs in got.items())
+        if loading.is_set() and not held.is_set() and past:
+            held.set()  # records from past the stored position, fetched before the seek
+            await asyncio.wait_for(sought.wait(), timeout=30)
+        return got
+
+    def seek(self: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        real_seek(self, tp, offset)
+        if held.is_set():
+            sought.set()
+
+    monkeypatch.setattr(offsets, "load", load)
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", getmany)
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
+    async with running(settings, [AuditProjection()]):
+        await _caught_up(settings, "audit")
+    assert held.is_set(), "no fetch came while the stored positions were read"
+    assert sought.is_set(), "the listener did not seek"
+
+    conn = await asyncpg.connect(url)
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert sum(counts.values()) == len(stream_), "records skipped or applied twice"
+    assert set(counts.values()) == {1}, "a record was applied twice"
+    assert len(counts) == len(stream_), "a record was skipped"
