@@ -31,6 +31,7 @@ from projectors.deadletter import (
 from projectors.events import projection as events
 from projectors.migrate import migrate
 from projectors.offsets import PositionConflict
+from projectors.runner import ProjectionRunner
 from tests.conftest import Stack, Topics
 from tests.support.audit_projection import AuditProjection, applied_counts
 from tests.support.kafka import read_all
@@ -287,3 +288,62 @@ async def test_records_fetched_while_the_stored_positions_load_are_not_taken(
     assert sum(counts.values()) == len(stream_), "records skipped or applied twice"
     assert set(counts.values()) == {1}, "a record was applied twice"
     assert len(counts) == len(stream_), "a record was skipped"
+
+
+async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later_one(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two seeks can overlap (the main loop's after a conflict, the rebalance listener's):
+    the one that read the stored positions first must not seek after the later one, nor
+    seek a partition that was unassigned meanwhile (aiokafka raises: it crashed the
+    process)."""
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    tp0, tp1 = (TopicPartition(settings.topic, n) for n in (0, 1))
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        await migrate(conn, [audit])
+        applier = BatchApplier(
+            audit, pool, _NoDeadLetters(), schema="projections", projector_key="audit"
+        )
+        await applier.commit(
+            {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(3)]}, {tp0: None}
+        )
+        consumer.assign([tp0])
+        runner = ProjectionRunner(audit, settings, pool, _NoDeadLetters())
+        runner.consumer = consumer
+
+        # Unassigned meanwhile: nothing sought, nothing held, no exception.
+        await runner.seek_to_stored([tp0, tp1])
+        assert runner.positions == {}
+
+        # The first seek reads 3, then waits; the stored position moves to 5 and a second
+        # seek takes it; the first must then stop, not seek back to 3.
+        read, go = asyncio.Event(), asyncio.Event()
+        real_load = offsets.load
+
+        async def slow_load(conn: Any, projector: str, partitions: Any) -> Any:
+            found = await real_load(conn, projector, partitions)
+            if not read.is_set():
+                read.set()
+                await go.wait()
+            return found
+
+        monkeypatch.setattr(offsets, "load", slow_load)
+        first = asyncio.create_task(runner.seek_to_stored([tp0]))
+        await read.wait()
+        await applier.commit(
+            {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in (3, 4)]}, {tp0: 3}
+        )
+        await runner.seek_to_stored([tp0])
+        go.set()
+        await first
+        assert runner.positions == {tp0: 5}
+        assert await consumer.position(tp0) == 5
+    finally:
+        await consumer.stop()
+        await pool.close()
+        await conn.close()
