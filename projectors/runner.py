@@ -285,7 +285,7 @@ class ProjectionRunner:
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if epoch == self.epoch:
+            if epoch == self.epoch and self._still_assigned(partitions):
                 log.warning(
                     "cannot read stored positions; pausing",
                     projector=self.name,
@@ -295,6 +295,9 @@ class ProjectionRunner:
                 self._needs_seek = True
             return
         if epoch != self.epoch:
+            return
+        if not self._still_assigned(partitions):
+            self._needs_seek = True
             return
         self.positions.update(stored)
         self.fetched.update(stored)
@@ -306,6 +309,13 @@ class ProjectionRunner:
             projector=self.name,
             positions={f"{tp.topic}:{tp.partition}": p for tp, p in stored.items()},
         )
+
+    def _still_assigned(self, partitions: Sequence[TopicPartition]) -> bool:
+        """aiokafka changes the assignment, then awaits, then tells the listener: a seek can
+        end in between, with partitions that are no longer ours (resuming them raises)."""
+        assert self.consumer is not None
+        assigned: set[TopicPartition] = self.consumer.assignment()
+        return set(partitions) <= assigned
 
     async def _reseek(self) -> bool:
         assert self.consumer is not None

@@ -343,6 +343,22 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         await first
         assert runner.positions == {tp0: 5}
         assert await consumer.position(tp0) == 5
+
+        # aiokafka changes the assignment, then awaits, then calls the listener: a seek can
+        # end in between (here: while it seeks a partition with no stored position to the
+        # beginning) with a partition that is no longer assigned; it must not resume it.
+        tp2 = TopicPartition(settings.topic, 2)
+        consumer.assign([tp0, tp2])
+        real_to_beginning = AIOKafkaConsumer.seek_to_beginning
+
+        async def rebalanced_meanwhile(self: AIOKafkaConsumer, *tps: TopicPartition) -> bool:
+            self.assign([tp2])
+            done: bool = await real_to_beginning(self, *tps)
+            return done
+
+        monkeypatch.setattr(AIOKafkaConsumer, "seek_to_beginning", rebalanced_meanwhile)
+        await runner.seek_to_stored([tp0, tp2])
+        assert runner.positions == {}
     finally:
         await consumer.stop()
         await pool.close()
