@@ -38,7 +38,7 @@ test: install
 	deploy/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)
 
 # Only the fault suite: brokers, databases, receivers and projectors killed under load
-# (LATTICE_FAULT_SEED replays a run; LATTICE_FAULT_KILLS=50 for a nightly run).
+# (LATTICE_FAULT_SEED replays a run; LATTICE_FAULT_KILLS=500 for a nightly run).
 test-faults: install
 	deploy/with-stack.sh $(BIN)/pytest tests/faults $(PYTEST_ARGS)
 

@@ -89,6 +89,14 @@ class Settings(BaseSettings):
     poison_retries: int = Field(
         default=3, ge=1, description="attempts before a record is dead-lettered"
     )
+    # How long the group waits for a projector process that stopped answering (killed,
+    # frozen, cut off) before its partitions move to the others. It must lie within the
+    # broker's group.min/max.session.timeout.ms (6 s to 30 min by default).
+    projector_session_timeout_ms: int = Field(
+        default=10_000,
+        ge=100,
+        description="milliseconds before a silent projector's partitions move",
+    )
     # Projector consumer groups are `<prefix>.<name>`: two deployments sharing one Kafka
     # cluster (staging next to production) give themselves different prefixes.
     group_prefix: str = Field(

@@ -34,6 +34,8 @@ PROJECTOR_SETTINGS = (
     "poison_retries",
     "group_prefix",
 )
+# Only `project` joins consumer groups (a replay reads its partitions by itself).
+GROUP_SETTINGS = (*PROJECTOR_SETTINGS, "projector_session_timeout_ms")
 # The flags these commands had before every setting was one; kept so scripts keep working.
 ALIASES = {
     "projector_batch_size": "--batch-size",
@@ -68,7 +70,7 @@ def register(commands: Any) -> None:
         default="127.0.0.1",
         help="address for --metrics-port (0.0.0.0 to let a scraper in)",
     )
-    add_setting_flags(project, PROJECTOR_SETTINGS, aliases=ALIASES)
+    add_setting_flags(project, GROUP_SETTINGS, aliases=ALIASES)
     project.set_defaults(handler=run_project)
 
     migrate_cmd = commands.add_parser(

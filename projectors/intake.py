@@ -1,5 +1,6 @@
-"""What a runner takes from Kafka: a fetch read in chunks, the records of it not taken
-yet, and a batch joined with what arrived while the batch before it was written."""
+"""What a runner takes from Kafka: its group consumer, a fetch read in chunks, the records
+of it not taken yet, and a batch joined with what arrived while the batch before it was
+written."""
 
 from __future__ import annotations
 
@@ -7,14 +8,52 @@ import asyncio
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from deploy.settings import ConfigError, Settings
 from projectors.base import Record, to_record
 from projectors.batch import Prepared
 
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 FETCH_CHUNK = 500  # records unpacked between two turns of the event loop
+
+
+def group_of(name: str, prefix: str = "lattice") -> str:
+    """The Kafka consumer group of a projection: `lattice.<name>` by default."""
+    return f"{prefix}.{name}"
+
+
+def group_consumer(settings: Settings, name: str) -> AIOKafkaConsumer:
+    """The consumer of projection `name`'s group. Kafka's committed offsets are never used
+    (positions live in PostgreSQL), so nothing is auto-committed."""
+    session_ms = settings.projector_session_timeout_ms
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_of(name, settings.group_prefix),
+        client_id=f"lattice-{name}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+        session_timeout_ms=session_ms,
+        heartbeat_interval_ms=max(session_ms // 3, 1),  # Kafka's rule: a third at most
+    )
+
+
+async def start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> None:
+    """Start `consumer`; a session timeout the broker refuses is a `ConfigError`."""
+    try:
+        await consumer.start()
+    except InvalidSessionTimeoutError:
+        await consumer.stop()
+        raise ConfigError(
+            "the broker refuses LATTICE_PROJECTOR_SESSION_TIMEOUT_MS="
+            f"{settings.projector_session_timeout_ms}: it must lie within its "
+            "group.min.session.timeout.ms and group.max.session.timeout.ms "
+            "(6000 and 1800000 unless changed)"
+        ) from None
 
 
 async def getmany(consumer: AIOKafkaConsumer, most: int, wait_ms: int) -> Fetched:

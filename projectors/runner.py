@@ -29,18 +29,21 @@ from projectors.base import LIVE_SCHEMA, Record
 from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared
 from projectors.deadletter import DeadLetterSink
 from projectors.failures import is_transient
-from projectors.intake import Fetched, getmany, joined, take
+from projectors.intake import (
+    Fetched,
+    getmany,
+    group_consumer,
+    group_of,
+    joined,
+    start_consumer,
+    take,
+)
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
-
-
-def group_of(name: str, prefix: str = "lattice") -> str:
-    """The Kafka consumer group of a projection: `lattice.<name>` by default."""
-    return f"{prefix}.{name}"
 
 
 class ProjectionRunner:
@@ -88,23 +91,12 @@ class ProjectionRunner:
         self._needs_pause = False
         self._backoff = 0.5
 
-    def _consumer(self) -> AIOKafkaConsumer:
-        return AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=group_of(self.name, self.settings.group_prefix),
-            client_id=f"lattice-{self.name}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-
     async def run(self) -> None:
         """Consume, apply and commit until `stop` is set; then leave the group cleanly."""
-        consumer = self._consumer()
+        consumer = group_consumer(self.settings, self.name)
         self.consumer = consumer
         consumer.subscribe(list(self.projection.topics(self.settings)), listener=SeekToStored(self))
-        await consumer.start()
+        await start_consumer(consumer, self.settings)
         log.info(
             "projector started",
             projector=self.name,

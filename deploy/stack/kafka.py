@@ -42,6 +42,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Allows short LATTICE_PROJECTOR_SESSION_TIMEOUT_MS (the fault tests kill projectors often).
+group.min.session.timeout.ms=1000
 log.retention.ms=-1
 """
 

@@ -2,7 +2,7 @@
 only when a scenario asks), the seed of the run, and a count of injected faults.
 
 `LATTICE_FAULT_SEED` replays a run's random schedule; `LATTICE_FAULT_KILLS` sets how many
-times the projector-kill scenario kills (small by default; a nightly run sets 50 or more).
+times the projector-kill scenario kills (50 by default; a nightly run sets 500 or more).
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ from tests.support.stripe_stream import produce, records, stream
 PARTITIONS = 3
 # Small batches: a kill lands between many commits, not before one big one.
 SMALL_BATCHES = {"LATTICE_PROJECTOR_BATCH_SIZE": "10", "LATTICE_PROJECTOR_BATCH_WAIT_MS": "20"}
+# A killed process leaves its group member behind until this expires (10 s by default):
+# the next process's join waits for that, every kill.
+SHORT_SESSION = {"LATTICE_PROJECTOR_SESSION_TIMEOUT_MS": "2000"}
 POISON = [b"not json at all", b'{"id": 5}', b"\xff\xfe"]
 # Given to every projector process; no output of theirs may ever contain it.
 API_KEY = "sk_test_" + secrets.token_hex(16)
@@ -107,6 +110,7 @@ def projector_env(bootstrap: str, url: str, topics: Topics, group_prefix: str) -
         "LATTICE_STRIPE_API_KEY": API_KEY,
         "LATTICE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never reached: no thin events
         **SMALL_BATCHES,
+        **SHORT_SESSION,
     }
 
 

@@ -153,3 +153,18 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     ours = await _run(settings, unique, "rewind", "lattice.events", "--since", "0")
     assert ours.returncode == 2
     assert "lattice replay events" in ours.stderr
+
+
+async def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
+    settings: Settings, unique: str
+) -> None:
+    # The local stack allows 1000 ms at least (group.min.session.timeout.ms), brokers
+    # elsewhere 6000 ms.
+    refused = await _run(
+        settings, unique, "project", "events", "--projector-session-timeout-ms", "500"
+    )
+    assert refused.returncode == 2, refused.stderr
+    last = refused.stderr.splitlines()[-1]  # after the JSON log lines
+    assert last.startswith("lattice: the broker refuses LATTICE_PROJECTOR_SESSION_TIMEOUT_MS=500")
+    assert "group.min.session.timeout.ms" in last
+    assert "Traceback" not in refused.stderr
