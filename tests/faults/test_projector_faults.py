@@ -39,7 +39,7 @@ from tests.support.wait import eventually
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = int(os.environ.get("LATTICE_FAULT_KILLS", "50"))
-STORM_STEPS = int(os.environ.get("LATTICE_STORM_STEPS", "12"))
+STORM_STEPS = int(os.environ.get("LATTICE_STORM_STEPS", "24"))
 
 
 async def _finish_and_compare(
