@@ -131,6 +131,7 @@ class Service:
     starts: int = 0
     kills: int = 0
     exits: list[int] = field(default_factory=list)
+    signalled: bool = False  # whether the current (or last) process was sent a signal by us
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -143,13 +144,19 @@ class Service:
                 start_new_session=True,
             )
         self.starts += 1
+        self.signalled = False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def died_on_its_own(self) -> bool:
+        """It has ended without a signal from us (a crash, or an exit nobody asked for)."""
+        return self.proc is not None and not self.alive() and not self.signalled
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send `sig` to the whole process and wait for it to end."""
         assert self.proc is not None
+        self.signalled = True
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, sig)
         self.exits.append(self.proc.wait(timeout=60))
@@ -161,6 +168,7 @@ class Service:
         if not self.alive():
             return
         assert self.proc is not None
+        self.signalled = True
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.exits.append(self.proc.wait(timeout=30))

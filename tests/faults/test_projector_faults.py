@@ -65,6 +65,12 @@ async def progress_of(proc: Service, url: str) -> int:
     return await progress(url)
 
 
+def _died(procs: Service | list[Service]) -> str:
+    """What the storm's processes last wrote, for a process that ended by itself."""
+    procs = procs if isinstance(procs, list) else [procs]
+    return "\n".join(f"{p.name} (exits {p.exits}):\n{p.output()[-3000:]}" for p in procs)
+
+
 async def test_projector_killed_at_random_points_ends_like_the_reference(
     stack: Stack,
     database_url: str,
@@ -136,14 +142,19 @@ async def test_rebalance_storm_applies_no_event_twice(
                 how = rng.choice([signal.SIGTERM, signal.SIGKILL])
                 proc.kill(how)
                 injected[f"rebalance storm: {signal.Signals(how).name}"] += 1
+                if how == signal.SIGTERM:
+                    # A clean stop (or, before its handlers are installed, Python's default).
+                    assert proc.exits[-1] in (0, -signal.SIGTERM), _died(proc)
             else:
                 proc.start()
                 injected["rebalance storm: start"] += 1
             await asyncio.sleep(rng.uniform(0.2, 1.2))
+            assert not any(p.died_on_its_own() for p in procs), _died(procs)
         for proc in procs:
             if not proc.alive():
                 proc.start()
         await _finish_and_compare(stack, database_url, unique, unique, reference)
+        assert not any(p.died_on_its_own() for p in procs), _died(procs)
     finally:
         for proc in procs:
             proc.stop()
