@@ -95,12 +95,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     global _json_lines
     as_json = (not sys.stdout.isatty()) if json is None else json
     _json_lines = None
-    shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        _utc_timestamp,
-        structlog.processors.format_exc_info,
-    ]
+    shared = _shared_processors()
     numeric = logging.getLevelName(level.upper())
     stream = getattr(sys.stderr, "buffer", None)  # absent when a test captures stderr as text
     if as_json and stream is not None:
@@ -124,5 +119,40 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
             cache_logger_on_first_use=True,
         )
-    # aiokafka and uvicorn log through the standard library; keep their warnings.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    # aiokafka, asyncpg and asyncio log through the standard library; keep their warnings,
+    # in JSON lines too when ours are (a traceback becomes the line's `exception` field),
+    # so that a log shipper never meets a line it cannot parse. Like `logging.basicConfig`,
+    # this leaves a root logger that has handlers already (a test runner's) alone.
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(stdlib_formatter(as_json))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
+def _shared_processors() -> list[structlog.types.Processor]:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        _utc_timestamp,
+        structlog.processors.format_exc_info,
+    ]
+
+
+def stdlib_formatter(as_json: bool) -> logging.Formatter:
+    """How a standard library record is written: as our JSON lines (with the logger's
+    name), or as `name message` for a person at a terminal."""
+    if not as_json:
+        return logging.Formatter("%(name)s %(message)s")
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.JSONRenderer(serializer=_orjson_text),
+        ],
+    )
+
+
+def _orjson_text(value: Any, **options: Any) -> str:
+    return orjson.dumps(value, **options).decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import sys
 from collections.abc import Iterator
 
@@ -85,3 +86,32 @@ def test_below_the_configured_level_nothing_is_written(
     configure_logging("warning", json=True)
     HotLog("ingest").info("webhook", outcome="accepted")
     assert json_stderr.getvalue() == b""
+
+
+def test_a_library_traceback_is_one_json_line_with_the_loggers_name() -> None:
+    # asyncpg logs this, with its traceback, every time its pool cannot reconnect.
+    try:
+        raise ConnectionRefusedError(111, "Connect call failed")
+    except OSError:
+        record = logging.LogRecord(
+            "asyncpg.pool",
+            logging.WARNING,
+            __file__,
+            1,
+            "Failed to restore %s",
+            ("the pool",),
+            sys.exc_info(),
+        )
+    text = logs.stdlib_formatter(as_json=True).format(record)
+    assert "\n" not in text
+    line = orjson.loads(text)
+    assert line["event"] == "Failed to restore the pool"
+    assert (line["logger"], line["level"]) == ("asyncpg.pool", "warning")
+    assert str(line["timestamp"]).endswith("Z")
+    assert "ConnectionRefusedError: [Errno 111] Connect call failed" in line["exception"]
+    # At a terminal it stays the short human form.
+    assert (
+        logs.stdlib_formatter(as_json=False)
+        .format(record)
+        .startswith("asyncpg.pool Failed to restore the pool\nTraceback")
+    )
