@@ -67,7 +67,9 @@ class Settings(BaseSettings):
     replication_factor: int = Field(
         default=1, ge=1, description="replication factor of provisioned topics"
     )
-    kafka_timeout: float = Field(default=10.0, gt=0, description="seconds to wait for Kafka")
+    kafka_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to wait for Kafka (backfill)"
+    )
     # The receiver answers 503 when the broker has not acknowledged within this bound.
     publish_timeout: float = Field(
         default=5.0, gt=0, description="seconds for the broker to acknowledge before a 503"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run a command with the local stack up and .lattice/stack.env sourced; stop the stack
+# Run a command with the local stack up and its stack.env (in LATTICE_HOME, .lattice by default) sourced; stop the stack
 # afterwards if this script started it (even when the command fails or is interrupted).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,5 +12,5 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 "$lattice" stack up || exit $?
 # shellcheck disable=SC1091
-. .lattice/stack.env
+. "${LATTICE_HOME:-.lattice}/stack.env"
 "$@"

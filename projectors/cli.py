@@ -32,10 +32,9 @@ PROJECTOR_SETTINGS = (
     "projector_batch_size",
     "projector_batch_wait_ms",
     "poison_retries",
-    "group_prefix",
 )
 # Only `project` joins consumer groups (a replay reads its partitions by itself).
-GROUP_SETTINGS = (*PROJECTOR_SETTINGS, "projector_session_timeout_ms")
+GROUP_SETTINGS = (*PROJECTOR_SETTINGS, "group_prefix", "projector_session_timeout_ms")
 # The flags these commands had before every setting was one; kept so scripts keep working.
 ALIASES = {
     "projector_batch_size": "--batch-size",
@@ -106,7 +105,7 @@ def register(commands: Any) -> None:
     )
     status_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
     status_cmd.add_argument("--json", action="store_true", help="one JSON array on stdout")
-    add_setting_flags(status_cmd, (*KAFKA, *DATABASE, "group_prefix"))
+    add_setting_flags(status_cmd, (*KAFKA, *DATABASE))
     status_cmd.set_defaults(handler=run_status)
 
     rewind_cmd = commands.add_parser(
@@ -126,7 +125,7 @@ def register(commands: Any) -> None:
         metavar="TOPIC",
         help="topic(s) to move (default: the event log)",
     )
-    add_setting_flags(rewind_cmd, ("kafka_bootstrap", "topic"))
+    add_setting_flags(rewind_cmd, ("kafka_bootstrap", "topic", "group_prefix"))
     rewind_cmd.set_defaults(handler=run_rewind)
 
 
@@ -254,8 +253,9 @@ def run_status(args: argparse.Namespace) -> int:
 def run_rewind(args: argparse.Namespace) -> int:
     """`lattice rewind GROUP --since TIME | --to-offset P:N`."""
     settings = settings_from(args)
-    name = args.group.removeprefix("lattice.")
-    if args.group.startswith("lattice.") and name in catalog.discover():
+    ours = f"{settings.group_prefix}."
+    name = args.group.removeprefix(ours)
+    if args.group.startswith(ours) and name in catalog.discover():
         raise ConfigError(
             f"{args.group} is a Lattice projector: its positions live in PostgreSQL; "
             f"use `lattice replay {name}`"

@@ -150,9 +150,16 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     since = await _run(settings, unique, "rewind", group, "--since", "1970-01-01T00:00:00Z")
     assert since.returncode == 0, since.stderr
     assert set((await committed(stack.kafka_bootstrap, group)).values()) == {0}
-    ours = await _run(settings, unique, "rewind", "lattice.events", "--since", "0")
+    # A projector's group under this deployment's prefix (LATTICE_GROUP_PREFIX, here
+    # `unique`; `lattice` by default) keeps its positions in PostgreSQL: refused.
+    ours = await _run(settings, unique, "rewind", f"{unique}.events", "--since", "0")
     assert ours.returncode == 2
     assert "lattice replay events" in ours.stderr
+    flag = await _run(
+        settings, unique, "rewind", "staging.events", "--since", "0", "--group-prefix", "staging"
+    )
+    assert flag.returncode == 2
+    assert "lattice replay events" in flag.stderr
 
 
 async def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
