@@ -211,6 +211,10 @@ def _watch(config: uvicorn.Config, slots: list[_Slot], signals: list[int]) -> in
     """Keep the workers running until a signal (0) or until the first ones cannot start (1)."""
     while not signals:
         time.sleep(POLL_SECONDS)
+        if signals:
+            # A stop for the whole process group (Ctrl-C, systemd, Kubernetes) reaches
+            # the workers too: those that ended meanwhile did not die, they were stopped.
+            break
         now = time.monotonic()
         for slot in slots:
             worker = slot.process

@@ -137,6 +137,20 @@ async def test_workers_listen_apart_share_connections_and_come_back(
     assert gone(workers + replaced)
 
 
+async def test_a_stop_sent_to_every_process_at_once_is_a_stop_not_a_death(
+    supervised: Supervised,
+) -> None:
+    # As Ctrl-C, systemd or Kubernetes do: the supervisor and the workers all get SIGTERM.
+    for process in [supervised.parent, *supervised.workers]:
+        process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(supervised.server.wait(), 30)
+    output = supervised.log.read_text()
+    assert code == 0, output
+    assert "workers_stopped" in output
+    assert "worker_died" not in output  # it was not restarted, nor reported as a crash
+    assert gone(supervised.workers)
+
+
 async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
     settings: Settings,
 ) -> None:
