@@ -48,6 +48,13 @@ POLL_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 30.0  # between restarts of a worker that keeps failing to start
 DRAIN_SECONDS = 60.0  # how long stopping workers may take before they are killed
 PR_SET_PDEATHSIG = 1  # prctl(2)
+# uvicorn's own lines (started, stopping) go to the root logger's handler, which
+# `configure_logging` gives our format: JSON lines like every other, unless at a terminal.
+UVICORN_LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {"uvicorn": {"level": "INFO", "handlers": [], "propagate": True}},
+}
 
 
 def serve(app: Any, *, host: str, port: int, workers: int = 1) -> int:
@@ -58,6 +65,7 @@ def serve(app: Any, *, host: str, port: int, workers: int = 1) -> int:
         host=host,
         port=port,
         access_log=False,  # the app writes one line per request itself
+        log_config=UVICORN_LOGGING,
         lifespan="on",
         # Nothing here reads the client's address, so X-Forwarded-* need no rewriting
         # (a middleware less per request), and the answer does not name the server.

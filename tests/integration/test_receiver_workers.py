@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import psutil
 import pytest
 
@@ -149,6 +150,11 @@ async def test_a_stop_sent_to_every_process_at_once_is_a_stop_not_a_death(
     assert "workers_stopped" in output
     assert "worker_died" not in output  # it was not restarted, nor reported as a crash
     assert gone(supervised.workers)
+    # Supervisor, workers and uvicorn's own lines: JSON lines, every one.
+    lines = [orjson.loads(line) for line in output.splitlines()]
+    assert {"Application startup complete.", "Finished server process"} <= {
+        str(line["event"]).split(" [")[0] for line in lines
+    }
 
 
 async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
