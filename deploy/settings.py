@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     topic: str = Field(default="stripe.events", description="the event log topic")
     usage_topic: str = Field(default="usage.reported", description="the usage-fact topic")
     signature_tolerance: int = Field(
-        default=300, ge=0, description="seconds a signature's timestamp may be off"
+        default=300, ge=0, description="seconds a signature's timestamp may be off (0: no check)"
     )
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="largest webhook body")
     stripe_api_key: SecretStr | None = Field(
