@@ -22,6 +22,7 @@ from projectors.progress import Progress
 from projectors.replay import ReplayError, StartAt, replay
 from projectors.rewind import RewindError, rewind
 from projectors.service import dead_letter_producer, run_projections, tune_gc
+from projectors.startup import dependencies_up
 from projectors.stripe_api.hydrate import open_hydrator
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
 
@@ -144,6 +145,8 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 async def _project(settings: Settings, projections: list[Any], metrics: RuntimeMetrics) -> None:
+    if not await dependencies_up(settings):
+        return  # stopped while waiting for PostgreSQL or Kafka
     # Thin events are fetched from Stripe (and cached) only for projections that ask.
     if not any(getattr(p, "hydrate_thin_events", False) for p in projections):
         await run_projections(settings, projections, metrics=metrics)

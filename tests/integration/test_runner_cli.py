@@ -175,3 +175,62 @@ async def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setti
     assert last.startswith("lattice: the broker refuses LATTICE_PROJECTOR_SESSION_TIMEOUT_MS=500")
     assert "group.min.session.timeout.ms" in last
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.parametrize("down", ["postgresql", "kafka"])
+async def test_project_waits_for_what_is_down_and_stops_on_sigterm(
+    settings: Settings, unique: str, tmp_path: Path, down: str
+) -> None:
+    nobody = free_port()  # nothing listens there
+    env = _env(settings, unique)
+    if down == "postgresql":
+        env["LATTICE_DATABASE_URL"] = f"postgresql://postgres:pw-{unique}@127.0.0.1:{nobody}/x"
+        waiting = f"waiting for PostgreSQL at 127.0.0.1:{nobody}/x"
+    else:
+        env["LATTICE_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{nobody}"
+        waiting = f"waiting for Kafka at 127.0.0.1:{nobody}"
+    log = tmp_path / "project.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: ASYNC220 (started once; nothing waits on it here)
+            [sys.executable, "-m", "deploy.cli", "project", "events"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        async def tries() -> int:
+            assert proc.poll() is None, log.read_text()
+            return log.read_text().count(waiting)
+
+        await eventually(tries, lambda n: n >= 2, what=waiting)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+    output = log.read_text()
+    assert code == 0, output
+    assert "Traceback" not in output
+    assert f"pw-{unique}" not in output  # the password in the URL is never shown
+    assert all(isinstance(orjson.loads(line), dict) for line in output.splitlines())
+
+
+async def test_project_names_a_database_that_does_not_exist_in_one_line(
+    settings: Settings, unique: str
+) -> None:
+    env = {**_env(settings, unique)}
+    url = settings.require_database_url().rsplit("/", 1)[0] + f"/missing_{unique}"
+    env["LATTICE_DATABASE_URL"] = url
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "deploy.cli", "project", "events"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("lattice: PostgreSQL at ")
+    assert f'database "missing_{unique}" does not exist' in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,100 @@
+"""Before a projector process starts: wait for PostgreSQL and Kafka to answer.
+
+Started before them (a container scheduled first, a host rebooting), `lattice project`
+waits with one warning line per try instead of dying with a traceback, and SIGTERM or
+Ctrl-C ends the wait cleanly. What waiting cannot fix (a wrong password, a database that
+does not exist) ends it at once, in one line naming the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError
+
+from deploy.settings import ConfigError, Settings
+from projectors.failures import is_transient
+
+log = structlog.get_logger("lattice.projector")
+
+FIRST_RETRY_S = 0.5
+MAX_RETRY_S = 10.0
+
+
+def where(url: str) -> str:
+    """host:port/database of a libpq URL, without its user or password (for messages)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
+async def _database(url: str) -> None:
+    conn = await asyncpg.connect(url, timeout=10)
+    await conn.close()
+
+
+async def _kafka(bootstrap: str) -> None:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await client.bootstrap()  # fetches the cluster's metadata
+    finally:
+        await client.close()
+
+
+def _kafka_down(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
+
+
+async def until_up(
+    what: str,
+    attempt: Callable[[], Awaitable[None]],
+    transient: Callable[[BaseException], bool],
+    stop: asyncio.Event,
+) -> bool:
+    """Run `attempt` until it succeeds (True) or `stop` is set (False), waiting longer
+    after each transient failure; any other failure is raised at once."""
+    delay = FIRST_RETRY_S
+    while not stop.is_set():
+        try:
+            await attempt()
+            return True
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            log.warning(f"waiting for {what}", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await stop.wait()
+        delay = min(delay * 2, MAX_RETRY_S)
+    return False
+
+
+async def dependencies_up(settings: Settings) -> bool:
+    """Wait until PostgreSQL and Kafka both answer; False if SIGTERM/SIGINT came first."""
+    url = settings.require_database_url()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        try:
+            up = await until_up(
+                f"PostgreSQL at {where(url)}", lambda: _database(url), is_transient, stop
+            )
+        except (asyncpg.PostgresError, ValueError) as exc:
+            raise ConfigError(f"PostgreSQL at {where(url)} refused us: {exc}") from None
+        return up and await until_up(
+            f"Kafka at {settings.kafka_bootstrap}",
+            lambda: _kafka(settings.kafka_bootstrap),
+            _kafka_down,
+            stop,
+        )
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
