@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections.abc import Sequence
+
+import asyncpg
+from aiokafka.errors import KafkaConnectionError
 
 from deploy import stack_cli
 from deploy.settings import ConfigError
@@ -18,6 +22,17 @@ from ingest import cli as ingest_cli
 from ingest.simulate import cli as simulate_cli
 from projectors import cli as projectors_cli
 from projectors.stripe_api import cli as stripe_api_cli
+
+# A one-shot command (status, migrate, replay, rewind, ...) that cannot reach Kafka or
+# PostgreSQL says so in one line; `lattice project` and `lattice serve` wait instead.
+UNREACHABLE = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    KafkaConnectionError,
+    asyncpg.PostgresConnectionError,
+)
+REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +60,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StackError) as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 2
+    except UNREACHABLE as exc:
+        print(
+            f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
+            "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
+            file=sys.stderr,
+        )
+        return 1
+    except REFUSED as exc:
+        print(f"lattice: PostgreSQL refused: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("lattice: interrupted", file=sys.stderr)
         return 130

@@ -66,8 +66,8 @@ async def dead_letter_producer(settings: Settings) -> AsyncIterator[KafkaDeadLet
         enable_idempotence=True,
         client_id="lattice-deadletters",
     )
-    await producer.start()
     try:
+        await producer.start()
         yield KafkaDeadLetters(producer, settings.dlq_topic)
     finally:
         await producer.stop()

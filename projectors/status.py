@@ -67,8 +67,8 @@ async def collect(settings: Settings, projections: Sequence[Any]) -> list[Partit
         enable_auto_commit=False,
         client_id="lattice-status",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         topics = sorted({t for ts in wanted.values() for t in ts})
         tps = await partitions_of(consumer, topics, missing_ok=True)
         ends = await consumer.end_offsets(tps) if tps else {}

@@ -234,3 +234,40 @@ async def test_project_names_a_database_that_does_not_exist_in_one_line(
     assert result.stderr.strip().splitlines()[-1].startswith("lattice: PostgreSQL at ")
     assert f'database "missing_{unique}" does not exist' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "down"),
+    [
+        (["status"], "LATTICE_DATABASE_URL"),
+        (["status"], "LATTICE_KAFKA_BOOTSTRAP"),
+        (["migrate", "events"], "LATTICE_DATABASE_URL"),
+        (["replay", "events", "--from-beginning"], "LATTICE_KAFKA_BOOTSTRAP"),
+        (["rewind", "billing-exports", "--since", "0"], "LATTICE_KAFKA_BOOTSTRAP"),
+    ],
+)
+async def test_a_one_shot_command_that_cannot_reach_a_service_says_so_in_one_line(
+    settings: Settings, unique: str, command: list[str], down: str
+) -> None:
+    nobody = free_port()
+    env = _env(settings, unique)
+    env[down] = (
+        f"postgresql://postgres@127.0.0.1:{nobody}/x"
+        if down == "LATTICE_DATABASE_URL"
+        else f"127.0.0.1:{nobody}"
+    )
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "deploy.cli", *command],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lattice: cannot reach Kafka or PostgreSQL: "), result.stderr
+    assert str(nobody) in last  # the address it tried
+    assert "Traceback" not in result.stderr
+    assert "Unclosed" not in result.stderr
