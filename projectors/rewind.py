@@ -37,8 +37,8 @@ class Move:
 async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     """The offsets a group has committed, by partition."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        await admin.start()
         found = await admin.list_consumer_group_offsets(group)
     finally:
         await admin.close()
@@ -64,8 +64,8 @@ async def rewind(
         enable_auto_commit=False,
         client_id="lattice-rewind",
     )
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await _partitions(consumer, topics)
         targets = await _targets(consumer, tps, topics, since, to_offset)
         consumer.assign(list(targets))

@@ -219,8 +219,8 @@ async def _append(
         client_id="lattice-backfill",
         request_timeout_ms=int(settings.kafka_timeout * 1000),
     )
-    await producer.start()
     try:
+        await producer.start()
         for start in range(0, len(missing), opts.batch_size):
             chunk = missing[start : start + opts.batch_size]
             records = [_record(event, account, opts.endpoint) for event, account in chunk]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from ingest.record import HEADER_EVENT_ID, HEADER_SOURCE
-from projectors.topic_partitions import UnknownTopic, partitions_of
+from projectors.topic_partitions import partitions_of
 
 BACKFILL_SOURCE = b"backfill"
 
@@ -16,10 +16,10 @@ async def _consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="lattice-backfill"
     )
-    await consumer.start()
     try:
+        await consumer.start()
         tps = await partitions_of(consumer, [topic])
-    except UnknownTopic:
+    except BaseException:  # an unknown topic, a broker that does not answer
         await consumer.stop()
         raise
     consumer.assign(tps)
