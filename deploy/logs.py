@@ -7,6 +7,7 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -127,8 +128,45 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(stdlib_formatter(as_json))
+        handler.addFilter(RepeatFilter())
         root.addHandler(handler)
         root.setLevel(logging.WARNING)
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a library's message through once per `window` seconds for each logger and
+    message template: with the broker down, aiokafka logs the same few failures about a
+    thousand times a second. The first line after a suppressed spell says in `suppressed`
+    how many like it were left out."""
+
+    MAX_KEYS = 1000  # templates remembered; a flood of distinct ones only resets this
+
+    def __init__(self, window: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.window = window
+        self.clock = clock
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}  # -> (when shown, left out)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg))
+        now = self.clock()
+        shown, left_out = self._last.get(key, (None, 0))
+        if shown is not None and now - shown < self.window:
+            self._last[key] = (shown, left_out + 1)
+            return False
+        if left_out:
+            record.suppressed = left_out
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+        self._last[key] = (now, 0)
+        return True
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        left_out = getattr(record, "suppressed", 0)
+        return f"{text} ({left_out} more like it suppressed)" if left_out else text
 
 
 def _shared_processors() -> list[structlog.types.Processor]:
@@ -144,9 +182,13 @@ def stdlib_formatter(as_json: bool) -> logging.Formatter:
     """How a standard library record is written: as our JSON lines (with the logger's
     name), or as `name message` for a person at a terminal."""
     if not as_json:
-        return logging.Formatter("%(name)s %(message)s")
+        return _TextFormatter("%(name)s %(message)s")
     return structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared_processors()],
+        foreign_pre_chain=[
+            structlog.stdlib.add_logger_name,
+            structlog.stdlib.ExtraAdder(allow=["suppressed"]),
+            *_shared_processors(),
+        ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.JSONRenderer(serializer=_orjson_text),

@@ -115,3 +115,32 @@ def test_a_library_traceback_is_one_json_line_with_the_loggers_name() -> None:
         .format(record)
         .startswith("asyncpg.pool Failed to restore the pool\nTraceback")
     )
+
+
+def _record(template: str, *args: object, name: str = "aiokafka") -> logging.LogRecord:
+    return logging.LogRecord(name, logging.ERROR, __file__, 1, template, args, None)
+
+
+def test_a_library_repeating_itself_is_written_once_per_window_then_with_a_count() -> None:
+    now = [0.0]
+    repeats = logs.RepeatFilter(window=10.0, clock=lambda: now[0])
+    template = "Unable connect to node with id %s: %s"
+    passed = [repeats.filter(_record(template, 1, f"try {n}")) for n in range(1000)]
+    assert passed[0]
+    assert passed.count(True) == 1
+    # Another message, or another logger's, is not held back by that one.
+    assert repeats.filter(_record("Unable to update metadata from %s", [1]))
+    assert repeats.filter(_record(template, 1, "x", name="aiokafka.consumer.fetcher"))
+    now[0] = 10.5
+    after = _record(template, 1, "again")
+    assert repeats.filter(after)
+    line = orjson.loads(logs.stdlib_formatter(as_json=True).format(after))
+    assert (line["event"], line["suppressed"]) == ("Unable connect to node with id 1: again", 999)
+    assert (
+        logs.stdlib_formatter(as_json=False).format(after).endswith("(999 more like it suppressed)")
+    )
+    # The next window starts counting afresh.
+    now[0] = 21.0
+    fresh = _record(template, 1, "later")
+    assert repeats.filter(fresh)
+    assert not hasattr(fresh, "suppressed")
