@@ -35,14 +35,17 @@ def _env(settings: Settings, unique: str) -> dict[str, str]:
     }
 
 
-def _lattice(settings: Settings, unique: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _lattice(
+    settings: Settings, unique: str, *args: str, **changed: str
+) -> subprocess.CompletedProcess[str]:
+    """`lattice ARGS` with the test's settings, and `changed` environment variables."""
     return subprocess.run(
         [sys.executable, "-m", "deploy.cli", *args],
         cwd=ROOT,
-        env=_env(settings, unique),
+        env={**_env(settings, unique), **changed},
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
 
@@ -58,8 +61,10 @@ def _start(settings: Settings, unique: str, log: Path, *args: str) -> subprocess
         )
 
 
-async def _run(settings: Settings, unique: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(_lattice, settings, unique, *args)
+async def _run(
+    settings: Settings, unique: str, *args: str, **changed: str
+) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(_lattice, settings, unique, *args, **changed)
 
 
 async def test_project_migrate_status_and_replay_from_the_command_line(
@@ -218,18 +223,8 @@ async def test_project_waits_for_what_is_down_and_stops_on_sigterm(
 async def test_project_names_a_database_that_does_not_exist_in_one_line(
     settings: Settings, unique: str
 ) -> None:
-    env = {**_env(settings, unique)}
     url = settings.require_database_url().rsplit("/", 1)[0] + f"/missing_{unique}"
-    env["LATTICE_DATABASE_URL"] = url
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "deploy.cli", "project", "events"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = await _run(settings, unique, "project", "events", LATTICE_DATABASE_URL=url)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("lattice: PostgreSQL at ")
     assert f'database "missing_{unique}" does not exist' in result.stderr
@@ -250,21 +245,12 @@ async def test_a_one_shot_command_that_cannot_reach_a_service_says_so_in_one_lin
     settings: Settings, unique: str, command: list[str], down: str
 ) -> None:
     nobody = free_port()
-    env = _env(settings, unique)
-    env[down] = (
+    where = (
         f"postgresql://postgres@127.0.0.1:{nobody}/x"
         if down == "LATTICE_DATABASE_URL"
         else f"127.0.0.1:{nobody}"
     )
-    result = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "deploy.cli", *command],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = await _run(settings, unique, *command, **{down: where})
     assert result.returncode == 1, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lattice: cannot reach Kafka or PostgreSQL: "), result.stderr
