@@ -16,7 +16,7 @@ from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
 from ingest.signature import sign_header
-from ingest.workers import serve
+from ingest.workers import check_address, serve
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RECEIVER_SETTINGS = (
@@ -75,6 +75,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--workers: must be at least 1")
     configure_logging()
     if args.workers == 1:
+        if args.port:  # (0: any free port) a taken one is one line, before the app starts
+            check_address(args.host, args.port)
         return serve(create_app(settings), host=args.host, port=args.port)
     # Worker processes build their own app from the environment: hand the flags down there.
     for field, value in overrides.items():

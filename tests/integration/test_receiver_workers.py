@@ -157,8 +157,9 @@ async def test_a_stop_sent_to_every_process_at_once_is_a_stop_not_a_death(
     }
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
-    settings: Settings,
+    settings: Settings, workers: str
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -166,7 +167,7 @@ async def test_a_taken_port_is_a_clear_error_before_any_worker_starts(
         port = taken.getsockname()[1]
         result = await asyncio.to_thread(
             subprocess.run,
-            [*LATTICE, "serve", "--port", str(port), "--workers", "2"],
+            [*LATTICE, "serve", "--port", str(port), "--workers", workers],
             env={**os.environ, "LATTICE_WEBHOOK_SECRETS": f"platform={PLATFORM_NEW}"},
             capture_output=True,
             text=True,
