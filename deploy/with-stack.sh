@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run a command with the local stack up and its stack.env (in LATTICE_HOME, .lattice by default) sourced; stop the stack
-# afterwards if this script started it (even when the command fails or is interrupted).
+# Run a command with the local stack up and its stack.env sourced (in LATTICE_HOME,
+# .lattice by default); stop the stack afterwards if this script started it (even when
+# the command fails or is interrupted).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lattice=.venv/bin/lattice

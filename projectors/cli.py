@@ -16,6 +16,7 @@ from deploy.flags import DATABASE, KAFKA, STRIPE_API, add_setting_flags, setting
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog, status
+from projectors.intake import group_of
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.progress import Progress
@@ -256,9 +257,8 @@ def run_status(args: argparse.Namespace) -> int:
 def run_rewind(args: argparse.Namespace) -> int:
     """`lattice rewind GROUP --since TIME | --to-offset P:N`."""
     settings = settings_from(args)
-    ours = f"{settings.group_prefix}."
-    name = args.group.removeprefix(ours)
-    if args.group.startswith(ours) and name in catalog.discover():
+    ours = {group_of(name, settings.group_prefix): name for name in catalog.discover()}
+    if (name := ours.get(args.group)) is not None:
         raise ConfigError(
             f"{args.group} is a Lattice projector: its positions live in PostgreSQL; "
             f"use `lattice replay {name}`"
