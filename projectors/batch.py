@@ -96,12 +96,11 @@ class BatchApplier:
         self.retries = max(1, retries)
         self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
         self.stop = stop or asyncio.Event()
-        # synchronous_commit off is safe here: the rows and the positions are one
-        # transaction, so a server crash can only lose both together, and the records are
-        # read again from the positions that survived. One round trip for both settings.
-        self._settings_sql = (
-            f'SET LOCAL search_path TO "{schema}", public; SET LOCAL synchronous_commit TO off'
-        )
+        # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
+        # last commits (rows and positions together, so nothing is applied wrongly), but a
+        # projector idle at the log end goes on believing its positions are stored and
+        # never reads those records again (the fault suite caught one stalled so).
+        self._settings_sql = f'SET LOCAL search_path TO "{schema}", public'
 
     async def commit(
         self,

@@ -7,11 +7,18 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
+from aiokafka import TopicPartition
 
+from projectors.base import Record
+from projectors.batch import BatchApplier
+from projectors.deadletter import DeadLetter
+from projectors.migrate import migrate
 from tests.conftest import Stack
 from tests.faults.conftest import Reference
 from tests.faults.projecting import (
@@ -29,7 +36,8 @@ from tests.faults.projecting import (
     stored_positions,
 )
 from tests.faults.services import PrivatePostgres, at_least, projector
-from tests.support.projectors import extra_database
+from tests.support.audit_projection import AuditProjection
+from tests.support.projectors import extra_database, positions
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -104,3 +112,39 @@ async def test_postgres_killed_under_projectors_they_resume_and_match_the_refere
     # (asyncpg's pool logs one per failed reconnect) are each one line's `exception`.
     for line in output.splitlines():
         assert isinstance(orjson.loads(line), dict), line
+
+
+class _NoDeadLetters:
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        raise AssertionError(f"no dead letter expected, got {letters}")
+
+
+async def test_a_batch_committed_just_before_postgresql_is_killed_is_kept(
+    private_postgres: PrivatePostgres, unique: str, injected: Counter[str]
+) -> None:
+    """A commit acknowledged is on disk, rows and positions: a projector idle at the log end
+    never reads its records again, so a crash must not take back what it was told was
+    stored (with `synchronous_commit = off` it did: the WAL writer had not written it)."""
+    audit = AuditProjection()
+    async with extra_database(private_postgres.url("postgres"), unique) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn, [audit])
+        finally:
+            await conn.close()
+        tp = TopicPartition("t", 0)
+        for attempt in range(3):
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
+            applier = BatchApplier(
+                audit, pool, _NoDeadLetters(), schema="projections", projector_key="audit"
+            )
+            start = attempt * 5
+            batch = {tp: [Record("t", 0, n, b"k", b"{}", {}, 0) for n in range(start, start + 5)]}
+            try:
+                await applier.commit(batch, {tp: start or None})
+                private_postgres.kill()  # at once: within the WAL writer's 200 ms
+                injected["PostgreSQL SIGKILL just after a commit"] += 1
+            finally:
+                pool.terminate()
+            await asyncio.to_thread(private_postgres.start)
+            assert await positions(url, "audit") == {0: start + 5}, f"attempt {attempt}"
