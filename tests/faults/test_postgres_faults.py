@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -17,7 +16,6 @@ from aiokafka import TopicPartition
 
 from projectors.base import Record
 from projectors.batch import BatchApplier
-from projectors.deadletter import DeadLetter
 from projectors.migrate import migrate
 from tests.conftest import Stack
 from tests.faults.conftest import Reference
@@ -36,7 +34,7 @@ from tests.faults.projecting import (
     stored_positions,
 )
 from tests.faults.services import PrivatePostgres, at_least, projector
-from tests.support.audit_projection import AuditProjection
+from tests.support.audit_projection import AuditProjection, NoDeadLetters
 from tests.support.projectors import extra_database, positions
 from tests.support.wait import eventually
 
@@ -114,11 +112,6 @@ async def test_postgres_killed_under_projectors_they_resume_and_match_the_refere
         assert isinstance(orjson.loads(line), dict), line
 
 
-class _NoDeadLetters:
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
-        raise AssertionError(f"no dead letter expected, got {letters}")
-
-
 async def test_a_batch_committed_just_before_postgresql_is_killed_is_kept(
     private_postgres: PrivatePostgres, unique: str, injected: Counter[str]
 ) -> None:
@@ -136,7 +129,7 @@ async def test_a_batch_committed_just_before_postgresql_is_killed_is_kept(
         for attempt in range(3):
             pool = await asyncpg.create_pool(url, min_size=1, max_size=1)
             applier = BatchApplier(
-                audit, pool, _NoDeadLetters(), schema="projections", projector_key="audit"
+                audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
             )
             start = attempt * 5
             batch = {tp: [Record("t", 0, n, b"k", b"{}", {}, 0) for n in range(start, start + 5)]}

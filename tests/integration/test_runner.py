@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -26,14 +25,13 @@ from projectors.deadletter import (
     HEADER_ORIGIN_PARTITION,
     HEADER_ORIGIN_TOPIC,
     HEADER_PROJECTOR,
-    DeadLetter,
 )
 from projectors.events import projection as events
 from projectors.migrate import migrate
 from projectors.offsets import PositionConflict
 from projectors.runner import ProjectionRunner
 from tests.conftest import Stack, Topics
-from tests.support.audit_projection import AuditProjection, applied_counts
+from tests.support.audit_projection import AuditProjection, NoDeadLetters, applied_counts
 from tests.support.kafka import read_all
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import BASE_TIME, event, invoice, produce, records, stream
@@ -196,11 +194,6 @@ async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_fo
     assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
 
 
-class _NoDeadLetters:
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
-        raise AssertionError(f"no dead letter expected, got {letters}")
-
-
 async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
     settings: Settings, stack: Stack
 ) -> None:
@@ -212,7 +205,7 @@ async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
         await migrate(conn, [audit])
         tp = TopicPartition(settings.topic, 0)
         batch = {tp: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(5)]}
-        sink = _NoDeadLetters()
+        sink = NoDeadLetters()
         owner = BatchApplier(audit, pool, sink, schema="projections", projector_key="audit")
         zombie = BatchApplier(audit, pool, sink, schema="projections", projector_key="audit")
         await owner.commit(batch, {tp: None})
@@ -307,13 +300,13 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
     try:
         await migrate(conn, [audit])
         applier = BatchApplier(
-            audit, pool, _NoDeadLetters(), schema="projections", projector_key="audit"
+            audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
         )
         await applier.commit(
             {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(3)]}, {tp0: None}
         )
         consumer.assign([tp0])
-        runner = ProjectionRunner(audit, settings, pool, _NoDeadLetters())
+        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
         runner.consumer = consumer
 
         # Unassigned meanwhile: nothing sought, nothing held, no exception.

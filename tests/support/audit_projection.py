@@ -11,6 +11,7 @@ import asyncpg
 
 from deploy.settings import Settings
 from projectors.base import Connection, PoisonRecord, Record
+from projectors.deadletter import DeadLetter
 
 Applied = tuple[str, int, int]
 
@@ -57,3 +58,10 @@ async def applied_counts(conn: asyncpg.Connection) -> dict[Applied, int]:
         "GROUP BY 1, 2, 3"
     )
     return {(r["topic"], r["partition"], r["kafka_offset"]): int(r["n"]) for r in rows}
+
+
+class NoDeadLetters:
+    """A dead-letter sink for batches that must not produce any."""
+
+    async def send(self, letters: Sequence[DeadLetter]) -> None:
+        raise AssertionError(f"no dead letter expected, got {letters}")
