@@ -97,9 +97,10 @@ class BatchApplier:
         self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
         self.stop = stop or asyncio.Event()
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
-        # last commits (rows and positions together, so nothing is applied wrongly), but a
-        # projector idle at the log end goes on believing its positions are stored and
-        # never reads those records again (the fault suite caught one stalled so).
+        # last commits (rows and positions together, so nothing is applied wrongly), and a
+        # projector idle at the log end goes on believing its positions are stored until
+        # its next idle check (`runner.IDLE_CHECK_S`); the fault suite caught one stalled
+        # so before that check existed. An acknowledged commit should stay committed.
         self._settings_sql = f'SET LOCAL search_path TO "{schema}", public'
 
     async def commit(

@@ -44,6 +44,8 @@ from projectors.rebalance import SeekToStored
 
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
+# How often a runner idle at the log end compares its positions with the stored ones.
+IDLE_CHECK_S = 5.0
 
 
 class ProjectionRunner:
@@ -90,6 +92,7 @@ class ProjectionRunner:
         self._needs_seek = False
         self._needs_pause = False
         self._backoff = 0.5
+        self._next_idle_check = 0.0
 
     async def run(self) -> None:
         """Consume, apply and commit until `stop` is set; then leave the group cleanly."""
@@ -127,6 +130,8 @@ class ProjectionRunner:
                 if not batch:
                     if self._inflight is not None and self._inflight[0].done():
                         await self.drain()
+                    elif self._inflight is None and time.monotonic() >= self._next_idle_check:
+                        await self._check_stored(epoch)
                     continue
                 started = time.monotonic()
                 try:
@@ -184,6 +189,32 @@ class ProjectionRunner:
             prepared = joined(prepared, await self.applier.prepare(more))
         await self.drain()
         return prepared
+
+    async def _check_stored(self, epoch: int) -> None:
+        """Idle at the log end, no compare-and-set would tell the runner that its stored
+        positions moved (PostgreSQL restored from an older backup, positions edited by
+        hand): compare them every `IDLE_CHECK_S` and re-seek to them when they differ, so
+        the tables heal without waiting for the next record."""
+        self._next_idle_check = time.monotonic() + IDLE_CHECK_S
+        held = dict(self.positions)
+        if not held:
+            return
+        try:
+            async with self.pool.acquire() as conn:
+                stored = await offsets.load(conn, self.name, list(held))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._database_lost(exc)
+            return
+        moved = {tp: (held[tp], stored.get(tp)) for tp in held if stored.get(tp) != held[tp]}
+        if moved and epoch == self.epoch and self._inflight is None:
+            log.warning(
+                "stored positions moved while idle; re-seeking",
+                projector=self.name,
+                moved={f"{tp.topic}:{tp.partition}": m for tp, m in moved.items()},
+            )
+            self._needs_seek = True
 
     def _database_lost(self, exc: Exception) -> None:
         """The database failed, not a record: pause, reconnect and re-seek to the stored

@@ -100,6 +100,43 @@ async def test_applies_every_record_once_and_resumes_from_stored_positions(
     assert thin_row == (thin["related_object"]["id"], BASE_TIME + 49)
 
 
+async def test_a_runner_idle_at_the_log_end_heals_when_its_stored_positions_go_back(
+    settings: Settings, stack: Stack
+) -> None:
+    """PostgreSQL restored from an older backup: rows and positions both go back in time.
+    No new record arrives to fail a compare-and-set; the idle runner must notice by itself
+    and apply again what the backup lacks, once."""
+    stream_ = stream(120, seed=5)
+    url = settings.require_database_url()
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
+    async with running(settings, [AuditProjection()]):
+        await _caught_up(settings, "audit")
+        ends = await log_ends(settings.kafka_bootstrap, settings.topic)
+        partition = max(ends, key=lambda p: ends[p])
+        back = ends[partition] // 2
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction():  # the "restore", as one snapshot
+                await conn.execute(
+                    "DELETE FROM projections.audit_applied "
+                    "WHERE partition = $1 AND kafka_offset >= $2",
+                    partition,
+                    back,
+                )
+                await conn.execute(
+                    "UPDATE lattice.offsets SET next_offset = $2 "
+                    "WHERE projector = 'audit' AND partition = $1",
+                    partition,
+                    back,
+                )
+            await _caught_up(settings, "audit")
+            counts = await applied_counts(conn)
+        finally:
+            await conn.close()
+    assert len(counts) == len(stream_), "the records the restore took back were not applied"
+    assert set(counts.values()) == {1}, "a record was applied twice"
+
+
 async def test_poison_records_go_to_the_dead_letter_topic_and_later_records_apply(
     settings: Settings, stack: Stack, topics: Topics
 ) -> None:
