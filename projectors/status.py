@@ -11,6 +11,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer
 
 from deploy.settings import Settings
+from projectors.shadow import replay_key
 from projectors.topic_partitions import partitions_of
 
 
@@ -53,12 +54,19 @@ async def _stored(url: str) -> tuple[list[asyncpg.Record], dict[tuple[str, str, 
     return rows, {(r["projector"], r["topic"], r["partition"]): int(r["n"]) for r in dead}
 
 
-async def collect(settings: Settings, projections: Sequence[Any]) -> list[PartitionStatus]:
-    """The status of every given projection, plus any replay in progress."""
+async def collect(
+    settings: Settings, projections: Sequence[Any], *, others: bool = True
+) -> list[PartitionStatus]:
+    """The status of every given projection and of its replay in progress; with `others`,
+    also of every other projector with stored positions (other replays, projectors run
+    by other versions)."""
     rows, dead = await _stored(settings.require_database_url())
     stored = {(r["projector"], r["topic"], r["partition"]): r for r in rows}
     wanted: dict[str, list[str]] = {p.name: list(p.topics(settings)) for p in projections}
-    for r in rows:  # replays in progress and projectors run by other versions
+    replays = {replay_key(name) for name in wanted}
+    for r in rows:
+        if not others and r["projector"] not in wanted and r["projector"] not in replays:
+            continue
         wanted.setdefault(r["projector"], [])
         if r["topic"] not in wanted[r["projector"]]:
             wanted[r["projector"]].append(r["topic"])

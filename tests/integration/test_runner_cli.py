@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import httpx
 import orjson
 import pytest
@@ -99,9 +100,22 @@ async def test_project_migrate_status_and_replay_from_the_command_line(
     assert code == 0, log.read_text()[-2000:]
     assert "projector stopped" in log.read_text()
 
+    # Another projector's positions: `status events` leaves them out, `status` shows them.
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+            "VALUES ('invoices', $1, 0, 1)",
+            settings.topic,
+        )
+    finally:
+        await conn.close()
+    everything = await _run(settings, unique, "status", "--json")
+    assert {r["projector"] for r in orjson.loads(everything.stdout)} >= {"events", "invoices"}
     shown = await _run(settings, unique, "status", "events", "--json")
     assert shown.returncode == 0, shown.stderr
     report = orjson.loads(shown.stdout)
+    assert {r["projector"] for r in report} == {"events"}
     assert {(r["partition"], r["position"], r["lag"]) for r in report} == {
         (p, end, 0) for p, end in ends.items()
     }
