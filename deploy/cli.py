@@ -29,6 +29,7 @@ UNREACHABLE = (
     ConnectionError,
     TimeoutError,
     socket.gaierror,
+    FileNotFoundError,  # PostgreSQL's Unix socket (a URL naming a socket folder) is not there
     KafkaConnectionError,
     asyncpg.PostgresConnectionError,
 )

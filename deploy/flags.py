@@ -22,6 +22,27 @@ DATABASE = ("database_url",)
 STRIPE_API = ("stripe_api_key", "stripe_api_base", "stripe_api_version")
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port from 1 to 65535 (the kernel would quietly take 80000
+    modulo 65536)."""
+    return _port(text, lowest=1)
+
+
+def port_or_off(text: str) -> int:
+    """An argparse type: a TCP port, or 0 for off."""
+    return _port(text, lowest=0)
+
+
+def _port(text: str, *, lowest: int) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not lowest <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port from {lowest} to 65535")
+    return port
+
+
 def _help(name: str) -> str:
     field = Settings.model_fields[name]
     default = field.default

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -105,6 +106,20 @@ class Settings(BaseSettings):
         default="lattice", min_length=1, description="consumer groups are <prefix>.<name>"
     )
 
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _brokers_are_host_port(cls, value: str) -> str:
+        for broker in value.split(","):
+            check_host_port(broker.strip(), "host:port[,host:port...]")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_is_a_url(cls, value: str | None) -> str | None:
+        if value:
+            check_database_url(value)
+        return value
+
     @field_validator("webhook_secrets")
     @classmethod
     def _secrets_are_pairs(cls, value: SecretStr) -> SecretStr:
@@ -130,6 +145,30 @@ class Settings(BaseSettings):
         return self.database_url
 
 
+def check_host_port(address: str, shape: str) -> None:
+    """`address` is `host[:port]` (`[v6]:port` too) with a port in 1..65535; else ValueError
+    saying `shape` is expected (the clients' own errors here are tracebacks or hangs)."""
+    host, colon, port = address.rpartition(":") if not address.endswith("]") else ("", "", "")
+    if not colon:
+        host = address
+    if not host or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"{address!r} is not {shape}, with a port from 1 to 65535")
+
+
+def check_database_url(url: str) -> None:
+    """`url` is a libpq URL (`postgresql://[user[:password]@]host[:port][,...]/database`)
+    whose ports are numbers; else ValueError, never naming the password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(
+            "must be a libpq URL, postgresql://user[:password]@host[:port]/database"
+        )
+    hosts = parts.netloc.rpartition("@")[2]
+    for host in hosts.split(",") if hosts else ():
+        if host:  # an empty host means the local socket, as libpq reads it
+            check_host_port(host, "host[:port] in the URL")
+
+
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     """Read settings from the environment; `overrides` (from flags) win. Raises ConfigError."""
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
@@ -141,4 +180,5 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         source = (
             f"--{field.replace('_', '-')}" if field in given else f"{ENV_PREFIX}{field.upper()}"
         )
-        raise ConfigError(f"{source}: {error['msg']}") from None
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"{source}: {message}") from None

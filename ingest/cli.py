@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from deploy.flags import add_setting_flags, setting_overrides
+from deploy.flags import add_setting_flags, port_number, setting_overrides
 from deploy.logs import configure_logging
 from deploy.settings import ENV_PREFIX, ConfigError, load_settings
 from ingest.app import create_app
@@ -39,7 +39,7 @@ def register(commands: Any) -> None:
         "the event log. Secrets: LATTICE_WEBHOOK_SECRETS=endpoint=whsec_...,...",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
+    serve.add_argument("--port", type=port_number, default=8000, help="port to listen on (8000)")
     serve.add_argument(
         "--workers",
         type=int,

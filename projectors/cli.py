@@ -12,7 +12,14 @@ from typing import Any
 import asyncpg
 from prometheus_client import REGISTRY, start_http_server
 
-from deploy.flags import DATABASE, KAFKA, STRIPE_API, add_setting_flags, settings_from
+from deploy.flags import (
+    DATABASE,
+    KAFKA,
+    STRIPE_API,
+    add_setting_flags,
+    port_or_off,
+    settings_from,
+)
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog, status
@@ -62,7 +69,7 @@ def register(commands: Any) -> None:
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
     project.add_argument(
         "--metrics-port",
-        type=int,
+        type=port_or_off,
         default=0,
         help="serve Prometheus metrics on this port (default: off)",
     )
@@ -139,7 +146,13 @@ def run_project(args: argparse.Namespace) -> int:
     configure_logging()
     metrics = RuntimeMetrics(REGISTRY)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
+                f"{exc.strerror or exc}"
+            ) from None
     tune_gc()
     asyncio.run(_project(settings, projections, metrics))
     return 0

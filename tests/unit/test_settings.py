@@ -91,3 +91,81 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"| `{ENV_PREFIX}{name.upper()}` | `--{name.replace('_', '-')}` |" in readme
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "localhost:55432/lattice",  # no scheme: asyncpg's traceback, or a wait for ever
+        "postgresql://user:hunter2@db:5432x/lattice",
+        "postgresql://user:hunter2@db:80000/lattice",
+        "mysql://user:hunter2@db/lattice",
+    ],
+)
+def test_a_database_url_that_is_not_a_libpq_url_is_one_line_without_the_password(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_DATABASE_URL", url)
+    with pytest.raises(ConfigError, match=r"^LATTICE_DATABASE_URL: ") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    assert "Value error" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@127.0.0.1:55432/lattice",
+        "postgres://u:p@h1:5432,h2:5433/db",
+        "postgresql:///lattice?host=/var/run/postgresql",
+        "postgresql://[::1]:5432/lattice",
+    ],
+)
+def test_libpq_urls_are_accepted(url: str) -> None:
+    assert load_settings({"database_url": url}).database_url == url
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:90x2", "broker:0", "a:9092,,b:9092", ":9092"])
+def test_a_malformed_kafka_bootstrap_names_the_flag(bootstrap: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--kafka-bootstrap: .* is not host:port"):
+        load_settings({"kafka_bootstrap": bootstrap})
+
+
+@pytest.mark.parametrize("bootstrap", ["127.0.0.1:9092", "a:9092, b:9093", "[::1]:9092", "kafka"])
+def test_kafka_bootstraps_are_accepted(bootstrap: str) -> None:
+    assert load_settings({"kafka_bootstrap": bootstrap}).kafka_bootstrap == bootstrap
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["serve", "--port", "80000"], "80000 is not a port from 1 to 65535"),
+        (["serve", "--port", "0"], "0 is not a port from 1 to 65535"),
+        (["project", "--metrics-port", "http"], "'http' is not a port number"),
+    ],
+)
+def test_a_port_out_of_range_is_refused_by_the_parser(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_taken_metrics_port_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    monkeypatch.setenv("LATTICE_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/none")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["project", "--metrics-port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"lattice: --metrics-port: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
