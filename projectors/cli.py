@@ -257,9 +257,7 @@ def run_replay(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     """`lattice status [NAME ...] [--json]`."""
     settings = settings_from(args)
-    statuses = asyncio.run(
-        status.collect(settings, _select(args.names), others=not args.names)
-    )
+    statuses = asyncio.run(status.collect(settings, _select(args.names), others=not args.names))
     if args.json:
         import orjson
 

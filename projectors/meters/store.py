@@ -60,8 +60,21 @@ def _fact_rank(fact: UsageReported) -> tuple[bool, int, Any, str, str]:
     return (fact.cancel, fact.timestamp, fact.value, fact.event_name, fact.customer)
 
 
+# One lock per schema (the live tables, a replay's shadow): taken by every batch first.
+# A batch recomputes its rows from what it can see; run alongside another process's batch
+# (several `lattice project` processes share the partitions of `usage.reported` and
+# `stripe.events`, and one customer's facts and billing come through different ones), it
+# would not see the other's uncommitted facts or periods and would write its stale row
+# over theirs: usage lost until the next recompute of that customer. Batches of one
+# schema therefore write one at a time, each seeing every batch committed before it.
+SERIALIZE = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('lattice.meters:' || current_schema(), 0))"
+)
+
+
 async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
     """Write `changes` and recompute the reconciliation rows they reach."""
+    await conn.execute(SERIALIZE)
     buckets: dict[type, list[Any]] = {}
     for change in changes:
         buckets.setdefault(type(change), []).append(change)

@@ -3,6 +3,7 @@ the same table from any shuffle or duplication of its records."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,51 @@ async def test_any_shuffle_and_duplication_gives_the_same_table(conn: asyncpg.Co
         schema = f"shuffled{seed}"
         await project(conn, schema, batches)
         assert await fetch(conn, schema) == expected, f"seed {seed}"
+
+
+@pytest.mark.parametrize("facts_first", [True, False], ids=["facts-held", "row-exists"])
+async def test_two_processes_writing_one_customers_rows_at_once_lose_nothing(
+    conn: asyncpg.Connection, database_url: str, facts_first: bool
+) -> None:
+    """One customer's usage facts (on `usage.reported`) and billing (on `stripe.events`)
+    are applied by two processes at once: process A's batch of facts is written but not
+    yet committed when process B's batch of Stripe events recomputes the same rows. B must
+    not write rows that leave out A's facts."""
+    scenario = billing_month()
+    records = scenario.records()
+    # A minute later, each subscription again (as `customer.subscription.updated` would
+    # bring it): B's batch then changes the periods, and its rows are recomputed.
+    later = [
+        stripe_record(dict(e, id=f"{e['id']}_later", created=e["created"] + 60), offset=n)
+        for n, e in enumerate(scenario.stripe_events)
+        if e["type"].startswith("customer.subscription.")
+    ]
+    assert later
+    await project(conn, "ordered", [records, later])
+    expected = await fetch(conn, "ordered")
+    facts = [r for r in records if r.topic == "usage.reported"]
+    stripe = [r for r in records if r.topic != "usage.reported"]
+    await migrate(conn, [projection], schema="raced", record=False)
+    if facts_first:
+        stripe += later
+    else:
+        # The rows exist: A's facts take the incremental path, B recomputes them anew.
+        await project(conn, "raced", [stripe], fresh=False)
+        stripe = later
+    other = await asyncpg.connect(database_url)
+    try:
+        held = conn.transaction()
+        await held.start()
+        await conn.execute("SET LOCAL search_path TO raced, public")
+        await projection.apply(conn, [c for r in facts for c in projection.reduce(r)])
+        # B, as another process would, while A's transaction is still open.
+        b = asyncio.create_task(project(other, "raced", [stripe], fresh=False))
+        await asyncio.sleep(0.5)
+        await held.commit()
+        await asyncio.wait_for(b, timeout=30)
+    finally:
+        await other.close()
+    assert await fetch(conn, "raced") == expected
 
 
 async def test_facts_before_their_period_are_held_then_placed(conn: asyncpg.Connection) -> None:
