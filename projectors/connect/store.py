@@ -18,15 +18,19 @@ import asyncpg
 from projectors.connect import changes as c
 from projectors.connect.fold import fold
 
+# Event ids compare as bytes (`COLLATE "C"`), as `fold` compares them in Python: under
+# the database's own collation (en_US in the official image) two snapshots of one second
+# would be ordered one way within a batch and another way across batches.
+_C = 'COLLATE "C"'
 _STAMPS = (
-    "(excluded.last_event_created, excluded.last_event_id)",
-    "(t.last_event_created, t.last_event_id)",
+    f"(excluded.last_event_created, excluded.last_event_id {_C})",
+    f"(t.last_event_created, t.last_event_id {_C})",
 )
 _NEWER = f"{_STAMPS[0]} > {_STAMPS[1]}"
 _EARLIER = f"{_STAMPS[0]} < {_STAMPS[1]}"
 _RANKED_NEWER = (
-    "(excluded.status_rank, excluded.last_event_created, excluded.last_event_id)"
-    " > (t.status_rank, t.last_event_created, t.last_event_id)"
+    f"(excluded.status_rank, excluded.last_event_created, excluded.last_event_id {_C})"
+    f" > (t.status_rank, t.last_event_created, t.last_event_id {_C})"
 )
 _GETTERS: dict[type, attrgetter[Any]] = {}
 _PG_TYPES: dict[type, str] = {str: "text", int: "bigint", bool: "boolean", datetime: "timestamptz"}
@@ -78,7 +82,7 @@ def _earliest_upsert(table: str, row_type: type, key: str) -> str:
 def _first_report(at: str, event: str) -> str:
     return (
         f"excluded.{at} IS NOT NULL AND (t.{at} IS NULL OR "
-        f"(excluded.{at}, excluded.{event}) < (t.{at}, t.{event}))"
+        f"(excluded.{at}, excluded.{event} {_C}) < (t.{at}, t.{event} {_C}))"
     )
 
 
@@ -110,8 +114,8 @@ ON CONFLICT (id) DO UPDATE SET
     snapshot_event_created = excluded.snapshot_event_created,
     {_case(_NEWER, "last_event_id")}, {_case(_NEWER, "last_event_created")}
 WHERE t.snapshot_event_created IS NULL
-   OR (excluded.snapshot_event_created, excluded.snapshot_event_id)
-      > (t.snapshot_event_created, t.snapshot_event_id)
+   OR (excluded.snapshot_event_created, excluded.snapshot_event_id {_C})
+      > (t.snapshot_event_created, t.snapshot_event_id {_C})
 """
 UPSERT_AUTHORIZATIONS = f"""
 INSERT INTO connect_accounts AS t
@@ -127,8 +131,8 @@ ON CONFLICT (id) DO UPDATE SET
     authorization_event_created = excluded.authorization_event_created,
     {_case(_NEWER, "last_event_id")}, {_case(_NEWER, "last_event_created")}
 WHERE t.authorization_event_created IS NULL
-   OR (excluded.authorization_event_created, excluded.authorization_event_id)
-      > (t.authorization_event_created, t.authorization_event_id)
+   OR (excluded.authorization_event_created, excluded.authorization_event_id {_C})
+      > (t.authorization_event_created, t.authorization_event_id {_C})
 """
 UPSERT_TRANSFERS = _snapshot_upsert(
     "transfers", c.TransferChange, ["amount_reversed"], ["reversed"]

@@ -131,3 +131,27 @@ def test_folding_in_batches_equals_folding_at_once(stream: list[Record], size: i
     for start in range(0, len(stream), size):
         fold(changes_of(stream[start : start + size]), state)
     assert state == fold(changes_of(RECORDS))
+
+
+def test_every_event_id_the_store_compares_is_compared_as_bytes() -> None:
+    """`fold` orders two snapshots of one second by event id in Python (code points); the
+    store's SQL must order them the same way across batches whatever the database's
+    collation (`en_US.utf8` in the official image sorts `evt_a` after `evt_B`)."""
+    import re
+    from pathlib import Path
+
+    from projectors.connect import store
+
+    statements = [v for k, v in vars(store).items() if k.startswith("UPSERT_")]
+    statements.append((Path(store.__file__).parent / "sql" / "views.sql").read_text())
+    compared = 0
+    for sql in statements:
+        # Row comparisons `(a, b) > (c, d)` and ORDER BY lists.
+        for group in re.findall(r"\(([^()]*)\)\s*[<>]\s*\(", sql) + re.findall(
+            r"ORDER BY ([^)]*)\)", sql
+        ):
+            for item in group.split(","):
+                if item.strip().split(" ")[0].endswith("_event_id"):
+                    compared += 1
+                    assert 'COLLATE "C"' in item, f"{item.strip()!r} in {sql[:80]!r}"
+    assert compared >= 10

@@ -14,7 +14,7 @@ SELECT
     sum(amount)::bigint                                                       AS net,
     max(created)                                                              AS last_movement_at,
     -- The newest event behind the balance, as every read-model row carries.
-    (array_agg(last_event_id ORDER BY last_event_created DESC, last_event_id DESC))[1]
+    (array_agg(last_event_id ORDER BY last_event_created DESC, last_event_id COLLATE "C" DESC))[1]
                                                                               AS last_event_id,
     max(last_event_created)                                                   AS last_event_created
 FROM connect_ledger
