@@ -59,7 +59,9 @@ class PeriodSeen:
 
 @dataclass(frozen=True, slots=True)
 class InvoiceSeen:
-    """An invoice snapshot: who, which status; `rank` orders statuses of one `created`."""
+    """An invoice snapshot: who, which status; `rank` orders statuses of one `created`.
+    `lines_complete` is false when the body did not carry every line (`lines.has_more`):
+    a metered line for the invoice's period may be among those not seen."""
 
     id: str
     customer: str
@@ -67,6 +69,9 @@ class InvoiceSeen:
     rank: int
     event_id: str
     created: int
+    lines_complete: bool = True
+    period_start: int | None = None
+    period_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,8 @@ counted AS (
         rejected_value = t.rejected_value + p.rejected,
         delta = t.reported_value + p.reported - t.rejected_value - p.rejected
                 - t.billed_quantity,
-        status = CASE WHEN t.invoices = 0 THEN 'pending'
+        status = CASE WHEN t.status = 'incomplete' THEN 'incomplete'
+                      WHEN t.invoices = 0 THEN 'pending'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
                            = t.billed_quantity THEN 'matched'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected

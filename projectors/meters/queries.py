@@ -43,13 +43,17 @@ WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
 """
 
 UPSERT_INVOICES = """
-INSERT INTO meter_invoices AS t (id, customer, status, rank, last_event_id, last_event_created)
-SELECT id, c, s, r, ev, to_timestamp(cr)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bigint[])
-    AS u(id, c, s, r, ev, cr)
+INSERT INTO meter_invoices AS t (id, customer, status, rank, last_event_id, last_event_created,
+                                 lines_complete, period_start, period_end)
+SELECT id, c, s, r, ev, to_timestamp(cr), lc, to_timestamp(ps), to_timestamp(pe)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::integer[], $5::text[], $6::bigint[],
+            $7::boolean[], $8::bigint[], $9::bigint[])
+    AS u(id, c, s, r, ev, cr, lc, ps, pe)
 ON CONFLICT (id) DO UPDATE SET
     customer = excluded.customer, status = excluded.status, rank = excluded.rank,
-    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created,
+    lines_complete = excluded.lines_complete, period_start = excluded.period_start,
+    period_end = excluded.period_end
 WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLATE "C")
     > (t.last_event_created, t.rank, t.last_event_id COLLATE "C")
 """

@@ -52,7 +52,7 @@ computed AS (
            CASE m.aggregation WHEN 'sum' THEN f.total - f.rejected_total
                 WHEN 'count' THEN (f.n - f.rejected_n)::numeric
                 ELSE coalesce(la.value, 0) END AS accepted,
-           b.billed, b.invoices, f.n, f.rejected_n, e.unattributed,
+           b.billed, b.invoices, inc.incomplete, f.n, f.rejected_n, e.unattributed,
            le.id AS last_event_id, le.at AS last_event_created
     FROM periods per
     JOIN meters m ON m.id = per.meter
@@ -100,6 +100,16 @@ computed AS (
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
     ) b
     CROSS JOIN LATERAL (
+        -- A finalized invoice of the customer for this period whose body did not carry
+        -- every line (`lines.has_more`): the period's metered line may be one not seen.
+        SELECT EXISTS (
+            SELECT 1 FROM meter_invoices i
+            WHERE i.customer = per.customer AND NOT i.lines_complete
+              AND i.status IN ('open', 'paid', 'uncollectible')
+              AND i.period_start < per.period_end AND i.period_end > per.period_start
+        ) AS incomplete
+    ) inc
+    CROSS JOIN LATERAL (
         SELECT coalesce(sum(r.unsampled_count), 0) AS unattributed FROM meter_error_reports r
         WHERE r.meter = per.meter
           AND r.validation_start < per.period_end AND r.validation_end > per.period_start
@@ -119,7 +129,8 @@ INSERT INTO meter_reconciliation AS t (
     unattributed_rejections, invoices, last_event_id, last_event_created)
 SELECT customer, meter, period_start, event_name, period_end, aggregation, reported,
        reported - accepted, billed, accepted - billed,
-       CASE WHEN invoices = 0 THEN 'pending'
+       CASE WHEN incomplete THEN 'incomplete'
+            WHEN invoices = 0 THEN 'pending'
             WHEN accepted = billed THEN 'matched'
             WHEN accepted > billed THEN 'under_billed'
             ELSE 'over_billed' END,

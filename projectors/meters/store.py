@@ -172,6 +172,9 @@ async def _invoices(
             [i.rank for i in rows],
             [i.event_id for i in rows],
             [i.created for i in rows],
+            [i.lines_complete for i in rows],
+            [i.period_start for i in rows],
+            [i.period_end for i in rows],
         )
         touched.customers.update(i.customer for i in rows)
     if lines:

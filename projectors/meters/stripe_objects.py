@@ -110,7 +110,19 @@ def invoice_changes(
         return []
     status = "deleted" if event_type == "invoice.deleted" else str(invoice.get("status") or "")
     rank = INVOICE_RANK.get(status, 0)
-    changes: list[Change] = [InvoiceSeen(invoice_id, customer, status, rank, event_id, created)]
+    lines = invoice.get("lines")
+    seen = InvoiceSeen(
+        invoice_id,
+        customer,
+        status,
+        rank,
+        event_id,
+        created,
+        lines_complete=not (isinstance(lines, Mapping) and lines.get("has_more") is True),
+        period_start=unix_seconds(invoice.get("period_start")),
+        period_end=unix_seconds(invoice.get("period_end")),
+    )
+    changes: list[Change] = [seen]
     for line in _list_data(invoice.get("lines")):
         line_id = id_of(line.get("id"))
         price = _line_price(line)

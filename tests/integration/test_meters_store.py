@@ -18,7 +18,7 @@ from projectors.base import Record
 from projectors.meters import projection
 from projectors.meters.changes import Change
 from projectors.migrate import migrate
-from tests.fixtures.stripe_objects import T0, event
+from tests.fixtures.stripe_objects import MONTH, T0, event, invoice_line
 from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
 from tests.support.meter_scenario import billing_month, expected_decimal
 
@@ -176,6 +176,55 @@ async def test_two_processes_writing_one_customers_rows_at_once_lose_nothing(
     finally:
         await other.close()
     assert await fetch(conn, "raced") == expected
+
+
+async def test_an_invoice_with_lines_not_in_its_body_makes_its_period_incomplete(
+    conn: asyncpg.Connection,
+) -> None:
+    """The legacy customer's invoice is delivered again with `lines.has_more` and only a
+    licensed line on the first page (the metered one is on page two): its period cannot
+    be judged, so it says `incomplete`, never `under_billed` for the whole usage."""
+    scenario = billing_month()
+    legacy = next(
+        e["data"]["object"]
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
+    )
+    licensed = invoice_line(era="legacy", quantity=3)
+    page_one = dict(legacy, status="paid", lines=dict(legacy["lines"], data=[licensed]))
+    page_one["lines"]["has_more"] = True
+    paid = stripe_record(event("invoice.paid", page_one, created=T0 + MONTH + 600, era="legacy"))
+    await project(conn, "projections", [scenario.records(), [paid]])
+    statuses = dict(
+        await fetch(
+            conn,
+            "projections",
+            "SELECT customer, status FROM meter_reconciliation WHERE meter = "
+            f"'{scenario.meters['sum']}'",
+        )
+    )
+    assert statuses == {"cus_legacy": "incomplete", "cus_basil": "matched"}
+    # A fact counted on the fast path keeps the row incomplete.
+    late = usage_record(usage_fact("l-later", "cus_legacy", "1", timestamp=T0 + 12 * 86_400))
+    await project(conn, "projections", [[late]], fresh=False)
+    (row,) = await fetch(
+        conn,
+        "projections",
+        "SELECT reported_value, status FROM meter_reconciliation "
+        f"WHERE customer = 'cus_legacy' AND meter = '{scenario.meters['sum']}'",
+    )
+    assert row == (Decimal("4.5"), "incomplete")
+    # All its lines again (has_more false): the period is judged once more.
+    whole = dict(legacy, status="paid")
+    again = stripe_record(event("invoice.paid", whole, created=T0 + MONTH + 900, era="legacy"))
+    await project(conn, "projections", [[again]], fresh=False)
+    (row,) = await fetch(
+        conn,
+        "projections",
+        "SELECT billed_quantity, status FROM meter_reconciliation "
+        f"WHERE customer = 'cus_legacy' AND meter = '{scenario.meters['sum']}'",
+    )
+    assert row == (Decimal("2"), "under_billed")
 
 
 async def test_facts_before_their_period_are_held_then_placed(conn: asyncpg.Connection) -> None:

@@ -110,7 +110,7 @@ def test_a_legacy_line_names_its_meter_and_a_basil_line_only_its_price() -> None
     evt = event("invoice.finalized", legacy, created=T0 + 9, era="legacy")
     line_id = legacy["lines"]["data"][0]["id"]
     assert projection.reduce(stripe_record(evt)) == [
-        InvoiceSeen(legacy["id"], "cus_1", "open", 1, evt["id"], T0 + 9),
+        InvoiceSeen(legacy["id"], "cus_1", "open", 1, evt["id"], T0 + 9, True, T0, T0 + MONTH),
         PriceMeter(metered["id"], "mtr_1", evt["id"], T0 + 9),
         InvoiceLineSeen(
             legacy["id"],
