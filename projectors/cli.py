@@ -159,7 +159,8 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 async def _project(settings: Settings, projections: list[Any], metrics: RuntimeMetrics) -> None:
-    if not await dependencies_up(settings):
+    topics = sorted({t for p in projections for t in p.topics(settings)})
+    if not await dependencies_up(settings, topics):
         return  # stopped while waiting for PostgreSQL or Kafka
     # Thin events are fetched from Stripe (and cached) only for projections that ask.
     if not any(getattr(p, "hydrate_thin_events", False) for p in projections):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -39,16 +39,29 @@ async def _database(url: str) -> None:
     await conn.close()
 
 
-async def _kafka(bootstrap: str) -> None:
+class MissingTopics(Exception):
+    """The broker answers but does not have every topic the projections read (yet)."""
+
+
+async def _kafka(bootstrap: str, topics: Sequence[str]) -> None:
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     try:
         await client.bootstrap()  # fetches the cluster's metadata
+        missing = sorted(set(topics) - client.cluster.topics())
     finally:
         await client.close()
+    if missing:
+        # Provisioning may still be running (a compose or Kubernetes job next to us), or a
+        # name is mistyped: say which, and wait, rather than aiokafka's traceback at 40 s.
+        raise MissingTopics(
+            f"no topic {', '.join(missing)} on the broker yet (create it, e.g. with the "
+            "provisioning job or `lattice stack up` locally, or check LATTICE_TOPIC and "
+            "LATTICE_USAGE_TOPIC)"
+        )
 
 
 def _kafka_down(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaConnectionError | OSError | TimeoutError)
+    return isinstance(exc, KafkaConnectionError | OSError | TimeoutError | MissingTopics)
 
 
 async def until_up(
@@ -75,8 +88,9 @@ async def until_up(
     return False
 
 
-async def dependencies_up(settings: Settings) -> bool:
-    """Wait until PostgreSQL and Kafka both answer; False if SIGTERM/SIGINT came first."""
+async def dependencies_up(settings: Settings, topics: Sequence[str] = ()) -> bool:
+    """Wait until PostgreSQL and Kafka both answer and Kafka has `topics`; False if
+    SIGTERM/SIGINT came first."""
     url = settings.require_database_url()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +105,7 @@ async def dependencies_up(settings: Settings) -> bool:
             raise ConfigError(f"PostgreSQL at {where(url)} refused us: {exc}") from None
         return up and await until_up(
             f"Kafka at {settings.kafka_bootstrap}",
-            lambda: _kafka(settings.kafka_bootstrap),
+            lambda: _kafka(settings.kafka_bootstrap, topics),
             _kafka_down,
             stop,
         )
