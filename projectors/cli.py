@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import asyncio
 import signal
 import sys
 from contextlib import AsyncExitStack
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -127,6 +129,11 @@ def register(commands: Any) -> None:
     to = rewind_cmd.add_mutually_exclusive_group(required=True)
     to.add_argument("--since", metavar="TIME", help="first record at or after TIME")
     to.add_argument("--to-offset", metavar="P:N", help="partition P to offset N")
+    rewind_cmd.add_argument(
+        "--new-group",
+        action="store_true",
+        help="the group has committed nothing yet: create its positions (else refused)",
+    )
     rewind_cmd.add_argument(
         "--rewind-topic",
         dest="rewind_topics",
@@ -282,6 +289,14 @@ def run_rewind(args: argparse.Namespace) -> int:
         to_offset = parse_partition_offset(args.to_offset) if args.to_offset else None
     except ArgumentError as exc:
         raise ConfigError(str(exc)) from None
+    if since is not None and since > datetime.now(UTC):
+        raise ConfigError(
+            f"--since {args.since} is in the future: the group would skip every record it "
+            "has not read yet"
+        )
+    # Our one line says why a commit was refused; aiokafka's own warnings about it (plain
+    # text, before ours) would only confuse.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         moves = asyncio.run(
             rewind(
@@ -290,6 +305,7 @@ def run_rewind(args: argparse.Namespace) -> int:
                 topics=args.rewind_topics or [settings.topic],
                 since=since,
                 to_offset=to_offset,
+                new_group=args.new_group,
             )
         )
     except RewindError as exc:

@@ -52,12 +52,20 @@ async def rewind(
     topics: Sequence[str],
     since: datetime | None = None,
     to_offset: tuple[int, int] | None = None,
+    new_group: bool = False,
 ) -> list[Move]:
     """Commit the group's new positions: the first record at or after `since` in every
-    partition of `topics`, or `to_offset` (PARTITION:OFFSET) in the first topic."""
+    partition of `topics`, or `to_offset` (PARTITION:OFFSET) in the first topic. A group
+    that has committed nothing is refused unless `new_group`: committing for a mistyped
+    name would quietly create that group and leave the real one where it was."""
     if (since is None) == (to_offset is None):
         raise RewindError("give exactly one of --since TIME or --to-offset PARTITION:OFFSET")
     before = await committed(bootstrap, group)
+    if not before and not new_group:
+        raise RewindError(
+            f"group {group} has no committed offsets on the broker: a mistyped name? "
+            "(to give a new group its starting positions, add --new-group)"
+        )
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=group,

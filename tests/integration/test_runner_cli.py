@@ -156,6 +156,7 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
         await consumer.commit()
         refused = await _run(settings, unique, "rewind", group, "--to-offset", "0:1")
         assert refused.returncode == 1
+        assert refused.stderr.startswith("lattice: the broker refused"), refused.stderr
         assert "stop them" in refused.stderr
     finally:
         await consumer.stop()
@@ -169,6 +170,20 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     since = await _run(settings, unique, "rewind", group, "--since", "1970-01-01T00:00:00Z")
     assert since.returncode == 0, since.stderr
     assert set((await committed(stack.kafka_bootstrap, group)).values()) == {0}
+    # A future time would move the group to the log end, past everything it has not read.
+    future = await _run(settings, unique, "rewind", group, "--since", "2999-01-01T00:00:00Z")
+    assert future.returncode == 2
+    assert "in the future" in future.stderr
+    assert set((await committed(stack.kafka_bootstrap, group)).values()) == {0}
+    # A mistyped group is refused, not created; --new-group gives a new one its positions.
+    typo = f"{unique}.billing-exprots"
+    mistyped = await _run(settings, unique, "rewind", typo, "--since", "0")
+    assert mistyped.returncode == 1
+    assert "no committed offsets" in mistyped.stderr and "--new-group" in mistyped.stderr
+    assert await committed(stack.kafka_bootstrap, typo) == {}
+    new = await _run(settings, unique, "rewind", typo, "--since", "0", "--new-group")
+    assert new.returncode == 0, new.stderr
+    assert set((await committed(stack.kafka_bootstrap, typo)).values()) == {0}
     # A projector's group under this deployment's prefix (LATTICE_GROUP_PREFIX, here
     # `unique`; `lattice` by default) keeps its positions in PostgreSQL: refused.
     ours = await _run(settings, unique, "rewind", f"{unique}.events", "--since", "0")
