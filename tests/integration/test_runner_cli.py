@@ -179,7 +179,8 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     typo = f"{unique}.billing-exprots"
     mistyped = await _run(settings, unique, "rewind", typo, "--since", "0")
     assert mistyped.returncode == 1
-    assert "no committed offsets" in mistyped.stderr and "--new-group" in mistyped.stderr
+    assert "no committed offsets" in mistyped.stderr
+    assert "--new-group" in mistyped.stderr
     assert await committed(stack.kafka_bootstrap, typo) == {}
     new = await _run(settings, unique, "rewind", typo, "--since", "0", "--new-group")
     assert new.returncode == 0, new.stderr
