@@ -75,8 +75,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError("--workers: must be at least 1")
     configure_logging()
     if args.workers == 1:
-        if args.port:  # (0: any free port) a taken one is one line, before the app starts
-            check_address(args.host, args.port)
+        check_address(args.host, args.port)  # a taken port: one line, before the app starts
         return serve(create_app(settings), host=args.host, port=args.port)
     # Worker processes build their own app from the environment: hand the flags down there.
     for field, value in overrides.items():

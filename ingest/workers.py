@@ -76,7 +76,7 @@ def serve(app: Any, *, host: str, port: int, workers: int = 1) -> int:
     if workers == 1:
         server = uvicorn.Server(config)
         server.run()
-        return 0 if server.started else STARTUP_FAILURE
+        return 0 if server.started else 1  # as with several workers (uvicorn's own: 3)
     if not isinstance(app, str):
         raise ConfigError("several workers need the app as a 'module:factory' path")
     return run_workers(config, workers)
