@@ -18,7 +18,7 @@ from deploy.settings import ConfigError, Settings
 from ingest.record import rfc3339
 from projectors.stripe_api.backfill import BackfillOptions, Progress, backfill
 from projectors.stripe_api.client import StripeClient
-from projectors.stripe_api.errors import StripeAPIError, StripeUnavailable
+from projectors.stripe_api.errors import StripeAPIError, StripeAuthError, StripeUnavailable
 from projectors.stripe_api.ledger import BackfillError
 from projectors.timearg import ArgumentError, parse_time
 
@@ -80,6 +80,7 @@ class ProgressLine:
     def __init__(self) -> None:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
+        self.shown = ""
 
     def __call__(self, state: Progress, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -96,6 +97,9 @@ class ProgressLine:
             f"page{'' if state.pages == 1 else 's'}{oldest}; "
             f"{state.missing} missing; {state.appended} appended"
         )
+        if final and not self.tty and line == self.shown:
+            return  # a log file has this very line already
+        self.shown = line
         end = "\n" if final or not self.tty else ""
         print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
 
@@ -137,12 +141,22 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (StripeUnavailable, StripeAPIError) as exc:
+    except StripeUnavailable as exc:
         print(
             f"lattice: Stripe API: {exc}; run the same command again when it answers "
             "(nothing is appended twice)",
             file=sys.stderr,
         )
+        return 1
+    except StripeAuthError as exc:
+        print(
+            f"lattice: Stripe refused LATTICE_STRIPE_API_KEY: {exc} (check the key, its mode "
+            "and its permissions; retrying will not help)",
+            file=sys.stderr,
+        )
+        return 1
+    except StripeAPIError as exc:
+        print(f"lattice: Stripe API: {exc}", file=sys.stderr)
         return 1
     line(state, final=True)
     verb = "would append" if args.dry_run else "appended"

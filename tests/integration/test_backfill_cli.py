@@ -74,6 +74,9 @@ async def test_backfill_command_survives_an_outage_and_reports_what_was_missing(
     assert code == 0, err
     assert out.startswith(f"{len(unique)} events missing from the log (appended {len(unique)})")
     assert f"backfill: {len(unique)} listed in 1 page " in err
+    # stderr is a pipe here: the final progress line is not printed a second time.
+    finals = [line for line in err.splitlines() if line.startswith("backfill: ")]
+    assert len(finals) == len(set(finals)), err
     assert fake.api_key not in out + err
     log = await read_all(settings.kafka_bootstrap, settings.topic)
     assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in log) == sorted(unique)
@@ -82,3 +85,23 @@ async def test_backfill_command_survives_an_outage_and_reports_what_was_missing(
     assert code == 2
     assert "--since" in err
     assert "neither RFC 3339" in err
+
+
+async def test_backfill_with_a_key_stripe_refuses_says_so_and_not_to_retry(
+    settings: Settings,
+) -> None:
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await migrate(conn, catalog.select(["events"]))
+    finally:
+        await conn.close()
+    refusing = FakeStripe(api_key="sk_test_51SomeOtherKeyEntirely")
+    async with serve(refusing) as other:
+        code, out, err = await lattice(
+            settings, other, "backfill", "--since", str(BASE_TIME), "--stripe-api-key", "sk_bad"
+        )
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("lattice: Stripe refused LATTICE_STRIPE_API_KEY")
+    assert "retrying will not help" in err
+    assert "run the same command again" not in err
+    assert "sk_bad" not in err
