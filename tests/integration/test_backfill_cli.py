@@ -97,7 +97,7 @@ async def test_backfill_with_a_key_stripe_refuses_says_so_and_not_to_retry(
         await conn.close()
     refusing = FakeStripe(api_key="sk_test_51SomeOtherKeyEntirely")
     async with serve(refusing) as other:
-        code, out, err = await lattice(
+        code, _out, err = await lattice(
             settings, other, "backfill", "--since", str(BASE_TIME), "--stripe-api-key", "sk_bad"
         )
     assert code == 1
