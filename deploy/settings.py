@@ -160,9 +160,7 @@ def check_database_url(url: str) -> None:
     whose ports are numbers; else ValueError, never naming the password."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(
-            "must be a libpq URL, postgresql://user[:password]@host[:port]/database"
-        )
+        raise ValueError("must be a libpq URL, postgresql://user[:password]@host[:port]/database")
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it
