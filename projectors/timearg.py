@@ -9,8 +9,19 @@ class ArgumentError(ValueError):
     """A TIME or PARTITION:OFFSET argument that cannot be read; the message shows the form."""
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def parse_time(text: str) -> datetime:
-    """RFC 3339 (`2026-11-01T00:00:00Z`) or Unix seconds (`1793491200`), as aware UTC."""
+    """RFC 3339 (`2026-11-01T00:00:00Z`) or Unix seconds (`1793491200`), as aware UTC,
+    never before 1970: Kafka timestamps count from the epoch and refuse to go below it."""
+    moment = _read_time(text)
+    if moment < _EPOCH:
+        raise ArgumentError(f"TIME {text!r} is before 1970-01-01T00:00:00Z, where the log begins")
+    return moment
+
+
+def _read_time(text: str) -> datetime:
     raw = text.strip()
     try:
         return datetime.fromtimestamp(float(raw), UTC)
@@ -26,7 +37,10 @@ def parse_time(text: str) -> datetime:
         ) from None
     if moment.tzinfo is None:
         raise ArgumentError(f"TIME {text!r} has no UTC offset: add Z or +00:00")
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC date
+        raise ArgumentError(f"TIME {text!r} is out of range") from None
 
 
 def parse_partition_offset(text: str) -> tuple[int, int]:

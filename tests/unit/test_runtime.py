@@ -73,6 +73,27 @@ def test_time_refuses_what_it_cannot_place(text: str) -> None:
         parse_time(text)
 
 
+def test_time_accepts_the_epoch_itself() -> None:
+    epoch = datetime.fromtimestamp(0, UTC)
+    assert parse_time("0") == epoch
+    assert parse_time(epoch.isoformat()) == epoch
+
+
+@pytest.mark.parametrize(
+    "text", ["-5", "-0.001", "1969-12-31T00:00:00Z", "1970-01-01T00:30:00+01:00"]
+)
+def test_time_refuses_what_is_before_the_epoch(text: str) -> None:
+    # Kafka cannot look up a negative timestamp (aiokafka raises a bare ValueError).
+    with pytest.raises(ArgumentError, match=r"before 1970"):
+        parse_time(text)
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_time_refuses_what_has_no_utc_date(text: str) -> None:
+    with pytest.raises(ArgumentError, match=r"out of range"):
+        parse_time(text)
+
+
 def test_partition_offset() -> None:
     assert parse_partition_offset("2:1200") == (2, 1200)
     for bad in ("2", "a:1", "1:-4", "1:2:3"):
