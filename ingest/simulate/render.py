@@ -12,6 +12,11 @@ def _money(minor: int, currency: str = "") -> str:
     return f"{minor / 100:,.2f} {currency}".rstrip()
 
 
+def _label(value: str | None) -> str:
+    """A text cell; NULL (an invoice or price sent without a currency) reads as "-"."""
+    return "-" if value is None else value
+
+
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISMATCH"
 
@@ -40,14 +45,16 @@ def render(
     out.append(
         f"  {'status':<14} {'cur':<4} {'count':>7} {'total':>14} {'paid':>14} {'remaining':>14}"
     )
-    for (status, currency), totals in sorted(actual.invoices.items()):
+    # Ordered by the printed labels: Python cannot order NULL (None) against a currency.
+    invoices = sorted(actual.invoices.items(), key=lambda row: (row[0][0], _label(row[0][1])))
+    for (status, currency), totals in invoices:
         out.append(
-            f"  {status:<14} {currency:<4} {totals.count:>7} {_money(totals.total):>14} "
+            f"  {status:<14} {_label(currency):<4} {totals.count:>7} {_money(totals.total):>14} "
             f"{_money(totals.amount_paid):>14} {_money(totals.amount_remaining):>14}"
         )
     out.append(f"\nMRR per currency  [{_mark(want.mrr == actual.mrr)}]")
-    for currency, minor in sorted(actual.mrr.items()):
-        out.append(f"  {currency:<6} {_money(minor):>16}")
+    for currency, minor in sorted(actual.mrr.items(), key=lambda row: _label(row[0])):
+        out.append(f"  {_label(currency):<6} {_money(minor):>16}")
     ok = sorted(want.discrepancies) == sorted(actual.discrepancies)
     out.append(f"\nUsage discrepancies (projections.usage_discrepancies)  [{_mark(ok)}]")
     out.append(
