@@ -46,11 +46,23 @@ class PositionConflict(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Advance:
-    """Where a batch moves one partition: from `expected` (None: no row yet) to `next_offset`."""
+    """Where a batch moves one partition: from `expected` (None: no row yet) to `next_offset`.
+
+    `last_timestamp_ms` is None where no record was applied yet (a replay's starting row
+    with nothing to carry over): stored as NULL, which `lattice status` shows as "-".
+    """
 
     expected: int | None
     next_offset: int
-    last_timestamp_ms: int
+    last_timestamp_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A stored position and the Kafka timestamp of the record before it (None: unknown)."""
+
+    next_offset: int
+    last_timestamp_ms: int | None
 
 
 async def load(
@@ -66,13 +78,20 @@ async def load(
     return {tp: stored.get(tp) for tp in wanted}
 
 
-async def load_all(conn: Connection, projector: str) -> dict[TopicPartition, int]:
-    """Every stored position of a projector."""
+async def load_all(conn: Connection, projector: str) -> dict[TopicPartition, Stored]:
+    """Every stored position of a projector, with its last event's time (a replay copies
+    both, so a partition it re-applies nothing on keeps the time its tables reflect)."""
+    # Milliseconds computed in numeric: exact, where a float of seconds could lose one.
     rows = await conn.fetch(
-        "SELECT topic, partition, next_offset FROM lattice.offsets WHERE projector = $1",
+        "SELECT topic, partition, next_offset, "
+        "round(extract(epoch FROM last_event_at) * 1000)::bigint AS last_ms "
+        "FROM lattice.offsets WHERE projector = $1",
         projector,
     )
-    return {TopicPartition(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+    return {
+        TopicPartition(r["topic"], r["partition"]): Stored(int(r["next_offset"]), r["last_ms"])
+        for r in rows
+    }
 
 
 async def compare_and_set(

@@ -62,6 +62,35 @@ class ReplayResult:
     positions: dict[TopicPartition, int]
 
 
+def _named_partition(
+    settings: Settings, tps: list[TopicPartition], partition: int
+) -> TopicPartition:
+    """The partition `--offset P:N` means: of the events topic when the projection reads
+    it, else of its first topic."""
+    topic = settings.topic if settings.topic in {tp.topic for tp in tps} else tps[0].topic
+    tp = TopicPartition(topic, partition)
+    if tp not in tps:
+        raise ReplayError(f"{topic} has no partition {partition}")
+    return tp
+
+
+async def _check_offset(
+    consumer: AIOKafkaConsumer, settings: Settings, tps: list[TopicPartition], start: StartAt
+) -> None:
+    """Refuse `--offset P:N` past the end of P before anything is built, as `lattice
+    rewind` does (it would start at the end and swap in a rebuild of nothing)."""
+    if start.partition_offset is None:
+        return
+    partition, offset = start.partition_offset
+    tp = _named_partition(settings, tps, partition)
+    end = (await consumer.end_offsets([tp]))[tp]
+    if offset > end:
+        first = (await consumer.beginning_offsets([tp]))[tp]
+        raise ReplayError(
+            f"offset {offset} is outside {tp.topic}:{partition}, which holds {first}..{end}"
+        )
+
+
 async def _start_positions(
     conn: Connection,
     consumer: AIOKafkaConsumer,
@@ -71,22 +100,21 @@ async def _start_positions(
     start: StartAt,
     schema: str,
     tables: list[str],
-) -> dict[TopicPartition, int]:
+) -> dict[TopicPartition, offsets.Advance]:
+    """The replay's first positions, each with the time of the last event its tables
+    reflect: none from the beginning (empty tables), else the live one copied with them."""
     beginning: dict[TopicPartition, int] = await consumer.beginning_offsets(tps)
     if start.from_beginning:
-        return dict(beginning)
+        return {tp: offsets.Advance(None, beginning[tp], None) for tp in tps}
     async with conn.transaction(isolation="repeatable_read"):
         live = await offsets.load_all(conn, projection.name)
         await conn.execute(f"SET LOCAL search_path TO {shadow.ident(schema)}, public")
         await shadow.seed(conn, schema, tables)
-    current = {tp: live.get(tp, beginning[tp]) for tp in tps}
+    current = {tp: live[tp].next_offset if tp in live else beginning[tp] for tp in tps}
     wanted: dict[TopicPartition, int] = {}
     if start.partition_offset is not None:
         partition, offset = start.partition_offset
-        topic = settings.topic if settings.topic in {tp.topic for tp in tps} else tps[0].topic
-        tp = TopicPartition(topic, partition)
-        if tp not in current:
-            raise ReplayError(f"{topic} has no partition {partition}")
+        tp = _named_partition(settings, tps, partition)
         wanted[tp] = max(offset, beginning[tp])
     elif start.since is not None:
         ms = int(start.since.timestamp() * 1000)
@@ -94,7 +122,16 @@ async def _start_positions(
         ends = await consumer.end_offsets(tps)
         wanted = {tp: (found[tp].offset if found.get(tp) else ends[tp]) for tp in tps}
     # Never start after the live position: what the live tables lack must be applied.
-    return {tp: min(wanted.get(tp, current[tp]), current[tp]) for tp in tps}
+    # A partition that re-applies records gets their times; one that has none to re-apply
+    # keeps the live time (not the epoch a 0 would store).
+    return {
+        tp: offsets.Advance(
+            None,
+            min(wanted.get(tp, current[tp]), current[tp]),
+            live[tp].last_timestamp_ms if tp in live else None,
+        )
+        for tp in tps
+    }
 
 
 async def replay(
@@ -129,20 +166,19 @@ async def replay(
         )
         if not owner:
             raise ReplayError(f"a replay of {name} is already running")
-        await migrate(lock_conn, [projection])  # the live schema is current before we copy
-        tables = await shadow.build(lock_conn, projection, schema)
-        await offsets.forget(lock_conn, key)
         await consumer.start()
         tps = await _partitions(consumer, projection.topics(settings))
         consumer.assign(tps)
-        positions = await _start_positions(
+        await _check_offset(consumer, settings, tps, start)
+        await migrate(lock_conn, [projection])  # the live schema is current before we copy
+        tables = await shadow.build(lock_conn, projection, schema)
+        await offsets.forget(lock_conn, key)
+        seeds = await _start_positions(
             lock_conn, consumer, projection, settings, tps, start, schema, tables
         )
         async with lock_conn.transaction():
-            for tp, offset in positions.items():
-                await offsets.compare_and_set(
-                    lock_conn, key, {tp: offsets.Advance(None, offset, 0)}
-                )
+            await offsets.compare_and_set(lock_conn, key, seeds)
+        positions = {tp: seed.next_offset for tp, seed in seeds.items()}
         applier = BatchApplier(
             projection,
             pool,

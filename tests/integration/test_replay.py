@@ -10,10 +10,11 @@ import asyncpg
 import pytest
 
 from deploy.settings import Settings
+from ingest.batching import partition_for
 from ingest.record import build_record
 from projectors.events import projection as events
 from projectors.progress import Progress
-from projectors.replay import StartAt, replay
+from projectors.replay import ReplayError, StartAt, replay
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
@@ -37,6 +38,18 @@ async def _caught_up(settings: Settings, name: str = "events") -> None:
         timeout=30,
         what=f"{name} at the log end {ends}",
     )
+
+
+async def _last_events(url: str, projector: str) -> dict[int, datetime | None]:
+    """`lattice status`'s LAST EVENT per partition: `last_event_at` of each stored position."""
+    conn = await asyncpg.connect(url)
+    try:
+        found = await conn.fetch(
+            "SELECT partition, last_event_at FROM lattice.offsets WHERE projector = $1", projector
+        )
+    finally:
+        await conn.close()
+    return {r["partition"]: r["last_event_at"] for r in found}
 
 
 async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
@@ -165,3 +178,62 @@ async def test_other_peoples_views_survive_a_replay_with_their_grants(
         await conn.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
         await conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
         await conn.close()
+
+
+async def test_a_replay_keeps_the_live_time_where_it_reapplies_nothing(
+    settings: Settings, stack: Stack, topics: Topics, unique: str
+) -> None:
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    first = datetime(2026, 11, 1, tzinfo=UTC)
+    every = list(range(topics.partitions))
+    empty = every[-1]  # gets no record, so the live projector stores no position there
+    count, batches = 150, []
+    for i, e in enumerate(stream(count, seed=5)):
+        at = first + timedelta(seconds=i)  # each record its own time, to tell them apart
+        record = build_record(e.body, e.event, endpoint="platform", received_at=at)
+        if partition_for(record.key, every) != empty:
+            batches.append(record)
+    await produce(stack.kafka_bootstrap, settings.topic, batches)
+    ends = await log_ends(settings.kafka_bootstrap, settings.topic)
+    assert ends[empty] == 0, "the stream must leave one partition empty"
+    assert all(ends[p] for p in every if p != empty)
+    async with running(ours, [events]):
+        await eventually(
+            lambda: positions(url, "events"),
+            lambda p: p == {partition: end for partition, end in ends.items() if end},
+            timeout=30,
+            what=f"events at the log end {ends}",
+        )
+    live = await _last_events(url, "events")
+    # From one record before partition 0's end: every other partition re-applies nothing.
+    # From after the last record: no partition re-applies anything.
+    after = first + timedelta(seconds=count)
+    for start in (StartAt(partition_offset=(0, ends[0] - 1)), StartAt(since=after)):
+        async with dead_letter_producer(ours) as dead_letters:
+            await replay(ours, events, start, dead_letters)
+        assert await _last_events(url, "events") == {**live, empty: None}, start
+
+
+async def test_replay_refuses_an_offset_past_the_end_of_its_partition(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60, seed=6)))
+    async with running(ours, [events]):
+        await _caught_up(ours)
+    table = await rows(url, "SELECT id FROM projections.events ORDER BY id")
+    stored = await _last_events(url, "events")
+    ends = await log_ends(settings.kafka_bootstrap, settings.topic)
+    past = ends[2] + 1
+    async with dead_letter_producer(ours) as dead_letters:
+        with pytest.raises(ReplayError) as refused:
+            await replay(ours, events, StartAt(partition_offset=(2, past)), dead_letters)
+    assert str(refused.value) == (
+        f"offset {past} is outside {settings.topic}:2, which holds 0..{ends[2]}"
+    )
+    assert await rows(url, "SELECT id FROM projections.events ORDER BY id") == table
+    assert await _last_events(url, "events") == stored
+    assert await positions(url, "events.replay") == {}
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
