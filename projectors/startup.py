@@ -46,8 +46,10 @@ class MissingTopics(Exception):
 async def _kafka(bootstrap: str, topics: Sequence[str]) -> None:
     client = AIOKafkaClient(bootstrap_servers=bootstrap)
     try:
-        await client.bootstrap()  # fetches the cluster's metadata
-        missing = sorted(set(topics) - client.cluster.topics())
+        await client.bootstrap()
+        # Every topic's metadata (naming ours would let a broker auto-create them).
+        cluster = await client.fetch_all_metadata()
+        missing = sorted(set(topics) - cluster.topics())
     finally:
         await client.close()
     if missing:
