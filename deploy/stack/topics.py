@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+
+from deploy.stack.errors import StackError
 
 # Kept forever: the log is the source of truth every table is rebuilt from.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -18,7 +23,14 @@ async def ensure_topics(
     replication_factor: int = 1,
     extra_config: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create the topics that do not exist yet; return the names that were created."""
+    """Create the topics that do not exist yet; return the names that were created.
+
+    Raises `StackError` when the broker refuses to create one (too few brokers for the
+    replication factor, a policy) — the broker answers per topic rather than failing the
+    request — and when a topic that exists already would not keep its records forever:
+    a receiver started before provisioning may have had it auto-created with the broker's
+    defaults (seven days), and the log is the source of truth."""
+    wanted = list(dict.fromkeys(names))
     config = {**FOREVER, **(extra_config or {})}
     if replication_factor > 1:
         config.setdefault("min.insync.replicas", str(min(2, replication_factor)))
@@ -26,17 +38,48 @@ async def ensure_topics(
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [name for name in dict.fromkeys(names) if name not in existing]
+        missing = [name for name in wanted if name not in existing]
         if missing:
-            await admin.create_topics(
+            response = await admin.create_topics(
                 [
                     NewTopic(name, partitions, replication_factor, topic_configs=config)
                     for name in missing
                 ]
             )
+            _raise_refusals(response.topic_errors)
+        await _check_retention(admin, [name for name in wanted if name in existing])
         return missing
     finally:
         await admin.close()
+
+
+def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:
+    refused = []
+    for topic, code, *message in topic_errors:
+        if code in (0, TopicAlreadyExistsError.errno):  # created, or by a racing provisioner
+            continue
+        detail = f": {message[0]}" if message and message[0] else ""
+        refused.append(f"{topic} ({for_code(code).__name__}{detail})")
+    if refused:
+        raise StackError(f"the broker did not create {'; '.join(refused)}")
+
+
+async def _check_retention(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    if not names:
+        return
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict(FOREVER)) for name in names]
+    short = []
+    for response in await admin.describe_configs(resources):
+        for _code, _message, _kind, topic, entries in response.resources:
+            for key, value, *_ in entries:
+                if key in FOREVER and value != FOREVER[key]:
+                    short.append(f"{topic} has {key}={value}")
+    if short:
+        raise StackError(
+            f"{'; '.join(short)}: Lattice's topics must keep their records forever (-1); "
+            "change it with kafka-configs.sh --alter --entity-type topics --add-config "
+            "retention.ms=-1,retention.bytes=-1"
+        )
 
 
 async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:

@@ -10,10 +10,13 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.stack import kafka
-from deploy.stack.topics import ensure_topics
+from deploy.stack.errors import StackError
+from deploy.stack.topics import delete_topics, ensure_topics
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
 from tests.support.ports import free_port
@@ -96,3 +99,44 @@ async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: P
         assert sorted((r.key, r.value) for r in got) == [(b"k1", b"v1"), (b"k2", b"v2")]
     finally:
         kafka.stop(tmp_path)
+
+
+async def test_a_topic_the_broker_will_not_create_fails_provisioning(stack: Stack) -> None:
+    """The broker refuses per topic (here: replication 3 on one broker) rather than failing
+    the request; provisioning must not report it created."""
+    name = f"rf3-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(StackError, match=rf"did not create {name} \(InvalidReplicationFactor"):
+        await ensure_topics(stack.kafka_bootstrap, [name], partitions=1, replication_factor=3)
+    assert name not in await _topic_names(stack.kafka_bootstrap)
+
+
+async def test_an_existing_topic_that_would_not_keep_records_forever_is_named(
+    stack: Stack,
+) -> None:
+    """A topic auto-created with the broker's defaults before provisioning ran deletes the
+    log after a week: provisioning says so instead of skipping it."""
+    name, kept = f"week-{uuid.uuid4().hex[:8]}", f"kept-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(name, 1, 1, topic_configs={"retention.ms": "604800000"})]
+        )
+    finally:
+        await admin.close()
+    try:
+        with pytest.raises(StackError, match=rf"{name} has retention.ms=604800000"):
+            await ensure_topics(stack.kafka_bootstrap, [name], partitions=1)
+        assert await ensure_topics(stack.kafka_bootstrap, [kept], partitions=1) == [kept]
+        assert await ensure_topics(stack.kafka_bootstrap, [kept], partitions=1) == []
+    finally:
+        await delete_topics(stack.kafka_bootstrap, [name, kept])
+
+
+async def _topic_names(bootstrap: str) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
