@@ -51,7 +51,9 @@ class Receiver:
         return error(
             503,
             "kafka_unreachable",
-            f"Kafka at {self.settings.kafka_bootstrap} does not answer",
+            self.publisher.unready
+            if self.publisher.connecting
+            else f"Kafka at {self.settings.kafka_bootstrap} does not answer",
             {"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 

@@ -69,6 +69,8 @@ class Publisher:
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._deadlines = Deadlines(timeout)
+        # Why the receiver cannot append now (for /readyz), while it keeps trying.
+        self.unready = f"not connected to Kafka at {bootstrap} yet"
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
@@ -96,10 +98,20 @@ class Publisher:
         producer = self._new_producer()
         try:
             await producer.start()
+            # Every topic's metadata, not ours by name: asking for a topic by name lets a
+            # broker with auto.create.topics.enable (Kafka's default) create it with its
+            # defaults (seven days' retention), before provisioning makes it keep forever.
+            cluster = await producer.client.fetch_all_metadata()
         except (KafkaError, OSError) as exc:
             with contextlib.suppress(Exception):
                 await producer.stop()
+            self.unready = f"Kafka at {self._bootstrap} does not answer"
             log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
+            return False
+        if self.topic not in cluster.topics():
+            await producer.stop()
+            self.unready = f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
+            log.warning("kafka_topic_missing", bootstrap=self._bootstrap, topic=self.topic)
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
@@ -175,6 +187,11 @@ class Publisher:
             raise PublishUnavailable("kafka_error", "the record could not be appended") from exc
         finally:
             wait.finish()
+
+    @property
+    def connecting(self) -> bool:
+        """True while no producer is connected (`unready` says why)."""
+        return self._batcher is None
 
     async def ready(self, timeout: float = 2.0) -> bool:
         """True when the broker answers a metadata request now."""

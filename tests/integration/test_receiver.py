@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from deploy.settings import Settings
+from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.app import create_app
 from ingest.batching import partition_for
 from ingest.signature import sign_header
 from tests.support.kafka import ReadRecord, read_all
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -277,6 +279,39 @@ async def test_probes(settings: Settings) -> None:
         metrics = await client.get("/metrics")
         assert metrics.headers["content-type"].startswith("text/plain")
         assert "lattice_kafka_producer_errors" in metrics.text
+
+
+async def test_a_missing_topic_keeps_the_receiver_unready_until_it_exists(
+    settings: Settings,
+) -> None:
+    """Started before provisioning, the receiver must not produce to (and so have a broker
+    auto-create, with seven days' retention) the log: /readyz says which topic is missing,
+    deliveries get 503, and once the topic exists it is ready by itself."""
+    topic = f"{settings.topic}.later"
+    config = receiver_settings(settings, topic=topic)
+    body = encode(subscription_event(1))
+    try:
+        async with running(config) as client:
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert f"topic {topic} does not exist" in ready.json()["message"]
+            refused = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            assert (refused.status_code, refused.json()["error"]) == (503, "not_connected")
+            await ensure_topics(settings.kafka_bootstrap, [topic], partitions=1)
+
+            async def readiness() -> int:
+                return (await client.get("/readyz")).status_code
+
+            await eventually(readiness, lambda status: status == 200, timeout=20)
+            accepted = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            assert accepted.status_code == 200
+        assert len(await read_all(settings.kafka_bootstrap, topic)) == 1
+    finally:
+        await delete_topics(settings.kafka_bootstrap, [topic])
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
