@@ -8,6 +8,7 @@ from typing import Any
 
 from deploy import stack
 from deploy.flags import add_setting_flags, settings_from
+from deploy.settings import without_password
 
 
 def register(commands: Any) -> None:
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         kafka_state = "started" if info.kafka_started else "already running"
         pg_state = "started" if info.postgres_started else "already running"
         print(f"kafka      {info.kafka_bootstrap} ({kafka_state})", file=sys.stderr)
-        print(f"postgresql {info.database_url} ({pg_state})", file=sys.stderr)
+        print(f"postgresql {without_password(info.database_url)} ({pg_state})", file=sys.stderr)
         if info.topics_created:
             print(f"topics     created {', '.join(info.topics_created)}", file=sys.stderr)
         print(

@@ -141,12 +141,29 @@ def test_topic_job_replicates_three_ways() -> None:
     (job,) = _by_kind("Job")
     containers = job["spec"]["template"]["spec"]["containers"]
     (topics,) = [c for c in containers if c["args"][:2] == ["stack", "up"]]
-    env = {e["name"]: e.get("value") for e in topics["env"]}
-    assert env["LATTICE_REPLICATION_FACTOR"] == "3"
+    config = _by_kind("ConfigMap")[0]["data"]
+    assert config["LATTICE_REPLICATION_FACTOR"] == "3"
+    # The ConfigMap decides: a flag or an `env:` entry in the Job would quietly win over it.
+    assert topics["args"] == ["stack", "up"]
+    assert {e["name"] for e in topics.get("env", [])}.isdisjoint(config)
     # topics.py sets min.insync.replicas=2 and retention forever whenever RF > 1.
     source = (ROOT / "deploy/stack/topics.py").read_text()
     assert '"retention.ms": "-1"' in source
     assert '"min.insync.replicas"' in source
+
+
+def test_every_projector_serves_its_metrics_to_a_scraper() -> None:
+    for doc in _by_kind("Deployment"):
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        if args[0] != "project":
+            continue
+        port = int(args[args.index("--metrics-port") + 1])
+        assert args[args.index("--metrics-host") + 1] == "0.0.0.0"
+        assert {"name": "metrics", "containerPort": port} in container["ports"]
+        annotations = doc["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(port)
+    assert "--metrics-port" in _compose()["services"]["projectors"]["command"]
 
 
 def test_image_is_multi_stage_non_root_with_lattice_entrypoint() -> None:

@@ -169,3 +169,23 @@ def test_a_taken_metrics_port_is_one_line(
         err
         == f"lattice: --metrics-port: cannot listen on 127.0.0.1:{port}: Address already in use\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://writer:S3CRET@db:5432/lattice", "postgresql://writer:***@db:5432/lattice"),
+        (
+            "postgresql://u:p%40ss@h1:5432,h2:5433/db?x=1",
+            "postgresql://u:***@h1:5432,h2:5433/db?x=1",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:55432/lattice",
+            "postgresql://postgres@127.0.0.1:55432/lattice",
+        ),
+    ],
+)
+def test_a_database_url_is_printed_without_its_password(url: str, shown: str) -> None:
+    from deploy.settings import without_password
+
+    assert without_password(url) == shown
