@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from deploy.logs import configure_logging
 from deploy.settings import Settings, load_settings
+from ingest.http import OneWriteHttpToolsProtocol
 from ingest.metrics import ReceiverMetrics, create_metrics
 from ingest.publisher import Publisher
 from ingest.webhook import JSON, RETRY_AFTER_SECONDS, Webhook, error
@@ -104,6 +105,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings) -> Starlette:
     """The receiver app for `settings`; its lifespan starts and stops the producer."""
     receiver = Receiver(settings, create_metrics())
+    # The connection-level bound on a request's head (uvicorn builds the protocol, so it
+    # learns the setting here): the same time a client gets for its body.
+    OneWriteHttpToolsProtocol.head_timeout = settings.body_timeout
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

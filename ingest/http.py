@@ -1,4 +1,5 @@
-"""uvicorn's httptools protocol, answering each request with one write instead of two.
+"""uvicorn's httptools protocol, answering each request with one write instead of two,
+and bounding a request's head in time and size.
 
 uvicorn writes a response's status line and headers as soon as the app sends
 `http.response.start`, and the body in a second write: two system calls and two TCP
@@ -7,6 +8,14 @@ receiver sends both in the same loop turn), so `HeldWrites` keeps a write back u
 next one, or at the latest until the end of the loop turn, and sends both together.
 Nothing is reordered, and nothing waits longer than the current loop turn (so an interim
 `100 Continue` still goes out before the client is expected to send its body).
+
+Bounds: uvicorn times a connection only between requests (keep-alive), and the body's
+deadline starts once the app runs, after the head. So a client could open a connection
+and send nothing, or half a head, and hold it (and what it sent) for ever; or send a
+header of megabytes. Here a request's head must arrive within `head_timeout` seconds (the
+receiver sets it to `LATTICE_BODY_TIMEOUT`) of the connection or of its first byte, else
+408 (or, if nothing came, just close); and a head over `MAX_HEAD_BYTES` is answered 431.
+Both close the connection.
 """
 
 from __future__ import annotations
@@ -15,6 +24,9 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Stripe's requests carry a few hundred bytes of head; nginx's default buffers hold 8 KB.
+MAX_HEAD_BYTES = 64 * 1024
 
 
 class HeldWrites(asyncio.Transport):
@@ -92,8 +104,89 @@ class HeldWrites(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
 
+class HeadTooLarge(Exception):
+    """The request's head is over `MAX_HEAD_BYTES` (raised to stop the parser)."""
+
+
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
-    """`--http httptools`, with each answer's head and body sent in one write."""
+    """`--http httptools`, with each answer's head and body sent in one write, and each
+    request's head bounded in time and size."""
+
+    head_timeout = 10.0  # seconds; the receiver's app sets its LATTICE_BODY_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(HeldWrites(transport))
+        self._head_bytes = self._raw_head = 0
+        self._in_head = False  # a request's first byte came, its head is not complete yet
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        awaiting_head = self._in_head or self._head_timer is not None
+        super().data_received(data)
+        # A head still incomplete after all that arrived: every byte was head. (A header
+        # line is only handed to `on_header` once it ends, so count what arrives too.)
+        if awaiting_head and self._in_head:
+            self._raw_head += len(data)
+            if self._raw_head > MAX_HEAD_BYTES:
+                self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._in_head = True
+        self._start_head_timer()  # a request after keep-alive: its head is timed anew
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._raw_head = 0
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
+            # Out of the parser: uvicorn answers a parser error itself, on a closed transport.
+            raise HeadTooLarge
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            self._refuse(b"408 Request Timeout", b"head_timeout")
+        else:
+            self.transport.close()  # nothing asked: nothing to answer
+
+    def _refuse(self, status: bytes, reason: bytes) -> None:
+        self._stop_head_timer()
+        if self.transport.is_closing():
+            return
+        body = b'{"error":"' + reason + b'"}'
+        self.transport.write(
+            b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
+        )
+        self.transport.close()

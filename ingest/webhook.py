@@ -33,6 +33,10 @@ from schemas.envelope import EnvelopeError, parse_event
 RETRY_AFTER_SECONDS = 5
 ACCEPTED = b'{"received":true}'
 JSON = "application/json"
+# Refusals that leave (part of) the body unread end the connection: kept open, uvicorn
+# would go on reading and discarding the refused body, and a client that (rightly) did
+# not send it after `Expect: 100-continue` would have its next request taken for it.
+CLOSE = {"Connection": "close"}
 # The 200 answer, byte for byte what `Response(ACCEPTED, media_type=JSON)` sends; a tuple,
 # so nothing downstream can change it for the next request.
 _ACCEPTED_HEADERS = (
@@ -127,7 +131,7 @@ class Webhook:
         if secrets is None:
             # Unknown names share one label so that probing cannot grow the metrics.
             endpoint_label, outcome = "unknown", "unknown_endpoint"
-            response = error(404, outcome, f"no webhook endpoint named {endpoint!r}")
+            response = error(404, outcome, f"no webhook endpoint named {endpoint!r}", CLOSE)
         else:
             endpoint_label = endpoint
             settings = self.settings
@@ -152,15 +156,17 @@ class Webhook:
                 outcome = "accepted"
             except BodyTooLarge:
                 outcome = "too_large"
-                response = error(413, outcome, f"body is over {settings.max_body_bytes} bytes")
+                response = error(
+                    413, outcome, f"body is over {settings.max_body_bytes} bytes", CLOSE
+                )
             except BodyTimeout:
                 outcome = "body_timeout"
                 seconds = settings.body_timeout
-                response = error(408, outcome, f"body not received within {seconds:g} s")
+                response = error(408, outcome, f"body not received within {seconds:g} s", CLOSE)
             except ClientDisconnect:
                 # The client went away mid-body: nothing was written; Stripe will retry.
                 outcome = "client_disconnected"
-                response = error(400, outcome, "the client closed the connection mid-body")
+                response = error(400, outcome, "the client closed the connection mid-body", CLOSE)
             except (SignatureError, EnvelopeError) as exc:
                 outcome = exc.reason
                 response = error(400, outcome, str(exc))

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -32,13 +33,19 @@ def free_port() -> int:
 
 
 async def start_serve(
-    settings: Settings, port: int, log: Path, secrets: str = f"platform={PLATFORM_NEW}"
+    settings: Settings,
+    port: int,
+    log: Path,
+    secrets: str = f"platform={PLATFORM_NEW}",
+    **extra: str,
 ) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    """`lattice serve --workers 2` on `port` and the test's topic; the process and its env."""
+    """`lattice serve --workers 2` on `port` and the test's topic (`extra`: more LATTICE_*
+    variables); the process and its env."""
     env = {
         **os.environ,
         "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "LATTICE_WEBHOOK_SECRETS": secrets,
+        **extra,
     }
     with log.open("wb") as sink:
         server = await asyncio.create_subprocess_exec(
@@ -53,9 +60,18 @@ async def start_serve(
 @pytest.fixture
 async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """`lattice serve --workers 2` on a free port; yields its URL and environment."""
+    async with serving(settings, tmp_path) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serving(
+    settings: Settings, tmp_path: Path, **extra: str
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """`lattice serve --workers 2` on a free port, ready; its URL and environment."""
     port = free_port()
     secrets = f"platform={PLATFORM_OLD},platform={PLATFORM_NEW}"
-    server, env = await start_serve(settings, port, tmp_path / "serve.log", secrets)
+    server, env = await start_serve(settings, port, tmp_path / "serve.log", secrets, **extra)
     url = f"http://127.0.0.1:{port}"
 
     async def ready() -> int:

@@ -4,10 +4,12 @@ with each answer sent in one write (`ingest.http.HeldWrites`)."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
 from deploy.settings import Settings
+from ingest.http import MAX_HEAD_BYTES
 from tests.integration.test_receiver import (
     PLATFORM_NEW,
     by_event_id,
@@ -15,7 +17,7 @@ from tests.integration.test_receiver import (
     signed,
     subscription_event,
 )
-from tests.integration.test_receiver_cli import served
+from tests.integration.test_receiver_cli import served, serving
 from tests.support.kafka import read_all
 
 pytestmark = pytest.mark.integration
@@ -75,3 +77,55 @@ async def test_pipelined_requests_and_100_continue_on_one_connection(
         writer.close()
     records = by_event_id(await read_all(settings.kafka_bootstrap, settings.topic))
     assert [records[event["id"]].value for event in events] == [first, second]
+
+
+async def test_a_connection_is_bounded_before_and_after_the_app(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A client cannot hold a connection by sending nothing, half a head, or a head of
+    megabytes; and a refusal that leaves the body unread closes the connection, so a
+    client that rightly kept its body back after `Expect: 100-continue` does not have its
+    next request read as that body."""
+    async with serving(settings, tmp_path, LATTICE_BODY_TIMEOUT="1") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+
+        async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return await asyncio.open_connection("127.0.0.1", port)
+
+        async def rest(reader: asyncio.StreamReader) -> bytes:
+            """Everything until the server closes (a bounded wait, far above 1 s)."""
+            return await asyncio.wait_for(reader.read(), 10)
+
+        silent, silent_w = await connect()
+        half, half_w = await connect()
+        half_w.write(b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\n")
+        huge, huge_w = await connect()
+        huge_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"x" * (MAX_HEAD_BYTES + 1) + b"\r\n")
+        refused, refused_w = await connect()
+        body = encode(subscription_event(3))
+        refused_w.write(
+            b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\n"
+            b"Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        try:
+            assert await rest(silent) == b""  # nothing asked, nothing answered: closed
+            assert (await rest(half)).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+            assert (await rest(huge)).startswith(b"HTTP/1.1 431 Request Header Fields")
+            status, _ = await asyncio.wait_for(answer(refused), 10)
+            assert status == b"HTTP/1.1 413 Request Entity Too Large"
+            # The next delivery on that connection is never taken for the refused body.
+            refused_w.write(delivery_head(body) + body)
+            assert await rest(refused) == b""
+        finally:
+            for writer in (silent_w, half_w, huge_w, refused_w):
+                writer.close()
+        # The server itself is fine: a delivery on a new connection is accepted.
+        reader, writer = await connect()
+        try:
+            writer.write(delivery_head(body) + body)
+            assert await asyncio.wait_for(answer(reader), 10) == (
+                b"HTTP/1.1 200 OK",
+                b'{"received":true}',
+            )
+        finally:
+            writer.close()
