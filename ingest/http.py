@@ -27,6 +27,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 # Stripe's requests carry a few hundred bytes of head; nginx's default buffers hold 8 KB.
 MAX_HEAD_BYTES = 64 * 1024
+# After refusing a head: how long, and how much of what the client still sends, is read
+# and dropped before the connection closes (so the client can read the answer).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
 
 
 class HeldWrites(asyncio.Transport):
@@ -37,8 +41,22 @@ class HeldWrites(asyncio.Transport):
         self._transport = transport
         self._held: bytes | None = None
         self._loop = asyncio.get_running_loop()
+        self._sealed = False
+
+    def seal(self) -> None:
+        """From now on drop writes and closes: the answer went out and our end is shut;
+        only `close_now` ends the connection."""
+        self.flush()
+        self._sealed = True
+
+    def close_now(self) -> None:
+        """Close the connection, sealed or not."""
+        self.flush()
+        self._transport.close()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._sealed:
+            return
         held = self._held
         if held is None:
             self._held = bytes(data)
@@ -55,6 +73,8 @@ class HeldWrites(asyncio.Transport):
             self._transport.write(held)
 
     def writelines(self, list_of_data: Any) -> None:
+        if self._sealed:
+            return
         self.flush()
         self._transport.writelines(list_of_data)
 
@@ -66,8 +86,8 @@ class HeldWrites(asyncio.Transport):
         return self._transport.can_write_eof()
 
     def close(self) -> None:
-        self.flush()
-        self._transport.close()
+        if not self._sealed:
+            self.close_now()
 
     def abort(self) -> None:
         self._held = None
@@ -115,8 +135,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     head_timeout = 10.0  # seconds; the receiver's app sets its LATTICE_BODY_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(HeldWrites(transport))
-        self._head_bytes = self._raw_head = 0
+        self._writes = HeldWrites(transport)
+        super().connection_made(self._writes)
+        self._raw_head = self._chunk = self._discarded = 0
+        self._discarding = False  # refused: what still arrives is read and dropped
         self._in_head = False  # a request's first byte came, its head is not complete yet
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head_timer()
@@ -126,10 +148,16 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            self._discarded += len(data)
+            if self._discarded > LINGER_BYTES:
+                self._writes.close_now()
+            return
         awaiting_head = self._in_head or self._head_timer is not None
+        self._chunk = len(data)
         super().data_received(data)
         # A head still incomplete after all that arrived: every byte was head. (A header
-        # line is only handed to `on_header` once it ends, so count what arrives too.)
+        # line reaches `on_header` only once it ends: count what arrives instead.)
         if awaiting_head and self._in_head:
             self._raw_head += len(data)
             if self._raw_head > MAX_HEAD_BYTES:
@@ -137,30 +165,22 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_bytes = 0
         self._in_head = True
         self._start_head_timer()  # a request after keep-alive: its head is timed anew
 
-    def on_url(self, url: bytes) -> None:
-        self._count(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._raw_head = 0
         self._stop_head_timer()
+        # Exact size only when what arrived could hold a head that large (a head and its
+        # body may come in one read): the common request pays one comparison.
+        if self._raw_head + self._chunk > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
+            self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
+            raise HeadTooLarge  # out of the parser, before a request cycle starts
+        self._raw_head = 0
         super().on_headers_complete()
 
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
-            # Out of the parser: uvicorn answers a parser error itself, on a closed transport.
-            raise HeadTooLarge
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def _start_head_timer(self) -> None:
         if self._head_timer is None:
@@ -181,12 +201,23 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()  # nothing asked: nothing to answer
 
     def _refuse(self, status: bytes, reason: bytes) -> None:
+        """Answer `status` and close, lingering: closed with unread input, a socket resets
+        and the client may lose the answer. So send it with our end shut, drop what the
+        client still sends for up to `LINGER_SECONDS` or `LINGER_BYTES`, then close."""
         self._stop_head_timer()
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self._discarding:
             return
+        self._discarding = True
         body = b'{"error":"' + reason + b'"}'
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
         )
-        self.transport.close()
+        if self._writes.can_write_eof():
+            self._writes.write_eof()
+            # uvicorn's own answer to the parser error we may raise next, and its close,
+            # would cut the lingering short: dropped.
+            self._writes.seal()
+            self.loop.call_later(LINGER_SECONDS, self._writes.close_now)
+        else:
+            self._writes.close_now()

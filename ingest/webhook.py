@@ -33,9 +33,11 @@ from schemas.envelope import EnvelopeError, parse_event
 RETRY_AFTER_SECONDS = 5
 ACCEPTED = b'{"received":true}'
 JSON = "application/json"
-# Refusals that leave (part of) the body unread end the connection: kept open, uvicorn
-# would go on reading and discarding the refused body, and a client that (rightly) did
-# not send it after `Expect: 100-continue` would have its next request taken for it.
+# Ends the connection after the answer. A 408's client is too slow to keep. A refusal
+# before the body was asked for, to a client that sent `Expect: 100-continue`: it has
+# (rightly) not sent the body, and kept open, the connection would take its next request
+# for that body. Otherwise uvicorn reads and drops the rest of a refused body, so the
+# client, still sending, is not reset before it can read the answer.
 CLOSE = {"Connection": "close"}
 # The 200 answer, byte for byte what `Response(ACCEPTED, media_type=JSON)` sends; a tuple,
 # so nothing downstream can change it for the next request.
@@ -46,7 +48,12 @@ _ACCEPTED_HEADERS = (
 
 
 class BodyTooLarge(Exception):
-    """The request body is over the configured limit."""
+    """The request body is over the configured limit; `unread` when its declared length
+    said so before any of it was asked for."""
+
+    def __init__(self, *, unread: bool) -> None:
+        super().__init__()
+        self.unread = unread
 
 
 class BodyTimeout(Exception):
@@ -61,17 +68,23 @@ def error(
     return Response(body, status_code=status, media_type=JSON, headers=headers)
 
 
-def request_headers(raw: Iterable[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+def request_headers(
+    raw: Iterable[tuple[bytes, bytes]],
+) -> tuple[str | None, str | None, bool]:
     """`Stripe-Signature` and `Content-Length` (each its first occurrence), decoded as
-    Starlette's `Headers` decodes them (latin-1, names lower-case per ASGI)."""
+    Starlette's `Headers` decodes them (latin-1, names lower-case per ASGI), and whether
+    the client waits for `100 Continue` before it sends its body."""
     signature = length = None
+    expects = False
     for name, value in raw:
         if name == b"stripe-signature":
             if signature is None:
                 signature = value.decode("latin-1")
         elif name == b"content-length" and length is None:
             length = value.decode("latin-1")
-    return signature, length
+        elif name == b"expect":
+            expects = value.lower() == b"100-continue"
+    return signature, length, expects
 
 
 async def read_body(
@@ -81,7 +94,7 @@ async def read_body(
     `BodyTimeout` when it has not all arrived within `deadlines.seconds`,
     `ClientDisconnect` when the client hung up first."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+        raise BodyTooLarge(unread=True)
     chunks: list[bytes] = []
     size = 0
     task = asyncio.current_task()
@@ -96,7 +109,7 @@ async def read_body(
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge  # stop reading: the rest is never buffered
+                raise BodyTooLarge(unread=False)  # stop reading: the rest is never buffered
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
@@ -131,11 +144,14 @@ class Webhook:
         if secrets is None:
             # Unknown names share one label so that probing cannot grow the metrics.
             endpoint_label, outcome = "unknown", "unknown_endpoint"
-            response = error(404, outcome, f"no webhook endpoint named {endpoint!r}", CLOSE)
+            expects = request_headers(scope["headers"])[2]
+            response = error(
+                404, outcome, f"no webhook endpoint named {endpoint!r}", CLOSE if expects else None
+            )
         else:
             endpoint_label = endpoint
             settings = self.settings
-            signature, declared = request_headers(scope["headers"])
+            signature, declared, expects = request_headers(scope["headers"])
             try:
                 body = await read_body(
                     receive, declared, settings.max_body_bytes, self.body_deadlines
@@ -154,10 +170,13 @@ class Webhook:
                 )
                 await self.publisher.publish(record)
                 outcome = "accepted"
-            except BodyTooLarge:
+            except BodyTooLarge as exc:
                 outcome = "too_large"
                 response = error(
-                    413, outcome, f"body is over {settings.max_body_bytes} bytes", CLOSE
+                    413,
+                    outcome,
+                    f"body is over {settings.max_body_bytes} bytes",
+                    CLOSE if exc.unread and expects else None,
                 )
             except BodyTimeout:
                 outcome = "body_timeout"
@@ -166,7 +185,7 @@ class Webhook:
             except ClientDisconnect:
                 # The client went away mid-body: nothing was written; Stripe will retry.
                 outcome = "client_disconnected"
-                response = error(400, outcome, "the client closed the connection mid-body", CLOSE)
+                response = error(400, outcome, "the client closed the connection mid-body")
             except (SignatureError, EnvelopeError) as exc:
                 outcome = exc.reason
                 response = error(400, outcome, str(exc))

@@ -101,6 +101,8 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
         half_w.write(b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\n")
         huge, huge_w = await connect()
         huge_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"x" * (MAX_HEAD_BYTES + 1) + b"\r\n")
+        whole, whole_w = await connect()  # a complete head, likely read in one piece
+        whole_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"y" * 2 * MAX_HEAD_BYTES + b"\r\n\r\n")
         refused, refused_w = await connect()
         body = encode(subscription_event(3))
         refused_w.write(
@@ -111,17 +113,23 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
             assert await rest(silent) == b""  # nothing asked, nothing answered: closed
             assert (await rest(half)).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
             assert (await rest(huge)).startswith(b"HTTP/1.1 431 Request Header Fields")
+            assert (await rest(whole)).startswith(b"HTTP/1.1 431 Request Header Fields")
             status, _ = await asyncio.wait_for(answer(refused), 10)
             assert status == b"HTTP/1.1 413 Request Entity Too Large"
             # The next delivery on that connection is never taken for the refused body.
             refused_w.write(delivery_head(body) + body)
             assert await rest(refused) == b""
         finally:
-            for writer in (silent_w, half_w, huge_w, refused_w):
+            for writer in (silent_w, half_w, huge_w, whole_w, refused_w):
                 writer.close()
-        # The server itself is fine: a delivery on a new connection is accepted.
+        # Without `Expect`, the client sends its oversize body at once: it reads its 413
+        # (the connection is not reset under it) and the connection serves the next one.
         reader, writer = await connect()
         try:
+            big = b"x" * 1_500_000
+            writer.write(delivery_head(big) + big)
+            status, _ = await asyncio.wait_for(answer(reader), 10)
+            assert status == b"HTTP/1.1 413 Request Entity Too Large"
             writer.write(delivery_head(body) + body)
             assert await asyncio.wait_for(answer(reader), 10) == (
                 b"HTTP/1.1 200 OK",
