@@ -140,6 +140,8 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._raw_head = self._chunk = self._discarded = 0
         self._discarding = False  # refused: what still arrives is read and dropped
         self._in_head = False  # a request's first byte came, its head is not complete yet
+        self._any_request = False
+        self._head_began = self.loop.time()
         self._head_timer: asyncio.TimerHandle | None = None
         self._start_head_timer()
 
@@ -165,12 +167,14 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head = True
-        self._start_head_timer()  # a request after keep-alive: its head is timed anew
+        self._in_head = self._any_request = True
+        self._head_began = self.loop.time()
+        # One timer per connection, not one per request: it is left running across
+        # requests and, when it fires, checks how long the current head has taken.
+        self._start_head_timer()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._stop_head_timer()
         # Exact size only when what arrived could hold a head that large (a head and its
         # body may come in one read): the common request pays one comparison.
         if self._raw_head + self._chunk > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
@@ -182,9 +186,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
-    def _start_head_timer(self) -> None:
+    def _start_head_timer(self, after: float | None = None) -> None:
         if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+            delay = self.head_timeout if after is None else after
+            self._head_timer = self.loop.call_later(delay, self._head_timed_out)
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -196,9 +201,14 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         if self._in_head:
-            self._refuse(b"408 Request Timeout", b"head_timeout")
-        else:
+            left = self._head_began + self.head_timeout - self.loop.time()
+            if left > 0:
+                self._start_head_timer(left)  # a later request's head, begun since
+            else:
+                self._refuse(b"408 Request Timeout", b"head_timeout")
+        elif not self._any_request:
             self.transport.close()  # nothing asked: nothing to answer
+        # Else between requests: uvicorn's keep-alive timeout bounds the wait.
 
     def _refuse(self, status: bytes, reason: bytes) -> None:
         """Answer `status` and close, lingering: closed with unread input, a socket resets
