@@ -102,7 +102,8 @@ class Projection(Protocol[C]):
     Optional attribute the runner honours when present: `hydrate_thin_events = True`
     makes the runner replace each thin event (`"object": "v2.core.event"` without
     `data`) by its full body, through the hydrator the process was given, before
-    `reduce` sees it.
+    `reduce` sees it; with `thin_event_types` (a set of event types) only thin events of
+    those types are fetched, the others reach `reduce` as they are.
     """
 
     @property

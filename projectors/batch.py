@@ -20,6 +20,7 @@ import orjson
 import structlog
 from aiokafka import TopicPartition
 
+from ingest.record import HEADER_EVENT_TYPE
 from projectors import deadletter, offsets
 from projectors.base import Connection, HydrationUnavailable, Record
 from projectors.deadletter import DeadLetter, DeadLetterSink
@@ -37,6 +38,15 @@ class Abandoned(Exception):
 
 class _BatchApplyFailed(Exception):
     """A batch's apply failed for a record (not the database): isolate records and retry."""
+
+
+def _event_type(record: Record) -> str | None:
+    """The event's type: the receiver's header, else the body's own `type`."""
+    kind = record.header(HEADER_EVENT_TYPE)
+    if kind is None:
+        found = orjson.loads(record.value).get("type")  # a thin event: JSON, checked
+        kind = found if isinstance(found, str) else None
+    return kind
 
 
 def is_thin(record: Record) -> bool:
@@ -95,6 +105,10 @@ class BatchApplier:
         self.key = projector_key
         self.retries = max(1, retries)
         self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
+        # The thin-event types the projection reads (None: all): the others reach `reduce`
+        # as they are, so Stripe being down, or an event past its 30 days, cannot hold up
+        # or dead-letter a record the projection would ignore anyway.
+        self.thin_types: frozenset[str] | None = getattr(projection, "thin_event_types", None)
         self.stop = stop or asyncio.Event()
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
@@ -202,6 +216,8 @@ class BatchApplier:
     async def _hydrated(self, record: Record) -> Record:
         assert self.hydrate is not None
         if not is_thin(record):
+            return record
+        if self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         delay = 0.5
         while True:

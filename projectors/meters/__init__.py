@@ -25,8 +25,10 @@ class MetersProjection:
 
     name = "meters"
     sql_dir = SQL_DIR
-    # Meter error reports arrive as thin events; the runner fetches their `data` first.
+    # Meter error reports arrive as thin events; the runner fetches their `data` first
+    # (only theirs: the reducer ignores every other thin event).
     hydrate_thin_events = True
+    thin_event_types = reducer.ERROR_REPORTS
 
     def topics(self, settings: Settings) -> Sequence[str]:
         """The event log and the app's usage facts."""

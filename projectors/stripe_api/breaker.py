@@ -80,6 +80,12 @@ class CircuitBreaker:
         self._opened_at = None
         self._trial_in_flight = False
 
+    def abandon(self) -> None:
+        """The call ended without an answer to judge (cancelled): free the trial slot,
+        count nothing. Without this a cancelled trial would keep the circuit refusing
+        every call for good."""
+        self._trial_in_flight = False
+
     def record_failure(self) -> None:
         """A 5xx, a timeout or a connection error: count it; open at the threshold."""
         self._failures += 1

@@ -124,7 +124,11 @@ class StripeClient:
         while True:
             attempt += 1
             self.breaker.before_call()
-            response, failure = await self._send(path, query, headers, attempt)
+            try:
+                response, failure = await self._send(path, query, headers, attempt)
+            except BaseException:
+                self.breaker.abandon()  # cancelled: a half-open trial must not stay taken
+                raise
             if response is not None and response.status_code < 400:
                 self.breaker.record_success()
                 return self._json(response, path)
@@ -139,7 +143,8 @@ class StripeClient:
                 response.status_code, answer_headers
             )
             if not retryable and response is not None:
-                if response.status_code >= 500:
+                # Rate-limited is never the request's fault, whatever Stripe-Should-Retry says.
+                if response.status_code >= 500 or response.status_code == 429:
                     raise StripeUnavailable(f"GET {path}: {self._describe(response)}")
                 raise self._error(response, path)
             if attempt > self.retry.max_retries:
@@ -156,7 +161,7 @@ class StripeClient:
         self.requests_sent += 1
         try:
             response = await self._http.get(path, params=tuple(query), headers=headers)
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # no usable answer (network, timeout, bad encoding)
             # The exception's text may include the URL, never the headers; name only its kind.
             failure = f"{type(exc).__name__} talking to Stripe"
             log.warning(

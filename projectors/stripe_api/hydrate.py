@@ -28,7 +28,7 @@ from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.client import StripeClient
-from projectors.stripe_api.errors import StripeAPIError, StripeUnavailable
+from projectors.stripe_api.errors import StripeAPIError, StripeAuthError, StripeUnavailable
 from schemas.envelope import ThinEvent
 
 THIN_EVENT = "v2.core.event"
@@ -110,6 +110,15 @@ class Hydrator:
             )
         except StripeUnavailable as exc:
             raise HydrationUnavailable(str(exc)) from exc
+        except StripeAuthError as exc:
+            if exc.status == 401:
+                # The key, not the record: every thin event would be dead-lettered until
+                # it is fixed, and nothing sends dead letters again. Wait, saying why.
+                raise HydrationUnavailable(
+                    f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key and the "
+                    "projector goes on"
+                ) from exc
+            raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         except StripeAPIError as exc:
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         self.fetched += 1

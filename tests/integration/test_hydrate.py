@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -133,16 +134,53 @@ async def test_connect_events_are_fetched_in_their_account_context(
     assert fake.seen[0].headers["stripe-context"] == "acct_1Nv0FGQ9RKHgCVdK"
 
 
-async def test_404_and_401_are_poison_with_the_reason(fake: FakeStripe, pool: asyncpg.Pool) -> None:
+async def test_404_is_poison_and_a_refused_key_waits(fake: FakeStripe, pool: asyncpg.Pool) -> None:
     thin, _ = meter_error_report()  # never added: Stripe does not know it
     async with make_client(fake) as client:
         with pytest.raises(PoisonRecord, match=r"HTTP 404: No such event"):
             await Hydrator(pool, client)(thin_record(thin))
+    # A revoked or mistyped key is not the record's fault: dead-lettering would lose every
+    # thin event until someone notices; the projector waits, saying why.
     async with make_client(fake, key="sk_test_revoked_key_000") as client:
-        with pytest.raises(PoisonRecord, match=r"HTTP 401: Invalid API Key") as refused:
+        with pytest.raises(
+            HydrationUnavailable, match=r"refuses LATTICE_STRIPE_API_KEY"
+        ) as refused:
             await Hydrator(pool, client)(thin_record(thin))
+    assert "HTTP 401: Invalid API Key" in str(refused.value)
     assert "sk_test_revoked_key_000" not in str(refused.value)
     assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
+
+
+async def test_rate_limited_waits_even_when_stripe_says_not_to_retry(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    fake.fail_next(1, status=429, headers={"Stripe-Should-Retry": "false"})
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        with pytest.raises(HydrationUnavailable, match="HTTP 429"):
+            await hydrator(thin_record(thin))
+        assert orjson.loads((await hydrator(thin_record(thin))).value)["data"]
+
+
+async def test_a_cancelled_trial_call_does_not_keep_the_circuit_open(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    breaker = CircuitBreaker(threshold=1, cooldown=0)
+    fake.fail_next(1, status=500)
+    fake.fail_next(1, status=None, delay=5)  # the trial call: slow, and its caller gives up
+    async with make_client(fake) as client:
+        client.breaker = breaker
+        client.retry = RetryPolicy(max_retries=0)
+        with pytest.raises(HydrationUnavailable):
+            await Hydrator(pool, client)(thin_record(thin))  # opens the circuit
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(Hydrator(pool, client)(thin_record(thin)), 0.5)
+        # The next call is a new trial, not "circuit open" for good.
+        assert orjson.loads((await Hydrator(pool, client)(thin_record(thin))).value)["data"]
 
 
 async def test_stripe_down_or_circuit_open_means_wait_not_skip(
