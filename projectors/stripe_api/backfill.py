@@ -223,6 +223,14 @@ async def _append(
         await producer.start()
         for start in range(0, len(missing), opts.batch_size):
             chunk = missing[start : start + opts.batch_size]
+            # Listing a month can take minutes, while Stripe keeps retrying deliveries the
+            # receiver logs and the events projector indexes: ask the index again now.
+            indexed, _ = await ledger.known(conn, settings.topic, [str(e["id"]) for e, _ in chunk])
+            chunk = [(event, account) for event, account in chunk if event["id"] not in indexed]
+            state.missing -= len(indexed)
+            state.in_log += len(indexed)
+            if not chunk:
+                continue
             records = [_record(event, account, opts.endpoint) for event, account in chunk]
             ids = [str(event["id"]) for event, _ in chunk]
             await ledger.mark_sending(

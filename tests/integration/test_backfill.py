@@ -19,6 +19,7 @@ from ingest.record import HEADER_EVENT_ID, HEADER_SOURCE
 from projectors import catalog
 from projectors.migrate import migrate
 from projectors.service import run_projections
+from projectors.stripe_api import backfill as backfill_module
 from projectors.stripe_api import ledger
 from projectors.stripe_api.backfill import BackfillOptions, _record, backfill
 from projectors.stripe_api.client import StripeClient
@@ -180,6 +181,40 @@ async def test_backfill_after_an_outage_restores_exactly_the_missing_events(
     async with client_for(fake) as client:
         last = await backfill(settings, client, options)
     assert (last.missing, last.in_log) == (0, len(everything))
+
+
+async def test_events_indexed_while_the_listing_ran_are_not_appended(
+    fake: FakeStripe, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing a month takes a while, and Stripe's retries land meanwhile: what the index
+    has by the time of appending is not appended again. Here the index "catches up" just
+    after the listing (it answered nothing while the listing ran)."""
+    delivered_all = stream(40, seed=17, thin_every=10**6)
+    everything = unique_events(delivered_all)
+    delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
+    missed = set(everything) - set(unique_events(delivered))
+    fake.add_v1_events(list(everything.values()))
+    await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
+    await project_until_caught_up(settings)
+
+    real_find = backfill_module._find_missing
+
+    async def nothing_indexed_yet(*_: Any) -> tuple[set[str], set[str]]:
+        return set(), set()
+
+    async def find_with_a_lagging_index(*args: Any) -> Any:
+        with monkeypatch.context() as patched:
+            patched.setattr(ledger, "known", nothing_indexed_yet)
+            return await real_find(*args)
+
+    monkeypatch.setattr(backfill_module, "_find_missing", find_with_a_lagging_index)
+    options = BackfillOptions(since=SINCE, accounts=(CONNECT,), page_size=10)
+    async with client_for(fake) as client:
+        done = await backfill(settings, client, options)
+    assert (done.appended, done.missing) == (len(missed), len(missed))
+    log = await read_all(settings.kafka_bootstrap, settings.topic)
+    backfilled = [r for r in log if r.headers.get(HEADER_SOURCE) == b"backfill"]
+    assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in backfilled) == sorted(missed)
 
 
 async def test_a_run_killed_between_ack_and_ledger_appends_nothing_twice(
