@@ -37,7 +37,12 @@ class PoisonRecord(Exception):
 
 class HydrationUnavailable(Exception):
     """The full body of a thin event cannot be fetched right now (Stripe API down, rate
-    limited): the runner waits and retries the record; it never dead-letters or skips it."""
+    limited): the runner waits and retries the record; it never dead-letters or skips it.
+    `retry_after`: the least wait Stripe asked for (its `Retry-After`), if it did."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)

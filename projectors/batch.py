@@ -224,16 +224,17 @@ class BatchApplier:
             try:
                 return await self.hydrate(record)
             except HydrationUnavailable as exc:
+                wait = max(delay, exc.retry_after or 0.0)  # never sooner than Stripe asked
                 log.warning(
                     "hydration unavailable; waiting",
                     projector=self.key,
                     partition=record.partition,
                     offset=record.offset,
                     error=str(exc),
-                    retry_in_s=delay,
+                    retry_in_s=wait,
                 )
             try:
-                await asyncio.wait_for(self.stop.wait(), timeout=delay)
+                await asyncio.wait_for(self.stop.wait(), timeout=wait)
             except TimeoutError:
                 delay = min(delay * 2, 30.0)
                 continue

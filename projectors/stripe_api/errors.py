@@ -29,15 +29,20 @@ class StripeNotFound(StripeAPIError):
 class StripeUnavailable(Exception):
     """Stripe could not be reached or kept failing (5xx, 429, timeouts) after the retries.
 
-    Worth trying again later; nothing is known about the object.
+    Worth trying again later, not before `retry_after` seconds when Stripe's last answer
+    said so (`Retry-After`); nothing is known about the object.
     """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CircuitOpen(StripeUnavailable):
     """Too many failures in a row: calls are refused without trying until `retry_in` s."""
 
     def __init__(self, message: str, *, retry_in: float) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after=retry_in)
         self.retry_in = retry_in
 
 

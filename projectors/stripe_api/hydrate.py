@@ -109,7 +109,7 @@ class Hydrator:
                 f"/v2/core/events/{quote(event_id, safe='')}", context=context
             )
         except StripeUnavailable as exc:
-            raise HydrationUnavailable(str(exc)) from exc
+            raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
         except StripeAuthError as exc:
             if exc.status == 401:
                 # The key, not the record: every thin event would be dead-lettered until

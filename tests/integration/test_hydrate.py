@@ -10,15 +10,19 @@ import asyncpg
 import httpx
 import orjson
 import pytest
+from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
+from projectors.batch import BatchApplier
+from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.breaker import CircuitBreaker
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.hydrate import Hydrator
 from projectors.stripe_api.retry import RetryPolicy
 from tests.fixtures.records import as_record
+from tests.support.audit_projection import NoDeadLetters
 from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.thin_events import meter_error_report
 
@@ -162,6 +166,39 @@ async def test_rate_limited_waits_even_when_stripe_says_not_to_retry(
         with pytest.raises(HydrationUnavailable, match="HTTP 429"):
             await hydrator(thin_record(thin))
         assert orjson.loads((await hydrator(thin_record(thin))).value)["data"]
+
+
+async def test_stripes_retry_after_reaches_the_runner(fake: FakeStripe, pool: asyncpg.Pool) -> None:
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    fake.fail_next(3, status=429, headers={"Retry-After": "7"})
+    async with make_client(fake) as client:
+        with pytest.raises(HydrationUnavailable, match="HTTP 429") as refused:
+            await Hydrator(pool, client)(thin_record(thin))
+    assert refused.value.retry_after == 7.0
+
+
+async def test_the_runner_waits_at_least_as_long_as_stripe_asked(pool: asyncpg.Pool) -> None:
+    thin, full = meter_error_report()
+    calls: list[float] = []
+
+    async def rate_limited_once(record: Record) -> Record:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            raise HydrationUnavailable("HTTP 429", retry_after=1.5)
+        return as_record({**full, "created": 1_764_064_800})
+
+    applier = BatchApplier(
+        meters,
+        pool,
+        NoDeadLetters(),
+        schema="projections",
+        projector_key="meters",
+        hydrate=rate_limited_once,
+    )
+    await asyncio.wait_for(applier.prepare({TopicPartition("t", 0): [thin_record(thin)]}), 10)
+    assert len(calls) == 2
+    assert calls[1] - calls[0] >= 1.5  # not the runner's own 0.5 s
 
 
 async def test_a_cancelled_trial_call_does_not_keep_the_circuit_open(
