@@ -14,7 +14,7 @@ from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
-from projectors.batch import BatchApplier
+from projectors.batch import Abandoned, BatchApplier
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.breaker import CircuitBreaker
@@ -188,14 +188,7 @@ async def test_the_runner_waits_at_least_as_long_as_stripe_asked(pool: asyncpg.P
             raise HydrationUnavailable("HTTP 429", retry_after=1.5)
         return as_record({**full, "created": 1_764_064_800})
 
-    applier = BatchApplier(
-        meters,
-        pool,
-        NoDeadLetters(),
-        schema="projections",
-        projector_key="meters",
-        hydrate=rate_limited_once,
-    )
+    applier = meters_applier(pool, rate_limited_once)
     await asyncio.wait_for(applier.prepare({TopicPartition("t", 0): [thin_record(thin)]}), 10)
     assert len(calls) == 2
     assert calls[1] - calls[0] >= 1.5  # not the runner's own 0.5 s
@@ -261,3 +254,49 @@ async def test_an_answer_that_is_not_that_event_is_poison(
         with pytest.raises(PoisonRecord, match="not a v2 event"):
             await Hydrator(pool, client)(thin_record(thin))
     assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
+
+
+def meters_applier(
+    pool: asyncpg.Pool, hydrate: Any, stop: asyncio.Event | None = None
+) -> BatchApplier:
+    """The runner's batch step for the meters projection, with `hydrate` as its hydrator."""
+    return BatchApplier(
+        meters,
+        pool,
+        NoDeadLetters(),
+        schema="projections",
+        projector_key="meters",
+        hydrate=hydrate,
+        stop=stop,
+    )
+
+
+async def test_meters_fetches_only_the_thin_events_it_reads(pool: asyncpg.Pool) -> None:
+    """Without a key (or with Stripe down) a thin event the meters reducer ignores must not
+    hold up its partition: only the two error-report types are fetched."""
+    account = "acct_1Nv0FGQ9RKHgCVdK"
+    other = {  # a v2 thin event of a type meters has no use for
+        "id": "evt_test_65RAccountUpdated0000000001",
+        "object": "v2.core.event",
+        "type": "v2.core.account.updated",
+        "created": 1_764_064_800,
+        "livemode": False,
+        "related_object": {
+            "id": account,
+            "type": "v2.core.account",
+            "url": f"/v2/core/accounts/{account}",
+        },
+    }
+    report, _ = meter_error_report()
+    stop = asyncio.Event()
+    applier = meters_applier(pool, Hydrator(pool, None), stop)  # no key: a fetch would wait
+    tp = TopicPartition("stripe.events", 0)
+    prepared = await asyncio.wait_for(applier.prepare({tp: [as_record(other)]}), 10)
+    assert (prepared.records, prepared.dead) == (1, [])
+    # An error report does need its body: it waits (until stopped), never skipped.
+    waiting = asyncio.ensure_future(applier.prepare({tp: [thin_record(report)]}))
+    await asyncio.sleep(1.0)  # the wait under test, not a poll for a result
+    assert not waiting.done()
+    stop.set()
+    with pytest.raises(Abandoned):  # stopped while waiting
+        await asyncio.wait_for(waiting, 10)

@@ -13,14 +13,11 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from deploy.settings import Settings
 from ingest.record import build_record
 from projectors.base import Record
-from projectors.batch import Abandoned, BatchApplier
-from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime
 from projectors.service import run_projections
 from projectors.stripe_api.breaker import CircuitBreaker
@@ -28,8 +25,6 @@ from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.hydrate import Hydrator
 from projectors.stripe_api.retry import RetryPolicy
 from tests.conftest import Topics
-from tests.fixtures.records import as_record
-from tests.support.audit_projection import NoDeadLetters
 from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.kafka import read_all
 from tests.support.stripe_stream import produce
@@ -143,53 +138,3 @@ async def test_stripe_down_waits_and_unknown_events_are_dead_lettered(
     finally:
         await pool.close()
         await conn.close()
-
-
-async def test_meters_fetches_only_the_thin_events_it_reads(database_url: str) -> None:
-    """Without a key (or with Stripe down) a thin event the meters reducer ignores must not
-    hold up its partition: only the two error-report types are fetched."""
-    account = "acct_1Nv0FGQ9RKHgCVdK"
-    other = {  # a v2 thin event of a type meters has no use for
-        "id": "evt_test_65RAccountUpdated0000000001",
-        "object": "v2.core.event",
-        "type": "v2.core.account.updated",
-        "created": 1_764_064_800,
-        "livemode": False,
-        "related_object": {
-            "id": account,
-            "type": "v2.core.account",
-            "url": f"/v2/core/accounts/{account}",
-        },
-    }
-    report, _ = meter_error_report()
-    conn = await asyncpg.connect(database_url)
-    try:
-        await ensure_runtime(conn)
-    finally:
-        await conn.close()
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        stop = asyncio.Event()
-        applier = BatchApplier(
-            meters,
-            pool,
-            NoDeadLetters(),
-            schema="projections",
-            projector_key="meters",
-            hydrate=Hydrator(pool, None),  # no key: any fetch would wait
-            stop=stop,
-        )
-        tp = TopicPartition("stripe.events", 0)
-        prepared = await asyncio.wait_for(applier.prepare({tp: [as_record(other)]}), 10)
-        assert (prepared.records, prepared.dead) == (1, [])
-        # An error report does need its body: it waits (until stopped), never skipped.
-        waiting = asyncio.ensure_future(
-            applier.prepare({tp: [as_record({**report, "created": 1_764_064_800})]})
-        )
-        await asyncio.sleep(1.0)  # the wait under test, not a poll for a result
-        assert not waiting.done()
-        stop.set()
-        with pytest.raises(Abandoned):  # stopped while waiting
-            await asyncio.wait_for(waiting, 10)
-    finally:
-        await pool.close()

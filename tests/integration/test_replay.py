@@ -40,6 +40,18 @@ async def _caught_up(settings: Settings, name: str = "events") -> None:
     )
 
 
+async def _events_projected(
+    settings: Settings, stack: Stack, unique: str, *, seed: int
+) -> Settings:
+    """60 events on the log and the live `events` projection caught up with them (under
+    this test's group prefix); the settings it ran with."""
+    ours = settings.model_copy(update={"group_prefix": unique})
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60, seed=seed)))
+    async with running(ours, [events]):
+        await _caught_up(ours)
+    return ours
+
+
 async def _last_events(url: str, projector: str) -> dict[int, datetime | None]:
     """`lattice status`'s LAST EVENT per partition: `last_event_at` of each stored position."""
     conn = await asyncpg.connect(url)
@@ -146,11 +158,8 @@ async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables
 async def test_other_peoples_views_survive_a_replay_with_their_grants(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
-    ours = settings.model_copy(update={"group_prefix": unique})
+    ours = await _events_projected(settings, stack, unique, seed=9)
     url = settings.require_database_url()
-    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60, seed=9)))
-    async with running(ours, [events]):
-        await _caught_up(ours)
     reader = f"{unique}_reader"
     conn = await asyncpg.connect(url)
     try:
@@ -218,11 +227,8 @@ async def test_a_replay_keeps_the_live_time_where_it_reapplies_nothing(
 async def test_replay_refuses_an_offset_past_the_end_of_its_partition(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
-    ours = settings.model_copy(update={"group_prefix": unique})
+    ours = await _events_projected(settings, stack, unique, seed=6)
     url = settings.require_database_url()
-    await produce(stack.kafka_bootstrap, settings.topic, records(stream(60, seed=6)))
-    async with running(ours, [events]):
-        await _caught_up(ours)
     table = await rows(url, "SELECT id FROM projections.events ORDER BY id")
     stored = await _last_events(url, "events")
     ends = await log_ends(settings.kafka_bootstrap, settings.topic)
