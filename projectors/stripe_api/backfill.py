@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ from ingest.record import LogRecord, build_record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api import ledger, logtail
 from projectors.stripe_api.client import StripeClient
+from projectors.stripe_api.errors import StripeAPIError
 from projectors.stripe_api.ledger import BackfillError
 
 SOURCE = "backfill"
@@ -50,6 +51,8 @@ class Progress:
     appended: int = 0
     settled: int = 0
     oldest: int | None = None
+    # Connected accounts Stripe would not list (no access any more): why, per account.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,27 +174,48 @@ async def _find_missing(
 ) -> list[tuple[dict[str, Any], str | None]]:
     missing: dict[str, tuple[dict[str, Any], str | None]] = {}
     for account in (None, *opts.accounts):
-        pages = list_events(
-            client, opts.since, types=opts.types, account=account, page_size=opts.page_size
-        )
-        async for page in pages:
-            ids = [str(e["id"]) for e in page]
-            indexed, backfilled = await ledger.known(conn, topic, ids)
-            state.pages += 1
-            state.listed += len(page)
-            state.in_log += len(indexed)
-            state.earlier_backfill += len(backfilled - indexed)
-            for event in page:
-                if event["id"] not in indexed and event["id"] not in backfilled:
-                    missing.setdefault(event["id"], (event, account))
-            state.missing = len(missing)
-            created = [int(e["created"]) for e in page if isinstance(e.get("created"), int)]
-            if created:
-                oldest = min(created)
-                state.oldest = oldest if state.oldest is None else min(state.oldest, oldest)
-            report(state)
+        try:
+            await _list_account(conn, client, topic, opts, account, missing, state, report)
+        except StripeAPIError as exc:
+            if account is None:
+                raise  # the platform's own listing: the key itself
+            # The platform listed with this key, so the refusal is this account's (access
+            # revoked): the others' missing events are still worth appending.
+            state.refused[account] = str(exc)
+            log.warning("account not listed", account=account, error=str(exc))
     # Oldest first, as Stripe would have delivered them (the listing is newest first).
     return sorted(missing.values(), key=lambda pair: int(pair[0].get("created") or 0))
+
+
+async def _list_account(
+    conn: asyncpg.Connection,
+    client: StripeClient,
+    topic: str,
+    opts: BackfillOptions,
+    account: str | None,
+    missing: dict[str, tuple[dict[str, Any], str | None]],
+    state: Progress,
+    report: Callable[[Progress], None],
+) -> None:
+    pages = list_events(
+        client, opts.since, types=opts.types, account=account, page_size=opts.page_size
+    )
+    async for page in pages:
+        ids = [str(e["id"]) for e in page]
+        indexed, backfilled = await ledger.known(conn, topic, ids)
+        state.pages += 1
+        state.listed += len(page)
+        state.in_log += len(indexed)
+        state.earlier_backfill += len(backfilled - indexed)
+        for event in page:
+            if event["id"] not in indexed and event["id"] not in backfilled:
+                missing.setdefault(event["id"], (event, account))
+        state.missing = len(missing)
+        created = [int(e["created"]) for e in page if isinstance(e.get("created"), int)]
+        if created:
+            oldest = min(created)
+            state.oldest = oldest if state.oldest is None else min(state.oldest, oldest)
+        report(state)
 
 
 def _record(event: dict[str, Any], account: str | None, endpoint: str) -> LogRecord:

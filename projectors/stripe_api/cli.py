@@ -165,7 +165,13 @@ def run(args: argparse.Namespace) -> int:
         f"{state.missing if args.dry_run else state.appended}); {state.in_log} already in "
         f"the log, {state.earlier_backfill} appended by an earlier backfill"
     )
-    return 0
+    for account, why in state.refused.items():
+        print(
+            f"lattice: account {account} was not listed: {why}; the other accounts' "
+            "events were; run again with that --account once it answers",
+            file=sys.stderr,
+        )
+    return 1 if state.refused else 0
 
 
 async def _run(settings: Settings, options: BackfillOptions, line: ProgressLine) -> Progress:

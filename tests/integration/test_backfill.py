@@ -217,6 +217,29 @@ async def test_events_indexed_while_the_listing_ran_are_not_appended(
     assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in backfilled) == sorted(missed)
 
 
+async def test_an_account_stripe_will_not_list_is_reported_and_the_rest_appended(
+    fake: FakeStripe, settings: Settings
+) -> None:
+    delivered_all = stream(40, seed=19, thin_every=10**6)
+    everything = unique_events(delivered_all)
+    delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
+    missed = set(everything) - set(unique_events(delivered))
+    fake.add_v1_events(list(everything.values()))
+    gone = "acct_1DisconnectedAcc"
+    fake.inaccessible.add(gone)
+    await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
+    await project_until_caught_up(settings)
+    options = BackfillOptions(since=SINCE, accounts=(gone, CONNECT), page_size=10)
+    async with client_for(fake) as client:
+        done = await backfill(settings, client, options)
+    assert list(done.refused) == [gone]
+    assert "does not have access to account" in done.refused[gone]
+    assert done.appended == len(missed)  # the platform's and CONNECT's, listed after it
+    log = await read_all(settings.kafka_bootstrap, settings.topic)
+    backfilled = [r for r in log if r.headers.get(HEADER_SOURCE) == b"backfill"]
+    assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in backfilled) == sorted(missed)
+
+
 async def test_a_run_killed_between_ack_and_ledger_appends_nothing_twice(
     fake: FakeStripe, settings: Settings
 ) -> None:

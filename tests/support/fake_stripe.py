@@ -57,6 +57,8 @@ class FakeStripe:
         self.v1_events: list[dict[str, Any]] = []
         self.faults: deque[Fault] = deque()
         self.seen: list[Seen] = []
+        # Connected accounts the key has no access to (disconnected, or never connected).
+        self.inaccessible: set[str] = set()
         self.url = ""
         self._request_ids = itertools.count(1)
 
@@ -151,6 +153,14 @@ class FakeStripe:
         ]
         # Without Stripe-Account: the platform's own events; with it, that account's.
         account = request.headers.get("stripe-account")
+        if account in self.inaccessible:
+            return self._error(
+                403,
+                "invalid_request_error",
+                f"The provided key 'sk_test_****{self.api_key[-4:]}' does not have access to "
+                f"account '{account}' (or that account does not exist). Application access "
+                "may have been revoked.",
+            )
         matching = [
             e
             for e in ordered
