@@ -137,7 +137,8 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._writes = HeldWrites(transport)
         super().connection_made(self._writes)
-        self._raw_head = self._chunk = self._discarded = 0
+        self._raw_head = self._chunk = self._first_read = self._discarded = 0
+        self._reads = self._head_read = 0
         self._discarding = False  # refused: what still arrives is read and dropped
         self._in_head = False  # a request's first byte came, its head is not complete yet
         self._any_request = False
@@ -155,12 +156,15 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             if self._discarded > LINGER_BYTES:
                 self._writes.close_now()
             return
-        awaiting_head = self._in_head or self._head_timer is not None
+        began_before = self._in_head
         self._chunk = len(data)
+        self._reads += 1
         super().data_received(data)
-        # A head still incomplete after all that arrived: every byte was head. (A header
-        # line reaches `on_header` only once it ends: count what arrives instead.)
-        if awaiting_head and self._in_head:
+        # A read after the one a head began in, with the head still incomplete: all of it
+        # was head (a header line reaches `on_header` only once it ends, so count what
+        # arrives). The read it began in may also hold the request before: not counted
+        # here, only bounded in `on_headers_complete`.
+        if began_before and self._in_head:
             self._raw_head += len(data)
             if self._raw_head > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
@@ -169,15 +173,19 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = self._any_request = True
         self._head_began = self.loop.time()
+        # The read this head began in: its length, a bound on the head's bytes in it.
+        self._first_read, self._raw_head, self._head_read = self._chunk, 0, self._reads
         # One timer per connection, not one per request: it is left running across
         # requests and, when it fires, checks how long the current head has taken.
         self._start_head_timer()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        # Exact size only when what arrived could hold a head that large (a head and its
-        # body may come in one read): the common request pays one comparison.
-        if self._raw_head + self._chunk > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
+        # Exact size only when the reads this head spans could hold one that large (a head
+        # may share its reads with a body): the common request pays one comparison.
+        later = self._chunk if self._reads != self._head_read else 0  # this read, if another
+        spanned = self._first_read + self._raw_head + later
+        if spanned > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
             raise HeadTooLarge  # out of the parser, before a request cycle starts
         self._raw_head = 0

@@ -100,7 +100,8 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
         half, half_w = await connect()
         half_w.write(b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\n")
         huge, huge_w = await connect()
-        huge_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"x" * (MAX_HEAD_BYTES + 1) + b"\r\n")
+        huge_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: ")  # a header that never ends...
+        await huge_w.drain()
         whole, whole_w = await connect()  # a complete head, likely read in one piece
         whole_w.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"y" * 2 * MAX_HEAD_BYTES + b"\r\n\r\n")
         refused, refused_w = await connect()
@@ -109,6 +110,8 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
             b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\n"
             b"Content-Length: 2000000\r\nExpect: 100-continue\r\n\r\n"
         )
+        await asyncio.sleep(0.2)
+        huge_w.write(b"x" * (MAX_HEAD_BYTES + 1))  # ...arriving after its first bytes
         try:
             assert await rest(silent) == b""  # nothing asked, nothing answered: closed
             assert (await rest(half)).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
@@ -122,6 +125,29 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
         finally:
             for writer in (silent_w, half_w, huge_w, whole_w, refused_w):
                 writer.close()
+        # A big delivery's body and, in the same write, half of the next (pipelined)
+        # request's head: only head bytes count toward the head's limit, and the
+        # delivery's 200 is not lost to a refusal of the next request.
+        reader, writer = await connect()
+        try:
+            padded = body + b" " * 100_000  # still a Stripe event: JSON allows the spaces
+            writer.write(delivery_head(padded) + padded + b"GET /healthz HTTP/1.1\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)  # a separate read for the rest of the head
+            writer.write(b"Host: lattice\r\n\r\n")
+            delivered = await asyncio.wait_for(answer(reader), 10)
+            assert delivered == (b"HTTP/1.1 200 OK", b'{"received":true}')
+            assert (await asyncio.wait_for(answer(reader), 10))[0] == b"HTTP/1.1 200 OK"
+            # The head timer lapses between requests; a later oversize head sent in one
+            # piece, ended by a separate read, is still refused.
+            await asyncio.sleep(1.5)
+            writer.write(b"GET /healthz HTTP/1.1\r\nX-Big: " + b"z" * 3 * MAX_HEAD_BYTES)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"\r\n\r\n")
+            assert (await rest(reader)).startswith(b"HTTP/1.1 431 Request Header Fields")
+        finally:
+            writer.close()
         # Without `Expect`, the client sends its oversize body at once: it reads its 413
         # (the connection is not reset under it) and the connection serves the next one.
         reader, writer = await connect()
