@@ -25,6 +25,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from deploy.stack.topics import missing_topics
 from ingest.batching import Batcher
 from ingest.deadlines import Deadlines
 from ingest.record import LogRecord
@@ -95,23 +96,22 @@ class Publisher:
             self._connector = asyncio.create_task(self._keep_connecting())
 
     async def _try_connect(self) -> bool:
-        producer = self._new_producer()
+        producer: AIOKafkaProducer | None = None
         try:
+            # The topic first (without naming it, so no broker auto-creates it), and only
+            # then the idempotent producer: each one started takes a producer id.
+            if await missing_topics(self._bootstrap, [self.topic]):
+                self.unready = f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
+                log.warning("kafka_topic_missing", bootstrap=self._bootstrap, topic=self.topic)
+                return False
+            producer = self._new_producer()
             await producer.start()
-            # Every topic's metadata, not ours by name: asking for a topic by name lets a
-            # broker with auto.create.topics.enable (Kafka's default) create it with its
-            # defaults (seven days' retention), before provisioning makes it keep forever.
-            cluster = await producer.client.fetch_all_metadata()
         except (KafkaError, OSError) as exc:
-            with contextlib.suppress(Exception):
-                await producer.stop()
+            if producer is not None:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
             self.unready = f"Kafka at {self._bootstrap} does not answer"
             log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
-            return False
-        if self.topic not in cluster.topics():
-            await producer.stop()
-            self.unready = f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
-            log.warning("kafka_topic_missing", bootstrap=self._bootstrap, topic=self.topic)
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)

@@ -16,10 +16,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
-from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError
 
 from deploy.settings import ConfigError, Settings
+from deploy.stack.topics import missing_topics
 from projectors.failures import is_transient
 
 log = structlog.get_logger("lattice.projector")
@@ -44,14 +44,7 @@ class MissingTopics(Exception):
 
 
 async def _kafka(bootstrap: str, topics: Sequence[str]) -> None:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
-    try:
-        await client.bootstrap()
-        # Every topic's metadata (naming ours would let a broker auto-create them).
-        cluster = await client.fetch_all_metadata()
-        missing = sorted(set(topics) - cluster.topics())
-    finally:
-        await client.close()
+    missing = await missing_topics(bootstrap, topics)
     if missing:
         # Provisioning may still be running (a compose or Kubernetes job next to us), or a
         # name is mistyped: say which, and wait, rather than aiokafka's traceback at 40 s.

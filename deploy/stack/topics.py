@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
@@ -80,6 +81,19 @@ async def _check_retention(admin: AIOKafkaAdminClient, names: list[str]) -> None
             "change it with kafka-configs.sh --alter --entity-type topics --add-config "
             "retention.ms=-1,retention.bytes=-1"
         )
+
+
+async def missing_topics(bootstrap: str, names: Iterable[str]) -> list[str]:
+    """Which of `names` the broker does not have, sorted. Reads every topic's metadata:
+    asking for topics by name lets a broker with `auto.create.topics.enable` (Kafka's
+    default) create them with its defaults (seven days' retention)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await client.bootstrap()
+        cluster = await client.fetch_all_metadata()
+    finally:
+        await client.close()
+    return sorted(set(names) - cluster.topics())
 
 
 async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
