@@ -183,19 +183,34 @@ async def test_backfill_after_an_outage_restores_exactly_the_missing_events(
     assert (last.missing, last.in_log) == (0, len(everything))
 
 
+async def _an_outage(fake: FakeStripe, settings: Settings, *, seed: int) -> set[str]:
+    """40 events Stripe knows, 10 of them never delivered; the rest logged and projected.
+    The ids of the missed ones."""
+    delivered_all = stream(40, seed=seed, thin_every=10**6)
+    everything = unique_events(delivered_all)
+    delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
+    fake.add_v1_events(list(everything.values()))
+    await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
+    await project_until_caught_up(settings)
+    return set(everything) - set(unique_events(delivered))
+
+
+async def _backfilled_ids(settings: Settings) -> list[str]:
+    log = await read_all(settings.kafka_bootstrap, settings.topic)
+    return sorted(
+        r.headers[HEADER_EVENT_ID].decode()
+        for r in log
+        if r.headers.get(HEADER_SOURCE) == b"backfill"
+    )
+
+
 async def test_events_indexed_while_the_listing_ran_are_not_appended(
     fake: FakeStripe, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Listing a month takes a while, and Stripe's retries land meanwhile: what the index
     has by the time of appending is not appended again. Here the index "catches up" just
     after the listing (it answered nothing while the listing ran)."""
-    delivered_all = stream(40, seed=17, thin_every=10**6)
-    everything = unique_events(delivered_all)
-    delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
-    missed = set(everything) - set(unique_events(delivered))
-    fake.add_v1_events(list(everything.values()))
-    await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
-    await project_until_caught_up(settings)
+    missed = await _an_outage(fake, settings, seed=17)
 
     real_find = backfill_module._find_missing
 
@@ -212,32 +227,22 @@ async def test_events_indexed_while_the_listing_ran_are_not_appended(
     async with client_for(fake) as client:
         done = await backfill(settings, client, options)
     assert (done.appended, done.missing) == (len(missed), len(missed))
-    log = await read_all(settings.kafka_bootstrap, settings.topic)
-    backfilled = [r for r in log if r.headers.get(HEADER_SOURCE) == b"backfill"]
-    assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in backfilled) == sorted(missed)
+    assert await _backfilled_ids(settings) == sorted(missed)
 
 
 async def test_an_account_stripe_will_not_list_is_reported_and_the_rest_appended(
     fake: FakeStripe, settings: Settings
 ) -> None:
-    delivered_all = stream(40, seed=19, thin_every=10**6)
-    everything = unique_events(delivered_all)
-    delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
-    missed = set(everything) - set(unique_events(delivered))
-    fake.add_v1_events(list(everything.values()))
+    missed = await _an_outage(fake, settings, seed=19)
     gone = "acct_1DisconnectedAcc"
     fake.inaccessible.add(gone)
-    await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
-    await project_until_caught_up(settings)
     options = BackfillOptions(since=SINCE, accounts=(gone, CONNECT), page_size=10)
     async with client_for(fake) as client:
         done = await backfill(settings, client, options)
     assert list(done.refused) == [gone]
     assert "does not have access to account" in done.refused[gone]
     assert done.appended == len(missed)  # the platform's and CONNECT's, listed after it
-    log = await read_all(settings.kafka_bootstrap, settings.topic)
-    backfilled = [r for r in log if r.headers.get(HEADER_SOURCE) == b"backfill"]
-    assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in backfilled) == sorted(missed)
+    assert await _backfilled_ids(settings) == sorted(missed)
 
 
 async def test_a_run_killed_between_ack_and_ledger_appends_nothing_twice(
