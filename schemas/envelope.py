@@ -12,7 +12,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    TypeAdapter,
+    WithJsonSchema,
+)
 
 EVENT_ID_PREFIX = "evt_"
 SNAPSHOT = "event"
@@ -71,6 +80,28 @@ def parse_event(body: bytes) -> dict[str, Any]:
     return event
 
 
+def _rfc3339_text(value: Any) -> Any:
+    if not isinstance(value, str) or not _is_rfc3339(value):
+        raise ValueError("neither Unix seconds nor an RFC 3339 timestamp with a time and offset")
+    return value
+
+
+# `created` as the receiver takes it (see `parse_event`), not pydantic's lax datetime,
+# which would also take "1764064800", 1764064800.5, a date alone or a time without offset.
+Rfc3339 = Annotated[
+    AwareDatetime,
+    BeforeValidator(_rfc3339_text),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+            r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+        }
+    ),
+]
+
+
 class EventRequest(BaseModel):
     """The API request that caused a snapshot event (null ids for automatic events)."""
 
@@ -97,15 +128,19 @@ class SnapshotEvent(BaseModel):
     id: Annotated[str, Field(pattern=r"^evt_")]
     object: Literal["event"]
     type: str = Field(min_length=1)
-    created: StrictInt | datetime = Field(
+    created: StrictInt | Rfc3339 = Field(
         description="Unix seconds (as Stripe sends it); an RFC 3339 string is accepted too"
     )
-    livemode: bool = False
+    # As lenient as the receiver, which logs what it takes: a reader validating the log
+    # against this schema must not refuse a record that is on it.
+    livemode: bool | None = False
     api_version: str | None = None
     account: str | None = Field(default=None, description="the Connect account, if any")
     pending_webhooks: int | None = None
-    request: EventRequest | None = None
-    data: EventData
+    request: EventRequest | str | None = Field(
+        default=None, description="an object; a request id string before API 2017-05-25"
+    )
+    data: EventData | None = None
 
 
 class RelatedObject(BaseModel):
@@ -135,8 +170,8 @@ class ThinEvent(BaseModel):
     id: Annotated[str, Field(pattern=r"^evt_")]
     object: Literal["v2.core.event"]
     type: str = Field(min_length=1)
-    created: datetime | StrictInt = Field(description="RFC 3339, e.g. 2026-11-25T10:00:00.123Z")
-    livemode: bool = False
+    created: Rfc3339 | StrictInt = Field(description="RFC 3339, e.g. 2026-11-25T10:00:00.123Z")
+    livemode: bool | None = False
     context: str | None = Field(default=None, description="the Connect account, if any")
     related_object: RelatedObject | None = None
     reason: ThinEventReason | None = None
@@ -159,4 +194,5 @@ def envelope_json_schema() -> dict[str, Any]:
     schema = ENVELOPE.json_schema(mode="validation")
     schema["title"] = "StripeEvent"
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://lattice.dev/schemas/stripe_event.schema.json"
     return schema

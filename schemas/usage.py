@@ -2,20 +2,17 @@
 
 One JSON object per fact it sent to Stripe's meter events API, keyed by customer id.
 Producers in other languages validate against `schemas/json/usage_fact.schema.json`,
-which `json_schema()` generates (a test keeps the committed file equal to it).
+which `json_schema()` generates (`python -m schemas.export` writes it; a test keeps the
+committed file equal to it).
 """
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from enum import StrEnum
-from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-SCHEMA_FILE = Path(__file__).resolve().parent / "json" / "usage_fact.schema.json"
 
 # Stripe's meter-event identifier is at most 100 characters.
 MAX_IDENTIFIER = 100
@@ -91,23 +88,8 @@ def parse_usage_fact(raw: bytes) -> UsageFact:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON Schema of a usage fact (draft 2020-12), as committed in SCHEMA_FILE."""
+    """The JSON Schema of a usage fact (draft 2020-12), as committed in schemas/json."""
     schema = UsageFact.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://lattice.dev/schemas/usage_fact.schema.json"
     return schema
-
-
-def render_json_schema() -> str:
-    """The schema file's exact text."""
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def write_json_schema(path: Path = SCHEMA_FILE) -> Path:
-    """Regenerate the committed schema file (run after changing the model)."""
-    path.write_text(render_json_schema())
-    return path
-
-
-if __name__ == "__main__":
-    print(write_json_schema())

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from schemas.envelope import (
     EnvelopeError,
@@ -126,6 +127,7 @@ def test_any_input_is_an_event_or_an_envelope_error(body: bytes) -> None:
 def test_models_read_both_kinds() -> None:
     snapshot = validate_event(encoded(SNAPSHOT))
     assert isinstance(snapshot, SnapshotEvent)
+    assert snapshot.data is not None
     assert snapshot.data.object["id"] == "in_1Pgc6tB7WZ01zgkWu9fdqL6I"
     thin = validate_event(encoded(THIN))
     assert isinstance(thin, ThinEvent)
@@ -140,3 +142,51 @@ def test_json_schema_describes_both_kinds() -> None:
     assert schema["$schema"].endswith("2020-12/schema")
     assert set(schema["discriminator"]["mapping"]) == {"event", "v2.core.event"}
     json.dumps(schema)  # serialisable as it is
+
+
+CREATED = [
+    1764064800,
+    "2026-11-25T10:00:00.123Z",
+    "2026-11-25T10:00:00+01:00",
+    "1764064800",  # digits as a string
+    1764064800.0,
+    1764064800.5,
+    "2026-11-25",  # a date alone
+    "2026-11-25T10:00:00",  # no offset
+    True,
+]
+OTHER = [
+    {"data": None},  # a snapshot without its object: the receiver logs it
+    {"request": "req_123"},  # the string form of API versions before 2017-05-25
+    {"livemode": None},
+]
+
+
+@pytest.mark.parametrize("created", CREATED, ids=repr)
+@pytest.mark.parametrize("kind", [SNAPSHOT, THIN], ids=["snapshot", "thin"])
+def test_the_models_take_a_created_exactly_when_the_receiver_does(
+    kind: dict[str, Any], created: Any
+) -> None:
+    """One envelope, two layers: the models (and the exported schema) must not refuse what
+    is on the log, nor describe as an event what the receiver would have refused."""
+    assert_layers_agree({**kind, "created": created})
+
+
+@pytest.mark.parametrize("change", OTHER, ids=repr)
+def test_the_models_take_what_the_receiver_logs(change: dict[str, Any]) -> None:
+    assert_layers_agree({**SNAPSHOT, **change})
+
+
+def assert_layers_agree(event: dict[str, Any]) -> None:
+    body = json.dumps(event).encode()
+    try:
+        parse_event(body)
+        receiver = True
+    except EnvelopeError:
+        receiver = False
+    try:
+        validate_event(body)
+        model = True
+    except ValidationError:
+        model = False
+    assert model == receiver, f"receiver {'took' if receiver else 'refused'} {event}"
