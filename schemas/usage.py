@@ -8,11 +8,16 @@ committed file equal to it).
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# A value as a string: plain decimal digits, as the schema says (not "1e3", "+5", ".5",
+# "1_000" or other scripts' digits, which Python's Decimal would also read).
+DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
 # Stripe's meter-event identifier is at most 100 characters.
 MAX_IDENTIFIER = 100
@@ -46,7 +51,7 @@ class UsageFact(BaseModel):
     value: Decimal = Field(
         description="The usage value: a decimal number, as a string (preferred) or a number.",
         json_schema_extra={
-            "anyOf": [{"type": "string", "pattern": r"^-?\d+(\.\d+)?$"}, {"type": "number"}]
+            "anyOf": [{"type": "string", "pattern": DECIMAL_TEXT.pattern}, {"type": "number"}]
         },
     )
     timestamp: Annotated[int, Field(ge=0, strict=True)] = Field(
@@ -65,6 +70,16 @@ class UsageFact(BaseModel):
             raise ValueError("value must be a decimal number, not a boolean")
         if isinstance(raw, float):
             return Decimal(repr(raw))
+        if isinstance(raw, str) and not DECIMAL_TEXT.match(raw):
+            raise ValueError("value must be a plain decimal like 12 or -0.5")
+        return raw
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _whole_seconds(cls, raw: Any) -> Any:
+        # JSON has one kind of number, and the schema's `integer` takes 1764064800.0 too.
+        if isinstance(raw, float) and raw.is_integer():
+            return int(raw)
         return raw
 
     @field_validator("value")

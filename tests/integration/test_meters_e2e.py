@@ -121,7 +121,7 @@ async def test_the_runner_reconciles_a_month_from_both_topics(
         assert [r.value for r in dead] == [b'{"identifier": "x", "value": "ten"}']
         error = dead[0].headers["lattice-error"].decode()
         assert "not a usage fact" in error
-        assert "value: Input should be a valid decimal" in error
+        assert "must be a plain decimal" in error
         assert len(fake.requests_to("/v2/core/events/")) == 2
     finally:
         stop.set()

@@ -88,3 +88,17 @@ def test_an_invalid_fact_is_refused_naming_the_field(fields: dict[str, object], 
 def test_a_value_that_is_not_json_is_refused() -> None:
     with pytest.raises(UsageFactError, match="not a usage fact"):
         parse_usage_fact(b"identifier=req-1")
+
+
+@pytest.mark.parametrize("value", ["1e3", "+5", ".5", "5.", " 1 ", "1_000", "\u0663", "NaN"])
+def test_a_value_string_the_schema_refuses_is_refused(value: str) -> None:
+    """One contract: what a producer's schema check refuses, the projector refuses too."""
+    with pytest.raises(UsageFactError, match="value"):
+        parse_usage_fact(fact_json(value=value))
+
+
+def test_a_whole_float_timestamp_is_read_as_the_schema_allows() -> None:
+    """JSON Schema's `integer` takes 1764000000.0 (the same number): so does the parser."""
+    assert parse_usage_fact(fact_json(timestamp=1_764_000_000.0)).timestamp == 1_764_000_000
+    with pytest.raises(UsageFactError, match="timestamp"):
+        parse_usage_fact(fact_json(timestamp=1_764_000_000.5))
