@@ -56,7 +56,7 @@ def test_a_cancel_names_the_fact_it_cancels() -> None:
 
 def test_an_invalid_usage_fact_is_poison_with_the_validation_error() -> None:
     record = usage_record({"identifier": "req-1", "value": "lots"})
-    with pytest.raises(PoisonRecord, match="value: .*must be a plain decimal"):
+    with pytest.raises(PoisonRecord, match=r"value: .*must be a plain decimal"):
         projection.reduce(record)
 
 
