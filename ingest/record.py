@@ -13,14 +13,16 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-HEADER_EVENT_ID = "stripe-event-id"
-HEADER_EVENT_TYPE = "stripe-event-type"
-HEADER_ACCOUNT = "stripe-account"
-HEADER_LIVEMODE = "stripe-livemode"
-HEADER_API_VERSION = "stripe-api-version"
-HEADER_ENDPOINT = "lattice-endpoint"
-HEADER_RECEIVED_AT = "lattice-received-at"
-HEADER_SOURCE = "lattice-source"
+# The header names are the contract's (`schemas/record.py`), named here too for the
+# modules that build and read records.
+from schemas.record import HEADER_ACCOUNT as HEADER_ACCOUNT
+from schemas.record import HEADER_API_VERSION as HEADER_API_VERSION
+from schemas.record import HEADER_ENDPOINT as HEADER_ENDPOINT
+from schemas.record import HEADER_EVENT_ID as HEADER_EVENT_ID
+from schemas.record import HEADER_EVENT_TYPE as HEADER_EVENT_TYPE
+from schemas.record import HEADER_LIVEMODE as HEADER_LIVEMODE
+from schemas.record import HEADER_RECEIVED_AT as HEADER_RECEIVED_AT
+from schemas.record import HEADER_SOURCE as HEADER_SOURCE
 
 
 class LogRecord(NamedTuple):

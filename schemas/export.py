@@ -4,6 +4,7 @@ what its model generates).
 
     schemas/json/stripe_event.schema.json   an event on the log (snapshot or thin)
     schemas/json/usage_fact.schema.json     a fact on `usage.reported`
+    schemas/json/log_record_headers.schema.json   the headers of a record on the log
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from schemas import envelope, usage
+from schemas import envelope, record, usage
 
 SCHEMA_DIR = Path(__file__).resolve().parent / "json"
 GENERATED: dict[str, Callable[[], dict[str, Any]]] = {
     "stripe_event.schema.json": envelope.envelope_json_schema,
     "usage_fact.schema.json": usage.json_schema,
+    "log_record_headers.schema.json": record.json_schema,
 }
 
 
