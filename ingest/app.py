@@ -47,16 +47,10 @@ class Receiver:
 
     async def readyz(self, request: Request) -> Response:
         """GET /readyz: 200 when the broker answers now, else 503."""
-        if await self.publisher.ready():
+        reason = await self.publisher.unready_because()
+        if reason is None:
             return Response(b'{"ready":true}', media_type=JSON)
-        return error(
-            503,
-            "kafka_unreachable",
-            self.publisher.unready
-            if self.publisher.connecting
-            else f"Kafka at {self.settings.kafka_bootstrap} does not answer",
-            {"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return error(503, "kafka_unreachable", reason, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     async def metrics_text(self, request: Request) -> Response:
         """GET /metrics: Prometheus text format."""

@@ -70,6 +70,7 @@ class Publisher:
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._deadlines = Deadlines(timeout)
+        self._no_answer = f"Kafka at {bootstrap} does not answer"
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = f"not connected to Kafka at {bootstrap} yet"
 
@@ -110,7 +111,7 @@ class Publisher:
             if producer is not None:
                 with contextlib.suppress(Exception):
                     await producer.stop()
-            self.unready = f"Kafka at {self._bootstrap} does not answer"
+            self.unready = self._no_answer
             log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
@@ -188,22 +189,17 @@ class Publisher:
         finally:
             wait.finish()
 
-    @property
-    def connecting(self) -> bool:
-        """True while no producer is connected (`unready` says why)."""
-        return self._batcher is None
-
-    async def ready(self, timeout: float = 2.0) -> bool:
-        """True when the broker answers a metadata request now."""
+    async def unready_because(self, timeout: float = 2.0) -> str | None:
+        """None when the broker answers a metadata request now; else why not."""
         batcher = self._batcher
         if batcher is None:
-            return False
+            return self.unready
         try:
             async with asyncio.timeout(timeout):
                 await batcher.producer.client.fetch_all_metadata()
         except (KafkaError, OSError, TimeoutError):
-            return False
-        return True
+            return self._no_answer
+        return None
 
 
 def _expire(future: asyncio.Future[Any]) -> None:
