@@ -188,7 +188,6 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if spanned > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
             raise HeadTooLarge  # out of the parser, before a request cycle starts
-        self._raw_head = 0
         super().on_headers_complete()
 
     def _head_size(self) -> int:
