@@ -30,7 +30,7 @@ from projectors.stripe_api.errors import (
     StripeUnavailable,
     redact,
 )
-from projectors.stripe_api.retry import RetryPolicy, parse_retry_after
+from projectors.stripe_api.retry import RetryPolicy
 
 USER_AGENT = "lattice/0.1 (+stripe-api client)"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -147,14 +147,14 @@ class StripeClient:
                 if response.status_code >= 500 or response.status_code == 429:
                     raise StripeUnavailable(
                         f"GET {path}: {self._describe(response)}",
-                        retry_after=self._retry_after(answer_headers),
+                        retry_after=self.retry.retry_after(answer_headers),
                     )
                 raise self._error(response, path)
             if attempt > self.retry.max_retries:
                 raise StripeUnavailable(
                     f"GET {path}: gave up after {attempt} attempts: "
                     f"{failure or self._describe(response)}",
-                    retry_after=self._retry_after(answer_headers),
+                    retry_after=self.retry.retry_after(answer_headers),
                 )
             await self._sleep(self.retry.delay(attempt, answer_headers))
 
@@ -187,10 +187,6 @@ class StripeClient:
             request_id=response.headers.get("request-id"),
         )
         return response, None
-
-    def _retry_after(self, headers: Mapping[str, str]) -> float | None:
-        seconds = parse_retry_after(headers.get("retry-after"))
-        return None if seconds is None else min(seconds, self.retry.max_retry_after)
 
     def _json(self, response: httpx.Response, path: str) -> dict[str, Any]:
         try:

@@ -39,10 +39,13 @@ class RetryPolicy:
         exponential = min(self.max_delay, self.base_delay * 2.0 ** (retry - 1))
         # "Equal jitter": between half and all of the exponential step.
         wait = exponential * (0.5 + 0.5 * self.random())
-        retry_after = parse_retry_after((headers or {}).get("retry-after"))
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, self.max_retry_after))
-        return wait
+        retry_after = self.retry_after(headers)
+        return wait if retry_after is None else max(wait, retry_after)
+
+    def retry_after(self, headers: Mapping[str, str] | None) -> float | None:
+        """The answer's `Retry-After` in seconds, capped at `max_retry_after`; None if none."""
+        seconds = parse_retry_after((headers or {}).get("retry-after"))
+        return None if seconds is None else min(seconds, self.max_retry_after)
 
 
 def parse_retry_after(value: str | None) -> float | None:
