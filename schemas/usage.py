@@ -70,7 +70,8 @@ class UsageFact(BaseModel):
             raise ValueError("value must be a decimal number, not a boolean")
         if isinstance(raw, float):
             return Decimal(repr(raw))
-        if isinstance(raw, str) and not DECIMAL_TEXT.match(raw):
+        # fullmatch: `$` alone would also take "12\n", which the schema's pattern refuses.
+        if isinstance(raw, str) and not DECIMAL_TEXT.fullmatch(raw):
             raise ValueError("value must be a plain decimal like 12 or -0.5")
         return raw
 
