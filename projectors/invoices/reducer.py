@@ -14,6 +14,7 @@ from typing import Any
 
 from projectors.base import Record
 from projectors.subscriptions.snapshot import (
+    EMPTY,
     LIVE,
     TERMINAL,
     Event,
@@ -22,6 +23,7 @@ from projectors.subscriptions.snapshot import (
     list_data,
     mapping,
     object_id,
+    progress,
     read_event,
     ref,
     text,
@@ -168,7 +170,12 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     return InvoiceSnapshot(
         id=object_id(event, "in_"),
         version=version(
-            TERMINAL if terminal else LIVE, event.created, INVOICE_RANK.get(status, 0), event.id
+            TERMINAL if terminal else LIVE,
+            event.created,
+            INVOICE_RANK.get(status, 0),
+            progress(event, integer(obj.get("attempt_count")) or 0),
+            event.id,
+            event.api_version,
         ),
         event_id=event.id,
         event_created=event.created,
@@ -202,9 +209,9 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
 
 def _line(raw: Mapping[str, Any]) -> Line:
     parent = mapping(raw.get("parent"))
-    details = mapping(parent.get("subscription_item_details")) or mapping(
-        parent.get("invoice_item_details")
-    )
+    # Since basil `parent.type` names the line's origin; read only the details it names.
+    kind = parent.get("type")
+    details = mapping(parent.get(kind)) if type(kind) is str else EMPTY
     price_details = mapping(mapping(raw.get("pricing")).get("price_details"))
     # Before basil `price` is the expanded price; since, only its id (unless expanded).
     price_field = raw.get("price") if raw.get("price") is not None else price_details.get("price")
@@ -239,7 +246,9 @@ def payment_snapshot(event: Event) -> PaymentSnapshot:
             TERMINAL if status in ("paid", "canceled") else LIVE,
             event.created,
             PAYMENT_RANK.get(status or "", 0),
+            progress(event),
             event.id,
+            event.api_version,
         ),
         event_id=event.id,
         event_created=event.created,

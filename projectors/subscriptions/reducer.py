@@ -21,6 +21,7 @@ from projectors.subscriptions.snapshot import (
     list_data,
     mapping,
     object_id,
+    progress,
     read_event,
     ref,
     text,
@@ -158,7 +159,9 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
             TERMINAL if terminal else LIVE,
             event.created,
             SUBSCRIPTION_RANK.get(status, 0),
+            progress(event),
             event.id,
+            event.api_version,
         ),
         event_id=event.id,
         event_created=event.created,
@@ -221,7 +224,14 @@ def customer_snapshot(event: Event) -> CustomerSnapshot:
     delinquent = obj.get("delinquent")
     return CustomerSnapshot(
         id=object_id(event, "cus_"),
-        version=version(TERMINAL if deleted else LIVE, event.created, 0, event.id),
+        version=version(
+            TERMINAL if deleted else LIVE,
+            event.created,
+            0,
+            progress(event),
+            event.id,
+            event.api_version,
+        ),
         event_id=event.id,
         event_created=event.created,
         email=text(obj.get("email")),

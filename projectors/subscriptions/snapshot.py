@@ -7,14 +7,20 @@ is a total order, the row ends as the maximum over every snapshot seen, whatever
 of arrival and however often each event came: permutation- and duplicate-proof by
 construction. Both projections (subscriptions, invoices) use it; nothing else decides.
 
-    version = phase | created (Unix s, 12 digits) | lifecycle rank | event id
+    version = phase | created (Unix s, 12 digits) | lifecycle rank | progress | event id
+              | API version
 
 - phase 1 (terminal: canceled subscription, deleted customer, deleted draft invoice ...)
   beats phase 0, so a late update never resurrects it;
 - then the newer `created` wins;
 - within one second, the later lifecycle state wins (draft < open < paid ...);
-- last, the event id, only so that two same-second same-state snapshots resolve the same
-  way everywhere.
+- within one second and state, the one further along: a `*.created` event (always an
+  object's first snapshot) loses to any other, and an invoice with more payment attempts
+  wins (`attempt_count` never goes down);
+- then the event id, only so that two same-second snapshots resolve the same way
+  everywhere;
+- last, the API version: one event delivered in two shapes (two endpoints on different
+  API versions during an upgrade) keeps the newer shape, whichever copy came first.
 """
 
 from __future__ import annotations
@@ -29,18 +35,17 @@ from projectors.base import PoisonRecord, Record
 
 LIVE = 0
 TERMINAL = 1
+MAX_PROGRESS = 9999
 
 
-def version(phase: int, created: int, rank: int, event_id: str) -> str:
+def version(
+    phase: int, created: int, rank: int, progress: int, event_id: str, api_version: str
+) -> str:
     """The ordering key of one snapshot; compare as plain (C-collated) strings."""
     if not 0 <= phase <= 9 or not 0 <= rank <= 9 or not 0 <= created < 10**12:
         raise ValueError(f"out of range: phase={phase} created={created} rank={rank}")
-    return f"{phase}:{created:012d}:{rank}:{event_id}"
-
-
-def supersedes(candidate: str, current: str | None) -> bool:
-    """The guard the store applies in SQL, for models and tests: newer version wins."""
-    return current is None or candidate > current
+    steps = min(max(progress, 0), MAX_PROGRESS)
+    return f"{phase}:{created:012d}:{rank}:{steps:04d}:{event_id}:{api_version}"
 
 
 class Versioned(Protocol):
@@ -76,6 +81,19 @@ class Event:
     account: str | None
     livemode: bool
     object: dict[str, Any]
+    api_version: str
+
+
+def progress(event: Event, steps: int = 0) -> int:
+    """How far along its object a snapshot is within one second and state: 0 for the
+    object's first snapshot (`*.created`), else 1 + `steps` (a count that never goes down,
+    such as an invoice's `attempt_count`)."""
+    return 0 if event.type.endswith(".created") else 1 + steps
+
+
+def supersedes(candidate: str, current: str | None) -> bool:
+    """The guard the store applies in SQL, for models and tests: newer version wins."""
+    return current is None or candidate > current
 
 
 def declared_elsewhere(record: Record, handled: frozenset[str]) -> bool:
@@ -101,6 +119,7 @@ def read_event(record: Record) -> Event | None:
     if type(created) is not int or not 0 <= created < 10**12:
         raise PoisonRecord(f"{event_id}: `created` is not Unix seconds: {created!r}")
     account = body.get("account")
+    api_version = body.get("api_version")
     return Event(
         id=event_id,
         type=event_type,
@@ -108,6 +127,7 @@ def read_event(record: Record) -> Event | None:
         account=account if isinstance(account, str) and account else None,
         livemode=body.get("livemode") is True,
         object=obj,
+        api_version=api_version if type(api_version) is str else "",
     )
 
 

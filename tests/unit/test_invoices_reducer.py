@@ -8,7 +8,7 @@ import pytest
 from projectors.base import PoisonRecord
 from projectors.invoices import projection
 from projectors.invoices.reducer import INVOICE_EVENTS, InvoiceSnapshot, PaymentSnapshot
-from projectors.subscriptions.snapshot import supersedes
+from projectors.subscriptions.snapshot import newest, supersedes
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
 
@@ -103,6 +103,28 @@ def test_lines_beyond_the_first_page_mark_the_invoice_incomplete(era: so.Era) ->
     assert len(change.lines) == 3
 
 
+def test_a_basil_line_is_read_from_the_details_its_parent_type_names() -> None:
+    """Stripe's own example line is an invoice item's and still carries a filled
+    `subscription_item_details` branch: only the branch `parent.type` names counts."""
+    line = so.invoice_line(era="basil", proration=False)
+    line["parent"]["subscription_item_details"] = {
+        "invoice_item": None,
+        "proration": True,
+        "proration_details": {"credited_items": None},
+        "subscription": "sub_other",
+        "subscription_item": "si_other",
+    }
+    bad_type = so.invoice_line(era="basil")
+    bad_type["parent"]["type"] = {"not": "a name"}
+    change = reduce_invoice(
+        so.event("invoice.finalized", so.invoice(era="basil", lines=[line, bad_type]))
+    )
+
+    read, unread = change.lines
+    assert (read.subscription_item, read.proration) == (None, False)
+    assert (unread.subscription_item, unread.proration) == (None, None)
+
+
 def test_an_invoice_without_a_subscription_has_none() -> None:
     for era in ERAS:
         change = reduce_invoice(so.event("invoice.created", so.invoice(era=era), era=era))
@@ -152,6 +174,54 @@ def test_a_newer_failed_attempt_overwrites_an_older_one() -> None:
     )
 
     assert supersedes(second.version, first.version)
+
+
+def test_within_one_second_and_state_the_snapshot_further_along_wins() -> None:
+    """Finalized, then its first charge failed, in one second: both `open`, and the event
+    ids (drawn so that they lean the wrong way) say nothing about which came later."""
+    inv_id = so.new_id("in")
+    created = reduce_invoice(
+        so.event("invoice.created", so.invoice(id=inv_id, status="open"), id="evt_1zzz")
+    )
+    finalized = reduce_invoice(
+        so.event(
+            "invoice.finalized",
+            so.invoice(id=inv_id, status="open", attempt_count=0),
+            id="evt_1yyy",
+        )
+    )
+    failed = reduce_invoice(
+        so.event(
+            "invoice.payment_failed",
+            so.invoice(id=inv_id, status="open", attempt_count=1),
+            id="evt_1aaa",
+        )
+    )
+
+    assert supersedes(finalized.version, created.version)
+    assert supersedes(failed.version, finalized.version)
+    assert newest([failed, finalized, created]) == newest([created, finalized, failed]) == [failed]
+
+
+@pytest.mark.parametrize("arrival", [("legacy", "basil"), ("basil", "legacy")])
+def test_one_event_in_two_api_shapes_keeps_the_newer_shape(arrival: tuple[so.Era, so.Era]) -> None:
+    """During an API upgrade one event can reach the log from two endpoints, one per
+    shape: duplicates must not make the row depend on which copy came first."""
+    inv_id = so.new_id("in")
+    copies = [
+        reduce_invoice(
+            so.event(
+                "invoice.paid",
+                so.invoice(era=era, id=inv_id, status="paid"),
+                era=era,
+                id="evt_1same",
+            )
+        )
+        for era in arrival
+    ]
+
+    (kept,) = newest(copies)
+    assert kept.version.endswith(so.API_VERSIONS["basil"])
 
 
 @pytest.mark.parametrize(

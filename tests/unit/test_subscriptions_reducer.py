@@ -3,6 +3,8 @@ shapes, and orders snapshots as the README says."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from projectors.base import PoisonRecord
@@ -140,6 +142,29 @@ def test_an_ended_subscription_beats_any_later_update(status: str) -> None:
     )
 
     assert not supersedes(late.version, ended.version)
+
+
+@pytest.mark.parametrize(
+    ("created", "updated", "obj"),
+    [
+        (
+            "customer.subscription.created",
+            "customer.subscription.updated",
+            lambda **kw: so.subscription(id="sub_S", status="active", **kw),
+        ),
+        ("customer.created", "customer.updated", lambda **kw: so.customer(id="cus_C", **kw)),
+    ],
+)
+def test_within_one_second_an_objects_first_snapshot_loses_to_the_next(
+    created: str, updated: str, obj: Callable[..., dict[str, object]]
+) -> None:
+    """Created, then updated in the same second (Checkout fills in the customer's email):
+    the update wins, though its event id (drawn to lean the wrong way) sorts first."""
+    first = reduce_one(so.event(created, obj(), id="evt_1zzz"))
+    second = reduce_one(so.event(updated, obj(metadata={"plan": "pro"}), id="evt_1aaa"))
+
+    assert supersedes(second.version, first.version)
+    assert not supersedes(first.version, second.version)
 
 
 def test_the_same_event_twice_has_the_same_version() -> None:

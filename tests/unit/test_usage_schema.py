@@ -94,7 +94,9 @@ def test_a_value_that_is_not_json_is_refused() -> None:
         parse_usage_fact(b"identifier=req-1")
 
 
-@pytest.mark.parametrize("value", ["1e3", "+5", ".5", "5.", " 1 ", "12\n", "1_000", "\u0663", "NaN"])
+@pytest.mark.parametrize(
+    "value", ["1e3", "+5", ".5", "5.", " 1 ", "12\n", "1_000", "\u0663", "NaN"]
+)
 def test_a_value_string_the_schema_refuses_is_refused(value: str) -> None:
     """One contract: what a producer's schema check refuses, the projector refuses too."""
     with pytest.raises(UsageFactError, match="value"):
