@@ -169,6 +169,12 @@ def check_database_url(url: str) -> None:
             check_host_port(host, "host[:port] in the URL")
 
 
+def database_location(url: str) -> str:
+    """host:port/database of a libpq URL, without its user or password (for messages)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+
+
 def without_password(url: str) -> str:
     """A libpq URL fit to print: its password (if any) replaced by `***`."""
     parts = urlsplit(url)

@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
 from aiokafka.errors import KafkaConnectionError
 
-from deploy.settings import ConfigError, Settings
+from deploy.settings import ConfigError, Settings, database_location
 from deploy.stack.topics import missing_topics
 from projectors.failures import is_transient
 
@@ -26,12 +25,6 @@ log = structlog.get_logger("lattice.projector")
 
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
-
-
-def where(url: str) -> str:
-    """host:port/database of a libpq URL, without its user or password (for messages)."""
-    parts = urlsplit(url)
-    return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
 async def _database(url: str) -> None:
@@ -87,6 +80,7 @@ async def dependencies_up(settings: Settings, topics: Sequence[str] = ()) -> boo
     """Wait until PostgreSQL and Kafka both answer and Kafka has `topics`; False if
     SIGTERM/SIGINT came first."""
     url = settings.require_database_url()
+    where = database_location(url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -94,10 +88,10 @@ async def dependencies_up(settings: Settings, topics: Sequence[str] = ()) -> boo
     try:
         try:
             up = await until_up(
-                f"PostgreSQL at {where(url)}", lambda: _database(url), is_transient, stop
+                f"PostgreSQL at {where}", lambda: _database(url), is_transient, stop
             )
         except (asyncpg.PostgresError, ValueError) as exc:
-            raise ConfigError(f"PostgreSQL at {where(url)} refused us: {exc}") from None
+            raise ConfigError(f"PostgreSQL at {where} refused us: {exc}") from None
         return up and await until_up(
             f"Kafka at {settings.kafka_bootstrap}",
             lambda: _kafka(settings.kafka_bootstrap, topics),

@@ -2,7 +2,7 @@
 
 `up` is idempotent and writes `<home>/stack.env`; `down` stops what runs. A Kafka or
 PostgreSQL given by the environment (an address other than the local one) is used as is
-and never started or stopped.
+and never started or stopped; `up` only checks that it answers.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ def up(settings: Settings) -> StackInfo:
         )
     if _postgres_is_external(settings):
         database_url, pg_started = settings.require_database_url(), False
+        postgres.wait_answers(database_url, timeout=30)
     else:
         database_url = postgres.url(settings.pg_port)
         pg_started = postgres.start(home, port=settings.pg_port)

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy.settings import database_location
 from deploy.stack import process
 from deploy.stack.errors import StackError
 
@@ -200,3 +201,36 @@ async def _ensure_database(port: int) -> bool:
         return True
     finally:
         await conn.close()
+
+
+def wait_answers(database_url: str, *, timeout: float) -> None:
+    """Wait until the server at `database_url` (one we do not run) lets us in; StackError
+    at once for what waiting cannot fix (a refused login, a missing database), else after
+    `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        problem = process.run_coroutine(lambda: _login_problem(database_url))
+        if problem is None:
+            return
+        refused, detail = problem
+        if refused or time.monotonic() >= deadline:
+            where = database_location(database_url)
+            verdict = "refused us" if refused else f"did not answer within {timeout:.0f} s"
+            raise StackError(f"PostgreSQL at {where} (LATTICE_DATABASE_URL) {verdict}: {detail}")
+        time.sleep(0.5)
+
+
+async def _login_problem(database_url: str) -> tuple[bool, str] | None:
+    """None when a login works; else (whether the server refused it, why)."""
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(database_url, timeout=5)
+    except asyncpg.CannotConnectNowError as exc:  # starting up or shutting down
+        return False, str(exc)
+    except asyncpg.PostgresError as exc:
+        return True, str(exc)
+    except (OSError, TimeoutError) as exc:
+        return False, str(exc) or type(exc).__name__
+    await conn.close()
+    return None

@@ -14,6 +14,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from deploy.settings import load_settings
 from deploy.stack import kafka
 from deploy.stack.errors import StackError
 from deploy.stack.topics import delete_topics, ensure_topics
@@ -81,6 +82,31 @@ def test_a_second_stack_up_is_a_no_op(stack: Stack) -> None:
     )
     assert status.returncode == 0
     assert "kafka      running" in status.stdout
+
+
+def test_stack_up_checks_that_a_postgresql_it_does_not_run_lets_us_in(stack: Stack) -> None:
+    """Given another server (a URL other than the local one), `stack up` starts nothing
+    for it but logs in once: a refusal is one line naming the server, and nothing is
+    written for the shell to source."""
+    elsewhere = stack.database_url.rsplit("/", 1)[0] + "/no_such_database"
+    env_file = load_settings().home / "stack.env"
+    before = env_file.read_text()
+    result = subprocess.run(
+        [*LATTICE, "stack", "up"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LATTICE_DATABASE_URL": elsewhere},
+        timeout=120,
+    )
+
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    port = stack.database_url.rsplit(":", 1)[1].split("/")[0]
+    assert f"PostgreSQL at 127.0.0.1:{port}/no_such_database (LATTICE_DATABASE_URL) refused us" in (
+        result.stderr
+    )
+    assert env_file.read_text() == before
 
 
 async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: Path) -> None:
