@@ -3,9 +3,11 @@
 #   deploy/demo.sh          set up, start everything, deliver the month, print the report
 #   deploy/demo.sh stop     stop the demo's receiver and projectors (the stack keeps running)
 # Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2026), DEMO_API_VERSION (mixed).
+# Its files go in $LATTICE_HOME/demo (.lattice/demo by default), next to the stack's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEMO=.lattice/demo
+HOME_DIR=${LATTICE_HOME:-.lattice}
+DEMO=$HOME_DIR/demo
 BIN=.venv/bin
 lattice=$BIN/lattice
 
@@ -50,7 +52,7 @@ began=$(date +%s)
 step "stack: Apache Kafka (KRaft) and PostgreSQL"
 "$lattice" stack up
 # shellcheck disable=SC1091
-. .lattice/stack.env
+. "$HOME_DIR/stack.env"
 stop_demo
 mkdir -p "$DEMO"
 
@@ -110,7 +112,7 @@ cat >&2 <<EOF2
   projectors  lattice project                                (log $DEMO/project.log)
 
 Point a shell at the demo (its topics, database and signing secrets):
-  . .lattice/stack.env && . $DEMO/env
+  . $HOME_DIR/stack.env && . $DEMO/env
 Query the tables:
   ${psql_bin:-psql} "\$LATTICE_DATABASE_URL" -c 'SELECT * FROM projections.past_due_subscriptions'
   ${psql_bin:-psql} "\$LATTICE_DATABASE_URL" -c 'SELECT * FROM projections.usage_discrepancies'

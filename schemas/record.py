@@ -40,7 +40,9 @@ class RecordHeaders(BaseModel):
     )
     livemode: Literal["true", "false"] = Field(alias=HEADER_LIVEMODE)
     api_version: str | None = Field(
-        default=None, alias=HEADER_API_VERSION, description="absent on thin events"
+        default=None,
+        alias=HEADER_API_VERSION,
+        description="the event's api_version; absent when it has none (thin events)",
     )
     endpoint: str = Field(
         alias=HEADER_ENDPOINT, min_length=1, description="the receiver's endpoint name"

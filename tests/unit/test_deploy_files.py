@@ -126,6 +126,22 @@ def test_receiver_port_probes_and_routes_agree() -> None:
     assert "--port" in compose_receiver["command"]
 
 
+def test_receiver_has_a_writable_tmp_under_its_read_only_root() -> None:
+    # `serve --workers N` keeps the workers' metrics in a tempfile.TemporaryDirectory.
+    (deployment,) = [
+        doc
+        for doc in _by_kind("Deployment")
+        if doc["spec"]["template"]["spec"]["containers"][0]["name"] == "receiver"
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    (receiver,) = pod["containers"]
+    assert receiver["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in receiver.get("volumeMounts", [])}
+    assert "/tmp" in mounts
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+
+
 def test_one_deployment_per_projection_within_the_partition_count() -> None:
     partitions = int(_by_kind("ConfigMap")[0]["data"]["LATTICE_PARTITIONS"])
     projectors = {}
