@@ -101,8 +101,10 @@ def register(commands: Any) -> None:
         "offset or a time the rebuild starts from a copy of the live tables.",
     )
     replay_cmd.add_argument("name", metavar="NAME")
-    start = replay_cmd.add_mutually_exclusive_group(required=True)
-    start.add_argument("--from-beginning", action="store_true", help="rebuild from offset 0")
+    start = replay_cmd.add_mutually_exclusive_group()
+    start.add_argument(
+        "--from-beginning", action="store_true", help="rebuild from offset 0 (the default)"
+    )
     start.add_argument("--offset", metavar="P:N", help="re-apply partition P from offset N")
     start.add_argument("--since", metavar="TIME", help="re-apply from TIME (RFC 3339 or Unix s)")
     add_setting_flags(replay_cmd, PROJECTOR_SETTINGS, aliases=ALIASES)
@@ -243,11 +245,11 @@ async def _replay(settings: Settings, name: str, start: StartAt) -> int:
 
 
 def run_replay(args: argparse.Namespace) -> int:
-    """`lattice replay NAME --from-beginning | --offset P:N | --since TIME`."""
+    """`lattice replay NAME [--from-beginning | --offset P:N | --since TIME]`."""
     settings = settings_from(args)
     try:
         start = StartAt(
-            from_beginning=args.from_beginning,
+            from_beginning=args.from_beginning or not (args.offset or args.since),
             partition_offset=parse_partition_offset(args.offset) if args.offset else None,
             since=parse_time(args.since) if args.since else None,
         )

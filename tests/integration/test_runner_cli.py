@@ -124,8 +124,10 @@ async def test_project_migrate_status_and_replay_from_the_command_line(
     table = await _run(settings, unique, "status", "events")
     assert table.stdout.splitlines()[0].split()[:3] == ["PROJECTOR", "TOPIC", "PART"]
 
-    replayed = await _run(settings, unique, "replay", "events", "--from-beginning")
+    # No start named: from the beginning, as `--from-beginning` (DESIGN.md's syntax).
+    replayed = await _run(settings, unique, "replay", "events")
     assert replayed.returncode == 0, replayed.stderr
+    assert f"rebuilt from {sum(ends.values()):,} events" in replayed.stderr
     assert "events/s" in replayed.stderr
     assert "left" in replayed.stderr
     assert "swapped in (events)" in replayed.stderr
