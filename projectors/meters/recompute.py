@@ -100,9 +100,10 @@ computed AS (
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
     ) b
     CROSS JOIN LATERAL (
-        -- A finalized invoice of the customer for this period whose body did not carry
-        -- every line (`lines.has_more`): the period's metered line may be one not seen.
-        SELECT EXISTS (
+        -- No metered line of the period seen, and a finalized invoice of the customer for
+        -- this period whose body did not carry every line (`lines.has_more`): the line
+        -- may be one not seen. Once a line is seen, the period is judged.
+        SELECT b.invoices = 0 AND EXISTS (
             SELECT 1 FROM meter_invoices i
             WHERE i.customer = per.customer AND NOT i.lines_complete
               AND i.status IN ('open', 'paid', 'uncollectible')

@@ -278,6 +278,27 @@ def readme_query() -> str:
     return section.split("```sql\n")[1].split("```")[0]
 
 
+async def test_a_period_whose_metered_line_was_on_the_first_page_is_judged(
+    conn: asyncpg.Connection,
+) -> None:
+    """`lines.has_more` with the metered line of the period on the page the webhook
+    carried: the period's billing is known, so it is judged, not left `incomplete`."""
+    scenario = billing_month()
+    legacy = next(
+        e["data"]["object"]
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
+    )
+    page_one = dict(legacy, status="paid", lines=dict(legacy["lines"], has_more=True))
+    paid = stripe_record(event("invoice.paid", page_one, created=T0 + MONTH + 600, era="legacy"))
+    await project(conn, "projections", [scenario.records(), [paid]])
+
+    # The month's late fact (reported after the invoice was final) is under-billed.
+    assert await fetch(conn, "projections", STATUS) == [
+        ("cus_legacy", "under_billed", Decimal("1.5"))
+    ]
+
+
 async def test_the_readme_query_finds_last_months_under_billed_customers(
     conn: asyncpg.Connection,
 ) -> None:
