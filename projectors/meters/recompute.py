@@ -89,7 +89,10 @@ computed AS (
     ) la ON true
     CROSS JOIN LATERAL (
         -- Lines of finalized invoices, each counted in its invoice's newest snapshot only.
-        SELECT coalesce(sum(l.quantity), 0) AS billed, count(DISTINCT i.id) AS invoices,
+        -- A voided invoice closes its period too, with nothing billed: usage Stripe
+        -- invoiced and then voided is not billed unless another invoice bills it.
+        SELECT coalesce(sum(l.quantity) FILTER (WHERE i.status <> 'void'), 0) AS billed,
+               count(DISTINCT i.id) AS invoices,
                (array_agg(i.last_event_id ORDER BY i.last_event_created DESC,
                           i.last_event_id DESC))[1] AS invoice_event_id,
                max(i.last_event_created) AS invoice_event_at
@@ -97,7 +100,7 @@ computed AS (
         JOIN meter_invoice_lines l ON l.price = mp.price AND l.customer = per.customer
                                   AND l.period_start = per.period_start
         JOIN meter_invoices i ON i.id = l.invoice AND i.last_event_id = l.last_event_id
-        WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
+        WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible', 'void')
     ) b
     CROSS JOIN LATERAL (
         -- No metered line of the period seen, and a finalized invoice of the customer for
