@@ -23,6 +23,9 @@ from aiokafka.errors import KafkaError
 from ingest.record import LogRecord
 
 Ack = tuple[int, int]
+# The queue is cleared of records nobody waits for when it reaches this length, and then
+# whenever it doubles.
+PRUNE_FROM = 1024
 
 
 _M = 0x5BD1E995  # murmur2's mixing constant
@@ -79,12 +82,19 @@ class Batcher:
         self._pending: list[tuple[LogRecord, asyncio.Future[Ack]]] = []
         self._flushing: asyncio.Task[None] | None = None
         self._last_sent = -spacing
+        self._prune_at = PRUNE_FROM
 
     def add(self, record: LogRecord) -> asyncio.Future[Ack]:
         """Queue `record`; the future resolves to (partition, offset) once acknowledged."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Ack] = loop.create_future()
         self._pending.append((record, future))
+        if len(self._pending) >= self._prune_at:
+            # The group in flight is stuck (the broker is down: an idempotent producer
+            # retries it for ever) and the queue behind it grows with every retry Stripe
+            # makes. Those its callers gave up on (answered 503, or gone) are let go.
+            self._pending = _waited_for(self._pending)
+            self._prune_at = max(PRUNE_FROM, 2 * len(self._pending))
         self._start()
         return future
 
@@ -101,7 +111,9 @@ class Batcher:
                 wait = self._last_sent + self._spacing - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                items, self._pending = self._pending, []
+                # Not what its caller gave up on: it was answered 503 and Stripe retries
+                # it, so appending it now would only add a copy.
+                items, self._pending = _waited_for(self._pending), []
                 self._last_sent = loop.time()
                 sent = await self._flush(items)
                 if sent:
@@ -173,6 +185,12 @@ class Batcher:
 
         sent.add_done_callback(settle)
         return sent
+
+
+def _waited_for(
+    items: list[tuple[LogRecord, asyncio.Future[Ack]]],
+) -> list[tuple[LogRecord, asyncio.Future[Ack]]]:
+    return [item for item in items if not item[1].done()]
 
 
 def _append(batch: Any, record: LogRecord) -> bool:

@@ -85,7 +85,8 @@ class Publisher:
             # Idempotence allows one in-flight batch per partition: under load, records
             # queue behind it, so a batch must hold many webhook bodies (~2 KB each).
             max_batch_size=MAX_BATCH_BYTES,
-            # A record nobody waits for any more (we answered 503) is not kept for long.
+            # A request's own bound; while the broker is unreachable, though, an idempotent
+            # producer retries a batch for ever (the Batcher drops what was answered 503).
             request_timeout_ms=max(ms, 1000),
             retry_backoff_ms=100,
             metadata_max_age_ms=30_000,
@@ -133,11 +134,19 @@ class Publisher:
 
     async def _discard_and_reconnect(self, broken: Batcher) -> None:
         # Its pending batches can only fail now; do not wait long for them to say so.
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(self._timeout):
-                await broken.close()
-                await broken.producer.stop()
+        await self._retire(broken)
         await self._keep_connecting()
+
+    async def _retire(self, batcher: Batcher) -> None:
+        """Flush `batcher` and stop its producer, each within the publish timeout: while
+        the broker is down an idempotent producer never gives up a batch, and everything
+        still queued was answered 503 already."""
+        for step, closing in (("flush", batcher.close), ("stop", batcher.producer.stop)):
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await closing()
+            except Exception as exc:
+                log.warning("kafka_producer_not_closed", step=step, error=repr(exc))
 
     async def stop(self) -> None:
         """Flush what is pending and close the producer."""
@@ -147,9 +156,8 @@ class Publisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
         if self._batcher is not None:
-            await self._batcher.close()
-            await self._batcher.producer.stop()
-            self._batcher = None
+            batcher, self._batcher = self._batcher, None
+            await self._retire(batcher)
         self._deadlines.close()
 
     async def publish(self, record: LogRecord) -> tuple[int, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -28,6 +29,7 @@ from tests.faults.receiving import (
     running_receiver,
 )
 from tests.faults.services import PrivateKafka
+from tests.support.kafka import read_all
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -84,6 +86,7 @@ async def test_a_stopped_broker_gets_503_with_retry_after_never_200(
     topic = f"{unique}.stripe.events"
     await ensure_topics(live_kafka.bootstrap, [topic], partitions=3)
     before, during = event_deliveries(40, seed=1)[:20], event_deliveries(60, seed=2)[20:60]
+    probe = event_deliveries(1, seed=4)
     async with running_receiver(live_kafka.bootstrap, topic, tmp_path / "rx.log") as rx:
         await LoadGenerator(rx.base_url, SECRETS, concurrency=4).run(before)
         await asyncio.to_thread(live_kafka.stop)
@@ -92,15 +95,56 @@ async def test_a_stopped_broker_gets_503_with_retry_after_never_200(
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert "retry-after" in ready.headers
-            # Each delivered once while the broker is down: all 503 with Retry-After.
+            # Each delivered once while the broker is down: all 503 with Retry-After. The
+            # first one's batch stays in flight (an idempotent producer retries it until
+            # the broker is back); the others queue behind it.
             once = LoadGenerator(rx.base_url, SECRETS, concurrency=8)
-            answers = await asyncio.gather(*(_single(client, d.body) for d in during))
-        assert answers == [(503, True)] * len(during), Counter(answers)
-        await asyncio.to_thread(live_kafka.start)
+            answers = [await _single(client, during[0].body)]
+            answers += await asyncio.gather(*(_single(client, d.body) for d in during[1:]))
+            assert answers == [(503, True)] * len(during), Counter(answers)
+            await asyncio.to_thread(live_kafka.start)
+            await eventually(
+                lambda: _single(client, probe[0].body),
+                lambda answer: answer[0] == 200,
+                timeout=90,
+                what="a delivery accepted once the broker is back",
+            )
+        # What queued behind the stuck batch was answered 503 (Stripe sends it again), so
+        # it is not appended when the broker returns: only the redelivery will be.
+        logged = {
+            r.headers["stripe-event-id"].decode()
+            for r in await read_all(live_kafka.bootstrap, topic)
+        }
+        queued = {d.event_id for d in during[1:]} - {during[0].event_id}
+        assert not logged & queued, f"{len(logged & queued)} answered 503 were appended"
         report = await once.run(during, deadline=90)
     assert set(report.accepted) == {d.event_id for d in during}
-    await assert_every_200_is_logged(live_kafka.bootstrap, topic, before + during, report)
+    await assert_every_200_is_logged(live_kafka.bootstrap, topic, before + during + probe, report)
     await delete_topics(live_kafka.bootstrap, [topic])
+
+
+async def test_a_receiver_stopped_while_the_broker_is_down_exits_cleanly(
+    live_kafka: PrivateKafka, unique: str, tmp_path: Path, injected: Counter[str]
+) -> None:
+    """SIGTERM with a batch the idempotent producer retries for ever: the flush and the
+    producer's stop are bounded, so the process ends by itself (not SIGKILLed after 30 s)."""
+    topic = f"{unique}.stripe.events"
+    await ensure_topics(live_kafka.bootstrap, [topic], partitions=3)
+    first, second = event_deliveries(2, seed=5)
+    log = tmp_path / "rx.log"
+    async with running_receiver(live_kafka.bootstrap, topic, log) as rx:
+        async with httpx.AsyncClient(base_url=rx.base_url, timeout=30) as client:
+            assert await _single(client, first.body) == (200, False)
+            await asyncio.to_thread(live_kafka.stop)
+            injected["broker stopped"] += 1
+            assert await _single(client, second.body) == (503, True)
+        await asyncio.to_thread(rx.service.stop)  # SIGTERM; SIGKILL only after 30 s
+        # uvicorn ends a graceful shutdown by re-raising SIGTERM: -15 is a clean end, -9
+        # the SIGKILL after 30 s.
+        assert rx.service.exits in ([0], [-signal.SIGTERM]), log.read_text()[-2000:]
+    output = log.read_text(errors="replace")
+    assert "kafka_producer_not_closed" in output
+    assert "Application shutdown complete." in output
 
 
 async def test_a_broker_refusing_writes_gets_503_never_200(
