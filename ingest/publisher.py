@@ -174,14 +174,19 @@ class Publisher:
             return await future
         except TimeoutError:
             self._on_error("timeout")
+            if sender_stopped(batcher.producer):
+                self._replace(batcher)
             raise PublishUnavailable(
                 "kafka_timeout", f"Kafka did not acknowledge within {self._timeout:g} s"
             ) from None
         except KafkaError as exc:
             self._on_error(type(exc).__name__)
-            if isinstance(exc, FATAL):
+            if isinstance(exc, FATAL) or sender_stopped(batcher.producer):
                 self._replace(batcher)
-            raise PublishUnavailable("kafka_error", f"Kafka refused the record: {exc}") from exc
+            # The exception's type, not its text, which may name brokers' addresses.
+            raise PublishUnavailable(
+                "kafka_error", f"Kafka refused the record ({type(exc).__name__})"
+            ) from exc
         except asyncio.CancelledError:
             # Our caller went away (cancelling the future it awaited) or was cancelled just
             # after the future failed: read that failure, so asyncio does not report it as
@@ -202,12 +207,24 @@ class Publisher:
         batcher = self._batcher
         if batcher is None:
             return self.unready
+        if sender_stopped(batcher.producer):
+            self._replace(batcher)
+            return "the Kafka producer stopped sending; starting a new one"
         try:
             async with asyncio.timeout(timeout):
                 await batcher.producer.client.fetch_all_metadata()
         except (KafkaError, OSError, TimeoutError):
             return self._no_answer
         return None
+
+
+def sender_stopped(producer: AIOKafkaProducer) -> bool:
+    """Whether the producer's background sender has ended: after that no batch is ever
+    sent (those added either fail with its error or wait for ever), so only a new
+    producer can append again. aiokafka exposes it only as `_sender.sender_task`."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return isinstance(task, asyncio.Task) and task.done()
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

@@ -314,6 +314,36 @@ async def test_a_missing_topic_keeps_the_receiver_unready_until_it_exists(
         await delete_topics(settings.kafka_bootstrap, [topic])
 
 
+async def test_a_producer_whose_sender_ended_is_replaced(settings: Settings) -> None:
+    """aiokafka's sender task can end (an unexpected error in it); after that its producer
+    never sends again. The receiver must not answer 503 for ever while /readyz says
+    ready: it notices, says so, and starts a new producer by itself."""
+    bodies = [encode(subscription_event(n)) for n in range(3)]
+    app = create_app(receiver_settings(settings, publish_timeout=1.0))
+    publisher = app.state.receiver.publisher
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://rx") as client,
+    ):
+
+        async def deliver(body: bytes) -> int:
+            answer = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            return answer.status_code
+
+        assert await deliver(bodies[0]) == 200
+        broken = publisher._batcher.producer
+        broken._sender.sender_task.cancel()  # the fault: the sender is gone
+        await asyncio.sleep(0)
+        assert await deliver(bodies[1]) == 503
+        await eventually(lambda: deliver(bodies[2]), lambda status: status == 200, timeout=30)
+        assert publisher._batcher.producer is not broken
+        assert (await client.get("/readyz")).status_code == 200
+    logged = by_event_id(await read_all(settings.kafka_bootstrap, settings.topic))
+    assert {json.loads(b)["id"] for b in (bodies[0], bodies[2])} <= set(logged)
+
+
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
     config = receiver_settings(settings, publish_timeout=30.0)
     events = [subscription_event(n) for n in range(2000)]
