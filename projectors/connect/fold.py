@@ -228,6 +228,7 @@ class Balance:
     refunded_fees: int = 0
     paid_out: int = 0
     net: int = 0
+    debited: int = 0
 
 
 _BALANCE_FIELD = {
@@ -237,6 +238,8 @@ _BALANCE_FIELD = {
     "fee_refund": "refunded_fees",
     "payout": "paid_out",
     "payout_failed": "paid_out",
+    "debit": "debited",
+    "debit_reversal": "debited",
 }
 _POSITIVE_WHEN_IN = {"transfer", "fee_refund"}
 
@@ -248,7 +251,7 @@ def balances(entries: Iterable[LedgerEntry]) -> dict[tuple[str, str], Balance]:
         row = sums.setdefault(
             (entry.account, entry.currency),
             dict.fromkeys(
-                ("transferred", "reversed", "application_fees", "refunded_fees", "paid_out", "net"),
+                (*_BALANCE_FIELD.values(), "net"),
                 0,
             ),
         )

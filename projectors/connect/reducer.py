@@ -81,6 +81,11 @@ def transfer(ev: Event) -> list[Change]:
     currency = f.text(obj, "currency")
     amount = f.integer(obj, "amount")
     created = f.moment(obj.get("created"), f"transfer {transfer_id} created")
+    # A transfer on a connected account (its event names that `account`) is an account
+    # debit: Stripe takes the money from that account to `destination`, the platform.
+    debited = ev.account if ev.account is not None and ev.account != destination else None
+    kind, reversal_kind = ("debit", "debit_reversal") if debited else ("transfer", "reversal")
+    side, sign = (debited, -1) if debited else (destination, 1)
     changes: list[Change] = [
         TransferChange(
             id=transfer_id,
@@ -100,9 +105,7 @@ def transfer(ev: Event) -> list[Change]:
             last_event_id=ev.id,
             last_event_created=ev.created,
         ),
-        LedgerEntry(
-            "transfer", transfer_id, destination, currency, amount, created, ev.id, ev.created
-        ),
+        LedgerEntry(kind, transfer_id, side, currency, sign * amount, created, ev.id, ev.created),
     ]
     for rev in f.list_data(obj, "reversals"):
         rev_id = f.text(rev, "id")
@@ -123,11 +126,11 @@ def transfer(ev: Event) -> list[Change]:
         )
         changes.append(
             LedgerEntry(
-                "reversal",
+                reversal_kind,
                 rev_id,
-                destination,
+                side,
                 rev_currency,
-                -rev_amount,
+                -sign * rev_amount,
                 rev_created,
                 ev.id,
                 ev.created,

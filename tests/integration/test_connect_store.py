@@ -165,6 +165,18 @@ async def test_direct_charge_with_application_fee_and_fee_refund(
     ]
 
 
+async def test_an_account_debit_leaves_the_account_and_reaches_no_platform_row(
+    conn: asyncpg.Connection,
+) -> None:
+    stream = streams.account_debited(funded=10_000, debit=3_000, back=1_000)
+    acct = stream.ids["account"]
+
+    await project(conn, [records(stream.events)])
+
+    assert await balances(conn) == stream.expected
+    assert await fetch(conn, "SELECT account, debited FROM connect_balances") == [(acct, 2_000)]
+
+
 async def test_payout_paid_then_failed(conn: asyncpg.Connection) -> None:
     stream = streams.payout_paid_then_failed(amount=4_000)
     acct, po = stream.ids["account"], stream.ids["payout"]

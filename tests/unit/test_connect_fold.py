@@ -48,6 +48,23 @@ def test_destination_charge_reversed_in_two_steps() -> None:
     assert (tr.amount_reversed, tr.reversed) == (10_000, True)
 
 
+def test_an_account_debit_is_taken_from_the_account_not_paid_to_the_platform() -> None:
+    stream = streams.account_debited()
+    ids = stream.ids
+    ledger_entries = list(ledger(state_of(stream.events)).values())
+    by_account = balances(ledger_entries)
+
+    assert balance_rows(state_of(stream.events)) == stream.expected
+    assert by_account[(ids["account"], "usd")].debited == 2_000
+    assert (ids["platform"], "usd") not in by_account
+    assert {
+        (e.kind, e.account, e.amount) for e in ledger_entries if e.kind.startswith("debit")
+    } == {
+        ("debit", ids["account"], -3_000),
+        ("debit_reversal", ids["account"], 1_000),
+    }
+
+
 def test_every_scenario_ends_in_its_balances() -> None:
     assert balance_rows(state_of(EVERYTHING.events)) == EVERYTHING.expected
 

@@ -16,7 +16,10 @@ SELECT
     -- The newest event behind the balance, as every read-model row carries.
     (array_agg(last_event_id ORDER BY last_event_created DESC, last_event_id COLLATE "C" DESC))[1]
                                                                               AS last_event_id,
-    max(last_event_created)                                                   AS last_event_created
+    max(last_event_created)                                                   AS last_event_created,
+    -- Account debits (transfers from the account to the platform), net of their reversals.
+    coalesce(-sum(amount) FILTER (WHERE kind IN ('debit', 'debit_reversal')), 0)::bigint
+                                                                              AS debited
 FROM connect_ledger
 GROUP BY account, currency;
 
