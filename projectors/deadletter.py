@@ -96,8 +96,11 @@ async def record(conn: Connection, letters: Sequence[DeadLetter]) -> None:
 
 
 class UnsentDeadLetters:
-    """A replay reads poison records the live runner already dead-lettered: send only
-    the ones `lattice.dead_letters` does not know yet."""
+    """Records are applied again after their dead letters were sent: by a replay, by the
+    live runner after a replay's swap moved its positions back, after a restore. Send
+    only the letters `lattice.dead_letters` does not know yet. (A crash between sending
+    and committing still sends one twice: consumers of the dead-letter topic can tell by
+    its projector and origin headers.)"""
 
     def __init__(self, sink: DeadLetterSink, pool: asyncpg.Pool) -> None:
         self.sink = sink
@@ -108,9 +111,14 @@ class UnsentDeadLetters:
             known = {
                 (r["topic"], r["partition"], r["kafka_offset"])
                 for r in await conn.fetch(
-                    "SELECT topic, partition, kafka_offset FROM lattice.dead_letters "
-                    "WHERE projector = $1",
+                    "SELECT d.topic, d.partition, d.kafka_offset FROM lattice.dead_letters d "
+                    "JOIN unnest($2::text[], $3::integer[], $4::bigint[]) AS u(t, p, o) "
+                    "ON (d.topic, d.partition, d.kafka_offset) = (u.t, u.p, u.o) "
+                    "WHERE d.projector = $1",
                     letters[0].projector,
+                    [lt.record.topic for lt in letters],
+                    [lt.record.partition for lt in letters],
+                    [lt.record.offset for lt in letters],
                 )
             }
         fresh = [

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
 from projectors.batch import Hydrate
-from projectors.deadletter import KafkaDeadLetters
+from projectors.deadletter import KafkaDeadLetters, UnsentDeadLetters
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import migrate
 from projectors.runner import ProjectionRunner
@@ -97,7 +97,8 @@ async def run_projections(
             await conn.close()
         if applied:
             log.info("migrations applied", applied=applied)
-        async with dead_letter_producer(settings) as dead_letters:
+        async with dead_letter_producer(settings) as producer:
+            dead_letters = UnsentDeadLetters(producer, pool)
             runners = [
                 ProjectionRunner(
                     p, settings, pool, dead_letters, hydrate=hydrate, metrics=metrics, stop=stop

@@ -187,6 +187,29 @@ async def test_poison_records_go_to_the_dead_letter_topic_and_later_records_appl
     assert all(s.lag == 0 for s in report)
 
 
+async def test_records_applied_again_do_not_send_their_dead_letters_again(
+    settings: Settings, stack: Stack, topics: Topics
+) -> None:
+    """A replay's swap (or a restore) moves a live runner's positions back over a record
+    it already dead-lettered: applying it again must not send a second dead letter."""
+    good = stream(30, seed=12)
+    unparseable = b'{"id": "evt_broken_again", "object": "event", '
+    await produce(stack.kafka_bootstrap, settings.topic, [*records(good), unparseable])
+    tuned = settings.model_copy(update={"poison_retries": 1})
+    async with running(tuned, [events]):
+        await _caught_up(settings, "events")
+    url = settings.require_database_url()
+    await rows(url, "UPDATE lattice.offsets SET next_offset = 0 WHERE projector = 'events'")
+    async with running(tuned, [events]):
+        await _caught_up(settings, "events")
+
+    letters = await read_all(stack.kafka_bootstrap, topics.dlq)
+    assert [r.value for r in letters] == [unparseable]
+    assert len(await rows(url, "SELECT id FROM projections.events")) == len(
+        {e.event["id"] for e in good}
+    )
+
+
 async def test_migrations_apply_once_even_when_two_processes_race(settings: Settings) -> None:
     url = settings.require_database_url()
     projections = [events, AuditProjection()]
