@@ -9,7 +9,7 @@ own feet.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -75,7 +75,7 @@ async def rewind(
     try:
         await consumer.start()
         tps = await _partitions(consumer, topics)
-        targets = await _targets(consumer, tps, topics, since, to_offset)
+        targets = await _targets(consumer, tps, topics, since, to_offset, before)
         consumer.assign(list(targets))
         try:
             await consumer.commit(
@@ -104,13 +104,19 @@ async def _targets(
     topics: Sequence[str],
     since: datetime | None,
     to_offset: tuple[int, int] | None,
+    before: Mapping[TopicPartition, int],
 ) -> dict[TopicPartition, int]:
     ends = await consumer.end_offsets(tps)
     if since is not None:
         ms = int(since.timestamp() * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
         # No record at or after `since`: the group starts at the end (nothing to re-read).
-        return {tp: found[tp].offset if found.get(tp) else ends[tp] for tp in tps}
+        # Never forward: a group still behind `since` on a partition would skip what it
+        # has not read yet.
+        return {
+            tp: min(found[tp].offset if found.get(tp) else ends[tp], before.get(tp, ends[tp]))
+            for tp in tps
+        }
     assert to_offset is not None
     partition, offset = to_offset
     tp = TopicPartition(topics[0], partition)
