@@ -53,6 +53,37 @@ async def test_finalized_and_paid_in_one_second_end_paid_in_any_order(
     assert row["last_event_id"] == paid["id"]
 
 
+async def test_a_row_written_before_the_progress_part_still_loses_to_a_later_attempt(
+    conn: asyncpg.Connection,
+) -> None:
+    """An upgrade: the row holds a key of the old shape (phase:created:rank:event id),
+    which as text beats any new one of its second. The migration rewrites it, so the
+    same-second failed attempt still wins."""
+    inv_id = so.new_id("in")
+    finalized = so.event(
+        "invoice.finalized", so.invoice(id=inv_id, status="open", attempt_count=0), id="evt_1zz"
+    )
+    failed = so.event(
+        "invoice.payment_failed",
+        so.invoice(id=inv_id, status="open", attempt_count=1),
+        id="evt_1aa",
+    )
+    await apply_events(conn, [invoices], [finalized])
+    old_key = f"0:{so.T0:012d}:1:{finalized['id']}"
+    await conn.execute(
+        "UPDATE projections.invoices SET version = $1 WHERE id = $2", old_key, inv_id
+    )
+    migration = invoices.sql_dir / "0003_version_progress.sql"
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO projections")
+        await conn.execute(migration.read_text())
+
+    await apply_events(conn, [invoices], [failed])
+
+    row = await one(conn, "invoices", inv_id)
+    assert (row["attempt_count"], row["last_event_id"]) == (1, "evt_1aa")
+
+
 async def test_uncollectible_may_still_be_paid(conn: asyncpg.Connection) -> None:
     inv_id = so.new_id("in")
     written_off = so.event(
