@@ -93,6 +93,7 @@ computed AS (
         -- invoiced and then voided is not billed unless another invoice bills it.
         SELECT coalesce(sum(l.quantity) FILTER (WHERE i.status <> 'void'), 0) AS billed,
                count(DISTINCT i.id) AS invoices,
+               count(DISTINCT i.id) FILTER (WHERE i.status <> 'void') AS billing,
                (array_agg(i.last_event_id ORDER BY i.last_event_created DESC,
                           i.last_event_id DESC))[1] AS invoice_event_id,
                max(i.last_event_created) AS invoice_event_at
@@ -103,10 +104,11 @@ computed AS (
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible', 'void')
     ) b
     CROSS JOIN LATERAL (
-        -- No metered line of the period seen, and a finalized invoice of the customer for
-        -- this period whose body did not carry every line (`lines.has_more`): the line
-        -- may be one not seen. Once a line is seen, the period is judged.
-        SELECT b.invoices = 0 AND EXISTS (
+        -- No metered line of the period seen on an invoice that bills it (a voided one
+        -- does not), and a finalized invoice of the customer for this period whose body
+        -- did not carry every line (`lines.has_more`): the line may be one not seen.
+        -- Once a billing line is seen, the period is judged.
+        SELECT b.billing = 0 AND EXISTS (
             SELECT 1 FROM meter_invoices i
             WHERE i.customer = per.customer AND NOT i.lines_complete
               AND i.status IN ('open', 'paid', 'uncollectible')

@@ -328,6 +328,41 @@ async def test_a_voided_invoice_leaves_its_usage_under_billed_not_pending(
     assert delta == reported - rejected > 0
 
 
+async def test_an_invoice_reissued_for_a_voided_one_with_lines_not_seen_is_incomplete(
+    conn: asyncpg.Connection,
+) -> None:
+    """Voided, then billed again on a new invoice whose metered line is on a page the
+    webhook did not carry: the voided line must not make the period look judged."""
+    scenario = billing_month()
+    legacy = next(
+        e["data"]["object"]
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
+    )
+    voided = event(
+        "invoice.voided", dict(legacy, status="void"), created=T0 + MONTH + 600, era="legacy"
+    )
+    reissued = dict(
+        legacy,
+        id=f"{legacy['id']}_again",
+        lines=dict(legacy["lines"], data=[invoice_line(era="legacy", quantity=3)], has_more=True),
+    )
+    await project(
+        conn,
+        "projections",
+        [
+            scenario.records(),
+            [stripe_record(voided)],
+            [stripe_record(event("invoice.finalized", reissued, created=T0 + MONTH + 900))],
+        ],
+    )
+
+    ((status,),) = await fetch(
+        conn, "projections", "SELECT status FROM meter_reconciliation WHERE customer = 'cus_legacy'"
+    )
+    assert status == "incomplete"
+
+
 async def test_the_readme_query_finds_last_months_under_billed_customers(
     conn: asyncpg.Connection,
 ) -> None:
