@@ -248,10 +248,12 @@ def run_replay(args: argparse.Namespace) -> int:
     """`lattice replay NAME [--from-beginning | --offset P:N | --since TIME]`."""
     settings = settings_from(args)
     try:
+        # `is None`: an empty value (an unset variable in a script) is refused by the
+        # parsers, never taken for "no start given" and a rebuild from offset 0.
         start = StartAt(
-            from_beginning=args.from_beginning or not (args.offset or args.since),
-            partition_offset=parse_partition_offset(args.offset) if args.offset else None,
-            since=parse_time(args.since) if args.since else None,
+            from_beginning=args.from_beginning or (args.offset is None and args.since is None),
+            partition_offset=None if args.offset is None else parse_partition_offset(args.offset),
+            since=None if args.since is None else parse_time(args.since),
         )
     except ArgumentError as exc:
         raise ConfigError(str(exc)) from None

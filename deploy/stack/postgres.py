@@ -226,11 +226,11 @@ async def _login_problem(database_url: str) -> tuple[bool, str] | None:
 
     try:
         conn = await asyncpg.connect(database_url, timeout=5)
-    except asyncpg.CannotConnectNowError as exc:  # starting up or shutting down
-        return False, str(exc)
+    except (asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError) as exc:
+        return False, str(exc)  # starting up, shutting down, or full: worth waiting for
     except asyncpg.PostgresError as exc:
         return True, str(exc)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, asyncpg.InterfaceError) as exc:  # incl. a dropped link
         return False, str(exc) or type(exc).__name__
     await conn.close()
     return None

@@ -135,6 +135,9 @@ async def test_project_migrate_status_and_replay_from_the_command_line(
     bad = await _run(settings, unique, "replay", "events", "--since", "yesterday")
     assert bad.returncode == 2
     assert "RFC 3339" in bad.stderr
+    empty = await _run(settings, unique, "replay", "events", "--since", "")  # "$SINCE" unset
+    assert empty.returncode == 2, empty.stderr
+    assert "rebuilt" not in empty.stderr
 
 
 async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one(
