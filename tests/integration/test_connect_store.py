@@ -175,6 +175,24 @@ async def test_an_account_debit_leaves_the_account_and_reaches_no_platform_row(
 
     assert await balances(conn) == stream.expected
     assert await fetch(conn, "SELECT account, debited FROM connect_balances") == [(acct, 2_000)]
+    # As a version without debits booked it (to the platform, as a transfer): migration
+    # 0002 books it again.
+    await conn.execute(
+        "UPDATE projections.connect_ledger SET kind = 'transfer', account = $1, "
+        "amount = -amount WHERE kind = 'debit'",
+        stream.ids["platform"],
+    )
+    await conn.execute(
+        "UPDATE projections.connect_ledger SET kind = 'reversal', account = $1, "
+        "amount = -amount WHERE kind = 'debit_reversal'",
+        stream.ids["platform"],
+    )
+    assert (stream.ids["platform"], "usd") in await balances(conn)
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO projections")
+        await conn.execute((projection.sql_dir / "0002_connect_debits.sql").read_text())
+    assert await balances(conn) == stream.expected
+    assert await fetch(conn, "SELECT account, debited FROM connect_balances") == [(acct, 2_000)]
 
 
 async def test_payout_paid_then_failed(conn: asyncpg.Connection) -> None:
