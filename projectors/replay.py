@@ -223,6 +223,8 @@ async def _swap(
         try:
             async with conn.transaction():
                 return await shadow.swap(conn, projection, schema, view_owners)
+        except shadow.SwapError as exc:
+            raise ReplayError(str(exc)) from None
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
             if attempt == SWAP_ATTEMPTS or stop.is_set():
                 raise ReplayError(

@@ -17,7 +17,7 @@ import asyncpg
 
 from projectors import dependents, offsets
 from projectors.base import LIVE_SCHEMA, Connection
-from projectors.migrate import apply_views, migrate
+from projectors.migrate import ADVISORY_LOCK_KEY, apply_views, migrate, migrations_in
 
 # How long the swap waits for one lock before it backs off and retries; well below
 # PostgreSQL's deadlock_timeout (1 s), so a reader is never the deadlock victim.
@@ -94,6 +94,29 @@ async def seed(conn: Connection, schema: str, tables: Sequence[str]) -> None:
                 )
 
 
+async def _refuse_newer_migrations(conn: Connection, projection: Any) -> None:
+    """The shadow was built from this process's migration files (after migrating the live
+    tables with them). One recorded for the live tables since, which the shadow lacks (a
+    newer version deployed while the replay ran), would be undone by the swap while
+    `lattice.migrations` still lists it: refuse. Under the migrations' lock, so none is
+    applied meanwhile."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+    built = {m.version for m in migrations_in(projection.sql_dir)}
+    newer = sorted(
+        r["version"]
+        for r in await conn.fetch(
+            "SELECT version FROM lattice.migrations WHERE projector = $1", projection.name
+        )
+        if r["version"] not in built
+    )
+    if newer:
+        raise SwapError(
+            f"migrations {', '.join(map(str, newer))} of {projection.name} were applied to the "
+            "live tables while the replay ran (a newer version deployed?) and its tables lack "
+            "them: run the replay again with that version; the live tables are unchanged"
+        )
+
+
 async def _move_types_and_functions(conn: Connection, schema: str) -> None:
     # Enums, domains and composite types the migrations created (not the row types of
     # tables, which move with their table).
@@ -134,6 +157,7 @@ async def swap(
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
     await offsets.lock(conn, name)
     await offsets.lock(conn, replay_key(name))
+    await _refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)
     live = set(await tables_in(conn, LIVE_SCHEMA))
     doomed = [f"{ident(LIVE_SCHEMA)}.{ident(t)}" for t in tables if t in live]

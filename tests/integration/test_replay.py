@@ -243,3 +243,27 @@ async def test_replay_refuses_an_offset_past_the_end_of_its_partition(
     assert await _last_events(url, "events") == stored
     assert await positions(url, "events.replay") == {}
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+
+
+async def test_a_swap_never_undoes_a_migration_the_live_tables_have(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """A newer version migrated the live tables while the replay ran: swapping in tables
+    built without that migration would undo it (with `lattice.migrations` still listing
+    it), so the swap refuses and the live tables stay."""
+    ours = await _events_projected(settings, stack, unique, seed=7)
+    url = settings.require_database_url()
+    table = await rows(url, "SELECT id FROM projections.events ORDER BY id")
+    stored = await _last_events(url, "events")
+    await rows(
+        url,
+        "INSERT INTO lattice.migrations (projector, version, name) "
+        "VALUES ('events', 9999, '9999_from_a_newer_version')",
+    )
+    async with dead_letter_producer(ours) as dead_letters:
+        with pytest.raises(ReplayError) as refused:
+            await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+    assert str(refused.value).startswith("migrations 9999 of events were applied")
+    assert await rows(url, "SELECT id FROM projections.events ORDER BY id") == table
+    assert await _last_events(url, "events") == stored
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
