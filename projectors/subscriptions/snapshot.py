@@ -85,10 +85,10 @@ class Event:
 
 
 def progress(event: Event, steps: int = 0) -> int:
-    """How far along its object a snapshot is within one second and state: 0 for the
-    object's first snapshot (`*.created`), else 1 + `steps` (a count that never goes down,
-    such as an invoice's `attempt_count`)."""
-    return 0 if event.type.endswith(".created") else 1 + steps
+    """How far along its object a snapshot is within one second and state: first by
+    `steps` (a count that never goes down, such as an invoice's `attempt_count`), then the
+    object's first snapshot (`*.created`) before any other."""
+    return 2 * steps + (0 if event.type.endswith(".created") else 1)
 
 
 def supersedes(candidate: str, current: str | None) -> bool:

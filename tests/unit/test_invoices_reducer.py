@@ -200,6 +200,11 @@ def test_within_one_second_and_state_the_snapshot_further_along_wins() -> None:
 
     assert supersedes(finalized.version, created.version)
     assert supersedes(failed.version, finalized.version)
+    # The attempts count first: a first snapshot that already shows an attempt is later.
+    tried = reduce_invoice(
+        so.event("invoice.created", so.invoice(id=inv_id, status="open", attempt_count=1))
+    )
+    assert supersedes(tried.version, finalized.version)
     assert newest([failed, finalized, created]) == newest([created, finalized, failed]) == [failed]
 
 
