@@ -68,6 +68,8 @@ class Publisher:
         self._on_error = on_error
         self._batcher: Batcher | None = None
         self._connector: asyncio.Task[None] | None = None
+        # Flushing and stopping a replaced producer; `stop` waits for it (it is bounded).
+        self._retiring: asyncio.Task[None] | None = None
         self._closing = False
         self._deadlines = Deadlines(timeout)
         self._no_answer = f"Kafka at {bootstrap} does not answer"
@@ -130,11 +132,14 @@ class Publisher:
             return  # another request already started the replacement
         self._batcher = None
         log.warning("kafka_producer_replaced", topic=self.topic)
-        self._connector = asyncio.create_task(self._discard_and_reconnect(broken))
-
-    async def _discard_and_reconnect(self, broken: Batcher) -> None:
         # Its pending batches can only fail now; do not wait long for them to say so.
-        await self._retire(broken)
+        self._retiring = asyncio.create_task(self._retire(broken))
+        self._connector = asyncio.create_task(self._reconnect_after(self._retiring))
+
+    async def _reconnect_after(self, retiring: asyncio.Task[None]) -> None:
+        # Shielded: cancelling the reconnection (on stop) must not leave the old producer
+        # half-stopped, with its connections and sender still running.
+        await asyncio.shield(retiring)
         await self._keep_connecting()
 
     async def _retire(self, batcher: Batcher) -> None:
@@ -155,6 +160,8 @@ class Publisher:
             self._connector.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connector
+        if self._retiring is not None:
+            await self._retiring
         if self._batcher is not None:
             batcher, self._batcher = self._batcher, None
             await self._retire(batcher)

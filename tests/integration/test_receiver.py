@@ -23,6 +23,7 @@ from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.app import create_app
 from ingest.batching import partition_for
+from ingest.publisher import Publisher
 from ingest.signature import sign_header
 from tests.support.kafka import ReadRecord, read_all
 from tests.support.wait import eventually
@@ -342,6 +343,21 @@ async def test_a_producer_whose_sender_ended_is_replaced(settings: Settings) -> 
         assert (await client.get("/readyz")).status_code == 200
     logged = by_event_id(await read_all(settings.kafka_bootstrap, settings.topic))
     assert {json.loads(b)["id"] for b in (bodies[0], bodies[2])} <= set(logged)
+
+
+async def test_a_producer_replaced_just_before_shutdown_is_still_stopped(
+    settings: Settings,
+) -> None:
+    """SIGTERM right after a producer was found broken: stopping the receiver cancels the
+    reconnection, but the old producer is still flushed and stopped, not left running."""
+    publisher = Publisher(bootstrap=settings.kafka_bootstrap, topic=settings.topic, timeout=1.0)
+    await publisher.start()
+    broken = publisher._batcher
+    assert broken is not None
+    publisher._replace(broken)
+    await publisher.stop()
+    assert broken.producer._closed
+    assert broken.producer._sender.sender_task.done()
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
