@@ -74,6 +74,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
         self.scheduled = 0.0
+        self.waiting = False  # a request sent and not answered yet
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -83,6 +84,7 @@ class Connection(asyncio.Protocol):
         """Send the next request, its latency counted from `scheduled`."""
         assert self.transport is not None
         self.scheduled = scheduled
+        self.waiting = True
         self.transport.write(self.run.next_request())
 
     def data_received(self, data: bytes) -> None:
@@ -98,6 +100,7 @@ class Connection(asyncio.Protocol):
             return
         status = int(self.buffer[9:12])
         self.buffer = self.buffer[total:]
+        self.waiting = False
         self.run.answered(self, status)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -132,8 +135,11 @@ class Run:
         now = time.perf_counter()
         self.accepted += status == 200
         if connection.scheduled >= self.measure_from:
-            self.latencies.append(now - connection.scheduled)
-            self.failures += status != 200
+            # Latencies of 200s only: a fast refusal must not make the figures look good.
+            if status == 200:
+                self.latencies.append(now - connection.scheduled)
+            else:
+                self.failures += 1
         if self.load.rate is None:
             self.dispatch(connection, now)
         elif self.backlog:
@@ -154,6 +160,8 @@ class Run:
         the last one."""
         if connection in self.idle:
             self.idle.remove(connection)
+        if connection.waiting and connection.scheduled >= self.measure_from:
+            self.failures += 1  # the server dropped it with a request unanswered
         self.open -= 1
         if self.open == 0 and not self.finished.done():
             self.finished.set_result(None)
@@ -167,7 +175,8 @@ class Run:
 
 
 async def drive(load: Load) -> tuple[list[float], int, int, int]:
-    """Latencies (s) after warm-up, 200s and other answers after warm-up, all 200s."""
+    """Latencies (s) of the 200s after warm-up, their count, the other outcomes after
+    warm-up (other answers, requests dropped or never sent), all 200s."""
     loop = asyncio.get_running_loop()
     run = Run(load)
     connections: list[Connection] = []
@@ -193,7 +202,9 @@ async def drive(load: Load) -> tuple[list[float], int, int, int]:
             run.due(run.stop_at)
     await run.finished
     await asyncio.gather(*(c.closed for c in connections))
-    return run.latencies, len(run.latencies) - run.failures, run.failures, run.accepted
+    # Scheduled but never sent: every connection was gone (counted, not forgotten).
+    run.failures += sum(1 for s in run.backlog if run.measure_from <= s < run.stop_at)
+    return run.latencies, len(run.latencies), run.failures, run.accepted
 
 
 def _load_process(load: Load, out: PipeEnd) -> None:
@@ -213,6 +224,10 @@ def run_load(load: Load) -> tuple[list[float], int, int, int]:
     receive, send = ctx.Pipe(duplex=False)
     worker = ctx.Process(target=_load_process, args=(load, send))
     worker.start()
+    send.close()  # ours: so a child that dies is an EOF here, not a wait for ever
+    if not receive.poll(load.warmup + load.seconds + 120):
+        worker.kill()
+        raise RuntimeError("the load process gave no result")
     result: tuple[list[float], int, int, int] = receive.recv()
     worker.join()
     return result
