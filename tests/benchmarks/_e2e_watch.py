@@ -44,10 +44,12 @@ class Commits:
 
 
 async def watch_commits(url: str, topic: str, commits: Commits, stop: asyncio.Event) -> None:
-    """Poll `lattice.offsets` every POLL_S until `stop` (the table may not exist at first)."""
+    """Poll `lattice.offsets` every POLL_S until `stop`, and once more after it (the
+    last commits count too; the table may not exist at first)."""
     conn = await asyncpg.connect(url)
     try:
-        while not stop.is_set():
+        while True:
+            stopping = stop.is_set()
             with contextlib.suppress(asyncpg.UndefinedTableError):
                 rows = await conn.fetch(
                     "SELECT projector, partition, next_offset FROM lattice.offsets "
@@ -57,6 +59,8 @@ async def watch_commits(url: str, topic: str, commits: Commits, stop: asyncio.Ev
                 now = time.time()
                 for row in rows:
                     commits.record(row["projector"], row["partition"], row["next_offset"], now)
+            if stopping:
+                return
             await asyncio.sleep(POLL_S)
     finally:
         await conn.close()
