@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from queue import Empty
 from typing import Any
 
 import asyncpg
@@ -179,6 +180,10 @@ async def _projection(settings: Settings, name: str) -> dict[str, Any]:
                 if applied >= ends_total:
                     break
                 await asyncio.sleep(0.1)
+            # A dead letter moves the position too, without a row: the rate must not count it.
+            dead = await conn.fetchval(
+                "SELECT count(*) FROM lattice.dead_letters WHERE projector = $1", name
+            )
         finally:
             await conn.close()
         seconds = time.monotonic() - started
@@ -189,6 +194,7 @@ async def _projection(settings: Settings, name: str) -> dict[str, Any]:
     steady = (ends_total - first[1]) / max(1e-9, started + seconds - first[0])
     return {
         "events": ends_total,
+        "dead_letters": int(dead),
         "seconds": seconds,
         "steady": steady,
         "startup": first[0] - started,
@@ -223,7 +229,13 @@ def _in_child(kind: str, settings: Settings, name: str = "") -> dict[str, Any]:
     queue = context.Queue()
     child = context.Process(target=_child, args=(kind, settings.model_dump_json(), name, queue))
     child.start()
-    result: dict[str, Any] = queue.get()
+    while True:
+        try:
+            result: dict[str, Any] = queue.get(timeout=5)
+            break
+        except Empty:
+            if not child.is_alive():  # it died before it could answer: no wait for ever
+                raise SystemExit(f"bench: the {kind} phase died (exit {child.exitcode})") from None
     child.join()
     return result
 
@@ -287,6 +299,11 @@ def main(argv: list[str]) -> int:
     for label, phase in (("ceiling", ceiling), ("projection", projected)):
         if phase["events"] <= 0 or phase["seconds"] <= 0:
             raise SystemExit(f"bench: the {label} phase read no records; see its output above")
+    if projected["dead_letters"]:
+        raise SystemExit(
+            f"bench: {projected['dead_letters']:,} records were dead-lettered, not projected: "
+            "the rate would count them"
+        )
     c_rate = ceiling["events"] / ceiling["seconds"]
     p_rate = projected["events"] / projected["seconds"]
     print(
