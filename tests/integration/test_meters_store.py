@@ -20,7 +20,7 @@ from projectors.meters.changes import Change
 from projectors.migrate import migrate
 from tests.fixtures.stripe_objects import MONTH, T0, event, invoice_line
 from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
-from tests.support.meter_scenario import billing_month, expected_decimal
+from tests.support.meter_scenario import Scenario, billing_month, expected_decimal
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +178,16 @@ async def test_two_processes_writing_one_customers_rows_at_once_lose_nothing(
     assert await fetch(conn, "raced") == expected
 
 
+def finalized_invoice(scenario: Scenario, customer: str) -> dict[str, Any]:
+    """The invoice the scenario finalized for `customer`, as its `invoice.finalized` has it."""
+    invoice: dict[str, Any] = next(
+        e["data"]["object"]
+        for e in scenario.stripe_events
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == customer
+    )
+    return invoice
+
+
 async def test_an_invoice_with_lines_not_in_its_body_makes_its_period_incomplete(
     conn: asyncpg.Connection,
 ) -> None:
@@ -185,11 +195,7 @@ async def test_an_invoice_with_lines_not_in_its_body_makes_its_period_incomplete
     licensed line on the first page (the metered one is on page two): its period cannot
     be judged, so it says `incomplete`, never `under_billed` for the whole usage."""
     scenario = billing_month()
-    legacy = next(
-        e["data"]["object"]
-        for e in scenario.stripe_events
-        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
-    )
+    legacy = finalized_invoice(scenario, "cus_legacy")
     licensed = invoice_line(era="legacy", quantity=3)
     page_one = dict(legacy, status="paid", lines=dict(legacy["lines"], data=[licensed]))
     page_one["lines"]["has_more"] = True
@@ -284,11 +290,7 @@ async def test_a_period_whose_metered_line_was_on_the_first_page_is_judged(
     """`lines.has_more` with the metered line of the period on the page the webhook
     carried: the period's billing is known, so it is judged, not left `incomplete`."""
     scenario = billing_month()
-    legacy = next(
-        e["data"]["object"]
-        for e in scenario.stripe_events
-        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
-    )
+    legacy = finalized_invoice(scenario, "cus_legacy")
     page_one = dict(legacy, status="paid", lines=dict(legacy["lines"], has_more=True))
     paid = stripe_record(event("invoice.paid", page_one, created=T0 + MONTH + 600, era="legacy"))
     await project(conn, "projections", [scenario.records(), [paid]])
@@ -306,11 +308,7 @@ async def test_a_voided_invoice_leaves_its_usage_under_billed_not_pending(
     is closed with nothing billed, so all its accepted usage shows as under-billed (and
     stays so when a fact arrives later), instead of `pending` for ever."""
     scenario = billing_month()
-    legacy = next(
-        e["data"]["object"]
-        for e in scenario.stripe_events
-        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
-    )
+    legacy = finalized_invoice(scenario, "cus_legacy")
     voided = stripe_record(
         event("invoice.voided", dict(legacy, status="void"), created=T0 + MONTH + 600, era="legacy")
     )
@@ -334,11 +332,7 @@ async def test_an_invoice_reissued_for_a_voided_one_with_lines_not_seen_is_incom
     """Voided, then billed again on a new invoice whose metered line is on a page the
     webhook did not carry: the voided line must not make the period look judged."""
     scenario = billing_month()
-    legacy = next(
-        e["data"]["object"]
-        for e in scenario.stripe_events
-        if e["type"] == "invoice.finalized" and e["data"]["object"]["customer"] == "cus_legacy"
-    )
+    legacy = finalized_invoice(scenario, "cus_legacy")
     voided = event(
         "invoice.voided", dict(legacy, status="void"), created=T0 + MONTH + 600, era="legacy"
     )
