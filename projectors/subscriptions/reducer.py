@@ -101,6 +101,7 @@ class SubscriptionSnapshot:
     created: int | None
     livemode: bool
     items: tuple[Item, ...]
+    pause_collection: str | None = None
 
 
 @dataclass(slots=True)
@@ -180,6 +181,8 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
         ended_at=integer(obj.get("ended_at")),
         latest_invoice=ref(obj.get("latest_invoice")),
         collection_method=text(obj.get("collection_method")),
+        # "Pause payment collection" keeps the status `active`: its behavior says so.
+        pause_collection=text(mapping(obj.get("pause_collection")).get("behavior")),
         currency=text(obj.get("currency")),
         created=integer(obj.get("created")),
         livemode=obj.get("livemode") is True or event.livemode,

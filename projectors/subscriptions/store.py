@@ -19,19 +19,19 @@ INSERT INTO subscriptions AS t (
     id, customer, account, status, cancel_at_period_end, cancel_at,
     current_period_start, current_period_end, trial_start, trial_end, canceled_at, ended_at,
     latest_invoice, collection_method, currency, created, livemode,
-    version, last_event_id, last_event_created)
+    version, last_event_id, last_event_created, pause_collection)
 SELECT x.id, x.customer, x.account, x.status, x.cancel_at_period_end, to_timestamp(x.cancel_at),
     to_timestamp(x.cps), to_timestamp(x.cpe), to_timestamp(x.trial_start),
     to_timestamp(x.trial_end), to_timestamp(x.canceled_at), to_timestamp(x.ended_at),
     x.latest_invoice, x.collection_method, x.currency, to_timestamp(x.created), x.livemode,
-    x.version, x.event_id, to_timestamp(x.event_created)
+    x.version, x.event_id, to_timestamp(x.event_created), x.pause_collection
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[],
             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
             $13::text[], $14::text[], $15::text[], $16::bigint[], $17::boolean[],
-            $18::text[], $19::text[], $20::bigint[])
+            $18::text[], $19::text[], $20::bigint[], $21::text[])
     AS x(id, customer, account, status, cancel_at_period_end, cancel_at, cps, cpe,
          trial_start, trial_end, canceled_at, ended_at, latest_invoice, collection_method,
-         currency, created, livemode, version, event_id, event_created)
+         currency, created, livemode, version, event_id, event_created, pause_collection)
 ON CONFLICT (id) DO UPDATE SET
     customer = excluded.customer, account = excluded.account, status = excluded.status,
     cancel_at_period_end = excluded.cancel_at_period_end, cancel_at = excluded.cancel_at,
@@ -42,7 +42,8 @@ ON CONFLICT (id) DO UPDATE SET
     latest_invoice = excluded.latest_invoice, collection_method = excluded.collection_method,
     currency = excluded.currency, created = excluded.created, livemode = excluded.livemode,
     version = excluded.version, last_event_id = excluded.last_event_id,
-    last_event_created = excluded.last_event_created
+    last_event_created = excluded.last_event_created,
+    pause_collection = excluded.pause_collection
 WHERE t.version < excluded.version
 RETURNING t.id
 """
@@ -137,6 +138,7 @@ async def _write_subscriptions(conn: asyncpg.Connection, subs: list[Subscription
         [s.version for s in subs],
         [s.event_id for s in subs],
         [s.event_created for s in subs],
+        [s.pause_collection for s in subs],
     )
     if not won:
         return

@@ -146,6 +146,24 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
             sub("trialing", (so.price(unit_amount=9900), 1)),
             sub("canceled", (so.price(unit_amount=9900), 1)),
             sub("unpaid", (so.price(unit_amount=9900), 1)),
+            # Payment collection paused: still `active`, but nothing is billed.
+            so.event(
+                "customer.subscription.updated",
+                so.subscription(
+                    status="active",
+                    items=[so.subscription_item(item_price=so.price(unit_amount=9900))],
+                    pause_collection={"behavior": "void", "resumes_at": None},
+                ),
+            ),
+            # A connected account's own subscription: its revenue, not the platform's.
+            so.event(
+                "customer.subscription.updated",
+                so.subscription(
+                    status="active",
+                    items=[so.subscription_item(item_price=so.price(unit_amount=9900))],
+                ),
+                account="acct_1Standard",
+            ),
         ],
     )
 

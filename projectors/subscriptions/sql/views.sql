@@ -3,8 +3,9 @@
 -- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
 -- of an active or past_due subscription, unit_amount x quantity, brought to one month by
 -- its interval (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
--- Trialing, paused, unpaid and ended subscriptions bring nothing; metered items (no
--- quantity) neither.
+-- Trialing, paused, unpaid and ended subscriptions bring nothing, nor those whose payment
+-- collection is paused (still `active`), nor a connected account's own subscriptions
+-- (`account` set: its revenue, not the platform's); metered items (no quantity) neither.
 CREATE OR REPLACE VIEW mrr AS
 SELECT coalesce(i.currency, s.currency) AS currency,
        round(sum(
@@ -21,6 +22,8 @@ SELECT coalesce(i.currency, s.currency) AS currency,
 FROM subscriptions s
 JOIN subscription_items i ON i.subscription = s.id
 WHERE s.status IN ('active', 'past_due')
+  AND s.pause_collection IS NULL
+  AND s.account IS NULL
   AND i.unit_amount IS NOT NULL
   AND i.quantity IS NOT NULL
   AND i.interval IS NOT NULL
