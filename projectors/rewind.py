@@ -110,11 +110,16 @@ async def _targets(
     if since is not None:
         ms = int(since.timestamp() * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
+        starts = await consumer.beginning_offsets(tps)
         # No record at or after `since`: the group starts at the end (nothing to re-read).
         # Never forward: a group still behind `since` on a partition would skip what it
-        # has not read yet.
+        # has not read yet; but never before the log's start either (retention deleted
+        # that), where the group's consumer would reset, to the end by default.
         return {
-            tp: min(found[tp].offset if found.get(tp) else ends[tp], before.get(tp, ends[tp]))
+            tp: min(
+                found[tp].offset if found.get(tp) else ends[tp],
+                max(before.get(tp, ends[tp]), starts[tp]),
+            )
             for tp in tps
         }
     assert to_offset is not None

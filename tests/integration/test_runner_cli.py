@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from deploy.settings import Settings
 from projectors.rewind import committed
@@ -178,7 +179,6 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     later = await _run(settings, unique, "rewind", group, "--since", lately.isoformat())
     assert later.returncode == 0, later.stderr
     assert await committed(stack.kafka_bootstrap, group) == after
-
     since = await _run(settings, unique, "rewind", group, "--since", "1970-01-01T00:00:00Z")
     assert since.returncode == 0, since.stderr
     assert set((await committed(stack.kafka_bootstrap, group)).values()) == {0}
@@ -207,6 +207,19 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     )
     assert flag.returncode == 2
     assert "lattice replay events" in flag.stderr
+    # A group behind where the log now starts (retention deleted offsets 0-2 of partition
+    # 0) goes to that start, not back to its deleted offset (its consumer would reset).
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({TopicPartition(settings.topic, 0): RecordsToDelete(3)})
+    finally:
+        await admin.close()
+    later = await _run(settings, unique, "rewind", group, "--since", lately.isoformat())
+    assert later.returncode == 0, later.stderr
+    assert await committed(stack.kafka_bootstrap, group) == {
+        tp: 3 if tp.partition == 0 else 0 for tp in after
+    }
 
 
 async def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
