@@ -171,6 +171,11 @@ async def replay(
         consumer.assign(tps)
         await _check_offset(consumer, settings, tps, start)
         await migrate(lock_conn, [projection])  # the live schema is current before we copy
+        try:  # live tables newer than this code: refuse now, not after hours of rebuilding
+            async with lock_conn.transaction():
+                await shadow.refuse_newer_migrations(lock_conn, projection)
+        except shadow.SwapError as exc:
+            raise ReplayError(str(exc)) from None
         tables = await shadow.build(lock_conn, projection, schema)
         await offsets.forget(lock_conn, key)
         seeds = await _start_positions(

@@ -94,12 +94,11 @@ async def seed(conn: Connection, schema: str, tables: Sequence[str]) -> None:
                 )
 
 
-async def _refuse_newer_migrations(conn: Connection, projection: Any) -> None:
-    """The shadow was built from this process's migration files (after migrating the live
-    tables with them). One recorded for the live tables since, which the shadow lacks (a
-    newer version deployed while the replay ran), would be undone by the swap while
-    `lattice.migrations` still lists it: refuse. Under the migrations' lock, so none is
-    applied meanwhile."""
+async def refuse_newer_migrations(conn: Connection, projection: Any) -> None:
+    """The shadow is built from this process's migration files. One recorded for the live
+    tables that those lack (a newer version deployed, before or while the replay ran)
+    would be undone by the swap while `lattice.migrations` still lists it: refuse. Under
+    the migrations' lock, so none is applied meanwhile."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
     built = {m.version for m in migrations_in(projection.sql_dir)}
     newer = sorted(
@@ -111,9 +110,9 @@ async def _refuse_newer_migrations(conn: Connection, projection: Any) -> None:
     )
     if newer:
         raise SwapError(
-            f"migrations {', '.join(map(str, newer))} of {projection.name} were applied to the "
-            "live tables while the replay ran (a newer version deployed?) and its tables lack "
-            "them: run the replay again with that version; the live tables are unchanged"
+            f"the live tables of {projection.name} have migrations this version lacks "
+            f"({', '.join(map(str, newer))}: a newer version deployed?), which the rebuilt "
+            "tables would undo: run the replay with that version; the live tables are unchanged"
         )
 
 
@@ -157,7 +156,7 @@ async def swap(
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
     await offsets.lock(conn, name)
     await offsets.lock(conn, replay_key(name))
-    await _refuse_newer_migrations(conn, projection)
+    await refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)
     live = set(await tables_in(conn, LIVE_SCHEMA))
     doomed = [f"{ident(LIVE_SCHEMA)}.{ident(t)}" for t in tables if t in live]

@@ -82,6 +82,21 @@ async def test_a_row_written_before_the_progress_part_still_loses_to_a_later_att
 
     row = await one(conn, "invoices", inv_id)
     assert (row["attempt_count"], row["last_event_id"]) == (1, "evt_1aa")
+    # The rewritten key keeps what the row shows: a stale same-second snapshot with fewer
+    # attempts (whose event id sorts higher) does not win over it.
+    await conn.execute(
+        "UPDATE projections.invoices SET version = $1 WHERE id = $2",
+        f"0:{so.T0:012d}:1:evt_1aa",
+        inv_id,
+    )
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO projections")
+        await conn.execute(migration.read_text())
+    stale = so.event(
+        "invoice.updated", so.invoice(id=inv_id, status="open", attempt_count=0), id="evt_1zz2"
+    )
+    await apply_events(conn, [invoices], [stale])
+    assert (await one(conn, "invoices", inv_id))["attempt_count"] == 1
 
 
 async def test_uncollectible_may_still_be_paid(conn: asyncpg.Connection) -> None:

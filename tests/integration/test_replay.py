@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from deploy.settings import Settings
+from deploy.stack.process import run_coroutine
 from ingest.batching import partition_for
 from ingest.record import build_record
 from projectors.events import projection as events
@@ -250,20 +251,42 @@ async def test_a_swap_never_undoes_a_migration_the_live_tables_have(
 ) -> None:
     """A newer version migrated the live tables while the replay ran: swapping in tables
     built without that migration would undo it (with `lattice.migrations` still listing
-    it), so the swap refuses and the live tables stay."""
+    it), so the swap refuses and the live tables stay. A replay started after that is
+    refused at once, before it rebuilds anything."""
     ours = await _events_projected(settings, stack, unique, seed=7)
     url = settings.require_database_url()
     table = await rows(url, "SELECT id FROM projections.events ORDER BY id")
     stored = await _last_events(url, "events")
-    await rows(
-        url,
-        "INSERT INTO lattice.migrations (projector, version, name) "
-        "VALUES ('events', 9999, '9999_from_a_newer_version')",
-    )
+
+    async def deploy_newer() -> None:
+        await rows(
+            url,
+            "INSERT INTO lattice.migrations (projector, version, name) "
+            "VALUES ('events', 9999, '9999_from_a_newer_version') ON CONFLICT DO NOTHING",
+        )
+
+    def meanwhile(progress: Progress) -> None:
+        run_coroutine(deploy_newer)  # while the rebuild runs
+
+    refusal = "the live tables of events have migrations this version lacks (9999:"
     async with dead_letter_producer(ours) as dead_letters:
-        with pytest.raises(ReplayError) as refused:
-            await replay(ours, events, StartAt(from_beginning=True), dead_letters)
-    assert str(refused.value).startswith("migrations 9999 of events were applied")
-    assert await rows(url, "SELECT id FROM projections.events ORDER BY id") == table
-    assert await _last_events(url, "events") == stored
-    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+        with pytest.raises(ReplayError) as at_swap:
+            await replay(
+                ours, events, StartAt(from_beginning=True), dead_letters, on_progress=meanwhile
+            )
+        assert str(at_swap.value).startswith(refusal)
+        assert await rows(url, "SELECT id FROM projections.events ORDER BY id") == table
+        assert await _last_events(url, "events") == stored
+        assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+
+        progress: list[Progress] = []
+        with pytest.raises(ReplayError) as at_start:
+            await replay(
+                ours,
+                events,
+                StartAt(from_beginning=True),
+                dead_letters,
+                on_progress=progress.append,
+            )
+        assert str(at_start.value).startswith(refusal)
+        assert progress == []  # nothing was rebuilt
