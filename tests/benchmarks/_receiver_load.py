@@ -134,12 +134,12 @@ class Run:
         """Tally one answer, then give the connection its next request (or rest it)."""
         now = time.perf_counter()
         self.accepted += status == 200
-        if connection.scheduled >= self.measure_from:
-            # Latencies of 200s only: a fast refusal must not make the figures look good.
-            if status == 200:
-                self.latencies.append(now - connection.scheduled)
-            else:
-                self.failures += 1
+        # Latencies of 200s after the warm-up only (a fast refusal must not make the figures
+        # look good); a refusal counts whenever it came.
+        if status != 200:
+            self.failures += 1
+        elif connection.scheduled >= self.measure_from:
+            self.latencies.append(now - connection.scheduled)
         if self.load.rate is None:
             self.dispatch(connection, now)
         elif self.backlog:
@@ -160,7 +160,7 @@ class Run:
         the last one."""
         if connection in self.idle:
             self.idle.remove(connection)
-        if connection.waiting and connection.scheduled >= self.measure_from:
+        if connection.waiting:
             self.failures += 1  # the server dropped it with a request unanswered
         self.open -= 1
         if self.open == 0 and not self.finished.done():
@@ -175,8 +175,8 @@ class Run:
 
 
 async def drive(load: Load) -> tuple[list[float], int, int, int]:
-    """Latencies (s) of the 200s after warm-up, their count, the other outcomes after
-    warm-up (other answers, requests dropped or never sent), all 200s."""
+    """Latencies (s) of the 200s after warm-up, their count, the other outcomes (other
+    answers, requests dropped or never sent), all 200s."""
     loop = asyncio.get_running_loop()
     run = Run(load)
     connections: list[Connection] = []

@@ -234,7 +234,7 @@ def _in_child(kind: str, settings: Settings, name: str = "") -> dict[str, Any]:
             result: dict[str, Any] = queue.get(timeout=5)
             break
         except Empty:
-            if not child.is_alive():  # it died before it could answer: no wait for ever
+            if not child.is_alive() and queue.empty():  # died without answering: no wait for ever
                 raise SystemExit(f"bench: the {kind} phase died (exit {child.exitcode})") from None
     child.join()
     return result

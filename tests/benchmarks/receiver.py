@@ -258,4 +258,4 @@ def report(
     print(f"records on the topic: {on_topic} for {accepted} 200 answers ({verdict})")
     if lat:
         print(f"steady mean {statistics.fmean(lat) * 1000:.2f} ms")
-    return on_topic >= accepted and all(r[5] == 0 for r in rows) and bad == 0
+    return on_topic == accepted and all(r[5] == 0 for r in rows) and bad == 0
