@@ -184,6 +184,15 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
         attempted=True,
         next_payment_attempt=so.T0 + 86_400,
     )
+    # Last month's invoice, given up on by the retries and left open: still owed.
+    older = so.invoice(
+        subscription=sub_id,
+        customer=cus["id"],
+        status="open",
+        attempt_count=4,
+        attempted=True,
+        created=so.T0 - 5,
+    )
     sub = so.subscription(
         id=sub_id, customer=cus["id"], status="past_due", latest_invoice=failing["id"]
     )
@@ -195,6 +204,7 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
         [
             so.event("customer.created", cus),
             so.event("invoice.paid", paid),
+            so.event("invoice.payment_failed", older),
             so.event("invoice.payment_failed", failing, era="legacy"),
             so.event("customer.subscription.updated", sub),
             so.event("customer.subscription.updated", healthy),
@@ -209,6 +219,7 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
     )
     assert (row["invoice"], row["amount_due"], row["attempt_count"]) == (failing["id"], 2000, 2)
     assert row["next_payment_attempt"] == at(so.T0 + 86_400)
+    assert (row["open_invoices"], row["total_remaining"]) == (2, 4000)
 
 
 async def _fresh_schema(conn: asyncpg.Connection, name: str) -> None:

@@ -39,7 +39,8 @@ BEGIN
     END IF;
     -- Subscriptions in past_due or unpaid, with the customer's email and the open invoice
     -- being retried (the subscription's latest invoice when it is open, else the newest
-    -- open one): amount still due, attempts so far, next automatic retry.
+    -- open one): amount still due, attempts so far, next automatic retry; and how many
+    -- invoices are open and what they owe together.
     CREATE OR REPLACE VIEW past_due_subscriptions AS
     SELECT s.id AS subscription,
            s.customer,
@@ -55,7 +56,11 @@ BEGIN
            inv.attempt_count,
            inv.next_payment_attempt,
            inv.due_date,
-           s.last_event_created
+           s.last_event_created,
+           -- Appended (a view's columns only grow): every open invoice of the subscription,
+           -- an older one left open included, and what they still owe together.
+           owed.open_invoices,
+           owed.total_remaining
     FROM subscriptions s
     LEFT JOIN customers c ON c.id = s.customer
     LEFT JOIN LATERAL (
@@ -65,6 +70,11 @@ BEGIN
         ORDER BY (i.id = s.latest_invoice) DESC, i.created DESC, i.id
         LIMIT 1
     ) inv ON true
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS open_invoices, sum(i.amount_remaining) AS total_remaining
+        FROM invoices i
+        WHERE i.subscription = s.id AND i.status = 'open' AND NOT i.deleted
+    ) owed
     WHERE s.status IN ('past_due', 'unpaid');
 END
 $fn$;
