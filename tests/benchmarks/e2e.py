@@ -213,6 +213,20 @@ def _report(
         series = list(zip(*(u.rss for u in sampler.usage.values()), strict=False))
         for samples in series:
             print(f"| {samples[0][0]:.0f} | " + " | ".join(f"{r:.0f}" for _, r in samples) + " |")
+        for who, usage in sampler.usage.items():
+            print(soak_verdict(who, [r for _, r in usage.rss]))
+
+
+def soak_verdict(who: str, rss: list[float]) -> str:
+    """Growth beyond noise: the last third's mean RSS above the first third's by more than
+    10 % and 10 MiB (a process that keeps what it handled grows through the whole run)."""
+    third = len(rss) // 3
+    if third < 2:
+        return f"{who}: too few RSS samples ({len(rss)}) to judge growth"
+    first, last = statistics.fmean(rss[:third]), statistics.fmean(rss[-third:])
+    grown = last - first
+    verdict = "GROWING" if grown > max(0.1 * first, 10.0) else "flat (within noise)"
+    return f"{who}: RSS {first:.0f} MiB (first third) -> {last:.0f} MiB (last third): {verdict}"
 
 
 def main(argv: list[str]) -> int:
