@@ -44,6 +44,8 @@ class _JSONLines:
 
 
 _json_lines: _JSONLines | None = None
+# POSIX: a write of at most this many bytes to a pipe is atomic.
+PIPE_BUF = 4096
 
 
 class HotLog:
@@ -82,8 +84,19 @@ class HotLog:
         self._pending.append(line)
 
     def _flush(self, stream: IO[bytes]) -> None:
+        # Whole lines, at most PIPE_BUF bytes a write: the workers of `serve --workers N`
+        # share one stderr, and only writes that small to a pipe are never interleaved.
         lines, self._pending = self._pending, []
-        stream.write(b"".join(lines))
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > PIPE_BUF:
+                stream.write(b"".join(chunk))
+                stream.flush()
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        stream.write(b"".join(chunk))
         stream.flush()
 
 

@@ -73,6 +73,39 @@ async def test_lines_of_one_loop_turn_are_written_together(json_stderr: io.Bytes
     assert [line["n"] for line in lines(json_stderr)] == [0, 1, 2]
 
 
+class _Writes(io.BytesIO):
+    """Remembers each write, as one system call to a pipe would see it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes.append(bytes(data))
+        return super().write(data)
+
+
+async def test_a_busy_loop_turn_is_written_in_whole_lines_of_at_most_pipe_buf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Workers share stderr: a write over PIPE_BUF to a pipe can interleave with another
+    worker's mid-line, and the log shipper gets a spliced, unparseable line."""
+    sink = _Writes()
+    monkeypatch.setattr(sys, "stderr", _Stderr(sink))
+    configure_logging(json=True)
+    try:
+        log = HotLog("ingest")
+        for n in range(100):  # ~100 bytes each: ~10 KB in one turn
+            log.info("webhook", n=n, event_id=f"evt_{n:024d}")
+        await asyncio.sleep(0)
+    finally:
+        structlog.reset_defaults()
+        monkeypatch.setattr(logs, "_json_lines", None)
+    assert len(sink.writes) > 1
+    assert all(len(w) <= logs.PIPE_BUF and w.endswith(b"\n") for w in sink.writes)
+    assert [line["n"] for line in lines(sink)] == list(range(100))
+
+
 def test_under_another_configuration_it_is_structlogs_logger(json_stderr: io.BytesIO) -> None:
     with structlog.testing.capture_logs() as captured:
         HotLog("ingest").info("webhook", outcome="too_large")
