@@ -139,11 +139,13 @@ class Webhook:
         received = time.time()
         endpoint: str = scope["path_params"]["endpoint"]
         event_id = event_type = ""
+        detail: dict[str, str] = {}  # what the log line adds on some refusals
         response: Response | None = None
         secrets = self.secrets.get(endpoint)
         if secrets is None:
             # Unknown names share one label so that probing cannot grow the metrics.
             endpoint_label, outcome = "unknown", "unknown_endpoint"
+            detail["requested"] = endpoint[:64]  # in the log only: which URL is wrong
             expects = request_headers(scope["headers"])[2]
             response = error(
                 404, outcome, f"no webhook endpoint named {endpoint!r}", CLOSE if expects else None
@@ -191,6 +193,7 @@ class Webhook:
                 response = error(400, outcome, str(exc))
             except PublishUnavailable as exc:
                 outcome = "unavailable"
+                detail["reason"] = exc.reason
                 response = error(
                     503, exc.reason, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
@@ -204,6 +207,7 @@ class Webhook:
             outcome=outcome,
             status=200 if response is None else response.status_code,
             ms=round(elapsed * 1000, 2),
+            **detail,
         )
         if response is None:
             await send({"type": "http.response.start", "status": 200, "headers": _ACCEPTED_HEADERS})

@@ -37,6 +37,7 @@ import structlog
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 
+from deploy.logs import configure_logging
 from deploy.settings import ConfigError
 from ingest.http import OneWriteHttpToolsProtocol
 from ingest.metrics import MULTIPROCESS_DIR
@@ -138,6 +139,9 @@ class _Server(uvicorn.Server):
 
 def _worker(config: uvicorn.Config, supervisor: int, ready: Any) -> None:
     """One worker process: its own socket, then uvicorn's server until told to stop."""
+    # A spawned process starts with logging unconfigured: ours first (JSON lines on
+    # stderr), so that nothing it says before the app factory runs is plain text on stdout.
+    configure_logging()
     _die_with(supervisor)
     config.configure_logging()
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -358,6 +359,26 @@ async def test_a_producer_replaced_just_before_shutdown_is_still_stopped(
     await publisher.stop()
     assert broken.producer._closed
     assert broken.producer._sender.sender_task.done()
+
+
+async def test_the_request_log_line_names_a_wrong_endpoint_and_why_kafka_refused(
+    settings: Settings,
+) -> None:
+    """The metric keeps one `unknown` label (probing cannot grow it), but the log line
+    names the endpoint asked for; a 503's line says why (here: the topic is missing)."""
+    config = receiver_settings(settings, topic=f"{settings.topic}.absent")
+    body = encode(subscription_event(1))
+    with structlog.testing.capture_logs() as captured:
+        async with running(config) as client:
+            for endpoint in ("platfrom", "platform"):
+                await client.post(
+                    f"/webhooks/{endpoint}", content=body, headers=signed(body, PLATFORM_NEW)
+                )
+    answered = [c for c in captured if c["event"] == "webhook"]
+    assert [(c["outcome"], c.get("requested"), c.get("reason")) for c in answered] == [
+        ("unknown_endpoint", "platfrom", None),
+        ("unavailable", None, "not_connected"),
+    ]
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
