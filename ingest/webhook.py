@@ -134,6 +134,22 @@ class Webhook:
         self.log = HotLog("ingest")
         self.body_deadlines = Deadlines(settings.body_timeout)
 
+    def refused_path(self, method: str, path: str, status: int, reason: str) -> None:
+        """Count and log a request under /webhooks that no endpoint route matches (a
+        trailing slash, a nested path, another method), which Starlette answers: such a
+        URL in Stripe's dashboard must show up like a misspelt endpoint."""
+        self.metrics.delivery("unknown", "", reason, 0.0)
+        self.log.info(
+            "webhook",
+            endpoint="unknown",
+            event_id="",
+            event_type="",
+            outcome=reason,
+            status=status,
+            ms=0.0,
+            requested=f"{method} {path[:80]}",
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         received = time.time()

@@ -374,11 +374,19 @@ async def test_the_request_log_line_names_a_wrong_endpoint_and_why_kafka_refused
                 await client.post(
                     f"/webhooks/{endpoint}", content=body, headers=signed(body, PLATFORM_NEW)
                 )
+            # A trailing slash never reaches the endpoint: Starlette's 404, logged alike.
+            slash = await client.post(
+                "/webhooks/platform/", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+            assert slash.status_code == 404
+            metrics = (await client.get("/metrics")).text
     answered = [c for c in captured if c["event"] == "webhook"]
     assert [(c["outcome"], c.get("requested"), c.get("reason")) for c in answered] == [
         ("unknown_endpoint", "platfrom", None),
         ("unavailable", None, "not_connected"),
+        ("not_found", "POST /webhooks/platform/", None),
     ]
+    assert 'endpoint="unknown",event_type="",outcome="not_found"} 1.0' in metrics
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
