@@ -80,7 +80,7 @@ class Outcome:
 
     records: int
     changes: int
-    dead: int
+    dead: int  # dead letters sent
 
 
 class BatchApplier:
@@ -144,19 +144,22 @@ class BatchApplier:
             if recs
         }
         try:
-            dead = await self._transaction(prepared, moves, isolate=False)
+            sent = await self._transaction(prepared, moves, isolate=False)
         except _BatchApplyFailed:
             # Rolled back whole. Again, with every record under its own savepoint, to tell
             # the poison from the rest (a savepoint around the whole batch would cost two
             # round trips on every batch, the fine ones included).
-            dead = await self._transaction(prepared, moves, isolate=True)
+            sent = await self._transaction(prepared, moves, isolate=True)
         changes = sum(len(c) for _, c in prepared.reduced)
-        return Outcome(prepared.records, changes, len(dead))
+        return Outcome(prepared.records, changes, sent)
 
     async def _transaction(
         self, prepared: Prepared, moves: Mapping[TopicPartition, offsets.Advance], *, isolate: bool
-    ) -> list[DeadLetter]:
+    ) -> int:
+        """The batch's transaction; how many dead letters it sent (not those sent before,
+        when records are applied again)."""
         dead = list(prepared.dead)
+        sent = 0
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(self._settings_sql)
             # Positions first: a zombie fails before doing the work, and the row locks are
@@ -167,9 +170,9 @@ class BatchApplier:
             else:
                 await self._apply(conn, prepared.reduced)
             if dead:
-                await self.dead_letters.send(dead)
+                sent = await self.dead_letters.send(dead)
                 await deadletter.record(conn, dead)
-        return dead
+        return sent
 
     async def _reduce(
         self, records: Sequence[Record]

@@ -50,9 +50,10 @@ def headers_for(letter: DeadLetter) -> list[tuple[str, bytes]]:
 
 
 class DeadLetterSink(Protocol):
-    """Where dead letters go; `send` returns once they are durably written."""
+    """Where dead letters go; `send` returns once they are durably written, with how
+    many it wrote."""
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None: ...
+    async def send(self, letters: Sequence[DeadLetter]) -> int: ...
 
 
 class KafkaDeadLetters:
@@ -62,7 +63,7 @@ class KafkaDeadLetters:
         self._producer = producer
         self.topic = topic
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
+    async def send(self, letters: Sequence[DeadLetter]) -> int:
         """Produce every letter and wait until the broker acknowledged each one."""
         futures = [
             await self._producer.send(
@@ -75,6 +76,7 @@ class KafkaDeadLetters:
         ]
         for future in futures:
             await future
+        return len(futures)
 
 
 async def record(conn: Connection, letters: Sequence[DeadLetter]) -> None:
@@ -106,7 +108,7 @@ class UnsentDeadLetters:
         self.sink = sink
         self.pool = pool
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
+    async def send(self, letters: Sequence[DeadLetter]) -> int:
         async with self.pool.acquire() as conn:
             known = {
                 (r["topic"], r["partition"], r["kafka_offset"])
@@ -126,5 +128,4 @@ class UnsentDeadLetters:
             for lt in letters
             if (lt.record.topic, lt.record.partition, lt.record.offset) not in known
         ]
-        if fresh:
-            await self.sink.send(fresh)
+        return await self.sink.send(fresh) if fresh else 0

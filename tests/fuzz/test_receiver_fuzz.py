@@ -228,4 +228,4 @@ async def test_hostile_deliveries_get_4xx_and_write_nothing(
 
 def _answered_by_the_app(answer: httpx.Response) -> bool:
     """True for answers the app gave (its short JSON), not the HTTP server's own."""
-    return answer.headers.get("content-type") == JSON
+    return bool(answer.headers.get("content-type") == JSON)

@@ -27,6 +27,7 @@ from projectors.deadletter import (
     HEADER_PROJECTOR,
 )
 from projectors.events import projection as events
+from projectors.metrics import RuntimeMetrics
 from projectors.migrate import migrate
 from projectors.offsets import PositionConflict
 from projectors.runner import ProjectionRunner
@@ -200,11 +201,17 @@ async def test_records_applied_again_do_not_send_their_dead_letters_again(
         await _caught_up(settings, "events")
     url = settings.require_database_url()
     await rows(url, "UPDATE lattice.offsets SET next_offset = 0 WHERE projector = 'events'")
-    async with running(tuned, [events]):
+    metrics = RuntimeMetrics()
+    async with running(tuned, [events], metrics=metrics):
         await _caught_up(settings, "events")
 
     letters = await read_all(stack.kafka_bootstrap, topics.dlq)
     assert [r.value for r in letters] == [unparseable]
+    # Nor does the dead-letters counter count it again (an alert would fire for nothing).
+    sent = metrics.registry.get_sample_value(
+        "lattice_projector_dead_letters_total", {"projector": "events"}
+    )
+    assert sent in (None, 0.0)
     assert len(await rows(url, "SELECT id FROM projections.events")) == len(
         {e.event["id"] for e in good}
     )

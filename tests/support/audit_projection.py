@@ -63,5 +63,5 @@ async def applied_counts(conn: asyncpg.Connection) -> dict[Applied, int]:
 class NoDeadLetters:
     """A dead-letter sink for batches that must not produce any."""
 
-    async def send(self, letters: Sequence[DeadLetter]) -> None:
+    async def send(self, letters: Sequence[DeadLetter]) -> int:
         raise AssertionError(f"no dead letter expected, got {letters}")
