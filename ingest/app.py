@@ -93,10 +93,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     reason = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
     headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
-    if request.url.path.startswith(WEBHOOKS.rstrip("/")):
-        request.app.state.receiver.webhook.refused_path(
-            request.method, request.url.path, status, reason
-        )
+    path = request.url.path
+    if path == WEBHOOKS.rstrip("/") or path.startswith(WEBHOOKS):
+        request.app.state.receiver.webhook.refused_path(request.method, path, status, reason)
     return error(status, reason, f"{request.method} {request.url.path}: {reason}", headers)
 
 
