@@ -138,16 +138,29 @@ class Webhook:
         """Count and log a request under /webhooks that no endpoint route matches (a
         trailing slash, a nested path, another method), which Starlette answers: such a
         URL in Stripe's dashboard must show up like a misspelt endpoint."""
-        self.metrics.delivery("unknown", "", reason, 0.0)
+        self._answered("unknown", "", "", reason, status, 0.0, requested=f"{method} {path[:80]}")
+
+    def _answered(
+        self,
+        endpoint: str,
+        event_id: str,
+        event_type: str,
+        outcome: str,
+        status: int,
+        seconds: float,
+        **detail: str,
+    ) -> None:
+        """Count one answer and write its log line."""
+        self.metrics.delivery(endpoint, event_type, outcome, seconds)
         self.log.info(
             "webhook",
-            endpoint="unknown",
-            event_id="",
-            event_type="",
-            outcome=reason,
+            endpoint=endpoint,
+            event_id=event_id,
+            event_type=event_type,
+            outcome=outcome,
             status=status,
-            ms=0.0,
-            requested=f"{method} {path[:80]}",
+            ms=round(seconds * 1000, 2),
+            **detail,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -213,16 +226,13 @@ class Webhook:
                 response = error(
                     503, exc.reason, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
-        elapsed = time.perf_counter() - started
-        self.metrics.delivery(endpoint_label, event_type, outcome, elapsed)
-        self.log.info(
-            "webhook",
-            endpoint=endpoint_label,
-            event_id=event_id,
-            event_type=event_type,
-            outcome=outcome,
-            status=200 if response is None else response.status_code,
-            ms=round(elapsed * 1000, 2),
+        self._answered(
+            endpoint_label,
+            event_id,
+            event_type,
+            outcome,
+            200 if response is None else response.status_code,
+            time.perf_counter() - started,
             **detail,
         )
         if response is None:
