@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from projectors.base import LIVE_SCHEMA
+from projectors.base import LIVE_SCHEMA, Connection
 
 RUNTIME_SQL = Path(__file__).resolve().parent / "sql"
 RUNTIME = "lattice"
@@ -89,13 +89,7 @@ async def migrate(
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await _set_search_path(conn, schema)
         for projection in projections:
-            done: set[int] = set()
-            if record:
-                rows = await conn.fetch(
-                    "SELECT version FROM lattice.migrations WHERE projector = $1",
-                    projection.name,
-                )
-                done = {row["version"] for row in rows}
+            done = await recorded_versions(conn, projection.name) if record else set()
             for migration in migrations_in(projection.sql_dir):
                 if migration.version in done:
                     continue
@@ -114,6 +108,14 @@ async def migrate(
                 applied.append(f"{projection.name}/{migration.name}")
             await apply_views(conn, projection)
     return applied
+
+
+async def recorded_versions(conn: Connection, projector: str) -> set[int]:
+    """The migration versions `lattice.migrations` lists as applied for `projector`."""
+    rows = await conn.fetch(
+        "SELECT version FROM lattice.migrations WHERE projector = $1", projector
+    )
+    return {row["version"] for row in rows}
 
 
 async def apply_views(conn: asyncpg.Connection, projection: Any) -> None:

@@ -17,7 +17,13 @@ import asyncpg
 
 from projectors import dependents, offsets
 from projectors.base import LIVE_SCHEMA, Connection
-from projectors.migrate import ADVISORY_LOCK_KEY, apply_views, migrate, migrations_in
+from projectors.migrate import (
+    ADVISORY_LOCK_KEY,
+    apply_views,
+    migrate,
+    migrations_in,
+    recorded_versions,
+)
 
 # How long the swap waits for one lock before it backs off and retries; well below
 # PostgreSQL's deadlock_timeout (1 s), so a reader is never the deadlock victim.
@@ -101,13 +107,7 @@ async def refuse_newer_migrations(conn: Connection, projection: Any) -> None:
     the migrations' lock, so none is applied meanwhile."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
     built = {m.version for m in migrations_in(projection.sql_dir)}
-    newer = sorted(
-        r["version"]
-        for r in await conn.fetch(
-            "SELECT version FROM lattice.migrations WHERE projector = $1", projection.name
-        )
-        if r["version"] not in built
-    )
+    newer = sorted(await recorded_versions(conn, projection.name) - built)
     if newer:
         raise SwapError(
             f"the live tables of {projection.name} have migrations this version lacks "
