@@ -74,6 +74,11 @@ class KafkaPaths:
     def pid(self) -> Path:
         return self.root / "broker.pid"
 
+    @property
+    def owner(self) -> str:
+        """The argument that tells our broker's process from one that reused its pid."""
+        return str(self.config.resolve())
+
 
 def _require_tool(name: str, advice: str) -> str:
     path = shutil.which(name)
@@ -177,7 +182,7 @@ def start(
     """Start the broker unless it already runs; wait until it answers. True if started.
     `long_lived`: a broker that will serve for a while (see `_java`)."""
     paths = KafkaPaths(home / "kafka")
-    if process.running_pid(paths.pid) is not None:
+    if process.running_pid(paths.pid, paths.owner) is not None:
         wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log)
         return False
     controller_port = port + 1
@@ -199,27 +204,29 @@ def start(
         log_file=paths.log,
         pid_file=paths.pid,
     )
-    wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, pid_file=paths.pid)
+    wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, started=paths)
     return True
 
 
 def is_running(home: Path) -> bool:
     """True when the local broker's process is alive."""
-    return process.running_pid(KafkaPaths(home / "kafka").pid) is not None
+    paths = KafkaPaths(home / "kafka")
+    return process.running_pid(paths.pid, paths.owner) is not None
 
 
 def stop(home: Path) -> bool:
     """Stop the local broker; True if one was running."""
-    return process.stop(KafkaPaths(home / "kafka").pid, timeout=60.0)
+    paths = KafkaPaths(home / "kafka")
+    return process.stop(paths.pid, paths.owner, timeout=60.0)
 
 
 def wait_ready(
-    bootstrap: str, *, timeout: float, log: Path | None = None, pid_file: Path | None = None
+    bootstrap: str, *, timeout: float, log: Path | None = None, started: KafkaPaths | None = None
 ) -> None:
     """Poll the broker for cluster metadata until it answers or `timeout` passes."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pid_file is not None and process.running_pid(pid_file) is None:
+        if started is not None and process.running_pid(started.pid, started.owner) is None:
             detail = process.tail(log) if log else ""
             raise StackError(f"the Kafka broker exited while starting; its log ends:\n{detail}")
         if process.run_coroutine(lambda: broker_answers(bootstrap)):

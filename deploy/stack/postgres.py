@@ -40,6 +40,11 @@ class PgPaths:
     def pid(self) -> Path:
         return self.data / "postmaster.pid"
 
+    @property
+    def owner(self) -> str:
+        """The argument that tells our postmaster from a process that reused its pid."""
+        return str(self.data.resolve())
+
 
 def url(port: int, database: str = DATABASE) -> str:
     """The libpq URL of the local server."""
@@ -110,9 +115,10 @@ def _pg(user: str | None, tool: str, *args: str, timeout: float = 120) -> None:
 def start(home: Path, *, port: int, timeout: float = 60.0) -> bool:
     """Init (first time) and start the server unless it runs; create the database."""
     paths = PgPaths(home / "pg")
-    if process.running_pid(paths.pid) is not None:
+    if process.running_pid(paths.pid, paths.owner) is not None:
         _wait_ready(port, timeout, paths)
         return False
+    _forget_stale_pid_file(paths)
     process.require_free_port(port, "PostgreSQL", "LATTICE_PG_PORT")
     user = _run_as()
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -166,16 +172,35 @@ def start(home: Path, *, port: int, timeout: float = 60.0) -> bool:
 
 def is_running(home: Path) -> bool:
     """True when the local server's postmaster is alive."""
-    return process.running_pid(PgPaths(home / "pg").pid) is not None
+    paths = PgPaths(home / "pg")
+    return process.running_pid(paths.pid, paths.owner) is not None
 
 
 def stop(home: Path) -> bool:
     """Stop the local server (fast shutdown); True if one was running."""
     paths = PgPaths(home / "pg")
-    if process.running_pid(paths.pid) is None:
+    if process.running_pid(paths.pid, paths.owner) is None:
         return False
     _pg(_run_as(), "pg_ctl", "-D", str(paths.data.resolve()), "-m", "fast", "-w", "stop")
     return True
+
+
+def _forget_stale_pid_file(paths: PgPaths) -> None:
+    """Called when no server of ours runs. A postmaster.pid whose pid another process has
+    taken since (a reboot, a SIGKILL) would make the server refuse to start ("lock file
+    already exists") and `pg_ctl stop` signal that stranger: remove it. One whose process
+    is gone stays: the server's own start-up checks it (shared memory still attached)."""
+    try:
+        pid = int(paths.pid.read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass  # alive, another user's
+    paths.pid.unlink(missing_ok=True)
 
 
 def _wait_ready(port: int, timeout: float, paths: PgPaths) -> None:

@@ -29,8 +29,11 @@ def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
-def running_pid(pid_file: Path) -> int | None:
-    """The pid recorded in `pid_file` if that process is alive, else None."""
+def running_pid(pid_file: Path, owner: str) -> int | None:
+    """The pid recorded in `pid_file` if that process is alive and is ours: `owner` is
+    one of its command's arguments (a path only our service's command has). A pid file
+    left by a reboot or a SIGKILL may name a process that has since reused the pid: that
+    one is not ours to wait for or to signal."""
     try:
         # postmaster.pid has more lines; the pid is the first one everywhere.
         pid = int(pid_file.read_text().split("\n", 1)[0].strip())
@@ -47,7 +50,19 @@ def running_pid(pid_file: Path) -> int | None:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             return None
-    return pid if _state(pid) != "Z" else None
+    if _state(pid) == "Z":
+        return None
+    return pid if _command_holds(pid, owner) else None
+
+
+def _command_holds(pid: int, owner: str) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return False  # it exited meanwhile
+    except OSError:
+        return True  # no /proc to ask (or not allowed to): trust the pid file
+    return owner.encode() in command.split(b"\0")
 
 
 def _state(pid: int) -> str:
@@ -100,21 +115,25 @@ def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path) -> int:
     return pid
 
 
-def stop(pid_file: Path, *, timeout: float = 30.0) -> bool:
-    """SIGTERM the recorded process, SIGKILL it after `timeout`; True if one was running."""
-    pid = running_pid(pid_file)
+def stop(pid_file: Path, owner: str, *, timeout: float = 30.0) -> bool:
+    """SIGTERM the recorded process (see `running_pid` for `owner`), SIGKILL it after
+    `timeout`; True if one was running."""
+    pid = running_pid(pid_file, owner)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while running_pid(pid_file) is not None and time.monotonic() < deadline:
+    while running_pid(pid_file, owner) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
-    if running_pid(pid_file) is not None:
+    if running_pid(pid_file, owner) is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        while running_pid(pid_file) is not None:
+        deadline = time.monotonic() + 10.0
+        while running_pid(pid_file, owner) is not None:
+            if time.monotonic() > deadline:
+                raise StackError(f"process {pid} (from {pid_file}) survived SIGKILL")
             time.sleep(0.05)
     pid_file.unlink(missing_ok=True)
     return True

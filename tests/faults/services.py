@@ -61,11 +61,12 @@ class PrivateKafka:
 
     def kill(self) -> None:
         """SIGKILL the JVM, as an OOM killer or a lost host would."""
-        pid = running_pid(KafkaPaths(self.home / "kafka").pid)
+        paths = KafkaPaths(self.home / "kafka")
+        pid = running_pid(paths.pid, paths.owner)
         assert pid is not None, "the private broker is not running"
         os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while running_pid(KafkaPaths(self.home / "kafka").pid) is not None:
+        while running_pid(paths.pid, paths.owner) is not None:
             assert time.monotonic() < deadline, "the broker survived SIGKILL"
             time.sleep(0.05)
 
@@ -92,7 +93,8 @@ class PrivatePostgres:
 
     def kill(self) -> None:
         """SIGKILL the postmaster and every backend at once (a crashed host)."""
-        pid = running_pid(PgPaths(self.home / "pg").pid)
+        paths = PgPaths(self.home / "pg")
+        pid = running_pid(paths.pid, paths.owner)
         assert pid is not None, "the private PostgreSQL is not running"
         server = psutil.Process(pid)
         family = [server, *server.children(recursive=True)]

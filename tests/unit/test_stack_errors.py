@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.stack import kafka, process
+from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
 from tests.support.ports import free_port
 
@@ -54,9 +57,53 @@ def test_a_failed_maven_resolution_points_at_its_log(
 def test_a_stale_pid_file_is_not_a_running_process(tmp_path: Path) -> None:
     pid_file = tmp_path / "x.pid"
     pid_file.write_text("999999999\n")
-    assert process.running_pid(pid_file) is None
-    assert process.stop(pid_file) is False
+    assert process.running_pid(pid_file, "owner") is None
+    assert process.stop(pid_file, "owner") is False
     assert not pid_file.exists()
+
+
+@pytest.fixture
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process of someone else's, as a pid reused after a reboot would name."""
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_pid_file_naming_a_process_that_reused_the_pid_is_stale(
+    tmp_path: Path, stranger: subprocess.Popen[bytes]
+) -> None:
+    pid_file = tmp_path / "broker.pid"
+    pid_file.write_text(f"{stranger.pid}\n")
+    assert process.running_pid(pid_file, str(tmp_path / "server.properties")) is None
+    assert process.stop(pid_file, str(tmp_path / "server.properties"), timeout=1) is False
+    assert stranger.poll() is None, "stop signalled a process that is not ours"
+    assert not pid_file.exists()
+
+
+def test_a_process_of_ours_is_found_and_stopped(tmp_path: Path) -> None:
+    owner = str(tmp_path / "server.properties")
+    pid_file = tmp_path / "broker.pid"
+    pid = process.spawn(
+        [sys.executable, "-c", "import time; time.sleep(60)", owner],
+        log_file=tmp_path / "log",
+        pid_file=pid_file,
+    )
+    assert process.running_pid(pid_file, owner) == pid
+    assert process.stop(pid_file, owner, timeout=10) is True
+    assert process.running_pid(pid_file, owner) is None
+
+
+def test_a_postmaster_pid_naming_a_stranger_neither_runs_nor_is_signalled(
+    tmp_path: Path, stranger: subprocess.Popen[bytes]
+) -> None:
+    paths = postgres.PgPaths(tmp_path / "pg")
+    paths.data.mkdir(parents=True)
+    paths.pid.write_text(f"{stranger.pid}\n{paths.data}\n")
+    assert postgres.is_running(tmp_path) is False
+    assert postgres.stop(tmp_path) is False  # pg_ctl stop would SIGINT the stranger
+    assert stranger.poll() is None
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
