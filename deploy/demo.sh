@@ -49,6 +49,14 @@ if [ "${1:-}" = stop ]; then
 fi
 
 began=$(date +%s)
+# A shell that sourced the demo's env (as the demo's last lines suggest) names the demo's
+# own database, topics and secrets: the stack must not take those for its own.
+case "${LATTICE_DATABASE_URL:-}" in
+  */lattice_demo | */lattice_demo\?*)
+    unset LATTICE_DATABASE_URL LATTICE_TOPIC LATTICE_USAGE_TOPIC LATTICE_WEBHOOK_SECRETS \
+      LATTICE_STRIPE_API_KEY LATTICE_STRIPE_API_BASE DEMO_RECEIVER_PORT DEMO_STRIPE_PORT
+    ;;
+esac
 step "stack: Apache Kafka (KRaft) and PostgreSQL"
 "$lattice" stack up
 # shellcheck disable=SC1091

@@ -20,6 +20,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.settings import load_settings
+from deploy.stack import write_env
 from deploy.stack.topics import ensure_topics
 
 PREFIX = "demo"
@@ -57,7 +58,10 @@ async def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> No
 
 
 async def _fresh_database(url: str) -> str:
-    admin = await asyncpg.connect(url)
+    where = urlsplit(url)
+    if where.path == f"/{DATABASE}":  # a shell that sourced the demo's env: not from inside it
+        where = where._replace(path="/postgres")
+    admin = await asyncpg.connect(urlunsplit(where))
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{DATABASE}"')
@@ -97,8 +101,7 @@ def main() -> int:
     values = asyncio.run(prepare())
     home.mkdir(parents=True, exist_ok=True)
     env = home / "env"
-    env.write_text("".join(f"export {key}={value}\n" for key, value in values.items()))
-    env.chmod(0o600)  # it holds signing secrets
+    write_env(env, values)  # it holds signing secrets
     print(env)
     return 0
 

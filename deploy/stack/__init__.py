@@ -8,16 +8,18 @@ and never started or stopped; `up` only checks that it answers.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from deploy.settings import Settings
 from deploy.stack import kafka, postgres
 from deploy.stack.errors import StackError
 from deploy.stack.topics import ensure_topics
 
-__all__ = ["StackError", "StackInfo", "down", "env_lines", "running", "up"]
+__all__ = ["StackError", "StackInfo", "down", "running", "up", "write_env"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,16 @@ def _kafka_is_external(settings: Settings) -> bool:
 
 
 def _postgres_is_external(settings: Settings) -> bool:
-    return bool(settings.database_url) and settings.database_url != postgres.url(settings.pg_port)
+    """A URL of the local server is not external, whichever database it names (the
+    demo's shell names its own): `up` starts the server when it is down."""
+    if not settings.database_url:
+        return False
+    try:
+        where = urlsplit(settings.database_url)
+        local = where.hostname in ("127.0.0.1", "localhost") and where.port == settings.pg_port
+    except ValueError:  # not a URL we can read: whatever it names, it is not ours
+        return True
+    return not local
 
 
 def up(settings: Settings) -> StackInfo:
@@ -61,8 +72,10 @@ def up(settings: Settings) -> StackInfo:
         database_url, pg_started = settings.require_database_url(), False
         postgres.wait_answers(database_url, timeout=30)
     else:
-        database_url = postgres.url(settings.pg_port)
+        database_url = settings.database_url or postgres.url(settings.pg_port)
         pg_started = postgres.start(home, port=settings.pg_port)
+        if database_url != postgres.url(settings.pg_port):  # another database of ours
+            postgres.wait_answers(database_url, timeout=30)
     created = asyncio.run(
         ensure_topics(
             bootstrap,
@@ -71,7 +84,10 @@ def up(settings: Settings) -> StackInfo:
             replication_factor=settings.replication_factor,
         )
     )
-    (home / "stack.env").write_text("".join(env_lines(bootstrap, database_url)))
+    write_env(
+        stack_env_path(home),
+        {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url},
+    )
     return StackInfo(
         bootstrap, database_url, kafka_started, pg_started, created, time.monotonic() - began
     )
@@ -95,12 +111,14 @@ def running(settings: Settings) -> dict[str, bool]:
     }
 
 
-def env_lines(bootstrap: str, database_url: str) -> list[str]:
-    """The `export` lines of stack.env."""
-    return [
-        f"export LATTICE_KAFKA_BOOTSTRAP={bootstrap}\n",
-        f"export LATTICE_DATABASE_URL={database_url}\n",
-    ]
+def write_env(path: Path, values: dict[str, str]) -> None:
+    """Write `export` lines a shell sources: each value quoted (a URL's `&` would end the
+    line), readable by the owner alone (a database URL may hold a password)."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(
+        "".join(f"export {key}={shlex.quote(value)}\n" for key, value in values.items())
+    )
 
 
 def stack_env_path(home: Path) -> Path:

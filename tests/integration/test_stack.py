@@ -84,10 +84,10 @@ def test_a_second_stack_up_is_a_no_op(stack: Stack) -> None:
     assert "kafka      running" in status.stdout
 
 
-def test_stack_up_checks_that_a_postgresql_it_does_not_run_lets_us_in(stack: Stack) -> None:
-    """Given another server (a URL other than the local one), `stack up` starts nothing
-    for it but logs in once: a refusal is one line naming the server, and nothing is
-    written for the shell to source."""
+def test_stack_up_checks_that_a_database_it_did_not_create_lets_us_in(stack: Stack) -> None:
+    """Given a URL other than the local stack's own (here another database on it; another
+    server is treated the same), `stack up` logs in once: a refusal is one line naming
+    the server, and nothing is written for the shell to source."""
     elsewhere = stack.database_url.rsplit("/", 1)[0] + "/no_such_database"
     env_file = load_settings().home / "stack.env"
     before = env_file.read_text()
