@@ -7,6 +7,7 @@ this module only wires them and turns configuration errors into one line on stde
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
@@ -34,6 +35,20 @@ UNREACHABLE = (
     asyncpg.PostgresConnectionError,
 )
 REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
+# What the socket layer says of an address it cannot reach (besides ConnectionError):
+# no route to the host or its network (a VPN down), or every address of a name failing
+# ("Multiple exceptions", localhost as ::1 and 127.0.0.1), which has no errno.
+UNREACHABLE_ERRNOS = frozenset(
+    {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN, errno.EADDRNOTAVAIL}
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, UNREACHABLE):
+        return True
+    return isinstance(exc, OSError) and (
+        exc.errno in UNREACHABLE_ERRNOS or str(exc).startswith("Multiple exceptions")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,13 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StackError) as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 2
-    except UNREACHABLE as exc:
-        print(
-            f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
-            "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
-            file=sys.stderr,
-        )
-        return 1
+    except asyncpg.ClientConfigurationError as exc:  # a URL parameter asyncpg cannot use
+        print(f"lattice: LATTICE_DATABASE_URL: {exc}", file=sys.stderr)
+        return 2
     except REFUSED as exc:
         print(f"lattice: PostgreSQL refused: {exc}", file=sys.stderr)
         return 1
@@ -79,6 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        print(
+            f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
+            "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
+            file=sys.stderr,
+        )
+        return 1
     return code
 
 

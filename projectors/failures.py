@@ -21,7 +21,10 @@ def is_transient(exc: BaseException) -> bool:
     """True for failures of the database itself, not of a record: a lost or refused
     connection, a server starting or shutting down, a serialization failure or deadlock, a
     plan made stale by a replay swap, a schema that does not match the code yet. The batch
-    is retried whole after a pause; nothing is dead-lettered."""
+    is retried whole after a pause; nothing is dead-lettered. A URL asyncpg cannot use
+    (`sslmode=bogus`) is none of these: no wait mends it."""
+    if isinstance(exc, asyncpg.ClientConfigurationError):
+        return False
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     if isinstance(

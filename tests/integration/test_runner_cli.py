@@ -289,6 +289,18 @@ async def test_project_names_a_database_that_does_not_exist_in_one_line(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", [["project", "events"], ["migrate", "events"]])
+async def test_a_database_url_asyncpg_cannot_use_ends_at_once_in_one_line(
+    settings: Settings, unique: str, command: list[str]
+) -> None:
+    """No wait mends `sslmode=bogus`: `project` must not wait for it for ever."""
+    url = settings.require_database_url() + "?sslmode=bogus"
+    result = await _run(settings, unique, *command, LATTICE_DATABASE_URL=url)
+    assert result.returncode == 2, result.stderr
+    assert "sslmode" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("command", "down"),
     [
