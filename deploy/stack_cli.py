@@ -10,6 +10,8 @@ from deploy import stack
 from deploy.flags import add_setting_flags, settings_from
 from deploy.settings import without_password
 
+SERVICES = ("kafka", "postgresql")
+
 
 def register(commands: Any) -> None:
     """Add the `stack` subcommand to the top-level parser."""
@@ -19,7 +21,19 @@ def register(commands: Any) -> None:
         description="The local stack: a real Apache Kafka broker (KRaft) and a real "
         "PostgreSQL server on 127.0.0.1, with data under --home (default .lattice/).",
     )
-    parser.add_argument("action", choices=["up", "down", "env", "status"])
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "env", "status"],
+        help="up: start what is not running, create the topics, write stack.env; down: stop "
+        "the local services; env: print stack.env; status: say what runs (exit 3 unless all)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=SERVICES,
+        metavar="SERVICE",
+        help="with down: stop this service alone (kafka or postgresql; repeatable)",
+    )
     add_setting_flags(
         parser,
         (
@@ -52,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     elif args.action == "down":
-        stopped = stack.down(settings)
+        stopped = stack.down(settings, only=args.only or SERVICES)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
     elif args.action == "status":
         running = stack.running(settings)

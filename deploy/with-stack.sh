@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Run a command with the local stack up and its stack.env sourced (in LATTICE_HOME,
-# .lattice by default); stop the stack afterwards if this script started it (even when
+# .lattice by default); stop afterwards what this script started (even when
 # the command fails or is interrupted).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lattice=.venv/bin/lattice
-if "$lattice" stack status >/dev/null 2>&1; then started=0; else started=1; fi
+# Stop afterwards only what was not running before (a broker of the user's keeps running).
+running=$("$lattice" stack status 2>/dev/null)
+stop_after=()
+for service in kafka postgresql; do
+  grep -Eq "^$service +running" <<<"$running" || stop_after+=(--only "$service")
+done
 cleanup() {
-  if [ "$started" = 1 ]; then "$lattice" stack down || true; fi
+  if [ ${#stop_after[@]} -gt 0 ]; then "$lattice" stack down "${stop_after[@]}" || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -93,12 +94,12 @@ def up(settings: Settings) -> StackInfo:
     )
 
 
-def down(settings: Settings) -> list[str]:
-    """Stop the local services that run; return the names of those stopped."""
+def down(settings: Settings, only: Collection[str] = ("kafka", "postgresql")) -> list[str]:
+    """Stop the local services (of `only`) that run; return the names of those stopped."""
     stopped = []
-    if postgres.stop(settings.home):
+    if "postgresql" in only and postgres.stop(settings.home):
         stopped.append("postgresql")
-    if kafka.stop(settings.home):
+    if "kafka" in only and kafka.stop(settings.home):
         stopped.append("kafka")
     return stopped
 

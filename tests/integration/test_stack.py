@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.settings import load_settings
-from deploy.stack import kafka
+from deploy.stack import kafka, postgres
 from deploy.stack.errors import StackError
 from deploy.stack.topics import delete_topics, ensure_topics
 from tests.conftest import Stack, Topics
@@ -23,6 +23,7 @@ from tests.support.kafka import read_all
 from tests.support.ports import free_port
 
 LATTICE = [sys.executable, "-m", "deploy.cli"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -124,6 +125,36 @@ async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: P
         got = await read_all(bootstrap, topic)
         assert sorted((r.key, r.value) for r in got) == [(b"k1", b"v1"), (b"k2", b"v2")]
     finally:
+        kafka.stop(tmp_path)
+
+
+def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> None:
+    """`make test` with a broker already running (and PostgreSQL not): the broker is left
+    as it was found; PostgreSQL, which the script started, is stopped."""
+    kafka_port, pg_port = free_port(2), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATTICE_")}
+    env |= {
+        "LATTICE_HOME": str(tmp_path),
+        "LATTICE_KAFKA_PORT": str(kafka_port),
+        "LATTICE_PG_PORT": str(pg_port),
+    }
+    try:
+        assert kafka.start(tmp_path, port=kafka_port, partitions=1, timeout=90) is True
+        script = 'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '"'
+        result = subprocess.run(
+            [str(REPO / "deploy" / "with-stack.sh"), "bash", "-c", script],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"postgresql {postgres.url(pg_port)} (started)" in result.stderr
+        assert kafka.is_running(tmp_path), "the broker it found running was stopped"
+        assert not postgres.is_running(tmp_path), "the server it started still runs"
+    finally:
+        postgres.stop(tmp_path)
         kafka.stop(tmp_path)
 
 
