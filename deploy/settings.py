@@ -122,6 +122,35 @@ class Settings(BaseSettings):
             check_database_url(value)
         return value
 
+    @field_validator("stripe_api_key")
+    @classmethod
+    def _key_fits_a_header(cls, value: SecretStr | None) -> SecretStr | None:
+        # A key read from a file often ends in a newline: drop the whitespace around it.
+        # Anything else that cannot go in an HTTP header would otherwise look like Stripe
+        # being down (or dead-letter records); never echo the key itself.
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if key and not all("!" <= c <= "~" for c in key):
+            raise ValueError(
+                "has a space, control or non-ASCII character inside: copy the key again "
+                "(sk_... or rk_...)"
+            )
+        return SecretStr(key)
+
+    @field_validator("stripe_api_base")
+    @classmethod
+    def _api_base_is_a_url(cls, value: str) -> str:
+        try:
+            parts = urlsplit(value)
+            port_ok = parts.port is None or 0 < parts.port < 65536
+        except ValueError:
+            port_ok = False
+        else:
+            if parts.scheme in ("http", "https") and parts.hostname and port_ok:
+                return value
+        raise ValueError(f"{value!r} is not an http(s)://host[:port] URL")
+
     @field_validator("webhook_secrets")
     @classmethod
     def _secrets_are_pairs(cls, value: SecretStr) -> SecretStr:

@@ -189,3 +189,42 @@ def test_a_database_url_is_printed_without_its_password(url: str, shown: str) ->
     from deploy.settings import without_password
 
     assert without_password(url) == shown
+
+
+def test_a_stripe_key_read_from_a_file_loses_its_newline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_STRIPE_API_KEY", "  rk_test_51Abc\n")
+    key = load_settings().stripe_api_key
+    assert key is not None
+    assert key.get_secret_value() == "rk_test_51Abc"
+
+
+@pytest.mark.parametrize("key", ["sk_test_51A\u201d", "sk_test 51A", "sk_test_\x7f51A"])
+def test_a_stripe_key_that_cannot_be_sent_is_refused_without_echoing_it(
+    key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """httpx refuses such a header before sending it: the hydrator took that for Stripe
+    being down (or a bad record) for ever."""
+    monkeypatch.setenv("LATTICE_STRIPE_API_KEY", key)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("LATTICE_STRIPE_API_KEY: has a space")
+    assert "51A" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "base", ["api.stripe.com", "http://[::1", "https://api.stripe.com:99999", "ftp://x", "https://"]
+)
+def test_a_stripe_api_base_that_is_not_an_http_url_is_one_line(
+    base: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_STRIPE_API_BASE", base)
+    with pytest.raises(ConfigError, match=r"^LATTICE_STRIPE_API_BASE: .* is not an http\(s\)://"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "base", ["https://api.stripe.com", "http://127.0.0.1:12111", "http://[::1]:80"]
+)
+def test_stripe_api_bases_are_accepted(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LATTICE_STRIPE_API_BASE", base)
+    assert load_settings().stripe_api_base == base
