@@ -129,9 +129,18 @@ class StripeClient:
             except BaseException:
                 self.breaker.abandon()  # cancelled: a half-open trial must not stay taken
                 raise
-            if response is not None and response.status_code < 400:
+            if response is not None and 200 <= response.status_code < 300:
                 self.breaker.record_success()
                 return self._json(response, path)
+            if response is not None and 300 <= response.status_code < 400:
+                # Stripe's API never redirects: the base URL points elsewhere. Not followed
+                # (the key would go along), and never taken for an empty answer.
+                self.breaker.record_success()
+                raise StripeUnavailable(
+                    f"GET {path}: HTTP {response.status_code} redirect to "
+                    f"{response.headers.get('location', '?')[:120]!r}: LATTICE_STRIPE_API_BASE "
+                    f"({self._http.base_url}) is not Stripe's API"
+                )
             # A 4xx (429 too) means Stripe is up and answering; only 5xx and no answer
             # at all count against it.
             if response is None or response.status_code >= 500:

@@ -5,10 +5,11 @@ of a projection that sets `hydrate_thin_events = True`, and hands the result to 
 The cache is read first, so a replay never calls Stripe again; the value served is the
 cached JSON either way, so a live run and a replay see the same bytes.
 
-Outcomes: Stripe says 404, 401, 403 or another 4xx -> `PoisonRecord` (the runner
-dead-letters it with the reason). Stripe unreachable, failing or the circuit open, the
-cache's database unreachable, or no API key configured -> `HydrationUnavailable` (the
-runner waits and tries again; it never skips).
+Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx ->
+`PoisonRecord` (the runner dead-letters it with the reason). Stripe refusing the key (401,
+or 403 for the platform's own events), unreachable, failing, redirecting or the circuit
+open, the cache's database unreachable, or no API key configured -> `HydrationUnavailable`
+(the runner waits and tries again; it never skips).
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class Hydrator:
                     context,
                     orjson.dumps(fetched).decode(),
                 )
+                if stored is None:
+                    # Another process stored it meanwhile: our INSERT waited for its
+                    # commit, but the statement's snapshot predates it; a new one sees it.
+                    stored = await conn.fetchval(_CACHED, event_id)
         except _DB_ERRORS as exc:
             raise HydrationUnavailable(f"cache of thin events unreachable: {exc}") from exc
         log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
@@ -111,13 +116,16 @@ class Hydrator:
         except StripeUnavailable as exc:
             raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
         except StripeAuthError as exc:
-            if exc.status == 401:
-                # The key, not the record: every thin event would be dead-lettered until
-                # it is fixed, and nothing sends dead letters again. Wait, saying why.
+            if exc.status == 401 or context is None:
+                # The key, not the record (revoked, mistyped, or a restricted key without
+                # read access to events): every thin event would be dead-lettered until it
+                # is fixed, and nothing sends dead letters again. Wait, saying why.
                 raise HydrationUnavailable(
-                    f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key and the "
-                    "projector goes on"
+                    f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key (it needs "
+                    "read access to events) and the projector goes on"
                 ) from exc
+            # 403 in an account's context: this account no longer lets us in (access
+            # revoked); its other events fare the same, the platform's are unaffected.
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         except StripeAPIError as exc:
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc

@@ -25,6 +25,7 @@ from tests.fixtures.records import as_record
 from tests.support.audit_projection import NoDeadLetters
 from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.thin_events import meter_error_report
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -153,6 +154,71 @@ async def test_404_is_poison_and_a_refused_key_waits(fake: FakeStripe, pool: asy
     assert "HTTP 401: Invalid API Key" in str(refused.value)
     assert "sk_test_revoked_key_000" not in str(refused.value)
     assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
+
+
+async def test_a_key_without_access_to_events_waits_an_account_that_revoked_us_is_poison(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """A restricted key lacking the events permission gets 403 for every thin event:
+    dead-lettering them would lose them all. In an account's context, 403 is that account
+    having revoked access: its record can never be fetched."""
+    platform, _ = meter_error_report()
+    connected, _ = meter_error_report(context="acct_1Nv0FGQ9RKHgCVdK")
+    async with make_client(fake) as client:
+        fake.fail_next(3, status=403)
+        with pytest.raises(HydrationUnavailable, match=r"refuses LATTICE_STRIPE_API_KEY.*403"):
+            await Hydrator(pool, client)(thin_record(platform))
+        fake.fail_next(3, status=403)
+        with pytest.raises(PoisonRecord, match=r"HTTP 403"):
+            await Hydrator(pool, client)(thin_record(connected))
+
+
+async def test_a_redirect_is_never_taken_for_an_answer(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """An API base pointing at something that redirects (http:// of a proxy, a login page)."""
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    fake.fail_next(1, status=302, headers={"Location": "https://login.example.com/"})
+    async with make_client(fake) as client:
+        with pytest.raises(HydrationUnavailable, match=r"302 redirect to .*login.example.com"):
+            await Hydrator(pool, client)(thin_record(thin))
+    assert await pool.fetchval("SELECT count(*) FROM lattice.hydrated_events") == 0
+
+
+async def test_an_event_another_process_caches_meanwhile_is_served_from_the_cache(
+    fake: FakeStripe, pool: asyncpg.Pool, database_url: str
+) -> None:
+    """Two processes hydrating one event (the live meters projector and a replay): ours
+    waits for the other's insert and then must read what it stored."""
+    thin, full = meter_error_report()
+    fake.add_v2_event(full)
+    other = await asyncpg.connect(database_url)
+    try:
+        async with other.transaction():
+            await other.execute(
+                "INSERT INTO lattice.hydrated_events (id, type, context, body) "
+                "VALUES ($1, $2, NULL, $3::jsonb)",
+                full["id"],
+                full["type"],
+                orjson.dumps(full).decode(),
+            )
+            async with make_client(fake) as client:
+                hydrating = asyncio.create_task(Hydrator(pool, client)(thin_record(thin)))
+
+                async def waiting_for_the_other() -> int:
+                    return int(
+                        await other.fetchval(
+                            "SELECT count(*) FROM pg_stat_activity "
+                            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                        )
+                    )
+
+                await eventually(waiting_for_the_other, lambda n: n == 1, what="insert waits")
+        hydrated = await hydrating
+    finally:
+        await other.close()
+    assert orjson.loads(hydrated.value) == orjson.loads(orjson.dumps(full))
 
 
 async def test_rate_limited_waits_even_when_stripe_says_not_to_retry(
