@@ -15,6 +15,7 @@ rows left `sending` by reading the log since then, so nothing is appended twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -119,9 +120,13 @@ async def backfill(
             if not options.dry_run:
                 await _append(conn, settings, missing, options, state, report)
         finally:
-            await ledger.unlock(conn)
+            # Best effort: with the connection lost, its session (and lock) is gone anyway,
+            # and the error that lost it is the one worth reporting.
+            with contextlib.suppress(asyncpg.InterfaceError, asyncpg.PostgresError, OSError):
+                await ledger.unlock(conn)
     finally:
-        await conn.close()
+        with contextlib.suppress(asyncpg.InterfaceError, OSError):
+            await conn.close()
     log.info(
         "backfill done",
         missing=state.missing,
@@ -183,8 +188,10 @@ async def _find_missing(
             # revoked): the others' missing events are still worth appending.
             state.refused[account] = str(exc)
             log.warning("account not listed", account=account, error=str(exc))
-    # Oldest first, as Stripe would have delivered them (the listing is newest first).
-    return sorted(missing.values(), key=lambda pair: int(pair[0].get("created") or 0))
+    # Oldest first, as Stripe would have delivered them. The listing is newest first, also
+    # within one second: reversed, the stable sort keeps that second's events in order.
+    listed_backwards = list(missing.values())[::-1]
+    return sorted(listed_backwards, key=lambda pair: int(pair[0].get("created") or 0))
 
 
 async def _list_account(

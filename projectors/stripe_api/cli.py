@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     except BackfillError as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 1
-    except (OSError, asyncpg.PostgresError, KafkaError) as exc:
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
         print(
             f"lattice: backfill stopped: {type(exc).__name__}: {exc}; check that "
             "PostgreSQL and Kafka answer, then run the same command again",

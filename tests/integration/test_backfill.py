@@ -5,6 +5,8 @@ those of a run that never missed them."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -314,3 +316,72 @@ async def test_without_the_log_index_backfill_refuses(fake: FakeStripe, settings
         with pytest.raises(BackfillError, match=r"projections.events does not exist"):
             await backfill(settings, client, BackfillOptions(since=SINCE))
     assert fake.seen == []
+
+
+async def test_events_of_one_second_are_appended_in_the_order_stripe_created_them(
+    fake: FakeStripe, settings: Settings
+) -> None:
+    """Stripe lists newest first, also within one second (an invoice created, finalized
+    and paid at once): the log must get them oldest first, as delivery would have."""
+    by_object: dict[str, list[dict[str, Any]]] = {}
+    for event in unique_events(stream(40, seed=7, thin_every=10**6)).values():
+        if "account" not in event:
+            by_object.setdefault(event["data"]["object"]["id"], []).append(event)
+    lifecycle = next(group for group in by_object.values() if len(group) >= 3)
+    second = lifecycle[0]["created"]
+    fake.add_v1_events([{**event, "created": second} for event in lifecycle])
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await migrate(conn, catalog.select(["events"]))
+    finally:
+        await conn.close()
+    async with client_for(fake) as client:
+        report = await backfill(settings, client, BackfillOptions(since=SINCE))
+    assert report.appended == len(lifecycle)
+    on_log = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [dict(r.headers)[HEADER_EVENT_ID].decode() for r in on_log] == [
+        event["id"] for event in lifecycle
+    ]
+
+
+async def test_a_database_lost_mid_backfill_is_one_line_not_a_traceback(
+    fake: FakeStripe, settings: Settings
+) -> None:
+    """The lock's release in `finally` used to raise on the closed connection, replacing
+    the real error with an `InterfaceError` the command did not expect: a traceback."""
+    fake.add_v1_events(list(unique_events(stream(10, seed=3, thin_every=10**6)).values()))
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, catalog.select(["events"]))
+        fake.fail_next(1, status=None, delay=3.0)  # the listing waits: the backend goes
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "deploy.cli",
+            "backfill",
+            "--since",
+            str(BASE_TIME),
+            env={
+                **os.environ,
+                "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+                "LATTICE_DATABASE_URL": url,
+                "LATTICE_TOPIC": settings.topic,
+                "LATTICE_STRIPE_API_KEY": fake.api_key,
+                "LATTICE_STRIPE_API_BASE": fake.url,
+            },
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        await eventually(lambda: asyncio.sleep(0, len(fake.seen)), lambda n: n == 1, what="list")
+        terminated = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await conn.close()
+    assert terminated == 1
+    assert proc.returncode == 1, stderr.decode()
+    assert stderr.decode().strip().splitlines()[-1].startswith("lattice: backfill stopped: ")
+    assert b"Traceback" not in stderr
