@@ -36,16 +36,22 @@ class EnvelopeError(ValueError):
         self.reason = reason
 
 
-def _is_rfc3339(value: str) -> bool:
-    # fromisoformat accepts more than RFC 3339 (a date alone, no offset); require both
-    # a time and an offset so that `"2026-11-25"` is not taken for a timestamp.
+def rfc3339_moment(value: str) -> datetime | None:
+    """The aware moment an RFC 3339 timestamp names (`T`/`Z` in either case, as RFC 3339
+    allows), or None. fromisoformat alone accepts more (a date alone, no offset) and, on
+    3.11, refuses a lower-case `z`: every reader of `created` uses this, so a record the
+    receiver took is never refused downstream."""
     if len(value) < 20 or value[10] not in "Tt ":
-        return False
+        return None
     try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
-        return False
-    return moment.tzinfo is not None
+        return None
+    return moment if moment.tzinfo is not None else None
+
+
+def _is_rfc3339(value: str) -> bool:
+    return rfc3339_moment(value) is not None
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
@@ -81,9 +87,10 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 
 def _rfc3339_text(value: Any) -> Any:
-    if not isinstance(value, str) or not _is_rfc3339(value):
+    moment = rfc3339_moment(value) if isinstance(value, str) else None
+    if moment is None:
         raise ValueError("neither Unix seconds nor an RFC 3339 timestamp with a time and offset")
-    return value
+    return moment
 
 
 # `created` as the receiver takes it (see `parse_event`), not pydantic's lax datetime,

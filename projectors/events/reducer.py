@@ -11,12 +11,12 @@ well-formed goes through the full parse below, which decides exactly as before.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from ingest.record import account_of
 from projectors.base import PoisonRecord, Record
 from projectors.events.fields import IndexFields, decode_fields
+from schemas.envelope import rfc3339_moment
 
 
 @dataclass(slots=True)
@@ -44,10 +44,10 @@ def _seconds(value: Any) -> float:
     if isinstance(value, int | float):
         return float(value)
     if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            raise PoisonRecord(f"`created` is not RFC 3339: {value[:40]!r}") from None
+        moment = rfc3339_moment(value)
+        if moment is None:
+            raise PoisonRecord(f"`created` is not RFC 3339: {value[:40]!r}")
+        return moment.timestamp()
     raise PoisonRecord("`created` is missing")
 
 

@@ -8,11 +8,11 @@ names its price under `pricing.price_details.price`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from projectors.meters.changes import Change, InvoiceLineSeen, InvoiceSeen, PeriodSeen, PriceMeter
+from schemas.envelope import rfc3339_moment
 
 # Statuses of one invoice that share a `created` second are ordered by how far along they are.
 INVOICE_RANK = {"draft": 0, "open": 1, "paid": 2, "uncollectible": 2, "void": 3, "deleted": 4}
@@ -35,11 +35,9 @@ def unix_seconds(value: Any) -> int | None:
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and value:
-        try:
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
-        except ValueError:
-            return None
+    if isinstance(value, str):
+        moment = rfc3339_moment(value)
+        return None if moment is None else int(moment.timestamp())
     return None
 
 

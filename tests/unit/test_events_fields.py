@@ -3,6 +3,7 @@ as the full parse does: same rows for real events, same refusals for everything 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -85,6 +86,7 @@ def test_what_orjson_refuses_is_poison(value: bytes) -> None:
         {"created": None},
         {"created": "yesterday"},
         {"created": "2026-11-25T10:00:00.123Z"},
+        {"created": "2026-11-25t10:00:00.123z"},  # RFC 3339 lets T and Z be lower-case
         {"created": 1_764_000_123.25},
         {"account": ""},
         {"account": 42, "context": "acct_1"},
@@ -121,3 +123,12 @@ def test_any_event_shape_decides_as_the_full_parse(
 ) -> None:
     record = _record(orjson.dumps({**BASE, **extra, **fields}))
     assert _hot(record) == _full(record)
+
+
+def test_a_lower_case_rfc3339_created_is_indexed_not_dead_lettered() -> None:
+    """The receiver takes `2026-11-25t10:00:00.123z` (RFC 3339 allows it); so must the
+    index, which backfill trusts (fromisoformat alone refuses the `z` on 3.11)."""
+    thin = next(e.event for e in stream(20, seed=3, thin_every=2) if "related_object" in e.event)
+    value = orjson.dumps({**thin, "created": "2026-11-25t10:00:00.123z"})
+    (row,) = reduce(_record(value))
+    assert row.created == datetime(2026, 11, 25, 10, 0, 0, 123000, UTC).timestamp()
