@@ -8,6 +8,7 @@ that want types, and export its JSON Schema for producers and readers in other l
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -36,18 +37,25 @@ class EnvelopeError(ValueError):
         self.reason = reason
 
 
+# The shape the exported schema states; `rfc3339_moment` holds every reader to it, as
+# fromisoformat alone also takes `+0000`, a time without seconds or a week date.
+RFC3339_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_RFC3339 = re.compile(RFC3339_PATTERN)
+
+
 def rfc3339_moment(value: str) -> datetime | None:
     """The aware moment an RFC 3339 timestamp names (`T`/`Z` in either case, as RFC 3339
-    allows), or None. fromisoformat alone accepts more (a date alone, no offset) and, on
-    3.11, refuses a lower-case `z`: every reader of `created` uses this, so a record the
-    receiver took is never refused downstream."""
-    if len(value) < 20 or value[10] not in "Tt ":
+    allows), or None. Every reader of `created` uses this, so a record the receiver took
+    is never refused downstream (fromisoformat on 3.11 refuses a lower-case `z`)."""
+    if not _RFC3339.fullmatch(value):
         return None
     try:
-        moment = datetime.fromisoformat(value.upper())
-    except ValueError:
+        return datetime.fromisoformat(value.upper())
+    except ValueError:  # the right shape, but no such day or hour (2026-02-30, 25:00)
         return None
-    return moment if moment.tzinfo is not None else None
 
 
 def _is_rfc3339(value: str) -> bool:
@@ -102,8 +110,7 @@ Rfc3339 = Annotated[
         {
             "type": "string",
             "format": "date-time",
-            "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
-            r"(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$",
+            "pattern": RFC3339_PATTERN,
         }
     ),
 ]
