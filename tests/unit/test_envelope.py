@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -175,6 +176,35 @@ def test_the_models_take_a_created_exactly_when_the_receiver_does(
     """One envelope, two layers: the models (and the exported schema) must not refuse what
     is on the log, nor describe as an event what the receiver would have refused."""
     assert_layers_agree({**kind, "created": created})
+    if isinstance(
+        created, str
+    ):  # the exported schema's pattern, as a JSON Schema validator reads it
+        patterns = _created_patterns(envelope_json_schema())
+        assert patterns
+        took = _receiver_takes({**kind, "created": created})
+        assert all(bool(re.search(p, created)) == took for p in patterns), created
+
+
+def _created_patterns(schema: Any) -> list[str]:
+    """Every `pattern` stated for a string `created` in the exported schema."""
+    found: list[str] = []
+    if isinstance(schema, dict):
+        for name, value in schema.items():
+            if name == "created":
+                found += [v["pattern"] for v in value.get("anyOf", [value]) if "pattern" in v]
+            found += _created_patterns(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _created_patterns(value)
+    return found
+
+
+def _receiver_takes(event: dict[str, Any]) -> bool:
+    try:
+        parse_event(json.dumps(event).encode())
+    except EnvelopeError:
+        return False
+    return True
 
 
 @pytest.mark.parametrize("change", OTHER, ids=repr)
