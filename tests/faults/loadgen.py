@@ -38,7 +38,8 @@ class LoadReport:
 
     accepted: Counter[str] = field(default_factory=Counter)  # event id -> 200s received
     statuses: Counter[int] = field(default_factory=Counter)
-    connection_errors: int = 0
+    connection_errors: int = 0  # every transport error, refused connections included
+    cut_off: int = 0  # of those, requests that had reached a server and lost it mid-way
     unavailable_without_retry_after: int = 0
     refused: list[tuple[str, int, str]] = field(default_factory=list)  # 4xx: never expected
     latencies: list[float] = field(default_factory=list)  # seconds, 200s only
@@ -109,8 +110,12 @@ class LoadGenerator:
                     content=item.body,
                     headers={"Stripe-Signature": header, "Content-Type": "application/json"},
                 )
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
                 self.report.connection_errors += 1
+                # Refused (nobody listening, e.g. while a receiver restarts) or timed out
+                # connecting is not a request cut off mid-way.
+                if not isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    self.report.cut_off += 1
                 await asyncio.sleep(RETRY_PAUSE)
                 continue
             self.report.statuses[answer.status_code] += 1

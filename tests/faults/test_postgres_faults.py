@@ -60,7 +60,13 @@ async def test_postgres_killed_under_projectors_they_resume_and_match_the_refere
         proc = projector(
             projector_env(stack.kafka_bootstrap, url, topics, unique), tmp_path / "projector.log"
         )
-        points = sorted(rng.sample(range(reference.records // 10, reference.records), DB_KILLS))
+        settings = settings_for(stack.kafka_bootstrap, url, topics, unique)
+        ends = expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
+        wanted = caught_up(ends)
+        # Positions summed over every projector, as `progress` counts them: the kill points
+        # spread over the whole run (reference.records is one projector's share).
+        total = sum(sum(positions.values()) for positions in ends.values())
+        points = sorted(rng.sample(range(total // 10, total * 9 // 10), DB_KILLS))
         try:
             proc.start()
 
@@ -88,10 +94,6 @@ async def test_postgres_killed_under_projectors_they_resume_and_match_the_refere
                 # Down for a random while (fault timing, not a wait for a condition).
                 await asyncio.sleep(rng.uniform(0.5, 2.0))
                 await asyncio.to_thread(private_postgres.start)
-            settings = settings_for(stack.kafka_bootstrap, url, topics, unique)
-            wanted = caught_up(
-                expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
-            )
 
             async def positions_supervised() -> dict[str, dict[tuple[str, int], int]]:
                 supervise()
