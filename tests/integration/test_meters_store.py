@@ -21,6 +21,7 @@ from projectors.migrate import migrate
 from tests.fixtures.stripe_objects import MONTH, T0, event, invoice_line
 from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
 from tests.support.meter_scenario import Scenario, billing_month, expected_decimal
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -170,7 +171,13 @@ async def test_two_processes_writing_one_customers_rows_at_once_lose_nothing(
         await projection.apply(conn, [c for r in facts for c in projection.reduce(r)])
         # B, as another process would, while A's transaction is still open.
         b = asyncio.create_task(project(other, "raced", [stripe], fresh=False))
-        await asyncio.sleep(0.5)
+
+        async def b_done_or_waiting_for_a() -> bool:
+            waiting = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            return b.done() or waiting > 0
+
+        # B has read what it reads (and written, or waits on A's locks) before A commits.
+        await eventually(b_done_or_waiting_for_a, what="B done or waiting for A")
         await held.commit()
         await asyncio.wait_for(b, timeout=30)
     finally:
