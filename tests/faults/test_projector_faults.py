@@ -91,6 +91,7 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
     wanted = expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
     total = sum(sum(positions.values()) for positions in wanted.values())
     points = sorted(rng.sample(range(1, total), min(KILLS, total - 1)))
+    mid_kills = 0
     try:
         proc.start()
         for point in points:
@@ -105,9 +106,14 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
                 interval=0.01,
                 what=f"{goal} records committed",
             )
+            mid_work = await progress(database_url) < total
             proc.kill(signal.SIGKILL)
             injected["projector SIGKILL at a random point"] += 1
+            mid_kills += mid_work
             proc.start()
+        injected["projector SIGKILL: of those, with records left to commit"] += mid_kills
+        # Kills at the log end, with nothing left to commit, prove little.
+        assert mid_kills >= len(points) * 9 // 10, f"{mid_kills} of {len(points)} mid-work"
         await _finish_and_compare(stack, database_url, unique, unique, reference)
     finally:
         proc.stop()
@@ -150,6 +156,16 @@ async def test_rebalance_storm_applies_no_event_twice(
                 injected["rebalance storm: start"] += 1
             await asyncio.sleep(rng.uniform(0.2, 1.2))
             assert not any(p.died_on_its_own() for p in procs), _died(procs)
+        during = await progress(database_url)
+        settings = settings_for(stack.kafka_bootstrap, database_url, topics, unique)
+        ends = expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
+        total = sum(sum(positions.values()) for positions in ends.values())
+        injected["rebalance storm: % of the records committed during the storm"] += (
+            100 * during // total
+        )
+        # The storm fought over real work: a group that only rebalanced would leave it all
+        # to the calm catch-up below, which the random-kill test covers already.
+        assert during >= total // 2, f"{during} of {total} records committed during the storm"
         for proc in procs:
             if not proc.alive():
                 proc.start()
