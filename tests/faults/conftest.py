@@ -21,6 +21,7 @@ from deploy.stack.topics import delete_topics
 from projectors.catalog import discover
 from tests.conftest import Stack
 from tests.faults.projecting import (
+    POISON,
     Topics,
     caught_up,
     create_topics,
@@ -38,6 +39,7 @@ from tests.faults.services import (
     start_private_postgres,
 )
 from tests.support.homes import server_home
+from tests.support.kafka import read_all
 from tests.support.projectors import extra_database, running
 from tests.support.wait import eventually
 
@@ -134,9 +136,32 @@ async def reference(stack: Stack) -> AsyncIterator[Reference]:
             tables = await snapshot(url, topics)
             empty = [t for t in CONTRACT_TABLES if not tables.get(t)]
             assert not empty, f"the fault stream leaves {empty} empty: it would prove nothing"
+            await _assert_only_the_poison_was_dead_lettered(stack, topics, tables)
             yield Reference(tables, sum(ends.values()))
     finally:
         await delete_topics(stack.kafka_bootstrap, [topics.events, topics.dlq, topics.usage])
+
+
+async def _assert_only_the_poison_was_dead_lettered(
+    stack: Stack, topics: Topics, tables: dict[str, list[tuple[Any, ...]]]
+) -> None:
+    """The fault runs are compared with the reference, and both run the same projectors: a
+    good record dead-lettered (or a row dropped) in both would go unseen. So the reference
+    must dead-letter the planted poison and nothing else, and every projector that reads
+    the events topic must refuse the records that are not even JSON."""
+    on_log = await read_all(stack.kafka_bootstrap, topics.events)
+    poison = {(r.partition, r.offset): r.value for r in on_log if r.value in POISON}
+    assert len(poison) == len(POISON)
+    dead = tables["lattice.dead_letters"]
+    assert {(topic, partition, offset) for _, topic, partition, offset in dead} <= {
+        ("<events>", partition, offset) for partition, offset in poison
+    }, dead
+    not_json = {place for place, value in poison.items() if not value.startswith(b"{")}
+    readers = {projector for projector, *_ in dead}
+    assert readers >= {"events", "subscriptions", "invoices", "connect", "meters"}, readers
+    for projector in readers:
+        refused = {(partition, offset) for p, _, partition, offset in dead if p == projector}
+        assert refused >= not_json, f"{projector} applied a record that is not JSON"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
