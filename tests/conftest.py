@@ -7,6 +7,7 @@ run in any order and leave nothing behind.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -104,3 +105,41 @@ def settings(stack: Stack, topics: Topics, database_url: str) -> Settings:
         usage_topic=topics.usage,
         partitions=topics.partitions,
     )
+
+
+# Every output of the suite is searched for anything shaped like a signing secret or a
+# Stripe key: each test's captured output and log records, and every log file the tests'
+# processes wrote under the session's temporary folder (receivers, projectors, stacks).
+SECRET_SHAPES = re.compile(r"whsec_[0-9A-Za-z_]{4,}|\b[sr]k_(?:test|live)_[0-9A-Za-z_]{4,}")
+_leaks: list[str] = []
+
+
+def _leaked(where: str, text: str) -> None:
+    for found in SECRET_SHAPES.finditer(text):
+        _leaks.append(f"{where}: {found.group()[:12]}...")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Search what one test phase printed or logged."""
+    for name, text in report.sections:
+        _leaked(f"{report.nodeid} ({name})", text)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Search the processes' log files; fail the run if anything leaked."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = factory.getbasetemp() if factory is not None else None
+    if base is not None and base.exists():
+        for log in sorted(base.rglob("*.log")):
+            _leaked(str(log.relative_to(base)), log.read_text(errors="replace"))
+    if _leaks:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name each place a secret-shaped string was found (its first characters only)."""
+    if _leaks:
+        terminalreporter.section("secrets in the suite's output")
+        for leak in _leaks[:50]:
+            terminalreporter.write_line(leak)
+        terminalreporter.write_line(f"{len(_leaks)} in all: the run fails")
