@@ -6,8 +6,8 @@ import copy
 
 from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
 from ingest.simulate.catalogue import Catalogue
-from ingest.simulate.shapes import Json, customer
-from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, Story
+from ingest.simulate.shapes import Json, Price, customer
+from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, YEAR, Story
 from ingest.simulate.usage import metered_month
 
 # Scenario -> weight. "late_*" sign up near the end of the month: no renewal in it.
@@ -24,6 +24,11 @@ SCENARIOS = {
     "plan_change": 12,
 }
 RETRY_DELAYS = (3 * DAY, 5 * DAY)  # Smart Retries, simplified: attempts 2 and 3
+
+
+def period_of(price: Price) -> int:
+    """Seconds in one billing period of `price`: a 30-day month or a 365-day year."""
+    return YEAR if price.interval == "year" else PERIOD
 
 
 class CustomerMonth:
@@ -63,7 +68,7 @@ class CustomerMonth:
             "incomplete",
             items,
             self.t,
-            self.t + PERIOD,
+            self.t + period_of(price),
         )
         story.subscriptions.append(self.sub)
 
@@ -163,7 +168,8 @@ class CustomerMonth:
 
     def renew(self, *, pays: bool) -> Invoice:
         """The period ends: a new period, a cycle invoice (with metered usage), a charge."""
-        start, end = self.sub.period_end, self.sub.period_end + PERIOD
+        start = self.sub.period_end
+        end = start + period_of(self.sub.items[0].price)
         previous: Json = {
             "current_period_start": self.sub.period_start,
             "current_period_end": self.sub.period_end,
@@ -249,7 +255,7 @@ class CustomerMonth:
         at = self.t + self.story.rng.randint(5, 20) * DAY
         item = self.sub.items[0]
         old, new = item.price, self.prices.pro
-        fraction_left = (self.sub.period_end - at) / PERIOD
+        fraction_left = (self.sub.period_end - at) / (self.sub.period_end - self.sub.period_start)
         invoice = Invoice(
             self.story.ids.new("in"), self.id, self.sub.id, "subscription_update", "usd", at, at, at
         )

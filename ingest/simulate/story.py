@@ -13,6 +13,7 @@ from ingest.simulate.shapes import Ids, Json, Price, event
 DAY = 86_400
 HOUR = 3_600
 PERIOD = 30 * DAY  # a fixed 30-day month keeps the arithmetic readable
+YEAR = 365 * DAY
 MONTH_START = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp())
 
 PLATFORM = "platform"

@@ -179,3 +179,18 @@ def test_signature_matches_stripes_library() -> None:
 def test_unknown_api_version_is_refused() -> None:
     with pytest.raises(ValueError, match="api version"):
         generate(1, 0, seed=1, api_version="2019-01-01")
+
+
+def test_a_subscriptions_period_is_as_long_as_its_prices_interval() -> None:
+    """A yearly price bills for a year: 30-day periods on it (and renewals every month)
+    are not what Stripe would send."""
+    sim = generate(150, 0, seed=9)
+    lengths: Counter[tuple[str, int]] = Counter()
+    for sub in _final_snapshots(sim, "sub_").values():
+        if sub["status"] != "active" or sub.get("trial_end"):
+            continue
+        item = sub["items"]["data"][0]
+        holder = item if "current_period_end" in item else sub  # per item from 2025-03-31
+        days = (holder["current_period_end"] - holder["current_period_start"]) // 86_400
+        lengths[(item["price"]["recurring"]["interval"], days)] += 1
+    assert set(lengths) == {("month", 30), ("year", 365)}, lengths
