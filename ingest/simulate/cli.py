@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from deploy.flags import DATABASE, KAFKA, add_setting_flags, settings_from
+from deploy.flags import DATABASE, KAFKA, add_setting_flags, port_number, settings_from
 from deploy.settings import ConfigError, Settings
 from ingest.simulate import fake_stripe
 from ingest.simulate.deliver import DeliveryFailed, Progress, deliver, produce_facts
@@ -24,6 +24,7 @@ from ingest.simulate.report import (
     wait_caught_up,
 )
 from ingest.simulate.shapes import API_VERSIONS
+from ingest.workers import check_address
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -54,7 +55,7 @@ def register(commands: Any) -> None:
     add_setting_flags(parser, (*KAFKA, *DATABASE, "webhook_secrets"))
     parser.add_argument(
         "--fake-stripe-port",
-        type=int,
+        type=port_number,
         help="serve the thin events' full bodies on this port while running "
         "(point the projectors' LATTICE_STRIPE_API_BASE at it)",
     )
@@ -103,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if (args.wait or args.check) and not settings.database_url:
         raise ConfigError("LATTICE_DATABASE_URL is not set: --wait and --check read the tables")
+    if args.fake_stripe_port:
+        check_address("127.0.0.1", args.fake_stripe_port)  # taken: one line, not uvicorn's exit
     try:
         return asyncio.run(_run(args, settings, simulation))
     except DeliveryFailed as exc:

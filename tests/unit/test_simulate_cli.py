@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import pytest
@@ -28,6 +29,22 @@ def test_missing_secrets_are_one_clear_line(
     _, err = capsys.readouterr()
     assert code == 1
     assert "LATTICE_WEBHOOK_SECRETS" in err.splitlines()[-1]
+
+
+def test_a_taken_fake_stripe_port_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_WEBHOOK_SECRETS", "platform=whsec_a,connect=whsec_b")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["simulate", "--customers", "2", "--fake-stripe-port", str(port)])
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"lattice: cannot listen on 127.0.0.1:{port}: Address already in use"
+    )
 
 
 async def test_fake_stripe_serves_full_bodies_of_thin_events() -> None:
