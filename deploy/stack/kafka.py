@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from deploy.stack import process
 from deploy.stack.errors import StackError
 
 POM = Path(__file__).resolve().parent.parent / "kafka" / "pom.xml"
+STAMP = ".pom.sha256"  # in libs/: the pom.xml whose jars these are
 LOG4J = POM.parent / "log4j2.properties"
 
 SERVER_PROPERTIES = """\
@@ -88,11 +90,16 @@ def _require_tool(name: str, advice: str) -> str:
 
 
 def ensure_jars(paths: KafkaPaths) -> None:
-    """Resolve the broker's jars with Maven unless they are already there."""
-    if any(paths.libs.glob("kafka_2.13-*.jar")):
+    """Resolve the broker's jars with Maven unless those of this pom.xml are there. They
+    are copied into a side folder and moved in whole, with a stamp of the pom: a copy cut
+    short (Ctrl-C) or a new Kafka version in the pom is resolved again, never half used."""
+    stamp = hashlib.sha256(POM.read_bytes()).hexdigest()
+    if _stamp_of(paths.libs) == stamp:
         return
     mvn = _require_tool("mvn", "install Maven (apt-get install maven) to fetch the Kafka jars")
     paths.root.mkdir(parents=True, exist_ok=True)
+    partial = paths.root / "libs.partial"
+    shutil.rmtree(partial, ignore_errors=True)
     mvn_log = paths.root / "mvn.log"
     with mvn_log.open("wb") as out:
         result = subprocess.run(
@@ -102,19 +109,35 @@ def ensure_jars(paths: KafkaPaths) -> None:
                 "-q",
                 "-f",
                 str(POM),
-                f"-Dkafka.libs={paths.libs.resolve()}",
+                f"-Dkafka.libs={partial.resolve()}",
                 "dependency:copy-dependencies",
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
             check=False,
         )
-    if result.returncode != 0 or not any(paths.libs.glob("kafka_2.13-*.jar")):
-        shutil.rmtree(paths.libs, ignore_errors=True)
+    if result.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
+        shutil.rmtree(partial, ignore_errors=True)
         raise StackError(
             f"Maven could not resolve the Kafka broker jars (see {mvn_log}): "
             "check that Maven Central is reachable and run `make stack` again"
         )
+    (partial / STAMP).write_text(stamp + "\n")
+    shutil.rmtree(paths.libs, ignore_errors=True)
+    partial.rename(paths.libs)
+
+
+def _stamp_of(libs: Path) -> str | None:
+    try:
+        return (libs / STAMP).read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _require_java() -> str:
+    return _require_tool(
+        "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
+    )
 
 
 def _java(paths: KafkaPaths, main: str, *args: str, long_lived: bool = False) -> list[str]:
@@ -123,9 +146,7 @@ def _java(paths: KafkaPaths, main: str, *args: str, long_lived: bool = False) ->
     (`lattice stack up`: tests, demo, benchmarks) also gets C2, which takes CPU in its
     first minute and then serves each produce and fetch with less of it: on two cores
     shared with the receiver and projectors, that is what counts."""
-    java = _require_tool(
-        "java", "install Java 17 or newer (apt-get install openjdk-17-jre-headless)"
-    )
+    java = _require_java()
     compiler = [] if long_lived else ["-XX:TieredStopAtLevel=1"]
     return [
         java,
@@ -188,6 +209,7 @@ def start(
     controller_port = port + 1
     process.require_free_port(port, "Kafka", "LATTICE_KAFKA_PORT")
     process.require_free_port(controller_port, "the Kafka controller", "LATTICE_KAFKA_PORT")
+    _require_java()  # before Maven: without Java the jars are of no use
     ensure_jars(paths)
     paths.data.mkdir(parents=True, exist_ok=True)
     paths.config.write_text(

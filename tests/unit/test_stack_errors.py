@@ -110,3 +110,38 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     ids = [kafka.new_cluster_id() for _ in range(2000)]  # about 30 would start with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+def test_jars_are_resolved_again_unless_complete_for_this_pom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy cut short leaves some jars and no stamp; a new Kafka version in the pom
+    changes the stamp: either way Maven runs again, and the jars move in whole."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    calls = tmp_path / "calls"
+    mvn = fake_bin / "mvn"
+    mvn.write_text(
+        "#!/bin/sh\n"
+        f"echo run >> {calls}\n"
+        'for a in "$@"; do case "$a" in -Dkafka.libs=*) d="${a#-Dkafka.libs=}";; esac; done\n'
+        'mkdir -p "$d" && touch "$d/kafka_2.13-4.4.0.jar" "$d/kafka-clients-4.4.0.jar"\n'
+    )
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")  # ours first: mkdir, touch too
+    pom = tmp_path / "pom.xml"
+    pom.write_text("<project>4.4.0</project>")
+    monkeypatch.setattr(kafka, "POM", pom)
+    paths = kafka.KafkaPaths(tmp_path / "kafka")
+    paths.libs.mkdir(parents=True)
+    (paths.libs / "kafka_2.13-4.4.0.jar").write_bytes(b"")  # a copy cut short
+
+    kafka.ensure_jars(paths)
+    kafka.ensure_jars(paths)
+    assert calls.read_text().count("run") == 1
+    assert (paths.libs / "kafka-clients-4.4.0.jar").exists()
+    assert not (paths.root / "libs.partial").exists()
+
+    pom.write_text("<project>4.5.0</project>")
+    kafka.ensure_jars(paths)
+    assert calls.read_text().count("run") == 2
