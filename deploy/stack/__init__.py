@@ -8,9 +8,12 @@ and never started or stopped; `up` only checks that it answers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import shlex
+import sys
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -56,11 +59,30 @@ def _postgres_is_external(settings: Settings) -> bool:
     return not local
 
 
+@contextlib.contextmanager
+def _alone(home: Path) -> Iterator[None]:
+    """One `stack up` or `down` at a time per home: two at once (`make demo` and `make
+    test` in two terminals) would both resolve jars and start brokers, and the loser's
+    broker would run on untracked. The lock goes with the process, however it ends."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "stack.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for another `lattice stack` command on this folder", file=sys.stderr)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def up(settings: Settings) -> StackInfo:
     """Start (or find) Kafka and PostgreSQL, provision topics, write stack.env."""
+    with _alone(settings.home):
+        return _up(settings)
+
+
+def _up(settings: Settings) -> StackInfo:
     began = time.monotonic()
     home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
     if _kafka_is_external(settings):
         bootstrap, kafka_started = settings.kafka_bootstrap, False
         kafka.wait_ready(bootstrap, timeout=30)
@@ -96,6 +118,11 @@ def up(settings: Settings) -> StackInfo:
 
 def down(settings: Settings, only: Collection[str] = ("kafka", "postgresql")) -> list[str]:
     """Stop the local services (of `only`) that run; return the names of those stopped."""
+    with _alone(settings.home):
+        return _down(settings, only)
+
+
+def _down(settings: Settings, only: Collection[str]) -> list[str]:
     stopped = []
     if "postgresql" in only and postgres.stop(settings.home):
         stopped.append("postgresql")

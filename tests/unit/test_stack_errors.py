@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from deploy import stack
+from deploy.settings import Settings
 from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
 from tests.support.ports import free_port
@@ -145,3 +149,20 @@ def test_jars_are_resolved_again_unless_complete_for_this_pom(
     pom.write_text("<project>4.5.0</project>")
     kafka.ensure_jars(paths)
     assert calls.read_text().count("run") == 2
+
+
+def test_two_stack_commands_on_one_folder_take_turns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` and `make test` at once must not both start a broker (the loser's
+    would run on untracked): the second waits for the first."""
+    settings = Settings(home=tmp_path)
+    with (tmp_path / "stack.lock").open("a") as first:
+        fcntl.flock(first, fcntl.LOCK_EX)
+        second = threading.Thread(target=stack.down, args=(settings,))
+        second.start()
+        second.join(timeout=1.0)
+        assert second.is_alive(), "the second command did not wait for the first"
+    second.join(timeout=30)
+    assert not second.is_alive()
+    assert "waiting for another `lattice stack` command" in capsys.readouterr().err
