@@ -22,7 +22,14 @@ stack: install
 stack-down: demo-stop
 	@if [ -x $(BIN)/lattice ]; then $(BIN)/lattice stack down; else echo "nothing to stop (no .venv)"; fi
 
+# Never delete the data of servers still running (stack-down cannot stop them without .venv).
 clean: stack-down
+	@for f in .lattice/kafka/broker.pid .lattice/pg/data/postmaster.pid; do \
+	  pid=$$(head -n 1 $$f 2>/dev/null) || continue; \
+	  if tr '\0' ' ' < /proc/$$pid/cmdline 2>/dev/null | grep -q "$$(pwd)/.lattice"; then \
+	    echo "make: $$f names a server still running (pid $$pid): run make stack-down first"; exit 1; \
+	  fi; \
+	done
 	rm -rf .lattice
 
 check: install
