@@ -127,7 +127,7 @@ Query the tables:
 Watch the projectors:
   $lattice status
 Send one event of your own (signed with the demo's secret for that endpoint):
-  $lattice send event.json --endpoint platform --url $url
+  $lattice send $DEMO/event.json --endpoint platform --url $url   (a new customer)
 Stop the demo (Kafka and PostgreSQL keep running):
   deploy/demo.sh stop        then, to stop the stack too:  make stack-down
 EOF2

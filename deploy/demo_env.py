@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy.settings import load_settings
 from deploy.stack import write_env
 from deploy.stack.topics import ensure_topics
+from ingest.simulate.generator import DELIVER, generate
 
 PREFIX = "demo"
 DATABASE = "lattice_demo"
@@ -102,8 +103,19 @@ def main() -> int:
     home.mkdir(parents=True, exist_ok=True)
     env = home / "env"
     write_env(env, values)  # it holds signing secrets
+    _example_event(home / "event.json")
     print(env)
     return 0
+
+
+def _example_event(path: Path) -> None:
+    """One more event for `lattice send` to try by hand: a new customer's
+    `customer.created`, in the simulator's (Stripe's) shape, with ids of its own."""
+    simulation = generate(1, 0, seed=secrets.randbelow(2**31))
+    for delivery in simulation.deliveries:
+        if delivery.kind == DELIVER and b'"customer.created"' in delivery.body:
+            path.write_bytes(delivery.body)
+            return
 
 
 if __name__ == "__main__":

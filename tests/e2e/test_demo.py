@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from deploy.settings import load_settings
@@ -49,6 +51,22 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         assert "[ok]" in first.stdout + first.stderr
         demo_shell = {**env, **_sourced(home / "stack.env"), **_sourced(home / "demo" / "env")}
         assert demo_shell["LATTICE_DATABASE_URL"].endswith("/lattice_demo")
+        # The command its last lines suggest, with the example event it wrote.
+        url = f"http://127.0.0.1:{demo_shell['DEMO_RECEIVER_PORT']}"
+        example = home / "demo" / "event.json"
+        send = ["send", str(example), "--endpoint", "platform", "--url", url]
+        sent = subprocess.run(
+            [sys.executable, "-m", "deploy.cli", *send],
+            cwd=REPO,
+            env=demo_shell,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        assert '{"received":true}' in sent.stdout
+        assert orjson.loads(example.read_bytes())["type"] == "customer.created"
 
         again = _demo(demo_shell)
 
