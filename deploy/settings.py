@@ -88,8 +88,10 @@ class Settings(BaseSettings):
     # Projector runtime: records per batch, how long a batch waits to fill, and how many
     # attempts a failing record gets before it is dead-lettered.
     projector_batch_size: int = Field(default=5000, gt=0, description="records per batch")
+    # At least 1: an empty fetch with no wait returns without yielding, and an idle
+    # runner would starve the event loop (heartbeats, the other projectors).
     projector_batch_wait_ms: int = Field(
-        default=200, ge=0, description="milliseconds a batch waits to fill"
+        default=200, ge=1, description="milliseconds a batch waits to fill"
     )
     poison_retries: int = Field(
         default=3, ge=1, description="attempts before a record is dead-lettered"

@@ -228,3 +228,10 @@ def test_a_stripe_api_base_that_is_not_an_http_url_is_one_line(
 def test_stripe_api_bases_are_accepted(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATTICE_STRIPE_API_BASE", base)
     assert load_settings().stripe_api_base == base
+
+
+def test_a_batch_wait_of_zero_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getmany(timeout_ms=0) on an empty buffer never yields: an idle projector would spin."""
+    monkeypatch.setenv("LATTICE_PROJECTOR_BATCH_WAIT_MS", "0")
+    with pytest.raises(ConfigError, match=r"^LATTICE_PROJECTOR_BATCH_WAIT_MS: .*1"):
+        load_settings()
