@@ -168,7 +168,8 @@ def run_project(args: argparse.Namespace) -> int:
 
 
 async def _project(settings: Settings, projections: list[Any], metrics: RuntimeMetrics) -> None:
-    topics = sorted({t for p in projections for t in p.topics(settings)})
+    # The dead-letter topic too: missing, the first poison record would fail its batch.
+    topics = sorted({t for p in projections for t in p.topics(settings)} | {settings.dlq_topic})
     if not await dependencies_up(settings, topics):
         return  # stopped while waiting for PostgreSQL or Kafka
     # Thin events are fetched from Stripe (and cached) only for projections that ask.

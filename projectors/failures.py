@@ -8,6 +8,7 @@ stall a partition forever.
 from __future__ import annotations
 
 import asyncpg
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
 # SQLSTATE classes that say the database (or our schema) is wrong, not one record: a lost
 # connection (08), transaction state (25), rollback (40), a missing table or column or a
@@ -25,6 +26,11 @@ def is_transient(exc: BaseException) -> bool:
     (`sslmode=bogus`) is none of these: no wait mends it."""
     if isinstance(exc, asyncpg.ClientConfigurationError):
         return False
+    if isinstance(exc, KafkaError):
+        # The dead-letter producer, in the batch's transaction: a broker away, a leader
+        # moving or a send timing out is waited out like the database; a letter refused
+        # for good (too large, no such topic) is raised.
+        return bool(exc.retriable) or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True
     if isinstance(

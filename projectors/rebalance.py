@@ -18,13 +18,25 @@ class SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, runner: ProjectionRunner) -> None:
         self.runner = runner
 
+    # aiokafka only logs what a listener raises. Swallowed, a failed drain would leave the
+    # revoked partitions' positions held (the next batch written from before the failed
+    # one, skipping it), and a failed seek would leave partitions that are never taken
+    # from again. So every error is handed to the runner, whose main loop raises it.
+
     async def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        await self.runner.drain()
-        for tp in revoked:
-            self.runner.positions.pop(tp, None)
-            self.runner.fetched.pop(tp, None)
-        self.runner.epoch += 1
+        try:
+            await self.runner.drain()
+        except Exception as exc:
+            self.runner.fail(exc)
+        finally:
+            for tp in revoked:
+                self.runner.positions.pop(tp, None)
+                self.runner.fetched.pop(tp, None)
+            self.runner.epoch += 1
 
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        await self.runner.drain()
-        await self.runner.seek_to_stored(list(assigned))
+        try:
+            await self.runner.drain()
+            await self.runner.seek_to_stored(list(assigned))
+        except Exception as exc:
+            self.runner.fail(exc)

@@ -20,10 +20,10 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from deploy.settings import Settings
+from deploy.settings import ConfigError, Settings
 from projectors import offsets
 from projectors.base import LIVE_SCHEMA, Record
 from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared
@@ -91,6 +91,9 @@ class ProjectionRunner:
         self._drain_lock = asyncio.Lock()
         self._needs_seek = False
         self._needs_pause = False
+        # An error met where it cannot be raised (the rebalance listener): raised by the
+        # main loop before it writes anything else.
+        self._failed: Exception | None = None
         self._backoff = 0.5
         self._next_idle_check = 0.0
 
@@ -107,6 +110,8 @@ class ProjectionRunner:
         )
         try:
             while not self.stop.is_set():
+                if self._failed is not None:
+                    raise self._failed
                 if self._needs_seek:
                     await self.drain()
                     if self._needs_pause:
@@ -147,6 +152,8 @@ class ProjectionRunner:
                     # A rebalance or seek happened since the fetch: the batch may be stale.
                     # Drop it and seek again, so nothing is skipped or applied twice.
                     self._needs_seek = True
+                if self._failed is not None:
+                    raise self._failed
                 if not self._needs_seek:
                     expected = {tp: self.positions.get(tp) for tp in prepared.batch}
                     task = asyncio.create_task(self.applier.write(prepared, expected))
@@ -157,9 +164,11 @@ class ProjectionRunner:
         finally:
             if self._fetch is not None:
                 self._fetch[0].cancel()
-            await self.drain()  # SIGTERM: the batch in flight commits (or rolls back) first
-            await consumer.stop()
-            log.info("projector stopped", projector=self.name)
+            try:
+                await self.drain()  # SIGTERM: the batch in flight commits or rolls back first
+            finally:
+                await consumer.stop()  # leave the group now, whatever the drain raised
+                log.info("projector stopped", projector=self.name)
 
     async def _getmany(self, most: int) -> Fetched:
         assert self.consumer is not None
@@ -221,7 +230,9 @@ class ProjectionRunner:
         positions (whatever was fetched since is fetched again)."""
         self.metrics.database_errors.labels(self.name).inc()
         log.warning(
-            "database unavailable; will reconnect and re-seek",
+            "dead-letter topic unavailable; will retry and re-seek"
+            if isinstance(exc, KafkaError)
+            else "database unavailable; will reconnect and re-seek",
             projector=self.name,
             error=f"{type(exc).__name__}: {exc}",
         )
@@ -248,6 +259,8 @@ class ProjectionRunner:
                 return
             except Exception as exc:
                 if not is_transient(exc):
+                    # Its positions are unknown now: nothing may be written from them.
+                    self._needs_seek = True
                     raise
                 self._database_lost(exc)
                 return
@@ -272,6 +285,37 @@ class ProjectionRunner:
                 ms=round(seconds * 1000, 1),
             )
 
+    async def _refuse_positions_past_the_end(
+        self, stored: Mapping[TopicPartition, int | None]
+    ) -> None:
+        """A stored position past the log's end (the topic deleted and created again, the
+        broker's data lost): aiokafka would quietly start over from the log's start and
+        every new record below the stored position would be skipped. Stop and say so."""
+        assert self.consumer is not None
+        held = {tp: p for tp, p in stored.items() if p is not None}
+        if not held:
+            return
+        ends = await self.consumer.end_offsets(list(held))
+        past = sorted(
+            (tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp]
+        )
+        if past:
+            topic, partition, position, end = past[0]
+            raise ConfigError(
+                f"{self.name}: the stored position {position} of {topic}:{partition} is past "
+                f"the log's end {end} (the topic created again, or the broker's data lost?): "
+                f"rebuild with `lattice replay {self.name}`; its tables are as they were"
+            )
+
+    def fail(self, exc: Exception) -> None:
+        """Hand the main loop an error met in the rebalance listener: it raises it before
+        any other write, and the batch it holds is dropped (the epoch moves)."""
+        log.error("rebalance failed", projector=self.name, error=f"{type(exc).__name__}: {exc}")
+        if self._failed is None:
+            self._failed = exc
+        self._needs_seek = True
+        self.epoch += 1
+
     async def seek_to_stored(self, partitions: Sequence[TopicPartition]) -> None:
         """Seek each partition to its stored position (the beginning when none); on a
         database failure pause them and retry from the main loop.
@@ -294,6 +338,7 @@ class ProjectionRunner:
         try:
             async with self.pool.acquire() as conn:
                 stored = await offsets.load(conn, self.name, partitions)
+            await self._refuse_positions_past_the_end(stored)
             for tp, position in stored.items():
                 if epoch != self.epoch:
                     return

@@ -15,6 +15,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
+from ingest.publisher import COMPRESSION
 from projectors.batch import Hydrate
 from projectors.deadletter import KafkaDeadLetters, UnsentDeadLetters
 from projectors.metrics import RuntimeMetrics
@@ -65,6 +66,9 @@ async def dead_letter_producer(settings: Settings) -> AsyncIterator[KafkaDeadLet
         acks="all",
         enable_idempotence=True,
         client_id="lattice-deadletters",
+        # A letter is its record plus ~2 KB of headers: compressed as the receiver's
+        # records are, one the receiver took within that of its limit still fits.
+        compression_type=COMPRESSION,
     )
     try:
         await producer.start()

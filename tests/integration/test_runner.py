@@ -12,9 +12,9 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from deploy.settings import Settings
+from deploy.settings import ConfigError, Settings
 from ingest.record import build_record
 from projectors import offsets, status
 from projectors.base import HydrationUnavailable, Record
@@ -30,6 +30,7 @@ from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import migrate
 from projectors.offsets import PositionConflict
+from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
 from tests.conftest import Stack, Topics
 from tests.support.audit_projection import AuditProjection, NoDeadLetters, applied_counts
@@ -365,6 +366,15 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
+        # Records under the positions the test stores (a position past the log's end is
+        # refused): partition 0 holds offsets 0..9.
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            for _ in range(10):
+                await producer.send_and_wait(settings.topic, b"{}", partition=0)
+        finally:
+            await producer.stop()
         await migrate(conn, [audit])
         applier = BatchApplier(
             audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
@@ -421,5 +431,87 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         assert runner.positions == {}
     finally:
         await consumer.stop()
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_failed_drain_in_the_rebalance_listener_lets_nothing_be_written_after_it(
+    settings: Settings,
+) -> None:
+    """aiokafka only logs what a listener raises. A batch failing while the listener waits
+    on it left the revoked partitions' positions held: the next batch, written from
+    before the failed one, moved the stored position past records never applied."""
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    tp = TopicPartition(settings.topic, 0)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
+        runner.positions[tp] = runner.fetched[tp] = 40
+
+        async def failing_write() -> Any:
+            raise RuntimeError("the dead-letter topic refused a letter for good")
+
+        write = asyncio.create_task(failing_write())
+        runner._inflight = (write, Any, 0.0)  # type: ignore[assignment]
+        epoch = runner.epoch
+        await SeekToStored(runner).on_partitions_revoked([tp])  # raises nothing, as aiokafka
+
+        assert tp not in runner.positions
+        assert runner.epoch > epoch  # a batch fetched before is dropped, not written
+        assert runner._needs_seek
+        assert isinstance(runner._failed, RuntimeError)  # the main loop raises it
+    finally:
+        await pool.close()
+
+
+async def test_a_seek_the_listener_could_not_make_stops_the_runner_loudly(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored-position read failing for a reason no wait mends (a changed password, met
+    by a pool reconnecting) used to vanish inside aiokafka: the runner then ran on, taking
+    nothing from its partitions, for ever and without a word."""
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(20)))
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
+    try:
+        await migrate(conn, [audit])
+
+        async def refused(conn: Any, projector: str, partitions: Any) -> Any:
+            raise asyncpg.InvalidPasswordError('password authentication failed for user "x"')
+
+        monkeypatch.setattr(offsets, "load", refused)
+        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
+        with pytest.raises(asyncpg.InvalidPasswordError):
+            await asyncio.wait_for(runner.run(), timeout=60)
+        assert await applied_counts(conn) == {}
+    finally:
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_stored_position_past_the_log_end_stops_the_runner_with_what_to_do(
+    settings: Settings, stack: Stack
+) -> None:
+    """The topic created again (or the broker's data lost) while PostgreSQL kept its
+    positions: aiokafka would start over from the log's start, and every new record below
+    the stored position would be skipped without a word."""
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(20)))
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
+    try:
+        await migrate(conn, [audit])
+        tp = TopicPartition(settings.topic, 0)
+        async with conn.transaction():
+            await offsets.compare_and_set(conn, "audit", {tp: offsets.Advance(None, 500, None)})
+        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
+        with pytest.raises(ConfigError, match=rf"position 500 of {settings.topic}:0 is past"):
+            await asyncio.wait_for(runner.run(), timeout=60)
+        assert await applied_counts(conn) == {}
+    finally:
         await pool.close()
         await conn.close()

@@ -251,7 +251,8 @@ async def test_project_waits_for_what_is_down_and_stops_on_sigterm(
         waiting = f"waiting for Kafka at 127.0.0.1:{nobody}"
     else:  # not created yet, or mistyped (it was aiokafka's traceback after 40 s)
         env["LATTICE_TOPIC"] = f"missing-{unique}.stripe.events"
-        waiting = f"no topic missing-{unique}.stripe.events on the broker yet"
+        missing = f"missing-{unique}.stripe.events"  # and its dead-letter topic
+        waiting = f"no topic {missing}, {missing}.dlq on the broker yet"
     log = tmp_path / "project.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(  # noqa: ASYNC220 (started once; nothing waits on it here)

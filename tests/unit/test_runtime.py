@@ -9,6 +9,13 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    NotLeaderForPartitionError,
+    UnknownTopicOrPartitionError,
+)
 
 from projectors import catalog
 from projectors.base import PoisonRecord, Record
@@ -161,6 +168,18 @@ def test_only_database_failures_are_transient() -> None:
     assert not is_transient(asyncpg.exceptions.UniqueViolationError("dup"))
     assert not is_transient(asyncpg.exceptions.CharacterNotInRepertoireError("nul"))
     assert not is_transient(ValueError("bug"))
+
+
+def test_a_dead_letter_send_the_broker_may_yet_take_is_waited_for() -> None:
+    """The dead-letter producer fails inside the batch's transaction: a broker away or a
+    leader moving must be waited out like the database (it crashed the process); a letter
+    refused for good is raised, never retried for ever."""
+    assert is_transient(KafkaConnectionError())
+    assert is_transient(KafkaTimeoutError())
+    assert is_transient(NotLeaderForPartitionError())
+    assert is_transient(UnknownTopicOrPartitionError())
+    assert not is_transient(MessageSizeTooLargeError())
+    assert not is_transient(asyncpg.ClientConfigurationError("sslmode"))
 
 
 def test_catalog_finds_the_events_projection_and_refuses_unknown_names() -> None:
