@@ -6,7 +6,7 @@ import copy
 
 from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
 from ingest.simulate.catalogue import Catalogue
-from ingest.simulate.shapes import Json, Price, customer
+from ingest.simulate.shapes import Json, Price, customer, is_new_era
 from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, YEAR, Story
 from ingest.simulate.usage import metered_month
 
@@ -170,10 +170,14 @@ class CustomerMonth:
         """The period ends: a new period, a cycle invoice (with metered usage), a charge."""
         start = self.sub.period_end
         end = start + period_of(self.sub.items[0].price)
-        previous: Json = {
-            "current_period_start": self.sub.period_start,
-            "current_period_end": self.sub.period_end,
-        }
+        # What changed: the latest invoice, and the period where this era keeps it (on
+        # the subscription before basil; on its items from then on).
+        previous: Json = {"latest_invoice": self.sub.latest_invoice}
+        if not is_new_era(self.api):
+            previous |= {
+                "current_period_start": self.sub.period_start,
+                "current_period_end": self.sub.period_end,
+            }
         was_trial = self.sub.status == "trialing"
         old_start = self.sub.period_start
         self.sub.period_start, self.sub.period_end = start, end

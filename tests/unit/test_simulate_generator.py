@@ -194,3 +194,20 @@ def test_a_subscriptions_period_is_as_long_as_its_prices_interval() -> None:
         days = (holder["current_period_end"] - holder["current_period_start"]) // 86_400
         lengths[(item["price"]["recurring"]["interval"], days)] += 1
     assert set(lengths) == {("month", 30), ("year", 365)}, lengths
+
+
+def test_previous_attributes_name_only_fields_the_object_has() -> None:
+    """From basil on the period sits on the subscription's items: a renewal's
+    `previous_attributes` naming a top-level `current_period_end` is a field that era's
+    subscription does not have."""
+    sim = generate(80, 0, seed=5)
+    checked = 0
+    for delivery in sim.deliveries:
+        if delivery.kind != DELIVER:
+            continue
+        data = json.loads(delivery.body).get("data") or {}
+        previous = data.get("previous_attributes")
+        if previous:
+            checked += 1
+            assert set(previous) <= set(data["object"]), (data["object"]["id"], previous)
+    assert checked > 10
