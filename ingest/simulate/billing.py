@@ -154,6 +154,9 @@ class CustomerMonth:
             )
             self.sub.period_end = self.sub.trial_end
         invoice = self.new_invoice(t, "subscription_create", t, self.sub.period_end)
+        # Stripe's first invoice of a subscription covers no earlier period: both ends are
+        # its creation (its lines carry the subscription's first period).
+        invoice.period_start = invoice.period_end = t
         self.sub_event(t, "customer.subscription.created")
         self.invoice_event(t, "invoice.created", invoice)
         self.finalize_and_pay(invoice, t + 2)

@@ -65,7 +65,8 @@ class Subscription:
             "application": None,
             "application_fee_percent": None,
             "automatic_tax": {"enabled": False},
-            "billing_cycle_anchor": self.period_start if self.trial_end is None else self.trial_end,
+            # Fixed at creation (or the trial's end): renewals never move it.
+            "billing_cycle_anchor": self.created if self.trial_end is None else self.trial_end,
             "cancel_at": self.period_end if self.cancel_at_period_end else None,
             "cancel_at_period_end": self.cancel_at_period_end,
             "canceled_at": self.canceled_at,

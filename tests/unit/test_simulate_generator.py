@@ -211,3 +211,24 @@ def test_previous_attributes_name_only_fields_the_object_has() -> None:
             checked += 1
             assert set(previous) <= set(data["object"]), (data["object"]["id"], previous)
     assert checked > 10
+
+
+def test_anchors_stay_put_and_a_first_invoice_covers_no_earlier_period() -> None:
+    """As Stripe has them: `billing_cycle_anchor` is fixed when the subscription starts
+    (renewals never move it), and a `subscription_create` invoice's period is its own
+    creation at both ends."""
+    sim = generate(80, 0, seed=5)
+    anchors: dict[str, set[int]] = defaultdict(set)
+    first_invoices = 0
+    for delivery in sim.deliveries:
+        if delivery.kind != DELIVER:
+            continue
+        obj = (json.loads(delivery.body).get("data") or {}).get("object") or {}
+        if obj.get("object") == "subscription":
+            anchors[obj["id"]].add(obj["billing_cycle_anchor"])
+        if obj.get("object") == "invoice" and obj.get("billing_reason") == "subscription_create":
+            first_invoices += 1
+            assert obj["period_start"] == obj["period_end"] == obj["created"], obj["id"]
+    assert anchors
+    assert first_invoices > 10
+    assert all(len(seen) == 1 for seen in anchors.values())
