@@ -26,6 +26,13 @@ STRIPE_KEEPS = timedelta(days=30)
 MAX_TYPES = 20  # Stripe's limit for `types[]`
 
 
+def _endpoint_name(text: str) -> str:
+    """An argparse type: the `lattice-endpoint` header may not be empty (its schema)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def register(commands: Any) -> None:
     """Add the `backfill` subcommand to the top-level parser."""
     parser: argparse.ArgumentParser = commands.add_parser(
@@ -58,6 +65,7 @@ def register(commands: Any) -> None:
     )
     parser.add_argument(
         "--endpoint",
+        type=_endpoint_name,
         default="backfill",
         help="the lattice-endpoint header of appended records (backfill)",
     )

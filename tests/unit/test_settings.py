@@ -235,3 +235,11 @@ def test_a_batch_wait_of_zero_is_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("LATTICE_PROJECTOR_BATCH_WAIT_MS", "0")
     with pytest.raises(ConfigError, match=r"^LATTICE_PROJECTOR_BATCH_WAIT_MS: .*1"):
         load_settings()
+
+
+def test_backfill_refuses_an_empty_endpoint_name(capsys: pytest.CaptureFixture[str]) -> None:
+    """The appended records' `lattice-endpoint` header must not be empty (its schema)."""
+    with pytest.raises(SystemExit) as exited:
+        main(["backfill", "--since", "0", "--endpoint", " "])
+    assert exited.value.code == 2
+    assert "--endpoint: must not be empty" in capsys.readouterr().err
