@@ -173,7 +173,8 @@ class StripeClient:
         started = time.perf_counter()
         self.requests_sent += 1
         try:
-            response = await self._http.get(path, params=tuple(query), headers=headers)
+            # None, not (): an empty tuple would drop the query a `next_page_url` carries.
+            response = await self._http.get(path, params=tuple(query) or None, headers=headers)
         except httpx.RequestError as exc:  # no usable answer (network, timeout, bad encoding)
             # The exception's text may include the URL, never the headers; name only its kind.
             failure = f"{type(exc).__name__} talking to Stripe"

@@ -8,16 +8,18 @@ import asyncio
 import os
 import sys
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 from pydantic import SecretStr
 
 from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
-from ingest.record import HEADER_EVENT_ID, HEADER_SOURCE
+from ingest.record import HEADER_ACCOUNT, HEADER_EVENT_ID, HEADER_SOURCE
 from projectors import catalog
 from projectors.migrate import migrate
 from projectors.service import run_projections
@@ -32,6 +34,7 @@ from tests.conftest import Stack, _with_database
 from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.kafka import read_all
 from tests.support.stripe_stream import BASE_TIME, StreamEvent, produce, records, stream
+from tests.support.thin_events import meter_error_report
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -306,7 +309,7 @@ async def test_types_filter_and_dry_run(fake: FakeStripe, settings: Settings) ->
             BackfillOptions(since=SINCE, types=("invoice.paid",), dry_run=True, page_size=4),
         )
     assert (report.missing, report.appended) == (len(paid), 0)
-    assert all(("types[]", "invoice.paid") in seen.query for seen in fake.seen)
+    assert all(("types[]", "invoice.paid") in seen.query for seen in fake.requests_to("/v1/"))
     assert any(name == "starting_after" for seen in fake.seen for name, _ in seen.query)
     assert await read_all(settings.kafka_bootstrap, settings.topic) == []
 
@@ -385,3 +388,39 @@ async def test_a_database_lost_mid_backfill_is_one_line_not_a_traceback(
     assert proc.returncode == 1, stderr.decode()
     assert stderr.decode().strip().splitlines()[-1].startswith("lattice: backfill stopped: ")
     assert b"Traceback" not in stderr
+
+
+async def test_thin_events_missing_from_the_log_are_listed_and_appended(
+    fake: FakeStripe, settings: Settings
+) -> None:
+    """A meter's error reports sent while the receiver was down longer than Stripe's three
+    days of retries: `GET /v1/events` never lists them (they are v2 events), so the
+    usage Stripe rejected was never counted. They come from `GET /v2/core/events`, the
+    platform's and each connected account's (`Stripe-Context`), oldest first, with their
+    bodies (the projector need not fetch them), and once."""
+    reports = [
+        meter_error_report(at=SINCE + timedelta(hours=n), identifiers=(f"usage-{n}",))[1]
+        for n in range(1, 6)
+    ]
+    theirs = meter_error_report(at=SINCE + timedelta(hours=9), context=CONNECT)[1]
+    for full in [*reports, theirs]:
+        fake.add_v2_event(full)
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await migrate(conn, catalog.select(["events"]))
+    finally:
+        await conn.close()
+    options = BackfillOptions(since=SINCE, accounts=(CONNECT,), page_size=2)
+    async with client_for(fake) as client:
+        report = await backfill(settings, client, options)
+        # The events projector has not indexed them (not run here): the ledger alone
+        # keeps them from being appended twice.
+        again = await backfill(settings, client, replace(options, allow_lag=True))
+
+    assert (report.missing, report.appended) == (6, 6)
+    assert (again.appended, again.earlier_backfill) == (0, 6)
+    assert any(("page", "2") in seen.query for seen in fake.requests_to("/v2/core/events"))
+    on_log = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [orjson.loads(r.value or b"") for r in on_log] == [*reports, theirs]
+    assert {r.key for r in on_log} == {reports[0]["related_object"]["id"].encode()}
+    assert [r.headers.get(HEADER_ACCOUNT) for r in on_log] == [None] * 5 + [CONNECT.encode()]

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -90,6 +91,7 @@ class FakeStripe:
         """The Starlette app serving this state."""
         return Starlette(
             routes=[
+                Route("/v2/core/events", self._v2_events),
                 Route("/v2/core/events/{event_id}", self._v2_event),
                 Route("/v1/events", self._v1_events),
             ]
@@ -135,6 +137,31 @@ class FakeStripe:
                 404, "not_found", f"No such event: {request.path_params['event_id']}"
             )
         return JSONResponse(event, headers=self._headers())
+
+    async def _v2_events(self, request: Request) -> Response:
+        """The v2 listing: newest first, an account's own with its Stripe-Context, paged
+        by a `next_page_url` that carries the filters and the page."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        query = request.query_params
+        since = query.get("created[gte]")
+        context = request.headers.get("stripe-context")
+        matching = [
+            e
+            for e in sorted(self.v2_events.values(), key=lambda e: e["created"], reverse=True)
+            if e.get("context") == context and (since is None or e["created"] >= since)
+        ]
+        limit = min(100, max(1, int(query.get("limit", "20"))))
+        start = int(query.get("page", "0"))
+        following = None
+        if start + limit < len(matching):
+            rest = {"limit": str(limit), "page": str(start + limit)}
+            if since is not None:
+                rest["created[gte]"] = since
+            following = "/v2/core/events?" + urlencode(rest)
+        body = {"data": matching[start : start + limit], "next_page_url": following}
+        return JSONResponse(body, headers=self._headers())
 
     async def _v1_events(self, request: Request) -> Response:
         refused = await self._guard(request)
