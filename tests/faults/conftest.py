@@ -19,9 +19,12 @@ import pytest
 
 from deploy.stack.topics import delete_topics
 from projectors.catalog import discover
+from projectors.stripe_api.hydrate import open_hydrator
 from tests.conftest import Stack
 from tests.faults.projecting import (
+    API_KEY,
     POISON,
+    STRIPE_API,
     Topics,
     caught_up,
     create_topics,
@@ -31,6 +34,7 @@ from tests.faults.projecting import (
     settings_for,
     snapshot,
     stored_positions,
+    thin_event_bodies,
 )
 from tests.faults.services import (
     PrivateKafka,
@@ -38,6 +42,7 @@ from tests.faults.services import (
     start_private_kafka,
     start_private_postgres,
 )
+from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.homes import server_home
 from tests.support.kafka import read_all
 from tests.support.projectors import extra_database, running
@@ -96,6 +101,7 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 CONTRACT_TABLES = [
     "events",
+    "meter_error_reports",  # fetched from the fake Stripe API (thin events)
     "subscriptions",
     "subscription_items",
     "invoices",
@@ -116,8 +122,23 @@ class Reference:
     records: int
 
 
+@pytest.fixture(scope="session", autouse=True)
+async def stripe_api() -> AsyncIterator[FakeStripe]:
+    """The fake Stripe API every projector of the suite fetches thin events' bodies from
+    (the tests' event loop serves it: they all run in the session's loop)."""
+    fake = FakeStripe(api_key=API_KEY)
+    for body in thin_event_bodies():
+        fake.add_v2_event(body)
+    async with serve(fake) as running_fake:
+        STRIPE_API["base"] = running_fake.url
+        yield running_fake
+    _observed["thin-event bodies fetched from the fake Stripe API"] += len(
+        fake.requests_to("/v2/core/events/")
+    )
+
+
 @pytest.fixture(scope="session")
-async def reference(stack: Stack) -> AsyncIterator[Reference]:
+async def reference(stack: Stack, stripe_api: FakeStripe) -> AsyncIterator[Reference]:
     """Run every projection once, undisturbed, over the fault stream; snapshot its tables."""
     prefix = f"ref{uuid.uuid4().hex[:8]}"
     topics: Topics = await create_topics(stack.kafka_bootstrap, prefix)
@@ -126,7 +147,10 @@ async def reference(stack: Stack) -> AsyncIterator[Reference]:
         async with extra_database(stack.database_url, prefix) as url:
             settings = settings_for(stack.kafka_bootstrap, url, topics, prefix)
             ends = await log_end_positions(stack.kafka_bootstrap, topics)
-            async with running(settings, list(discover().values())):
+            async with (
+                open_hydrator(settings) as hydrate,
+                running(settings, list(discover().values()), hydrate=hydrate),
+            ):
                 await eventually(
                     lambda: stored_positions(url),
                     caught_up(expected_positions(settings, ends)),

@@ -17,6 +17,7 @@ from typing import Any
 
 import asyncpg
 import orjson
+from pydantic import SecretStr
 
 from deploy.settings import Settings
 from deploy.stack.topics import ensure_topics
@@ -24,7 +25,7 @@ from ingest.record import LogRecord
 from projectors.catalog import discover
 from tests.fixtures.connect_streams import volume
 from tests.fixtures.records import log_record
-from tests.support.meter_scenario import billing_month
+from tests.support.meter_scenario import Scenario, billing_month
 from tests.support.projectors import log_ends
 from tests.support.stripe_stream import produce, records, stream
 
@@ -37,6 +38,9 @@ SHORT_SESSION = {"LATTICE_PROJECTOR_SESSION_TIMEOUT_MS": "2000"}
 POISON = [b"not json at all", b'{"id": 5}', b"\xff\xfe"]
 # Given to every projector process; no output of theirs may ever contain it.
 API_KEY = "sk_test_" + secrets.token_hex(16)
+# The fake Stripe API serving the thin events' bodies, set by the suite's fixture
+# (`stripe_api` in conftest.py) before any projector starts.
+STRIPE_API = {"base": "http://127.0.0.1:9"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +70,10 @@ def the_stream() -> Stream:
     a billing month of meters and usage facts, and a few poison records."""
     stripe = records(stream(500, seed=11, thin_every=10**9))
     connect = [log_record(e) for e in volume(orders=90, accounts=8, seed=3)]
-    month = billing_month("_faults")
-    meters = [log_record(e) for e in month.stripe_events if e.get("object") != "v2.core.event"]
+    month = _month()
+    # The meters' error reports as Stripe delivers them, thin: the projector fetches their
+    # bodies (`thin_event_bodies`) from the fake API, so kills land mid-hydration too.
+    meters = [log_record(_delivered(e)) for e in month.stripe_events]
     at = datetime(2025, 11, 24, 16, 0, tzinfo=UTC)
     usage = [
         LogRecord(
@@ -82,6 +88,23 @@ def the_stream() -> Stream:
     for n, poison in enumerate(POISON):
         events.insert((n + 1) * len(events) // (len(POISON) + 1), poison)
     return Stream(events, usage)
+
+
+def _delivered(event: dict[str, Any]) -> dict[str, Any]:
+    if event.get("object") != "v2.core.event":
+        return event
+    return {name: value for name, value in event.items() if name != "data"}
+
+
+@functools.cache
+def _month() -> Scenario:
+    """The meters' month, built once (its ids come from a counter)."""
+    return billing_month("_faults")
+
+
+def thin_event_bodies() -> list[dict[str, Any]]:
+    """The full bodies of the stream's thin events, as GET /v2/core/events/{id} gives them."""
+    return [e for e in _month().stripe_events if e.get("object") == "v2.core.event"]
 
 
 async def create_topics(bootstrap: str, prefix: str) -> Topics:
@@ -108,7 +131,7 @@ def projector_env(bootstrap: str, url: str, topics: Topics, group_prefix: str) -
         "LATTICE_USAGE_TOPIC": topics.usage,
         "LATTICE_GROUP_PREFIX": group_prefix,
         "LATTICE_STRIPE_API_KEY": API_KEY,
-        "LATTICE_STRIPE_API_BASE": "http://127.0.0.1:9",  # never reached: no thin events
+        "LATTICE_STRIPE_API_BASE": STRIPE_API["base"],
         **SMALL_BATCHES,
         **SHORT_SESSION,
     }
@@ -123,6 +146,8 @@ def settings_for(bootstrap: str, url: str, topics: Topics, group_prefix: str) ->
         usage_topic=topics.usage,
         group_prefix=group_prefix,
         partitions=PARTITIONS,
+        stripe_api_key=SecretStr(API_KEY),
+        stripe_api_base=STRIPE_API["base"],
     )
 
 
