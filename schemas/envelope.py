@@ -145,8 +145,9 @@ class SnapshotEvent(BaseModel):
     created: StrictInt | Rfc3339 = Field(
         description="Unix seconds (as Stripe sends it); an RFC 3339 string is accepted too"
     )
-    # As lenient as the receiver, which logs what it takes: a reader validating the log
-    # against this schema must not refuse a record that is on it.
+    # Null allowed where Stripe sends null. The receiver checks only id, object, type and
+    # created (exactly as these models do); the other fields are typed as Stripe sends
+    # them, which a record signed with the secret but shaped otherwise may not be.
     livemode: bool | None = False
     api_version: str | None = None
     account: str | None = Field(default=None, description="the Connect account, if any")
