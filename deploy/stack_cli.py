@@ -25,7 +25,8 @@ def register(commands: Any) -> None:
         "action",
         choices=["up", "down", "env", "status"],
         help="up: start what is not running, create the topics, write stack.env; down: stop "
-        "the local services; env: print stack.env; status: say what runs (exit 3 unless all)",
+        "the local services; env: print stack.env; status: say what runs, asking an "
+        "external service (exit 3 unless all)",
     )
     parser.add_argument(
         "--only",
@@ -69,9 +70,12 @@ def run(args: argparse.Namespace) -> int:
         stopped = stack.down(settings, only=args.only or SERVICES)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
     elif args.action == "status":
-        running = stack.running(settings)
+        running, given = stack.running(settings), stack.external(settings)
         for name, alive in running.items():
-            print(f"{name:<10} {'running' if alive else 'stopped'}")
+            if given[name]:  # asked, not assumed: an external service must answer
+                print(f"{name:<10} {'running' if alive else 'not answering'} (external)")
+            else:
+                print(f"{name:<10} {'running' if alive else 'stopped'}")
         return 0 if all(running.values()) else 3
     else:
         env_file = stack.stack_env_path(settings.home)

@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from deploy.settings import Settings
-from deploy.stack import kafka, postgres
+from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
 from deploy.stack.topics import ensure_topics
 
@@ -132,11 +132,25 @@ def _down(settings: Settings, only: Collection[str]) -> list[str]:
 
 
 def running(settings: Settings) -> dict[str, bool]:
-    """Whether each local service runs (an external one counts as running)."""
+    """Whether each service runs: a local one's process, an external one's answer."""
     return {
-        "kafka": _kafka_is_external(settings) or kafka.is_running(settings.home),
-        "postgresql": _postgres_is_external(settings) or postgres.is_running(settings.home),
+        "kafka": (
+            process.run_coroutine(lambda: kafka.broker_answers(settings.kafka_bootstrap))
+            if _kafka_is_external(settings)
+            else kafka.is_running(settings.home)
+        ),
+        "postgresql": (
+            process.run_coroutine(lambda: postgres.login_problem(settings.require_database_url()))
+            is None
+            if _postgres_is_external(settings)
+            else postgres.is_running(settings.home)
+        ),
     }
+
+
+def external(settings: Settings) -> dict[str, bool]:
+    """Which services are given by the environment rather than run here."""
+    return {"kafka": _kafka_is_external(settings), "postgresql": _postgres_is_external(settings)}
 
 
 def write_env(path: Path, values: dict[str, str]) -> None:

@@ -234,7 +234,7 @@ def wait_answers(database_url: str, *, timeout: float) -> None:
     `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
-        problem = process.run_coroutine(lambda: _login_problem(database_url))
+        problem = process.run_coroutine(lambda: login_problem(database_url))
         if problem is None:
             return
         refused, detail = problem
@@ -245,7 +245,7 @@ def wait_answers(database_url: str, *, timeout: float) -> None:
         time.sleep(0.5)
 
 
-async def _login_problem(database_url: str) -> tuple[bool, str] | None:
+async def login_problem(database_url: str) -> tuple[bool, str] | None:
     """None when a login works; else (whether the server refused it, why)."""
     import asyncpg
 

@@ -197,3 +197,28 @@ async def _topic_names(bootstrap: str) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+
+
+def test_stack_status_asks_an_external_service_instead_of_assuming_it_runs(
+    stack: Stack,
+) -> None:
+    nobody = free_port()
+    answering = stack.kafka_bootstrap.replace("127.0.0.1", "localhost")  # the same broker
+    result = subprocess.run(
+        [*LATTICE, "stack", "status"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={
+            **os.environ,
+            "LATTICE_KAFKA_BOOTSTRAP": answering,
+            # Another port than the stack's own: a server given from outside (nobody there).
+            "LATTICE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{nobody}/x",
+        },
+        timeout=120,
+    )
+    assert result.returncode == 3, result.stderr
+    assert result.stdout.splitlines() == [
+        "kafka      running (external)",
+        "postgresql not answering (external)",
+    ]
