@@ -63,9 +63,10 @@ def _bin() -> Path:
 
 
 def _open_path_to(path: Path) -> None:
-    """Let other users traverse every folder above `path` (g+rx, o+rx)."""
+    """Let other users pass through every folder above `path` (g+x, o+x): enough to reach
+    it, without letting them list those folders (`/root` among them, run as root)."""
     for folder in path.resolve().parents:
-        folder.chmod(folder.stat().st_mode | 0o055)
+        folder.chmod(folder.stat().st_mode | 0o011)
 
 
 def _run_as() -> str | None:

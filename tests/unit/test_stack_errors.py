@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -166,3 +167,13 @@ def test_two_stack_commands_on_one_folder_take_turns(
     second.join(timeout=30)
     assert not second.is_alive()
     assert "waiting for another `lattice stack` command" in capsys.readouterr().err
+
+
+def test_the_folders_above_the_servers_files_are_passable_not_listable(tmp_path: Path) -> None:
+    """As root the server runs as another user, who must reach its files through their
+    parents (`/root` among them): passing through is enough, listing them is not given."""
+    deep = tmp_path / "home" / "me" / "repo" / "pg"
+    deep.mkdir(parents=True)
+    (tmp_path / "home" / "me").chmod(0o700)
+    postgres._open_path_to(deep)
+    assert stat.S_IMODE((tmp_path / "home" / "me").stat().st_mode) == 0o711
