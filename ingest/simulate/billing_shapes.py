@@ -273,6 +273,9 @@ class Invoice:
             }
             one["subtotal"] = line.amount
             one["taxes"] = []
+            one["pretax_credit_amounts"] = []
+            one["quantity_decimal"] = None if line.quantity is None else str(line.quantity)
+            one["subscription"] = self.subscription  # still on the line in this era too
         else:
             one.update(
                 {

@@ -232,3 +232,26 @@ def test_anchors_stay_put_and_a_first_invoice_covers_no_earlier_period() -> None
     assert anchors
     assert first_invoices > 10
     assert all(len(seen) == 1 for seen in anchors.values())
+
+
+def test_a_new_era_invoice_line_has_the_fields_of_stripes_own_example() -> None:
+    """The simulator's lines in the basil-and-later shape carry every field of the line in
+    Stripe's fixtures for that era (shared/stripe/fixtures-latest.json), no fewer."""
+    example = {
+        "amount", "currency", "description", "discount_amounts", "discountable", "discounts",
+        "id", "invoice", "livemode", "metadata", "object", "parent", "period",
+        "pretax_credit_amounts", "pricing", "quantity", "quantity_decimal", "subscription",
+        "subtotal", "taxes",
+    }  # fmt: skip
+    sim = generate(40, 0, seed=5, api_version=NEW_API)
+    lines = [
+        line
+        for delivery in sim.deliveries
+        if delivery.kind == DELIVER
+        for line in (
+            ((json.loads(delivery.body).get("data") or {}).get("object") or {}).get("lines")
+            or {"data": []}
+        )["data"]
+    ]
+    assert lines
+    assert all(set(line) == example for line in lines), set(lines[0]) ^ example
