@@ -1,9 +1,8 @@
 """`lattice backfill`: append to the log every event Stripe has and the log lacks.
 
 Stripe retries a webhook for up to three days; a receiver unreachable for longer loses
-events. Stripe keeps them listable for 30 days: snapshot events at `GET /v1/events`
-(newest first, paged with `starting_after`), thin events at `GET /v2/core/events` (paged
-with `next_page_url`). Backfill lists them since a time, drops those the log's index
+events. Stripe keeps them listable for 30 days (`listing.py`: snapshot and thin events).
+Backfill lists them since a time, drops those the log's index
 (`projections.events`) or an earlier backfill (`lattice.backfilled_events`) already has,
 and appends the rest, oldest first, in the receiver's record format with the header
 `lattice-source: backfill`.
@@ -17,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,13 +27,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
-from ingest.record import LogRecord, build_record, rfc3339
+from ingest.record import LogRecord, build_record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api import ledger, logtail
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import StripeAPIError
 from projectors.stripe_api.ledger import BackfillError
-from schemas.envelope import rfc3339_moment
+from projectors.stripe_api.listing import created_seconds, listed
 
 SOURCE = "backfill"
 # Records stamped within this margin before a ledger row may belong to it (clock skew).
@@ -70,60 +69,6 @@ class BackfillOptions:
     allow_lag: bool = False
     page_size: int = 100
     batch_size: int = 500
-
-
-async def list_events(
-    client: StripeClient,
-    since: datetime,
-    *,
-    types: Sequence[str] = (),
-    account: str | None = None,
-    page_size: int = 100,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Pages of `GET /v1/events` created at `since` or later, newest first."""
-    after: str | None = None
-    while True:
-        params: dict[str, str | int | list[str]] = {
-            "limit": page_size,
-            "created[gte]": int(since.timestamp()),
-        }
-        if types:
-            params["types"] = list(types)
-        if after is not None:
-            params["starting_after"] = after
-        page = await client.get("/v1/events", params, account=account)
-        data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-        if data:
-            yield data
-        if not page.get("has_more") or not data:
-            return
-        after = str(data[-1]["id"])
-
-
-async def list_thin_events(
-    client: StripeClient,
-    since: datetime,
-    *,
-    account: str | None = None,
-    page_size: int = 100,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Pages of `GET /v2/core/events` (thin events, such as a meter's error reports)
-    created at `since` or later, newest first, each page naming the next
-    (`next_page_url`); an account's own with its `Stripe-Context`."""
-    path = "/v2/core/events"
-    params: dict[str, str | int | list[str]] | None = {
-        "limit": page_size,
-        "created[gte]": rfc3339(since),
-    }
-    while True:
-        page = await client.get(path, params, context=account)
-        data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-        if data:
-            yield data
-        following = page.get("next_page_url")
-        if not isinstance(following, str) or not following or not data:
-            return
-        path, params = following, None  # the URL carries the page and the filters
 
 
 async def backfill(
@@ -219,7 +164,7 @@ async def _find_missing(
     # Oldest first, as Stripe would have delivered them. The listing is newest first, also
     # within one second: reversed, the stable sort keeps that second's events in order.
     listed_backwards = list(missing.values())[::-1]
-    return sorted(listed_backwards, key=lambda pair: _seconds(pair[0]))
+    return sorted(listed_backwards, key=lambda pair: created_seconds(pair[0]))
 
 
 async def _list_account(
@@ -232,11 +177,8 @@ async def _list_account(
     state: Progress,
     report: Callable[[Progress], None],
 ) -> None:
-    snapshots = list_events(
-        client, opts.since, types=opts.types, account=account, page_size=opts.page_size
-    )
-    thin = list_thin_events(client, opts.since, account=account, page_size=opts.page_size)
-    async for page in _chained(snapshots, thin, opts.types):
+    pages = listed(client, opts.since, types=opts.types, account=account, page_size=opts.page_size)
+    async for page in pages:
         ids = [str(e["id"]) for e in page]
         indexed, backfilled = await ledger.known(conn, topic, ids)
         state.pages += 1
@@ -247,35 +189,11 @@ async def _list_account(
             if event["id"] not in indexed and event["id"] not in backfilled:
                 missing.setdefault(event["id"], (event, account))
         state.missing = len(missing)
-        created = [_seconds(e) for e in page]
+        created = [created_seconds(e) for e in page]
         if created:
             oldest = min(created)
             state.oldest = oldest if state.oldest is None else min(state.oldest, oldest)
         report(state)
-
-
-async def _chained(
-    snapshots: AsyncIterator[list[dict[str, Any]]],
-    thin: AsyncIterator[list[dict[str, Any]]],
-    types: Sequence[str],
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """The snapshot events' pages, then the thin events' (of `types` when given: Stripe
-    filters the first listing, this the second)."""
-    async for page in snapshots:
-        yield page
-    async for page in thin:
-        kept = [e for e in page if not types or e.get("type") in types]
-        if kept:
-            yield kept
-
-
-def _seconds(event: dict[str, Any]) -> int:
-    """`created` in Unix seconds: an integer on snapshot events, RFC 3339 on thin ones."""
-    created = event.get("created")
-    if isinstance(created, int) and not isinstance(created, bool):
-        return created
-    moment = rfc3339_moment(created) if isinstance(created, str) else None
-    return 0 if moment is None else int(moment.timestamp())
 
 
 def _record(event: dict[str, Any], account: str | None, endpoint: str) -> LogRecord:
@@ -318,7 +236,7 @@ async def _append(
             records = [_record(event, account, opts.endpoint) for event, account in chunk]
             ids = [str(event["id"]) for event, _ in chunk]
             await ledger.mark_sending(
-                conn, settings.topic, ids, [_seconds(event) for event, _ in chunk]
+                conn, settings.topic, ids, [created_seconds(event) for event, _ in chunk]
             )
             sends = [
                 await producer.send(

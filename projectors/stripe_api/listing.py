@@ -1,0 +1,105 @@
+"""Stripe's 30 days of events, listed newest first: snapshot events at `GET /v1/events`
+(paged with `starting_after`), thin events at `GET /v2/core/events` (paged with
+`next_page_url`). What `lattice backfill` compares with the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from ingest.record import rfc3339
+from projectors.stripe_api.client import StripeClient
+from schemas.envelope import rfc3339_moment
+
+
+async def list_events(
+    client: StripeClient,
+    since: datetime,
+    *,
+    types: Sequence[str] = (),
+    account: str | None = None,
+    page_size: int = 100,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Pages of `GET /v1/events` created at `since` or later, newest first."""
+    after: str | None = None
+    while True:
+        params: dict[str, str | int | list[str]] = {
+            "limit": page_size,
+            "created[gte]": int(since.timestamp()),
+        }
+        if types:
+            params["types"] = list(types)
+        if after is not None:
+            params["starting_after"] = after
+        page = await client.get("/v1/events", params, account=account)
+        data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
+        if data:
+            yield data
+        if not page.get("has_more") or not data:
+            return
+        after = str(data[-1]["id"])
+
+
+async def list_thin_events(
+    client: StripeClient,
+    since: datetime,
+    *,
+    account: str | None = None,
+    page_size: int = 100,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Pages of `GET /v2/core/events` (thin events, such as a meter's error reports)
+    created at `since` or later, newest first, each page naming the next
+    (`next_page_url`); an account's own with its `Stripe-Context`."""
+    path = "/v2/core/events"
+    params: dict[str, str | int | list[str]] | None = {
+        "limit": page_size,
+        "created[gte]": rfc3339(since),
+    }
+    while True:
+        page = await client.get(path, params, context=account)
+        data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
+        if data:
+            yield data
+        following = page.get("next_page_url")
+        if not isinstance(following, str) or not following or not data:
+            return
+        path, params = following, None  # the URL carries the page and the filters
+
+
+def listed(
+    client: StripeClient,
+    since: datetime,
+    *,
+    types: Sequence[str] = (),
+    account: str | None = None,
+    page_size: int = 100,
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every page of both listings of `account` (the platform's when None) since `since`."""
+    snapshots = list_events(client, since, types=types, account=account, page_size=page_size)
+    thin = list_thin_events(client, since, account=account, page_size=page_size)
+    return _chained(snapshots, thin, types)
+
+
+async def _chained(
+    snapshots: AsyncIterator[list[dict[str, Any]]],
+    thin: AsyncIterator[list[dict[str, Any]]],
+    types: Sequence[str],
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The snapshot events' pages, then the thin events' (of `types` when given: Stripe
+    filters the first listing, this the second)."""
+    async for page in snapshots:
+        yield page
+    async for page in thin:
+        kept = [e for e in page if not types or e.get("type") in types]
+        if kept:
+            yield kept
+
+
+def created_seconds(event: dict[str, Any]) -> int:
+    """`created` in Unix seconds: an integer on snapshot events, RFC 3339 on thin ones."""
+    created = event.get("created")
+    if isinstance(created, int) and not isinstance(created, bool):
+        return created
+    moment = rfc3339_moment(created) if isinstance(created, str) else None
+    return 0 if moment is None else int(moment.timestamp())
