@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from deploy.settings import ConfigError, Settings
+from deploy.settings import Settings
 from projectors import offsets
 from projectors.base import LIVE_SCHEMA, Record
 from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared
@@ -41,6 +41,7 @@ from projectors.intake import (
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
+from projectors.topic_partitions import refuse_positions_past_the_end
 
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
@@ -285,28 +286,6 @@ class ProjectionRunner:
                 ms=round(seconds * 1000, 1),
             )
 
-    async def _refuse_positions_past_the_end(
-        self, stored: Mapping[TopicPartition, int | None]
-    ) -> None:
-        """A stored position past the log's end (the topic deleted and created again, the
-        broker's data lost): aiokafka would quietly start over from the log's start and
-        every new record below the stored position would be skipped. Stop and say so."""
-        assert self.consumer is not None
-        held = {tp: p for tp, p in stored.items() if p is not None}
-        if not held:
-            return
-        ends = await self.consumer.end_offsets(list(held))
-        past = sorted(
-            (tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp]
-        )
-        if past:
-            topic, partition, position, end = past[0]
-            raise ConfigError(
-                f"{self.name}: the stored position {position} of {topic}:{partition} is past "
-                f"the log's end {end} (the topic created again, or the broker's data lost?): "
-                f"rebuild with `lattice replay {self.name}`; its tables are as they were"
-            )
-
     def fail(self, exc: Exception) -> None:
         """Hand the main loop an error met in the rebalance listener: it raises it before
         any other write, and the batch it holds is dropped (the epoch moves)."""
@@ -338,7 +317,7 @@ class ProjectionRunner:
         try:
             async with self.pool.acquire() as conn:
                 stored = await offsets.load(conn, self.name, partitions)
-            await self._refuse_positions_past_the_end(stored)
+            await refuse_positions_past_the_end(self.consumer, self.name, stored)
             for tp, position in stored.items():
                 if epoch != self.epoch:
                     return

@@ -3,9 +3,11 @@ know a topic yet (a consumer that has subscribed to nothing learns of no topic).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import ConfigError
 
 
 class UnknownTopic(LookupError):
@@ -31,3 +33,23 @@ async def partitions_of(
             raise UnknownTopic(f"topic {topic} does not exist")
         found += [TopicPartition(topic, p) for p in sorted(partitions)]
     return found
+
+
+async def refuse_positions_past_the_end(
+    consumer: AIOKafkaConsumer, projector: str, stored: Mapping[TopicPartition, int | None]
+) -> None:
+    """ConfigError for a stored position past its partition's end (the topic deleted and
+    created again, the broker's data lost): aiokafka would quietly start over from the
+    log's start, and every new record below the stored position would be skipped."""
+    held = {tp: p for tp, p in stored.items() if p is not None}
+    if not held:
+        return
+    ends = await consumer.end_offsets(list(held))
+    past = sorted((tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp])
+    if past:
+        topic, partition, position, end = past[0]
+        raise ConfigError(
+            f"{projector}: the stored position {position} of {topic}:{partition} is past "
+            f"the log's end {end} (the topic created again, or the broker's data lost?): "
+            f"rebuild with `lattice replay {projector}`; its tables are as they were"
+        )
