@@ -123,7 +123,10 @@ def ensure_jars(paths: KafkaPaths) -> None:
             "check that Maven Central is reachable and run `make stack` again"
         )
     (partial / STAMP).write_text(stamp + "\n")
-    shutil.rmtree(paths.libs, ignore_errors=True)
+    if paths.libs.is_symlink():  # another home's jars (tests share them): leave those be
+        paths.libs.unlink()
+    else:
+        shutil.rmtree(paths.libs, ignore_errors=True)
     partial.rename(paths.libs)
 
 

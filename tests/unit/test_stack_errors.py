@@ -177,3 +177,31 @@ def test_the_folders_above_the_servers_files_are_passable_not_listable(tmp_path:
     (tmp_path / "home" / "me").chmod(0o700)
     postgres._open_path_to(deep)
     assert stat.S_IMODE((tmp_path / "home" / "me").stat().st_mode) == 0o711
+
+
+def test_jars_linked_from_another_home_without_a_stamp_are_replaced_not_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests link a private broker's libs to the stack's; jars resolved before the stamp
+    existed are resolved again for this home, and the linked folder is left alone."""
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "mvn").write_text(
+        "#!/bin/sh\n"
+        'for a in "$@"; do case "$a" in -Dkafka.libs=*) d="${a#-Dkafka.libs=}";; esac; done\n'
+        'mkdir -p "$d" && touch "$d/kafka_2.13-4.4.0.jar"\n'
+    )
+    (fake_bin / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:/usr/bin:/bin")
+    shared = tmp_path / "shared" / "libs"
+    shared.mkdir(parents=True)
+    (shared / "kafka_2.13-4.3.0.jar").write_bytes(b"")
+    paths = kafka.KafkaPaths(tmp_path / "kafka")
+    paths.root.mkdir()
+    paths.libs.symlink_to(shared)
+
+    kafka.ensure_jars(paths)
+
+    assert not paths.libs.is_symlink()
+    assert (paths.libs / "kafka_2.13-4.4.0.jar").exists()
+    assert (shared / "kafka_2.13-4.3.0.jar").exists()
