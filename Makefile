@@ -26,7 +26,7 @@ stack-down: demo-stop
 clean: stack-down
 	@for f in .lattice/kafka/broker.pid .lattice/pg/data/postmaster.pid; do \
 	  pid=$$(head -n 1 $$f 2>/dev/null) || continue; \
-	  if tr '\0' ' ' < /proc/$$pid/cmdline 2>/dev/null | grep -q "$$(pwd)/.lattice"; then \
+	  if tr '\0' ' ' < /proc/$$pid/cmdline 2>/dev/null | grep -q "$$(pwd -P)/.lattice"; then \
 	    echo "make: $$f names a server still running (pid $$pid): run make stack-down first"; exit 1; \
 	  fi; \
 	done

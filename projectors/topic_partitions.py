@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from deploy.settings import ConfigError
 
@@ -44,7 +45,10 @@ async def refuse_positions_past_the_end(
     held = {tp: p for tp, p in stored.items() if p is not None}
     if not held:
         return
-    ends = await consumer.end_offsets(list(held))
+    try:
+        ends = await consumer.end_offsets(list(held))
+    except KafkaError:
+        return  # a leader moving (OFFSET_NOT_AVAILABLE): no verdict now, never a false one
     past = sorted((tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp])
     if past:
         topic, partition, position, end = past[0]
