@@ -43,8 +43,8 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
         os.kill(pid, 0)
     except ProcessLookupError:
         return None
-    except PermissionError:
-        return pid
+    except PermissionError:  # alive, another user's: ours only if its command says so
+        return pid if _command_holds(pid, owner) else None
     # A zombie child of ours is not alive: reap it if it is one.
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -122,13 +122,13 @@ def stop(pid_file: Path, owner: str, *, timeout: float = 30.0) -> bool:
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while running_pid(pid_file, owner) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     if running_pid(pid_file, owner) is not None:
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10.0
         while running_pid(pid_file, owner) is not None:
