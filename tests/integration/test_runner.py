@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -465,53 +466,51 @@ async def test_a_failed_drain_in_the_rebalance_listener_lets_nothing_be_written_
         await pool.close()
 
 
+@pytest.fixture
+async def audit_runner(
+    settings: Settings, stack: Stack
+) -> AsyncIterator[tuple[ProjectionRunner, asyncpg.Connection]]:
+    """A runner of the audit projection over 20 records, not started, and a connection."""
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(20)))
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
+    try:
+        await migrate(conn, [audit])
+        yield ProjectionRunner(audit, settings, pool, NoDeadLetters()), conn
+    finally:
+        await pool.close()
+        await conn.close()
+
+
 async def test_a_seek_the_listener_could_not_make_stops_the_runner_loudly(
-    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+    audit_runner: tuple[ProjectionRunner, asyncpg.Connection], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A stored-position read failing for a reason no wait mends (a changed password, met
     by a pool reconnecting) used to vanish inside aiokafka: the runner then ran on, taking
     nothing from its partitions, for ever and without a word."""
-    await produce(stack.kafka_bootstrap, settings.topic, records(stream(20)))
-    url = settings.require_database_url()
-    audit = AuditProjection()
-    conn = await asyncpg.connect(url)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
-    try:
-        await migrate(conn, [audit])
+    runner, conn = audit_runner
 
-        async def refused(conn: Any, projector: str, partitions: Any) -> Any:
-            raise asyncpg.InvalidPasswordError('password authentication failed for user "x"')
+    async def refused(conn: Any, projector: str, partitions: Any) -> Any:
+        raise asyncpg.InvalidPasswordError('password authentication failed for user "x"')
 
-        monkeypatch.setattr(offsets, "load", refused)
-        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
-        with pytest.raises(asyncpg.InvalidPasswordError):
-            await asyncio.wait_for(runner.run(), timeout=60)
-        assert await applied_counts(conn) == {}
-    finally:
-        await pool.close()
-        await conn.close()
+    monkeypatch.setattr(offsets, "load", refused)
+    with pytest.raises(asyncpg.InvalidPasswordError):
+        await asyncio.wait_for(runner.run(), timeout=60)
+    assert await applied_counts(conn) == {}
 
 
 async def test_a_stored_position_past_the_log_end_stops_the_runner_with_what_to_do(
-    settings: Settings, stack: Stack
+    settings: Settings, audit_runner: tuple[ProjectionRunner, asyncpg.Connection]
 ) -> None:
     """The topic created again (or the broker's data lost) while PostgreSQL kept its
     positions: aiokafka would start over from the log's start, and every new record below
     the stored position would be skipped without a word."""
-    await produce(stack.kafka_bootstrap, settings.topic, records(stream(20)))
-    url = settings.require_database_url()
-    audit = AuditProjection()
-    conn = await asyncpg.connect(url)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=3)
-    try:
-        await migrate(conn, [audit])
-        tp = TopicPartition(settings.topic, 0)
-        async with conn.transaction():
-            await offsets.compare_and_set(conn, "audit", {tp: offsets.Advance(None, 500, None)})
-        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
-        with pytest.raises(ConfigError, match=rf"position 500 of {settings.topic}:0 is past"):
-            await asyncio.wait_for(runner.run(), timeout=60)
-        assert await applied_counts(conn) == {}
-    finally:
-        await pool.close()
-        await conn.close()
+    runner, conn = audit_runner
+    tp = TopicPartition(settings.topic, 0)
+    async with conn.transaction():
+        await offsets.compare_and_set(conn, "audit", {tp: offsets.Advance(None, 500, None)})
+    with pytest.raises(ConfigError, match=rf"position 500 of {settings.topic}:0 is past"):
+        await asyncio.wait_for(runner.run(), timeout=60)
+    assert await applied_counts(conn) == {}
