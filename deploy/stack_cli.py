@@ -10,8 +10,6 @@ from deploy import stack
 from deploy.flags import add_setting_flags, settings_from
 from deploy.settings import without_password
 
-SERVICES = ("kafka", "postgresql")
-
 
 def register(commands: Any) -> None:
     """Add the `stack` subcommand to the top-level parser."""
@@ -31,7 +29,7 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--only",
         action="append",
-        choices=SERVICES,
+        choices=stack.SERVICES,
         metavar="SERVICE",
         help="with down: stop this service alone (kafka or postgresql; repeatable)",
     )
@@ -67,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     elif args.action == "down":
-        stopped = stack.down(settings, only=args.only or SERVICES)
+        stopped = stack.down(settings, only=args.only or stack.SERVICES)
         print(f"stopped: {', '.join(stopped) or 'nothing was running'}", file=sys.stderr)
     elif args.action == "status":
         running, given = stack.running(settings), stack.external(settings)

@@ -23,7 +23,7 @@ from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
 from deploy.stack.topics import ensure_topics
 
-__all__ = ["StackError", "StackInfo", "down", "running", "up", "write_env"]
+__all__ = ["SERVICES", "StackError", "StackInfo", "down", "running", "up", "write_env"]
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,10 @@ def _up(settings: Settings) -> StackInfo:
     )
 
 
-def down(settings: Settings, only: Collection[str] = ("kafka", "postgresql")) -> list[str]:
+SERVICES = ("kafka", "postgresql")
+
+
+def down(settings: Settings, only: Collection[str] = SERVICES) -> list[str]:
     """Stop the local services (of `only`) that run; return the names of those stopped."""
     with _alone(settings.home):
         return _down(settings, only)

@@ -191,9 +191,8 @@ def _forget_stale_pid_file(paths: PgPaths) -> None:
     taken since (a reboot, a SIGKILL) would make the server refuse to start ("lock file
     already exists") and `pg_ctl stop` signal that stranger: remove it. One whose process
     is gone stays: the server's own start-up checks it (shared memory still attached)."""
-    try:
-        pid = int(paths.pid.read_text().split("\n", 1)[0])
-    except (FileNotFoundError, ValueError):
+    pid = process.recorded_pid(paths.pid)
+    if pid is None:
         return
     try:
         os.kill(pid, 0)

@@ -29,15 +29,22 @@ def run_coroutine(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
+def recorded_pid(pid_file: Path) -> int | None:
+    """The pid a pid file records (postmaster.pid has more lines; the pid is the first
+    one everywhere), or None when there is no readable one."""
+    try:
+        return int(pid_file.read_text().split("\n", 1)[0].strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
 def running_pid(pid_file: Path, owner: str) -> int | None:
     """The pid recorded in `pid_file` if that process is alive and is ours: `owner` is
     one of its command's arguments (a path only our service's command has). A pid file
     left by a reboot or a SIGKILL may name a process that has since reused the pid: that
     one is not ours to wait for or to signal."""
-    try:
-        # postmaster.pid has more lines; the pid is the first one everywhere.
-        pid = int(pid_file.read_text().split("\n", 1)[0].strip())
-    except (FileNotFoundError, ValueError):
+    pid = recorded_pid(pid_file)
+    if pid is None:
         return None
     try:
         os.kill(pid, 0)
