@@ -40,9 +40,10 @@ def recorded_pid(pid_file: Path) -> int | None:
 
 def running_pid(pid_file: Path, owner: str) -> int | None:
     """The pid recorded in `pid_file` if that process is alive and is ours: `owner` is
-    one of its command's arguments (a path only our service's command has). A pid file
-    left by a reboot or a SIGKILL may name a process that has since reused the pid: that
-    one is not ours to wait for or to signal."""
+    one of its command's arguments (a path only our service's command has) or its working
+    directory (a postmaster works in its data directory: after the folder was moved, only
+    that still names it). A pid file left by a reboot or a SIGKILL may name a process
+    that has since reused the pid: that one is not ours to wait for or to signal."""
     pid = recorded_pid(pid_file)
     if pid is None:
         return None
@@ -51,7 +52,7 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
     except ProcessLookupError:
         return None
     except PermissionError:  # alive, another user's: ours only if its command says so
-        return pid if _command_holds(pid, owner) else None
+        return pid if _is_owned(pid, owner) else None
     # A zombie child of ours is not alive: reap it if it is one.
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
@@ -59,7 +60,16 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
             return None
     if _state(pid) == "Z":
         return None
-    return pid if _command_holds(pid, owner) else None
+    return pid if _is_owned(pid, owner) else None
+
+
+def _is_owned(pid: int, owner: str) -> bool:
+    try:
+        if os.readlink(f"/proc/{pid}/cwd") == owner:
+            return True
+    except OSError:
+        pass  # exited meanwhile, no /proc, or not ours to look into: ask its command
+    return _command_holds(pid, owner)
 
 
 def _command_holds(pid: int, owner: str) -> bool:

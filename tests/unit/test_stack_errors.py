@@ -111,6 +111,24 @@ def test_a_postmaster_pid_naming_a_stranger_neither_runs_nor_is_signalled(
     assert stranger.poll() is None
 
 
+def test_a_postmaster_whose_folder_was_moved_is_still_ours(tmp_path: Path) -> None:
+    """The repository moved while the server ran: its command names the old data path,
+    its working directory (a postmaster's is its data directory) the new one. Taking it
+    for a stranger would delete the live server's postmaster.pid, which makes PostgreSQL
+    shut down, and start a second one on its port."""
+    paths = postgres.PgPaths(tmp_path / "pg")
+    paths.data.mkdir(parents=True)
+    server = subprocess.Popen(["sleep", "60"], cwd=paths.data, start_new_session=True)
+    try:
+        paths.pid.write_text(f"{server.pid}\n/old/place/pg/data\n")
+        assert postgres.is_running(tmp_path) is True
+        assert process.running_pid(paths.pid, paths.owner) == server.pid
+    finally:
+        server.kill()
+        server.wait()
+    assert postgres.is_running(tmp_path) is False
+
+
 def test_cluster_ids_never_look_like_an_option() -> None:
     ids = [kafka.new_cluster_id() for _ in range(2000)]  # about 30 would start with '-'
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
