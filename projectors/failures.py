@@ -28,8 +28,9 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, KafkaError):
         # The dead-letter producer, in the batch's transaction: a broker away, a leader
-        # moving or a send timing out is waited out like the database; a letter refused
-        # for good (too large, no such topic) is raised.
+        # moving, a send timing out or the topic missing (deleted under the runner: the
+        # wait line names it, as at start) is waited out like the database; a letter
+        # refused for good (larger than the broker takes) is raised.
         return bool(exc.retriable) or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
         return True

@@ -24,6 +24,10 @@ from projectors.runner import ProjectionRunner
 
 log = structlog.get_logger("lattice.projector")
 
+# Far above any letter the broker takes (1 MiB by default): only the broker's own limit,
+# over the compressed batch, decides.
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+
 
 def tune_gc() -> None:
     """Make the cyclic garbage collector cheap for a projector process (call once, at
@@ -66,9 +70,12 @@ async def dead_letter_producer(settings: Settings) -> AsyncIterator[KafkaDeadLet
         acks="all",
         enable_idempotence=True,
         client_id="lattice-deadletters",
-        # A letter is its record plus ~2 KB of headers: compressed as the receiver's
-        # records are, one the receiver took within that of its limit still fits.
+        # A letter is a record the log took (compressed) plus ~2 KB of headers, compressed
+        # the same way: the broker judges its size. aiokafka's own check counts the value
+        # uncompressed against this, and would refuse a letter for a 1 MiB body the
+        # receiver appended; its refusal would stop the runner on that record for ever.
         compression_type=COMPRESSION,
+        max_request_size=DEAD_LETTER_MAX_BYTES,
     )
     try:
         await producer.start()

@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from deploy.settings import ConfigError, Settings
+from ingest.publisher import COMPRESSION
 from ingest.record import build_record
 from projectors import offsets, status
 from projectors.base import HydrationUnavailable, Record
@@ -216,6 +217,39 @@ async def test_records_applied_again_do_not_send_their_dead_letters_again(
     assert sent in (None, 0.0)
     assert len(await rows(url, "SELECT id FROM projections.events")) == len(
         {e.event["id"] for e in good}
+    )
+
+
+async def test_a_record_as_large_as_the_receiver_takes_is_dead_lettered_not_a_crash(
+    settings: Settings, stack: Stack, topics: Topics
+) -> None:
+    """The receiver appends bodies up to `max_body_bytes` (1 MiB), compressed; the log
+    takes them. Its dead letter is the same value compressed the same way, so the broker
+    takes it too; aiokafka's own size check, which counts the value uncompressed, must
+    not refuse it first (the runner would stop, restart and stop again on that record)."""
+    head = b'{"id": "evt_large", "object": "event", "data": {"object": {"note": "'
+    large = (head + b"abc " * settings.max_body_bytes)[: settings.max_body_bytes]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        compression_type=COMPRESSION,
+        max_request_size=2 * settings.max_body_bytes,
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic, value=large, key=b"evt_large")
+    finally:
+        await producer.stop()
+    good = stream(10, seed=14)
+    await produce(stack.kafka_bootstrap, settings.topic, records(good))
+    async with running(settings.model_copy(update={"poison_retries": 1}), [events]):
+        await _caught_up(settings, "events")
+
+    letters = await read_all(stack.kafka_bootstrap, topics.dlq)
+    assert [r.value for r in letters] == [large]
+    assert (
+        len(await rows(settings.require_database_url(), "SELECT id FROM projections.events")) == 10
     )
 
 
