@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> Starlette:
     # The connection-level bound on a request's head (uvicorn builds the protocol, so it
     # learns the setting here): the same time a client gets for its body.
     OneWriteHttpToolsProtocol.head_timeout = settings.body_timeout
+    OneWriteHttpToolsProtocol.refusals = receiver.webhook
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -21,7 +21,7 @@ Both close the connection.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -31,6 +31,12 @@ MAX_HEAD_BYTES = 64 * 1024
 # and dropped before the connection closes (so the client can read the answer).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+
+
+class Refusals(Protocol):
+    """Who hears of a request refused before the app saw it."""
+
+    def refused_head(self, status: int, reason: str, seconds: float) -> None: ...
 
 
 class HeldWrites(asyncio.Transport):
@@ -133,6 +139,9 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     request's head bounded in time and size."""
 
     head_timeout = 10.0  # seconds; the receiver's app sets its LATTICE_BODY_TIMEOUT
+    # Told of each refusal (status, reason, seconds since the head began): the receiver's
+    # app counts and logs it as it does every answer.
+    refusals: ClassVar[Refusals | None] = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._writes = HeldWrites(transport)
@@ -225,6 +234,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._discarding:
             return
         self._discarding = True
+        if self.refusals is not None:
+            self.refusals.refused_head(
+                int(status[:3]), reason.decode(), self.loop.time() - self._head_began
+            )
         body = b'{"error":"' + reason + b'"}'
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"

@@ -140,6 +140,11 @@ class Webhook:
         URL in Stripe's dashboard must show up like a misspelt endpoint."""
         self._answered("unknown", "", "", reason, status, 0.0, requested=f"{method} {path[:80]}")
 
+    def refused_head(self, status: int, reason: str, seconds: float) -> None:
+        """Count and log a request the connection refused before its head was whole (431
+        for a head too large, 408 for one too slow): no endpoint is known yet."""
+        self._answered("unknown", "", "", reason, status, seconds)
+
     def _answered(
         self,
         endpoint: str,

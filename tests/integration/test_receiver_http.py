@@ -4,8 +4,11 @@ with each answer sent in one write (`ingest.http.HeldWrites`)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from deploy.settings import Settings
@@ -79,6 +82,16 @@ async def test_pipelined_requests_and_100_continue_on_one_connection(
     assert [records[event["id"]].value for event in events] == [first, second]
 
 
+def refusals(metrics: str) -> dict[str, float]:
+    """The receiver's counts of requests refused before their head was whole."""
+    pattern = re.compile(
+        r'^lattice_webhook_deliveries_total\{endpoint="unknown",event_type="",'
+        r'outcome="(head_timeout|request_head_too_large)"\} (\S+)$',
+        re.MULTILINE,
+    )
+    return {outcome: float(count) for outcome, count in pattern.findall(metrics)}
+
+
 async def test_a_connection_is_bounded_before_and_after_the_app(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -148,6 +161,10 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
             assert (await rest(reader)).startswith(b"HTTP/1.1 431 Request Header Fields")
         finally:
             writer.close()
+        # Refused before the app saw them, yet counted and logged like every answer.
+        async with httpx.AsyncClient() as client:
+            scraped = (await client.get(f"{url}/metrics")).text
+        assert refusals(scraped) == {"head_timeout": 1.0, "request_head_too_large": 3.0}
         # Without `Expect`, the client sends its oversize body at once: it reads its 413
         # (the connection is not reset under it) and the connection serves the next one.
         reader, writer = await connect()
@@ -163,3 +180,11 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
             )
         finally:
             writer.close()
+    log = (tmp_path / "serve.log").read_bytes().splitlines()
+    logged = [orjson.loads(line) for line in log if line.startswith(b"{")]
+    unknown = sorted(
+        (line["status"], line["outcome"])
+        for line in logged
+        if line.get("event") == "webhook" and line.get("endpoint") == "unknown"
+    )
+    assert unknown == [(408, "head_timeout")] + [(431, "request_head_too_large")] * 3
