@@ -147,7 +147,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
     legacy_start = integer(obj.get("current_period_start"))
     legacy_end = integer(obj.get("current_period_end"))
     items = tuple(
-        _item(raw, legacy_start, legacy_end)
+        _item(raw, legacy_start, legacy_end, text(obj.get("currency")))
         for raw in list_data(obj.get("items"))
         if type(raw) is dict and type(raw.get("id")) is str
     )
@@ -190,18 +190,18 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
     )
 
 
-def _item(raw: Mapping[str, Any], legacy_start: int | None, legacy_end: int | None) -> Item:
+def _item(
+    raw: Mapping[str, Any], legacy_start: int | None, legacy_end: int | None, billed_in: str | None
+) -> Item:
     # `price` is always expanded on items; very old payloads only have `plan`.
     price = raw.get("price") if type(raw.get("price")) is dict else raw.get("plan")
     price = mapping(price)
+    currency, unit_amount = _charged(price, billed_in)
     recurring = mapping(price.get("recurring"))
     interval = text(recurring.get("interval")) or text(price.get("interval"))
     interval_count = integer(recurring.get("interval_count")) or integer(
         price.get("interval_count")
     )
-    unit_amount = integer(price.get("unit_amount"))
-    if unit_amount is None:
-        unit_amount = integer(price.get("amount"))  # a legacy plan's name for it
     start = integer(raw.get("current_period_start"))
     end = integer(raw.get("current_period_end"))
     return Item(
@@ -210,7 +210,7 @@ def _item(raw: Mapping[str, Any], legacy_start: int | None, legacy_end: int | No
         product=ref(price.get("product")),
         quantity=integer(raw.get("quantity")),
         unit_amount=unit_amount,
-        currency=text(price.get("currency")),
+        currency=currency,
         interval=interval,
         interval_count=interval_count,
         usage_type=text(recurring.get("usage_type")) or text(price.get("usage_type")),
@@ -245,3 +245,18 @@ def customer_snapshot(event: Event) -> CustomerSnapshot:
         created=integer(obj.get("created")),
         livemode=obj.get("livemode") is True or event.livemode,
     )
+
+
+def _charged(price: Mapping[str, Any], billed_in: str | None) -> tuple[str | None, int | None]:
+    """The currency and unit amount an item is charged in. A price in several currencies
+    shows its default one on the item; a subscription in another is charged that
+    currency's amount, in `currency_options` only when expanded (webhooks do not expand
+    it): otherwise the amount is unknown (None), never the default currency's."""
+    shown = text(price.get("currency"))
+    amount = integer(price.get("unit_amount"))
+    if amount is None:
+        amount = integer(price.get("amount"))  # a legacy plan's name for it
+    if billed_in is None or shown is None or shown == billed_in:
+        return shown or billed_in, amount
+    option = mapping(mapping(price.get("currency_options")).get(billed_in))
+    return billed_in, integer(option.get("unit_amount"))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
-from ingest.record import HEADER_EVENT_TYPE
+from ingest.record import HEADER_EVENT_TYPE, account_of
 from projectors.base import PoisonRecord, Record
 
 LIVE = 0
@@ -118,13 +118,14 @@ def read_event(record: Record) -> Event | None:
         raise PoisonRecord("snapshot event without a string `id` and `type`")
     if type(created) is not int or not 0 <= created < 10**12:
         raise PoisonRecord(f"{event_id}: `created` is not Unix seconds: {created!r}")
-    account = body.get("account")
     api_version = body.get("api_version")
     return Event(
         id=event_id,
         type=event_type,
         created=created,
-        account=account if isinstance(account, str) and account else None,
+        # The log's `stripe-account` header and the events index say the same: since basil
+        # an Organization's endpoint names the account an event came from in `context`.
+        account=account_of(body),
         livemode=body.get("livemode") is True,
         object=obj,
         api_version=api_version if type(api_version) is str else "",

@@ -125,11 +125,28 @@ async def test_a_deleted_customer_stays_deleted(conn: asyncpg.Connection) -> Non
 async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
     conn: asyncpg.Connection,
 ) -> None:
-    def sub(status: str, *prices: tuple[dict[str, Any], int | None]) -> dict[str, Any]:
+    def sub(
+        status: str,
+        *prices: tuple[dict[str, Any], int | None],
+        currency: str = "usd",
+        livemode: bool = True,
+    ) -> dict[str, Any]:
         items = [so.subscription_item(item_price=p, quantity=q) for p, q in prices]
         return so.event(
-            "customer.subscription.updated", so.subscription(status=status, items=items)
+            "customer.subscription.updated",
+            so.subscription(status=status, items=items, currency=currency, livemode=livemode),
         )
+
+    # A price in several currencies shows its default one; a subscription in another is
+    # charged that currency's amount, known only from an expanded `currency_options`.
+    eur_option = {
+        "eur": {
+            "custom_unit_amount": None,
+            "tax_behavior": "unspecified",
+            "unit_amount": 1800,
+            "unit_amount_decimal": "1800",
+        }
+    }
 
     await apply_events(
         conn,
@@ -142,7 +159,19 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
                 (so.price(unit_amount=3000, interval="month", interval_count=3), 1),
                 (so.price(unit_amount=5, meter="mtr_1"), None),
             ),  # 1000 + metered
-            sub("active", (so.price(unit_amount=1200, interval="week", currency="eur"), 1)),  # 5200
+            sub(
+                "active",
+                (so.price(unit_amount=1200, interval="week", currency="eur"), 1),
+                currency="eur",
+            ),  # 5200
+            sub(
+                "active",
+                (so.price(unit_amount=2000, currency_options=eur_option), 2),
+                currency="eur",
+            ),  # 3600, never 4000 usd
+            sub("active", (so.price(unit_amount=2000), 2), currency="eur"),  # unknown: nothing
+            # Test mode (`stripe listen` forwards it to the same endpoint): a row of its own.
+            sub("active", (so.price(unit_amount=700), 1), livemode=False),
             sub("trialing", (so.price(unit_amount=9900), 1)),
             sub("canceled", (so.price(unit_amount=9900), 1)),
             sub("unpaid", (so.price(unit_amount=9900), 1)),
@@ -167,8 +196,15 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
         ],
     )
 
-    mrr = {r["currency"]: (r["mrr"], r["subscriptions"]) for r in await rows(conn, "mrr")}
-    assert mrr == {"usd": (17_000, 3), "eur": (5_200, 1)}
+    mrr = {
+        (r["currency"], r["livemode"]): (r["mrr"], r["subscriptions"])
+        for r in await rows(conn, "mrr")
+    }
+    assert mrr == {
+        ("usd", True): (17_000, 3),
+        ("eur", True): (8_800, 2),
+        ("usd", False): (700, 1),
+    }
 
 
 async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connection) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from projectors.base import PoisonRecord
+from projectors.invoices import projection as invoices
+from projectors.invoices.reducer import InvoiceSnapshot
 from projectors.subscriptions import projection
 from projectors.subscriptions.reducer import (
     SUBSCRIPTION_EVENTS,
@@ -52,7 +54,12 @@ def test_every_subscription_event_in_both_shapes_gives_the_snapshot(
     yearly = so.price(unit_amount=24_000, interval="year", currency="eur")
     item = so.subscription_item(era=era, item_price=yearly, quantity=3)
     sub = so.subscription(
-        era=era, customer="cus_A", items=[item], status="active", latest_invoice="in_9"
+        era=era,
+        customer="cus_A",
+        items=[item],
+        status="active",
+        latest_invoice="in_9",
+        currency="eur",
     )
 
     change = reduce_one(so.event(event_type, sub, era=era, created=so.T0 + 5, account="acct_1"))
@@ -68,6 +75,41 @@ def test_every_subscription_event_in_both_shapes_gives_the_snapshot(
     assert (read.quantity, read.unit_amount, read.currency) == (3, 24_000, "eur")
     assert (read.interval, read.interval_count) == ("year", 1)
     assert (read.current_period_start, read.current_period_end) == (so.T0, so.T0 + so.MONTH)
+
+
+def test_an_organizations_event_names_its_account_in_context() -> None:
+    """Since 2025-04-30.basil an Organization's endpoint names the account an event came
+    from in `context` (Connect events carry `account` too): the rows say the same as the
+    log's `stripe-account` header and the events index."""
+    sub = so.subscription(customer="cus_A")
+    change = reduce_one(so.event("customer.subscription.updated", sub, context="acct_1Sibling"))
+    assert change.account == "acct_1Sibling"
+    invoice = so.invoice(customer="cus_A", status="paid")
+    (row,) = invoices.reduce(as_record(so.event("invoice.paid", invoice, context="acct_1Sibling")))
+    assert isinstance(row, InvoiceSnapshot)
+    assert row.account == "acct_1Sibling"
+    own = reduce_one(so.event("customer.subscription.updated", sub))
+    assert own.account is None
+
+
+def test_an_item_is_charged_in_the_subscriptions_currency_never_the_prices_default() -> None:
+    """A price in several currencies shows its default one on the item: a subscription in
+    another is charged that currency's amount (`currency_options`, when expanded), else
+    the amount is unknown."""
+    options = {"eur": {"tax_behavior": "unspecified", "unit_amount": 1800}}
+    shown_usd = [
+        so.subscription_item(item_price=so.price(unit_amount=2000, currency_options=options)),
+        so.subscription_item(item_price=so.price(unit_amount=2000)),
+        so.subscription_item(item_price=so.price(unit_amount=900, currency="eur")),
+    ]
+    sub = so.subscription(items=shown_usd, currency="eur")
+    change = reduce_one(so.event("customer.subscription.updated", sub))
+    assert isinstance(change, SubscriptionSnapshot)
+    assert [(i.currency, i.unit_amount) for i in change.items] == [
+        ("eur", 1800),
+        ("eur", None),
+        ("eur", 900),
+    ]
 
 
 def test_basil_items_with_different_periods_span_the_subscription_period() -> None:

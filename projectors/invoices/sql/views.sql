@@ -14,7 +14,8 @@ SELECT id AS invoice,
        next_payment_attempt,
        due_date,
        created,
-       last_event_created
+       last_event_created,
+       livemode
 FROM invoices
 WHERE status = 'open' AND NOT deleted AND attempt_count >= 1
 ORDER BY created, id;

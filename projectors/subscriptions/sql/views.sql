@@ -6,6 +6,9 @@
 -- Trialing, paused, unpaid and ended subscriptions bring nothing, nor those whose payment
 -- collection is paused (still `active`), nor a connected account's own subscriptions
 -- (`account` set: its revenue, not the platform's); metered items (no quantity) neither.
+-- Test mode (`stripe listen` forwards it to the same endpoint) is a row of its own, never
+-- added to live revenue. An item whose price shows another currency than the
+-- subscription's has no amount (see the reducer) and brings nothing.
 CREATE OR REPLACE VIEW mrr AS
 SELECT coalesce(i.currency, s.currency) AS currency,
        round(sum(
@@ -18,7 +21,8 @@ SELECT coalesce(i.currency, s.currency) AS currency,
              END
            / greatest(coalesce(i.interval_count, 1), 1)
        ))::bigint AS mrr,
-       count(DISTINCT s.id) AS subscriptions
+       count(DISTINCT s.id) AS subscriptions,
+       s.livemode
 FROM subscriptions s
 JOIN subscription_items i ON i.subscription = s.id
 WHERE s.status IN ('active', 'past_due')
@@ -27,7 +31,7 @@ WHERE s.status IN ('active', 'past_due')
   AND i.unit_amount IS NOT NULL
   AND i.quantity IS NOT NULL
   AND i.interval IS NOT NULL
-GROUP BY 1;
+GROUP BY 1, s.livemode;
 
 -- `past_due_subscriptions` joins this projection's tables with the invoices projection's,
 -- so it is created by whichever of the two is migrated last: both views.sql call this.
@@ -60,7 +64,8 @@ BEGIN
            -- Appended (a view's columns only grow): every open invoice of the subscription,
            -- an older one left open included, and what they still owe together.
            owed.open_invoices,
-           owed.total_remaining
+           owed.total_remaining,
+           s.livemode
     FROM subscriptions s
     LEFT JOIN customers c ON c.id = s.customer
     LEFT JOIN LATERAL (
