@@ -38,8 +38,8 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::
 ON CONFLICT (customer, price, period_start) DO UPDATE SET
     period_end = excluded.period_end,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
-WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
-    > (t.last_event_created, t.last_event_id COLLATE "C")
+WHERE (excluded.last_event_created, t.period_end, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, excluded.period_end, t.last_event_id COLLATE "C")
 """
 
 UPSERT_INVOICES = """

@@ -141,8 +141,12 @@ async def _prices(conn: asyncpg.Connection, prices: list[PriceMeter], touched: T
 async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched: Touched) -> None:
     if not periods:
         return
+    # Newest first; within one second the shorter period (a period only shrinks then: a
+    # cancellation and its final invoice), whatever the event ids. As UPSERT_PERIODS.
     rows = newest(
-        periods, lambda p: (p.customer, p.price, p.period_start), lambda p: (p.created, p.event_id)
+        periods,
+        lambda p: (p.customer, p.price, p.period_start),
+        lambda p: (p.created, -p.period_end, p.event_id),
     )
     await conn.execute(
         queries.UPSERT_PERIODS,

@@ -61,6 +61,8 @@ def meter_of_price(price: Any, plan: Any = None) -> str | None:
 def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) -> list[Change]:
     """Price -> meter links and the current period of every metered item."""
     customer = id_of(sub.get("customer"))
+    # Canceled mid-period, a subscription keeps its items' period; its usage ends here.
+    ended = unix_seconds(sub.get("ended_at"))
     changes: list[Change] = []
     for item in _list_data(sub.get("items")):
         price = id_of(item.get("price")) or id_of(item.get("plan"))
@@ -74,6 +76,8 @@ def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) ->
         if start is None or end is None:
             start = unix_seconds(sub.get("current_period_start"))
             end = unix_seconds(sub.get("current_period_end"))
+        if ended is not None and end is not None:
+            end = min(end, ended)
         if customer is not None and start is not None and end is not None and end > start:
             changes.append(PeriodSeen(customer, price, start, end, event_id, created))
     return changes

@@ -18,7 +18,15 @@ from projectors.base import Record
 from projectors.meters import projection
 from projectors.meters.changes import Change
 from projectors.migrate import migrate
-from tests.fixtures.stripe_objects import MONTH, T0, event, invoice_line
+from tests.fixtures.stripe_objects import (
+    MONTH,
+    T0,
+    event,
+    invoice_line,
+    price,
+    subscription,
+    subscription_item,
+)
 from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
 from tests.support.meter_scenario import Scenario, billing_month, expected_decimal
 from tests.support.wait import eventually
@@ -412,3 +420,37 @@ async def test_rejections_follow_the_meter_formula(conn: asyncpg.Connection) -> 
         ("count", Decimal(3), Decimal(1), Decimal(3), Decimal(-1), "over_billed"),
         ("last", Decimal(8), Decimal(3), Decimal(8), Decimal(-3), "over_billed"),
     ]
+
+
+async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
+    conn: asyncpg.Connection,
+) -> None:
+    """A subscription deleted mid-period, and an update of it in the same second whose
+    event id sorts after: the period ends at the cancellation whichever came first (a
+    replacement subscription's usage would otherwise count in both periods)."""
+    metered = price(meter="mtr_1", unit_amount=None)
+    ended = T0 + 9 * 86_400
+
+    def snapshot(event_type: str, event_id: str, **fields: Any) -> Record:
+        sub = subscription(
+            customer="cus_cut", items=[subscription_item(item_price=metered)], **fields
+        )
+        return stripe_record(event(event_type, sub, created=ended, id=event_id))
+
+    update = snapshot("customer.subscription.updated", "evt_zz_update")
+    deleted = snapshot(
+        "customer.subscription.deleted",
+        "evt_aa_deleted",
+        status="canceled",
+        canceled_at=ended,
+        ended_at=ended,
+    )
+    ends = "SELECT extract(epoch FROM period_end)::bigint FROM meter_periods"
+    for schema, batches in (
+        ("cut_one_batch", [[update, deleted]]),
+        ("cut_update_first", [[update], [deleted]]),
+        ("cut_deleted_first", [[deleted], [update]]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, ends) == [(ended,)], schema

@@ -96,6 +96,26 @@ def test_a_subscription_gives_its_metered_items_periods(era: str) -> None:
     ]
 
 
+@pytest.mark.parametrize("era", ["legacy", "basil"])
+def test_a_subscription_canceled_mid_period_ends_its_period_there(era: str) -> None:
+    """Its items keep the whole period; the usage after `ended_at` belongs to whatever
+    replaced it, never to this period as well."""
+    metered = price(meter="mtr_1", unit_amount=None)
+    ended = T0 + 9 * 86_400
+    sub = subscription(
+        era=era,  # type: ignore[arg-type]
+        customer="cus_1",
+        status="canceled",
+        items=[subscription_item(era=era, item_price=metered)],  # type: ignore[arg-type]
+        canceled_at=ended,
+        ended_at=ended,
+    )
+    evt = event("customer.subscription.deleted", sub, created=ended)
+    assert projection.reduce(stripe_record(evt))[1] == PeriodSeen(
+        "cus_1", metered["id"], T0, ended, evt["id"], ended
+    )
+
+
 def test_a_legacy_line_names_its_meter_and_a_basil_line_only_its_price() -> None:
     metered = price(meter="mtr_1", unit_amount=None)
     legacy = invoice(
