@@ -233,6 +233,19 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
         id=sub_id, customer=cus["id"], status="past_due", latest_invoice=failing["id"]
     )
     healthy = so.subscription(customer=cus["id"], status="active")
+    # Retries exhausted, set to "mark the invoice uncollectible, the subscription unpaid":
+    # nothing is open, and yet it is owed.
+    given_up_id = so.new_id("sub")
+    given_up_invoice = so.invoice(
+        subscription=given_up_id,
+        customer=cus["id"],
+        status="uncollectible",
+        attempt_count=4,
+        attempted=True,
+    )
+    given_up = so.subscription(
+        id=given_up_id, customer=cus["id"], status="unpaid", latest_invoice=given_up_invoice["id"]
+    )
 
     await apply_events(
         conn,
@@ -244,10 +257,14 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
             so.event("invoice.payment_failed", failing, era="legacy"),
             so.event("customer.subscription.updated", sub),
             so.event("customer.subscription.updated", healthy),
+            so.event("invoice.marked_uncollectible", given_up_invoice),
+            so.event("customer.subscription.updated", given_up),
         ],
     )
 
-    (row,) = await rows(conn, "past_due_subscriptions")
+    row, unpaid = sorted(
+        await rows(conn, "past_due_subscriptions"), key=lambda r: r["status"] == "unpaid"
+    )
     assert (row["subscription"], row["customer_email"], row["status"]) == (
         sub_id,
         "ap@acme.example",
@@ -256,6 +273,13 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
     assert (row["invoice"], row["amount_due"], row["attempt_count"]) == (failing["id"], 2000, 2)
     assert row["next_payment_attempt"] == at(so.T0 + 86_400)
     assert (row["open_invoices"], row["total_remaining"]) == (2, 4000)
+    assert (row["uncollectible_invoices"], row["uncollectible_remaining"]) == (0, None)
+    assert (unpaid["subscription"], unpaid["invoice"], unpaid["open_invoices"]) == (
+        given_up_id,
+        None,
+        0,
+    )
+    assert (unpaid["uncollectible_invoices"], unpaid["uncollectible_remaining"]) == (1, 2000)
 
 
 async def _fresh_schema(conn: asyncpg.Connection, name: str) -> None:

@@ -65,7 +65,11 @@ BEGIN
            -- an older one left open included, and what they still owe together.
            owed.open_invoices,
            owed.total_remaining,
-           s.livemode
+           s.livemode,
+           -- Invoices the retries gave up on and marked uncollectible (a common setting
+           -- next to `unpaid`): no longer retried, still owed.
+           owed.uncollectible_invoices,
+           owed.uncollectible_remaining
     FROM subscriptions s
     LEFT JOIN customers c ON c.id = s.customer
     LEFT JOIN LATERAL (
@@ -76,9 +80,13 @@ BEGIN
         LIMIT 1
     ) inv ON true
     CROSS JOIN LATERAL (
-        SELECT count(*) AS open_invoices, sum(i.amount_remaining) AS total_remaining
+        SELECT count(*) FILTER (WHERE i.status = 'open') AS open_invoices,
+               sum(i.amount_remaining) FILTER (WHERE i.status = 'open') AS total_remaining,
+               count(*) FILTER (WHERE i.status = 'uncollectible') AS uncollectible_invoices,
+               sum(i.amount_remaining) FILTER (WHERE i.status = 'uncollectible')
+                   AS uncollectible_remaining
         FROM invoices i
-        WHERE i.subscription = s.id AND i.status = 'open' AND NOT i.deleted
+        WHERE i.subscription = s.id AND i.status IN ('open', 'uncollectible') AND NOT i.deleted
     ) owed
     WHERE s.status IN ('past_due', 'unpaid');
 END
