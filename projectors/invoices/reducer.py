@@ -20,6 +20,7 @@ from projectors.subscriptions.snapshot import (
     Event,
     declared_elsewhere,
     integer,
+    line_id,
     list_data,
     mapping,
     object_id,
@@ -164,8 +165,8 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     lines_list = mapping(obj.get("lines"))
     lines = {}
     for raw in list_data(lines_list):
-        if type(raw) is dict and type(raw.get("id")) is str:
-            lines[raw["id"]] = _line(raw)
+        if type(raw) is dict and (found := line_id(raw)) is not None:
+            lines[found] = _line(raw, found)
     terminal = deleted or status in TERMINAL_INVOICE
     return InvoiceSnapshot(
         id=object_id(event, "in_"),
@@ -207,7 +208,7 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
     )
 
 
-def _line(raw: Mapping[str, Any]) -> Line:
+def _line(raw: Mapping[str, Any], found: str) -> Line:
     parent = mapping(raw.get("parent"))
     # Since basil `parent.type` names the line's origin; read only the details it names.
     kind = parent.get("type")
@@ -219,7 +220,7 @@ def _line(raw: Mapping[str, Any]) -> Line:
     period = mapping(raw.get("period"))
     proration = raw.get("proration", details.get("proration"))
     return Line(
-        id=str(raw["id"]),
+        id=found,
         subscription=ref(raw.get("subscription")) or ref(details.get("subscription")),
         subscription_item=ref(raw.get("subscription_item"))
         or ref(details.get("subscription_item")),

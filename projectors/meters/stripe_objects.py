@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from projectors.meters.changes import Change, InvoiceLineSeen, InvoiceSeen, PeriodSeen, PriceMeter
+from projectors.subscriptions.snapshot import line_id
 from schemas.envelope import rfc3339_moment
 
 # Statuses of one invoice that share a `created` second are ordered by how far along they are.
@@ -126,12 +127,12 @@ def invoice_changes(
     )
     changes: list[Change] = [seen]
     for line in _list_data(invoice.get("lines")):
-        line_id = id_of(line.get("id"))
+        found = line_id(line)
         price = _line_price(line)
         quantity = _quantity(line)
         period = _map(line.get("period"))
         start, end = unix_seconds(period.get("start")), unix_seconds(period.get("end"))
-        if line_id is None or price is None or quantity is None or start is None or end is None:
+        if found is None or price is None or quantity is None or start is None or end is None:
             continue
         legacy_meter = meter_of_price(line.get("price"), line.get("plan"))
         if legacy_meter is not None:
@@ -140,7 +141,7 @@ def invoice_changes(
             continue  # a legacy line whose price is known not to be metered
         changes.append(
             InvoiceLineSeen(
-                invoice_id, line_id, customer, price, quantity, start, end, event_id, created, rank
+                invoice_id, found, customer, price, quantity, start, end, event_id, created, rank
             )
         )
         if end > start:

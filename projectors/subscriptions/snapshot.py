@@ -140,6 +140,17 @@ def object_id(event: Event, prefix: str) -> str:
     return value
 
 
+def line_id(line: Mapping[str, Any]) -> str | None:
+    """An invoice line's id. Before 2019-12-03 a line's `id` (`sub_`, `sli_`, `ii_`…) was
+    not unique: the same one came back on every invoice of a subscription. Such payloads
+    carry the line's globally unique `il_` id in `unique_id`: read that first."""
+    for field in ("unique_id", "id"):
+        value = line.get(field)
+        if type(value) is str and value:
+            return value
+    return None
+
+
 def ref(value: Any) -> str | None:
     """An id from a field that is either an id or an expanded object."""
     # Exact type checks: parsed JSON holds only dicts and lists, and an ABC isinstance

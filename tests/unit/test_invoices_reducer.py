@@ -8,6 +8,8 @@ import pytest
 from projectors.base import PoisonRecord
 from projectors.invoices import projection
 from projectors.invoices.reducer import INVOICE_EVENTS, InvoiceSnapshot, PaymentSnapshot
+from projectors.meters import projection as meters
+from projectors.meters.changes import InvoiceLineSeen
 from projectors.subscriptions.snapshot import newest, supersedes
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
@@ -123,6 +125,27 @@ def test_a_basil_line_is_read_from_the_details_its_parent_type_names() -> None:
     read, unread = change.lines
     assert (read.subscription_item, read.proration) == (None, False)
     assert (unread.subscription_item, unread.proration) == (None, None)
+
+
+def test_lines_of_api_versions_before_2019_12_03_are_keyed_by_their_unique_id() -> None:
+    """Then a subscription line's `id` (`sli_…`) came back on every invoice of the
+    subscription, and `unique_id` held the line's own `il_` id: keyed by `id`, each
+    month's invoice would take the line from the month before."""
+    metered = so.price(meter="mtr_1", unit_amount=None)
+    months = []
+    for n in range(2):
+        line = so.invoice_line(
+            era="legacy", line_price=metered, id="sli_1Repeated", unique_id=f"il_month{n}"
+        )
+        inv = so.invoice(era="legacy", customer="cus_A", status="paid", lines=[line])
+        months.append(so.event("invoice.paid", inv, era="legacy", api_version="2019-10-08"))
+    read = [reduce_invoice(evt) for evt in months]
+    assert [[line.id for line in r.lines] for r in read] == [["il_month0"], ["il_month1"]]
+    seen = [c for evt in months for c in meters.reduce(as_record(evt))]
+    assert [c.line for c in seen if isinstance(c, InvoiceLineSeen)] == [
+        "il_month0",
+        "il_month1",
+    ]
 
 
 def test_an_invoice_without_a_subscription_has_none() -> None:
