@@ -12,7 +12,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from projectors.meters.changes import Change, InvoiceLineSeen, InvoiceSeen, PeriodSeen, PriceMeter
-from projectors.subscriptions.snapshot import line_id
 from schemas.envelope import rfc3339_moment
 
 # Statuses of one invoice that share a `created` second are ordered by how far along they are.
@@ -127,7 +126,9 @@ def invoice_changes(
     )
     changes: list[Change] = [seen]
     for line in _list_data(invoice.get("lines")):
-        found = line_id(line)
+        # Keyed with its invoice: before 2019-12-03 a line's `id` repeats across invoices,
+        # never within one (the invoices projection reads `unique_id` for that reason).
+        found = id_of(line.get("id"))
         price = _line_price(line)
         quantity = _quantity(line)
         period = _map(line.get("period"))

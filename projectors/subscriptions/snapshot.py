@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
-from ingest.record import HEADER_EVENT_TYPE, account_of
+from ingest.record import HEADER_EVENT_TYPE
 from projectors.base import PoisonRecord, Record
 
 LIVE = 0
@@ -118,14 +118,16 @@ def read_event(record: Record) -> Event | None:
         raise PoisonRecord("snapshot event without a string `id` and `type`")
     if type(created) is not int or not 0 <= created < 10**12:
         raise PoisonRecord(f"{event_id}: `created` is not Unix seconds: {created!r}")
+    account = body.get("account")
     api_version = body.get("api_version")
     return Event(
         id=event_id,
         type=event_type,
         created=created,
-        # The log's `stripe-account` header and the events index say the same: since basil
-        # an Organization's endpoint names the account an event came from in `context`.
-        account=account_of(body),
+        # The Connect account alone. An Organization's endpoint names in `context` the
+        # account each event came from (the events index keeps it): read as `account`, the
+        # whole organization's subscriptions would drop out of MRR (`account IS NULL`).
+        account=account if isinstance(account, str) and account else None,
         livemode=body.get("livemode") is True,
         object=obj,
         api_version=api_version if type(api_version) is str else "",
@@ -141,7 +143,7 @@ def object_id(event: Event, prefix: str) -> str:
 
 
 def line_id(line: Mapping[str, Any]) -> str | None:
-    """An invoice line's id. Before 2019-12-03 a line's `id` (`sub_`, `sli_`, `ii_`…) was
+    """An invoice line's id. Before 2019-12-03 a subscription line's `id` (`sub_`, `sli_`) was
     not unique: the same one came back on every invoice of a subscription. Such payloads
     carry the line's globally unique `il_` id in `unique_id`: read that first."""
     for field in ("unique_id", "id"):

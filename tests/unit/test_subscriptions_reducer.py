@@ -77,19 +77,19 @@ def test_every_subscription_event_in_both_shapes_gives_the_snapshot(
     assert (read.current_period_start, read.current_period_end) == (so.T0, so.T0 + so.MONTH)
 
 
-def test_an_organizations_event_names_its_account_in_context() -> None:
-    """Since 2025-04-30.basil an Organization's endpoint names the account an event came
-    from in `context` (Connect events carry `account` too): the rows say the same as the
-    log's `stripe-account` header and the events index."""
+def test_an_organizations_context_is_not_a_connect_account() -> None:
+    """An Organization's endpoint names in `context` the account each event came from;
+    `account` stays the Connect account (`account` on the event), or the organization's
+    subscriptions would all drop out of MRR, which counts `account IS NULL`."""
     sub = so.subscription(customer="cus_A")
     change = reduce_one(so.event("customer.subscription.updated", sub, context="acct_1Sibling"))
-    assert change.account == "acct_1Sibling"
+    assert change.account is None
     invoice = so.invoice(customer="cus_A", status="paid")
     (row,) = invoices.reduce(as_record(so.event("invoice.paid", invoice, context="acct_1Sibling")))
     assert isinstance(row, InvoiceSnapshot)
-    assert row.account == "acct_1Sibling"
-    own = reduce_one(so.event("customer.subscription.updated", sub))
-    assert own.account is None
+    assert row.account is None
+    connect = so.event("customer.subscription.updated", sub, account="acct_1", context="acct_1")
+    assert reduce_one(connect).account == "acct_1"
 
 
 def test_an_item_is_charged_in_the_subscriptions_currency_never_the_prices_default() -> None:
