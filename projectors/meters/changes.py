@@ -55,6 +55,7 @@ class PeriodSeen:
     period_end: int
     event_id: str
     created: int
+    ended: bool = False  # from a subscription that has ended: final within its second
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,15 +31,16 @@ WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
 
 UPSERT_PERIODS = """
 INSERT INTO meter_periods AS t (customer, price, period_start, period_end,
-                                last_event_id, last_event_created)
-SELECT c, p, to_timestamp(s), to_timestamp(e), ev, to_timestamp(cr)
-FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[])
-    AS u(c, p, s, e, ev, cr)
+                                last_event_id, last_event_created, ended)
+SELECT c, p, to_timestamp(s), to_timestamp(e), ev, to_timestamp(cr), ended
+FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[],
+            $7::boolean[])
+    AS u(c, p, s, e, ev, cr, ended)
 ON CONFLICT (customer, price, period_start) DO UPDATE SET
-    period_end = excluded.period_end,
+    period_end = excluded.period_end, ended = excluded.ended,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
-WHERE (excluded.last_event_created, t.period_end, excluded.last_event_id COLLATE "C")
-    > (t.last_event_created, excluded.period_end, t.last_event_id COLLATE "C")
+WHERE (excluded.last_event_created, excluded.ended, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.ended, t.last_event_id COLLATE "C")
 """
 
 UPSERT_INVOICES = """

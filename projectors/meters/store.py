@@ -141,12 +141,12 @@ async def _prices(conn: asyncpg.Connection, prices: list[PriceMeter], touched: T
 async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched: Touched) -> None:
     if not periods:
         return
-    # Newest first; within one second the shorter period (a period only shrinks then: a
-    # cancellation and its final invoice), whatever the event ids. As UPSERT_PERIODS.
+    # Newest first; within one second an ended subscription's period, whatever the event
+    # ids (as UPSERT_PERIODS).
     rows = newest(
         periods,
         lambda p: (p.customer, p.price, p.period_start),
-        lambda p: (p.created, -p.period_end, p.event_id),
+        lambda p: (p.created, p.ended, p.event_id),
     )
     await conn.execute(
         queries.UPSERT_PERIODS,
@@ -156,6 +156,7 @@ async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched:
         [p.period_end for p in rows],
         [p.event_id for p in rows],
         [p.created for p in rows],
+        [p.ended for p in rows],
     )
     touched.customers.update(p.customer for p in rows)
 

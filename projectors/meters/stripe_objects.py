@@ -79,7 +79,9 @@ def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) ->
         if ended is not None and end is not None:
             end = min(end, ended)
         if customer is not None and start is not None and end is not None and end > start:
-            changes.append(PeriodSeen(customer, price, start, end, event_id, created))
+            changes.append(
+                PeriodSeen(customer, price, start, end, event_id, created, ended is not None)
+            )
     return changes
 
 

@@ -454,3 +454,23 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await project(conn, schema, batches)
         assert await fetch(conn, schema, ends) == [(ended,)], schema
+
+    # A period can also grow within a second (a trial extended just after it began): only
+    # an ended subscription's period is final, a shorter one is not.
+    longer = ended + 7 * 86_400
+
+    def trialing(event_id: str, trial_end: int) -> Record:
+        item = subscription_item(item_price=metered, period_start=T0, period_end=trial_end)
+        sub = subscription(customer="cus_trial", status="trialing", items=[item])
+        return stripe_record(
+            event("customer.subscription.updated", sub, created=T0 + 1, id=event_id)
+        )
+
+    extended = [trialing("evt_aa_first", ended), trialing("evt_bb_extended", longer)]
+    for schema, batches in (
+        ("grown_one_batch", [extended]),
+        ("grown_extended_first", [[extended[1]], [extended[0]]]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, ends) == [(longer,)], schema

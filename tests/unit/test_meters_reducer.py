@@ -112,7 +112,7 @@ def test_a_subscription_canceled_mid_period_ends_its_period_there(era: str) -> N
     )
     evt = event("customer.subscription.deleted", sub, created=ended)
     assert projection.reduce(stripe_record(evt))[1] == PeriodSeen(
-        "cus_1", metered["id"], T0, ended, evt["id"], ended
+        "cus_1", metered["id"], T0, ended, evt["id"], ended, ended=True
     )
 
 
