@@ -64,12 +64,23 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
 
 
 def _is_owned(pid: int, owner: str) -> bool:
+    if _command_holds(pid, owner):
+        return True
     try:
-        if os.readlink(f"/proc/{pid}/cwd") == owner:
-            return True
+        moved = os.readlink(f"/proc/{pid}/cwd") == owner
     except OSError:
-        pass  # exited meanwhile, no /proc, or not ours to look into: ask its command
-    return _command_holds(pid, owner)
+        return False  # exited meanwhile, no /proc, or not ours to look into
+    # Working in our folder, and its command names a folder of that name (its old path):
+    # a shell someone left in the folder is not the server.
+    return moved and _command_names(pid, Path(owner).name)
+
+
+def _command_names(pid: int, name: str) -> bool:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(Path(arg.decode(errors="replace")).name == name for arg in command.split(b"\0"))
 
 
 def _command_holds(pid: int, owner: str) -> bool:

@@ -118,15 +118,26 @@ def test_a_postmaster_whose_folder_was_moved_is_still_ours(tmp_path: Path) -> No
     shut down, and start a second one on its port."""
     paths = postgres.PgPaths(tmp_path / "pg")
     paths.data.mkdir(parents=True)
-    server = subprocess.Popen(["sleep", "60"], cwd=paths.data, start_new_session=True)
+    # A postmaster's command names its data folder (`-D`), by the path it had then.
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-D", "/old/place/pg/data"],
+        cwd=paths.data,
+        start_new_session=True,
+    )
+    # Someone's shell left in the folder, holding a pid a stale file names: not the server.
+    shell = subprocess.Popen(["sleep", "60"], cwd=paths.data, start_new_session=True)
     try:
         paths.pid.write_text(f"{server.pid}\n/old/place/pg/data\n")
         assert postgres.is_running(tmp_path) is True
         assert process.running_pid(paths.pid, paths.owner) == server.pid
+        paths.pid.write_text(f"{shell.pid}\n/old/place/pg/data\n")
+        assert postgres.is_running(tmp_path) is False
+        assert postgres.stop(tmp_path) is False
+        assert shell.poll() is None, "stop signalled a shell that is not the server"
     finally:
-        server.kill()
-        server.wait()
-    assert postgres.is_running(tmp_path) is False
+        for proc in (server, shell):
+            proc.kill()
+            proc.wait()
 
 
 def test_cluster_ids_never_look_like_an_option() -> None:
