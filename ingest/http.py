@@ -23,7 +23,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar, Protocol
 
+import structlog
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = structlog.get_logger("ingest.http")
 
 # Stripe's requests carry a few hundred bytes of head; nginx's default buffers hold 8 KB.
 MAX_HEAD_BYTES = 64 * 1024
@@ -234,10 +237,6 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._discarding:
             return
         self._discarding = True
-        if self.refusals is not None:
-            self.refusals.refused_head(
-                int(status[:3]), reason.decode(), self.loop.time() - self._head_began
-            )
         body = b'{"error":"' + reason + b'"}'
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
@@ -251,3 +250,12 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             self.loop.call_later(LINGER_SECONDS, self._writes.close_now)
         else:
             self._writes.close_now()
+        if self.refusals is not None:
+            # After the answer and its close are arranged: a failure to count or log it
+            # must not leave the connection open.
+            try:
+                self.refusals.refused_head(
+                    int(status[:3]), reason.decode(), self.loop.time() - self._head_began
+                )
+            except Exception:
+                log.exception("counting a refused request failed")
