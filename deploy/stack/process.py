@@ -40,10 +40,11 @@ def recorded_pid(pid_file: Path) -> int | None:
 
 def running_pid(pid_file: Path, owner: str) -> int | None:
     """The pid recorded in `pid_file` if that process is alive and is ours: `owner` is
-    one of its command's arguments (a path only our service's command has) or its working
-    directory (a postmaster works in its data directory: after the folder was moved, only
-    that still names it). A pid file left by a reboot or a SIGKILL may name a process
-    that has since reused the pid: that one is not ours to wait for or to signal."""
+    one of its command's arguments (a path only our service's command has), or, after the
+    folder was moved, its working directory (a postmaster works in its data directory)
+    while its command names a folder of that name. A pid file left by a reboot or a
+    SIGKILL may name a process that has since reused the pid: that one is not ours to
+    wait for or to signal."""
     pid = recorded_pid(pid_file)
     if pid is None:
         return None
