@@ -15,6 +15,14 @@ from deploy.stack.errors import StackError
 # Kept forever: the log is the source of truth every table is rebuilt from.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 
+# A dead letter is its record with headers added (the error, the origin's topic, partition
+# and offset), so it must fit where the record did not quite: a record the log took at its
+# limit (Kafka's default `message.max.bytes` is 1 MiB), incompressible, would otherwise be
+# refused as a letter, and its projector would stop on it at every start. Topic names
+# ending in `.dlq` are dead-letter topics (`<topic>.dlq`, DESIGN.md).
+DEAD_LETTER_SUFFIX = ".dlq"
+DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
 
 async def ensure_topics(
     bootstrap: str,
@@ -43,7 +51,9 @@ async def ensure_topics(
         if missing:
             response = await admin.create_topics(
                 [
-                    NewTopic(name, partitions, replication_factor, topic_configs=config)
+                    NewTopic(
+                        name, partitions, replication_factor, topic_configs=_config(name, config)
+                    )
                     for name in missing
                 ]
             )
@@ -52,6 +62,12 @@ async def ensure_topics(
         return missing
     finally:
         await admin.close()
+
+
+def _config(name: str, config: dict[str, str]) -> dict[str, str]:
+    if not name.endswith(DEAD_LETTER_SUFFIX):
+        return config
+    return {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES), **config}
 
 
 def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:

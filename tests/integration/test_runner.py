@@ -14,6 +14,7 @@ import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError
 
 from deploy.settings import ConfigError, Settings
 from ingest.publisher import COMPRESSION
@@ -251,6 +252,41 @@ async def test_a_record_as_large_as_the_receiver_takes_is_dead_lettered_not_a_cr
     assert (
         len(await rows(settings.require_database_url(), "SELECT id FROM projections.events")) == 10
     )
+
+
+async def test_an_incompressible_record_at_the_logs_limit_is_dead_lettered_not_a_crash(
+    settings: Settings, stack: Stack, topics: Topics
+) -> None:
+    """A record the log took with a byte to spare, one that compression cannot shrink:
+    its letter adds headers (error, origin) and must still fit the dead-letter topic,
+    or the runner stops on that record at every start."""
+    producer = AIOKafkaProducer(  # not idempotent: a refused batch would break its sequence
+        bootstrap_servers=stack.kafka_bootstrap,
+        acks="all",
+        compression_type=COMPRESSION,
+        max_request_size=4 * settings.max_body_bytes,
+    )
+    await producer.start()
+    try:
+        # The largest random value the log takes (the broker's default limit, 1 MiB + 12
+        # bytes, counts the whole batch): found by trying, in steps of 64 bytes.
+        size, large = 1_048_588, b""
+        while not large:
+            value = random.Random(size).randbytes(size)
+            try:
+                await producer.send_and_wait(settings.topic, value=value, key=b"evt_noise")
+                large = value
+            except MessageSizeTooLargeError:
+                size -= 64
+    finally:
+        await producer.stop()
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(10, seed=15)))
+    async with running(settings.model_copy(update={"poison_retries": 1}), [events]):
+        await _caught_up(settings, "events")
+
+    letters = await read_all(stack.kafka_bootstrap, topics.dlq)
+    assert [r.value for r in letters] == [large]
+    assert letters[0].headers[HEADER_ERROR].startswith(b"reduce failed")
 
 
 async def test_migrations_apply_once_even_when_two_processes_race(settings: Settings) -> None:
