@@ -56,6 +56,23 @@ async def start_consumer(consumer: AIOKafkaConsumer, settings: Settings) -> None
         ) from None
 
 
+async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
+    """`consumer.stop()`, which with the broker away can raise the CancelledError of one of
+    its own fetches: aiokafka (0.14) cancels a fetch sleeping out a retry and awaits it
+    without catching that error. A SIGTERM would then end the process with a traceback and
+    exit status 1, and skip whatever cleanup follows the stop. The error is not ours, so the
+    client's connections are closed and it is dropped; a cancellation of this task itself
+    (counted by `cancelling()`) is passed on."""
+    task = asyncio.current_task()
+    cancelling = task.cancelling() if task is not None else 0
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        if task is None or task.cancelling() > cancelling:
+            raise
+        await consumer._client.close()
+
+
 async def getmany(consumer: AIOKafkaConsumer, most: int, wait_ms: int) -> Fetched:
     """Up to `most` records: waits up to `wait_ms` for the first ones, then takes what is
     already fetched in chunks of FETCH_CHUNK, yielding between them. aiokafka unpacks the

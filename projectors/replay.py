@@ -28,6 +28,7 @@ from projectors.base import Connection, to_record
 from projectors.batch import BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.failures import is_transient
+from projectors.intake import stop_consumer
 from projectors.migrate import migrate
 from projectors.progress import Progress, report_progress
 from projectors.topic_partitions import UnknownTopic, partitions_of
@@ -208,7 +209,7 @@ async def replay(
         )
         return ReplayResult(done, seconds, swapped, dict(positions))
     finally:
-        await consumer.stop()
+        await stop_consumer(consumer)
         await pool.close()
         if owner and not finished:
             await _discard(lock_conn, schema, key)

@@ -36,6 +36,7 @@ from projectors.intake import (
     group_of,
     joined,
     start_consumer,
+    stop_consumer,
     take,
 )
 from projectors.metrics import RuntimeMetrics
@@ -168,7 +169,7 @@ class ProjectionRunner:
             try:
                 await self.drain()  # SIGTERM: the batch in flight commits or rolls back first
             finally:
-                await consumer.stop()  # leave the group now, whatever the drain raised
+                await stop_consumer(consumer)  # leave the group now, whatever the drain raised
                 log.info("projector stopped", projector=self.name)
 
     async def _getmany(self, most: int) -> Fetched:

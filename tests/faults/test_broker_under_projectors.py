@@ -90,5 +90,49 @@ async def test_broker_killed_under_projectors_they_resume_and_match_the_referenc
     assert len(library) < 300, f"{len(library)} aiokafka lines"
 
 
+async def test_sigterm_with_the_broker_down_stops_every_projector_cleanly(
+    live_kafka: PrivateKafka,
+    database_url: str,
+    unique: str,
+    tmp_path: Path,
+    injected: Counter[str],
+) -> None:
+    """An operator stopping the projectors during a broker outage (a node drained for the
+    same maintenance): each one leaves as on any SIGTERM, status 0 and no traceback; the
+    fetches aiokafka is retrying must not turn the stop into a crash."""
+    bootstrap = live_kafka.bootstrap
+    topics = await create_topics(bootstrap, unique)
+    await produce_stream(bootstrap, topics)
+    settings = settings_for(bootstrap, database_url, topics, unique)
+    wanted = expected_positions(settings, await log_end_positions(bootstrap, topics))
+    proc = projector(projector_env(bootstrap, database_url, topics, unique), tmp_path / "p.log")
+    try:
+        proc.start()
+        await eventually(
+            lambda: stored_positions(database_url),
+            caught_up(wanted),
+            timeout=120,
+            what="every projector at the log end",
+        )
+        await asyncio.to_thread(live_kafka.kill)
+        injected["broker SIGKILL, then SIGTERM to the projectors"] += 1
+        await asyncio.sleep(3)  # the fetches now fail and back off (fault timing)
+        assert proc.alive(), _tail(proc)
+        await asyncio.to_thread(proc.stop)
+    finally:
+        proc.stop()
+        await asyncio.to_thread(live_kafka.start)
+        await delete_topics(bootstrap, [topics.events, topics.dlq, topics.usage])
+    output = proc.output()
+    assert proc.exits == [0], _tail(proc)
+    assert "Traceback" not in output, _tail(proc)
+    stopped = {
+        line.split('"projector":"')[1].split('"')[0]
+        for line in output.splitlines()
+        if '"event":"projector stopped"' in line
+    }
+    assert stopped == set(wanted), _tail(proc)
+
+
 def _tail(proc: Service) -> str:
     return proc.output()[-3000:]
