@@ -92,6 +92,31 @@ class InvoiceLineSeen:
 
 
 @dataclass(frozen=True, slots=True)
+class CreditNoteSeen:
+    """A credit note snapshot. Once issued, its lines never change and `void` is final, so
+    `voided` only ever turns true."""
+
+    id: str
+    invoice: str
+    customer: str
+    voided: bool
+    event_id: str
+    created: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreditNoteLineSeen:
+    """A line of a credit note that credits an invoice line: `quantity` units of it, or
+    an amount only (`quantity` None: not units, so it cannot be subtracted from them)."""
+
+    credit_note: str
+    line: str
+    invoice: str
+    invoice_line: str
+    quantity: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
 class FactRejected:
     """Stripe's error report names this meter-event identifier among its samples."""
 
@@ -124,6 +149,8 @@ Change = (
     | PeriodSeen
     | InvoiceSeen
     | InvoiceLineSeen
+    | CreditNoteSeen
+    | CreditNoteLineSeen
     | FactRejected
     | ErrorReport
 )

@@ -84,13 +84,13 @@ counted AS (
         reported_value = t.reported_value + p.reported,
         rejected_value = t.rejected_value + p.rejected,
         delta = t.reported_value + p.reported - t.rejected_value - p.rejected
-                - t.billed_quantity,
+                - (t.billed_quantity - t.credited_quantity),
         status = CASE WHEN t.status = 'incomplete' THEN 'incomplete'
                       WHEN t.invoices = 0 THEN 'pending'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
-                           = t.billed_quantity THEN 'matched'
+                           = t.billed_quantity - t.credited_quantity THEN 'matched'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
-                           > t.billed_quantity THEN 'under_billed'
+                           > t.billed_quantity - t.credited_quantity THEN 'under_billed'
                       ELSE 'over_billed' END,
         reported_facts = t.reported_facts + p.n,
         rejected_facts = t.rejected_facts + p.rejected_n,

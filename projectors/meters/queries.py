@@ -75,6 +75,33 @@ WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLAT
     > (t.last_event_created, t.rank, t.last_event_id COLLATE "C")
 """
 
+# `voided` is final: once any snapshot says so it stays, whatever arrives after it.
+UPSERT_CREDIT_NOTES = """
+INSERT INTO meter_credit_notes AS t (id, invoice, customer, voided, last_event_id,
+                                     last_event_created)
+SELECT id, inv, c, v, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], $6::bigint[])
+    AS u(id, inv, c, v, ev, cr)
+ON CONFLICT (id) DO UPDATE SET
+    voided = t.voided OR excluded.voided,
+    last_event_id = CASE WHEN (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+                            > (t.last_event_created, t.last_event_id COLLATE "C")
+                         THEN excluded.last_event_id ELSE t.last_event_id END,
+    last_event_created = greatest(t.last_event_created, excluded.last_event_created)
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    > (t.last_event_created, t.last_event_id COLLATE "C")
+   OR (excluded.voided AND NOT t.voided)
+"""
+
+# A credit note's lines are fixed when it is issued: the first copy seen is the only one.
+INSERT_CREDIT_NOTE_LINES = """
+INSERT INTO meter_credit_note_lines (credit_note, line, invoice, invoice_line, quantity)
+SELECT cn, l, inv, il, q
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
+    AS u(cn, l, inv, il, q)
+ON CONFLICT (credit_note, line) DO NOTHING
+"""
+
 UPSERT_REJECTIONS = """
 INSERT INTO meter_rejections AS t (identifier, code, message, last_event_id, last_event_created)
 SELECT i, c, m, ev, to_timestamp(cr)

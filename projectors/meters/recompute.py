@@ -52,7 +52,8 @@ computed AS (
            CASE m.aggregation WHEN 'sum' THEN f.total - f.rejected_total
                 WHEN 'count' THEN (f.n - f.rejected_n)::numeric
                 ELSE coalesce(la.value, 0) END AS accepted,
-           b.billed, b.invoices, inc.incomplete, f.n, f.rejected_n, e.unattributed,
+           b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
+           b.invoices, inc.incomplete, f.n, f.rejected_n, e.unattributed,
            le.id AS last_event_id, le.at AS last_event_created
     FROM periods per
     JOIN meters m ON m.id = per.meter
@@ -104,6 +105,23 @@ computed AS (
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible', 'void')
     ) b
     CROSS JOIN LATERAL (
+        -- Units credited back by credit notes still issued, on the lines `b` bills (its
+        -- invoice's newest snapshot, not void). A credit of an amount only is not units:
+        -- it is counted apart, as a warning that `delta` leaves it out.
+        SELECT coalesce(sum(cl.quantity) FILTER (WHERE NOT cn.voided), 0) AS credited,
+               count(*) FILTER (WHERE NOT cn.voided AND cl.quantity IS NULL) AS amount_credits,
+               (array_agg(cn.last_event_id ORDER BY cn.last_event_created DESC,
+                          cn.last_event_id DESC))[1] AS credit_event_id,
+               max(cn.last_event_created) AS credit_event_at
+        FROM meter_prices mp
+        JOIN meter_invoice_lines l ON l.price = mp.price AND l.customer = per.customer
+                                  AND l.period_start = per.period_start
+        JOIN meter_invoices i ON i.id = l.invoice AND i.last_event_id = l.last_event_id
+        JOIN meter_credit_note_lines cl ON cl.invoice = l.invoice AND cl.invoice_line = l.line
+        JOIN meter_credit_notes cn ON cn.id = cl.credit_note
+        WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
+    ) cr
+    CROSS JOIN LATERAL (
         -- No metered line of the period seen on an invoice that bills it (a voided one
         -- does not), and a finalized invoice of the customer for this period whose body
         -- did not carry every line (`lines.has_more`): the line may be one not seen.
@@ -124,7 +142,8 @@ computed AS (
         SELECT c.id, c.at
         FROM (VALUES (per.event_id, per.event_at), (m.last_event_id, m.last_event_created),
                      (lf.identifier, lf.occurred_at), (f.rejection_id, f.rejection_at),
-                     (b.invoice_event_id, b.invoice_event_at)) AS c(id, at)
+                     (b.invoice_event_id, b.invoice_event_at),
+                     (cr.credit_event_id, cr.credit_event_at)) AS c(id, at)
         WHERE c.at IS NOT NULL
         ORDER BY c.at DESC, c.id DESC LIMIT 1
     ) le
@@ -132,15 +151,17 @@ computed AS (
 INSERT INTO meter_reconciliation AS t (
     customer, meter, period_start, event_name, period_end, aggregation, reported_value,
     rejected_value, billed_quantity, delta, status, reported_facts, rejected_facts,
-    unattributed_rejections, invoices, last_event_id, last_event_created)
+    unattributed_rejections, invoices, last_event_id, last_event_created, credited_quantity,
+    amount_credits)
 SELECT customer, meter, period_start, event_name, period_end, aggregation, reported,
-       reported - accepted, billed, accepted - billed,
+       reported - accepted, billed, accepted - net,
        CASE WHEN incomplete THEN 'incomplete'
             WHEN invoices = 0 THEN 'pending'
-            WHEN accepted = billed THEN 'matched'
-            WHEN accepted > billed THEN 'under_billed'
+            WHEN accepted = net THEN 'matched'
+            WHEN accepted > net THEN 'under_billed'
             ELSE 'over_billed' END,
-       n, rejected_n, unattributed, invoices, last_event_id, last_event_created
+       n, rejected_n, unattributed, invoices, last_event_id, last_event_created, credited,
+       amount_credits
 FROM computed
 ON CONFLICT (customer, meter, period_start) DO UPDATE SET
     event_name = excluded.event_name, period_end = excluded.period_end,
@@ -150,7 +171,8 @@ ON CONFLICT (customer, meter, period_start) DO UPDATE SET
     reported_facts = excluded.reported_facts, rejected_facts = excluded.rejected_facts,
     unattributed_rejections = excluded.unattributed_rejections,
     invoices = excluded.invoices, last_event_id = excluded.last_event_id,
-    last_event_created = excluded.last_event_created
+    last_event_created = excluded.last_event_created,
+    credited_quantity = excluded.credited_quantity, amount_credits = excluded.amount_credits
 WHERE (t.*) IS DISTINCT FROM (excluded.*)
 """
 

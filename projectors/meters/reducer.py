@@ -18,6 +18,7 @@ from ingest.record import HEADER_EVENT_TYPE
 from projectors.base import PoisonRecord, Record
 from projectors.meters.changes import Change, ErrorReport, FactRejected, MeterSeen, UsageReported
 from projectors.meters.stripe_objects import (
+    credit_note_changes,
     id_of,
     invoice_changes,
     subscription_changes,
@@ -64,6 +65,8 @@ def reduce(record: Record) -> list[Change]:
         return subscription_changes(obj, event_id, created)
     if event_type.startswith("invoice.") and obj.get("object") == "invoice":
         return invoice_changes(obj, event_type, event_id, created)
+    if event_type.startswith("credit_note.") and obj.get("object") == "credit_note":
+        return credit_note_changes(obj, event_type, event_id, created)
     return []
 
 

@@ -15,6 +15,8 @@ import asyncpg
 from projectors.meters import fact_queries, queries
 from projectors.meters.changes import (
     Change,
+    CreditNoteLineSeen,
+    CreditNoteSeen,
     ErrorReport,
     FactRejected,
     InvoiceLineSeen,
@@ -84,6 +86,9 @@ async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
     await _prices(conn, buckets.get(PriceMeter, []), touched)
     await _periods(conn, buckets.get(PeriodSeen, []), touched)
     await _invoices(conn, buckets.get(InvoiceSeen, []), buckets.get(InvoiceLineSeen, []), touched)
+    await _credit_notes(
+        conn, buckets.get(CreditNoteSeen, []), buckets.get(CreditNoteLineSeen, []), touched
+    )
     await _rejections(conn, buckets.get(FactRejected, []), buckets.get(ErrorReport, []), touched)
     await recompute(conn, touched)
 
@@ -200,6 +205,38 @@ async def _invoices(
             [x.created for x in kept],
         )
         touched.customers.update(x.customer for x in kept)
+
+
+async def _credit_notes(
+    conn: asyncpg.Connection,
+    notes: list[CreditNoteSeen],
+    lines: list[CreditNoteLineSeen],
+    touched: Touched,
+) -> None:
+    if notes:
+        # As UPSERT_CREDIT_NOTES: the newest event, voided if any snapshot says so.
+        rows = newest(notes, lambda n: n.id, lambda n: (n.created, n.event_id))
+        voided = {n.id for n in notes if n.voided}
+        await conn.execute(
+            queries.UPSERT_CREDIT_NOTES,
+            [n.id for n in rows],
+            [n.invoice for n in rows],
+            [n.customer for n in rows],
+            [n.voided or n.id in voided for n in rows],
+            [n.event_id for n in rows],
+            [n.created for n in rows],
+        )
+        touched.customers.update(n.customer for n in rows)
+    if lines:
+        unique = newest(lines, lambda x: (x.credit_note, x.line), lambda x: 0)
+        await conn.execute(
+            queries.INSERT_CREDIT_NOTE_LINES,
+            [x.credit_note for x in unique],
+            [x.line for x in unique],
+            [x.invoice for x in unique],
+            [x.invoice_line for x in unique],
+            [x.quantity for x in unique],
+        )
 
 
 async def _rejections(

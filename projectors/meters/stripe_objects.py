@@ -11,7 +11,15 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from projectors.meters.changes import Change, InvoiceLineSeen, InvoiceSeen, PeriodSeen, PriceMeter
+from projectors.meters.changes import (
+    Change,
+    CreditNoteLineSeen,
+    CreditNoteSeen,
+    InvoiceLineSeen,
+    InvoiceSeen,
+    PeriodSeen,
+    PriceMeter,
+)
 from schemas.envelope import rfc3339_moment
 
 # Statuses of one invoice that share a `created` second are ordered by how far along they are.
@@ -149,4 +157,28 @@ def invoice_changes(
         )
         if end > start:
             changes.append(PeriodSeen(customer, price, start, end, event_id, created))
+    return changes
+
+
+def credit_note_changes(
+    note: Mapping[str, Any], event_type: str, event_id: str, created: int
+) -> list[Change]:
+    """The credit note's status and each of its lines that credits an invoice line (a
+    `custom_line_item` credits no usage). A line credits units when it names a `quantity`;
+    a line created with an `amount` instead (Stripe leaves its `quantity` null) credits
+    money that cannot be turned into units: it is kept with no quantity."""
+    note_id = id_of(note.get("id"))
+    invoice = id_of(note.get("invoice"))
+    customer = id_of(note.get("customer"))
+    if note_id is None or invoice is None or customer is None:
+        return []
+    # Not `voided_at`: Stripe's own example of an issued note carries one.
+    voided = note.get("status") == "void" or event_type == "credit_note.voided"
+    changes: list[Change] = [CreditNoteSeen(note_id, invoice, customer, voided, event_id, created)]
+    for line in _list_data(note.get("lines")):
+        line_id = id_of(line.get("id"))
+        credited = id_of(line.get("invoice_line_item"))
+        if line.get("type") != "invoice_line_item" or line_id is None or credited is None:
+            continue
+        changes.append(CreditNoteLineSeen(note_id, line_id, invoice, credited, _quantity(line)))
     return changes

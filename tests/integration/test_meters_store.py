@@ -21,6 +21,8 @@ from projectors.migrate import migrate
 from tests.fixtures.stripe_objects import (
     MONTH,
     T0,
+    credit_note,
+    credit_note_line,
     event,
     invoice_line,
     price,
@@ -474,3 +476,56 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await project(conn, schema, batches)
         assert await fetch(conn, schema, ends) == [(longer,)], schema
+
+
+CREDITS = """
+SELECT meter, billed_quantity, credited_quantity, amount_credits, delta, status, last_event_id
+FROM meter_reconciliation WHERE customer = 'cus_basil' ORDER BY meter
+"""
+
+
+async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Connection) -> None:
+    """A credit note gives back one unit of cus_basil's `sum` line (its usage matched) and an
+    amount of its `count` line: the sum period is under-billed by that unit; the amount,
+    which is no number of units, is only flagged on the count row. Voided, the note credits
+    nothing. Any order and any duplication of the records give the same rows."""
+    scenario = billing_month()
+    basil = finalized_invoice(scenario, "cus_basil")
+    sum_line, count_line, _ = basil["lines"]["data"]
+    units = credit_note_line(invoice_line_item=sum_line["id"], quantity=1, amount=100)
+    money = credit_note_line(invoice_line_item=count_line["id"], quantity=None, amount=250)
+    note = credit_note(
+        invoice=basil["id"],
+        customer="cus_basil",
+        lines=[units, money, credit_note_line()],  # the last a custom line: no usage
+        created=T0 + MONTH + 300,
+    )
+    issued_event = event("credit_note.created", note, created=T0 + MONTH + 300)
+    voided_event = event("credit_note.voided", dict(note, status="void"), created=T0 + MONTH + 900)
+    issued, voided = stripe_record(issued_event), stripe_record(voided_event)
+    meters = scenario.meters
+
+    await project(conn, "credited", [scenario.records(), [issued]])
+    credited = await fetch(conn, "credited", CREDITS)
+    by_meter = {row[0]: row[1:] for row in credited}
+    assert by_meter[meters["sum"]] == (1, 1, 0, 1, "under_billed", issued_event["id"])
+    assert by_meter[meters["count"]] == (3, 0, 1, 0, "matched", issued_event["id"])
+    assert by_meter[meters["last"]][1:5] == (0, 0, 0, "matched")
+
+    await project(conn, "credited", [[voided]], fresh=False)
+    cancelled = await fetch(conn, "credited", CREDITS)
+    by_meter = {row[0]: row[1:] for row in cancelled}
+    assert by_meter[meters["sum"]] == (1, 0, 0, 0, "matched", voided_event["id"])
+    assert by_meter[meters["count"]] == (3, 0, 0, 0, "matched", voided_event["id"])
+
+    for seed in range(6):
+        rng = random.Random(seed)
+        with_note = [*scenario.records(), issued, issued]
+        rng.shuffle(with_note)
+        cut = rng.randrange(1, len(with_note))
+        await project(conn, f"issued{seed}", [with_note[:cut], with_note[cut:]])
+        assert await fetch(conn, f"issued{seed}", CREDITS) == credited, f"seed {seed}"
+        then_void = [*with_note, voided, issued]
+        rng.shuffle(then_void)
+        await project(conn, f"voided{seed}", [then_void[:cut], then_void[cut:]])
+        assert await fetch(conn, f"voided{seed}", CREDITS) == cancelled, f"seed {seed}"

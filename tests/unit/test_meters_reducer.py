@@ -10,6 +10,8 @@ from deploy.settings import Settings
 from projectors.base import PoisonRecord, Record
 from projectors.meters import projection
 from projectors.meters.changes import (
+    CreditNoteLineSeen,
+    CreditNoteSeen,
     ErrorReport,
     FactRejected,
     InvoiceLineSeen,
@@ -22,6 +24,9 @@ from projectors.meters.changes import (
 from tests.fixtures.stripe_objects import (
     MONTH,
     T0,
+    Era,
+    credit_note,
+    credit_note_line,
     customer,
     event,
     invoice,
@@ -156,6 +161,31 @@ def test_a_legacy_line_names_its_meter_and_a_basil_line_only_its_price() -> None
     assert [type(c) for c in changes] == [InvoiceSeen, InvoiceLineSeen, PeriodSeen]
     assert isinstance(changes[1], InvoiceLineSeen)
     assert changes[1].price == metered["id"]
+
+
+@pytest.mark.parametrize("era", ["legacy", "basil"])
+def test_a_credit_note_credits_units_of_invoice_lines_or_an_amount_only(era: Era) -> None:
+    units = credit_note_line(era=era, invoice_line_item="il_usage", quantity=4, amount=400)
+    money = credit_note_line(era=era, invoice_line_item="il_usage", quantity=None, amount=250)
+    custom = credit_note_line(era=era, invoice_line_item=None, amount=500)
+    note = credit_note(
+        era=era, invoice="in_1", customer="cus_1", lines=[units, money, custom], created=T0
+    )
+    evt = event("credit_note.created", note, created=T0 + 5, era=era)
+    assert projection.reduce(stripe_record(evt)) == [
+        CreditNoteSeen(note["id"], "in_1", "cus_1", False, evt["id"], T0 + 5),
+        CreditNoteLineSeen(note["id"], units["id"], "in_1", "il_usage", Decimal(4)),
+        CreditNoteLineSeen(note["id"], money["id"], "in_1", "il_usage", None),
+    ]
+    # Stripe's example of an issued note carries `voided_at`; only the status voids it.
+    voided = event("credit_note.voided", dict(note, status="void"), created=T0 + 9)
+    updated = event("credit_note.updated", dict(note, voided_at=T0), created=T0 + 7)
+    assert [
+        change.voided
+        for evt in (voided, updated)
+        for change in projection.reduce(stripe_record(evt))
+        if isinstance(change, CreditNoteSeen)
+    ] == [True, False]
 
 
 def test_a_deleted_draft_ranks_above_every_status() -> None:

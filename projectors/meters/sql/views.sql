@@ -2,7 +2,8 @@
 CREATE OR REPLACE VIEW usage_discrepancies AS
 SELECT customer, meter, event_name, period_start, period_end, status,
        reported_value, rejected_value, billed_quantity, delta,
-       unattributed_rejections, last_event_id, last_event_created
+       unattributed_rejections, last_event_id, last_event_created, credited_quantity,
+       amount_credits
 FROM meter_reconciliation
 WHERE status IN ('under_billed', 'over_billed')
 ORDER BY abs(delta) DESC, customer, meter, period_start;
