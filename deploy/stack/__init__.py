@@ -43,7 +43,13 @@ def _local_bootstrap(settings: Settings) -> str:
 
 
 def _kafka_is_external(settings: Settings) -> bool:
-    return settings.kafka_bootstrap not in ("127.0.0.1:9092", _local_bootstrap(settings))
+    """Any broker list but the local broker's address (`localhost` names it too)."""
+    local = {
+        f"{host}:{port}"
+        for host in ("127.0.0.1", "localhost")
+        for port in (9092, settings.kafka_port)
+    }
+    return settings.kafka_bootstrap.strip() not in local
 
 
 def _postgres_is_external(settings: Settings) -> bool:
