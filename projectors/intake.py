@@ -60,9 +60,10 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """`consumer.stop()`, which with the broker away can raise the CancelledError of one of
     its own fetches: aiokafka (0.14) cancels a fetch sleeping out a retry and awaits it
     without catching that error. A SIGTERM would then end the process with a traceback and
-    exit status 1, and skip whatever cleanup follows the stop. The error is not ours, so the
-    client's connections are closed and it is dropped; a cancellation of this task itself
-    (counted by `cancelling()`) is passed on."""
+    exit status 1, and skip whatever cleanup follows the stop. The error is not ours: the
+    fetches the stop left behind are cancelled, the client's connections closed, and it is
+    dropped. A cancellation of this task itself (counted by `cancelling()`) is passed on,
+    even one aiokafka swallowed."""
     task = asyncio.current_task()
     cancelling = task.cancelling() if task is not None else 0
     try:
@@ -70,7 +71,15 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
     except asyncio.CancelledError:
         if task is None or task.cancelling() > cancelling:
             raise
+        fetcher = consumer._fetcher
+        if fetcher is not None:
+            leftovers = [fetcher._fetch_task, *fetcher._pending_tasks]
+            for leftover in leftovers:
+                leftover.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
         await consumer._client.close()
+    if task is not None and task.cancelling() > cancelling:
+        raise asyncio.CancelledError
 
 
 async def getmany(consumer: AIOKafkaConsumer, most: int, wait_ms: int) -> Fetched:

@@ -90,6 +90,10 @@ counted AS (
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
                            = t.billed_quantity - t.credited_quantity THEN 'matched'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
+                           > t.billed_quantity - t.credited_quantity
+                       AND t.reported_value + p.reported - t.rejected_value - p.rejected
+                           <= t.billed_quantity THEN 'credited'
+                      WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
                            > t.billed_quantity - t.credited_quantity THEN 'under_billed'
                       ELSE 'over_billed' END,
         reported_facts = t.reported_facts + p.n,

@@ -158,6 +158,7 @@ SELECT customer, meter, period_start, event_name, period_end, aggregation, repor
        CASE WHEN incomplete THEN 'incomplete'
             WHEN invoices = 0 THEN 'pending'
             WHEN accepted = net THEN 'matched'
+            WHEN accepted > net AND accepted <= billed THEN 'credited'
             WHEN accepted > net THEN 'under_billed'
             ELSE 'over_billed' END,
        n, rejected_n, unattributed, invoices, last_event_id, last_event_created, credited,

@@ -479,53 +479,87 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
 
 
 CREDITS = """
-SELECT meter, billed_quantity, credited_quantity, amount_credits, delta, status, last_event_id
-FROM meter_reconciliation WHERE customer = 'cus_basil' ORDER BY meter
+SELECT customer, meter, billed_quantity, credited_quantity, amount_credits, delta, status,
+       last_event_id
+FROM meter_reconciliation ORDER BY customer, meter
 """
 
 
 async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Connection) -> None:
-    """A credit note gives back one unit of cus_basil's `sum` line (its usage matched) and an
-    amount of its `count` line: the sum period is under-billed by that unit; the amount,
-    which is no number of units, is only flagged on the count row. Voided, the note credits
-    nothing. Any order and any duplication of the records give the same rows."""
+    """cus_basil's usage matched its invoice; a credit note gives back one unit of its
+    `sum` line and an amount of its `count` line. The sum period is `credited` (billed in
+    full, then given back: a decision, not a fault); the amount, which is no number of
+    units, is only flagged. cus_legacy, already under-billed, gets a unit back too: still
+    `under_billed`, by one more. Voided, the notes credit nothing (a same-second update
+    with a later event id, saying `issued`, does not undo the void). Any order and any
+    duplication of the records give the same rows."""
     scenario = billing_month()
     basil = finalized_invoice(scenario, "cus_basil")
+    legacy = finalized_invoice(scenario, "cus_legacy")
     sum_line, count_line, _ = basil["lines"]["data"]
-    units = credit_note_line(invoice_line_item=sum_line["id"], quantity=1, amount=100)
-    money = credit_note_line(invoice_line_item=count_line["id"], quantity=None, amount=250)
+    (legacy_line,) = legacy["lines"]["data"]
     note = credit_note(
         invoice=basil["id"],
         customer="cus_basil",
-        lines=[units, money, credit_note_line()],  # the last a custom line: no usage
-        created=T0 + MONTH + 300,
+        lines=[
+            credit_note_line(invoice_line_item=sum_line["id"], quantity=1, amount=100),
+            credit_note_line(invoice_line_item=count_line["id"], quantity=None, amount=250),
+            credit_note_line(),  # a custom line: no usage
+        ],
     )
-    issued_event = event("credit_note.created", note, created=T0 + MONTH + 300)
-    voided_event = event("credit_note.voided", dict(note, status="void"), created=T0 + MONTH + 900)
-    issued, voided = stripe_record(issued_event), stripe_record(voided_event)
+    legacy_note = credit_note(
+        era="legacy",
+        invoice=legacy["id"],
+        customer="cus_legacy",
+        lines=[credit_note_line(era="legacy", invoice_line_item=legacy_line["id"], quantity=1)],
+    )
+    at = T0 + MONTH + 300
+    issued_events = [
+        event("credit_note.created", note, created=at),
+        event("credit_note.created", legacy_note, created=at, era="legacy"),
+    ]
+    later = T0 + MONTH + 900
+    voided_events = [
+        event("credit_note.voided", dict(note, status="void"), created=later),
+        event("credit_note.voided", dict(legacy_note, status="void"), created=later, era="legacy"),
+    ]
+    tie = event("credit_note.updated", dict(note, memo="Goodwill"), created=later)
+    assert tie["id"] > voided_events[0]["id"]
+    issued = [stripe_record(e) for e in issued_events]
+    voided = [stripe_record(e) for e in [*voided_events, tie]]
     meters = scenario.meters
 
-    await project(conn, "credited", [scenario.records(), [issued]])
+    await project(conn, "credited", [scenario.records(), issued])
     credited = await fetch(conn, "credited", CREDITS)
-    by_meter = {row[0]: row[1:] for row in credited}
-    assert by_meter[meters["sum"]] == (1, 1, 0, 1, "under_billed", issued_event["id"])
-    assert by_meter[meters["count"]] == (3, 0, 1, 0, "matched", issued_event["id"])
-    assert by_meter[meters["last"]][1:5] == (0, 0, 0, "matched")
+    rows = {row[:2]: row[2:] for row in credited}
+    basil_event, legacy_event = (e["id"] for e in issued_events)
+    assert rows["cus_basil", meters["sum"]] == (1, 1, 0, 1, "credited", basil_event)
+    assert rows["cus_basil", meters["count"]] == (3, 0, 1, 0, "matched", basil_event)
+    assert rows["cus_basil", meters["last"]][1:4] == (0, 0, 0)
+    assert rows["cus_legacy", meters["sum"]] == (
+        2,
+        1,
+        0,
+        Decimal("2.5"),
+        "under_billed",
+        legacy_event,
+    )
 
-    await project(conn, "credited", [[voided]], fresh=False)
+    await project(conn, "credited", [voided], fresh=False)
     cancelled = await fetch(conn, "credited", CREDITS)
-    by_meter = {row[0]: row[1:] for row in cancelled}
-    assert by_meter[meters["sum"]] == (1, 0, 0, 0, "matched", voided_event["id"])
-    assert by_meter[meters["count"]] == (3, 0, 0, 0, "matched", voided_event["id"])
+    rows = {row[:2]: row[2:] for row in cancelled}
+    assert rows["cus_basil", meters["sum"]] == (1, 0, 0, 0, "matched", tie["id"])
+    assert rows["cus_basil", meters["count"]] == (3, 0, 0, 0, "matched", tie["id"])
+    assert rows["cus_legacy", meters["sum"]][1:4] == (0, 0, Decimal("1.5"))
 
     for seed in range(6):
         rng = random.Random(seed)
-        with_note = [*scenario.records(), issued, issued]
-        rng.shuffle(with_note)
-        cut = rng.randrange(1, len(with_note))
-        await project(conn, f"issued{seed}", [with_note[:cut], with_note[cut:]])
+        with_notes = [*scenario.records(), *issued, issued[0]]
+        rng.shuffle(with_notes)
+        cut = rng.randrange(1, len(with_notes))
+        await project(conn, f"issued{seed}", [with_notes[:cut], with_notes[cut:]])
         assert await fetch(conn, f"issued{seed}", CREDITS) == credited, f"seed {seed}"
-        then_void = [*with_note, voided, issued]
+        then_void = [*with_notes, *voided, *issued]
         rng.shuffle(then_void)
         await project(conn, f"voided{seed}", [then_void[:cut], then_void[cut:]])
         assert await fetch(conn, f"voided{seed}", CREDITS) == cancelled, f"seed {seed}"

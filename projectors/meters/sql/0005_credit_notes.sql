@@ -26,3 +26,10 @@ CREATE INDEX meter_credit_note_lines_by_invoice_line
 ALTER TABLE meter_reconciliation
     ADD COLUMN credited_quantity numeric NOT NULL DEFAULT 0,
     ADD COLUMN amount_credits integer NOT NULL DEFAULT 0;
+
+-- `credited`: the invoices billed all the usage (or more), and credit notes gave units
+-- back: less was charged than used, by a decision rather than a fault of the pipeline.
+ALTER TABLE meter_reconciliation DROP CONSTRAINT meter_reconciliation_status_check;
+ALTER TABLE meter_reconciliation ADD CONSTRAINT meter_reconciliation_status_check
+    CHECK (status IN ('pending', 'matched', 'under_billed', 'over_billed', 'incomplete',
+                      'credited'));
