@@ -536,14 +536,26 @@ async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Con
     assert rows["cus_basil", meters["sum"]] == (1, 1, 0, 1, "credited", basil_event)
     assert rows["cus_basil", meters["count"]] == (3, 0, 1, 0, "matched", basil_event)
     assert rows["cus_basil", meters["last"]][1:4] == (0, 0, 0)
-    assert rows["cus_legacy", meters["sum"]] == (
-        2,
-        1,
-        0,
-        Decimal("2.5"),
-        "under_billed",
-        legacy_event,
-    )
+    legacy_row = (2, 1, 0, Decimal("2.5"), "under_billed", legacy_event)
+    assert rows["cus_legacy", meters["sum"]] == legacy_row
+    # Facts counted one by one on the fast path, after the credits, agree with a full
+    # recompute: one turns the credited period under-billed, one brings it back.
+    late = [
+        usage_record(usage_fact(f"b-after-credit-{n}", "cus_basil", value, timestamp=T0 + 86_400))
+        for n, value in enumerate(["1", "-1"])
+    ]
+    await project(conn, "whole", [[*scenario.records(), *issued, *late]])
+    for fact, status in zip(late, ["under_billed", "credited"], strict=True):
+        await project(conn, "credited", [[fact]], fresh=False)
+        (row,) = await fetch(
+            conn,
+            "credited",
+            "SELECT status FROM meter_reconciliation WHERE customer = 'cus_basil' "
+            f"AND meter = '{meters['sum']}'",
+        )
+        assert row == (status,)
+    assert await fetch(conn, "credited", CREDITS) == await fetch(conn, "whole", CREDITS)
+    credited = await fetch(conn, "credited", CREDITS)
 
     await project(conn, "credited", [voided], fresh=False)
     cancelled = await fetch(conn, "credited", CREDITS)
@@ -554,7 +566,7 @@ async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Con
 
     for seed in range(6):
         rng = random.Random(seed)
-        with_notes = [*scenario.records(), *issued, issued[0]]
+        with_notes = [*scenario.records(), *issued, issued[0], *late]
         rng.shuffle(with_notes)
         cut = rng.randrange(1, len(with_notes))
         await project(conn, f"issued{seed}", [with_notes[:cut], with_notes[cut:]])
