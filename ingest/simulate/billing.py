@@ -8,7 +8,7 @@ from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
 from ingest.simulate.catalogue import Catalogue
 from ingest.simulate.shapes import Json, Price, customer, is_new_era
 from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, YEAR, Story
-from ingest.simulate.usage import metered_month
+from ingest.simulate.usage import credit_usage, metered_month
 
 # Scenario -> weight. "late_*" sign up near the end of the month: no renewal in it.
 SCENARIOS = {
@@ -189,25 +189,27 @@ class CustomerMonth:
             previous["status"] = "trialing"
         invoice = self.new_invoice(start, "subscription_cycle", start, end)
         invoice.period_start, invoice.period_end = old_start, start
+        usage: Line | None = None
         if self.metered:
             billed = metered_month(
                 self.story, self.id, old_start, start, end, finalized=start + HOUR
             )
-            invoice.lines.append(
-                Line(
-                    self.story.ids.new("il"),
-                    self.prices.metered,
-                    billed,
-                    (billed + 1) // 2,
-                    old_start,
-                    start,
-                    self.sub.items[1].id,
-                )
+            usage = Line(
+                self.story.ids.new("il"),
+                self.prices.metered,
+                billed,
+                (billed + 1) // 2,
+                old_start,
+                start,
+                self.sub.items[1].id,
             )
+            invoice.lines.append(usage)
         self.sub_event(start, "customer.subscription.updated", previous)
         self.invoice_event(start, "invoice.created", invoice)
         if pays:
             self.finalize_and_pay(invoice, start + HOUR)
+            if usage is not None:
+                credit_usage(self.story, invoice, usage, start + DAY, self.api)
         else:
             invoice.status, invoice.finalized_at = "open", start + HOUR
             self.invoice_event(start + HOUR, "invoice.finalized", invoice)

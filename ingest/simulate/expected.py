@@ -34,6 +34,7 @@ class Reconciliation:
     billed_quantity: int
     delta: int
     status: str
+    credited_quantity: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +69,15 @@ class Expected:
     @property
     def discrepancies(self) -> list[Reconciliation]:
         """Closed periods where usage and billing disagree, largest absolute delta first."""
-        rows = [row for row in self.reconciliation if row.status not in ("matched", "pending")]
+        judged = ("under_billed", "over_billed")
+        rows = [row for row in self.reconciliation if row.status in judged]
         return sorted(rows, key=lambda row: (-abs(row.delta), row.customer, row.period_start))
+
+    @property
+    def credited(self) -> list[Reconciliation]:
+        """Periods a credit note gave units back for, by customer and period."""
+        rows = [row for row in self.reconciliation if row.credited_quantity]
+        return sorted(rows, key=lambda row: (row.customer, row.period_start))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form (for `lattice simulate --expected` and tests)."""
@@ -79,15 +87,20 @@ class Expected:
         }
         body["balances"] = {f"{acct}/{cur}": asdict(b) for (acct, cur), b in self.balances.items()}
         body["discrepancies"] = [asdict(row) for row in self.discrepancies]
+        body["credited"] = [asdict(row) for row in self.credited]
         return body
 
 
-def _status(delta: int, closed: bool) -> str:
+def _status(kept: int, billed: int, credited: int, closed: bool) -> str:
+    """As the `meters` projection judges a period (credit notes give units back)."""
     if not closed:
         return "pending"
-    if delta == 0:
+    net = billed - credited
+    if kept == net:
         return "matched"
-    return "under_billed" if delta > 0 else "over_billed"
+    if kept > net:
+        return "credited" if kept <= billed else "under_billed"
+    return "over_billed"
 
 
 def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) -> Expected:
@@ -110,10 +123,16 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
             monthly = item.price.unit_amount * item.quantity
             mrr[sub.currency] += monthly // 12 if item.price.interval == "year" else monthly
     rows = []
-    for (customer, meter, start), (end, reported, rejected_value, billed, closed) in sorted(
-        story.usage.items()
-    ):
-        delta = reported - rejected_value - billed
+    for (customer, meter, start), (
+        end,
+        reported,
+        rejected_value,
+        billed,
+        closed,
+        credited,
+    ) in sorted(story.usage.items()):
+        kept = reported - rejected_value  # what Stripe accepted of it
+        delta = kept - (billed - credited)
         rows.append(
             Reconciliation(
                 customer,
@@ -124,7 +143,8 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
                 rejected_value,
                 billed,
                 delta,
-                _status(delta, closed),
+                _status(kept, billed, credited, closed),
+                credited,
             )
         )
     return Expected(

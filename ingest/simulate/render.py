@@ -67,6 +67,15 @@ def render(
             f"  {customer:<22} {when:<17} {reported:>9} {rejected_value:>9} "
             f"{billed:>7} {delta:>6}  {status}"
         )
+    ok = sorted(want.credited) == sorted(actual.credited)
+    out.append(f"\nUsage credited back by credit notes (meter_reconciliation)  [{_mark(ok)}]")
+    out.append(
+        f"  {'customer':<22} {'period start':<17} {'billed':>7} {'credited':>9} "
+        f"{'delta':>6}  status"
+    )
+    for customer, start, billed, credited, delta, status in sorted(actual.credited):
+        when = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M")
+        out.append(f"  {customer:<22} {when:<17} {billed:>7} {credited:>9} {delta:>6}  {status}")
     out.append(f"\nConnect balances per account  [{_mark(want.balances == actual.balances)}]")
     out.append(
         f"  {'account':<22} {'cur':<4} {'transferred':>12} {'reversed':>10} "

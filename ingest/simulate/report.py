@@ -22,6 +22,8 @@ QUERIES = {
     "mrr": "SELECT currency, mrr FROM projections.mrr",
     "discrepancies": "SELECT customer, period_start, reported_value, rejected_value, "
     "billed_quantity, delta, status FROM projections.usage_discrepancies",
+    "credited": "SELECT customer, period_start, billed_quantity, credited_quantity, delta, "
+    "status FROM projections.meter_reconciliation WHERE credited_quantity <> 0",
     "balances": "SELECT account, currency, transferred, reversed, application_fees, "
     "refunded_fees, paid_out, net FROM projections.connect_balances",
     "events": "SELECT count(*) FROM projections.events",
@@ -37,6 +39,7 @@ class Actual:
     invoices: dict[tuple[str, str | None], InvoiceTotals]
     mrr: dict[str | None, int]
     discrepancies: list[tuple[Any, ...]]
+    credited: list[tuple[Any, ...]]
     balances: dict[tuple[str, str], tuple[int, ...]]
     events: int
 
@@ -63,6 +66,9 @@ async def read_tables(database_url: str) -> Actual:
             (r[0], int(r[1].timestamp()), *(int(v) for v in r[2:6]), r[6])
             for r in rows["discrepancies"]
         ],
+        credited=[
+            (r[0], int(r[1].timestamp()), *(int(v) for v in r[2:5]), r[5]) for r in rows["credited"]
+        ],
         balances={(r[0], r[1]): tuple(int(v) for v in r[2:]) for r in rows["balances"]},
         events=int(rows["events"][0][0]) if rows["events"] else 0,
     )
@@ -87,6 +93,10 @@ def expected_as_actual(expected: Expected) -> Actual:
             )
             for r in expected.discrepancies
         ],
+        credited=[
+            (r.customer, r.period_start, r.billed_quantity, r.credited_quantity, r.delta, r.status)
+            for r in expected.credited
+        ],
         balances={
             key: (b.transferred, b.reversed, b.application_fees, b.refunded_fees, b.paid_out, b.net)
             for key, b in expected.balances.items()
@@ -108,6 +118,8 @@ def differences(expected: Expected, actual: Actual) -> list[str]:
         wrong.append(
             f"usage_discrepancies: expected {want.discrepancies}, tables say {actual.discrepancies}"
         )
+    if sorted(want.credited) != sorted(actual.credited):
+        wrong.append(f"credited usage: expected {want.credited}, tables say {actual.credited}")
     return wrong
 
 

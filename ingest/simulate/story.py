@@ -65,7 +65,8 @@ class Story:
     hydrated: dict[str, Json] = field(default_factory=dict)
     subscriptions: list[Subscription] = field(default_factory=list)
     invoices: list[Invoice] = field(default_factory=list)
-    # (customer, meter, period_start) -> [period_end, reported, rejected, billed, closed]
+    # (customer, meter, period_start) -> [period_end, reported, rejected, billed, closed,
+    #                                     credited]
     usage: dict[tuple[str, str, int], list[Any]] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
     fees: list[tuple[str, str, int, int]] = field(default_factory=list)  # acct, cur, fee, refunded
@@ -82,10 +83,17 @@ class Story:
         *,
         account: str | None = None,
         previous: Json | None = None,
+        event_id: str | None = None,
     ) -> None:
-        """Record a snapshot event of `obj` at `created`."""
+        """Record a snapshot event of `obj` at `created` (with a fresh id unless given)."""
         body = event(
-            self.ids.new("evt"), kind, created, obj, api_version, account=account, previous=previous
+            event_id or self.ids.new("evt"),
+            kind,
+            created,
+            obj,
+            api_version,
+            account=account,
+            previous=previous,
         )
         endpoint = CONNECT if account is not None else PLATFORM
         self.events.append(Emitted(created, len(self.events), endpoint, body))

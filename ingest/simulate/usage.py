@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from ingest.simulate.shapes import Json, rfc3339, thin_event
+import random
+
+from ingest.simulate.billing_shapes import Invoice, Line
+from ingest.simulate.shapes import Ids, Json, is_new_era, rfc3339, thin_event
 from ingest.simulate.story import DAY, HOUR, Story
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 EVENT_NAME = "api_requests"
+CREDITED_SHARE = 0.3  # of paid usage lines, given a few units back by a credit note
 
 
 def _fact(
@@ -62,14 +66,98 @@ def metered_month(
         billed += rng.randint(1, 10)  # a fact the app sent Stripe but lost before logging it
     if rejected_ids:
         _error_report(story, rejected_ids, start, end)
-    story.usage[(customer, meter, start)] = [end, reported, rejected, billed, True]
+    story.usage[(customer, meter, start)] = [end, reported, rejected, billed, True, 0]
     upcoming = 0
     for _ in range(rng.randint(1, 3)):  # the new period has begun: its row stays pending
         value, at = rng.randint(1, 20), rng.randint(end, end + 3 * DAY)
         story.report(at + 5, customer, _fact(story, customer, story.ids.new("mev"), value, at))
         upcoming += value
-    story.usage[(customer, meter, end)] = [next_end, upcoming, 0, 0, False]
+    story.usage[(customer, meter, end)] = [next_end, upcoming, 0, 0, False, 0]
     return billed
+
+
+def credit_usage(story: Story, invoice: Invoice, line: Line, at: int, api_version: str) -> None:
+    """Sometimes support gives a few units of a paid usage line back by a credit note (a
+    spike the customer disputed): its period is `credited`, or `under_billed` by more.
+    Decided and named by a generator of its own, seeded by the invoice, so that the rest
+    of a seeded month is what it was before credit notes were simulated."""
+    rng = random.Random(invoice.id)
+    if line.quantity < 1 or rng.random() >= CREDITED_SHARE:
+        return
+    units = rng.randint(1, min(line.quantity, 5))
+    amount = line.amount * units // line.quantity
+    ids = Ids(rng)
+    note_id, line_id = ids.new("cn"), ids.new("cnli")
+    credited: Json = {
+        "id": line_id,
+        "object": "credit_note_line_item",
+        "amount": amount,
+        "description": f"{units} x {line.price.product} (usage credit)",
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "invoice_line_item": line.id,
+        "livemode": False,
+        "quantity": units,
+        "tax_rates": [],
+        "type": "invoice_line_item",
+        "unit_amount": None,
+        "unit_amount_decimal": None,
+        "pretax_credit_amounts": [],
+    }
+    note: Json = {
+        "id": note_id,
+        "object": "credit_note",
+        "amount": amount,
+        "amount_shipping": 0,
+        "created": at,
+        "currency": invoice.currency,
+        "customer": invoice.customer,
+        "customer_balance_transaction": None,
+        "discount_amount": 0,
+        "discount_amounts": [],
+        "effective_at": at,
+        "invoice": invoice.id,
+        "lines": {
+            "object": "list",
+            "data": [credited],
+            "has_more": False,
+            "url": f"/v1/credit_notes/{note_id}/lines",
+        },
+        "livemode": False,
+        "memo": "Usage spike credited back",
+        "metadata": {},
+        "number": f"{invoice.id[-8:].upper()}-CN-01",
+        "out_of_band_amount": None,
+        "pdf": f"https://pay.stripe.com/credit_notes/{note_id}/pdf",
+        "reason": "order_change",
+        "shipping_cost": None,
+        "status": "issued",
+        "subtotal": amount,
+        "subtotal_excluding_tax": amount,
+        "total": amount,
+        "total_excluding_tax": amount,
+        "type": "post_payment",
+        "voided_at": None,
+        "pretax_credit_amounts": [],
+    }
+    if is_new_era(api_version):
+        credited |= {"taxes": [], "metadata": {}}
+        note |= {
+            "customer_account": None,
+            "post_payment_amount": amount,
+            "pre_payment_amount": 0,
+            "refunds": [],
+            "total_taxes": [],
+        }
+    else:
+        credited |= {
+            "amount_excluding_tax": amount,
+            "tax_amounts": [],
+            "unit_amount_excluding_tax": str(amount),
+        }
+        note |= {"refund": None, "tax_amounts": []}
+    story.emit(at, "credit_note.created", note, api_version, event_id=ids.new("evt"))
+    story.usage[(invoice.customer, story.meter_id, line.period_start)][5] += units
 
 
 def _error_report(story: Story, identifiers: list[str], start: int, end: int) -> None:

@@ -68,10 +68,12 @@ async def projectors(settings: Settings) -> AsyncIterator[None]:
 
 
 async def test_tables_equal_the_simulators_expected_totals(settings: Settings) -> None:
-    simulation = generate(20, 3, seed=8)  # this seed has thin error reports and discrepancies
+    # This seed has thin error reports, discrepancies and usage credited back.
+    simulation = generate(20, 3, seed=8)
     expected = simulation.expected
     assert simulation.hydrated
     assert expected.discrepancies
+    assert expected.credited
     assert {"active", "past_due", "canceled", "trialing"} <= set(expected.subscriptions)
     stripe_port = free_port()
     settings = settings.model_copy(
