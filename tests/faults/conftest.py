@@ -108,6 +108,7 @@ CONTRACT_TABLES = [
     "invoice_lines",
     "meters",
     "meter_reconciliation",
+    "meter_credit_notes",
     "transfers",
     "connect_balances",
     "lattice.dead_letters",

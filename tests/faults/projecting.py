@@ -25,6 +25,7 @@ from ingest.record import LogRecord
 from projectors.catalog import discover
 from tests.fixtures.connect_streams import volume
 from tests.fixtures.records import log_record
+from tests.fixtures.stripe_objects import MONTH, T0, credit_note, credit_note_line, event
 from tests.support.meter_scenario import Scenario, billing_month
 from tests.support.projectors import log_ends
 from tests.support.stripe_stream import produce, records, stream
@@ -98,8 +99,24 @@ def _delivered(event: dict[str, Any]) -> dict[str, Any]:
 
 @functools.cache
 def _month() -> Scenario:
-    """The meters' month, built once (its ids come from a counter)."""
-    return billing_month("_faults")
+    """The meters' month, built once (its ids come from a counter), with a credit note
+    that gives units of the basil customer's usage back (a row that would change if the
+    note were applied twice or lost)."""
+    month = billing_month("_faults")
+    invoice = next(
+        e["data"]["object"]
+        for e in month.stripe_events
+        if e["type"] == "invoice.finalized"
+        and e["data"]["object"]["customer"] == "cus_basil_faults"
+    )
+    usage = invoice["lines"]["data"][0]
+    note = credit_note(
+        invoice=invoice["id"],
+        customer=invoice["customer"],
+        lines=[credit_note_line(invoice_line_item=usage["id"], quantity=1)],
+    )
+    month.stripe_events.append(event("credit_note.created", note, created=T0 + MONTH + 300))
+    return month
 
 
 def thin_event_bodies() -> list[dict[str, Any]]:
