@@ -29,7 +29,8 @@ from projectors.intake import group_of
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.progress import Progress
-from projectors.replay import ReplayError, StartAt, replay
+from projectors.replay import replay
+from projectors.replay_start import ReplayError, StartAt
 from projectors.rewind import RewindError, rewind
 from projectors.service import dead_letter_producer, run_projections, tune_gc
 from projectors.startup import dependencies_up

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaProducer
 from deploy.settings import Settings
 from projectors.connect import projection
 from projectors.connect.fold import fold, ledger
-from projectors.replay import StartAt, replay
+from projectors.replay import replay
+from projectors.replay_start import StartAt
 from projectors.service import dead_letter_producer
 from tests.fixtures import connect_streams as streams
 from tests.fixtures.records import as_record, log_record

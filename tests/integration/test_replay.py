@@ -15,7 +15,8 @@ from ingest.batching import partition_for
 from ingest.record import build_record
 from projectors.events import projection as events
 from projectors.progress import Progress
-from projectors.replay import ReplayError, StartAt, replay
+from projectors.replay import replay
+from projectors.replay_start import ReplayError, StartAt
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all

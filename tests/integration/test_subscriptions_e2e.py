@@ -13,7 +13,8 @@ import pytest
 
 from deploy.settings import Settings
 from projectors.invoices import projection as invoices
-from projectors.replay import StartAt, replay
+from projectors.replay import replay
+from projectors.replay_start import StartAt
 from projectors.service import dead_letter_producer
 from projectors.subscriptions import projection as subscriptions
 from tests.fixtures import stripe_objects as so
