@@ -102,6 +102,9 @@ class SubscriptionSnapshot:
     livemode: bool
     items: tuple[Item, ...]
     pause_collection: str | None = None
+    # False when the webhook's `items` list said `has_more` (it carries the first 10 of up
+    # to 20): the items not seen count nowhere, so `mrr` says how many such it summed.
+    items_complete: bool = True
 
 
 @dataclass(slots=True)
@@ -187,6 +190,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
         created=integer(obj.get("created")),
         livemode=obj.get("livemode") is True or event.livemode,
         items=items,
+        items_complete=mapping(obj.get("items")).get("has_more") is not True,
     )
 
 

@@ -19,19 +19,20 @@ INSERT INTO subscriptions AS t (
     id, customer, account, status, cancel_at_period_end, cancel_at,
     current_period_start, current_period_end, trial_start, trial_end, canceled_at, ended_at,
     latest_invoice, collection_method, currency, created, livemode,
-    version, last_event_id, last_event_created, pause_collection)
+    version, last_event_id, last_event_created, pause_collection, items_complete)
 SELECT x.id, x.customer, x.account, x.status, x.cancel_at_period_end, to_timestamp(x.cancel_at),
     to_timestamp(x.cps), to_timestamp(x.cpe), to_timestamp(x.trial_start),
     to_timestamp(x.trial_end), to_timestamp(x.canceled_at), to_timestamp(x.ended_at),
     x.latest_invoice, x.collection_method, x.currency, to_timestamp(x.created), x.livemode,
-    x.version, x.event_id, to_timestamp(x.event_created), x.pause_collection
+    x.version, x.event_id, to_timestamp(x.event_created), x.pause_collection, x.items_complete
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::boolean[], $6::bigint[],
             $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[],
             $13::text[], $14::text[], $15::text[], $16::bigint[], $17::boolean[],
-            $18::text[], $19::text[], $20::bigint[], $21::text[])
+            $18::text[], $19::text[], $20::bigint[], $21::text[], $22::boolean[])
     AS x(id, customer, account, status, cancel_at_period_end, cancel_at, cps, cpe,
          trial_start, trial_end, canceled_at, ended_at, latest_invoice, collection_method,
-         currency, created, livemode, version, event_id, event_created, pause_collection)
+         currency, created, livemode, version, event_id, event_created, pause_collection,
+         items_complete)
 ON CONFLICT (id) DO UPDATE SET
     customer = excluded.customer, account = excluded.account, status = excluded.status,
     cancel_at_period_end = excluded.cancel_at_period_end, cancel_at = excluded.cancel_at,
@@ -43,7 +44,7 @@ ON CONFLICT (id) DO UPDATE SET
     currency = excluded.currency, created = excluded.created, livemode = excluded.livemode,
     version = excluded.version, last_event_id = excluded.last_event_id,
     last_event_created = excluded.last_event_created,
-    pause_collection = excluded.pause_collection
+    pause_collection = excluded.pause_collection, items_complete = excluded.items_complete
 WHERE t.version < excluded.version
 RETURNING t.id
 """
@@ -139,6 +140,7 @@ async def _write_subscriptions(conn: asyncpg.Connection, subs: list[Subscription
         [s.event_id for s in subs],
         [s.event_created for s in subs],
         [s.pause_collection for s in subs],
+        [s.items_complete for s in subs],
     )
     if not won:
         return

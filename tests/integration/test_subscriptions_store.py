@@ -139,6 +139,14 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
 
     # A price in several currencies shows its default one; a subscription in another is
     # charged that currency's amount, known only from an expanded `currency_options`.
+    # More items than the webhook carries (it has the first 10): summed from those seen,
+    # and counted in `items_not_seen`.
+    crowded = so.subscription(
+        status="active",
+        items=[so.subscription_item(item_price=so.price(unit_amount=500))],
+        livemode=True,
+    )
+    crowded["items"]["has_more"] = True
     eur_option = {
         "eur": {
             "custom_unit_amount": None,
@@ -153,6 +161,7 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
         BOTH,
         [
             sub("active", (so.price(unit_amount=2000), 3)),  # 6000 / month
+            so.event("customer.subscription.updated", crowded),  # 500 and items not seen
             sub("past_due", (so.price(unit_amount=120_000, interval="year"), 1)),  # 10000 / month
             sub(
                 "active",
@@ -197,13 +206,13 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
     )
 
     mrr = {
-        (r["currency"], r["livemode"]): (r["mrr"], r["subscriptions"])
+        (r["currency"], r["livemode"]): (r["mrr"], r["subscriptions"], r["items_not_seen"])
         for r in await rows(conn, "mrr")
     }
     assert mrr == {
-        ("usd", True): (17_000, 3),
-        ("eur", True): (8_800, 2),
-        ("usd", False): (700, 1),
+        ("usd", True): (17_500, 4, 1),
+        ("eur", True): (8_800, 2, 0),
+        ("usd", False): (700, 1, 0),
     }
 
 

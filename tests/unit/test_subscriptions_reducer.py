@@ -124,6 +124,19 @@ def test_basil_items_with_different_periods_span_the_subscription_period() -> No
     assert [i.current_period_end for i in change.items] == [so.T0 + 10, so.T0 + 20]
 
 
+@pytest.mark.parametrize("era", ["legacy", "basil"])
+def test_an_items_list_with_more_than_the_webhook_carried_is_marked(era: so.Era) -> None:
+    sub = so.subscription(era=era)
+    assert sub["items"]["has_more"] is False
+    whole = reduce_one(so.event("customer.subscription.updated", sub, era=era))
+    sub["items"]["has_more"] = True
+    partial = reduce_one(so.event("customer.subscription.updated", sub, era=era))
+    assert isinstance(whole, SubscriptionSnapshot)
+    assert isinstance(partial, SubscriptionSnapshot)
+    assert (whole.items_complete, partial.items_complete) == (True, False)
+    assert len(partial.items) == len(whole.items) == 1
+
+
 def test_expanded_customer_and_latest_invoice_are_read_as_ids() -> None:
     sub = so.subscription(customer=so.customer(id="cus_X"), latest_invoice=so.invoice(id="in_X"))
 

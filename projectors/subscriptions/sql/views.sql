@@ -22,7 +22,10 @@ SELECT coalesce(i.currency, s.currency) AS currency,
            / greatest(coalesce(i.interval_count, 1), 1)
        ))::bigint AS mrr,
        count(DISTINCT s.id) AS subscriptions,
-       s.livemode
+       s.livemode,
+       -- Summed with only the items their webhook carried (`items.has_more`): MRR is
+       -- short by their items not seen.
+       count(DISTINCT s.id) FILTER (WHERE NOT s.items_complete) AS items_not_seen
 FROM subscriptions s
 JOIN subscription_items i ON i.subscription = s.id
 WHERE s.status IN ('active', 'past_due')
