@@ -92,7 +92,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer in the same short JSON as everything else."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     reason = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
-    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else None
+    headers = dict(exc.headers or {}) if isinstance(exc, HTTPException) else {}
+    if request.headers.get("expect", "").lower() == "100-continue":
+        # The client holds its body back until told to send it, which it never is: what
+        # it sends next on this connection would be read as that body.
+        headers["connection"] = "close"
     path = request.url.path
     if path == WEBHOOKS.rstrip("/") or path.startswith(WEBHOOKS):
         request.app.state.receiver.webhook.refused_path(request.method, path, status, reason)

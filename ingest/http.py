@@ -15,7 +15,13 @@ and send nothing, or half a head, and hold it (and what it sent) for ever; or se
 header of megabytes. Here a request's head must arrive within `head_timeout` seconds (the
 receiver sets it to `LATTICE_BODY_TIMEOUT`) of the connection or of its first byte, else
 408 (or, if nothing came, just close); and a head over `MAX_HEAD_BYTES` is answered 431.
-Both close the connection.
+Both close the connection. Between requests uvicorn's keep-alive timeout applies, but each
+byte restarts it, and empty lines begin no head: a connection that has not begun its next
+request that long after its last answer (or `head_timeout`, if longer) is closed. And
+after an answer sent before its request's body was all read (404, 405, 413), uvicorn
+reads and drops the rest for as long as the client sends it: the rest must end within
+`LINGER_SECONDS` and `DRAIN_BYTES` (a client that sent its whole body at once keeps its
+connection), else the connection is closed.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # and dropped before the connection closes (so the client can read the answer).
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+# After an answer sent before its request's body ended: how much more of that body is read
+# and dropped (within LINGER_SECONDS) to keep the connection for the client's next request.
+DRAIN_BYTES = 8 * 1024 * 1024
 
 
 class Refusals(Protocol):
@@ -154,12 +163,15 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._discarding = False  # refused: what still arrives is read and dropped
         self._in_head = False  # a request's first byte came, its head is not complete yet
         self._any_request = False
-        self._head_began = self.loop.time()
+        self._head_began = self._idle_since = self.loop.time()
         self._head_timer: asyncio.TimerHandle | None = None
+        self._drain_timer: asyncio.TimerHandle | None = None  # an answered body's rest
+        self._drain_left = 0
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_drain()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -168,15 +180,20 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             if self._discarded > LINGER_BYTES:
                 self._writes.close_now()
             return
-        began_before = self._in_head
+        if self._drain_timer is not None:
+            self._drain_left -= len(data)
+            if self._drain_left < 0:
+                self._stop_drain()
+                self._writes.close_now()
+                return
         self._chunk = len(data)
         self._reads += 1
         super().data_received(data)
-        # A read after the one a head began in, with the head still incomplete: all of it
-        # was head (a header line reaches `on_header` only once it ends, so count what
-        # arrives). The read it began in may also hold the request before: not counted
-        # here, only bounded in `on_headers_complete`.
-        if began_before and self._in_head:
+        # A read after the one the current head began in, with the head still incomplete:
+        # all of it was head (a header line reaches `on_header` only once it ends, so count
+        # what arrives). The read it began in may also hold the request before (pipelined):
+        # not counted here, only bounded in `on_headers_complete`.
+        if self._in_head and self._head_read != self._reads:
             self._raw_head += len(data)
             if self._raw_head > MAX_HEAD_BYTES:
                 self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
@@ -201,6 +218,29 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
             raise HeadTooLarge  # out of the parser, before a request cycle starts
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._stop_drain()  # the answered body's rest came in time: keep the connection
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        unread = cycle is not None and cycle.more_body  # answered before its body ended
+        super().on_response_complete()
+        self._idle_since = self.loop.time()
+        if unread and not self.transport.is_closing():
+            self._drain_left = DRAIN_BYTES
+            self._drain_timer = self.loop.call_later(LINGER_SECONDS, self._drain_timed_out)
+        self._start_head_timer()
+
+    def _drain_timed_out(self) -> None:
+        self._drain_timer = None
+        self._writes.close_now()
+
+    def _stop_drain(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
 
     def _head_size(self) -> int:
         return len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
@@ -227,7 +267,16 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(b"408 Request Timeout", b"head_timeout")
         elif not self._any_request:
             self.transport.close()  # nothing asked: nothing to answer
-        # Else between requests: uvicorn's keep-alive timeout bounds the wait.
+        elif self.cycle is None or self.cycle.response_complete:
+            # Between requests: uvicorn's keep-alive timer closes a silent connection, but
+            # each byte restarts it; this one is not restarted by empty lines.
+            idle = max(self.head_timeout, float(self.timeout_keep_alive))
+            left = self._idle_since + idle - self.loop.time()
+            if left > 0:
+                self._start_head_timer(left)
+            else:
+                self.transport.close()
+        # Else a request is being answered: its answer starts the timer again.
 
     def _refuse(self, status: bytes, reason: bytes) -> None:
         """Answer `status` and close, lingering: closed with unread input, a socket resets

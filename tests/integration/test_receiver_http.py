@@ -188,3 +188,79 @@ async def test_a_connection_is_bounded_before_and_after_the_app(
         if line.get("event") == "webhook" and line.get("endpoint") == "unknown"
     )
     assert unknown == [(408, "head_timeout")] + [(431, "request_head_too_large")] * 3
+
+
+async def test_a_connection_is_bounded_after_its_answer_too(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Answered before its body was read (an unknown endpoint), a client trickling the rest
+    is cut off; one answered, then sending empty lines (which begin no request and restart
+    uvicorn's keep-alive timer), is too. A client told `404` while it waits for `100
+    Continue` is closed at once. And a delivery whose head began in an earlier read, sent
+    with the start of a pipelined request in one read, is answered 200 (its body is not
+    counted as the next request's head)."""
+    async with serving(settings, tmp_path, LATTICE_BODY_TIMEOUT="1") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        unknown, unknown_w = await asyncio.open_connection("127.0.0.1", port)
+        idle, idle_w = await asyncio.open_connection("127.0.0.1", port)
+        waiting, waiting_w = await asyncio.open_connection("127.0.0.1", port)
+        writers = (unknown_w, idle_w, waiting_w)
+
+        async def trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
+            """One piece every 0.2 s, for as long as the server reads (bounded: 15 s)."""
+            for _ in range(75):
+                await asyncio.sleep(0.2)
+                if writer.is_closing():
+                    return
+                writer.write(data)
+                try:
+                    await writer.drain()
+                except ConnectionError:
+                    return
+
+        try:
+            unknown_w.write(
+                b"POST /webhooks/nope HTTP/1.1\r\nHost: lattice\r\nContent-Length: 1000000\r\n\r\n"
+            )
+            assert (await asyncio.wait_for(answer(unknown), 10))[0] == b"HTTP/1.1 404 Not Found"
+            idle_w.write(b"GET /healthz HTTP/1.1\r\nHost: lattice\r\n\r\n")
+            assert (await asyncio.wait_for(answer(idle), 10))[0] == b"HTTP/1.1 200 OK"
+            waiting_w.write(
+                b"POST /webhooks/platform/ HTTP/1.1\r\nHost: lattice\r\nContent-Length: 40\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            trickles = [
+                asyncio.create_task(trickle(unknown_w, b"x")),
+                asyncio.create_task(trickle(idle_w, b"\r\n")),
+            ]
+            closed = await asyncio.gather(
+                asyncio.wait_for(unknown.read(), 12),
+                asyncio.wait_for(idle.read(), 12),
+                asyncio.wait_for(waiting.read(), 12),
+            )
+            await asyncio.gather(*trickles)
+        finally:
+            for writer in writers:
+                writer.close()
+        assert [closed[0], closed[1]] == [b"", b""]
+        head, _, _ = closed[2].partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 Not Found")
+        assert b"connection: close" in head.lower()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            body = encode(subscription_event(4))
+            padded = body + b" " * (MAX_HEAD_BYTES + 10_000)  # JSON allows the spaces
+            head = delivery_head(padded)
+            writer.write(head[:40])  # the delivery's head begins in a read of its own
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(head[40:] + padded + b"GET /healthz HTTP/1.1\r\nHost: lattice\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.write(b"\r\n")
+            delivered = await asyncio.wait_for(answer(reader), 10)
+            assert delivered == (b"HTTP/1.1 200 OK", b'{"received":true}')
+            assert (await asyncio.wait_for(answer(reader), 10))[0] == b"HTTP/1.1 200 OK"
+        finally:
+            writer.close()
