@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -36,6 +37,8 @@ log = structlog.get_logger("ingest.publisher")
 BATCH_SPACING_MS = 2
 COMPRESSION = "zstd"
 RECONNECT_SECONDS = 1.0
+# While the broker stays away, the line saying so is repeated this often, not at each try.
+UNREACHABLE_LOG_SECONDS = 30.0
 MAX_BATCH_BYTES = 512 * 1024
 # After these the producer's sender has stopped for good (typically: batches failed while
 # the broker shut down, leaving a gap in the idempotent sequence); only a new producer,
@@ -73,6 +76,9 @@ class Publisher:
         self._closing = False
         self._deadlines = Deadlines(timeout)
         self._no_answer = f"Kafka at {bootstrap} does not answer"
+        self._failed_tries = 0  # since the last line that said so
+        self._said_at: float | None = None
+        self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = f"not connected to Kafka at {bootstrap} yet"
 
@@ -106,7 +112,7 @@ class Publisher:
             # then the idempotent producer: each one started takes a producer id.
             if await missing_topics(self._bootstrap, [self.topic]):
                 self.unready = f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
-                log.warning("kafka_topic_missing", bootstrap=self._bootstrap, topic=self.topic)
+                self._say("kafka_topic_missing", topic=self.topic)
                 return False
             producer = self._new_producer()
             await producer.start()
@@ -115,11 +121,22 @@ class Publisher:
                 with contextlib.suppress(Exception):
                     await producer.stop()
             self.unready = self._no_answer
-            log.warning("kafka_unreachable", bootstrap=self._bootstrap, error=str(exc))
+            self._say("kafka_unreachable", error=str(exc))
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
+        self._failed_tries, self._said_at = 0, None
         return True
+
+    def _say(self, event: str, **fields: str) -> None:
+        """Warn that a try failed: the first time, then once per `UNREACHABLE_LOG_SECONDS`
+        with how many tries failed since (one a second would flood the log)."""
+        self._failed_tries += 1
+        now = self.clock()
+        if self._said_at is not None and now - self._said_at < UNREACHABLE_LOG_SECONDS:
+            return
+        log.warning(event, bootstrap=self._bootstrap, tries=self._failed_tries, **fields)
+        self._failed_tries, self._said_at = 0, now
 
     async def _keep_connecting(self) -> None:
         while not self._closing:

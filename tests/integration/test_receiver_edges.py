@@ -11,9 +11,11 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+import structlog
 
 from deploy.settings import Settings
 from ingest.app import create_app
+from ingest.publisher import UNREACHABLE_LOG_SECONDS, Publisher
 from ingest.signature import sign_header
 from tests.integration.test_receiver import (
     PLATFORM_NEW,
@@ -22,6 +24,7 @@ from tests.integration.test_receiver import (
     subscription_event,
 )
 from tests.support.kafka import read_all
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -123,3 +126,21 @@ async def test_behind_a_root_path_deliveries_take_the_routed_path(settings: Sett
     records = await read_all(settings.kafka_bootstrap, settings.topic)
     assert [r.value for r in records] == [body]
     assert records[0].headers["lattice-endpoint"] == b"platform"
+
+
+async def test_an_absent_broker_is_logged_once_then_every_half_minute() -> None:
+    """The receiver tries to connect every second while the broker is away: each failed
+    try is counted, but the warning comes the first time, then once per interval with
+    the count of tries since (one line a second per worker would flood the log)."""
+    publisher = Publisher(bootstrap=f"127.0.0.1:{free_port()}", topic="stripe.events", timeout=1)
+    clock = [1000.0]
+    publisher.clock = lambda: clock[0]
+    with structlog.testing.capture_logs() as captured:
+        for _ in range(5):
+            assert not await publisher._try_connect()
+            clock[0] += 1.0
+        clock[0] += UNREACHABLE_LOG_SECONDS
+        assert not await publisher._try_connect()
+    lines = [(c["event"], c["tries"]) for c in captured if c["log_level"] == "warning"]
+    assert lines == [("kafka_unreachable", 1), ("kafka_unreachable", 5)]
+    assert publisher.unready.endswith("does not answer")
