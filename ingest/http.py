@@ -183,8 +183,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if self._drain_timer is not None:
             self._drain_left -= len(data)
             if self._drain_left < 0:
-                self._stop_drain()
-                self._writes.close_now()
+                self._linger_then_close()
                 return
         self._chunk = len(data)
         self._reads += 1
@@ -224,18 +223,27 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
+        # The request just answered (not a pipelined one queued behind it: uvicorn's
+        # `cycle` is the last one parsed), answered before its body was all received.
         cycle = self.cycle
-        unread = cycle is not None and cycle.more_body  # answered before its body ended
+        unread = cycle is not None and cycle.response_complete and cycle.more_body
+        # Never told `100 Continue`, its client holds the body back: what it sends next
+        # on this connection would be read as that body.
+        held_back = unread and cycle is not None and cycle.waiting_for_100_continue
         super().on_response_complete()
         self._idle_since = self.loop.time()
         if unread and not self.transport.is_closing():
+            if held_back:
+                self._linger_then_close()
+                return
+            self._stop_drain()
             self._drain_left = DRAIN_BYTES
             self._drain_timer = self.loop.call_later(LINGER_SECONDS, self._drain_timed_out)
         self._start_head_timer()
 
     def _drain_timed_out(self) -> None:
         self._drain_timer = None
-        self._writes.close_now()
+        self._linger_then_close()
 
     def _stop_drain(self) -> None:
         if self._drain_timer is not None:
@@ -285,20 +293,12 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._stop_head_timer()
         if self.transport.is_closing() or self._discarding:
             return
-        self._discarding = True
         body = b'{"error":"' + reason + b'"}'
         self.transport.write(
             b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n"
             b"content-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n" + body
         )
-        if self._writes.can_write_eof():
-            self._writes.write_eof()
-            # uvicorn's own answer to the parser error we may raise next, and its close,
-            # would cut the lingering short: dropped.
-            self._writes.seal()
-            self.loop.call_later(LINGER_SECONDS, self._writes.close_now)
-        else:
-            self._writes.close_now()
+        self._linger_then_close()
         if self.refusals is not None:
             # After the answer and its close are arranged: a failure to count or log it
             # must not leave the connection open.
@@ -308,3 +308,21 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
                 )
             except Exception:
                 log.exception("counting a refused request failed")
+
+    def _linger_then_close(self) -> None:
+        """With the answer sent, shut our end, drop what the client still sends for up to
+        `LINGER_SECONDS` or `LINGER_BYTES`, then close (closed with unread input, a socket
+        resets, and the client may lose the answer)."""
+        self._stop_drain()
+        self._stop_head_timer()
+        if self.transport.is_closing() or self._discarding:
+            return
+        self._discarding = True
+        if self._writes.can_write_eof():
+            self._writes.write_eof()
+            # uvicorn's own answer to the parser error we may raise next, and its close,
+            # would cut the lingering short: dropped.
+            self._writes.seal()
+            self.loop.call_later(LINGER_SECONDS, self._writes.close_now)
+        else:
+            self._writes.close_now()

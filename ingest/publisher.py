@@ -77,7 +77,7 @@ class Publisher:
         self._deadlines = Deadlines(timeout)
         self._no_answer = f"Kafka at {bootstrap} does not answer"
         self._failed_tries = 0  # since the last line that said so
-        self._said_at: float | None = None
+        self._said: tuple[str, float] | None = None  # that line's event and time
         self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = f"not connected to Kafka at {bootstrap} yet"
@@ -125,18 +125,23 @@ class Publisher:
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
-        self._failed_tries, self._said_at = 0, None
+        self._failed_tries, self._said = 0, None
         return True
 
     def _say(self, event: str, **fields: str) -> None:
-        """Warn that a try failed: the first time, then once per `UNREACHABLE_LOG_SECONDS`
-        with how many tries failed since (one a second would flood the log)."""
-        self._failed_tries += 1
+        """Warn that a try failed: at once when the reason is new, then once per
+        `UNREACHABLE_LOG_SECONDS` with how many tries failed since (one line a second would
+        flood the log)."""
         now = self.clock()
-        if self._said_at is not None and now - self._said_at < UNREACHABLE_LOG_SECONDS:
+        said = self._said
+        if said is not None and said[0] != event:
+            self._failed_tries = 0  # another reason: said at once, its own count
+        elif said is not None and now - said[1] < UNREACHABLE_LOG_SECONDS:
+            self._failed_tries += 1
             return
+        self._failed_tries += 1
         log.warning(event, bootstrap=self._bootstrap, tries=self._failed_tries, **fields)
-        self._failed_tries, self._said_at = 0, now
+        self._failed_tries, self._said = 0, (event, now)
 
     async def _keep_connecting(self) -> None:
         while not self._closing:

@@ -78,6 +78,24 @@ async def test_pipelined_requests_and_100_continue_on_one_connection(
         )
     finally:
         writer.close()
+    # A delivery pipelined behind another, its body still arriving when the first is
+    # answered: not taken for a body left unread, so its connection is not cut after the
+    # second an unread body's rest is given (its own body deadline is 10 s).
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        third, fourth = (encode(subscription_event(n)) for n in (5, 6))
+        writer.write(delivery_head(third) + third + delivery_head(fourth) + fourth[:10])
+        assert (await asyncio.wait_for(answer(reader), 10))[0] == b"HTTP/1.1 200 OK"
+        step = max(1, len(fourth) // 15)
+        for start in range(10, len(fourth), step):
+            await asyncio.sleep(0.1)  # 1.5 s in all
+            writer.write(fourth[start : start + step])
+        assert await asyncio.wait_for(answer(reader), 10) == (
+            b"HTTP/1.1 200 OK",
+            b'{"received":true}',
+        )
+    finally:
+        writer.close()
     records = by_event_id(await read_all(settings.kafka_bootstrap, settings.topic))
     assert [records[event["id"]].value for event in events] == [first, second]
 

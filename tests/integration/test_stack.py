@@ -203,7 +203,8 @@ def test_stack_status_asks_an_external_service_instead_of_assuming_it_runs(
     stack: Stack,
 ) -> None:
     nobody = free_port()
-    answering = stack.kafka_bootstrap.replace("127.0.0.1", "localhost")  # the same broker
+    # The same broker, named as a list: not the local address, so an external broker.
+    answering = f"{stack.kafka_bootstrap},{stack.kafka_bootstrap}"
     result = subprocess.run(
         [*LATTICE, "stack", "status"],
         capture_output=True,
