@@ -1,5 +1,5 @@
 """`lattice serve` over raw HTTP/1.1: pipelining and `Expect: 100-continue` still work
-with each answer sent in one write (`ingest.http.HeldWrites`)."""
+with each answer sent in one write (`ingest.held_writes.HeldWrites`)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ingest.http import HeldWrites
+from ingest.held_writes import HeldWrites
 
 
 class Recorded(asyncio.Transport):
