@@ -9,12 +9,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from deploy.settings import ConfigError
+
 PACKAGE = "projectors"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class UnknownProjection(Exception):
-    """A name given on the command line is not a projection; the message lists the known."""
+class UnknownProjection(ConfigError):
+    """A name given on the command line is not a projection; the message lists the known
+    (a ConfigError: the command says so in one line)."""
 
 
 def discover(package: str = PACKAGE, folder: Path = PACKAGE_DIR) -> dict[str, Any]:
