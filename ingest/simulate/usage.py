@@ -79,8 +79,9 @@ def metered_month(
 def credit_usage(story: Story, invoice: Invoice, line: Line, at: int, api_version: str) -> None:
     """Sometimes support gives a few units of a paid usage line back by a credit note (a
     spike the customer disputed): its period is `credited`, or `under_billed` by more.
-    Decided and named by a generator of its own, seeded by the invoice, so that the rest
-    of a seeded month is what it was before credit notes were simulated."""
+    Decided and named by a generator of its own, seeded by the invoice, so that a seeded
+    month's customers, invoices and facts are what they were before credit notes were
+    simulated (its delivery order, drawn once per event, does shift)."""
     rng = random.Random(invoice.id)
     if line.quantity < 1 or rng.random() >= CREDITED_SHARE:
         return
