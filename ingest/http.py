@@ -10,13 +10,14 @@ and send nothing, or half a head, and hold it (and what it sent) for ever; or se
 header of megabytes. Here a request's head must arrive within `head_timeout` seconds (the
 receiver sets it to `LATTICE_BODY_TIMEOUT`) of the connection or of its first byte, else
 408 (or, if nothing came, just close); and a head over `MAX_HEAD_BYTES` is answered 431.
-Both close the connection. Between requests uvicorn's keep-alive timeout applies, but each
-byte restarts it, and empty lines begin no head: a connection that has not begun its next
-request that long after its last answer (or `head_timeout`, if longer) is closed. And
-after an answer sent before its request's body was all read (404, 405, 413), uvicorn
-reads and drops the rest for as long as the client sends it: the rest must end within
-`LINGER_SECONDS` and `DRAIN_BYTES` (a client that sent its whole body at once keeps its
-connection), else the connection is closed.
+Both close the connection, after the answers of any requests pipelined before the refused
+one (its bytes are dropped meanwhile). Between requests uvicorn's keep-alive timeout
+applies, but each byte restarts it, and empty lines begin no head: a connection that has
+not begun its next request that long after its last answer (or `head_timeout`, if longer)
+is closed. And after an answer sent before its request's body was all read (404, 405,
+413), uvicorn reads and drops the rest for as long as the client sends it: the rest must
+end within `LINGER_SECONDS` and `DRAIN_BYTES` (a client that sent its whole body at once
+keeps its connection), else the connection is closed.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None  # an answered body's rest
         self._drain_left = 0
+        # A refusal (status, reason, seconds its head took) waiting for the answers of the
+        # requests pipelined before the refused one.
+        self._refusal: tuple[bytes, bytes, float] | None = None
         self._start_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -81,6 +85,8 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal is not None and not self._discarding:
+            return  # refused, its answer waiting for those before: dropped
         if self._discarding:
             self._discarded += len(data)
             if self._discarded > LINGER_BYTES:
@@ -138,6 +144,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         held_back = unread and cycle is not None and cycle.waiting_for_100_continue
         super().on_response_complete()
         self._idle_since = self.loop.time()
+        if self._refusal is not None:
+            if self.cycle is None or self.cycle.response_complete:  # the last one before it
+                self._send_refusal(*self._refusal)
+            return
         if unread and not self.transport.is_closing():
             if held_back:
                 self._linger_then_close()
@@ -192,11 +202,26 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.close()
         # Else a request is being answered: its answer starts the timer again.
 
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a parser error, such as the `HeadTooLarge` raised out of the
+        # parser: a refusal already answers it (or will, after the answers before it).
+        if self._refusal is None:
+            super().send_400_response(msg)
+
     def _refuse(self, status: bytes, reason: bytes) -> None:
-        """Answer `status` and close, lingering: closed with unread input, a socket resets
-        and the client may lose the answer. So send it with our end shut, drop what the
-        client still sends for up to `LINGER_SECONDS` or `LINGER_BYTES`, then close."""
+        """Refuse the request whose head is being read: at once, or, if a request
+        pipelined before it is still being answered, after the last such answer."""
         self._stop_head_timer()
+        if self.transport.is_closing() or self._discarding or self._refusal is not None:
+            return
+        self._refusal = (status, reason, self.loop.time() - self._head_began)
+        if self.cycle is None or self.cycle.response_complete:  # the newest request before
+            self._send_refusal(*self._refusal)
+
+    def _send_refusal(self, status: bytes, reason: bytes, seconds: float) -> None:
+        """Answer the refusal and close, lingering: closed with unread input, a socket
+        resets and the client may lose the answer. So send it with our end shut, drop what
+        the client still sends for up to `LINGER_SECONDS` or `LINGER_BYTES`, then close."""
         if self.transport.is_closing() or self._discarding:
             return
         body = b'{"error":"' + reason + b'"}'
@@ -209,9 +234,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             # After the answer and its close are arranged: a failure to count or log it
             # must not leave the connection open.
             try:
-                self.refusals.refused_head(
-                    int(status[:3]), reason.decode(), self.loop.time() - self._head_began
-                )
+                self.refusals.refused_head(int(status[:3]), reason.decode(), seconds)
             except Exception:
                 log.exception("counting a refused request failed")
 
