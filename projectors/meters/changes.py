@@ -94,7 +94,8 @@ class InvoiceLineSeen:
 @dataclass(frozen=True, slots=True)
 class CreditNoteSeen:
     """A credit note snapshot. Once issued, its lines never change and `void` is final, so
-    `voided` only ever turns true."""
+    `voided` only ever turns true. `lines_complete` is false when the body did not carry
+    every line (`lines.has_more`); a snapshot that did makes it true for good."""
 
     id: str
     invoice: str
@@ -102,6 +103,7 @@ class CreditNoteSeen:
     voided: bool
     event_id: str
     created: int
+    lines_complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,15 +75,18 @@ WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLAT
     > (t.last_event_created, t.rank, t.last_event_id COLLATE "C")
 """
 
-# `voided` is final: once any snapshot says so it stays, whatever arrives after it.
+# `voided` is final: once any snapshot says so it stays, whatever arrives after it; and
+# so is `lines_complete`, once a snapshot carried every line (they never change).
 UPSERT_CREDIT_NOTES = """
 INSERT INTO meter_credit_notes AS t (id, invoice, customer, voided, last_event_id,
-                                     last_event_created)
-SELECT id, inv, c, v, ev, to_timestamp(cr)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], $6::bigint[])
-    AS u(id, inv, c, v, ev, cr)
+                                     last_event_created, lines_complete)
+SELECT id, inv, c, v, ev, to_timestamp(cr), lc
+FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::text[], $6::bigint[],
+            $7::boolean[])
+    AS u(id, inv, c, v, ev, cr, lc)
 ON CONFLICT (id) DO UPDATE SET
     voided = t.voided OR excluded.voided,
+    lines_complete = t.lines_complete OR excluded.lines_complete,
     last_event_id = CASE WHEN (excluded.last_event_created, excluded.last_event_id COLLATE "C")
                             > (t.last_event_created, t.last_event_id COLLATE "C")
                          THEN excluded.last_event_id ELSE t.last_event_id END,
@@ -91,6 +94,7 @@ ON CONFLICT (id) DO UPDATE SET
 WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
     > (t.last_event_created, t.last_event_id COLLATE "C")
    OR (excluded.voided AND NOT t.voided)
+   OR (excluded.lines_complete AND NOT t.lines_complete)
 """
 
 # A credit note's lines are fixed when it is issued: the first copy seen is the only one.

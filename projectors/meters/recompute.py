@@ -53,7 +53,8 @@ computed AS (
                 WHEN 'count' THEN (f.n - f.rejected_n)::numeric
                 ELSE coalesce(la.value, 0) END AS accepted,
            b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
-           b.invoices, inc.incomplete, f.n, f.rejected_n, e.unattributed,
+           b.invoices, inc.incomplete OR cr.unseen AS incomplete, f.n, f.rejected_n,
+           e.unattributed,
            le.id AS last_event_id, le.at AS last_event_created
     FROM periods per
     JOIN meters m ON m.id = per.meter
@@ -107,18 +108,28 @@ computed AS (
     CROSS JOIN LATERAL (
         -- Units credited back by credit notes still issued, on the lines `b` bills (its
         -- invoice's newest snapshot, not void). A credit of an amount only is not units:
-        -- it is counted apart, as a warning that `delta` leaves it out.
+        -- it is counted apart, as a warning that `delta` leaves it out. A note on such an
+        -- invoice whose body did not carry every line (`lines.has_more`) may credit a
+        -- line not seen: the period cannot be judged (`unseen`).
         SELECT coalesce(sum(cl.quantity) FILTER (WHERE NOT cn.voided), 0) AS credited,
-               count(*) FILTER (WHERE NOT cn.voided AND cl.quantity IS NULL) AS amount_credits,
+               count(cl.line) FILTER (WHERE NOT cn.voided AND cl.quantity IS NULL)
+                   AS amount_credits,
+               coalesce(bool_or(NOT cn.voided AND NOT cn.lines_complete), false) AS unseen,
                (array_agg(cn.last_event_id ORDER BY cn.last_event_created DESC,
-                          cn.last_event_id DESC))[1] AS credit_event_id,
-               max(cn.last_event_created) AS credit_event_at
+                          cn.last_event_id DESC)
+                    FILTER (WHERE cl.line IS NOT NULL OR NOT cn.lines_complete))[1]
+                   AS credit_event_id,
+               max(cn.last_event_created)
+                   FILTER (WHERE cl.line IS NOT NULL OR NOT cn.lines_complete)
+                   AS credit_event_at
         FROM meter_prices mp
         JOIN meter_invoice_lines l ON l.price = mp.price AND l.customer = per.customer
                                   AND l.period_start = per.period_start
         JOIN meter_invoices i ON i.id = l.invoice AND i.last_event_id = l.last_event_id
-        JOIN meter_credit_note_lines cl ON cl.invoice = l.invoice AND cl.invoice_line = l.line
-        JOIN meter_credit_notes cn ON cn.id = cl.credit_note
+        JOIN meter_credit_notes cn ON cn.invoice = l.invoice
+        LEFT JOIN meter_credit_note_lines cl ON cl.credit_note = cn.id
+                                            AND cl.invoice = l.invoice
+                                            AND cl.invoice_line = l.line
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
     ) cr
     CROSS JOIN LATERAL (

@@ -214,9 +214,11 @@ async def _credit_notes(
     touched: Touched,
 ) -> None:
     if notes:
-        # As UPSERT_CREDIT_NOTES: the newest event, voided if any snapshot says so.
+        # As UPSERT_CREDIT_NOTES: the newest event, voided if any snapshot says so, every
+        # line seen if any snapshot carried them all.
         rows = newest(notes, lambda n: n.id, lambda n: (n.created, n.event_id))
         voided = {n.id for n in notes if n.voided}
+        complete = {n.id for n in notes if n.lines_complete}
         await conn.execute(
             queries.UPSERT_CREDIT_NOTES,
             [n.id for n in rows],
@@ -225,6 +227,7 @@ async def _credit_notes(
             [n.voided or n.id in voided for n in rows],
             [n.event_id for n in rows],
             [n.created for n in rows],
+            [n.id in complete for n in rows],
         )
         touched.customers.update(n.customer for n in rows)
     if lines:

@@ -122,7 +122,6 @@ def invoice_changes(
         return []
     status = "deleted" if event_type == "invoice.deleted" else str(invoice.get("status") or "")
     rank = INVOICE_RANK.get(status, 0)
-    lines = invoice.get("lines")
     seen = InvoiceSeen(
         invoice_id,
         customer,
@@ -130,7 +129,7 @@ def invoice_changes(
         rank,
         event_id,
         created,
-        lines_complete=not (isinstance(lines, Mapping) and lines.get("has_more") is True),
+        lines_complete=_all_lines(invoice.get("lines")),
         period_start=unix_seconds(invoice.get("period_start")),
         period_end=unix_seconds(invoice.get("period_end")),
     )
@@ -174,7 +173,11 @@ def credit_note_changes(
         return []
     # Not `voided_at`: Stripe's own example of an issued note carries one.
     voided = note.get("status") == "void" or event_type == "credit_note.voided"
-    changes: list[Change] = [CreditNoteSeen(note_id, invoice, customer, voided, event_id, created)]
+    changes: list[Change] = [
+        CreditNoteSeen(
+            note_id, invoice, customer, voided, event_id, created, _all_lines(note.get("lines"))
+        )
+    ]
     for line in _list_data(note.get("lines")):
         line_id = id_of(line.get("id"))
         credited = id_of(line.get("invoice_line_item"))
@@ -182,3 +185,8 @@ def credit_note_changes(
             continue
         changes.append(CreditNoteLineSeen(note_id, line_id, invoice, credited, _quantity(line)))
     return changes
+
+
+def _all_lines(lines: Any) -> bool:
+    """False when a list of lines says it carries only its first page (`has_more`)."""
+    return not (isinstance(lines, Mapping) and lines.get("has_more") is True)

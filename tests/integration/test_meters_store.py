@@ -575,3 +575,52 @@ async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Con
         rng.shuffle(then_void)
         await project(conn, f"voided{seed}", [then_void[:cut], then_void[cut:]])
         assert await fetch(conn, f"voided{seed}", CREDITS) == cancelled, f"seed {seed}"
+
+
+async def test_a_credit_note_with_lines_not_in_its_body_makes_its_periods_incomplete(
+    conn: asyncpg.Connection,
+) -> None:
+    """cus_basil's usage matched its invoice. A credit note on that invoice whose body
+    carries only its first page of lines (`lines.has_more`), none of them metered, may
+    credit a metered line among those not seen: the invoice's periods cannot be judged.
+    A later snapshot with every line (one crediting a unit of the `sum` line) judges them,
+    whichever arrives first; voided, the note leaves them as they were."""
+    scenario = billing_month()
+    basil = finalized_invoice(scenario, "cus_basil")
+    sum_line = basil["lines"]["data"][0]
+    custom = credit_note_line()
+    metered = credit_note_line(invoice_line_item=sum_line["id"], quantity=1, amount=100)
+    whole = credit_note(invoice=basil["id"], customer="cus_basil", lines=[custom, metered])
+    first_page = dict(whole, lines=dict(whole["lines"], data=[custom], has_more=True))
+    at = T0 + MONTH + 300
+    partial = stripe_record(event("credit_note.created", first_page, created=at))
+    complete = stripe_record(event("credit_note.updated", whole, created=at + 60))
+    voided = stripe_record(
+        event("credit_note.voided", dict(first_page, status="void"), created=at + 120)
+    )
+    meters = scenario.meters
+    statuses = (
+        "SELECT meter, status, credited_quantity FROM meter_reconciliation "
+        "WHERE customer = 'cus_basil' ORDER BY meter"
+    )
+    await project(conn, "judged_before", [scenario.records()])
+    before = {m: s for m, s, _ in await fetch(conn, "judged_before", statuses)}
+    assert set(before.values()) == {"matched"}
+
+    await project(conn, "unseen_credits", [scenario.records(), [partial]])
+    rows = {m: (s, c) for m, s, c in await fetch(conn, "unseen_credits", statuses)}
+    assert rows == dict.fromkeys(before, ("incomplete", 0))
+
+    expected = {meter: (status, 0) for meter, status in before.items()}
+    expected[meters["sum"]] = ("credited", 1)
+    for name, batches in (
+        ("seen_after", [scenario.records(), [partial], [complete]]),
+        ("seen_before", [scenario.records(), [complete], [partial]]),
+    ):
+        await project(conn, name, batches)
+        rows = {m: (s, c) for m, s, c in await fetch(conn, name, statuses)}
+        assert rows == expected, name
+
+    await project(conn, "unseen_voided", [scenario.records(), [partial], [voided]])
+    rows = {m: (s, c) for m, s, c in await fetch(conn, "unseen_voided", statuses)}
+    assert rows == {meter: (status, 0) for meter, status in before.items()}
