@@ -18,15 +18,27 @@ WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
     > (t.last_event_created, t.last_event_id COLLATE "C")
 """
 
+# Returns the prices whose meter is new or changed: only those move reconciliation rows
+# (every subscription event names its prices again; recomputing every customer on each
+# of them would rescan all their usage, batch after batch). `before` is read in the
+# statement's snapshot, before the upsert.
 UPSERT_PRICES = """
-INSERT INTO meter_prices AS t (price, meter, last_event_id, last_event_created)
-SELECT p, m, ev, to_timestamp(cr)
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(p, m, ev, cr)
-ON CONFLICT (price) DO UPDATE SET
-    meter = excluded.meter,
-    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
-WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
-    > (t.last_event_created, t.last_event_id COLLATE "C")
+WITH before AS (
+    SELECT price, meter FROM meter_prices WHERE price = ANY($1::text[])
+), upserted AS (
+    INSERT INTO meter_prices AS t (price, meter, last_event_id, last_event_created)
+    SELECT p, m, ev, to_timestamp(cr)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS u(p, m, ev, cr)
+    ON CONFLICT (price) DO UPDATE SET
+        meter = excluded.meter,
+        last_event_id = excluded.last_event_id,
+        last_event_created = excluded.last_event_created
+    WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+        > (t.last_event_created, t.last_event_id COLLATE "C")
+    RETURNING price, meter
+)
+SELECT u.price FROM upserted u LEFT JOIN before b ON b.price = u.price
+WHERE b.meter IS DISTINCT FROM u.meter
 """
 
 UPSERT_PERIODS = """

@@ -133,14 +133,14 @@ async def _prices(conn: asyncpg.Connection, prices: list[PriceMeter], touched: T
     if not prices:
         return
     rows = newest(prices, lambda p: p.price, lambda p: (p.created, p.event_id))
-    await conn.execute(
+    changed = await conn.fetch(
         queries.UPSERT_PRICES,
         [p.price for p in rows],
         [p.meter for p in rows],
         [p.event_id for p in rows],
         [p.created for p in rows],
     )
-    touched.prices.update(p.price for p in rows)
+    touched.prices.update(row["price"] for row in changed)
 
 
 async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched: Touched) -> None:

@@ -16,7 +16,9 @@ import pytest
 
 from projectors.base import Record
 from projectors.meters import projection
-from projectors.meters.changes import Change
+from projectors.meters import store as meters_store
+from projectors.meters.changes import Change, PriceMeter
+from projectors.meters.recompute import Touched
 from projectors.migrate import migrate
 from tests.fixtures.stripe_objects import (
     MONTH,
@@ -624,3 +626,32 @@ async def test_a_credit_note_with_lines_not_in_its_body_makes_its_periods_incomp
     await project(conn, "unseen_voided", [scenario.records(), [partial], [voided]])
     rows = {m: (s, c) for m, s, c in await fetch(conn, "unseen_voided", statuses)}
     assert rows == {meter: (status, 0) for meter, status in before.items()}
+
+
+async def test_only_a_new_or_changed_meter_of_a_price_reaches_its_customers(
+    conn: asyncpg.Connection,
+) -> None:
+    """Every subscription event names its prices again. Recomputing every customer on a
+    price each time would rescan all their usage batch after batch; only a price seen for
+    the first time, or whose meter changed, is handed to the recompute."""
+    await migrate(conn, [projection], schema="price_links", record=False)
+
+    async def touched_by(links: list[PriceMeter]) -> set[str]:
+        touched = Touched()
+        async with conn.transaction():
+            await conn.execute("SET LOCAL search_path TO price_links, public")
+            await meters_store._prices(conn, links, touched)
+        return touched.prices
+
+    first = [
+        PriceMeter("price_a", "mtr_a", "evt_1", T0),
+        PriceMeter("price_b", "mtr_b", "evt_1", T0),
+    ]
+    assert await touched_by(first) == {"price_a", "price_b"}
+    again = [PriceMeter("price_a", "mtr_a", "evt_2", T0 + 60)]
+    assert await touched_by(again) == set()
+    assert await touched_by([PriceMeter("price_b", "mtr_c", "evt_3", T0 + 120)]) == {"price_b"}
+    # An older event naming another meter loses, and changes nothing.
+    assert await touched_by([PriceMeter("price_a", "mtr_z", "evt_0", T0 - 60)]) == set()
+    rows = await fetch(conn, "price_links", "SELECT price, meter FROM meter_prices ORDER BY 1")
+    assert rows == [("price_a", "mtr_a"), ("price_b", "mtr_c")]
