@@ -85,8 +85,11 @@ counted AS (
         rejected_value = t.rejected_value + p.rejected,
         delta = t.reported_value + p.reported - t.rejected_value - p.rejected
                 - (t.billed_quantity - t.credited_quantity),
-        status = CASE WHEN t.status = 'incomplete' THEN 'incomplete'
+        status = CASE WHEN t.status = 'incomplete' AND NOT t.unseen_credits THEN 'incomplete'
                       WHEN t.invoices = 0 THEN 'pending'
+                      WHEN t.unseen_credits
+                       AND t.reported_value + p.reported - t.rejected_value - p.rejected
+                           <= t.billed_quantity - t.credited_quantity THEN 'incomplete'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected
                            = t.billed_quantity - t.credited_quantity THEN 'matched'
                       WHEN t.reported_value + p.reported - t.rejected_value - p.rejected

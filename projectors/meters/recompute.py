@@ -53,8 +53,7 @@ computed AS (
                 WHEN 'count' THEN (f.n - f.rejected_n)::numeric
                 ELSE coalesce(la.value, 0) END AS accepted,
            b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
-           b.invoices, inc.incomplete OR cr.unseen AS incomplete, f.n, f.rejected_n,
-           e.unattributed,
+           b.invoices, inc.incomplete, cr.unseen, f.n, f.rejected_n, e.unattributed,
            le.id AS last_event_id, le.at AS last_event_created
     FROM periods per
     JOIN meters m ON m.id = per.meter
@@ -110,7 +109,8 @@ computed AS (
         -- invoice's newest snapshot, not void). A credit of an amount only is not units:
         -- it is counted apart, as a warning that `delta` leaves it out. A note on such an
         -- invoice whose body did not carry every line (`lines.has_more`) may credit a
-        -- line not seen: the period cannot be judged (`unseen`).
+        -- line not seen (`unseen`): credits only lower `net`, so a period billed less
+        -- than used stays judged, and one billed at least as much cannot be.
         SELECT coalesce(sum(cl.quantity) FILTER (WHERE NOT cn.voided), 0) AS credited,
                count(cl.line) FILTER (WHERE NOT cn.voided AND cl.quantity IS NULL)
                    AS amount_credits,
@@ -163,17 +163,18 @@ INSERT INTO meter_reconciliation AS t (
     customer, meter, period_start, event_name, period_end, aggregation, reported_value,
     rejected_value, billed_quantity, delta, status, reported_facts, rejected_facts,
     unattributed_rejections, invoices, last_event_id, last_event_created, credited_quantity,
-    amount_credits)
+    amount_credits, unseen_credits)
 SELECT customer, meter, period_start, event_name, period_end, aggregation, reported,
        reported - accepted, billed, accepted - net,
        CASE WHEN incomplete THEN 'incomplete'
             WHEN invoices = 0 THEN 'pending'
+            WHEN unseen AND accepted <= net THEN 'incomplete'
             WHEN accepted = net THEN 'matched'
             WHEN accepted > net AND accepted <= billed THEN 'credited'
             WHEN accepted > net THEN 'under_billed'
             ELSE 'over_billed' END,
        n, rejected_n, unattributed, invoices, last_event_id, last_event_created, credited,
-       amount_credits
+       amount_credits, unseen
 FROM computed
 ON CONFLICT (customer, meter, period_start) DO UPDATE SET
     event_name = excluded.event_name, period_end = excluded.period_end,
@@ -184,7 +185,8 @@ ON CONFLICT (customer, meter, period_start) DO UPDATE SET
     unattributed_rejections = excluded.unattributed_rejections,
     invoices = excluded.invoices, last_event_id = excluded.last_event_id,
     last_event_created = excluded.last_event_created,
-    credited_quantity = excluded.credited_quantity, amount_credits = excluded.amount_credits
+    credited_quantity = excluded.credited_quantity, amount_credits = excluded.amount_credits,
+    unseen_credits = excluded.unseen_credits
 WHERE (t.*) IS DISTINCT FROM (excluded.*)
 """
 

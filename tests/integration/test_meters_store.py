@@ -628,6 +628,41 @@ async def test_a_credit_note_with_lines_not_in_its_body_makes_its_periods_incomp
     assert rows == {meter: (status, 0) for meter, status in before.items()}
 
 
+async def test_unseen_credit_lines_leave_an_under_billed_period_judged(
+    conn: asyncpg.Connection,
+) -> None:
+    """Credits only lower what was billed net: cus_legacy's period, billed less than its
+    accepted usage, stays `under_billed` under a note whose lines were not all seen (its
+    delta may be larger still). Facts counted on the fast path that bring the usage down
+    to what was billed make it `incomplete` (it might be `credited`), and back up, judged
+    again: the same rows as one full recompute."""
+    scenario = billing_month()
+    legacy = finalized_invoice(scenario, "cus_legacy")
+    custom = credit_note_line(era="legacy")
+    first_page = credit_note(era="legacy", invoice=legacy["id"], customer="cus_legacy")
+    first_page["lines"].update(data=[custom], has_more=True)
+    partial = stripe_record(
+        event("credit_note.created", first_page, created=T0 + MONTH + 300, era="legacy")
+    )
+    query = (
+        "SELECT status, delta, unseen_credits FROM meter_reconciliation "
+        f"WHERE customer = 'cus_legacy' AND meter = '{scenario.meters['sum']}'"
+    )
+    await project(conn, "unseen_legacy", [scenario.records(), [partial]])
+    assert await fetch(conn, "unseen_legacy", query) == [("under_billed", Decimal("1.5"), True)]
+
+    late = [
+        usage_record(usage_fact(f"l-after-note-{n}", "cus_legacy", value, timestamp=T0 + 86_400))
+        for n, value in enumerate(["-1.5", "1"])
+    ]
+    expected = [("incomplete", Decimal("0.0"), True), ("under_billed", Decimal("1.0"), True)]
+    for fact, row in zip(late, expected, strict=True):
+        await project(conn, "unseen_legacy", [[fact]], fresh=False)
+        assert await fetch(conn, "unseen_legacy", query) == [row]
+    await project(conn, "unseen_whole", [[*scenario.records(), partial, *late]])
+    assert await fetch(conn, "unseen_legacy", CREDITS) == await fetch(conn, "unseen_whole", CREDITS)
+
+
 async def test_only_a_new_or_changed_meter_of_a_price_reaches_its_customers(
     conn: asyncpg.Connection,
 ) -> None:
