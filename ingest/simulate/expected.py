@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ingest.simulate.story import Story
 
 MRR_STATUSES = ("active", "past_due")  # trialing pays nothing yet; canceled pays no more
+# A pending period with usage is `unbilled` this long after it ended (the view's interval).
+UNBILLED_AFTER = 3 * 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +71,16 @@ class Expected:
 
     @property
     def discrepancies(self) -> list[Reconciliation]:
-        """Closed periods where usage and billing disagree, largest absolute delta first."""
+        """Closed periods where usage and billing disagree, and periods that ended over
+        three days ago with usage and no invoice (`unbilled`), largest absolute delta first
+        (as the view `usage_discrepancies`)."""
         judged = ("under_billed", "over_billed")
-        rows = [row for row in self.reconciliation if row.status in judged]
+        ended = time.time() - UNBILLED_AFTER
+        rows = [row for row in self.reconciliation if row.status in judged] + [
+            replace(row, status="unbilled")
+            for row in self.reconciliation
+            if row.status == "pending" and row.delta > 0 and row.period_end < ended
+        ]
         return sorted(rows, key=lambda row: (-abs(row.delta), row.customer, row.period_start))
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -31,8 +32,15 @@ from tests.fixtures.stripe_objects import (
     subscription,
     subscription_item,
 )
-from tests.support.meter_payloads import error_report, stripe_record, usage_fact, usage_record
-from tests.support.meter_scenario import Scenario, billing_month, expected_decimal
+from tests.support.meter_payloads import (
+    billing_meter,
+    error_report,
+    meter_event,
+    stripe_record,
+    usage_fact,
+    usage_record,
+)
+from tests.support.meter_scenario import DAY, Scenario, billing_month, expected_decimal
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -382,11 +390,20 @@ async def test_the_readme_query_finds_last_months_under_billed_customers(
     today = datetime.now(UTC)
     this_month = datetime(today.year, today.month, 1, tzinfo=UTC)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
-    scenario = billing_month(start=int(last_month.timestamp()), end=int(this_month.timestamp()))
-    await project(conn, "projections", [scenario.records()])
+    start, end = int(last_month.timestamp()), int(this_month.timestamp())
+    scenario = billing_month(start=start, end=end)
+    # Canceled ten days in without a final invoice: its usage was never billed.
+    sum_meter = next(
+        e["data"]["object"]
+        for e in scenario.stripe_events
+        if e["data"]["object"]["id"] == scenario.meters["sum"]
+    )
+    cut = metered_subscription("cus_cut", sum_meter, (start, end), "4", ended=start + 10 * DAY)
+    await project(conn, "projections", [[*scenario.records(), *cut]])
     rows = await conn.fetch(readme_query())
-    assert [(r["customer"], r["delta"], r["period_end"]) for r in rows] == [
-        ("cus_legacy", Decimal("1.5"), this_month)
+    assert [(r["customer"], r["status"], r["delta"], r["period_end"]) for r in rows] == [
+        ("cus_cut", "unbilled", Decimal(4), datetime.fromtimestamp(start + 10 * DAY, UTC)),
+        ("cus_legacy", "under_billed", Decimal("1.5"), this_month),
     ]
 
 
@@ -690,3 +707,57 @@ async def test_only_a_new_or_changed_meter_of_a_price_reaches_its_customers(
     assert await touched_by([PriceMeter("price_a", "mtr_z", "evt_0", T0 - 60)]) == set()
     rows = await fetch(conn, "price_links", "SELECT price, meter FROM meter_prices ORDER BY 1")
     assert rows == [("price_a", "mtr_a"), ("price_b", "mtr_c")]
+
+
+def metered_subscription(
+    customer: str,
+    meter: dict[str, Any],
+    period: tuple[int, int],
+    value: str,
+    *,
+    ended: int | None = None,
+) -> list[Record]:
+    """A subscription to a price of `meter` for `period`, one usage fact of `value` a day
+    into it and, given `ended`, its cancellation then, without a final invoice."""
+    start, end = period
+    item = subscription_item(item_price=price(meter=meter["id"], unit_amount=None))
+    item.update(current_period_start=start, current_period_end=end)
+    sub = subscription(customer=customer, items=[item], period_start=start, period_end=end)
+    events = [event("customer.subscription.created", sub, created=start)]
+    if ended is not None:
+        canceled = dict(sub, status="canceled", ended_at=ended, canceled_at=ended)
+        events.append(event("customer.subscription.deleted", canceled, created=ended))
+    fact = usage_fact(
+        f"u-{customer}", customer, value, event_name=meter["event_name"], timestamp=start + DAY
+    )
+    return [*(stripe_record(e) for e in events), usage_record(fact)]
+
+
+async def test_usage_never_invoiced_is_unbilled_three_days_after_its_period(
+    conn: asyncpg.Connection,
+) -> None:
+    """A subscription canceled mid-period without `invoice_now`: Stripe never invoices its
+    usage, so its period stays `pending` in the table, and `usage_discrepancies` lists it
+    as `unbilled` once it ended over three days ago (Stripe finalizes a period's invoice
+    within an hour of its end, or within 72 hours while webhooks fail). A period still
+    running, or one that ended a day ago, is not listed."""
+    meter = billing_meter(event_name="unbilled_calls")
+    now = int(time.time())
+    records = [
+        stripe_record(meter_event(meter)),
+        *metered_subscription("cus_cut", meter, (T0, T0 + MONTH), "7", ended=T0 + 10 * DAY),
+        *metered_subscription("cus_running", meter, (now - 10 * DAY, now + 20 * DAY), "3"),
+        *metered_subscription("cus_just_ended", meter, (now - 31 * DAY, now - DAY), "2"),
+    ]
+    await project(conn, "unbilled", [records])
+    statuses = await fetch(
+        conn, "unbilled", "SELECT customer, status FROM meter_reconciliation ORDER BY customer"
+    )
+    assert statuses == [(c, "pending") for c in ("cus_cut", "cus_just_ended", "cus_running")]
+    listed = await fetch(
+        conn,
+        "unbilled",
+        "SELECT customer, status, period_end, delta, billed_quantity FROM usage_discrepancies",
+    )
+    cut_at = datetime.fromtimestamp(T0 + 10 * DAY, UTC)
+    assert listed == [("cus_cut", "unbilled", cut_at, Decimal(7), Decimal(0))]
