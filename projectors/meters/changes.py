@@ -77,7 +77,8 @@ class InvoiceSeen:
 
 @dataclass(frozen=True, slots=True)
 class InvoiceLineSeen:
-    """A line of an invoice snapshot that has a price (maybe metered)."""
+    """A line of an invoice snapshot that has a price (maybe metered), and its `amount`
+    in the minor unit."""
 
     invoice: str
     line: str
@@ -89,6 +90,7 @@ class InvoiceLineSeen:
     event_id: str
     created: int
     rank: int
+    amount: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +111,15 @@ class CreditNoteSeen:
 @dataclass(frozen=True, slots=True)
 class CreditNoteLineSeen:
     """A line of a credit note that credits an invoice line: `quantity` units of it, or
-    an amount only (`quantity` None: not units, so it cannot be subtracted from them)."""
+    an amount only (`quantity` None, or an `amount` that is not what `quantity` units cost
+    on the line: not units, so it cannot be subtracted from them)."""
 
     credit_note: str
     line: str
     invoice: str
     invoice_line: str
     quantity: Decimal | None
+    amount: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,13 +73,15 @@ WHERE (excluded.last_event_created, excluded.rank, excluded.last_event_id COLLAT
 
 UPSERT_LINES = """
 INSERT INTO meter_invoice_lines AS t (invoice, line, customer, price, quantity, period_start,
-                                      period_end, rank, last_event_id, last_event_created)
-SELECT inv, l, c, p, q, to_timestamp(s), to_timestamp(e), r, ev, to_timestamp(cr)
+                                      period_end, rank, last_event_id, last_event_created,
+                                      amount)
+SELECT inv, l, c, p, q, to_timestamp(s), to_timestamp(e), r, ev, to_timestamp(cr), a
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::bigint[],
-            $7::bigint[], $8::integer[], $9::text[], $10::bigint[])
-    AS u(inv, l, c, p, q, s, e, r, ev, cr)
+            $7::bigint[], $8::integer[], $9::text[], $10::bigint[], $11::bigint[])
+    AS u(inv, l, c, p, q, s, e, r, ev, cr, a)
 ON CONFLICT (invoice, line) DO UPDATE SET
     customer = excluded.customer, price = excluded.price, quantity = excluded.quantity,
+    amount = excluded.amount,
     period_start = excluded.period_start, period_end = excluded.period_end,
     rank = excluded.rank,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
@@ -109,13 +111,16 @@ WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
    OR (excluded.lines_complete AND NOT t.lines_complete)
 """
 
-# A credit note's lines are fixed when it is issued: the first copy seen is the only one.
+# A credit note's lines are fixed when it is issued: the first copy seen is the only one
+# (a row written before amounts were kept takes the amount of the next copy).
 INSERT_CREDIT_NOTE_LINES = """
-INSERT INTO meter_credit_note_lines (credit_note, line, invoice, invoice_line, quantity)
-SELECT cn, l, inv, il, q
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[])
-    AS u(cn, l, inv, il, q)
-ON CONFLICT (credit_note, line) DO NOTHING
+INSERT INTO meter_credit_note_lines AS t (credit_note, line, invoice, invoice_line, quantity,
+                                          amount)
+SELECT cn, l, inv, il, q, a
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::bigint[])
+    AS u(cn, l, inv, il, q, a)
+ON CONFLICT (credit_note, line) DO UPDATE SET amount = excluded.amount
+WHERE t.amount IS NULL AND excluded.amount IS NOT NULL
 """
 
 UPSERT_REJECTIONS = """

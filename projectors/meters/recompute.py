@@ -106,13 +106,14 @@ computed AS (
     ) b
     CROSS JOIN LATERAL (
         -- Units credited back by credit notes still issued, on the lines `b` bills (its
-        -- invoice's newest snapshot, not void). A credit of an amount only is not units:
-        -- it is counted apart, as a warning that `delta` leaves it out. A note on such an
+        -- invoice's newest snapshot, not void). A credit of an amount is not units: it is
+        -- counted apart, as a warning that `delta` leaves it out. A note on such an
         -- invoice whose body did not carry every line (`lines.has_more`) may credit a
         -- line not seen (`unseen`): credits only lower `net`, so a period billed less
         -- than used stays judged, and one billed at least as much cannot be.
-        SELECT coalesce(sum(cl.quantity) FILTER (WHERE NOT cn.voided), 0) AS credited,
-               count(cl.line) FILTER (WHERE NOT cn.voided AND cl.quantity IS NULL)
+        SELECT coalesce(sum(cl.quantity) FILTER (WHERE NOT cn.voided AND u.by_units), 0)
+                   AS credited,
+               count(cl.line) FILTER (WHERE NOT cn.voided AND NOT u.by_units)
                    AS amount_credits,
                coalesce(bool_or(NOT cn.voided AND NOT cn.lines_complete), false) AS unseen,
                (array_agg(cn.last_event_id ORDER BY cn.last_event_created DESC,
@@ -130,6 +131,16 @@ computed AS (
         LEFT JOIN meter_credit_note_lines cl ON cl.credit_note = cn.id
                                             AND cl.invoice = l.invoice
                                             AND cl.invoice_line = l.line
+        -- Units when its amount is what `quantity` units cost on the line, to the cent
+        -- (Stripe rounds each); Stripe shows a quantity on a credit made by amount too.
+        -- Without amounts to compare (rows kept before them, a line billed 0), units.
+        CROSS JOIN LATERAL (
+            SELECT cl.quantity IS NOT NULL
+                   AND (cl.amount IS NULL OR l.amount IS NULL OR l.amount = 0
+                        OR l.quantity <= 0
+                        OR abs(cl.amount * l.quantity - cl.quantity * l.amount) <= l.quantity)
+                   AS by_units
+        ) u
         WHERE mp.meter = per.meter AND i.status IN ('open', 'paid', 'uncollectible')
     ) cr
     CROSS JOIN LATERAL (

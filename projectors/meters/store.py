@@ -203,6 +203,7 @@ async def _invoices(
             [x.rank for x in kept],
             [x.event_id for x in kept],
             [x.created for x in kept],
+            [x.amount for x in kept],
         )
         touched.customers.update(x.customer for x in kept)
 
@@ -239,6 +240,7 @@ async def _credit_notes(
             [x.invoice for x in unique],
             [x.invoice_line for x in unique],
             [x.quantity for x in unique],
+            [x.amount for x in unique],
         )
 
 

@@ -100,6 +100,11 @@ def _line_price(line: Mapping[str, Any]) -> str | None:
     return id_of(_map(_map(line.get("pricing")).get("price_details")).get("price"))
 
 
+def _amount(line: Mapping[str, Any]) -> int | None:
+    amount = line.get("amount")
+    return amount if type(amount) is int else None
+
+
 def _quantity(line: Mapping[str, Any]) -> Decimal | None:
     raw = line.get("quantity_decimal")
     if raw is None:
@@ -151,7 +156,17 @@ def invoice_changes(
             continue  # a legacy line whose price is known not to be metered
         changes.append(
             InvoiceLineSeen(
-                invoice_id, found, customer, price, quantity, start, end, event_id, created, rank
+                invoice_id,
+                found,
+                customer,
+                price,
+                quantity,
+                start,
+                end,
+                event_id,
+                created,
+                rank,
+                _amount(line),
             )
         )
         if end > start:
@@ -183,7 +198,9 @@ def credit_note_changes(
         credited = id_of(line.get("invoice_line_item"))
         if line.get("type") != "invoice_line_item" or line_id is None or credited is None:
             continue
-        changes.append(CreditNoteLineSeen(note_id, line_id, invoice, credited, _quantity(line)))
+        changes.append(
+            CreditNoteLineSeen(note_id, line_id, invoice, credited, _quantity(line), _amount(line))
+        )
     return changes
 
 

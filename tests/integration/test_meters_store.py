@@ -596,6 +596,44 @@ async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Con
         assert await fetch(conn, f"voided{seed}", CREDITS) == cancelled, f"seed {seed}"
 
 
+async def test_a_credit_by_amount_is_not_taken_for_the_quantity_stripe_shows_with_it(
+    conn: asyncpg.Connection,
+) -> None:
+    """Stripe shows `quantity: 1` on a credit note line made by amount (its own example:
+    amount 749, quantity 1). cus_basil's `sum` line bills 1 unit for 10 cents: a credit of
+    7 cents is money, not a unit (an amount credit); one of 10 cents for 1 unit is the
+    unit. Which one came first does not matter."""
+    scenario = billing_month()
+    basil = finalized_invoice(scenario, "cus_basil")
+    lines = [dict(line) for line in basil["lines"]["data"]]
+    lines[0].update(amount=10, subtotal=10)
+    priced = dict(basil, status="paid", lines=dict(basil["lines"], data=lines))
+    paid = stripe_record(event("invoice.paid", priced, created=T0 + MONTH + 180))
+    by_amount, by_unit = (
+        credit_note(
+            invoice=basil["id"],
+            customer="cus_basil",
+            lines=[credit_note_line(invoice_line_item=lines[0]["id"], quantity=1, amount=cents)],
+        )
+        for cents in (7, 10)
+    )
+    notes = [
+        stripe_record(event("credit_note.created", note, created=T0 + MONTH + 300 + n))
+        for n, note in enumerate((by_amount, by_unit))
+    ]
+    query = (
+        "SELECT billed_quantity, credited_quantity, amount_credits, status "
+        f"FROM meter_reconciliation WHERE customer = 'cus_basil' "
+        f"AND meter = '{scenario.meters['sum']}'"
+    )
+    await project(conn, "by_amount", [scenario.records(), [paid, notes[0]]])
+    assert await fetch(conn, "by_amount", query) == [(1, 0, 1, "matched")]
+    await project(conn, "by_amount", [[notes[1]]], fresh=False)
+    assert await fetch(conn, "by_amount", query) == [(1, 1, 1, "credited")]
+    await project(conn, "by_unit_first", [[notes[1], *scenario.records()], [notes[0], paid]])
+    assert await fetch(conn, "by_unit_first", query) == [(1, 1, 1, "credited")]
+
+
 async def test_a_credit_note_with_lines_not_in_its_body_makes_its_periods_incomplete(
     conn: asyncpg.Connection,
 ) -> None:

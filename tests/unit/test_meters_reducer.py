@@ -148,6 +148,7 @@ def test_a_legacy_line_names_its_meter_and_a_basil_line_only_its_price() -> None
             evt["id"],
             T0 + 9,
             1,
+            0,  # the line's amount: 4 units of a price without a unit amount
         ),
         PeriodSeen("cus_1", metered["id"], T0, T0 + MONTH, evt["id"], T0 + 9),
     ]
@@ -174,8 +175,8 @@ def test_a_credit_note_credits_units_of_invoice_lines_or_an_amount_only(era: Era
     evt = event("credit_note.created", note, created=T0 + 5, era=era)
     assert projection.reduce(stripe_record(evt)) == [
         CreditNoteSeen(note["id"], "in_1", "cus_1", False, evt["id"], T0 + 5),
-        CreditNoteLineSeen(note["id"], units["id"], "in_1", "il_usage", Decimal(4)),
-        CreditNoteLineSeen(note["id"], money["id"], "in_1", "il_usage", None),
+        CreditNoteLineSeen(note["id"], units["id"], "in_1", "il_usage", Decimal(4), 400),
+        CreditNoteLineSeen(note["id"], money["id"], "in_1", "il_usage", None, 250),
     ]
     # Stripe's example of an issued note carries `voided_at`; only the status voids it.
     voided = event("credit_note.voided", dict(note, status="void"), created=T0 + 9)
