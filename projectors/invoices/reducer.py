@@ -4,6 +4,8 @@ Both API shapes are read: the subscription at `invoice.subscription` (before 202
 or `invoice.parent.subscription_details.subscription`; a line's price at `price` or at
 `pricing.price_details.price`; a line's subscription at `subscription` or under `parent`.
 `invoice.upcoming` previews an invoice that does not exist (it has no id): no change.
+A basil line names its price by id only: the price's meter comes from the events that
+show the price whole (`PriceMeter`).
 """
 
 from __future__ import annotations
@@ -50,7 +52,19 @@ INVOICE_EVENTS = frozenset(
     )
 )
 PAYMENT_EVENTS = frozenset({"invoice_payment.paid"})
-HANDLED = INVOICE_EVENTS | PAYMENT_EVENTS
+# Events that show prices whole, with their meter: the subscription's items, or the price.
+PRICE_EVENTS = frozenset(
+    {
+        "customer.subscription.created",
+        "customer.subscription.updated",
+        "customer.subscription.deleted",
+        "price.created",
+        "price.updated",
+        "plan.created",
+        "plan.updated",
+    }
+)
+HANDLED = INVOICE_EVENTS | PAYMENT_EVENTS | PRICE_EVENTS
 
 # Lifecycle order within one second; `uncollectible` may still be paid (or voided).
 INVOICE_RANK: Mapping[str, int] = {"draft": 0, "open": 1, "uncollectible": 2, "paid": 3, "void": 3}
@@ -130,7 +144,15 @@ class PaymentSnapshot:
     livemode: bool
 
 
-Change = InvoiceSnapshot | PaymentSnapshot
+@dataclass(frozen=True, slots=True)
+class PriceMeter:
+    """A metered price and its meter (a price's `recurring.meter` never changes)."""
+
+    price: str
+    meter: str
+
+
+Change = InvoiceSnapshot | PaymentSnapshot | PriceMeter
 
 
 def reduce(record: Record) -> list[Change]:
@@ -141,10 +163,35 @@ def reduce(record: Record) -> list[Change]:
     if event is None or event.type == "invoice.upcoming":
         return []
     if event.type in INVOICE_EVENTS:
-        return [invoice_snapshot(event)]
+        snapshot = invoice_snapshot(event)
+        links = {ln.price: ln.meter for ln in snapshot.lines if ln.price and ln.meter}
+        return [snapshot, *(PriceMeter(price, meter) for price, meter in links.items())]
     if event.type in PAYMENT_EVENTS:
         return [payment_snapshot(event)]
+    if event.type in PRICE_EVENTS:
+        return price_meters(event)
     return []
+
+
+def price_meters(event: Event) -> list[Change]:
+    """The metered prices a subscription's items, or a price (or legacy plan), show."""
+    obj = event.object
+    if event.type.startswith("customer.subscription."):
+        items = list_data(obj.get("items"))
+        prices = [item.get("price") or item.get("plan") for item in items if type(item) is dict]
+    else:
+        prices = [obj]
+    links: list[Change] = []
+    for price in prices:
+        found, meter = ref(price), _meter_of(mapping(price))
+        if found is not None and meter is not None:
+            links.append(PriceMeter(found, meter))
+    return links
+
+
+def _meter_of(price: Mapping[str, Any]) -> str | None:
+    """The meter of an expanded price (`recurring.meter`) or legacy plan (`meter`)."""
+    return ref(mapping(price.get("recurring")).get("meter")) or ref(price.get("meter"))
 
 
 def invoice_subscription(obj: Mapping[str, Any]) -> str | None:
@@ -226,7 +273,7 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
         or ref(details.get("subscription_item")),
         price=ref(price_field),
         product=ref(price.get("product")) or ref(price_details.get("product")),
-        meter=ref(mapping(price.get("recurring")).get("meter")),
+        meter=_meter_of(price),
         quantity=integer(raw.get("quantity")),
         amount=integer(raw.get("amount")),
         currency=text(raw.get("currency")),

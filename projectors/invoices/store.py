@@ -4,6 +4,10 @@ As for subscriptions: the batch collapses to the newest snapshot per id, the ups
 overwrites an older `version`, and the invoices that won get their lines replaced by the
 winning snapshot's (also when `lines.has_more`: a row shows one snapshot, whole, so any
 order of events leaves the same lines; `lines_complete = false` says more exist).
+
+A line whose price object is not in the event (basil) takes its meter from
+`invoice_price_meters`, filled from the events that show prices whole; a link seen after
+its lines fills them in then, so the order of arrival does not show.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from projectors.invoices.reducer import Change, InvoiceSnapshot, PaymentSnapshot
+from projectors.invoices.reducer import Change, InvoiceSnapshot, PaymentSnapshot, PriceMeter
 from projectors.subscriptions.snapshot import newest
 
 UPSERT_INVOICES = """
@@ -64,14 +68,16 @@ INSERT_LINES = """
 INSERT INTO invoice_lines AS t (
     id, invoice, subscription, subscription_item, price, product, meter, quantity, amount,
     currency, proration, period_start, period_end, last_event_id, last_event_created)
-SELECT x.id, x.invoice, x.subscription, x.subscription_item, x.price, x.product, x.meter,
-    x.quantity, x.amount, x.currency, x.proration, to_timestamp(x.period_start),
-    to_timestamp(x.period_end), x.event_id, to_timestamp(x.event_created)
+SELECT x.id, x.invoice, x.subscription, x.subscription_item, x.price, x.product,
+    coalesce(x.meter, pm.meter), x.quantity, x.amount, x.currency, x.proration,
+    to_timestamp(x.period_start), to_timestamp(x.period_end), x.event_id,
+    to_timestamp(x.event_created)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::boolean[],
             $12::bigint[], $13::bigint[], $14::text[], $15::bigint[])
     AS x(id, invoice, subscription, subscription_item, price, product, meter, quantity,
          amount, currency, proration, period_start, period_end, event_id, event_created)
+LEFT JOIN invoice_price_meters pm ON pm.price = x.price
 ON CONFLICT (id) DO UPDATE SET
     invoice = excluded.invoice, subscription = excluded.subscription,
     subscription_item = excluded.subscription_item, price = excluded.price,
@@ -79,6 +85,22 @@ ON CONFLICT (id) DO UPDATE SET
     amount = excluded.amount, currency = excluded.currency, proration = excluded.proration,
     period_start = excluded.period_start, period_end = excluded.period_end,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+"""
+
+# A price's meter never changes: the first link is kept. Returns the prices linked now
+# for the first time, whose lines already kept get their meter from FILL_METERS (rare: a
+# price is usually seen on its subscription before any invoice bills it, so no index).
+INSERT_PRICE_METERS = """
+INSERT INTO invoice_price_meters (price, meter)
+SELECT p, m FROM unnest($1::text[], $2::text[]) AS x(p, m)
+ON CONFLICT (price) DO NOTHING
+RETURNING price
+"""
+
+FILL_METERS = """
+UPDATE invoice_lines l SET meter = pm.meter
+FROM invoice_price_meters pm
+WHERE pm.price = ANY($1::text[]) AND l.price = pm.price AND l.meter IS NULL
 """
 
 UPSERT_PAYMENTS = """
@@ -108,6 +130,13 @@ async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
     """Write a batch of snapshots in the caller's transaction."""
     invoices = newest(c for c in changes if isinstance(c, InvoiceSnapshot))
     payments = newest(c for c in changes if isinstance(c, PaymentSnapshot))
+    # By price, so that two processes inserting the same links take their locks in order.
+    links = dict(sorted((c.price, c.meter) for c in changes if isinstance(c, PriceMeter)))
+    if links:
+        # Before the lines: this batch's lines take their meter from the links as inserted.
+        linked = await conn.fetch(INSERT_PRICE_METERS, list(links), list(links.values()))
+        if linked:
+            await conn.execute(FILL_METERS, [row["price"] for row in linked])
     if invoices:
         await _write_invoices(conn, invoices)
     if payments:

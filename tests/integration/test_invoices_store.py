@@ -154,6 +154,39 @@ async def test_lines_follow_the_winning_snapshot(conn: asyncpg.Connection, era: 
     assert (row["lines_complete"], row["total"]) == (False, 4200)
 
 
+@pytest.mark.parametrize("subscription_first", [True, False])
+async def test_a_basil_line_gets_its_meter_from_the_price_shown_elsewhere(
+    conn: asyncpg.Connection, subscription_first: bool
+) -> None:
+    """A basil line names its price by id only; the subscription's items show the price
+    whole, meter included. Whichever arrives first (in one batch or in two), the metered
+    line ends with its meter, the licensed one with none."""
+    metered = so.price(unit_amount=None, meter="mtr_usage")
+    licensed = so.price()
+    sub = so.subscription(
+        items=[so.subscription_item(item_price=p) for p in (metered, licensed)],
+    )
+    inv_id = so.new_id("in")
+    usage, seat = (
+        so.invoice_line(subscription=sub["id"], line_price=p) for p in (metered, licensed)
+    )
+    events = [
+        so.event("customer.subscription.created", sub),
+        so.event("invoice.finalized", so.invoice(id=inv_id, status="open", lines=[usage, seat])),
+    ]
+    if not subscription_first:
+        events.reverse()
+    for name, sizes in (("one_batch", []), ("two_batches", [1])):
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+        await migrate(conn, [invoices], schema=name, record=False)
+        await apply_events(conn, [invoices], events, schema=name, batch_sizes=sizes)
+        lines = await rows(conn, "invoice_lines", schema=name, where=f"invoice = '{inv_id}'")
+        assert {ln["id"]: ln["meter"] for ln in lines} == {
+            usage["id"]: "mtr_usage",
+            seat["id"]: None,
+        }
+
+
 async def test_upcoming_invoices_and_other_events_write_nothing(conn: asyncpg.Connection) -> None:
     preview = so.invoice(subscription="sub_1")
     del preview["id"]

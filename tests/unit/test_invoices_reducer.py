@@ -7,7 +7,12 @@ import pytest
 
 from projectors.base import PoisonRecord
 from projectors.invoices import projection
-from projectors.invoices.reducer import INVOICE_EVENTS, InvoiceSnapshot, PaymentSnapshot
+from projectors.invoices.reducer import (
+    INVOICE_EVENTS,
+    InvoiceSnapshot,
+    PaymentSnapshot,
+    PriceMeter,
+)
 from projectors.subscriptions.snapshot import newest, supersedes
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
@@ -16,10 +21,10 @@ ERAS: tuple[so.Era, ...] = ("legacy", "basil")
 
 
 def reduce_invoice(event: dict[str, object]) -> InvoiceSnapshot:
-    changes = projection.reduce(as_record(event))
-    assert len(changes) == 1
-    change = changes[0]
+    """The invoice snapshot of `event` (the price -> meter links its lines show follow it)."""
+    change, *links = projection.reduce(as_record(event))
     assert isinstance(change, InvoiceSnapshot)
+    assert all(isinstance(link, PriceMeter) for link in links)
     return change
 
 
@@ -89,8 +94,30 @@ def test_every_invoice_event_in_both_shapes_gives_the_snapshot(
     assert (line.price, line.product) == (metered["id"], metered["product"])
     assert (line.quantity, line.amount, line.proration) == (1200, 6000, True)
     assert (line.period_start, line.period_end) == (so.T0, so.T0 + so.MONTH)
-    # Before basil a line carries the whole price, meter included; since, only its id.
+    # Before basil a line carries the whole price, meter included (kept as a link for the
+    # price's later lines); since, only its id.
     assert line.meter == ("mtr_1" if era == "legacy" else None)
+    links = projection.reduce(as_record(so.event(event_type, inv, era=era)))[1:]
+    assert links == ([PriceMeter(metered["id"], "mtr_1")] if era == "legacy" else [])
+
+
+@pytest.mark.parametrize("era", ERAS)
+def test_prices_shown_whole_link_their_meter(era: so.Era) -> None:
+    """A subscription's items show their prices whole, in both shapes, as price and plan
+    events do: each metered one is a link; a licensed price is none."""
+    metered = so.price(unit_amount=None, meter="mtr_1")
+    licensed = so.price()
+    sub = so.subscription(
+        era=era,
+        items=[so.subscription_item(era=era, item_price=p) for p in (metered, licensed)],
+    )
+    for event_type in ("customer.subscription.created", "customer.subscription.deleted"):
+        evt = so.event(event_type, sub, era=era)
+        assert projection.reduce(as_record(evt)) == [PriceMeter(metered["id"], "mtr_1")]
+    assert projection.reduce(as_record(so.event("price.created", metered, era=era))) == [
+        PriceMeter(metered["id"], "mtr_1")
+    ]
+    assert projection.reduce(as_record(so.event("price.updated", licensed, era=era))) == []
 
 
 @pytest.mark.parametrize("era", ERAS)
