@@ -119,7 +119,9 @@ class CreditNoteLineSeen:
     invoice: str
     invoice_line: str
     quantity: Decimal | None
-    amount: int | None = None
+    amount: int | None
+    event_id: str
+    created: int
 
 
 @dataclass(frozen=True, slots=True)

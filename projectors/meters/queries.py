@@ -111,16 +111,25 @@ WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
    OR (excluded.lines_complete AND NOT t.lines_complete)
 """
 
-# A credit note's lines are fixed when it is issued: the first copy seen is the only one
-# (a row written before amounts were kept takes the amount of the next copy).
+# A credit note's lines are fixed when it is issued: every copy says the same, and the row
+# names the earliest event that showed it (a row written before amounts were kept takes
+# the amount of the next copy).
 INSERT_CREDIT_NOTE_LINES = """
 INSERT INTO meter_credit_note_lines AS t (credit_note, line, invoice, invoice_line, quantity,
-                                          amount)
-SELECT cn, l, inv, il, q, a
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::bigint[])
-    AS u(cn, l, inv, il, q, a)
-ON CONFLICT (credit_note, line) DO UPDATE SET amount = excluded.amount
-WHERE t.amount IS NULL AND excluded.amount IS NOT NULL
+                                          amount, last_event_id, last_event_created)
+SELECT cn, l, inv, il, q, a, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::numeric[], $6::bigint[],
+            $7::text[], $8::bigint[])
+    AS u(cn, l, inv, il, q, a, ev, cr)
+ON CONFLICT (credit_note, line) DO UPDATE SET
+    amount = coalesce(t.amount, excluded.amount),
+    last_event_id = CASE WHEN (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+                            < (t.last_event_created, t.last_event_id COLLATE "C")
+                         THEN excluded.last_event_id ELSE t.last_event_id END,
+    last_event_created = least(t.last_event_created, excluded.last_event_created)
+WHERE (t.amount IS NULL AND excluded.amount IS NOT NULL)
+   OR (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    < (t.last_event_created, t.last_event_id COLLATE "C")
 """
 
 UPSERT_REJECTIONS = """

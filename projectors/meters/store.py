@@ -31,13 +31,19 @@ from projectors.meters.recompute import Touched, recompute
 T = TypeVar("T")
 
 
-def newest(items: Iterable[T], key: Callable[[T], Hashable], order: Callable[[T], Any]) -> list[T]:
-    """One item per key: the one with the greatest `order`."""
+def newest(
+    items: Iterable[T],
+    key: Callable[[T], Hashable],
+    order: Callable[[T], Any],
+    *,
+    least: bool = False,
+) -> list[T]:
+    """One item per key: the one with the greatest `order` (the least, with `least`)."""
     best: dict[Hashable, T] = {}
     for item in items:
         k = key(item)
         held = best.get(k)
-        if held is None or order(item) > order(held):
+        if held is None or (order(item) < order(held) if least else order(item) > order(held)):
             best[k] = item
     return list(best.values())
 
@@ -232,7 +238,10 @@ async def _credit_notes(
         )
         touched.customers.update(n.customer for n in rows)
     if lines:
-        unique = newest(lines, lambda x: (x.credit_note, x.line), lambda x: 0)
+        # As INSERT_CREDIT_NOTE_LINES: the earliest copy.
+        unique = newest(
+            lines, lambda x: (x.credit_note, x.line), lambda x: (x.created, x.event_id), least=True
+        )
         await conn.execute(
             queries.INSERT_CREDIT_NOTE_LINES,
             [x.credit_note for x in unique],
@@ -241,6 +250,8 @@ async def _credit_notes(
             [x.invoice_line for x in unique],
             [x.quantity for x in unique],
             [x.amount for x in unique],
+            [x.event_id for x in unique],
+            [x.created for x in unique],
         )
 
 

@@ -199,7 +199,16 @@ def credit_note_changes(
         if line.get("type") != "invoice_line_item" or line_id is None or credited is None:
             continue
         changes.append(
-            CreditNoteLineSeen(note_id, line_id, invoice, credited, _quantity(line), _amount(line))
+            CreditNoteLineSeen(
+                note_id,
+                line_id,
+                invoice,
+                credited,
+                _quantity(line),
+                _amount(line),
+                event_id,
+                created,
+            )
         )
     return changes
 

@@ -504,6 +504,9 @@ FROM meter_reconciliation ORDER BY customer, meter
 """
 
 
+LINE_EVENTS = "SELECT line, last_event_id FROM meter_credit_note_lines ORDER BY line"
+
+
 async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Connection) -> None:
     """cus_basil's usage matched its invoice; a credit note gives back one unit of its
     `sum` line and an amount of its `count` line. The sum period is `credited` (billed in
@@ -594,6 +597,11 @@ async def test_units_credited_back_are_not_billed_in_any_order(conn: asyncpg.Con
         rng.shuffle(then_void)
         await project(conn, f"voided{seed}", [then_void[:cut], then_void[cut:]])
         assert await fetch(conn, f"voided{seed}", CREDITS) == cancelled, f"seed {seed}"
+        # A note's lines name the earliest event that showed them, whatever came first.
+        for schema in (f"issued{seed}", f"voided{seed}"):
+            lines = await fetch(conn, schema, LINE_EVENTS)
+            assert lines == await fetch(conn, "credited", LINE_EVENTS), schema
+            assert {event_id for _, event_id in lines} == {basil_event, legacy_event}
 
 
 async def test_a_credit_by_amount_is_not_taken_for_the_quantity_stripe_shows_with_it(

@@ -175,8 +175,12 @@ def test_a_credit_note_credits_units_of_invoice_lines_or_an_amount_only(era: Era
     evt = event("credit_note.created", note, created=T0 + 5, era=era)
     assert projection.reduce(stripe_record(evt)) == [
         CreditNoteSeen(note["id"], "in_1", "cus_1", False, evt["id"], T0 + 5),
-        CreditNoteLineSeen(note["id"], units["id"], "in_1", "il_usage", Decimal(4), 400),
-        CreditNoteLineSeen(note["id"], money["id"], "in_1", "il_usage", None, 250),
+        CreditNoteLineSeen(
+            note["id"], units["id"], "in_1", "il_usage", Decimal(4), 400, evt["id"], T0 + 5
+        ),
+        CreditNoteLineSeen(
+            note["id"], money["id"], "in_1", "il_usage", None, 250, evt["id"], T0 + 5
+        ),
     ]
     # Stripe's example of an issued note carries `voided_at`; only the status voids it.
     voided = event("credit_note.voided", dict(note, status="void"), created=T0 + 9)
