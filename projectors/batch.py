@@ -25,6 +25,7 @@ from projectors import deadletter, offsets
 from projectors.base import Connection, HydrationUnavailable, Record
 from projectors.deadletter import DeadLetter, DeadLetterSink
 from projectors.failures import is_transient
+from projectors.stripe_api.lines import may_be_cut_short
 
 Hydrate = Callable[[Record], Awaitable[Record]]
 THIN_EVENT = "v2.core.event"
@@ -109,6 +110,8 @@ class BatchApplier:
         # as they are, so Stripe being down, or an event past its 30 days, cannot hold up
         # or dead-letter a record the projection would ignore anyway.
         self.thin_types: frozenset[str] | None = getattr(projection, "thin_event_types", None)
+        # Invoices and credit notes whose lines the webhook cut short go to the hydrator too.
+        self.complete_lines = bool(getattr(projection, "complete_lines", False))
         self.stop = stop or asyncio.Event()
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
@@ -219,8 +222,11 @@ class BatchApplier:
     async def _hydrated(self, record: Record) -> Record:
         assert self.hydrate is not None
         if not is_thin(record):
-            return record
-        if self.thin_types is not None and _event_type(record) not in self.thin_types:
+            # An invoice or credit note whose lines the webhook cut short, for a projection
+            # that asks for them whole (the hydrator decides, and may leave it as it is).
+            if not (self.complete_lines and may_be_cut_short(record)):
+                return record
+        elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         delay = 0.5
         while True:

@@ -29,6 +29,9 @@ class MetersProjection:
     # (only theirs: the reducer ignores every other thin event).
     hydrate_thin_events = True
     thin_event_types = reducer.ERROR_REPORTS
+    # A finalized invoice's or issued credit note's lines past the webhook's first page are
+    # fetched too (with an API key), so their metered lines and credits are judged.
+    complete_lines = True
 
     def topics(self, settings: Settings) -> Sequence[str]:
         """The event log and the app's usage facts."""

@@ -1,4 +1,5 @@
-"""Thin events made whole: GET /v2/core/events/{id}, cached in `lattice.hydrated_events`.
+"""Thin events made whole: GET /v2/core/events/{id}, cached in `lattice.hydrated_events`;
+and the lines of invoices and credit notes a webhook cut short (`lines.py`).
 
 The runner calls a `Hydrator` for each thin event (`"object": "v2.core.event"`, no `data`)
 of a projection that sets `hydrate_thin_events = True`, and hands the result to `reduce`.
@@ -30,6 +31,7 @@ from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import StripeAPIError, StripeAuthError, StripeUnavailable
+from projectors.stripe_api.lines import MAX_PAGES, PAGE_SIZE, cut_short, lines_path, with_lines
 from schemas.envelope import ThinEvent
 
 THIN_EVENT = "v2.core.event"
@@ -52,6 +54,20 @@ LIMIT 1
 """
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
+_CACHED_LINES = "SELECT lines::text FROM lattice.hydrated_lines WHERE id = $1"
+_STORE_LINES = """
+WITH stored AS (
+    INSERT INTO lattice.hydrated_lines (id, object, account, lines)
+    VALUES ($1, $2, $3, $4::jsonb)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING lines
+)
+SELECT lines::text FROM stored
+UNION ALL
+SELECT lines::text FROM lattice.hydrated_lines WHERE id = $1
+LIMIT 1
+"""
+
 
 class Hydrator:
     """`await hydrator(record)`: the record with its value replaced by the full event."""
@@ -61,12 +77,14 @@ class Hydrator:
         self.client = client
         self.fetched = 0
         self.cache_hits = 0
+        self._said_no_key = False
 
     async def __call__(self, record: Record) -> Record:
-        """The record carrying the full event (unchanged if it is not a thin event)."""
+        """The record carrying the full event, or its invoice's or credit note's every
+        line (unchanged if it is neither a thin event nor one whose lines were cut short)."""
         event = record.json()
         if event.get("object") != THIN_EVENT or "data" in event:
-            return record
+            return await self.complete_lines(record)
         event_id = event.get("id")
         if not isinstance(event_id, str) or not event_id.startswith("evt_"):
             raise PoisonRecord("thin event without a valid `id`: cannot fetch its body")
@@ -140,6 +158,81 @@ class Hydrator:
         if full.id != event_id:
             raise PoisonRecord(f"GET /v2/core/events/{event_id} answered event {full.id}")
         return fetched
+
+    async def complete_lines(self, record: Record) -> Record:
+        """The record with its finalized invoice's or issued credit note's every line, from
+        the cache or (once) from Stripe; as it came when they cannot be had (see lines.py)."""
+        found = cut_short(record)
+        if found is None:
+            return record
+        kind, object_id, account, event = found
+        try:
+            async with self.pool.acquire() as conn:
+                cached = await conn.fetchval(_CACHED_LINES, object_id)
+        except _DB_ERRORS as exc:
+            raise HydrationUnavailable(f"cache of fetched lines unreachable: {exc}") from exc
+        if cached is not None:
+            self.cache_hits += 1
+            return dataclasses.replace(record, value=with_lines(event, orjson.loads(cached)))
+        if self.client is None:
+            if not self._said_no_key:
+                self._said_no_key = True
+                log.warning(
+                    "lines beyond the webhook's first page not fetched: "
+                    "LATTICE_STRIPE_API_KEY is not set",
+                    object_id=object_id,
+                )
+            return record
+        lines = await self._fetch_lines(kind, object_id, account)
+        if lines is None:
+            return record
+        try:
+            async with self.pool.acquire() as conn:
+                stored = await conn.fetchval(
+                    _STORE_LINES, object_id, kind, account, orjson.dumps(lines).decode()
+                )
+                if stored is None:  # stored by another process meanwhile (see full_event)
+                    stored = await conn.fetchval(_CACHED_LINES, object_id)
+        except _DB_ERRORS as exc:
+            raise HydrationUnavailable(f"cache of fetched lines unreachable: {exc}") from exc
+        log.info("lines fetched", object_id=object_id, lines=len(lines))
+        return dataclasses.replace(record, value=with_lines(event, orjson.loads(stored)))
+
+    async def _fetch_lines(
+        self, kind: str, object_id: str, account: str | None
+    ) -> list[dict[str, Any]] | None:
+        """Every line, page after page; None (logged) when Stripe will not give them."""
+        assert self.client is not None
+        path = lines_path(kind, object_id)
+        lines: list[dict[str, Any]] = []
+        after: str | None = None
+        for _ in range(MAX_PAGES):
+            params: dict[str, str | int | list[str]] = {"limit": PAGE_SIZE}
+            if after is not None:
+                params["starting_after"] = after
+            try:
+                page = await self.client.get(path, params, account=account)
+            except StripeUnavailable as exc:
+                raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
+            except StripeAuthError as exc:
+                if exc.status == 401:
+                    raise HydrationUnavailable(
+                        f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key and the "
+                        "projector goes on"
+                    ) from exc
+                log.warning("lines not fetched", object_id=object_id, error=str(exc))
+                return None
+            except StripeAPIError as exc:
+                log.warning("lines not fetched", object_id=object_id, error=str(exc))
+                return None
+            self.fetched += 1
+            data = [line for line in page.get("data") or [] if isinstance(line, dict)]
+            lines.extend(data)
+            if page.get("has_more") is not True or not data:
+                return lines
+            after = str(data[-1].get("id"))
+        log.warning("lines not fetched: too many pages", object_id=object_id, pages=MAX_PAGES)
+        return None
 
 
 def _compact(jsonb_text: str) -> bytes:

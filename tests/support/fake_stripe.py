@@ -1,7 +1,8 @@
 """A fake of Stripe's API for the tests: a small Starlette app served by uvicorn on a free
 loopback port. It answers the calls Lattice makes (GET /v2/core/events/{id}, GET
-/v1/events) the way Stripe does, and on request fails: 429 with `Retry-After`, 500,
-slow answers, 404. It records every request it saw (without the key).
+/v1/events, GET /v1/invoices/{id}/lines and /v1/credit_notes/{id}/lines) the way Stripe
+does, and on request fails: 429 with `Retry-After`, 500, slow answers, 404. It records
+every request it saw (without the key).
 
     async with serve(FakeStripe(api_key="sk_test_x")) as fake:
         fake.add_v2_event(full_event)
@@ -56,6 +57,8 @@ class FakeStripe:
         self.api_key = api_key
         self.v2_events: dict[str, dict[str, Any]] = {}
         self.v1_events: list[dict[str, Any]] = []
+        # Invoice or credit note id -> (the Connect account it belongs to, its lines).
+        self.lines: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
         self.faults: deque[Fault] = deque()
         self.seen: list[Seen] = []
         # Connected accounts the key has no access to (disconnected, or never connected).
@@ -70,6 +73,13 @@ class FakeStripe:
     def add_v1_events(self, events: list[dict[str, Any]]) -> None:
         """Serve these snapshot events from GET /v1/events."""
         self.v1_events.extend(events)
+
+    def add_lines(
+        self, object_id: str, lines: list[dict[str, Any]], *, account: str | None = None
+    ) -> None:
+        """Serve `lines` at GET /v1/invoices/{object_id}/lines (or the credit note's), in
+        `account`'s context (Stripe-Account) or the platform's."""
+        self.lines[object_id] = (account, lines)
 
     def fail_next(
         self,
@@ -94,6 +104,8 @@ class FakeStripe:
                 Route("/v2/core/events", self._v2_events),
                 Route("/v2/core/events/{event_id}", self._v2_event),
                 Route("/v1/events", self._v1_events),
+                Route("/v1/invoices/{object_id}/lines", self._lines),
+                Route("/v1/credit_notes/{object_id}/lines", self._lines),
             ]
         )
 
@@ -161,6 +173,33 @@ class FakeStripe:
                 rest["created[gte]"] = since
             following = "/v2/core/events?" + urlencode(rest)
         body = {"data": matching[start : start + limit], "next_page_url": following}
+        return JSONResponse(body, headers=self._headers())
+
+    async def _lines(self, request: Request) -> Response:
+        """An invoice's or credit note's lines, paged with `limit` and `starting_after`."""
+        refused = await self._guard(request)
+        if refused is not None:
+            return refused
+        object_id = request.path_params["object_id"]
+        account, lines = self.lines.get(object_id, (None, None))
+        if lines is None or account != request.headers.get("stripe-account"):
+            return self._error(404, "invalid_request_error", f"No such object: '{object_id}'")
+        query = request.query_params
+        limit = min(100, max(1, int(query.get("limit", "10"))))
+        after = query.get("starting_after")
+        start = 0
+        if after is not None:
+            ids = [line["id"] for line in lines]
+            if after not in ids:
+                return self._error(400, "invalid_request_error", f"No such line: {after}")
+            start = ids.index(after) + 1
+        page = lines[start : start + limit]
+        body = {
+            "object": "list",
+            "url": request.url.path,
+            "data": page,
+            "has_more": start + limit < len(lines),
+        }
         return JSONResponse(body, headers=self._headers())
 
     async def _v1_events(self, request: Request) -> Response:

@@ -1,0 +1,133 @@
+"""Lines a webhook cut short (`lines.has_more`), fetched from the fake Stripe API under
+the meters projection's batch step and cached in PostgreSQL: the periods they bill or
+credit are judged instead of left `incomplete`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from aiokafka import TopicPartition
+
+from projectors.base import Record
+from projectors.meters import projection as meters
+from projectors.migrate import ensure_runtime, migrate
+from projectors.stripe_api.hydrate import Hydrator
+from tests.fixtures.stripe_objects import (
+    MONTH,
+    T0,
+    credit_note,
+    credit_note_line,
+    event,
+    invoice_line,
+)
+from tests.integration.test_hydrate import fake, make_client, meters_applier, pool
+from tests.integration.test_meters_store import fetch, finalized_invoice
+from tests.support.fake_stripe import FakeStripe
+from tests.support.meter_payloads import stripe_record
+from tests.support.meter_scenario import billing_month
+
+pytestmark = pytest.mark.integration
+__all__ = ["fake", "pool"]  # fixtures, imported to be used here
+
+TP = TopicPartition("stripe.events", 0)
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(database_url)
+    await ensure_runtime(connection)
+    await connection.execute("DELETE FROM lattice.hydrated_lines")
+    yield connection
+    await connection.close()
+
+
+async def project(
+    conn: asyncpg.Connection, schema: str, hydrator: Hydrator, batches: Sequence[Sequence[Record]]
+) -> None:
+    """Each batch through the runner's batch step (hydrating what it asks for), then
+    applied in its own transaction to a fresh `schema`."""
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await migrate(conn, [meters], schema=schema, record=False)
+    applier = meters_applier(hydrator.pool, hydrator, asyncio.Event())
+    for batch in batches:
+        prepared = await asyncio.wait_for(applier.prepare({TP: list(batch)}), 30)
+        assert prepared.dead == []
+        async with conn.transaction():
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+            await meters.apply(conn, [c for _, changes in prepared.reduced for c in changes])
+
+
+def first_page(obj: dict[str, Any], keep: list[dict[str, Any]]) -> dict[str, Any]:
+    """`obj` as a webhook shows it when its lines do not fit: `keep`, and `has_more`."""
+    return dict(obj, lines=dict(obj["lines"], data=keep, has_more=True))
+
+
+STATUS = (
+    "SELECT customer, status, delta, unseen_credits FROM meter_reconciliation "
+    "WHERE customer = '{}' AND meter = '{}'"
+)
+
+
+async def test_an_invoices_metered_line_on_a_later_page_is_fetched_once(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    scenario = billing_month()
+    legacy = finalized_invoice(scenario, "cus_legacy")
+    (metered,) = legacy["lines"]["data"]
+    seat = invoice_line(era="legacy", invoice=legacy["id"])  # a licensed price's line
+    paid = dict(first_page(legacy, [seat]), status="paid")
+    paid_event = stripe_record(event("invoice.paid", paid, created=T0 + MONTH + 600, era="legacy"))
+    fake.add_lines(legacy["id"], [seat, metered])
+    query = STATUS.format("cus_legacy", scenario.meters["sum"])
+
+    # Without a key the page is all there is: the period cannot be judged.
+    await project(conn, "lines_unknown", Hydrator(pool, None), [scenario.records(), [paid_event]])
+    assert await fetch(conn, "lines_unknown", query) == [
+        ("cus_legacy", "incomplete", Decimal("3.5"), False)  # nothing billed seen
+    ]
+    assert fake.requests_to("/v1/invoices/") == []
+
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        for schema in ("lines_fetched", "lines_cached"):
+            await project(conn, schema, hydrator, [scenario.records(), [paid_event]])
+            assert await fetch(conn, schema, query) == [
+                ("cus_legacy", "under_billed", Decimal("1.5"), False)
+            ], schema
+    (seen,) = fake.requests_to("/v1/invoices/")  # once: the second run read the cache
+    assert seen.path == f"/v1/invoices/{legacy['id']}/lines"
+    assert ("limit", "100") in seen.query
+
+
+async def test_a_credit_notes_lines_are_fetched_page_by_page_in_its_account(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """cus_basil's invoice billed its usage in full; a credit note's first page shows only
+    a custom line, its second gives a unit of the `sum` line back: `credited`, judged."""
+    scenario = billing_month()
+    basil = finalized_invoice(scenario, "cus_basil")
+    sum_line = basil["lines"]["data"][0]
+    custom = [credit_note_line() for _ in range(100)]  # a whole page of them
+    unit = credit_note_line(invoice_line_item=sum_line["id"], quantity=1, amount=100)
+    note = credit_note(invoice=basil["id"], customer="cus_basil", lines=[*custom, unit])
+    created = event("credit_note.created", first_page(note, custom[:10]), created=T0 + MONTH + 300)
+    created["account"] = "acct_1Nv0FGQ9RKHgCVdK"  # a Connect account's note
+    fake.add_lines(note["id"], [*custom, unit], account="acct_1Nv0FGQ9RKHgCVdK")
+
+    async with make_client(fake) as client:
+        await project(
+            conn,
+            "credit_fetched",
+            Hydrator(pool, client),
+            [scenario.records(), [stripe_record(created)]],
+        )
+    rows = await fetch(conn, "credit_fetched", STATUS.format("cus_basil", scenario.meters["sum"]))
+    assert rows == [("cus_basil", "credited", Decimal(1), False)]
+    pages = fake.requests_to("/v1/credit_notes/")
+    assert [dict(p.query).get("starting_after") for p in pages] == [None, custom[-1]["id"]]
+    assert {p.headers.get("stripe-account") for p in pages} == {"acct_1Nv0FGQ9RKHgCVdK"}
