@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from ingest.simulate.story import Story
 
 MRR_STATUSES = ("active", "past_due")  # trialing pays nothing yet; canceled pays no more
-# A pending period with usage is `unbilled` this long after it ended (the view's interval).
+# A pending period with usage is `unbilled` this long before the newest event (the view's).
 UNBILLED_AFTER = 3 * 86_400
 
 
@@ -67,15 +66,18 @@ class Expected:
     balances: dict[tuple[str, str], Balance]
     customers: int = 0
     transfers: int = 0
+    last_event: int = 0  # when the newest event of the simulation was created
     notes: list[str] = field(default_factory=list)
 
     @property
     def discrepancies(self) -> list[Reconciliation]:
-        """Closed periods where usage and billing disagree, and periods that ended over
-        three days ago with usage and no invoice (`unbilled`), largest absolute delta first
-        (as the view `usage_discrepancies`)."""
+        """Closed periods where usage and billing disagree, and periods with usage and no
+        invoice that ended over three days before the last event (`unbilled`), largest
+        absolute delta first (as the view `usage_discrepancies`, which counts from the
+        newest event its rows reflect: the same, unless a pending period with usage ends
+        within the month's last three days)."""
         judged = ("under_billed", "over_billed")
-        ended = time.time() - UNBILLED_AFTER
+        ended = self.last_event - UNBILLED_AFTER
         rows = [row for row in self.reconciliation if row.status in judged] + [
             replace(row, status="unbilled")
             for row in self.reconciliation
@@ -169,6 +171,7 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
         balances=_balances(story),
         customers=len(story.subscriptions),
         transfers=len(story.transfers),
+        last_event=max((e.created for e in story.events), default=0),
     )
 
 

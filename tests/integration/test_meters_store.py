@@ -784,26 +784,33 @@ async def test_usage_never_invoiced_is_unbilled_three_days_after_its_period(
 ) -> None:
     """A subscription canceled mid-period without `invoice_now`: Stripe never invoices its
     usage, so its period stays `pending` in the table, and `usage_discrepancies` lists it
-    as `unbilled` once it ended over three days ago (Stripe finalizes a period's invoice
-    within an hour of its end, or within 72 hours while webhooks fail). A period still
-    running, or one that ended a day ago, is not listed."""
+    as `unbilled` once it ended over three days before the newest event or fact the rows
+    reflect (Stripe finalizes a period's invoice within an hour of its end, or within 72
+    hours while webhooks fail). A period still running, or one that ended a day before the
+    newest fact, is not listed; one that ended four days before, with no invoice, is,
+    however long ago that all was."""
     meter = billing_meter(event_name="unbilled_calls")
-    now = int(time.time())
+    # The log's clock, not the wall's: all of it a hundred days ago, as a replay reads it.
+    now = int(time.time()) - 100 * DAY
     records = [
         stripe_record(meter_event(meter)),
         *metered_subscription("cus_cut", meter, (T0, T0 + MONTH), "7", ended=T0 + 10 * DAY),
-        *metered_subscription("cus_running", meter, (now - 10 * DAY, now + 20 * DAY), "3"),
+        # Its fact, a day into the period, is the newest of all: the log's clock.
+        *metered_subscription("cus_running", meter, (now - DAY - 60, now + 20 * DAY), "3"),
         *metered_subscription("cus_just_ended", meter, (now - 31 * DAY, now - DAY), "2"),
+        *metered_subscription("cus_ended_before", meter, (now - 34 * DAY, now - 4 * DAY), "5"),
     ]
     await project(conn, "unbilled", [records])
-    statuses = await fetch(
-        conn, "unbilled", "SELECT customer, status FROM meter_reconciliation ORDER BY customer"
-    )
-    assert statuses == [(c, "pending") for c in ("cus_cut", "cus_just_ended", "cus_running")]
+    statuses = await fetch(conn, "unbilled", "SELECT DISTINCT status FROM meter_reconciliation")
+    assert statuses == [("pending",)]
     listed = await fetch(
         conn,
         "unbilled",
         "SELECT customer, status, period_end, delta, billed_quantity FROM usage_discrepancies",
     )
     cut_at = datetime.fromtimestamp(T0 + 10 * DAY, UTC)
-    assert listed == [("cus_cut", "unbilled", cut_at, Decimal(7), Decimal(0))]
+    before = datetime.fromtimestamp(now - 4 * DAY, UTC)
+    assert listed == [
+        ("cus_cut", "unbilled", cut_at, Decimal(7), Decimal(0)),
+        ("cus_ended_before", "unbilled", before, Decimal(5), Decimal(0)),
+    ]

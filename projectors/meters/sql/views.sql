@@ -1,18 +1,22 @@
 -- Closed periods (a finalized invoice exists) where billing differs from usage; and, as
--- `unbilled`, periods that ended over three days ago with usage Stripe kept and no
--- finalized invoice at all (Stripe finalizes a period's invoice about an hour after it
--- ends, or up to 72 hours later while webhook endpoints fail): a subscription canceled
--- mid-period without `invoice_now`, or invoices left as drafts. Largest first.
+-- `unbilled`, periods with usage Stripe kept and no finalized invoice at all that ended
+-- over three days before the newest event or fact any row reflects (Stripe finalizes a
+-- period's invoice about an hour after it ends, or up to 72 hours later while webhook
+-- endpoints fail): a subscription canceled mid-period without `invoice_now`, or invoices
+-- left as drafts. The log's clock, not the wall's: a replay or a month simulated in the
+-- past reads the same. Largest first.
 CREATE OR REPLACE VIEW usage_discrepancies AS
-SELECT customer, meter, event_name, period_start, period_end,
-       CASE status WHEN 'pending' THEN 'unbilled' ELSE status END AS status,
-       reported_value, rejected_value, billed_quantity, delta,
-       unattributed_rejections, last_event_id, last_event_created, credited_quantity,
-       amount_credits
-FROM meter_reconciliation
-WHERE status IN ('under_billed', 'over_billed')
-   OR (status = 'pending' AND delta > 0 AND period_end < now() - interval '3 days')
-ORDER BY abs(delta) DESC, customer, meter, period_start;
+WITH log AS (SELECT max(last_event_created) AS newest FROM meter_reconciliation)
+SELECT r.customer, r.meter, r.event_name, r.period_start, r.period_end,
+       CASE r.status WHEN 'pending' THEN 'unbilled' ELSE r.status END AS status,
+       r.reported_value, r.rejected_value, r.billed_quantity, r.delta,
+       r.unattributed_rejections, r.last_event_id, r.last_event_created, r.credited_quantity,
+       r.amount_credits
+FROM meter_reconciliation r CROSS JOIN log
+WHERE r.status IN ('under_billed', 'over_billed')
+   OR (r.status = 'pending' AND r.delta > 0
+       AND r.period_end < log.newest - interval '3 days')
+ORDER BY abs(r.delta) DESC, r.customer, r.meter, r.period_start;
 
 -- Facts held because no known period of their customer's meter contains them (yet).
 CREATE OR REPLACE VIEW unplaced_usage AS
