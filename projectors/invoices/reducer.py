@@ -146,10 +146,13 @@ class PaymentSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PriceMeter:
-    """A metered price and its meter (a price's `recurring.meter` never changes)."""
+    """A metered price and its meter (a price's `recurring.meter` never changes), and the
+    event that showed it."""
 
     price: str
     meter: str
+    event_id: str
+    created: int
 
 
 Change = InvoiceSnapshot | PaymentSnapshot | PriceMeter
@@ -165,7 +168,10 @@ def reduce(record: Record) -> list[Change]:
     if event.type in INVOICE_EVENTS:
         snapshot = invoice_snapshot(event)
         links = {ln.price: ln.meter for ln in snapshot.lines if ln.price and ln.meter}
-        return [snapshot, *(PriceMeter(price, meter) for price, meter in links.items())]
+        return [
+            snapshot,
+            *(PriceMeter(price, meter, event.id, event.created) for price, meter in links.items()),
+        ]
     if event.type in PAYMENT_EVENTS:
         return [payment_snapshot(event)]
     if event.type in PRICE_EVENTS:
@@ -185,7 +191,7 @@ def price_meters(event: Event) -> list[Change]:
     for price in prices:
         found, meter = ref(price), _meter_of(mapping(price))
         if found is not None and meter is not None:
-            links.append(PriceMeter(found, meter))
+            links.append(PriceMeter(found, meter, event.id, event.created))
     return links
 
 

@@ -7,7 +7,10 @@ order of events leaves the same lines; `lines_complete = false` says more exist)
 
 A line whose price object is not in the event (basil) takes its meter from
 `invoice_price_meters`, filled from the events that show prices whole; a link seen after
-its lines fills them in then, so the order of arrival does not show.
+its lines fills them in then, so the order of arrival does not show. Two processes may
+write a price's first link and lines of that price at the same moment, neither seeing the
+other's rows: for a price not linked yet, a batch writing lines takes a shared advisory
+lock and one writing the link an exclusive one, so the second to commit sees the first.
 """
 
 from __future__ import annotations
@@ -87,14 +90,30 @@ ON CONFLICT (id) DO UPDATE SET
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
 """
 
-# A price's meter never changes: the first link is kept. Returns the prices linked now
-# for the first time, whose lines already kept get their meter from FILL_METERS (rare: a
-# price is usually seen on its subscription before any invoice bills it, so no index).
+# A price's meter never changes: the first link is kept, naming the earliest event that
+# showed it. Returns the prices linked now for the first time, whose lines already kept
+# get their meter from FILL_METERS (a scan of invoice_lines, without an index that every
+# line would pay for: a price is usually seen on its subscription before any invoice).
 INSERT_PRICE_METERS = """
-INSERT INTO invoice_price_meters (price, meter)
-SELECT p, m FROM unnest($1::text[], $2::text[]) AS x(p, m)
-ON CONFLICT (price) DO NOTHING
-RETURNING price
+WITH before AS (SELECT price FROM invoice_price_meters WHERE price = ANY($1::text[]))
+INSERT INTO invoice_price_meters AS t (price, meter, last_event_id, last_event_created)
+SELECT p, m, ev, to_timestamp(cr)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(p, m, ev, cr)
+ON CONFLICT (price) DO UPDATE SET
+    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
+WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+    < (t.last_event_created, t.last_event_id COLLATE "C")
+RETURNING price, price NOT IN (SELECT price FROM before) AS linked
+"""
+
+LINKED = "SELECT price FROM invoice_price_meters WHERE price = ANY($1::text[])"
+
+# Exclusive ($2 true) or shared, in one order for every process (no deadlock among them).
+LOCK_PRICES = """
+SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text
+            ELSE pg_advisory_xact_lock_shared(k)::text END
+FROM (SELECT hashtextextended('lattice.invoice_price_meters:' || p, 0) AS k, bool_or(x) AS x
+      FROM unnest($1::text[], $2::boolean[]) AS u(p, x) GROUP BY 1 ORDER BY 1) s
 """
 
 FILL_METERS = """
@@ -130,13 +149,28 @@ async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
     """Write a batch of snapshots in the caller's transaction."""
     invoices = newest(c for c in changes if isinstance(c, InvoiceSnapshot))
     payments = newest(c for c in changes if isinstance(c, PaymentSnapshot))
-    # By price, so that two processes inserting the same links take their locks in order.
-    links = dict(sorted((c.price, c.meter) for c in changes if isinstance(c, PriceMeter)))
+    # One per price, the earliest event (as INSERT_PRICE_METERS); by price, so that two
+    # processes inserting the same links take their row locks in order.
+    earliest: dict[str, PriceMeter] = {}
+    for c in changes:
+        if isinstance(c, PriceMeter):
+            held = earliest.get(c.price)
+            if held is None or (c.created, c.event_id) < (held.created, held.event_id):
+                earliest[c.price] = c
+    links = [earliest[price] for price in sorted(earliest)]
+    await _lock_unlinked(conn, links, invoices)
     if links:
         # Before the lines: this batch's lines take their meter from the links as inserted.
-        linked = await conn.fetch(INSERT_PRICE_METERS, list(links), list(links.values()))
+        written = await conn.fetch(
+            INSERT_PRICE_METERS,
+            [c.price for c in links],
+            [c.meter for c in links],
+            [c.event_id for c in links],
+            [c.created for c in links],
+        )
+        linked = [row["price"] for row in written if row["linked"]]
         if linked:
-            await conn.execute(FILL_METERS, [row["price"] for row in linked])
+            await conn.execute(FILL_METERS, linked)
     if invoices:
         await _write_invoices(conn, invoices)
     if payments:
@@ -156,6 +190,24 @@ async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
             [p.event_id for p in payments],
             [p.event_created for p in payments],
         )
+
+
+async def _lock_unlinked(
+    conn: asyncpg.Connection, links: list[PriceMeter], invoices: list[InvoiceSnapshot]
+) -> None:
+    """For the prices not linked yet: exclusive for this batch's links, shared for its
+    lines without a meter (see the module's docstring); none once a price is linked."""
+    linking = {c.price for c in links}
+    unmetered = {
+        ln.price for inv in invoices for ln in inv.lines if ln.price is not None and not ln.meter
+    }
+    prices = sorted(linking | unmetered)
+    if not prices:
+        return
+    known = {row["price"] for row in await conn.fetch(LINKED, prices)}
+    pending = [price for price in prices if price not in known]
+    if pending:
+        await conn.execute(LOCK_PRICES, pending, [price in linking for price in pending])
 
 
 async def _write_invoices(conn: asyncpg.Connection, invoices: list[InvoiceSnapshot]) -> None:

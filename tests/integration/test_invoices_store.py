@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from projectors.invoices import projection as invoices
 from projectors.migrate import migrate
 from tests.fixtures import stripe_objects as so
+from tests.fixtures.records import as_record
 from tests.fixtures.tables import apply_events, one, rows
 
 pytestmark = pytest.mark.integration
@@ -185,6 +187,54 @@ async def test_a_basil_line_gets_its_meter_from_the_price_shown_elsewhere(
             usage["id"]: "mtr_usage",
             seat["id"]: None,
         }
+
+
+@pytest.mark.parametrize("link_first", [True, False])
+async def test_a_link_and_its_lines_written_at_once_by_two_processes_meet(
+    database_url: str, link_first: bool
+) -> None:
+    """Two processes (two partitions: the subscription's key, the invoice's) write a
+    price's first link and a basil line of that price at the same moment, neither seeing
+    the other's uncommitted rows. The second waits for the first to commit (a lock per
+    price not linked yet), so the line ends with its meter whichever began first."""
+    schema = f"price_race_{int(link_first)}"
+    metered = so.price(unit_amount=None, meter="mtr_race")
+    sub = so.subscription(items=[so.subscription_item(item_price=metered)])
+    inv_id = so.new_id("in")
+    usage = so.invoice_line(subscription=sub["id"], line_price=metered)
+    link = so.event("customer.subscription.created", sub)
+    bill = so.event("invoice.finalized", so.invoice(id=inv_id, status="open", lines=[usage]))
+    first, second = (link, bill) if link_first else (bill, link)
+    one_conn = await asyncpg.connect(database_url)
+    other_conn = await asyncpg.connect(database_url)
+    try:
+        await one_conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await migrate(one_conn, [invoices], schema=schema, record=False)
+
+        async def apply(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+            await invoices.apply(conn, list(invoices.reduce(as_record(event))))
+
+        held = one_conn.transaction()
+        await held.start()
+        await apply(one_conn, first)  # not committed yet
+
+        async def meanwhile() -> None:
+            async with other_conn.transaction():
+                await apply(other_conn, second)
+
+        waiting = asyncio.ensure_future(meanwhile())
+        await asyncio.sleep(0.5)  # the wait under test, not a poll
+        assert not waiting.done(), "the second went ahead without the first's rows"
+        await held.commit()
+        await asyncio.wait_for(waiting, 10)
+        found = await one_conn.fetchval(
+            f'SELECT meter FROM "{schema}".invoice_lines WHERE id = $1', usage["id"]
+        )
+        assert found == "mtr_race"
+    finally:
+        await one_conn.close()
+        await other_conn.close()
 
 
 async def test_upcoming_invoices_and_other_events_write_nothing(conn: asyncpg.Connection) -> None:

@@ -97,8 +97,10 @@ def test_every_invoice_event_in_both_shapes_gives_the_snapshot(
     # Before basil a line carries the whole price, meter included (kept as a link for the
     # price's later lines); since, only its id.
     assert line.meter == ("mtr_1" if era == "legacy" else None)
-    links = projection.reduce(as_record(so.event(event_type, inv, era=era)))[1:]
-    assert links == ([PriceMeter(metered["id"], "mtr_1")] if era == "legacy" else [])
+    evt = so.event(event_type, inv, era=era)
+    links = projection.reduce(as_record(evt))[1:]
+    shown = PriceMeter(metered["id"], "mtr_1", evt["id"], evt["created"])
+    assert links == ([shown] if era == "legacy" else [])
 
 
 @pytest.mark.parametrize("era", ERAS)
@@ -113,9 +115,12 @@ def test_prices_shown_whole_link_their_meter(era: so.Era) -> None:
     )
     for event_type in ("customer.subscription.created", "customer.subscription.deleted"):
         evt = so.event(event_type, sub, era=era)
-        assert projection.reduce(as_record(evt)) == [PriceMeter(metered["id"], "mtr_1")]
-    assert projection.reduce(as_record(so.event("price.created", metered, era=era))) == [
-        PriceMeter(metered["id"], "mtr_1")
+        assert projection.reduce(as_record(evt)) == [
+            PriceMeter(metered["id"], "mtr_1", evt["id"], evt["created"])
+        ]
+    evt = so.event("price.created", metered, era=era)
+    assert projection.reduce(as_record(evt)) == [
+        PriceMeter(metered["id"], "mtr_1", evt["id"], evt["created"])
     ]
     assert projection.reduce(as_record(so.event("price.updated", licensed, era=era))) == []
 

@@ -4,6 +4,8 @@
 -- first link seen is the link. Lines kept before this migration get their meter from
 -- `lattice replay invoices`.
 CREATE TABLE invoice_price_meters (
-    price text PRIMARY KEY,
-    meter text NOT NULL
+    price              text        PRIMARY KEY,
+    meter              text        NOT NULL,
+    last_event_id      text        NOT NULL,  -- the earliest event that showed the link
+    last_event_created timestamptz NOT NULL
 );
