@@ -37,36 +37,45 @@ from schemas.envelope import ThinEvent
 THIN_EVENT = "v2.core.event"
 log = structlog.get_logger("lattice.stripe_api")
 
-_CACHED = "SELECT body::text FROM lattice.hydrated_events WHERE id = $1"
-# One round trip whether or not another process cached it first; the CTE's row or the
-# existing one, always as PostgreSQL serialises jsonb (the same bytes on every read).
-_STORE = """
-WITH stored AS (
-    INSERT INTO lattice.hydrated_events (id, type, context, body)
-    VALUES ($1, $2, $3, $4::jsonb)
-    ON CONFLICT (id) DO NOTHING
-    RETURNING body
-)
-SELECT body::text FROM stored
-UNION ALL
-SELECT body::text FROM lattice.hydrated_events WHERE id = $1
-LIMIT 1
-"""
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
-_CACHED_LINES = "SELECT lines::text FROM lattice.hydrated_lines WHERE id = $1"
-_STORE_LINES = """
+
+@dataclasses.dataclass(frozen=True)
+class _Cache:
+    """A table of `lattice` keyed by `id` that keeps what Stripe answered, as jsonb."""
+
+    table: str
+    columns: tuple[str, ...]  # between `id` and the jsonb column
+    body: str
+    what: str  # for messages
+
+    @property
+    def read(self) -> str:
+        return f"SELECT {self.body}::text FROM lattice.{self.table} WHERE id = $1"
+
+    @property
+    def store(self) -> str:
+        """One round trip whether or not another process cached it first: the CTE's row
+        or the existing one, always as PostgreSQL serialises jsonb (the same bytes on
+        every read)."""
+        names = ", ".join(("id", *self.columns, self.body))
+        n = len(self.columns) + 2
+        values = ", ".join([*(f"${i}" for i in range(1, n)), f"${n}::jsonb"])
+        return f"""
 WITH stored AS (
-    INSERT INTO lattice.hydrated_lines (id, object, account, lines)
-    VALUES ($1, $2, $3, $4::jsonb)
+    INSERT INTO lattice.{self.table} ({names}) VALUES ({values})
     ON CONFLICT (id) DO NOTHING
-    RETURNING lines
+    RETURNING {self.body}
 )
-SELECT lines::text FROM stored
+SELECT {self.body}::text FROM stored
 UNION ALL
-SELECT lines::text FROM lattice.hydrated_lines WHERE id = $1
+{self.read}
 LIMIT 1
 """
+
+
+_EVENTS = _Cache("hydrated_events", ("type", "context"), "body", "thin events")
+_LINES = _Cache("hydrated_lines", ("object", "account"), "lines", "fetched lines")
 
 
 class Hydrator:
@@ -94,32 +103,38 @@ class Hydrator:
 
     async def full_event(self, event_id: str, *, context: str | None = None) -> bytes:
         """The full event as JSON bytes, from the cache or (once) from Stripe."""
-        try:
-            async with self.pool.acquire() as conn:
-                cached = await conn.fetchval(_CACHED, event_id)
-        except _DB_ERRORS as exc:
-            raise HydrationUnavailable(f"cache of thin events unreachable: {exc}") from exc
+        cached = await self._cached(_EVENTS, event_id)
         if cached is not None:
             self.cache_hits += 1
             return _compact(cached)
         fetched = await self._fetch(event_id, context)
+        stored = await self._store(
+            _EVENTS, event_id, str(fetched.get("type", "")), context, body=orjson.dumps(fetched)
+        )
+        log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
+        return _compact(stored)
+
+    async def _cached(self, cache: _Cache, key: str) -> str | None:
         try:
             async with self.pool.acquire() as conn:
-                stored = await conn.fetchval(
-                    _STORE,
-                    event_id,
-                    str(fetched.get("type", "")),
-                    context,
-                    orjson.dumps(fetched).decode(),
-                )
+                found: str | None = await conn.fetchval(cache.read, key)
+                return found
+        except _DB_ERRORS as exc:
+            raise HydrationUnavailable(f"cache of {cache.what} unreachable: {exc}") from exc
+
+    async def _store(self, cache: _Cache, key: str, *values: str | None, body: bytes) -> str:
+        try:
+            async with self.pool.acquire() as conn:
+                stored: str | None = await conn.fetchval(cache.store, key, *values, body.decode())
                 if stored is None:
                     # Another process stored it meanwhile: our INSERT waited for its
                     # commit, but the statement's snapshot predates it; a new one sees it.
-                    stored = await conn.fetchval(_CACHED, event_id)
+                    stored = await conn.fetchval(cache.read, key)
         except _DB_ERRORS as exc:
-            raise HydrationUnavailable(f"cache of thin events unreachable: {exc}") from exc
-        log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
-        return _compact(stored)
+            raise HydrationUnavailable(f"cache of {cache.what} unreachable: {exc}") from exc
+        if stored is None:  # deleted by hand between the two statements: try again
+            raise HydrationUnavailable(f"cache of {cache.what}: {key} vanished while stored")
+        return stored
 
     async def _fetch(self, event_id: str, context: str | None) -> dict[str, Any]:
         if self.client is None:
@@ -166,11 +181,7 @@ class Hydrator:
         if found is None:
             return record
         kind, object_id, account, event = found
-        try:
-            async with self.pool.acquire() as conn:
-                cached = await conn.fetchval(_CACHED_LINES, object_id)
-        except _DB_ERRORS as exc:
-            raise HydrationUnavailable(f"cache of fetched lines unreachable: {exc}") from exc
+        cached = await self._cached(_LINES, object_id)
         if cached is not None:
             self.cache_hits += 1
             return dataclasses.replace(record, value=with_lines(event, orjson.loads(cached)))
@@ -186,15 +197,7 @@ class Hydrator:
         lines = await self._fetch_lines(kind, object_id, account)
         if lines is None:
             return record
-        try:
-            async with self.pool.acquire() as conn:
-                stored = await conn.fetchval(
-                    _STORE_LINES, object_id, kind, account, orjson.dumps(lines).decode()
-                )
-                if stored is None:  # stored by another process meanwhile (see full_event)
-                    stored = await conn.fetchval(_CACHED_LINES, object_id)
-        except _DB_ERRORS as exc:
-            raise HydrationUnavailable(f"cache of fetched lines unreachable: {exc}") from exc
+        stored = await self._store(_LINES, object_id, kind, account, body=orjson.dumps(lines))
         log.info("lines fetched", object_id=object_id, lines=len(lines))
         return dataclasses.replace(record, value=with_lines(event, orjson.loads(stored)))
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -22,13 +21,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.support.wait import eventually
+from tests.support.asgi_server import serving
 
 
 @dataclass(frozen=True)
@@ -257,30 +255,6 @@ class FakeStripe:
 @asynccontextmanager
 async def serve(fake: FakeStripe) -> AsyncIterator[FakeStripe]:
     """Serve `fake` on a free loopback port (sets `fake.url`) until the block ends."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        fake.app(),
-        log_config=None,  # leave the process's logging as the tests configured it
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-
-    async def started() -> bool:
-        return bool(server.started)
-
-    try:
-        await eventually(started, timeout=10, what="fake Stripe API started")
+    async with serving(fake.app(), what="fake Stripe API") as port:
         fake.url = f"http://127.0.0.1:{port}"
         yield fake
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()

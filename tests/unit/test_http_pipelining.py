@@ -6,14 +6,10 @@ answer waits until the test releases it (no Kafka: the protocol alone is under t
 from __future__ import annotations
 
 import asyncio
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
-
 from ingest.http import MAX_HEAD_BYTES, OneWriteHttpToolsProtocol
+from tests.support.asgi_server import serving
 
 
 class ShortHeadTimeout(OneWriteHttpToolsProtocol):
@@ -44,36 +40,6 @@ class SlowApp:
         await send({"type": "http.response.body", "body": b"slow"})
 
 
-@asynccontextmanager
-async def serving(app: SlowApp) -> AsyncIterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        app,
-        http=ShortHeadTimeout,
-        log_config=None,
-        log_level="warning",
-        lifespan="off",
-        ws="none",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        for _ in range(200):
-            if server.started:
-                break
-            await asyncio.sleep(0.05)
-        assert server.started, "uvicorn did not start"
-        yield sock.getsockname()[1]
-    finally:
-        app.release.set()
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
-
-
 FIRST = b"POST /first HTTP/1.1\r\nHost: lattice\r\nContent-Length: 2\r\n\r\n{}"
 
 
@@ -81,7 +47,7 @@ async def refused_after_the_first(second: list[bytes], pause: float) -> bytes:
     """Send FIRST, then (once its app runs) `second` piece by piece; release FIRST's
     answer after `pause`; everything the server sent until it closed."""
     app = SlowApp()
-    async with serving(app) as port:
+    async with serving(app, what="slow app", http=ShortHeadTimeout) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(FIRST)
