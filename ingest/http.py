@@ -203,9 +203,16 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         # Else a request is being answered: its answer starts the timer again.
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn's answer to a parser error, such as the `HeadTooLarge` raised out of the
-        # parser: a refusal already answers it (or will, after the answers before it).
-        if self._refusal is None:
+        """uvicorn's answer to a request it cannot parse. For the `HeadTooLarge` raised out
+        of the parser, a refusal already answers it (or will). For a head that is not
+        HTTP, a refusal too, so a request pipelined before it still gets its answer first
+        (uvicorn would answer at once and close, taking that answer's place). For the body
+        of the request being read (a bad chunk), uvicorn's own, at once."""
+        if self._refusal is not None:
+            return
+        if self._in_head:
+            self._refuse(b"400 Bad Request", b"invalid_http_request")
+        else:
             super().send_400_response(msg)
 
     def _refuse(self, status: bytes, reason: bytes) -> None:

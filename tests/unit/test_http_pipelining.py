@@ -86,3 +86,11 @@ async def test_a_stalled_pipelined_head_times_out_after_the_answer_before_it() -
     first, _, rest = sent.partition(b"slow")
     assert first.startswith(b"HTTP/1.1 200 OK\r\n"), sent[:200]
     assert rest.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), sent[:200]
+
+
+async def test_a_pipelined_head_that_is_not_http_is_refused_after_the_answer_before_it() -> None:
+    sent = await refused_after_the_first([b"NOT HTTP AT ALL\r\n\r\n"], pause=0.2)
+    first, _, rest = sent.partition(b"slow")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), sent[:200]
+    assert rest.startswith(b"HTTP/1.1 400 Bad Request\r\n"), sent[:200]
+    assert rest.endswith(b'{"error":"invalid_http_request"}')
