@@ -110,12 +110,55 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def require_free_port(port: int, what: str, variable: str) -> None:
-    """Raise a StackError naming the variable to change when `port` is taken."""
-    if port_in_use(port):
-        raise StackError(
-            f"port {port} (needed by {what}) is already in use by another process: "
-            f"stop it or set {variable} to a free port"
-        )
+    """Raise a StackError naming the variable to change when `port` is taken, and the
+    process that holds it when this user may see it (often a stack of another checkout,
+    or of this one before it moved: its pid files no longer name it)."""
+    if not port_in_use(port):
+        return
+    holder = listener_of(port)
+    who = "another process"
+    if holder is not None:
+        pid, command = holder
+        who = f"pid {pid} ({command[:160]})"
+    raise StackError(
+        f"port {port} (needed by {what}) is already in use by {who}: stop it (`make "
+        f"stack-down` in the checkout that started it, or `kill` it) or set {variable} to "
+        "a free port"
+    )
+
+
+def listener_of(port: int) -> tuple[int, str] | None:
+    """The pid and command line of the process listening on TCP `port`, when /proc shows
+    it to this user; None otherwise."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address as HEX_IP:HEX_PORT, state 0A = LISTEN, inode in column 10
+            if (
+                len(fields) > 9
+                and fields[3] == "0A"
+                and int(fields[1].rsplit(":", 1)[1], 16) == port
+            ):
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    targets = {f"socket:[{inode}]" for inode in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").strip()
+                    return int(proc.name), command.decode("utf-8", "replace")
+        except OSError:
+            continue
+    return None
 
 
 def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import socket
 import stat
 import subprocess
@@ -20,13 +21,17 @@ from deploy.stack.errors import StackError
 from tests.support.ports import free_port
 
 
-def test_a_busy_port_names_the_variable_to_change(tmp_path: Path) -> None:
+def test_a_busy_port_names_the_variable_to_change_and_who_holds_it(tmp_path: Path) -> None:
+    """Often a stack of another checkout, or of this one before it moved (its pid files
+    no longer name it): the message says which process to stop."""
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        with pytest.raises(StackError, match=rf"port {port} .* set LATTICE_KAFKA_PORT"):
+        with pytest.raises(StackError, match=rf"port {port} .* set LATTICE_KAFKA_PORT") as err:
             kafka.start(tmp_path, port=port, partitions=1)
+    assert f"in use by pid {os.getpid()} (" in str(err.value)
+    assert "pytest" in str(err.value)  # this process's command line
 
 
 def test_missing_java_says_what_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
