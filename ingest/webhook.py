@@ -142,7 +142,8 @@ class Webhook:
 
     def refused_head(self, status: int, reason: str, seconds: float) -> None:
         """Count and log a request the connection refused before its head was whole (431
-        for a head too large, 408 for one too slow): no endpoint is known yet."""
+        for a head too large, 408 for one too slow, 400 for one that is not HTTP): no
+        endpoint is known yet."""
         self._answered("unknown", "", "", reason, status, seconds)
 
     def _answered(

@@ -184,7 +184,7 @@ class Hydrator:
         cached = await self._cached(_LINES, object_id)
         if cached is not None:
             self.cache_hits += 1
-            return dataclasses.replace(record, value=with_lines(event, orjson.loads(cached)))
+            return _as_cached(record, event, cached)
         if self.client is None:
             if not self._said_no_key:
                 self._said_no_key = True
@@ -195,11 +195,11 @@ class Hydrator:
                 )
             return record
         lines = await self._fetch_lines(kind, object_id, account)
-        if lines is None:
-            return record
+        # None (Stripe would not give them) is kept as JSON null: the same answer again.
         stored = await self._store(_LINES, object_id, kind, account, body=orjson.dumps(lines))
-        log.info("lines fetched", object_id=object_id, lines=len(lines))
-        return dataclasses.replace(record, value=with_lines(event, orjson.loads(stored)))
+        if lines is not None:
+            log.info("lines fetched", object_id=object_id, lines=len(lines))
+        return _as_cached(record, event, stored)
 
     async def _fetch_lines(
         self, kind: str, object_id: str, account: str | None
@@ -218,10 +218,13 @@ class Hydrator:
             except StripeUnavailable as exc:
                 raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
             except StripeAuthError as exc:
-                if exc.status == 401:
+                if exc.status == 401 or account is None:
+                    # The key, not the object (revoked, mistyped, or a restricted key
+                    # without read access to invoices or credit notes): wait, saying why.
                     raise HydrationUnavailable(
-                        f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key and the "
-                        "projector goes on"
+                        f"Stripe refuses LATTICE_STRIPE_API_KEY ({exc}): fix the key (it "
+                        "needs read access to invoices and credit notes) and the projector "
+                        "goes on"
                     ) from exc
                 log.warning("lines not fetched", object_id=object_id, error=str(exc))
                 return None
@@ -236,6 +239,15 @@ class Hydrator:
             after = str(data[-1].get("id"))
         log.warning("lines not fetched: too many pages", object_id=object_id, pages=MAX_PAGES)
         return None
+
+
+def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:
+    """The record with the cached lines, or as it came when the cache says Stripe would
+    not give them (JSON null)."""
+    lines = orjson.loads(cached)
+    if lines is None:
+        return record
+    return dataclasses.replace(record, value=with_lines(event, lines))
 
 
 def _compact(jsonb_text: str) -> bytes:

@@ -11,8 +11,11 @@ lines stay as the webhook showed them.
 
 Outcomes: no API key configured -> the event as it came (its lines stay a first page: the
 projection says what it cannot judge). Stripe unreachable, failing, the circuit open, or
-the key refused (401) -> `HydrationUnavailable` (the runner waits and tries again). Stripe
-knows no such object, or another 4xx -> the event as it came, logged.
+the key refused (401, or 403 for the platform's own object: a restricted key without read
+access to invoices or credit notes) -> `HydrationUnavailable` (the runner waits and tries
+again). Stripe knows no such object, a connected account's 403, another 4xx, or more than
+`MAX_PAGES` pages -> the event as it came, logged, and that outcome cached too (as JSON
+`null`), so a replay reads what the live run read and asks Stripe nothing.
 """
 
 from __future__ import annotations
@@ -39,12 +42,13 @@ _HAS_MORE = (b'"has_more": true', b'"has_more":true')
 
 
 def may_be_cut_short(record: Record) -> bool:
-    """Cheap, for every record: an invoice or credit note event (by the receiver's header,
-    when there is one) whose body says `has_more` somewhere."""
-    kind = record.header(HEADER_EVENT_TYPE)
-    if kind is not None and not kind.startswith(("invoice.", "credit_note.")):
+    """Cheap, for every record: an invoice or credit note event (by the receiver's header:
+    a record without one is an app's usage fact) whose body says `has_more` somewhere."""
+    kind = record.headers.get(HEADER_EVENT_TYPE)
+    if kind is None or not kind.startswith((b"invoice.", b"credit_note.")):
         return False
-    return any(marker in record.value for marker in _HAS_MORE)
+    value = record.value
+    return _HAS_MORE[0] in value or _HAS_MORE[1] in value
 
 
 def cut_short(record: Record) -> tuple[str, str, str | None, dict[str, Any]] | None:

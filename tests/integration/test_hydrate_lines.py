@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from aiokafka import TopicPartition
 
-from projectors.base import Record
+from projectors.base import HydrationUnavailable, Record
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime, migrate
 from projectors.stripe_api.hydrate import Hydrator
@@ -131,3 +131,32 @@ async def test_a_credit_notes_lines_are_fetched_page_by_page_in_its_account(
     pages = fake.requests_to("/v1/credit_notes/")
     assert [dict(p.query).get("starting_after") for p in pages] == [None, custom[-1]["id"]]
     assert {p.headers.get("stripe-account") for p in pages} == {"acct_1Nv0FGQ9RKHgCVdK"}
+
+
+async def test_lines_stripe_will_not_give_are_asked_once_and_a_refused_key_waits(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """Stripe knows no such invoice (404): the event as it came, and that answer cached,
+    so the next event of that invoice (or a replay) asks nothing. A key refused for the
+    platform's own invoice (403: a restricted key without read access) is the key's fault:
+    the projector waits, the record is never taken as it came."""
+    scenario = billing_month()
+    legacy = finalized_invoice(scenario, "cus_legacy")
+    paid = dict(first_page(legacy, legacy["lines"]["data"]), status="paid")
+    record = stripe_record(event("invoice.paid", paid, created=T0 + MONTH + 600, era="legacy"))
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        assert (await hydrator(record)).value == record.value
+        assert (await hydrator(record)).value == record.value
+        assert len(fake.requests_to("/v1/invoices/")) == 1
+
+        other = finalized_invoice(billing_month(), "cus_basil")
+        cut = dict(first_page(other, other["lines"]["data"][:1]), status="paid")
+        refused = stripe_record(event("invoice.paid", cut, created=T0 + MONTH + 600))
+        fake.add_lines(other["id"], other["lines"]["data"])
+        fake.fail_next(1, status=403)
+        with pytest.raises(HydrationUnavailable, match="read access to invoices"):
+            await hydrator(refused)
+        # Once the key may read invoices, the same record gets its lines.
+        whole = await hydrator(refused)
+        assert len(whole.json()["data"]["object"]["lines"]["data"]) == 3
