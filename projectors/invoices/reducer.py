@@ -11,7 +11,7 @@ show the price whole (`PriceMeter`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from projectors.base import Record
@@ -88,6 +88,9 @@ class Line:
     proration: bool | None
     period_start: int | None
     period_end: int | None
+    # The price object was in the line (before basil): `meter` is known, None or not. Not
+    # a column, and no part of what the line says (so not compared).
+    price_shown: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -286,6 +289,7 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
         proration=proration if isinstance(proration, bool) else None,
         period_start=integer(period.get("start")),
         period_end=integer(period.get("end")),
+        price_shown=type(price_field) is dict,
     )
 
 

@@ -94,11 +94,19 @@ ON CONFLICT (id) DO UPDATE SET
 # showed it. Returns the prices linked now for the first time, whose lines already kept
 # get their meter from FILL_METERS (a scan of invoice_lines, without an index that every
 # line would pay for: a price is usually seen on its subscription before any invoice).
+# Links already kept from an event as early are left out before the upsert: ON CONFLICT DO
+# UPDATE would lock their rows even when its WHERE is false, and every subscription event
+# names its metered prices again (two processes would take turns on the popular ones).
 INSERT_PRICE_METERS = """
 WITH before AS (SELECT price FROM invoice_price_meters WHERE price = ANY($1::text[]))
 INSERT INTO invoice_price_meters AS t (price, meter, last_event_id, last_event_created)
 SELECT p, m, ev, to_timestamp(cr)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS x(p, m, ev, cr)
+WHERE NOT EXISTS (
+    SELECT 1 FROM invoice_price_meters k
+    WHERE k.price = x.p
+      AND (k.last_event_created, k.last_event_id COLLATE "C") <= (to_timestamp(x.cr), x.ev)
+)
 ON CONFLICT (price) DO UPDATE SET
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
 WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
@@ -109,11 +117,14 @@ RETURNING price, price NOT IN (SELECT price FROM before) AS linked
 LINKED = "SELECT price FROM invoice_price_meters WHERE price = ANY($1::text[])"
 
 # Exclusive ($2 true) or shared, in one order for every process (no deadlock among them).
+# One lock space per schema (a replay's shadow does not wait for the live tables), and at
+# most 256 keys in it, whatever the number of prices: two prices sharing a key only wait.
 LOCK_PRICES = """
-SELECT CASE WHEN x THEN pg_advisory_xact_lock(k)::text
-            ELSE pg_advisory_xact_lock_shared(k)::text END
-FROM (SELECT hashtextextended('lattice.invoice_price_meters:' || p, 0) AS k, bool_or(x) AS x
-      FROM unnest($1::text[], $2::boolean[]) AS u(p, x) GROUP BY 1 ORDER BY 1) s
+SELECT CASE WHEN x THEN pg_advisory_xact_lock(space, k)::text
+            ELSE pg_advisory_xact_lock_shared(space, k)::text END
+FROM (SELECT hashtext('lattice.invoice_price_meters:' || current_schema()) AS space,
+             hashtext(p) & 255 AS k, bool_or(x) AS x
+      FROM unnest($1::text[], $2::boolean[]) AS u(p, x) GROUP BY 1, 2 ORDER BY 2) s
 """
 
 FILL_METERS = """
@@ -196,10 +207,14 @@ async def _lock_unlinked(
     conn: asyncpg.Connection, links: list[PriceMeter], invoices: list[InvoiceSnapshot]
 ) -> None:
     """For the prices not linked yet: exclusive for this batch's links, shared for its
-    lines without a meter (see the module's docstring); none once a price is linked."""
+    lines that name a price by id alone (see the module's docstring); none once a price is
+    linked. A line that showed its price whole knows its meter (or that it has none)."""
     linking = {c.price for c in links}
     unmetered = {
-        ln.price for inv in invoices for ln in inv.lines if ln.price is not None and not ln.meter
+        ln.price
+        for inv in invoices
+        for ln in inv.lines
+        if ln.price is not None and not ln.meter and not ln.price_shown
     }
     prices = sorted(linking | unmetered)
     if not prices:

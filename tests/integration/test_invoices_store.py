@@ -296,3 +296,55 @@ async def test_dunning_lists_open_invoices_with_failed_attempts_oldest_first(
     ]
     assert [r["attempt_count"] for r in listed] == [3, 1]
     assert listed[0]["next_payment_attempt"] == at(so.T0)
+
+
+async def test_known_links_and_prices_shown_whole_hold_up_no_other_process(
+    database_url: str,
+) -> None:
+    """A subscription event naming a price already linked locks nothing another process
+    writing the same link must wait for; a line that showed its price whole takes no
+    lock; a batch naming a thousand prices by id takes at most 256 shared locks."""
+    schema = "price_locks"
+    metered = so.price(unit_amount=None, meter="mtr_known")
+    sub = so.subscription(items=[so.subscription_item(item_price=metered)])
+    link = so.event("customer.subscription.updated", sub)
+    legacy = so.event(
+        "invoice.finalized",
+        so.invoice(era="legacy", status="open", lines=[so.invoice_line(era="legacy")]),
+        era="legacy",
+    )
+    many = so.event(
+        "invoice.finalized",
+        so.invoice(status="open", lines=[so.invoice_line() for _ in range(1000)]),
+    )
+    one_conn = await asyncpg.connect(database_url)
+    other_conn = await asyncpg.connect(database_url)
+
+    async def apply(conn: asyncpg.Connection, event: dict[str, Any]) -> None:
+        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+        await invoices.apply(conn, list(invoices.reduce(as_record(event))))
+
+    async def advisory_locks(conn: asyncpg.Connection) -> int:
+        found: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1",
+            conn.get_server_pid(),
+        )
+        return found
+
+    try:
+        await one_conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await migrate(one_conn, [invoices], schema=schema, record=False)
+        async with one_conn.transaction():
+            await apply(one_conn, link)  # linked now, for good
+        async with one_conn.transaction():
+            await apply(one_conn, link)  # again, still open
+            async with other_conn.transaction():
+                await asyncio.wait_for(apply(other_conn, link), 5)
+            await apply(one_conn, legacy)
+            assert await advisory_locks(one_conn) == 0
+        async with one_conn.transaction():
+            await apply(one_conn, many)
+            assert 0 < await advisory_locks(one_conn) <= 256
+    finally:
+        await one_conn.close()
+        await other_conn.close()
