@@ -44,7 +44,7 @@ SUBSCRIPTION_EVENTS = frozenset(
 CUSTOMER_EVENTS = frozenset({"customer.created", "customer.updated", "customer.deleted"})
 HANDLED = SUBSCRIPTION_EVENTS | CUSTOMER_EVENTS
 
-# Lifecycle order, for snapshots that share a `created` second (see `lifecycle_rank`).
+# Lifecycle order, for snapshots that share a `created` second.
 SUBSCRIPTION_RANK: Mapping[str, int] = {
     "incomplete": 0,
     "trialing": 1,
@@ -141,19 +141,6 @@ def reduce(record: Record) -> list[Change]:
     return []
 
 
-def lifecycle_rank(status: str, before: str | None) -> int:
-    """Where a snapshot in `status` stands within its second: twice its state's rank, and
-    one more when its event says it left a state of the same or a later rank (`before`,
-    from `previous_attributes`): a recovery from `past_due` to `active`, a resume from
-    `paused`, `trialing` to `active`. Such a snapshot comes after every snapshot in that
-    state, so it ranks just above them."""
-    now = SUBSCRIPTION_RANK.get(status, 0)
-    if before is None or before == status:
-        return 2 * now
-    was = SUBSCRIPTION_RANK.get(before, 0)
-    return 2 * was + 1 if was >= now else 2 * now
-
-
 def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
     """Read a subscription snapshot in either API shape."""
     obj = event.object
@@ -175,7 +162,7 @@ def subscription_snapshot(event: Event) -> SubscriptionSnapshot:
         version=version(
             TERMINAL if terminal else LIVE,
             event.created,
-            lifecycle_rank(status, text(event.previous.get("status"))),
+            SUBSCRIPTION_RANK.get(status, 0),
             progress(event),
             event.id,
             event.api_version,

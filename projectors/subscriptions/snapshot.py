@@ -71,9 +71,6 @@ def newest(changes: Iterable[V]) -> list[V]:
     return list(best.values())
 
 
-EMPTY: Mapping[str, Any] = MappingProxyType({})
-
-
 @dataclass(frozen=True, slots=True)
 class Event:
     """The parts of a snapshot event every reducer needs."""
@@ -85,8 +82,6 @@ class Event:
     livemode: bool
     object: dict[str, Any]
     api_version: str
-    # What an `*.updated` event says the object's changed fields were before it.
-    previous: Mapping[str, Any]
 
 
 def progress(event: Event, steps: int = 0) -> int:
@@ -136,7 +131,6 @@ def read_event(record: Record) -> Event | None:
         livemode=body.get("livemode") is True,
         object=obj,
         api_version=api_version if type(api_version) is str else "",
-        previous=mapping(mapping(data).get("previous_attributes")),
     )
 
 
@@ -180,6 +174,9 @@ def integer(value: Any) -> int | None:
 def text(value: Any) -> str | None:
     """A string field, else None."""
     return value if type(value) is str else None
+
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 def mapping(value: Any) -> Mapping[str, Any]:

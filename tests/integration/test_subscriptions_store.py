@@ -330,38 +330,3 @@ async def test_any_delivery_in_any_batches_ends_in_the_tables_of_the_true_order(
             conn, table, schema="ordered"
         ), table
     assert await rows(conn, "subscriptions", schema="ordered")
-
-
-async def test_a_row_written_before_ranks_were_doubled_keeps_its_place(
-    conn: asyncpg.Connection,
-) -> None:
-    """An upgrade: the row's key holds the old rank (past_due: 2), which the new scale
-    gives a plain `active` snapshot of its second. Migration 0006 rewrites the row to the
-    new scale (4), so the past_due row still beats that snapshot, as it did before."""
-    sub_id = so.new_id("sub")
-    past_due = so.event(
-        "customer.subscription.updated",
-        so.subscription(id=sub_id, status="past_due"),
-        id="evt_1aaa",
-    )
-    active = so.event(
-        "customer.subscription.updated",
-        so.subscription(id=sub_id, status="active"),
-        id="evt_1zzz",  # a later id: in a tie of ranks it would win
-    )
-    await apply_events(conn, BOTH, [past_due])
-    stored = (await one(conn, "subscriptions", sub_id))["version"]
-    old_scale = stored[:15] + "2" + stored[16:]
-    assert stored[15] == "4"
-    await conn.execute(
-        "UPDATE projections.subscriptions SET version = $1 WHERE id = $2", old_scale, sub_id
-    )
-    migration = subscriptions.sql_dir / "0006_rank_from_previous_state.sql"
-    await conn.execute("SET search_path TO projections, public")
-    await conn.execute(migration.read_text())
-    await conn.execute("RESET search_path")
-    assert (await one(conn, "subscriptions", sub_id))["version"] == stored
-
-    await apply_events(conn, BOTH, [active])
-
-    assert (await one(conn, "subscriptions", sub_id))["status"] == "past_due"

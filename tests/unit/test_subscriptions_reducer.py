@@ -171,66 +171,6 @@ def test_within_one_second_the_later_lifecycle_state_wins(earlier: str, later: s
     assert not supersedes(first.version, second.version)
 
 
-@pytest.mark.parametrize(
-    ("earlier", "later"),
-    [
-        ("past_due", "active"),  # a retry paid the invoice
-        ("unpaid", "active"),
-        ("paused", "active"),  # resumed
-        ("trialing", "active"),  # the trial ended
-        ("past_due", "unpaid"),
-    ],
-)
-@pytest.mark.parametrize("ids", [("evt_1aaa", "evt_1zzz"), ("evt_1zzz", "evt_1aaa")])
-def test_within_one_second_a_snapshot_that_left_a_state_wins_over_it(
-    earlier: str, later: str, ids: tuple[str, str]
-) -> None:
-    """Its event's `previous_attributes.status` says it came after the snapshot in that
-    state, whatever the lifecycle order of the two states and the event ids."""
-    sub_id = so.new_id("sub")
-    first = reduce_one(
-        so.event(
-            "customer.subscription.updated",
-            so.subscription(id=sub_id, status=earlier),
-            id=ids[0],
-        )
-    )
-    second = reduce_one(
-        so.event(
-            "customer.subscription.updated",
-            so.subscription(id=sub_id, status=later),
-            id=ids[1],
-            previous_attributes={"status": earlier},
-        )
-    )
-
-    assert supersedes(second.version, first.version)
-    assert not supersedes(first.version, second.version)
-
-
-def test_a_trial_ending_and_its_first_charge_failing_in_one_second_end_past_due() -> None:
-    """trialing -> active -> past_due within one second: the last one wins."""
-    sub_id = so.new_id("sub")
-    ended = reduce_one(
-        so.event(
-            "customer.subscription.updated",
-            so.subscription(id=sub_id, status="active"),
-            id="evt_1zzz",
-            previous_attributes={"status": "trialing"},
-        )
-    )
-    failed = reduce_one(
-        so.event(
-            "customer.subscription.updated",
-            so.subscription(id=sub_id, status="past_due"),
-            id="evt_1aaa",
-            previous_attributes={"status": "active"},
-        )
-    )
-
-    assert supersedes(failed.version, ended.version)
-
-
 def test_newer_snapshot_wins_over_lifecycle_rank() -> None:
     sub_id = so.new_id("sub")
     failing = so.subscription(id=sub_id, status="past_due")
