@@ -30,7 +30,12 @@ from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.client import StripeClient
-from projectors.stripe_api.errors import StripeAPIError, StripeAuthError, StripeUnavailable
+from projectors.stripe_api.errors import (
+    StripeAPIError,
+    StripeAuthError,
+    StripeNotFound,
+    StripeUnavailable,
+)
 from projectors.stripe_api.lines import MAX_PAGES, PAGE_SIZE, cut_short, lines_path, with_lines
 from schemas.envelope import ThinEvent
 
@@ -180,7 +185,7 @@ class Hydrator:
         found = cut_short(record)
         if found is None:
             return record
-        kind, object_id, account, event = found
+        kind, object_id, account, context, event = found
         cached = await self._cached(_LINES, object_id)
         if cached is not None:
             self.cache_hits += 1
@@ -194,17 +199,22 @@ class Hydrator:
                     object_id=object_id,
                 )
             return record
-        lines = await self._fetch_lines(kind, object_id, account)
-        # None (Stripe would not give them) is kept as JSON null: the same answer again.
-        stored = await self._store(_LINES, object_id, kind, account, body=orjson.dumps(lines))
+        lines, final = await self._fetch_lines(kind, object_id, account, context)
+        if not final:
+            return record
+        # None (Stripe has no such object, or too many lines) is kept as JSON null.
+        stored = await self._store(
+            _LINES, object_id, kind, account or context, body=orjson.dumps(lines)
+        )
         if lines is not None:
             log.info("lines fetched", object_id=object_id, lines=len(lines))
         return _as_cached(record, event, stored)
 
     async def _fetch_lines(
-        self, kind: str, object_id: str, account: str | None
-    ) -> list[dict[str, Any]] | None:
-        """Every line, page after page; None (logged) when Stripe will not give them."""
+        self, kind: str, object_id: str, account: str | None, context: str | None
+    ) -> tuple[list[dict[str, Any]] | None, bool]:
+        """Every line, page after page, and whether that answer is final (to cache); None
+        (logged) when Stripe will not give them."""
         assert self.client is not None
         path = lines_path(kind, object_id)
         lines: list[dict[str, Any]] = []
@@ -214,11 +224,11 @@ class Hydrator:
             if after is not None:
                 params["starting_after"] = after
             try:
-                page = await self.client.get(path, params, account=account)
+                page = await self.client.get(path, params, account=account, context=context)
             except StripeUnavailable as exc:
                 raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
             except StripeAuthError as exc:
-                if exc.status == 401 or account is None:
+                if exc.status == 401 or (account is None and context is None):
                     # The key, not the object (revoked, mistyped, or a restricted key
                     # without read access to invoices or credit notes): wait, saying why.
                     raise HydrationUnavailable(
@@ -227,18 +237,21 @@ class Hydrator:
                         "goes on"
                     ) from exc
                 log.warning("lines not fetched", object_id=object_id, error=str(exc))
-                return None
+                return None, False
+            except StripeNotFound as exc:
+                log.warning("lines not fetched", object_id=object_id, error=str(exc))
+                return None, True
             except StripeAPIError as exc:
                 log.warning("lines not fetched", object_id=object_id, error=str(exc))
-                return None
+                return None, False
             self.fetched += 1
             data = [line for line in page.get("data") or [] if isinstance(line, dict)]
             lines.extend(data)
             if page.get("has_more") is not True or not data:
-                return lines
+                return lines, True
             after = str(data[-1].get("id"))
         log.warning("lines not fetched: too many pages", object_id=object_id, pages=MAX_PAGES)
-        return None
+        return None, True
 
 
 def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:

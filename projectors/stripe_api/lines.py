@@ -13,9 +13,12 @@ Outcomes: no API key configured -> the event as it came (its lines stay a first 
 projection says what it cannot judge). Stripe unreachable, failing, the circuit open, or
 the key refused (401, or 403 for the platform's own object: a restricted key without read
 access to invoices or credit notes) -> `HydrationUnavailable` (the runner waits and tries
-again). Stripe knows no such object, a connected account's 403, another 4xx, or more than
-`MAX_PAGES` pages -> the event as it came, logged, and that outcome cached too (as JSON
-`null`), so a replay reads what the live run read and asks Stripe nothing.
+again). Stripe knows no such object (404), or more than `MAX_PAGES` pages -> the event as
+it came, logged, and that outcome cached too (as JSON `null`), so a replay reads what the
+live run read and asks Stripe nothing. A connected account's 403 or another 4xx -> the
+event as it came, logged, not cached (the next event of that object asks again).
+An Organization's event names its account in `context`: the request carries it as
+`Stripe-Context`, as the thin-event fetch does.
 """
 
 from __future__ import annotations
@@ -51,9 +54,10 @@ def may_be_cut_short(record: Record) -> bool:
     return _HAS_MORE[0] in value or _HAS_MORE[1] in value
 
 
-def cut_short(record: Record) -> tuple[str, str, str | None, dict[str, Any]] | None:
+def cut_short(record: Record) -> tuple[str, str, str | None, str | None, dict[str, Any]] | None:
     """For an event whose finalized invoice or issued credit note carries only the first
-    page of its lines: (object type, object id, the Connect account, the event); else None."""
+    page of its lines: (object type, object id, the Connect account, the Organization's
+    context, the event); else None."""
     try:
         event = orjson.loads(record.value)
     except orjson.JSONDecodeError:
@@ -69,8 +73,14 @@ def cut_short(record: Record) -> tuple[str, str, str | None, dict[str, Any]] | N
         return None
     if obj.get("status") not in LISTS[kind][1]:
         return None
-    account = event.get("account")
-    return kind, object_id, account if type(account) is str and account else None, event
+    account, context = event.get("account"), event.get("context")
+    return (
+        kind,
+        object_id,
+        account if type(account) is str and account else None,
+        context if type(context) is str and context and not account else None,
+        event,
+    )
 
 
 def lines_path(kind: str, object_id: str) -> str:

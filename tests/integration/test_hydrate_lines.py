@@ -160,3 +160,25 @@ async def test_lines_stripe_will_not_give_are_asked_once_and_a_refused_key_waits
         # Once the key may read invoices, the same record gets its lines.
         whole = await hydrator(refused)
         assert len(whole.json()["data"]["object"]["lines"]["data"]) == 3
+
+
+async def test_a_connected_accounts_refusal_is_not_kept(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """A connected account that refuses us (403: access revoked, or the key lacks Connect
+    read access) leaves the event as it came, and is asked again by the object's next
+    event: the refusal can be fixed, unlike a 404."""
+    scenario = billing_month()
+    basil = finalized_invoice(scenario, "cus_basil")
+    cut = dict(first_page(basil, basil["lines"]["data"][:1]), status="paid")
+    paid = event("invoice.paid", cut, created=T0 + MONTH + 600)
+    paid["account"] = "acct_1Nv0FGQ9RKHgCVdK"
+    record = stripe_record(paid)
+    fake.add_lines(basil["id"], basil["lines"]["data"], account="acct_1Nv0FGQ9RKHgCVdK")
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        fake.fail_next(1, status=403)
+        assert (await hydrator(record)).value == record.value
+        whole = await hydrator(record)
+    assert len(whole.json()["data"]["object"]["lines"]["data"]) == 3
+    assert len(fake.requests_to("/v1/invoices/")) == 2
