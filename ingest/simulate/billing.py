@@ -8,7 +8,7 @@ from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
 from ingest.simulate.catalogue import Catalogue
 from ingest.simulate.shapes import Json, Price, customer, is_new_era
 from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, YEAR, Story
-from ingest.simulate.usage import credit_usage, metered_month
+from ingest.simulate.usage import credit_usage, metered_month, unbilled_usage
 
 # Scenario -> weight. "late_*" sign up near the end of the month: no renewal in it.
 SCENARIOS = {
@@ -22,6 +22,7 @@ SCENARIOS = {
     "cancel_at_period_end": 8,
     "late_cancel_requested": 4,
     "plan_change": 12,
+    "canceled_metered": 4,
 }
 RETRY_DELAYS = (3 * DAY, 5 * DAY)  # Smart Retries, simplified: attempts 2 and 3
 
@@ -50,9 +51,11 @@ class CustomerMonth:
             choices.append(prices.team_eur_yearly)
         if self.scenario == "plan_change":
             choices = [prices.starter]
+        if self.scenario == "canceled_metered":
+            choices = [prices.starter, prices.pro]  # usd, as the metered price is
         price = rng.choice(choices)
         quantity = rng.randint(1, 3) if price.product in ("prod_pro", "prod_team") else 1
-        self.metered = (
+        self.metered = self.scenario == "canceled_metered" or (
             price.currency == "usd"
             and self.scenario in ("active", "dunning_recovered")
             and rng.random() < 0.6
@@ -245,6 +248,14 @@ class CustomerMonth:
         self.invoice_event(at + 1, "invoice.marked_uncollectible", invoice)
         self.sub.status, self.sub.canceled_at, self.sub.ended_at = "canceled", at + 1, at + 1
         self.sub_event(at + 1, "customer.subscription.deleted")
+
+    def _canceled_metered(self) -> None:
+        """Canceled at once mid-period without `invoice_now` (Stripe's default): the usage
+        reported so far in the period is never invoiced."""
+        at = self.sub.period_start + self.story.rng.randint(5, 12) * DAY
+        unbilled_usage(self.story, self.id, self.sub.period_start, at)
+        self.sub.status, self.sub.canceled_at, self.sub.ended_at = "canceled", at, at
+        self.sub_event(at, "customer.subscription.deleted")
 
     def _request_cancel(self) -> int:
         at = self.t + self.story.rng.randint(1, 10) * DAY

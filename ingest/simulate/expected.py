@@ -66,18 +66,18 @@ class Expected:
     balances: dict[tuple[str, str], Balance]
     customers: int = 0
     transfers: int = 0
-    last_event: int = 0  # when the newest event of the simulation was created
+    # The newest usage a fact reports: the view counts from the newest event or fact its
+    # rows reflect, which is at least that, and no simulated period ends between the two.
+    newest_usage: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
     def discrepancies(self) -> list[Reconciliation]:
         """Closed periods where usage and billing disagree, and periods with usage and no
-        invoice that ended over three days before the last event (`unbilled`), largest
-        absolute delta first (as the view `usage_discrepancies`, which counts from the
-        newest event its rows reflect: the same, unless a pending period with usage ends
-        within the month's last three days)."""
+        invoice that ended over three days before the newest usage (`unbilled`), largest
+        absolute delta first (as the view `usage_discrepancies`)."""
         judged = ("under_billed", "over_billed")
-        ended = self.last_event - UNBILLED_AFTER
+        ended = self.newest_usage - UNBILLED_AFTER
         rows = [row for row in self.reconciliation if row.status in judged] + [
             replace(row, status="unbilled")
             for row in self.reconciliation
@@ -171,7 +171,7 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
         balances=_balances(story),
         customers=len(story.subscriptions),
         transfers=len(story.transfers),
-        last_event=max((e.created for e in story.events), default=0),
+        newest_usage=max((int(f.value["timestamp"]) for f in story.facts), default=0),
     )
 
 

@@ -76,6 +76,18 @@ def metered_month(
     return billed
 
 
+def unbilled_usage(story: Story, customer: str, start: int, ended: int) -> None:
+    """Usage of a period its subscription left early, canceled without a final invoice:
+    reported, and never billed."""
+    rng = story.rng
+    reported = 0
+    for _ in range(rng.randint(2, 6)):
+        value, at = rng.randint(1, 30), rng.randint(start, ended - HOUR)
+        story.report(at + 5, customer, _fact(story, customer, story.ids.new("mev"), value, at))
+        reported += value
+    story.usage[(customer, story.meter_id, start)] = [ended, reported, 0, 0, False, 0]
+
+
 def credit_usage(story: Story, invoice: Invoice, line: Line, at: int, api_version: str) -> None:
     """Sometimes support gives a few units of a paid usage line back by a credit note (a
     spike the customer disputed): its period is `credited`, or `under_billed` by more.

@@ -146,7 +146,19 @@ def test_usage_rows_add_up() -> None:
     assert statuses["matched"]
     assert statuses["under_billed"]
     assert statuses["credited"]
-    assert {r.status for r in sim.expected.discrepancies} <= {"under_billed", "over_billed"}
+    listed = Counter(r.status for r in sim.expected.discrepancies)
+    assert set(listed) <= {"under_billed", "over_billed", "unbilled"}
+    # A subscription canceled mid-period without a final invoice: its usage is unbilled.
+    canceled = {
+        sub["customer"]: sub["ended_at"]
+        for sub in _final_snapshots(sim, "sub_").values()
+        if sub["status"] == "canceled" and len(sub["items"]["data"]) == 2
+    }
+    unbilled = {
+        r.customer: r.period_end for r in sim.expected.discrepancies if r.status == "unbilled"
+    }
+    assert unbilled
+    assert unbilled.items() <= canceled.items()
     deltas = [abs(r.delta) for r in sim.expected.discrepancies]
     assert deltas == sorted(deltas, reverse=True)
     facts = [json.loads(value) for _, value in sim.facts]
