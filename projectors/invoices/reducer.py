@@ -5,7 +5,7 @@ or `invoice.parent.subscription_details.subscription`; a line's price at `price`
 `pricing.price_details.price`; a line's subscription at `subscription` or under `parent`.
 `invoice.upcoming` previews an invoice that does not exist (it has no id): no change.
 A basil line names its price by id only: the price's meter comes from the events that
-show the price whole (`PriceMeter`).
+show the price whole (`prices.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from projectors.base import Record
+from projectors.invoices.prices import PRICE_EVENTS, PriceMeter, meter_of, price_meters
 from projectors.subscriptions.snapshot import (
     EMPTY,
     LIVE,
@@ -52,18 +53,6 @@ INVOICE_EVENTS = frozenset(
     )
 )
 PAYMENT_EVENTS = frozenset({"invoice_payment.paid"})
-# Events that show prices whole, with their meter: the subscription's items, or the price.
-PRICE_EVENTS = frozenset(
-    {
-        "customer.subscription.created",
-        "customer.subscription.updated",
-        "customer.subscription.deleted",
-        "price.created",
-        "price.updated",
-        "plan.created",
-        "plan.updated",
-    }
-)
 HANDLED = INVOICE_EVENTS | PAYMENT_EVENTS | PRICE_EVENTS
 
 # Lifecycle order within one second; `uncollectible` may still be paid (or voided).
@@ -147,17 +136,6 @@ class PaymentSnapshot:
     livemode: bool
 
 
-@dataclass(frozen=True, slots=True)
-class PriceMeter:
-    """A metered price and its meter (a price's `recurring.meter` never changes), and the
-    event that showed it."""
-
-    price: str
-    meter: str
-    event_id: str
-    created: int
-
-
 Change = InvoiceSnapshot | PaymentSnapshot | PriceMeter
 
 
@@ -178,29 +156,8 @@ def reduce(record: Record) -> list[Change]:
     if event.type in PAYMENT_EVENTS:
         return [payment_snapshot(event)]
     if event.type in PRICE_EVENTS:
-        return price_meters(event)
+        return list(price_meters(event))
     return []
-
-
-def price_meters(event: Event) -> list[Change]:
-    """The metered prices a subscription's items, or a price (or legacy plan), show."""
-    obj = event.object
-    if event.type.startswith("customer.subscription."):
-        items = list_data(obj.get("items"))
-        prices = [item.get("price") or item.get("plan") for item in items if type(item) is dict]
-    else:
-        prices = [obj]
-    links: list[Change] = []
-    for price in prices:
-        found, meter = ref(price), _meter_of(mapping(price))
-        if found is not None and meter is not None:
-            links.append(PriceMeter(found, meter, event.id, event.created))
-    return links
-
-
-def _meter_of(price: Mapping[str, Any]) -> str | None:
-    """The meter of an expanded price (`recurring.meter`) or legacy plan (`meter`)."""
-    return ref(mapping(price.get("recurring")).get("meter")) or ref(price.get("meter"))
 
 
 def invoice_subscription(obj: Mapping[str, Any]) -> str | None:
@@ -282,7 +239,7 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
         or ref(details.get("subscription_item")),
         price=ref(price_field),
         product=ref(price.get("product")) or ref(price_details.get("product")),
-        meter=_meter_of(price),
+        meter=meter_of(price),
         quantity=integer(raw.get("quantity")),
         amount=integer(raw.get("amount")),
         currency=text(raw.get("currency")),

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from projectors.invoices.reducer import Change, InvoiceSnapshot, PaymentSnapshot, PriceMeter
+from projectors.invoices.prices import PriceMeter
+from projectors.invoices.reducer import Change, InvoiceSnapshot, PaymentSnapshot
 from projectors.subscriptions.snapshot import newest
 
 UPSERT_INVOICES = """

@@ -7,12 +7,8 @@ import pytest
 
 from projectors.base import PoisonRecord
 from projectors.invoices import projection
-from projectors.invoices.reducer import (
-    INVOICE_EVENTS,
-    InvoiceSnapshot,
-    PaymentSnapshot,
-    PriceMeter,
-)
+from projectors.invoices.prices import PriceMeter
+from projectors.invoices.reducer import INVOICE_EVENTS, InvoiceSnapshot, PaymentSnapshot
 from projectors.subscriptions.snapshot import newest, supersedes
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
