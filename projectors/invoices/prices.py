@@ -8,11 +8,9 @@ price's `recurring` never changes, so one link per price is the link.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
-
-from projectors.subscriptions.snapshot import Event, list_data, mapping, ref
+from projectors.price_meter import PriceMeter as PriceMeter
+from projectors.price_meter import meter_of_price
+from projectors.subscriptions.snapshot import Event, list_data, ref
 
 # Events that show prices whole, with their meter: the subscription's items, or the price.
 PRICE_EVENTS = frozenset(
@@ -28,32 +26,19 @@ PRICE_EVENTS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class PriceMeter:
-    """A metered price and its meter, and the event that showed it."""
-
-    price: str
-    meter: str
-    event_id: str
-    created: int
-
-
 def price_meters(event: Event) -> list[PriceMeter]:
     """The metered prices a subscription's items, or a price (or legacy plan), show."""
     obj = event.object
     if event.type.startswith("customer.subscription."):
-        items = list_data(obj.get("items"))
-        prices = [item.get("price") or item.get("plan") for item in items if type(item) is dict]
+        # (price, plan) of each item; a price or plan event shows the one object.
+        shown = [
+            (i.get("price"), i.get("plan")) for i in list_data(obj.get("items")) if type(i) is dict
+        ]
     else:
-        prices = [obj]
+        shown = [(obj, obj)]
     links = []
-    for price in prices:
-        found, meter = ref(price), meter_of(mapping(price))
+    for price, plan in shown:
+        found, meter = ref(price) or ref(plan), meter_of_price(price, plan)
         if found is not None and meter is not None:
             links.append(PriceMeter(found, meter, event.id, event.created))
     return links
-
-
-def meter_of(price: Mapping[str, Any]) -> str | None:
-    """The meter of an expanded price (`recurring.meter`) or legacy plan (`meter`)."""
-    return ref(mapping(price.get("recurring")).get("meter")) or ref(price.get("meter"))

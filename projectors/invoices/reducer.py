@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from projectors.base import Record
-from projectors.invoices.prices import PRICE_EVENTS, PriceMeter, meter_of, price_meters
+from projectors.invoices.prices import PRICE_EVENTS, PriceMeter, price_meters
+from projectors.price_meter import meter_of_price
 from projectors.subscriptions.snapshot import (
     EMPTY,
     LIVE,
@@ -239,7 +240,7 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
         or ref(details.get("subscription_item")),
         price=ref(price_field),
         product=ref(price.get("product")) or ref(price_details.get("product")),
-        meter=meter_of(price),
+        meter=meter_of_price(price),
         quantity=integer(raw.get("quantity")),
         amount=integer(raw.get("amount")),
         currency=text(raw.get("currency")),

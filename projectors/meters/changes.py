@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
+# A price bills a meter (from subscription items and legacy invoice lines); the invoices
+# projection learns the same links.
+from projectors.price_meter import PriceMeter as PriceMeter
+
 
 @dataclass(frozen=True, slots=True)
 class UsageReported:
@@ -31,16 +35,6 @@ class MeterSeen:
     display_name: str | None
     status: str
     aggregation: str
-    event_id: str
-    created: int
-
-
-@dataclass(frozen=True, slots=True)
-class PriceMeter:
-    """A price bills a meter (learned from subscription items and legacy invoice lines)."""
-
-    price: str
-    meter: str
     event_id: str
     created: int
 

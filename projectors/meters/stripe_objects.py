@@ -20,6 +20,7 @@ from projectors.meters.changes import (
     PeriodSeen,
     PriceMeter,
 )
+from projectors.price_meter import meter_of_price
 from schemas.envelope import rfc3339_moment
 
 # Statuses of one invoice that share a `created` second are ordered by how far along they are.
@@ -58,12 +59,6 @@ def _list_data(value: Any) -> list[Mapping[str, Any]]:
     if not isinstance(data, list):
         return []
     return [item for item in data if isinstance(item, Mapping)]
-
-
-def meter_of_price(price: Any, plan: Any = None) -> str | None:
-    """The meter a price (or legacy plan) bills, when both are expanded objects."""
-    meter = id_of(_map(_map(price).get("recurring")).get("meter"))
-    return meter if meter is not None else id_of(_map(plan).get("meter"))
 
 
 def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) -> list[Change]:
