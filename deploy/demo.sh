@@ -2,7 +2,7 @@
 # `make demo`: the whole pipeline on this machine with one simulated billing month in it.
 #   deploy/demo.sh          set up, start everything, deliver the month, print the report
 #   deploy/demo.sh stop     stop the demo's receiver and projectors (the stack keeps running)
-# Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2026), DEMO_API_VERSION (mixed).
+# Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2021), DEMO_API_VERSION (mixed).
 # Its files go in $LATTICE_HOME/demo (.lattice/demo by default), next to the stack's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,7 +100,7 @@ echo "receiver ready (pid $(cat "$DEMO/serve.pid")), projectors running (pid $(c
 step "simulate a billing month and deliver it like Stripe"
 status=0
 "$lattice" simulate --customers "${DEMO_CUSTOMERS:-200}" --accounts "${DEMO_ACCOUNTS:-5}" \
-  --seed "${DEMO_SEED:-2026}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
+  --seed "${DEMO_SEED:-2021}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
   --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check || status=$?
 if [ "$status" != 0 ]; then
   for name in serve project; do

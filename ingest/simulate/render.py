@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from datetime import UTC, datetime
 
 from ingest.simulate.expected import Expected
@@ -19,6 +20,12 @@ def _label(value: str | None) -> str:
 
 def _mark(ok: bool) -> str:
     return "ok" if ok else "MISMATCH"
+
+
+def _none_if_empty(out: list[str], rows: Sized, what: str) -> None:
+    """A table without rows says so (under its header, an empty table reads as a fault)."""
+    if not rows:
+        out.append(f"  (none: {what} this month)")
 
 
 def render(
@@ -67,6 +74,7 @@ def render(
             f"  {customer:<22} {when:<17} {reported:>9} {rejected_value:>9} "
             f"{billed:>7} {delta:>6}  {status}"
         )
+    _none_if_empty(out, actual.discrepancies, "no period billed other than reported")
     ok = sorted(want.credited) == sorted(actual.credited)
     out.append(f"\nUsage credited back by credit notes (meter_reconciliation)  [{_mark(ok)}]")
     out.append(
@@ -76,6 +84,7 @@ def render(
     for customer, start, billed, credited, delta, status in sorted(actual.credited):
         when = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M")
         out.append(f"  {customer:<22} {when:<17} {billed:>7} {credited:>9} {delta:>6}  {status}")
+    _none_if_empty(out, actual.credited, "no credit note gave usage back")
     out.append(f"\nConnect balances per account  [{_mark(want.balances == actual.balances)}]")
     out.append(
         f"  {'account':<22} {'cur':<4} {'transferred':>12} {'reversed':>10} "

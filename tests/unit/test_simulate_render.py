@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from ingest.simulate.expected import InvoiceTotals
 from ingest.simulate.generator import generate
 from ingest.simulate.render import render
 from ingest.simulate.report import expected_as_actual
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_null_currency_is_printed_as_a_dash_beside_real_ones() -> None:
@@ -37,3 +41,35 @@ def test_a_null_currency_is_printed_as_a_dash_beside_real_ones() -> None:
     assert [status, "-", "1", "12.34", "0.00", "12.34"] in rows
     assert ["-", "5.00"] in rows
     assert ["Invoices", "by", "status", "[MISMATCH]"] in rows
+
+
+def test_a_table_without_rows_says_so_under_its_header() -> None:
+    expected = generate(40, 3, seed=11).expected
+    want = expected_as_actual(expected)
+    actual = replace(want, discrepancies=[], credited=[])
+
+    text = render(expected, actual, accepted=0, rejected=0, broken=0, lag=0, dead=0)
+
+    lines = text.splitlines()
+    credited = lines.index(
+        next(line for line in lines if line.startswith("Usage credited back by credit notes"))
+    )
+    assert lines[credited + 2] == "  (none: no credit note gave usage back this month)"
+    assert "  (none: no period billed other than reported this month)" in lines
+
+
+def test_the_demos_month_shows_every_kind_of_usage_row() -> None:
+    # `make demo` is a newcomer's first sight of the usage tables: its default month must
+    # hold a period of each status and usage given back by a credit note, not a lone
+    # header (the seed of 2026 drew no credit note in ten paid usage lines).
+    script = (REPO / "deploy" / "demo.sh").read_text()
+    defaults = dict(re.findall(r'"\$\{DEMO_(CUSTOMERS|ACCOUNTS|SEED):-(\d+)\}"', script))
+    assert set(defaults) == {"CUSTOMERS", "ACCOUNTS", "SEED"}
+
+    expected = generate(
+        int(defaults["CUSTOMERS"]), int(defaults["ACCOUNTS"]), seed=int(defaults["SEED"])
+    ).expected
+
+    shown = {row.status for row in expected.discrepancies}
+    assert {"under_billed", "over_billed", "unbilled"} <= shown
+    assert {row.status for row in expected.credited} >= {"credited"}
