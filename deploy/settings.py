@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, gt=0, description="largest webhook body")
     stripe_api_key: SecretStr | None = Field(
         default=None,
-        description="Stripe secret key, for thin-event hydration and backfill (prefer the "
-        "variable: flags show in the process list)",
+        description="Stripe secret key (read access to events, invoices and credit notes), "
+        "for thin-event hydration, lines past a webhook's first page, and backfill (prefer "
+        "the variable: flags show in the process list)",
     )
     stripe_api_base: str = Field(default="https://api.stripe.com", description="Stripe API URL")
     stripe_api_version: str = Field(

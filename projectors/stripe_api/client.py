@@ -1,4 +1,5 @@
-"""One small async client for Stripe's API, used by hydration and backfill.
+"""One small async client for Stripe's API, used by hydration (thin events, long line
+lists) and backfill.
 
 Every request carries the secret key (as a bearer token, never logged), `Stripe-Version`,
 and for Connect objects `Stripe-Context` (v2) or `Stripe-Account` (v1). Failures that may
