@@ -19,7 +19,9 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
+    StrictStr,
     TypeAdapter,
     WithJsonSchema,
 )
@@ -91,7 +93,71 @@ def parse_event(body: bytes) -> dict[str, Any]:
         raise EnvelopeError(
             "not_an_event", "`created` is neither Unix seconds nor an RFC 3339 timestamp"
         )
+    wrong = _mistyped(event)
+    if wrong is not None:
+        raise EnvelopeError("not_an_event", f"`{wrong}` is not what Stripe sends there")
     return event
+
+
+def _optional(value: Any, kind: type | tuple[type, ...]) -> bool:
+    return value is None or (isinstance(value, kind) and not isinstance(value, bool))
+
+
+def _request_ok(request: Any) -> bool:
+    return request is None or (
+        isinstance(request, dict)
+        and _optional(request.get("id"), str)
+        and _optional(request.get("idempotency_key"), str)
+    )
+
+
+def _mistyped(event: dict[str, Any]) -> str | None:
+    """The first field Stripe types (as the models below do) that holds another type, or
+    None: a record on the log always validates against the models and the exported schema.
+    A field absent or null is never wrong; a real event's fields pass in a few lookups."""
+    livemode = event.get("livemode")
+    if livemode is not None and not isinstance(livemode, bool):
+        return "livemode"
+    if event["object"] == SNAPSHOT:
+        if not _optional(event.get("api_version"), str):
+            return "api_version"
+        if not _optional(event.get("account"), str):
+            return "account"
+        if not _optional(event.get("pending_webhooks"), int):
+            return "pending_webhooks"
+        request = event.get("request")
+        if not isinstance(request, str) and not _request_ok(request):
+            return "request"
+        data = event.get("data")
+        if data is not None and not (
+            isinstance(data, dict)
+            and isinstance(data.get("object"), dict)
+            and _optional(data.get("previous_attributes"), dict)
+        ):
+            return "data"
+        return None
+    if not _optional(event.get("context"), str):
+        return "context"
+    related = event.get("related_object")
+    if related is not None and not (
+        isinstance(related, dict)
+        and all(isinstance(related.get(name), str) for name in ("id", "type", "url"))
+    ):
+        return "related_object"
+    reason = event.get("reason")
+    if reason is not None and not (
+        isinstance(reason, dict)
+        and isinstance(reason.get("type"), str)
+        and _request_ok(reason.get("request"))
+    ):
+        return "reason"
+    if not _optional(event.get("data"), dict):
+        return "data"
+    return None
+
+
+# An integer as the receiver's JSON parser reads one: beyond 64 bits, orjson reads a float.
+JsonInt = Annotated[StrictInt, Field(ge=-(2**63), lt=2**64)]
 
 
 def _rfc3339_text(value: Any) -> Any:
@@ -121,8 +187,8 @@ class EventRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str | None = None
-    idempotency_key: str | None = None
+    id: StrictStr | None = None
+    idempotency_key: StrictStr | None = None
 
 
 class EventData(BaseModel):
@@ -142,16 +208,15 @@ class SnapshotEvent(BaseModel):
     id: Annotated[str, Field(pattern=r"^evt_")]
     object: Literal["event"]
     type: str = Field(min_length=1)
-    created: StrictInt | Rfc3339 = Field(
+    created: JsonInt | Rfc3339 = Field(
         description="Unix seconds (as Stripe sends it); an RFC 3339 string is accepted too"
     )
-    # Null allowed where Stripe sends null. The receiver checks only id, object, type and
-    # created (exactly as these models do); the other fields are typed as Stripe sends
-    # them, which a record signed with the secret but shaped otherwise may not be.
-    livemode: bool | None = False
-    api_version: str | None = None
-    account: str | None = Field(default=None, description="the Connect account, if any")
-    pending_webhooks: int | None = None
+    # Null allowed where Stripe sends null; strict types (no "true" for true, no "3" for 3),
+    # exactly as the receiver checks them (`_mistyped`), so what is on the log validates.
+    livemode: StrictBool | None = False
+    api_version: StrictStr | None = None
+    account: StrictStr | None = Field(default=None, description="the Connect account, if any")
+    pending_webhooks: JsonInt | None = None
     request: EventRequest | str | None = Field(
         default=None, description="an object; a request id string before API 2017-05-25"
     )
@@ -163,9 +228,9 @@ class RelatedObject(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    id: str
-    type: str
-    url: str
+    id: StrictStr
+    type: StrictStr
+    url: StrictStr
 
 
 class ThinEventReason(BaseModel):
@@ -173,7 +238,7 @@ class ThinEventReason(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str
+    type: StrictStr
     request: EventRequest | None = None
 
 
@@ -185,9 +250,9 @@ class ThinEvent(BaseModel):
     id: Annotated[str, Field(pattern=r"^evt_")]
     object: Literal["v2.core.event"]
     type: str = Field(min_length=1)
-    created: Rfc3339 | StrictInt = Field(description="RFC 3339, e.g. 2026-11-25T10:00:00.123Z")
-    livemode: bool | None = False
-    context: str | None = Field(default=None, description="the Connect account, if any")
+    created: Rfc3339 | JsonInt = Field(description="RFC 3339, e.g. 2026-11-25T10:00:00.123Z")
+    livemode: StrictBool | None = False
+    context: StrictStr | None = Field(default=None, description="the Connect account, if any")
     related_object: RelatedObject | None = None
     reason: ThinEventReason | None = None
     data: dict[str, Any] | None = Field(

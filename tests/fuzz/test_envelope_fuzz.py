@@ -1,6 +1,7 @@
 """Hostile bodies against the envelope parser: it returns a Stripe event or raises
 `EnvelopeError`, nothing else; what it returns always meets the envelope contract, and
-reads the same as Python's own JSON parser would (so no two readers of the log disagree)."""
+reads the same as Python's own JSON parser would, and the models of `schemas/` take
+exactly what it takes (so no two readers of the log disagree)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.envelope import EnvelopeError, parse_event
+from pydantic import ValidationError
+
+from schemas.envelope import EnvelopeError, parse_event, validate_event
 from tests.fixtures.stripe_objects import event, invoice, subscription
 from tests.fuzz.conftest import fuzz_settings
 from tests.fuzz.strategies import json_values, malformed_json, mutated, with_duplicate_keys
@@ -28,6 +31,13 @@ def check(body: bytes) -> dict[str, Any] | None:
         reason = exc.reason
     else:
         reason = None
+    # The models (and so the exported schema) take exactly what the receiver logs.
+    try:
+        validate_event(body)
+        modelled = True
+    except ValidationError:
+        modelled = False
+    assert modelled == (reason is None), f"receiver {reason or 'took it'}, models {modelled}"
     if reason is not None:
         assert reason in REASONS
         return None

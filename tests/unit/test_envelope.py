@@ -160,6 +160,9 @@ CREATED = [
     "2026-11-25",  # a date alone
     "2026-11-25T10:00:00",  # no offset
     True,
+    2**64 - 1,
+    2**64,  # beyond 64 bits, the receiver's JSON parser reads a float
+    -(2**63) - 1,
 ]
 OTHER = [
     {"data": None},  # a snapshot without its object: the receiver logs it
@@ -210,6 +213,91 @@ def _receiver_takes(event: dict[str, Any]) -> bool:
 @pytest.mark.parametrize("change", OTHER, ids=repr)
 def test_the_models_take_what_the_receiver_logs(change: dict[str, Any]) -> None:
     assert_layers_agree({**SNAPSHOT, **change})
+
+
+# Every field the models type, by kind, as a path into the event.
+TYPED = {
+    "snapshot": [
+        ("livemode",),
+        ("api_version",),
+        ("account",),
+        ("pending_webhooks",),
+        ("request",),
+        ("request", "id"),
+        ("request", "idempotency_key"),
+        ("data",),
+        ("data", "object"),
+        ("data", "previous_attributes"),
+    ],
+    "thin": [
+        ("livemode",),
+        ("context",),
+        ("related_object",),
+        ("related_object", "id"),
+        ("related_object", "type"),
+        ("related_object", "url"),
+        ("reason",),
+        ("reason", "type"),
+        ("reason", "request"),
+        ("reason", "request", "id"),
+        ("data",),
+    ],
+}
+# A value of every JSON type, and the lax readings pydantic would make of some of them.
+ANY_VALUE = [None, True, False, 0, 3, 2**70, 1.5, "", "req_1", "true", "3", [], ["x"], {}]
+ABSENT = object()
+# A thin event's `reason`, as Stripe sends it for one caused by an API request.
+REASON = {"type": "request", "request": {"id": "req_v2abc", "idempotency_key": "k-1"}}
+
+
+def _with(event: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any] | None:
+    """A copy of `event` with the field at `path` set (or removed, for ABSENT); None when
+    a parent on the path is not an object."""
+    copy = json.loads(json.dumps(event))
+    parent = copy
+    for name in path[:-1]:
+        parent = parent.get(name)
+        if not isinstance(parent, dict):
+            return None
+    if value is ABSENT:
+        parent.pop(path[-1], None)
+    else:
+        parent[path[-1]] = value
+    return copy
+
+
+@pytest.mark.parametrize("value", [*ANY_VALUE, ABSENT], ids=repr)
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [("snapshot", path) for path in TYPED["snapshot"]] + [("thin", path) for path in TYPED["thin"]],
+    ids=lambda x: ".".join(x) if isinstance(x, tuple) else x,
+)
+def test_the_receiver_refuses_a_typed_field_exactly_when_the_models_do(
+    kind: str, path: tuple[str, ...], value: Any
+) -> None:
+    """A body signed with the secret but shaped unlike Stripe's (`"account": 42`,
+    `"livemode": "true"`, a `related_object` without its `url`) was logged, and then
+    refused by every consumer validating against the exported schema: now 400."""
+    base = SNAPSHOT if kind == "snapshot" else {**THIN, "reason": REASON, "data": {"x": 1}}
+    event = _with(base, path, value)
+    if event is not None:
+        assert_layers_agree(event)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"account": 42}, "account"),
+        ({"livemode": "true"}, "livemode"),
+        ({"data": {"previous_attributes": {}}}, "data"),
+        ({"request": {"id": 5}}, "request"),
+    ],
+)
+def test_a_mistyped_field_is_named_in_the_refusal(change: dict[str, Any], field: str) -> None:
+    with pytest.raises(EnvelopeError) as refused:
+        parse_event(json.dumps({**SNAPSHOT, **change}).encode())
+    assert refused.value.reason == "not_an_event"
+    assert f"`{field}`" in str(refused.value)
 
 
 def assert_layers_agree(event: dict[str, Any]) -> None:
