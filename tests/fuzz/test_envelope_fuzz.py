@@ -11,7 +11,6 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-
 from pydantic import ValidationError
 
 from schemas.envelope import EnvelopeError, parse_event, validate_event
