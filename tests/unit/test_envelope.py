@@ -244,7 +244,22 @@ TYPED = {
     ],
 }
 # A value of every JSON type, and the lax readings pydantic would make of some of them.
-ANY_VALUE = [None, True, False, 0, 3, 2**70, 1.5, "", "req_1", "true", "3", [], ["x"], {}]
+ANY_VALUE: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    3,
+    2**70,
+    1.5,
+    "",
+    "req_1",
+    "true",
+    "3",
+    [],
+    ["x"],
+    {},
+]
 ABSENT = object()
 # A thin event's `reason`, as Stripe sends it for one caused by an API request.
 REASON = {"type": "request", "request": {"id": "req_v2abc", "idempotency_key": "k-1"}}
@@ -253,8 +268,8 @@ REASON = {"type": "request", "request": {"id": "req_v2abc", "idempotency_key": "
 def _with(event: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any] | None:
     """A copy of `event` with the field at `path` set (or removed, for ABSENT); None when
     a parent on the path is not an object."""
-    copy = json.loads(json.dumps(event))
-    parent = copy
+    copy: dict[str, Any] = json.loads(json.dumps(event))
+    parent: Any = copy
     for name in path[:-1]:
         parent = parent.get(name)
         if not isinstance(parent, dict):
