@@ -97,7 +97,7 @@ def parse_usage_fact(raw: bytes) -> UsageFact:
         return UsageFact.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'value'}: {err['msg']}"
+            f"{'.'.join(str(p) for p in err['loc']) or 'the record'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
         raise UsageFactError(f"not a usage fact: {problems}") from None

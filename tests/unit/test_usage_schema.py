@@ -89,9 +89,18 @@ def test_an_invalid_fact_is_refused_naming_the_field(fields: dict[str, object], 
         parse_usage_fact(fact_json(**fields))
 
 
-def test_a_value_that_is_not_json_is_refused() -> None:
-    with pytest.raises(UsageFactError, match="not a usage fact"):
-        parse_usage_fact(b"identifier=req-1")
+@pytest.mark.parametrize(
+    ("raw", "says"),
+    [
+        (b"identifier=req-1", "not a usage fact: the record: Invalid JSON"),
+        (b"[]", "not a usage fact: the record: Input should be an object"),
+    ],
+)
+def test_a_record_that_is_no_json_object_is_refused_as_a_whole(raw: bytes, says: str) -> None:
+    # Not blamed on the field named `value`: the record itself is wrong.
+    with pytest.raises(UsageFactError) as refused:
+        parse_usage_fact(raw)
+    assert str(refused.value).startswith(says)
 
 
 @pytest.mark.parametrize(
