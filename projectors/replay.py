@@ -38,6 +38,8 @@ log = structlog.get_logger("lattice.replay")
 REPLAY_LOCK = 0x1A77
 MAX_BACKOFF_S = 10.0
 SWAP_ATTEMPTS = 200
+# Times the swap waits for the rebuild to catch up with a live runner that got ahead.
+CATCH_UP_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,28 @@ async def replay(
         )
         started = time.monotonic()
         done = await _catch_up(consumer, applier, settings, positions, stop, on_progress, started)
-        swapped = await _swap(lock_conn, projection, schema, view_owners, stop)
+        rounds = 0
+        while True:
+            try:
+                behind_ok = rounds == CATCH_UP_ROUNDS
+                swapped = await _swap(lock_conn, projection, schema, view_owners, stop, behind_ok)
+                break
+            except shadow.ShadowBehind as behind:
+                # The live runner applied what the rebuild has not yet: catch up to it
+                # first, or its readers would see those rows vanish until it re-applied
+                # them. It keeps applying meanwhile; after a few rounds, swap anyway.
+                rounds += 1
+                log.info("swap catching up with the live runner", projector=name, round=rounds)
+                done += await _catch_up(
+                    consumer,
+                    applier,
+                    settings,
+                    positions,
+                    stop,
+                    on_progress,
+                    started,
+                    floor=behind.positions,
+                )
         finished = True
         seconds = time.monotonic() - started
         log.info(
@@ -137,13 +160,14 @@ async def _swap(
     schema: str,
     view_owners: Sequence[Any],
     stop: asyncio.Event,
+    behind_ok: bool,
 ) -> list[str]:
     """Swap, backing off while readers hold the tables (never making them wait long)."""
     delay = 0.05
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             async with conn.transaction():
-                return await shadow.swap(conn, projection, schema, view_owners)
+                return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
         except shadow.SwapError as exc:
             raise ReplayError(str(exc)) from None
         except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
@@ -182,8 +206,10 @@ async def _catch_up(
     stop: asyncio.Event,
     on_progress: Callable[[Progress], None] | None,
     started: float,
+    floor: Mapping[TopicPartition, int] | None = None,
 ) -> int:
-    """Apply batches until every partition reached the log end; returns records done."""
+    """Apply batches until every partition reached the log end (less than a batch left)
+    and at least `floor`; returns records done."""
     for tp, offset in positions.items():
         consumer.seek(tp, offset)
     first = dict(positions)
@@ -195,7 +221,10 @@ async def _catch_up(
             fresh = await consumer.end_offsets(list(positions))
             # Swap once what is left is less than a batch: the live runner, re-seeking to
             # the rebuilt positions, applies the rest within its next batch.
-            if sum(fresh[tp] - positions[tp] for tp in positions) <= settings.projector_batch_size:
+            short = floor is not None and any(positions[tp] < floor.get(tp, 0) for tp in positions)
+            if not short and (
+                sum(fresh[tp] - positions[tp] for tp in positions) <= settings.projector_batch_size
+            ):
                 report_progress(on_progress, positions, first, ends, started, force=True)
                 return sum(positions[tp] - first[tp] for tp in positions)
             ends = fresh

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+from aiokafka import TopicPartition
 
 from projectors import dependents, offsets
 from projectors.base import LIVE_SCHEMA, Connection
@@ -32,6 +33,18 @@ LOCK_TIMEOUT_MS = 300
 
 class SwapError(Exception):
     """The shadow schema holds something the swap cannot move; nothing was changed."""
+
+
+class ShadowBehind(Exception):
+    """The live runner applied records the rebuild has not (`positions`: the live next
+    offsets it must reach first); nothing was changed. Swapped in now, the tables would
+    lose those rows until the live runner applied them again."""
+
+    def __init__(self, positions: dict[TopicPartition, int]) -> None:
+        super().__init__(
+            f"the live tables are ahead of the rebuild on {len(positions)} partition(s)"
+        )
+        self.positions = positions
 
 
 def shadow_schema(name: str) -> str:
@@ -143,12 +156,18 @@ async def _move_types_and_functions(conn: Connection, schema: str) -> None:
 
 
 async def swap(
-    conn: asyncpg.Connection, projection: Any, schema: str, view_owners: Sequence[Any]
+    conn: asyncpg.Connection,
+    projection: Any,
+    schema: str,
+    view_owners: Sequence[Any],
+    *,
+    behind_ok: bool = False,
 ) -> list[str]:
     """Swap the shadow tables in and adopt the replay's positions, in the caller's
     transaction; returns the tables swapped. LockNotAvailableError: a reader held on;
-    retry. `view_owners`: the other projections whose views.sql is re-run if installed
-    here (a view may join several projections' tables)."""
+    retry. ShadowBehind: the live runner is ahead (unless `behind_ok`); catch up, retry.
+    `view_owners`: the other projections whose views.sql is re-run if installed here (a
+    view may join several projections' tables)."""
     name = projection.name
     # Readers lock a view and its tables in whatever order their query names them, so a
     # swap can deadlock with one. Waiting briefly and giving up (the caller retries) makes
@@ -156,6 +175,16 @@ async def swap(
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
     await offsets.lock(conn, name)
     await offsets.lock(conn, replay_key(name))
+    # With the live positions locked, the live runner cannot commit past them.
+    live_at = await offsets.load_all(conn, name)
+    rebuilt_at = await offsets.load_all(conn, replay_key(name))
+    ahead = {
+        tp: at.next_offset
+        for tp, at in live_at.items()
+        if tp in rebuilt_at and at.next_offset > rebuilt_at[tp].next_offset
+    }
+    if ahead and not behind_ok:
+        raise ShadowBehind(ahead)
     await refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)
     live = set(await tables_in(conn, LIVE_SCHEMA))

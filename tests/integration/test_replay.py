@@ -127,6 +127,43 @@ async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
 
 
+async def test_the_swap_waits_for_the_rebuild_to_reach_a_live_runner_that_got_ahead(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """Records appended at the end of the rebuild and applied by the live runner before the
+    swap: swapped in without them, the tables would lose those rows (an invoice `paid`
+    shown `open` again) until the live runner applied them once more. The swap sees the
+    live positions ahead, catches up to them, and only then swaps."""
+    ours = await _events_projected(settings, stack, unique, seed=12)
+    url = settings.require_database_url()
+    more = records(stream(40, seed=13))
+    ahead: list[dict[int, int]] = []
+
+    async def live_runner_applies_more() -> None:
+        await produce(stack.kafka_bootstrap, settings.topic, more)
+        async with running(ours, [events]):
+            await _caught_up(ours)
+        ahead.append(await positions(url, "events"))
+
+    def meanwhile(progress: Progress) -> None:
+        # The rebuild has read the whole log as it was: the live runner now gets ahead.
+        if not ahead and progress.done == progress.total:
+            run_coroutine(live_runner_applies_more)
+
+    async with dead_letter_producer(ours) as dead_letters:
+        result = await replay(
+            ours, events, StartAt(from_beginning=True), dead_letters, on_progress=meanwhile
+        )
+
+    assert ahead, "the live runner never got ahead of the rebuild"
+    # At once, with no live runner running to apply anything again.
+    assert {r.headers[0][1].decode() for r in more} <= _ids(
+        await rows(url, "SELECT id FROM projections.events")
+    )
+    assert await positions(url, "events") == ahead[0]
+    assert result.records == 100
+
+
 async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
