@@ -4,7 +4,8 @@ A view binds to the tables it reads by OID, so swapping a table in means droppin
 views on the old one. The projections' own views come back from their views.sql; views
 that analysts or downstream services defined (in `projections` or any other schema) are
 saved here first — definition, owner and grants, views on views included — and re-created
-in the same transaction, so nobody's view silently disappears.
+in the same transaction, so nobody's view silently disappears. What was granted on the
+live tables and on the projections' own views is given again on the swapped-in ones.
 """
 
 from __future__ import annotations
@@ -14,7 +15,24 @@ from dataclasses import dataclass
 
 from projectors.base import Connection
 
-DEPENDENT_VIEWS = """
+# GRANT statements giving again what each grantee holds on a relation (`c`, `n` in scope).
+_GRANTS = """
+coalesce(
+    (SELECT array_agg(format('GRANT %s ON %I.%I TO %s', a.privilege_type,
+                             n.nspname, c.relname,
+                             CASE WHEN a.grantee = 0 THEN 'PUBLIC'
+                                  ELSE quote_ident(pg_get_userbyid(a.grantee)) END))
+       FROM aclexplode(c.relacl) a),
+    '{}'
+)"""
+
+TABLE_GRANTS = f"""
+SELECT {_GRANTS} AS grants
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = $1 AND c.relname = ANY($2::text[])
+"""
+
+DEPENDENT_VIEWS = f"""
 WITH RECURSIVE deps (oid, depth) AS (
     SELECT DISTINCT r.ev_class, 1
       FROM pg_depend d
@@ -34,14 +52,7 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name,
        max(deps.depth) AS depth,
        pg_get_viewdef(c.oid) AS definition,
        pg_get_userbyid(c.relowner) AS owner,
-       coalesce(
-           (SELECT array_agg(format('GRANT %s ON %I.%I TO %s', a.privilege_type,
-                                    n.nspname, c.relname,
-                                    CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                         ELSE quote_ident(pg_get_userbyid(a.grantee)) END))
-              FROM aclexplode(c.relacl) a),
-           '{}'
-       ) AS grants
+       {_GRANTS} AS grants
   FROM deps
   JOIN pg_class c ON c.oid = deps.oid
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -95,14 +106,22 @@ async def drop(conn: Connection, views: Sequence[SavedView]) -> None:
 
 async def restore(conn: Connection, views: Sequence[SavedView]) -> list[str]:
     """Create again each saved view that does not exist now (the projections' own views
-    are back already from views.sql); return the names re-created."""
+    are back already from views.sql), and give again what was granted on each, ours too
+    (views.sql creates a view, not the grants someone added since); return the names
+    re-created."""
     restored = []
     for view in views:
-        if await conn.fetchval("SELECT to_regclass($1)", view.name) is not None:
-            continue
-        await conn.execute(f"CREATE {view.kind} {view.name} AS {view.definition}")
-        await conn.execute(f'ALTER {view.kind} {view.name} OWNER TO "{view.owner}"')
+        if await conn.fetchval("SELECT to_regclass($1)", view.name) is None:
+            await conn.execute(f"CREATE {view.kind} {view.name} AS {view.definition}")
+            await conn.execute(f'ALTER {view.kind} {view.name} OWNER TO "{view.owner}"')
+            restored.append(view.name)
         for grant in view.grants:
             await conn.execute(grant)
-        restored.append(view.name)
     return restored
+
+
+async def table_grants(conn: Connection, schema: str, tables: Sequence[str]) -> list[str]:
+    """GRANT statements giving again, on tables of the same names, what was granted on
+    `schema`.`tables` (a swap drops the live tables, and their grants with them)."""
+    rows = await conn.fetch(TABLE_GRANTS, schema, list(tables))
+    return [grant for r in rows for grant in r["grants"]]

@@ -203,6 +203,7 @@ async def swap(
         await conn.execute(f"DROP {kind} IF EXISTS {ident(schema)}.{ident(row['relname'])} CASCADE")
     # Every view on the live tables, ours and other people's: saved, dropped, re-created.
     dependent = await dependents.save(conn, LIVE_SCHEMA, tables)
+    granted = await dependents.table_grants(conn, LIVE_SCHEMA, [t for t in tables if t in live])
     await dependents.drop(conn, dependent)
     for table in tables:
         if table in live:
@@ -228,6 +229,8 @@ async def swap(
         # Only projections installed in this database; a failing views.sql fails the swap.
         if owner is projection or owner.name in installed:
             await apply_views(conn, owner)
+    for grant in granted:
+        await conn.execute(grant)
     await dependents.restore(conn, dependent)
     await offsets.adopt(conn, name, replay_key(name))
     return tables

@@ -194,7 +194,7 @@ async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables
     assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
 
 
-async def test_other_peoples_views_survive_a_replay_with_their_grants(
+async def test_views_and_grants_survive_a_replay(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
     ours = await _events_projected(settings, stack, unique, seed=9)
@@ -214,16 +214,30 @@ async def test_other_peoples_views_survive_a_replay_with_their_grants(
             "ORDER BY n DESC, type LIMIT 1"
         )
         await conn.execute(f'GRANT SELECT ON analytics.top_type TO "{reader}"')
+        # And grants on the projection's own table and view (a BI role reading them).
+        await conn.execute(f'GRANT SELECT, INSERT ON projections.events TO "{reader}"')
+        await conn.execute(f'GRANT SELECT ON projections.event_types TO "{reader}"')
         before = await conn.fetch("SELECT * FROM analytics.by_type ORDER BY type")
         async with dead_letter_producer(ours) as dead_letters:
             await replay(ours, events, StartAt(from_beginning=True), dead_letters)
         assert await conn.fetch("SELECT * FROM analytics.by_type ORDER BY type") == before
-        assert await conn.fetchval(
-            "SELECT has_table_privilege($1, 'analytics.top_type', 'SELECT')", reader
+        for relation, privilege in [
+            ("analytics.top_type", "SELECT"),
+            ("projections.events", "SELECT"),
+            ("projections.events", "INSERT"),
+            ("projections.event_types", "SELECT"),
+        ]:
+            assert await conn.fetchval(
+                "SELECT has_table_privilege($1, $2, $3)", reader, relation, privilege
+            ), f"{reader} lost {privilege} on {relation}"
+        assert not await conn.fetchval(
+            "SELECT has_table_privilege($1, 'projections.events', 'DELETE')", reader
         )
         assert await conn.fetchval("SELECT type FROM analytics.top_type") is not None
     finally:
         await conn.execute("DROP SCHEMA IF EXISTS analytics CASCADE")
+        if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", reader):
+            await conn.execute(f'DROP OWNED BY "{reader}"')  # its grants
         await conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
         await conn.close()
 
