@@ -4,24 +4,30 @@ see an empty or partial table, the live runner carries on from the rebuilt posit
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import orjson
 import pytest
 
 from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
 from ingest.batching import partition_for
 from ingest.record import build_record
+from projectors.base import HydrationUnavailable, Record
 from projectors.events import projection as events
+from projectors.meters import projection as meters
 from projectors.progress import Progress
 from projectors.replay import replay
+from projectors.replay_lock import REPLAY_LOCK
 from projectors.replay_start import ReplayError, StartAt
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import produce, records, stream
+from tests.support.thin_events import meter_error_report
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -162,6 +168,174 @@ async def test_the_swap_waits_for_the_rebuild_to_reach_a_live_runner_that_got_ah
     )
     assert await positions(url, "events") == ahead[0]
     assert result.records == 100
+
+
+HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 "
+    "AND objid = (hashtext($2)::bigint & 4294967295)::text::oid AND objsubid = 2 AND granted"
+)
+
+
+async def _cut_off_the_replay_lock(url: str, name: str) -> None:
+    """Terminate the session holding the replay lock of `name` (as a database restart or
+    an idle-session timeout would)."""
+    conn = await asyncpg.connect(url)
+    try:
+        holder = await conn.fetchval(HOLDER, REPLAY_LOCK, name)
+        assert holder is not None, "no session holds the replay lock"
+        assert await conn.fetchval("SELECT pg_terminate_backend($1, 5000)", holder)
+    finally:
+        await conn.close()
+
+
+class OtherReplay:
+    """A session of our own, on a thread of its own, holding the replay lock of `name`
+    as a second replay started at that moment would, until `release()`."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.taken, self._done = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._hold(url, name),))
+        self._thread.start()
+
+    async def _hold(self, url: str, name: str) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            # Waits for the lock, as `pg_try_advisory_lock` would find it, once it is free.
+            await conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", REPLAY_LOCK, name)
+            self.taken.set()
+            await asyncio.to_thread(self._done.wait)
+        finally:
+            await conn.close()
+
+    def release(self) -> None:
+        self._done.set()
+        self._thread.join(timeout=30)
+
+
+async def test_a_replay_whose_lock_session_is_cut_off_takes_it_again_and_swaps(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = await _events_projected(settings, stack, unique, seed=14)
+    url = settings.require_database_url()
+    everything = _ids(await rows(url, "SELECT id FROM projections.events"))
+
+    cut: list[Progress] = []
+
+    def meanwhile(progress: Progress) -> None:
+        if not cut:
+            cut.append(progress)
+            run_coroutine(lambda: _cut_off_the_replay_lock(url, "events"))
+
+    async with dead_letter_producer(ours) as dead_letters:
+        result = await replay(
+            ours, events, StartAt(from_beginning=True), dead_letters, on_progress=meanwhile
+        )
+
+    assert cut, "the replay reported no progress, so its lock was never cut off"
+    assert result.tables == ["events"]
+    assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+    assert await positions(url, "events.replay") == {}
+
+
+async def test_a_replay_whose_lock_another_took_stops_and_leaves_its_shadow_alone(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    ours = await _events_projected(settings, stack, unique, seed=15)
+    url = settings.require_database_url()
+    table = await rows(url, "SELECT id FROM projections.events ORDER BY id")
+    other: list[OtherReplay] = []
+
+    def meanwhile(progress: Progress) -> None:
+        if not other:
+            other.append(OtherReplay(url, "events"))
+            run_coroutine(lambda: _cut_off_the_replay_lock(url, "events"))
+            assert other[0].taken.wait(10), "the other replay never took the lock"
+
+    try:
+        async with dead_letter_producer(ours) as dead_letters:
+            with pytest.raises(ReplayError) as stopped:
+                await replay(
+                    ours, events, StartAt(from_beginning=True), dead_letters, on_progress=meanwhile
+                )
+        assert "another replay of events took the lock meanwhile" in str(stopped.value)
+        assert await rows(url, "SELECT id FROM projections.events ORDER BY id") == table
+        # The shadow is the other replay's now: not dropped from under it.
+        assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'")
+    finally:
+        for holder in other:
+            holder.release()
+        await rows(url, "DROP SCHEMA IF EXISTS replay_events CASCADE")
+        await rows(url, "DELETE FROM lattice.offsets WHERE projector = 'events.replay'")
+
+
+async def test_a_replay_stopped_while_the_hydrator_waits_says_so_in_one_line(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """Ctrl-C while Stripe's API is away and the rebuild waits for a thin event's body:
+    the replay ends with ReplayError (one `lattice:` line), not a traceback."""
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    thin, _ = meter_error_report()
+    await produce(
+        stack.kafka_bootstrap,
+        settings.topic,
+        [
+            build_record(
+                orjson.dumps(thin), thin, endpoint="platform", received_at=datetime.now(UTC)
+            )
+        ],
+    )
+    asked: list[Record] = []
+
+    async def stripe_away(record: Record) -> Record:
+        asked.append(record)
+        raise HydrationUnavailable("Stripe's API does not answer")
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(1.5, stop.set)
+    async with dead_letter_producer(ours) as dead_letters:
+        with pytest.raises(ReplayError) as stopped:
+            await replay(
+                ours,
+                meters,
+                StartAt(from_beginning=True),
+                dead_letters,
+                hydrate=stripe_away,
+                stop=stop,
+            )
+    assert asked, "the rebuild never asked for the thin event's body"
+    assert str(stopped.value) == "replay interrupted; the live tables are unchanged"
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_meters'") == []
+
+
+async def test_a_swap_that_cannot_restore_a_view_is_undone_and_said_in_one_line(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """Someone added a column to a live table and a view reading it: the rebuilt table
+    lacks the column, so the view cannot be created again. The swap is undone, the live
+    tables and the view stay, and the replay says why (not a traceback)."""
+    ours = await _events_projected(settings, stack, unique, seed=16)
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("ALTER TABLE projections.events ADD COLUMN note text")
+        await conn.execute("CREATE SCHEMA notes")
+        await conn.execute("CREATE VIEW notes.noted AS SELECT id, note FROM projections.events")
+        table = await conn.fetch("SELECT id FROM projections.events ORDER BY id")
+        async with dead_letter_producer(ours) as dead_letters:
+            with pytest.raises(ReplayError) as refused:
+                await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        assert str(refused.value).startswith("the swap of events failed and was undone (")
+        assert "note" in str(refused.value)
+        assert str(refused.value).endswith("; the live tables are unchanged")
+        assert await conn.fetch("SELECT id FROM projections.events ORDER BY id") == table
+        assert await conn.fetchval("SELECT count(*) FROM notes.noted") == len(table)
+        assert not await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'")
+    finally:
+        await conn.execute("DROP SCHEMA IF EXISTS notes CASCADE")
+        await conn.execute("ALTER TABLE projections.events DROP COLUMN IF EXISTS note")
+        await conn.close()
 
 
 async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables(
