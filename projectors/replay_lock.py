@@ -31,51 +31,62 @@ class ReplayLock:
         self._url = url
         self._name = name
         self._conn: asyncpg.Connection | None = None
+        # Taken, and not known to be taken by another since (the shadow schema is ours).
+        self._ours = False
 
     @property
     def held(self) -> bool:
         """Whether this replay took the lock (and so owns the shadow schema)."""
-        return self._conn is not None
+        return self._ours
 
     async def take(self) -> asyncpg.Connection:
         """Connect and take the lock, or raise LockTaken."""
-        conn = await asyncpg.connect(self._url)
-        try:
-            taken = await conn.fetchval(TAKE, REPLAY_LOCK, self._name)
-        except BaseException:
-            await conn.close()
-            raise
-        if not taken:
-            await conn.close()
+        conn = await self._connect_and_take()
+        if conn is None:
             raise LockTaken(f"a replay of {self._name} is already running")
-        self._conn = conn
+        self._conn, self._ours = conn, True
         return conn
 
     async def session(self) -> asyncpg.Connection:
         """The session holding the lock; a new one if it was lost (connection errors of
-        the new one are raised, for the caller to wait out)."""
-        conn = self._conn
-        assert conn is not None, "take() first"
-        if not conn.is_closed():
-            return conn
-        self._conn = None  # whatever happens next, the lock is not ours until taken again
-        try:
-            conn = await self.take()
-        except LockTaken:
+        the new one are raised, for the caller to wait out and ask again)."""
+        assert self._ours, "take() first"
+        if self._conn is not None and not self._conn.is_closed():
+            return self._conn
+        self._conn = None
+        conn = await self._connect_and_take()
+        if conn is None:
+            self._ours = False
             raise LockTaken(
                 f"the database connection holding the replay lock of {self._name} was lost, "
                 f"and another replay of {self._name} took the lock meanwhile; this one stops "
                 "(the live tables are unchanged)"
-            ) from None
+            )
         log.warning("replay lock taken again on a new connection", projector=self._name)
+        self._conn = conn
+        return conn
+
+    async def _connect_and_take(self) -> asyncpg.Connection | None:
+        """A new session holding the lock, or None if another holds it."""
+        conn = await asyncpg.connect(self._url)
+        try:
+            taken = await conn.fetchval(TAKE, REPLAY_LOCK, self._name)
+        except BaseException:
+            conn.terminate()
+            raise
+        if not taken:
+            await conn.close()
+            return None
         return conn
 
     async def lost(self) -> None:
         """The session failed mid-statement: drop it, so `session()` makes a new one."""
         if self._conn is not None:
             self._conn.terminate()
+            self._conn = None
 
     async def release(self) -> None:
         """Close the session (which releases the lock)."""
         if self._conn is not None:
             await self._conn.close()
+            self._conn = None
