@@ -18,10 +18,11 @@ from projectors.base import Connection
 # GRANT statements giving again what each grantee holds on a relation (`c`, `n` in scope).
 _GRANTS = """
 coalesce(
-    (SELECT array_agg(format('GRANT %s ON %I.%I TO %s', a.privilege_type,
+    (SELECT array_agg(format('GRANT %s ON %I.%I TO %s%s', a.privilege_type,
                              n.nspname, c.relname,
                              CASE WHEN a.grantee = 0 THEN 'PUBLIC'
-                                  ELSE quote_ident(pg_get_userbyid(a.grantee)) END))
+                                  ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                             CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END))
        FROM aclexplode(c.relacl) a),
     '{}'
 )"""

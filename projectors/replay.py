@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,30 +23,30 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
 from projectors import offsets, shadow
-from projectors.base import to_record
 from projectors.batch import Abandoned, BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
-from projectors.failures import is_transient
 from projectors.intake import stop_consumer
 from projectors.migrate import MigrationError, migrate
-from projectors.progress import Progress, report_progress
+from projectors.progress import Progress
+from projectors.replay_catch_up import CatchUp
 from projectors.replay_lock import LockTaken, ReplayLock
 from projectors.replay_start import ReplayError, StartAt, check_offset, start_positions
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 log = structlog.get_logger("lattice.replay")
-MAX_BACKOFF_S = 10.0
 SWAP_ATTEMPTS = 200
-# A swap cut off by these is undone by the server, and tried again on a new session.
+# A swap cut off by these is undone by the server (or committed: see `swap_committed`)
+# and tried again on a new session. Not a cancelled statement (a statement_timeout, a
+# pg_cancel_backend), an OperatorInterventionError too: that one waits as for readers.
 DATABASE_AWAY = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting, terminated
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
 )
-# Times the swap waits for the rebuild to catch up with a live runner that got ahead.
-CATCH_UP_ROUNDS = 5
 
 
 @dataclass(frozen=True)
@@ -116,21 +116,15 @@ async def replay(
             stop=stop,
         )
         started = time.monotonic()
-        catching_up = _CatchUp(consumer, applier, settings, lock, stop, on_progress, started)
+        catching_up = CatchUp(consumer, applier, settings, lock, stop, on_progress, started)
         done = await catching_up.run(positions)
-        rounds = 0
-        while True:
-            try:
-                behind_ok = rounds == CATCH_UP_ROUNDS
-                swapped = await _swap(lock, projection, schema, view_owners, stop, behind_ok)
-                break
-            except shadow.ShadowBehind as behind:
-                # The live runner applied what the rebuild has not yet: catch up to it
-                # first, or its readers would see those rows vanish until it re-applied
-                # them. It keeps applying meanwhile; after a few rounds, swap anyway.
-                rounds += 1
-                log.info("swap catching up with the live runner", projector=name, round=rounds)
-                done += await catching_up.run(positions, floor=behind.positions)
+
+        async def to_the_live_runner(ahead: dict[TopicPartition, int]) -> None:
+            nonlocal done
+            log.info("swap catching up with the live runner", projector=name)
+            done += await catching_up.run(positions, target=ahead)
+
+        swapped = await _swap(lock, projection, schema, view_owners, stop, to_the_live_runner)
         finished = True
         seconds = time.monotonic() - started
         log.info(
@@ -163,21 +157,37 @@ async def _swap(
     schema: str,
     view_owners: Sequence[Any],
     stop: asyncio.Event,
-    behind_ok: bool,
+    catch_up: Callable[[dict[TopicPartition, int]], Awaitable[None]],
 ) -> list[str]:
     """Swap, backing off while readers hold the tables (never making them wait long) and
     while the database is away (the swap is one transaction: undone if cut off)."""
     delay = 0.05
+    tables: list[str] = []
+    cut_off = False
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             conn = await lock.session()
+            if cut_off and await swap_committed(conn, schema, projection.name):
+                return tables  # committed, its answer lost with the connection
+            tables = await shadow.tables_in(conn, schema)
             async with conn.transaction():
-                return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
-        except (shadow.ShadowBehind, ReplayError):
+                return await shadow.swap(conn, projection, schema, view_owners, catch_up)
+        except ReplayError:
             raise
+        except shadow.ShadowBehind as exc:
+            raise ReplayError(
+                f"the live positions of {projection.name} are past the end of the log "
+                f"({exc}: was the topic created again?); the live tables are unchanged"
+            ) from None
         except shadow.SwapError as exc:
             raise ReplayError(str(exc)) from None
-        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+        except (
+            asyncpg.LockNotAvailableError,
+            asyncpg.DeadlockDetectedError,
+            # A statement_timeout shorter than the lock_timeout ends the wait for readers
+            # this way (or a pg_cancel_backend): the session and its lock stay.
+            asyncpg.QueryCanceledError,
+        ) as exc:
             if attempt == SWAP_ATTEMPTS or stop.is_set():
                 raise ReplayError(
                     f"could not take the locks to swap {projection.name} in after {attempt} "
@@ -193,12 +203,28 @@ async def _swap(
                     f"({type(exc).__name__}: {exc}); the live tables are unchanged"
                 ) from exc
             if attempt == SWAP_ATTEMPTS or stop.is_set():
-                raise
+                raise ReplayError(
+                    f"the database went away at the swap of {projection.name} ({exc}); "
+                    "the live tables are unchanged, or swapped if it committed: "
+                    "`lattice status` shows which"
+                ) from exc
             await lock.lost()
+            cut_off = True
             log.warning("database unavailable at the swap; retrying", error=str(exc))
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
     raise AssertionError("unreachable")
+
+
+async def swap_committed(conn: asyncpg.Connection, schema: str, name: str) -> bool:
+    """Whether a swap cut off at its commit did commit: the shadow schema and the
+    rebuild's positions are gone (the lock held all along, no other replay removed them)."""
+    if await conn.fetchval("SELECT to_regnamespace($1)", schema) is not None:
+        return False
+    rest = await conn.fetchval(
+        "SELECT count(*) FROM lattice.offsets WHERE projector = $1", shadow.replay_key(name)
+    )
+    return bool(rest == 0)
 
 
 async def _discard(lock: ReplayLock, schema: str, key: str) -> None:
@@ -218,79 +244,3 @@ async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list
         return await partitions_of(consumer, topics)
     except UnknownTopic as exc:
         raise ReplayError(str(exc)) from None
-
-
-@dataclass
-class _CatchUp:
-    """Applies the log to the shadow with the rebuild's own positions."""
-
-    consumer: AIOKafkaConsumer
-    applier: BatchApplier
-    settings: Settings
-    lock: ReplayLock
-    stop: asyncio.Event
-    on_progress: Callable[[Progress], None] | None
-    started: float
-
-    async def run(
-        self,
-        positions: dict[TopicPartition, int],
-        floor: Mapping[TopicPartition, int] | None = None,
-    ) -> int:
-        """Apply batches until every partition reached the log end (less than a batch
-        left) and at least `floor`; returns records done."""
-        consumer, settings = self.consumer, self.settings
-        for tp, offset in positions.items():
-            consumer.seek(tp, offset)
-        first = dict(positions)
-        ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
-        backoff, last_report = 0.5, 0.0
-        while True:
-            behind = [tp for tp in positions if positions[tp] < ends[tp]]
-            if not behind:
-                fresh = await consumer.end_offsets(list(positions))
-                # Swap once what is left is less than a batch: the live runner, re-seeking
-                # to the rebuilt positions, applies the rest within its next batch.
-                short = floor is not None and any(
-                    positions[tp] < floor.get(tp, 0) for tp in positions
-                )
-                left = sum(fresh[tp] - positions[tp] for tp in positions)
-                if not short and left <= settings.projector_batch_size:
-                    report_progress(
-                        self.on_progress, positions, first, ends, self.started, force=True
-                    )
-                    return sum(positions[tp] - first[tp] for tp in positions)
-                ends = fresh
-                continue
-            if self.stop.is_set():
-                raise ReplayError("replay interrupted; the live tables are unchanged")
-            fetched = await consumer.getmany(
-                *behind,
-                timeout_ms=settings.projector_batch_wait_ms,
-                max_records=settings.projector_batch_size,
-            )
-            batch = {
-                tp: [to_record(m) for m in msgs if m.offset >= positions[tp]]
-                for tp, msgs in fetched.items()
-            }
-            batch = {tp: recs for tp, recs in batch.items() if recs}
-            if not batch:
-                continue
-            try:
-                await self.lock.session()  # still ours (a lost session: taken again)
-                await self.applier.commit(batch, {tp: positions[tp] for tp in batch})
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                log.warning("database unavailable during replay; retrying", error=str(exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-                for tp in batch:
-                    consumer.seek(tp, positions[tp])
-                continue
-            backoff = 0.5
-            for tp, recs in batch.items():
-                positions[tp] = recs[-1].offset + 1
-            if time.monotonic() - last_report >= 1.0:
-                last_report = time.monotonic()
-                report_progress(self.on_progress, positions, first, ends, self.started)

@@ -10,7 +10,7 @@ and then see the rebuilt tables, never an empty or half-built one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -36,15 +36,26 @@ class SwapError(Exception):
 
 
 class ShadowBehind(Exception):
-    """The live runner applied records the rebuild has not (`positions`: the live next
-    offsets it must reach first); nothing was changed. Swapped in now, the tables would
-    lose those rows until the live runner applied them again."""
+    """The live runner applied records the rebuild has not and could not reach
+    (`positions`: the live next offsets); nothing was changed. Swapped in now, the tables
+    would lose those rows until the live runner applied them again."""
 
     def __init__(self, positions: dict[TopicPartition, int]) -> None:
         super().__init__(
             f"the live tables are ahead of the rebuild on {len(positions)} partition(s)"
         )
         self.positions = positions
+
+
+async def _live_ahead(conn: asyncpg.Connection, name: str) -> dict[TopicPartition, int]:
+    """The live next offsets on partitions where the live runner is past the rebuild."""
+    live = await offsets.load_all(conn, name)
+    rebuilt = await offsets.load_all(conn, replay_key(name))
+    return {
+        tp: at.next_offset
+        for tp, at in live.items()
+        if tp in rebuilt and at.next_offset > rebuilt[tp].next_offset
+    }
 
 
 def shadow_schema(name: str) -> str:
@@ -160,30 +171,30 @@ async def swap(
     projection: Any,
     schema: str,
     view_owners: Sequence[Any],
-    *,
-    behind_ok: bool = False,
+    catch_up: Callable[[dict[TopicPartition, int]], Awaitable[None]] | None = None,
 ) -> list[str]:
     """Swap the shadow tables in and adopt the replay's positions, in the caller's
     transaction; returns the tables swapped. LockNotAvailableError: a reader held on;
-    retry. ShadowBehind: the live runner is ahead (unless `behind_ok`); catch up, retry.
-    `view_owners`: the other projections whose views.sql is re-run if installed here (a
-    view may join several projections' tables)."""
+    retry. `view_owners`: the other projections whose views.sql is re-run if installed
+    here (a view may join several projections' tables).
+
+    With the live positions locked, a live runner that applied records the rebuild has not
+    read yet waits at its next commit while `catch_up` (applying the log to the shadow, in
+    transactions of its own) brings the rebuild to its positions: swapped in, the tables
+    are never older than the live ones. ShadowBehind: still behind after that (or no
+    `catch_up`)."""
     name = projection.name
     # Readers lock a view and its tables in whatever order their query names them, so a
     # swap can deadlock with one. Waiting briefly and giving up (the caller retries) makes
     # the swap, never a reader, the one that backs off.
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
-    await offsets.lock(conn, name)
+    await offsets.lock(conn, name)  # the runner's order: positions, then tables
+    ahead = await _live_ahead(conn, name)
+    if ahead and catch_up is not None:
+        await catch_up(ahead)
     await offsets.lock(conn, replay_key(name))
-    # With the live positions locked, the live runner cannot commit past them.
-    live_at = await offsets.load_all(conn, name)
-    rebuilt_at = await offsets.load_all(conn, replay_key(name))
-    ahead = {
-        tp: at.next_offset
-        for tp, at in live_at.items()
-        if tp in rebuilt_at and at.next_offset > rebuilt_at[tp].next_offset
-    }
-    if ahead and not behind_ok:
+    ahead = await _live_ahead(conn, name)
+    if ahead:
         raise ShadowBehind(ahead)
     await refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)

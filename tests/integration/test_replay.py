@@ -4,12 +4,14 @@ see an empty or partial table, the live runner carries on from the rebuilt posit
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import orjson
 import pytest
+import structlog.testing
 
 from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
@@ -19,7 +21,7 @@ from projectors.base import HydrationUnavailable, Record
 from projectors.events import projection as events
 from projectors.meters import projection as meters
 from projectors.progress import Progress
-from projectors.replay import replay
+from projectors.replay import replay, swap_committed
 from projectors.replay_lock import REPLAY_LOCK
 from projectors.replay_start import ReplayError, StartAt
 from projectors.service import dead_letter_producer
@@ -338,6 +340,115 @@ async def test_a_swap_that_cannot_restore_a_view_is_undone_and_said_in_one_line(
         await conn.close()
 
 
+async def test_under_steady_traffic_a_reader_never_sees_rows_vanish_at_the_swap(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """Webhooks keep arriving through the whole replay and the live runner keeps up with
+    them: at the swap it is always ahead of the rebuild. A reader polling the table must
+    never see fewer rows than it saw before."""
+    ours = settings.model_copy(
+        update={"group_prefix": unique, "projector_batch_size": 50, "projector_batch_wait_ms": 5}
+    )
+    url = settings.require_database_url()
+    everything = records(stream(1400, seed=17))
+    await produce(stack.kafka_bootstrap, settings.topic, everything[:800])
+    counts: list[int] = []
+    sent = everything[:800]
+    done = asyncio.Event()
+
+    async def webhooks() -> None:
+        for start in range(800, len(everything), 5):
+            await produce(stack.kafka_bootstrap, settings.topic, everything[start : start + 5])
+            sent.extend(everything[start : start + 5])
+            if done.is_set():
+                break
+
+    async def reader() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            while not done.is_set():
+                counts.append(await conn.fetchval("SELECT count(*) FROM projections.events"))
+                await asyncio.sleep(0.002)
+        finally:
+            await conn.close()
+
+    async with running(ours, [events]):
+        await _caught_up(ours)
+        tasks = [asyncio.create_task(webhooks()), asyncio.create_task(reader())]
+        try:
+            async with dead_letter_producer(ours) as dead_letters:
+                result = await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+        await _caught_up(ours)
+
+    assert result.tables == ["events"]
+    assert len(counts) > 20, "the reader barely ran"
+    drops = [(a, b) for a, b in itertools.pairwise(counts) if b < a]
+    assert not drops, f"rows vanished from under the reader: {drops[:5]}"
+    assert len(sent) > 800, "no webhook arrived during the replay"
+    assert _ids(await rows(url, "SELECT id FROM projections.events")) == {
+        r.headers[0][1].decode() for r in sent
+    }
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+
+
+async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_keeps_its_lock(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """The replay's role has a statement_timeout shorter than the swap's lock_timeout, so
+    waiting for a reader ends as a cancelled statement: the swap backs off as for a lock
+    timeout, and keeps its session (the replay's lock), rather than taking the cancel for
+    the database going away."""
+    ours = await _events_projected(settings, stack, unique, seed=18)
+    url = settings.require_database_url()
+    impatient = ours.model_copy(update={"database_url": f"{url}?statement_timeout=200"})
+    reader = await asyncpg.connect(url)
+    try:
+        holding = reader.transaction()
+        await holding.start()
+        await reader.fetchval("SELECT count(*) FROM projections.events")  # ACCESS SHARE
+        asyncio.get_running_loop().call_later(2.0, lambda: asyncio.ensure_future(holding.commit()))
+        with structlog.testing.capture_logs() as logged:
+            async with dead_letter_producer(ours) as dead_letters:
+                result = await replay(impatient, events, StartAt(from_beginning=True), dead_letters)
+    finally:
+        await reader.close()
+    said = [line["event"] for line in logged]
+    assert result.tables == ["events"]
+    assert "swap waiting for readers" in said
+    assert "replay lock taken again on a new connection" not in said
+    assert "database unavailable at the swap; retrying" not in said
+
+
+async def test_a_swap_whose_commit_answer_was_lost_is_known_as_swapped(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """The connection dropped after the server committed the swap, before the answer: the
+    retry must see a swap done (no shadow schema, no rebuild positions), not report a
+    failure ("shadow schema ... holds objects") for a replay that swapped in."""
+    ours = await _events_projected(settings, stack, unique, seed=19)
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE SCHEMA replay_events")
+        await conn.execute(
+            "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+            "VALUES ('events.replay', $1, 0, 5)",
+            ours.topic,
+        )
+        assert not await swap_committed(conn, "replay_events", "events")  # not even begun
+        await conn.execute("DROP SCHEMA replay_events")
+        assert not await swap_committed(conn, "replay_events", "events")  # positions still there
+        await conn.execute("DELETE FROM lattice.offsets WHERE projector = 'events.replay'")
+        assert await swap_committed(conn, "replay_events", "events")
+    finally:
+        await conn.execute("DROP SCHEMA IF EXISTS replay_events")
+        await conn.execute("DELETE FROM lattice.offsets WHERE projector = 'events.replay'")
+        await conn.close()
+
+
 async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -390,7 +501,9 @@ async def test_views_and_grants_survive_a_replay(
         await conn.execute(f'GRANT SELECT ON analytics.top_type TO "{reader}"')
         # And grants on the projection's own table and view (a BI role reading them).
         await conn.execute(f'GRANT SELECT, INSERT ON projections.events TO "{reader}"')
-        await conn.execute(f'GRANT SELECT ON projections.event_types TO "{reader}"')
+        await conn.execute(
+            f'GRANT SELECT ON projections.event_types TO "{reader}" WITH GRANT OPTION'
+        )
         before = await conn.fetch("SELECT * FROM analytics.by_type ORDER BY type")
         async with dead_letter_producer(ours) as dead_letters:
             await replay(ours, events, StartAt(from_beginning=True), dead_letters)
@@ -399,7 +512,7 @@ async def test_views_and_grants_survive_a_replay(
             ("analytics.top_type", "SELECT"),
             ("projections.events", "SELECT"),
             ("projections.events", "INSERT"),
-            ("projections.event_types", "SELECT"),
+            ("projections.event_types", "SELECT WITH GRANT OPTION"),
         ]:
             assert await conn.fetchval(
                 "SELECT has_table_privilege($1, $2, $3)", reader, relation, privilege

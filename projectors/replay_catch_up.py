@@ -1,0 +1,100 @@
+"""A replay's rebuild: the log applied to the shadow tables with the rebuild's own
+positions, up to the log end or to where the live runner stands (see `replay.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from deploy.settings import Settings
+from projectors.base import to_record
+from projectors.batch import BatchApplier
+from projectors.failures import is_transient
+from projectors.progress import Progress, report_progress
+from projectors.replay_lock import ReplayLock
+from projectors.replay_start import ReplayError
+
+log = structlog.get_logger("lattice.replay")
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class CatchUp:
+    """Applies the log to the shadow with the rebuild's own positions."""
+
+    consumer: AIOKafkaConsumer
+    applier: BatchApplier
+    settings: Settings
+    lock: ReplayLock
+    stop: asyncio.Event
+    on_progress: Callable[[Progress], None] | None
+    started: float
+
+    async def run(
+        self,
+        positions: dict[TopicPartition, int],
+        target: Mapping[TopicPartition, int] | None = None,
+    ) -> int:
+        """Apply batches until every partition reached `target` or, without one, the log
+        end (less than a batch left); returns records done."""
+        consumer, settings = self.consumer, self.settings
+        for tp, offset in positions.items():
+            consumer.seek(tp, offset)
+        first = dict(positions)
+        ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
+        if target is not None:  # never past the log end (a position there waits for ever)
+            ends = {tp: min(end, target.get(tp, positions[tp])) for tp, end in ends.items()}
+        backoff, last_report = 0.5, 0.0
+        while True:
+            behind = [tp for tp in positions if positions[tp] < ends[tp]]
+            if not behind and target is not None:
+                return sum(positions[tp] - first[tp] for tp in positions)
+            if not behind:
+                fresh = await consumer.end_offsets(list(positions))
+                # Swap once what is left is less than a batch: the swap catches up with
+                # the live runner (which is there), and the live runner applies the rest.
+                left = sum(fresh[tp] - positions[tp] for tp in positions)
+                if left <= settings.projector_batch_size:
+                    report_progress(
+                        self.on_progress, positions, first, ends, self.started, force=True
+                    )
+                    return sum(positions[tp] - first[tp] for tp in positions)
+                ends = fresh
+                continue
+            if self.stop.is_set():
+                raise ReplayError("replay interrupted; the live tables are unchanged")
+            fetched = await consumer.getmany(
+                *behind,
+                timeout_ms=settings.projector_batch_wait_ms,
+                max_records=settings.projector_batch_size,
+            )
+            batch = {
+                tp: [to_record(m) for m in msgs if m.offset >= positions[tp]]
+                for tp, msgs in fetched.items()
+            }
+            batch = {tp: recs for tp, recs in batch.items() if recs}
+            if not batch:
+                continue
+            try:
+                await self.lock.session()  # still ours (a lost session: taken again)
+                await self.applier.commit(batch, {tp: positions[tp] for tp in batch})
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("database unavailable during replay; retrying", error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                for tp in batch:
+                    consumer.seek(tp, positions[tp])
+                continue
+            backoff = 0.5
+            for tp, recs in batch.items():
+                positions[tp] = recs[-1].offset + 1
+            if time.monotonic() - last_report >= 1.0:
+                last_report = time.monotonic()
+                report_progress(self.on_progress, positions, first, ends, self.started)
