@@ -23,8 +23,10 @@ from pydantic import (
     StrictInt,
     StrictStr,
     TypeAdapter,
+    ValidationError,
     WithJsonSchema,
 )
+from pydantic_core import InitErrorDetails
 
 EVENT_ID_PREFIX = "evt_"
 SNAPSHOT = "event"
@@ -265,8 +267,19 @@ ENVELOPE = TypeAdapter[SnapshotEvent | ThinEvent](Envelope)
 
 
 def validate_event(body: bytes | str) -> SnapshotEvent | ThinEvent:
-    """Parse and validate a full envelope into its model (raises pydantic.ValidationError)."""
-    return ENVELOPE.validate_json(body)
+    """Parse and validate a full envelope into its model (raises pydantic.ValidationError).
+
+    Parsed by orjson, as the receiver parses it, so the two agree on every body: pydantic's
+    own JSON parser stops at 200 levels of nesting where orjson goes to 1024, and the
+    same JSON read by both (duplicate keys: the last; integers past 64 bits: floats)."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError.from_exception_data(
+            "StripeEvent",
+            [InitErrorDetails(type="json_invalid", loc=(), input=body, ctx={"error": str(exc)})],
+        ) from None
+    return ENVELOPE.validate_python(parsed)
 
 
 def envelope_json_schema() -> dict[str, Any]:

@@ -316,7 +316,10 @@ def test_a_mistyped_field_is_named_in_the_refusal(change: dict[str, Any], field:
 
 
 def assert_layers_agree(event: dict[str, Any]) -> None:
-    body = json.dumps(event).encode()
+    assert_body_layers_agree(json.dumps(event).encode(), event)
+
+
+def assert_body_layers_agree(body: bytes, event: Any = None) -> None:
     try:
         parse_event(body)
         receiver = True
@@ -327,4 +330,20 @@ def assert_layers_agree(event: dict[str, Any]) -> None:
         model = True
     except ValidationError:
         model = False
-    assert model == receiver, f"receiver {'took' if receiver else 'refused'} {event}"
+    shown = event if event is not None else body[:200]
+    assert model == receiver, f"receiver {'took' if receiver else 'refused'} {shown!r}"
+
+
+@pytest.mark.parametrize("depth", [150, 199, 200, 201, 1000, 1023, 1100])
+def test_the_models_take_a_deep_body_exactly_when_the_receiver_does(depth: int) -> None:
+    # pydantic's own JSON parser stops at 200 levels, orjson (the receiver's) at 1024.
+    inner = b"[" * (depth - 3) + b"]" * (depth - 3)  # in the event, data and object
+    body = json.dumps({**SNAPSHOT, "data": {"object": {"id": "in_1", "a": "x"}}}).encode()
+    body = body.replace(b'"a": "x"', b'"a": ' + inner)
+    assert_body_layers_agree(body)
+
+
+def test_a_body_that_is_not_json_fails_validation_as_pydantic_says() -> None:
+    with pytest.raises(ValidationError) as refused:
+        validate_event(b'{"id": "evt_1", ')
+    assert refused.value.errors()[0]["type"] == "json_invalid"
