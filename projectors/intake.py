@@ -35,6 +35,8 @@ def group_consumer(settings: Settings, name: str) -> AIOKafkaConsumer:
         client_id=f"lattice-{name}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        # An app may write usage facts in Kafka transactions: what it aborted never counts.
+        isolation_level="read_committed",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
         session_timeout_ms=session_ms,

@@ -82,6 +82,7 @@ async def replay(
         enable_auto_commit=False,
         group_id=None,
         client_id=f"lattice-replay-{name}",
+        isolation_level="read_committed",  # as the live runner reads
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )

@@ -41,7 +41,9 @@ class CatchUp:
         target: Mapping[TopicPartition, int] | None = None,
     ) -> int:
         """Apply batches until every partition reached `target` or, without one, the log
-        end (less than a batch left); returns records done."""
+        end (less than a batch left); returns records done. The log end counts Kafka's
+        transaction markers, which no fetch returns: a partition is read to where the
+        consumer got past (`read`), its position stays after its last record."""
         consumer, settings = self.consumer, self.settings
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
@@ -49,16 +51,17 @@ class CatchUp:
         ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
         if target is not None:  # never past the log end (a position there waits for ever)
             ends = {tp: min(end, target.get(tp, positions[tp])) for tp, end in ends.items()}
+        read = dict(positions)
         backoff, last_report = 0.5, 0.0
         while True:
-            behind = [tp for tp in positions if positions[tp] < ends[tp]]
+            behind = [tp for tp in positions if read[tp] < ends[tp]]
             if not behind and target is not None:
                 return sum(positions[tp] - first[tp] for tp in positions)
             if not behind:
                 fresh = await consumer.end_offsets(list(positions))
                 # Swap once what is left is less than a batch: the swap catches up with
                 # the live runner (which is there), and the live runner applies the rest.
-                left = sum(fresh[tp] - positions[tp] for tp in positions)
+                left = sum(fresh[tp] - read[tp] for tp in positions)
                 if left <= settings.projector_batch_size:
                     report_progress(
                         self.on_progress, positions, first, ends, self.started, force=True
@@ -79,6 +82,8 @@ class CatchUp:
             }
             batch = {tp: recs for tp, recs in batch.items() if recs}
             if not batch:
+                for tp in behind:  # nothing but markers left, or nothing fetched yet
+                    read[tp] = max(read[tp], await consumer.position(tp))
                 continue
             try:
                 await self.lock.session()  # still ours (a lost session: taken again)
@@ -91,10 +96,12 @@ class CatchUp:
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 for tp in batch:
                     consumer.seek(tp, positions[tp])
+                    read[tp] = positions[tp]
                 continue
             backoff = 0.5
             for tp, recs in batch.items():
                 positions[tp] = recs[-1].offset + 1
+                read[tp] = max(read[tp], positions[tp])
             if time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
                 report_progress(self.on_progress, positions, first, ends, self.started)

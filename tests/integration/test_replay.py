@@ -12,6 +12,7 @@ import asyncpg
 import orjson
 import pytest
 import structlog.testing
+from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
@@ -447,6 +448,58 @@ async def test_a_swap_whose_commit_answer_was_lost_is_known_as_swapped(
         await conn.execute("DROP SCHEMA IF EXISTS replay_events")
         await conn.execute("DELETE FROM lattice.offsets WHERE projector = 'events.replay'")
         await conn.close()
+
+
+def _fact(identifier: str) -> bytes:
+    return orjson.dumps(
+        {
+            "identifier": identifier,
+            "event_name": "api_requests",
+            "stripe_customer_id": "cus_NeZwdNtLEOXuvB",
+            "value": "3",
+            "timestamp": 1_764_064_800,
+        }
+    )
+
+
+async def test_usage_facts_an_app_aborted_count_nowhere_and_a_replay_reads_past_markers(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """An app writing usage facts in Kafka transactions (exactly-once producers do): a fact
+    of an aborted transaction was never reported, and the markers each transaction leaves
+    in the log are no records (a replay waiting to read them never ended)."""
+    ours = settings.model_copy(update={"group_prefix": unique})
+    url = settings.require_database_url()
+    app = AIOKafkaProducer(
+        bootstrap_servers=stack.kafka_bootstrap, transactional_id=f"{unique}-usage-app"
+    )
+    await app.start()
+    try:
+        async with app.transaction():
+            await app.send_and_wait(settings.usage_topic, _fact("kept-1"), key=b"cus_1")
+        await app.begin_transaction()
+        await app.send_and_wait(settings.usage_topic, _fact("aborted-1"), key=b"cus_1")
+        await app.abort_transaction()
+        async with app.transaction():
+            await app.send_and_wait(settings.usage_topic, _fact("kept-2"), key=b"cus_1")
+    finally:
+        await app.stop()
+    facts = "SELECT identifier FROM projections.usage_facts ORDER BY identifier"
+    async with running(ours, [meters]):
+        # Past the last fact (a position stays after a record, never after a marker); the
+        # event log is empty here, so these are the usage topic's.
+        await eventually(
+            lambda: positions(url, "meters"),
+            lambda p: sum(p.values()) == 5,
+            timeout=30,
+            what="meters past the last fact",
+        )
+        assert await rows(url, facts) == [("kept-1",), ("kept-2",)]
+    async with dead_letter_producer(ours) as dead_letters:
+        await asyncio.wait_for(
+            replay(ours, meters, StartAt(from_beginning=True), dead_letters), timeout=60
+        )
+    assert await rows(url, facts) == [("kept-1",), ("kept-2",)]
 
 
 async def test_replay_since_a_time_reapplies_on_top_of_a_copy_of_the_live_tables(
