@@ -66,9 +66,8 @@ class Expected:
     balances: dict[tuple[str, str], Balance]
     customers: int = 0
     transfers: int = 0
-    # The newest usage a fact reports: the view counts from the newest event or fact its
-    # rows reflect, which is at least that, and no simulated period ends between the two.
-    newest_usage: int = 0
+    # The newest event or fact the meters projection's rows reflect: the view's clock.
+    meters_clock: int = 0
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -77,7 +76,7 @@ class Expected:
         invoice that ended over three days before the newest usage (`unbilled`), largest
         absolute delta first (as the view `usage_discrepancies`)."""
         judged = ("under_billed", "over_billed")
-        ended = self.newest_usage - UNBILLED_AFTER
+        ended = self.meters_clock - UNBILLED_AFTER
         rows = [row for row in self.reconciliation if row.status in judged] + [
             replace(row, status="unbilled")
             for row in self.reconciliation
@@ -171,8 +170,43 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
         balances=_balances(story),
         customers=len(story.subscriptions),
         transfers=len(story.transfers),
-        newest_usage=max((int(f.value["timestamp"]) for f in story.facts), default=0),
+        meters_clock=_meters_clock(story),
     )
+
+
+# Invoice statuses whose metered lines the meters projection counts.
+FINALIZED = frozenset({"open", "paid", "uncollectible", "void"})
+
+
+def _meters_clock(story: Story) -> int:
+    """The newest event or fact the `meters` projection's rows reflect (the clock of its
+    view `usage_discrepancies`): usage facts, the meter's and its error reports' events,
+    every event of a subscription with a metered item (each shows its period), finalized
+    invoices with a metered line, and credit notes."""
+    metered = {i.price.id for sub in story.subscriptions for i in sub.items if i.quantity is None}
+    subscriptions = {
+        sub.id for sub in story.subscriptions if any(i.price.id in metered for i in sub.items)
+    }
+    invoices = {
+        inv.id for inv in story.invoices if any(line.price.id in metered for line in inv.lines)
+    }
+    newest = max((int(f.value["timestamp"]) for f in story.facts), default=0)
+    for emitted in story.events:
+        kind = str(emitted.body["type"])
+        data = emitted.body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        obj = obj if isinstance(obj, dict) else {}
+        if (
+            kind.startswith(("billing.meter.", "v1.billing.meter.", "credit_note."))
+            or (kind.startswith("customer.subscription.") and obj.get("id") in subscriptions)
+            or (
+                kind.startswith("invoice.")
+                and obj.get("id") in invoices
+                and obj.get("status") in FINALIZED
+            )
+        ):
+            newest = max(newest, emitted.created)
+    return newest
 
 
 def _balances(story: Story) -> dict[tuple[str, str], Balance]:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ingest.simulate.billing_shapes import Invoice, Subscription
-from ingest.simulate.shapes import Ids, Json, Price, event
+from ingest.simulate.shapes import Ids, Json, event
 
 DAY = 86_400
 HOUR = 3_600
@@ -72,7 +72,6 @@ class Story:
     fees: list[tuple[str, str, int, int]] = field(default_factory=list)  # acct, cur, fee, refunded
     payouts: list[tuple[str, str, int, str]] = field(default_factory=list)  # acct, cur, amt, status
     meter_id: str = ""
-    metered_price: Price | None = None
 
     def emit(
         self,
