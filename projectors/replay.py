@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ from projectors.topic_partitions import UnknownTopic, partitions_of
 
 log = structlog.get_logger("lattice.replay")
 SWAP_ATTEMPTS = 200
+# Swaps backed out because the live runner was past the rebuild; the last one swaps anyway
+# (the live runner then applies those records again, its rows back within a batch).
+SWAP_ROUNDS = 5
 # A swap cut off by these is undone by the server (or committed: see `swap_committed`)
 # and tried again on a new session. Not a cancelled statement (a statement_timeout, a
 # pg_cancel_backend), an OperatorInterventionError too: that one waits as for readers.
@@ -119,13 +122,19 @@ async def replay(
         started = time.monotonic()
         catching_up = CatchUp(consumer, applier, settings, lock, stop, on_progress, started)
         done = await catching_up.run(positions)
-
-        async def to_the_live_runner(ahead: dict[TopicPartition, int]) -> None:
-            nonlocal done
-            log.info("swap catching up with the live runner", projector=name)
-            done += await catching_up.run(positions, target=ahead)
-
-        swapped = await _swap(lock, projection, schema, view_owners, stop, to_the_live_runner)
+        for attempt in range(1, SWAP_ROUNDS + 1):
+            # To the log end as it is now, holding no lock: a live runner (its own batch
+            # and commit behind the log) is then rarely past the rebuild at the swap.
+            ends = await consumer.end_offsets(list(positions))
+            done += await catching_up.run(positions, target=ends)
+            try:
+                last = attempt == SWAP_ROUNDS
+                swapped = await _swap(lock, projection, schema, view_owners, stop, last)
+                break
+            except shadow.ShadowBehind:
+                log.info("swap behind the live runner; catching up", projector=name)
+        else:
+            raise AssertionError("the last round swaps whatever the live runner did")
         finished = True
         seconds = time.monotonic() - started
         log.info(
@@ -158,7 +167,7 @@ async def _swap(
     schema: str,
     view_owners: Sequence[Any],
     stop: asyncio.Event,
-    catch_up: Callable[[dict[TopicPartition, int]], Awaitable[None]],
+    behind_ok: bool,
 ) -> list[str]:
     """Swap, backing off while readers hold the tables (never making them wait long) and
     while the database is away (the swap is one transaction: undone if cut off)."""
@@ -172,14 +181,9 @@ async def _swap(
                 return tables  # committed, its answer lost with the connection
             tables = await shadow.tables_in(conn, schema)
             async with conn.transaction():
-                return await shadow.swap(conn, projection, schema, view_owners, catch_up)
-        except ReplayError:
+                return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
+        except (ReplayError, shadow.ShadowBehind):
             raise
-        except shadow.ShadowBehind as exc:
-            raise ReplayError(
-                f"the live positions of {projection.name} are past the end of the log "
-                f"({exc}: was the topic created again?); the live tables are unchanged"
-            ) from None
         except shadow.SwapError as exc:
             raise ReplayError(str(exc)) from None
         except (

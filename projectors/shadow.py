@@ -10,7 +10,7 @@ and then see the rebuilt tables, never an empty or half-built one.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -36,9 +36,8 @@ class SwapError(Exception):
 
 
 class ShadowBehind(Exception):
-    """The live runner applied records the rebuild has not and could not reach
-    (`positions`: the live next offsets); nothing was changed. Swapped in now, the tables
-    would lose those rows until the live runner applied them again."""
+    """The live runner applied records the rebuild has not (`positions`: the live next
+    offsets); nothing was changed."""
 
     def __init__(self, positions: dict[TopicPartition, int]) -> None:
         super().__init__(
@@ -171,30 +170,25 @@ async def swap(
     projection: Any,
     schema: str,
     view_owners: Sequence[Any],
-    catch_up: Callable[[dict[TopicPartition, int]], Awaitable[None]] | None = None,
+    *,
+    behind_ok: bool = False,
 ) -> list[str]:
     """Swap the shadow tables in and adopt the replay's positions, in the caller's
     transaction; returns the tables swapped. LockNotAvailableError: a reader held on;
-    retry. `view_owners`: the other projections whose views.sql is re-run if installed
-    here (a view may join several projections' tables).
-
-    With the live positions locked, a live runner that applied records the rebuild has not
-    read yet waits at its next commit while `catch_up` (applying the log to the shadow, in
-    transactions of its own) brings the rebuild to its positions: swapped in, the tables
-    are never older than the live ones. ShadowBehind: still behind after that (or no
-    `catch_up`)."""
+    retry. ShadowBehind (unless `behind_ok`): with the live positions locked, the live
+    runner is past the rebuild; swapped in now, the tables would lose the rows of those
+    records until it applied them again: catch up and retry. `view_owners`: the other
+    projections whose views.sql is re-run if installed here (a view may join several
+    projections' tables)."""
     name = projection.name
     # Readers lock a view and its tables in whatever order their query names them, so a
     # swap can deadlock with one. Waiting briefly and giving up (the caller retries) makes
     # the swap, never a reader, the one that backs off.
     await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT_MS}ms'")
     await offsets.lock(conn, name)  # the runner's order: positions, then tables
-    ahead = await _live_ahead(conn, name)
-    if ahead and catch_up is not None:
-        await catch_up(ahead)
     await offsets.lock(conn, replay_key(name))
     ahead = await _live_ahead(conn, name)
-    if ahead:
+    if ahead and not behind_ok:
         raise ShadowBehind(ahead)
     await refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import orjson
@@ -395,6 +397,10 @@ async def test_under_steady_traffic_a_reader_never_sees_rows_vanish_at_the_swap(
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
 
 
+async def _said(logged: Sequence[Mapping[str, Any]]) -> list[str]:
+    return [line["event"] for line in logged]
+
+
 async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_keeps_its_lock(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -410,10 +416,21 @@ async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_kee
         holding = reader.transaction()
         await holding.start()
         await reader.fetchval("SELECT count(*) FROM projections.events")  # ACCESS SHARE
-        asyncio.get_running_loop().call_later(2.0, lambda: asyncio.ensure_future(holding.commit()))
         with structlog.testing.capture_logs() as logged:
+
+            async def let_go_once_the_swap_waited() -> None:
+                await eventually(
+                    lambda: _said(logged),
+                    lambda said: said.count("swap waiting for readers") >= 3,
+                    timeout=60,
+                    what="the swap waiting for the reader",
+                )
+                await holding.commit()
+
+            letting_go = asyncio.create_task(let_go_once_the_swap_waited())
             async with dead_letter_producer(ours) as dead_letters:
                 result = await replay(impatient, events, StartAt(from_beginning=True), dead_letters)
+            await letting_go
     finally:
         await reader.close()
     said = [line["event"] for line in logged]
