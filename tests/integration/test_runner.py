@@ -31,7 +31,7 @@ from projectors.deadletter import (
 )
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
-from projectors.migrate import migrate
+from projectors.migrate import ensure_runtime, migrate
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
@@ -302,6 +302,27 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_start_does_not_wait_for_a_session_idle_in_a_transaction_on_positions(
+    settings: Settings,
+) -> None:
+    """Each start re-runs the runtime SQL. A BI tool left a transaction open after reading
+    `lattice.offsets`: an ALTER TABLE (even one with nothing to add) would wait for it,
+    and every projector's commit behind the ALTER."""
+    url = settings.require_database_url()
+    idle = await asyncpg.connect(url)
+    starting = await asyncpg.connect(url)
+    try:
+        await ensure_runtime(starting)
+        reading = idle.transaction()
+        await reading.start()
+        await idle.fetch("SELECT * FROM lattice.offsets LIMIT 1")
+        await asyncio.wait_for(ensure_runtime(starting), timeout=10)
+        await reading.rollback()
+    finally:
+        await idle.close()
+        await starting.close()
 
 
 async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_for(
