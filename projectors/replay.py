@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
 from projectors import offsets, shadow
+from projectors.base import LIVE_SCHEMA
 from projectors.batch import Abandoned, BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.intake import stop_consumer
@@ -173,13 +174,15 @@ async def _swap(
     while the database is away (the swap is one transaction: undone if cut off)."""
     delay = 0.05
     tables: list[str] = []
+    built: list[int] = []  # the shadow tables' OIDs, which a swap keeps
     cut_off = False
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             conn = await lock.session()
-            if cut_off and await swap_committed(conn, schema, projection.name):
+            if cut_off and await swap_committed(conn, built):
                 return tables  # committed, its answer lost with the connection
             tables = await shadow.tables_in(conn, schema)
+            built = await _oids(conn, schema)
             async with conn.transaction():
                 return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
         except (ReplayError, shadow.ShadowBehind):
@@ -221,15 +224,29 @@ async def _swap(
     raise AssertionError("unreachable")
 
 
-async def swap_committed(conn: asyncpg.Connection, schema: str, name: str) -> bool:
-    """Whether a swap cut off at its commit did commit: the shadow schema and the
-    rebuild's positions are gone (the lock held all along, no other replay removed them)."""
-    if await conn.fetchval("SELECT to_regnamespace($1)", schema) is not None:
-        return False
-    rest = await conn.fetchval(
-        "SELECT count(*) FROM lattice.offsets WHERE projector = $1", shadow.replay_key(name)
+async def _oids(conn: asyncpg.Connection, schema: str) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+        schema,
     )
-    return bool(rest == 0)
+    return [int(r["oid"]) for r in rows]
+
+
+async def swap_committed(conn: asyncpg.Connection, built: Sequence[int]) -> bool:
+    """Whether a swap cut off at its commit did commit: the tables it was swapping in
+    (`built`, their OIDs) are the live ones now. Not when another replay, which took the
+    lock while it was lost, dropped them (a bare "the shadow schema is gone" would say
+    yes)."""
+    if not built:
+        return False
+    live = await conn.fetchval(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = ANY($1::oid[]) AND n.nspname = $2",
+        list(built),
+        LIVE_SCHEMA,
+    )
+    return bool(live == len(built))
 
 
 async def _discard(lock: ReplayLock, schema: str, key: str) -> None:
