@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from tests.fixtures.stripe_objects import MONTH, T0, credit_note, credit_note_li
 from tests.support.meter_scenario import Scenario, billing_month
 from tests.support.projectors import log_ends
 from tests.support.stripe_stream import produce, records, stream
+from tests.support.wait import eventually
 
 PARTITIONS = 3
 # Small batches: a kill lands between many commits, not before one big one.
@@ -271,3 +272,29 @@ def differences(
             missing = [r for r in theirs if r not in mine][:2]
             diffs[table] = f"{len(mine)} rows vs {len(theirs)}; extra {extra}; missing {missing}"
     return diffs
+
+
+async def finish_and_compare(
+    bootstrap: str,
+    url: str,
+    topics_prefix: str,
+    group_prefix: str,
+    reference: dict[str, list[tuple[Any, ...]]],
+    alive: Callable[[], None] = lambda: None,
+) -> None:
+    """Wait for every projector at the log end (`alive` raising if a process died), then
+    compare every table and view with the reference run's."""
+    topics = await create_topics(bootstrap, topics_prefix)  # idempotent: exists
+    settings = settings_for(bootstrap, url, topics, group_prefix)
+    wanted = expected_positions(settings, await log_end_positions(bootstrap, topics))
+
+    async def positions() -> dict[str, dict[tuple[str, int], int]]:
+        alive()
+        return await stored_positions(url)
+
+    await eventually(
+        positions, caught_up(wanted), timeout=120, what="every projector at the log end"
+    )
+    diffs = differences(await snapshot(url, topics), reference)
+    # A string, so that pytest prints every table's difference in full.
+    assert not diffs, "\n".join(f"{table}: {diff}" for table, diff in diffs.items())

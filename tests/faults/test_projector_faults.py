@@ -21,17 +21,14 @@ from tests.conftest import Stack
 from tests.faults.conftest import Reference
 from tests.faults.projecting import (
     API_KEY,
-    caught_up,
     create_topics,
-    differences,
     expected_positions,
+    finish_and_compare,
     log_end_positions,
     produce_stream,
     progress,
     projector_env,
     settings_for,
-    snapshot,
-    stored_positions,
 )
 from tests.faults.services import Service, at_least, projector
 from tests.support.wait import eventually
@@ -40,23 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = int(os.environ.get("LATTICE_FAULT_KILLS", "50"))
 STORM_STEPS = int(os.environ.get("LATTICE_STORM_STEPS", "24"))
-
-
-async def _finish_and_compare(
-    stack: Stack, url: str, unique: str, topics_prefix: str, reference: Reference
-) -> None:
-    topics = await create_topics(stack.kafka_bootstrap, topics_prefix)  # idempotent: exists
-    settings = settings_for(stack.kafka_bootstrap, url, topics, unique)
-    ends = await log_end_positions(stack.kafka_bootstrap, topics)
-    await eventually(
-        lambda: stored_positions(url),
-        caught_up(expected_positions(settings, ends)),
-        timeout=120,
-        what="every projector at the log end",
-    )
-    diffs = differences(await snapshot(url, topics), reference.tables)
-    # A string, so that pytest prints every table's difference in full.
-    assert not diffs, "\n".join(f"{table}: {diff}" for table, diff in diffs.items())
 
 
 async def progress_of(proc: Service, url: str) -> int:
@@ -114,7 +94,9 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
         injected["projector SIGKILL: of those, with records left to commit"] += mid_kills
         # Kills at the log end, with nothing left to commit, prove little.
         assert mid_kills >= len(points) * 9 // 10, f"{mid_kills} of {len(points)} mid-work"
-        await _finish_and_compare(stack, database_url, unique, unique, reference)
+        await finish_and_compare(
+            stack.kafka_bootstrap, database_url, unique, unique, reference.tables
+        )
     finally:
         proc.stop()
     assert API_KEY not in proc.output()
@@ -169,7 +151,9 @@ async def test_rebalance_storm_applies_no_event_twice(
         for proc in procs:
             if not proc.alive():
                 proc.start()
-        await _finish_and_compare(stack, database_url, unique, unique, reference)
+        await finish_and_compare(
+            stack.kafka_bootstrap, database_url, unique, unique, reference.tables
+        )
         assert not any(p.died_on_its_own() for p in procs), _died(procs)
     finally:
         for proc in procs:

@@ -15,6 +15,7 @@ import random
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,13 +27,12 @@ from tests.faults.projecting import (
     API_KEY,
     caught_up,
     create_topics,
-    differences,
     expected_positions,
+    finish_and_compare,
     log_end_positions,
     produce_stream,
     projector_env,
     settings_for,
-    snapshot,
     stored_positions,
 )
 from tests.faults.services import PrivatePostgres, Service, projector
@@ -74,20 +74,11 @@ async def _no_replay_left(url: str) -> None:
     )
 
 
-async def _live_at_the_end_like_the_reference(
-    stack: Stack, url: str, topics_prefix: str, reference: Reference, live: Service
-) -> None:
-    topics = await create_topics(stack.kafka_bootstrap, topics_prefix)  # idempotent: exists
-    settings = settings_for(stack.kafka_bootstrap, url, topics, topics_prefix)
-    ends = expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
-
-    async def positions() -> dict[str, dict[tuple[str, int], int]]:
+def _alive(live: Service) -> Callable[[], None]:
+    def check() -> None:
         assert live.alive(), f"the live projector died:\n{live.output()[-3000:]}"
-        return await stored_positions(url)
 
-    await eventually(positions, caught_up(ends), timeout=120, what="every projector at the end")
-    diffs = differences(await snapshot(url, topics), reference.tables)
-    assert not diffs, "\n".join(f"{table}: {diff}" for table, diff in diffs.items())
+    return check
 
 
 async def test_replays_killed_at_random_points_never_change_the_live_tables(
@@ -125,7 +116,9 @@ async def test_replays_killed_at_random_points_never_change_the_live_tables(
         for name in NAMES:
             await replay_to_the_end(env, tmp_path / f"replay-{name}.log", name)
         await _no_replay_left(database_url)
-        await _live_at_the_end_like_the_reference(stack, database_url, unique, reference, live)
+        await finish_and_compare(
+            stack.kafka_bootstrap, database_url, unique, unique, reference.tables, _alive(live)
+        )
     finally:
         live.stop()
     assert API_KEY not in live.output()
@@ -181,6 +174,8 @@ async def test_postgresql_killed_under_a_replay_it_waits_and_swaps_in(
             if not live.alive():  # gave up while the database was gone: its supervisor
                 live.start()
             await _no_replay_left(url)
-            await _live_at_the_end_like_the_reference(stack, url, unique, reference, live)
+            await finish_and_compare(
+                stack.kafka_bootstrap, url, unique, unique, reference.tables, _alive(live)
+            )
         finally:
             live.stop()
