@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,8 +126,7 @@ async def replay(
         for attempt in range(1, SWAP_ROUNDS + 1):
             # To the log end as it is now, holding no lock: a live runner (its own batch
             # and commit behind the log) is then rarely past the rebuild at the swap.
-            ends = await consumer.end_offsets(list(positions))
-            done += await catching_up.run(positions, target=ends)
+            done += await catching_up.run(positions, to_the_end=True)
             try:
                 last = attempt == SWAP_ROUNDS
                 swapped = await _swap(lock, projection, schema, view_owners, stop, last)
@@ -173,16 +172,14 @@ async def _swap(
     """Swap, backing off while readers hold the tables (never making them wait long) and
     while the database is away (the swap is one transaction: undone if cut off)."""
     delay = 0.05
-    tables: list[str] = []
-    built: list[int] = []  # the shadow tables' OIDs, which a swap keeps
+    built: dict[str, int] = {}  # the shadow's tables and their OIDs, which a swap keeps
     cut_off = False
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
             conn = await lock.session()
-            if cut_off and await swap_committed(conn, built):
-                return tables  # committed, its answer lost with the connection
-            tables = await shadow.tables_in(conn, schema)
-            built = await _oids(conn, schema)
+            if cut_off and await swap_committed(conn, built.values()):
+                return list(built)  # committed, its answer lost with the connection
+            built = built or await shadow.table_oids(conn, schema)
             async with conn.transaction():
                 return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
         except (ReplayError, shadow.ShadowBehind):
@@ -224,16 +221,7 @@ async def _swap(
     raise AssertionError("unreachable")
 
 
-async def _oids(conn: asyncpg.Connection, schema: str) -> list[int]:
-    rows = await conn.fetch(
-        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
-        schema,
-    )
-    return [int(r["oid"]) for r in rows]
-
-
-async def swap_committed(conn: asyncpg.Connection, built: Sequence[int]) -> bool:
+async def swap_committed(conn: asyncpg.Connection, built: Collection[int]) -> bool:
     """Whether a swap cut off at its commit did commit: the tables it was swapping in
     (`built`, their OIDs) are the live ones now. Not when another replay, which took the
     lock while it was lost, dropped them (a bare "the shadow schema is gone" would say

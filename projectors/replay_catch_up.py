@@ -1,5 +1,5 @@
 """A replay's rebuild: the log applied to the shadow tables with the rebuild's own
-positions, up to the log end or to where the live runner stands (see `replay.py`)."""
+positions, up to the log end (see `replay.py`)."""
 
 from __future__ import annotations
 
@@ -35,32 +35,26 @@ class CatchUp:
     on_progress: Callable[[Progress], None] | None
     started: float
 
-    async def run(
-        self,
-        positions: dict[TopicPartition, int],
-        target: Mapping[TopicPartition, int] | None = None,
-    ) -> int:
-        """Apply batches until every partition reached `target` or, without one, the log
-        end (less than a batch left); returns records done. The log end counts Kafka's
-        transaction markers, which no fetch returns: a partition is read to where the
-        consumer got past (`read`), its position stays after its last record."""
+    async def run(self, positions: dict[TopicPartition, int], *, to_the_end: bool = False) -> int:
+        """Apply batches until every partition reached the log end: with `to_the_end`, the
+        end as it is when called; without, an end that keeps moving, to less than a batch
+        from it. Returns records done. The log end counts Kafka's transaction markers,
+        which no fetch returns: a partition is read to where the consumer got past
+        (`read`), its position stays after its last record."""
         consumer, settings = self.consumer, self.settings
         for tp, offset in positions.items():
             consumer.seek(tp, offset)
         first = dict(positions)
         ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
-        if target is not None:  # never past the log end (a position there waits for ever)
-            ends = {tp: min(end, target.get(tp, positions[tp])) for tp, end in ends.items()}
         read = dict(positions)
         backoff, last_report = 0.5, 0.0
         while True:
             behind = [tp for tp in positions if read[tp] < ends[tp]]
-            if not behind and target is not None:
+            if not behind and to_the_end:
                 return sum(positions[tp] - first[tp] for tp in positions)
             if not behind:
                 fresh = await consumer.end_offsets(list(positions))
-                # Swap once what is left is less than a batch: the swap catches up with
-                # the live runner (which is there), and the live runner applies the rest.
+                # Less than a batch left: each swap round first reads to the end as it is.
                 left = sum(fresh[tp] - read[tp] for tp in positions)
                 if left <= settings.projector_batch_size:
                     report_progress(

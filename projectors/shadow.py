@@ -36,14 +36,7 @@ class SwapError(Exception):
 
 
 class ShadowBehind(Exception):
-    """The live runner applied records the rebuild has not (`positions`: the live next
-    offsets); nothing was changed."""
-
-    def __init__(self, positions: dict[TopicPartition, int]) -> None:
-        super().__init__(
-            f"the live tables are ahead of the rebuild on {len(positions)} partition(s)"
-        )
-        self.positions = positions
+    """The live runner applied records the rebuild has not; nothing was changed."""
 
 
 async def _live_ahead(conn: asyncpg.Connection, name: str) -> dict[TopicPartition, int]:
@@ -74,13 +67,19 @@ def ident(name: str) -> str:
 
 async def tables_in(conn: Connection, schema: str) -> list[str]:
     """The ordinary and partitioned tables of a schema, by name."""
+    return list(await table_oids(conn, schema))
+
+
+async def table_oids(conn: Connection, schema: str) -> dict[str, int]:
+    """The ordinary and partitioned tables of a schema, by name, and their OIDs."""
     rows = await conn.fetch(
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "SELECT c.relname, c.oid FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace "
         "WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition "
         "ORDER BY c.relname",
         schema,
     )
-    return [r["relname"] for r in rows]
+    return {r["relname"]: int(r["oid"]) for r in rows}
 
 
 async def build(conn: asyncpg.Connection, projection: Any, schema: str) -> list[str]:
@@ -189,7 +188,7 @@ async def swap(
     await offsets.lock(conn, replay_key(name))
     ahead = await _live_ahead(conn, name)
     if ahead and not behind_ok:
-        raise ShadowBehind(ahead)
+        raise ShadowBehind(f"the live tables are ahead of the rebuild on {sorted(ahead)}")
     await refuse_newer_migrations(conn, projection)
     tables = await tables_in(conn, schema)
     live = set(await tables_in(conn, LIVE_SCHEMA))
