@@ -20,6 +20,7 @@ from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
 from ingest.batching import partition_for
 from ingest.record import build_record
+from projectors import shadow
 from projectors.base import HydrationUnavailable, Record
 from projectors.events import projection as events
 from projectors.meters import projection as meters
@@ -136,6 +137,38 @@ async def test_replay_swaps_under_a_polling_reader_and_the_live_runner_goes_on(
     assert await positions(url, "events.replay") == {}
     assert [r.value for r in await read_all(stack.kafka_bootstrap, topics.dlq)] == [b"not json"]
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+
+
+async def test_a_swap_backs_out_while_the_live_runner_is_past_the_rebuild(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """The live runner committed past the rebuild between the rebuild's last read and the
+    swap: with the live positions locked, the swap sees it and changes nothing (the
+    replay reads on and tries again); only its last round swaps regardless."""
+    await _events_projected(settings, stack, unique, seed=20)
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        table = await conn.fetch("SELECT id FROM projections.events ORDER BY id")
+        await shadow.build(conn, events, "replay_events")
+        # The rebuild one record short of the live runner on each partition it holds.
+        await conn.execute(
+            "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+            "SELECT 'events.replay', topic, partition, next_offset - 1 "
+            "FROM lattice.offsets WHERE projector = 'events'"
+        )
+        with pytest.raises(shadow.ShadowBehind):
+            async with conn.transaction():
+                await shadow.swap(conn, events, "replay_events", [])
+        assert await conn.fetch("SELECT id FROM projections.events ORDER BY id") == table
+        assert await conn.fetchval("SELECT to_regnamespace('replay_events')") is not None
+
+        async with conn.transaction():
+            await shadow.swap(conn, events, "replay_events", [], behind_ok=True)
+        assert await conn.fetch("SELECT id FROM projections.events") == []  # the empty shadow
+    finally:
+        await conn.execute("DROP SCHEMA IF EXISTS replay_events CASCADE")
+        await conn.close()
 
 
 async def test_the_swap_waits_for_the_rebuild_to_reach_a_live_runner_that_got_ahead(
