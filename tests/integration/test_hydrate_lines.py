@@ -20,6 +20,7 @@ from projectors.stripe_api.hydrate import Hydrator
 from tests.fixtures.stripe_objects import (
     MONTH,
     T0,
+    Era,
     credit_note,
     credit_note_line,
     event,
@@ -182,3 +183,58 @@ async def test_a_connected_accounts_refusal_is_not_kept(
         whole = await hydrator(record)
     assert len(whole.json()["data"]["object"]["lines"]["data"]) == 3
     assert len(fake.requests_to("/v1/invoices/")) == 2
+
+
+def in_era(line: dict[str, Any], era: Era, prices: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`line` as Stripe's API would give it under the other era's version: the same id,
+    price, quantity, amount and period, in `era`'s shape."""
+    price_id = line["price"]["id"] if "price" in line else line["pricing"]["price_details"]["price"]
+    details = line.get("parent") or {}
+    subscription = line.get("subscription") or (
+        (details.get("subscription_item_details") or {}).get("subscription")
+    )
+    return invoice_line(
+        era=era,
+        invoice=line["invoice"],
+        subscription=subscription,
+        line_price=prices[price_id],
+        quantity=line["quantity"],
+        amount=line["amount"],
+        period_start=line["period"]["start"],
+        period_end=line["period"]["end"],
+        id=line["id"],
+    )
+
+
+@pytest.mark.parametrize(("customer", "served"), [("cus_legacy", "basil"), ("cus_basil", "legacy")])
+async def test_lines_fetched_in_the_other_eras_shape_are_judged_the_same(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool, customer: str, served: Era
+) -> None:
+    """The API answers in `LATTICE_STRIPE_API_VERSION`'s shape, not the webhook's: a
+    legacy invoice's lines may come back basil-shaped and the other way round. Every
+    meter's row is what the whole invoice in its webhook would have given."""
+    scenario = billing_month()
+    prices = {
+        item["price"]["id"]: item["price"]
+        for e in scenario.stripe_events
+        if e["type"] == "customer.subscription.created"
+        for item in e["data"]["object"]["items"]["data"]
+    }
+    whole = dict(finalized_invoice(scenario, customer), status="paid")
+    era: Era = "legacy" if served == "basil" else "basil"
+    fake.add_lines(whole["id"], [in_era(line, served, prices) for line in whole["lines"]["data"]])
+
+    def paid(obj: dict[str, Any]) -> Record:
+        return stripe_record(event("invoice.paid", obj, created=T0 + MONTH + 600, era=era))
+
+    query = f"SELECT meter, status, delta FROM meter_reconciliation WHERE customer = '{customer}'"
+    await project(conn, "lines_whole", Hydrator(pool, None), [scenario.records(), [paid(whole)]])
+    expected = sorted(await fetch(conn, "lines_whole", query))
+    assert {status for _, status, _ in expected} - {"incomplete"}, expected
+    async with make_client(fake) as client:
+        cut = first_page(whole, [])
+        await project(
+            conn, "lines_other_era", Hydrator(pool, client), [scenario.records(), [paid(cut)]]
+        )
+    assert sorted(await fetch(conn, "lines_other_era", query)) == expected
+    assert len(fake.requests_to("/v1/invoices/")) == 1
