@@ -93,8 +93,7 @@ ON CONFLICT (id) DO UPDATE SET
 
 # A price's meter never changes: the first link is kept, naming the earliest event that
 # showed it. Returns the prices linked now for the first time, whose lines already kept
-# get their meter from FILL_METERS (a scan of invoice_lines, without an index that every
-# line would pay for: a price is usually seen on its subscription before any invoice).
+# get their meter from FILL_METERS (through the index of lines without a meter).
 # Links already kept from an event as early are left out before the upsert: ON CONFLICT DO
 # UPDATE would lock their rows even when its WHERE is false, and every subscription event
 # names its metered prices again (two processes would take turns on the popular ones).

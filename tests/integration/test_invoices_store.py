@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,7 @@ import asyncpg
 import pytest
 
 from projectors.invoices import projection as invoices
+from projectors.invoices import store
 from projectors.migrate import migrate
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
@@ -187,6 +189,29 @@ async def test_a_basil_line_gets_its_meter_from_the_price_shown_elsewhere(
             usage["id"]: "mtr_usage",
             seat["id"]: None,
         }
+
+
+async def test_a_new_links_lines_are_found_without_reading_every_line(
+    conn: asyncpg.Connection,
+) -> None:
+    """FILL_METERS runs for each price linked for the first time (with a price per
+    customer, each new subscription): it must reach that price's lines without a meter
+    through an index, never by reading the whole of invoice_lines."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO projections")
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {store.FILL_METERS}", ["price_new"])
+    scans = []
+
+    def walk(node: dict[str, Any]) -> None:
+        scans.append((node["Node Type"], node.get("Relation Name"), node.get("Index Name")))
+        for child in node.get("Plans", []):
+            walk(child)
+
+    walk(json.loads(plan)[0]["Plan"])
+    lines = [scan for scan in scans if scan[1] == "invoice_lines"]
+    assert lines, scans
+    assert all(kind != "Seq Scan" for kind, _, _ in lines), scans
 
 
 @pytest.mark.parametrize("link_first", [True, False])
