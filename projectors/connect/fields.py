@@ -10,15 +10,15 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from projectors.base import PoisonRecord, Record
+from projectors.base import PoisonRecord
 
 
 class Event:
-    """A snapshot event's envelope: id, created, account (field or header), livemode, object."""
+    """A snapshot event's envelope: id, created, the Connect account, livemode, object."""
 
     __slots__ = ("account", "created", "id", "livemode", "obj")
 
-    def __init__(self, event: Mapping[str, Any], record: Record) -> None:
+    def __init__(self, event: Mapping[str, Any]) -> None:
         event_id = event.get("id")
         if not isinstance(event_id, str) or not event_id:
             raise PoisonRecord("event has no id")
@@ -29,10 +29,11 @@ class Event:
         if not isinstance(obj, dict):
             raise PoisonRecord(f"event {event_id} has no data.object (a thin event?)")
         self.obj: Mapping[str, Any] = obj
+        # The body's `account` alone, never the `stripe-account` header: the receiver also
+        # fills that from `context`, which an Organization's endpoint sets on every event,
+        # the platform's own included (its transfers would be booked as debits of itself).
         account = event.get("account")
-        self.account = (
-            account if isinstance(account, str) and account else record.header("stripe-account")
-        )
+        self.account = account if isinstance(account, str) and account else None
         self.livemode = event.get("livemode") is True
 
 

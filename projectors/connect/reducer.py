@@ -297,4 +297,4 @@ def reduce(record: Record) -> Sequence[Change]:
     reducer = REDUCERS.get(event_type) if isinstance(event_type, str) else None
     if reducer is None:
         return []
-    return reducer(Event(event, record))
+    return reducer(Event(event))

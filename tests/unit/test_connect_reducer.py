@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import orjson
 import pytest
 
 from projectors.base import PoisonRecord
@@ -158,23 +157,23 @@ def test_platform_payout_is_skipped() -> None:
     assert projection.reduce(as_record(event("payout.paid", payout(amount=1, status="paid")))) == []
 
 
-def test_account_header_is_used_when_the_body_has_no_account_field() -> None:
-    evt = event("payout.created", payout(amount=5), account="acct_H")
-    record = as_record(evt)
-    body = orjson.loads(record.value)
-    del body["account"]
-    headerless = type(record)(
-        record.topic,
-        record.partition,
-        record.offset,
-        record.key,
-        orjson.dumps(body),
-        record.headers,
-        record.timestamp_ms,
-    )
-    [row] = projection.reduce(headerless)
-    assert isinstance(row, PayoutChange)
-    assert row.account == "acct_H"
+def test_an_organizations_context_is_not_a_connect_account() -> None:
+    """An Organization's endpoint names in `context` the account each event came from,
+    the platform's own included, and the receiver puts it in the `stripe-account` header:
+    neither makes a platform event a connected account's."""
+    org = "acct_1Sibling"
+    tr = transfer(id="tr_org", destination="acct_A", amount=1100)
+    record = as_record(event("transfer.created", tr, context=org))
+    assert record.header("stripe-account") == org
+    entries = [c for c in projection.reduce(record) if isinstance(c, LedgerEntry)]
+    assert [(e.kind, e.account, e.amount) for e in entries] == [("transfer", "acct_A", 1100)]
+
+    for platform_own in (
+        event("payout.paid", payout(amount=500, status="paid"), context=org),
+        event("account.updated", account(id=org), context=org),
+        event("charge.succeeded", charge(amount=2000), context=org),
+    ):
+        assert projection.reduce(as_record(platform_own)) == [], platform_own["type"]
 
 
 def test_account_updated_reads_requirements() -> None:
