@@ -17,7 +17,10 @@ not begun its next request that long after its last answer (or `head_timeout`, i
 is closed. And after an answer sent before its request's body was all read (404, 405,
 413), uvicorn reads and drops the rest for as long as the client sends it: the rest must
 end within `LINGER_SECONDS` and `DRAIN_BYTES` (a client that sent its whole body at once
-keeps its connection), else the connection is closed.
+keeps its connection), else the connection is closed. While a body is being read, what
+arrives that is not body (a chunked body's trailers, its chunk lines) is bounded too: over
+`MAX_HEAD_BYTES` of it in a row and the connection is closed; trailers are dropped, never
+added to the request's headers.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._raw_head = self._chunk = self._first_read = self._discarded = 0
         self._reads = self._head_read = 0
         self._discarding = False  # refused: what still arrives is read and dropped
+        self._in_body = False  # a request's head is complete, its body is not yet
+        self._bodies = 0  # body pieces the parser gave (on_body calls), to see reads without
+        self._unframed = 0  # bytes read in a row, in a body, that held no body: trailers
         self._in_head = False  # a request's first byte came, its head is not complete yet
         self._any_request = False
         self._head_began = self._idle_since = self.loop.time()
@@ -99,7 +105,15 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
                 return
         self._chunk = len(data)
         self._reads += 1
+        in_body, bodies = self._in_body, self._bodies
         super().data_received(data)
+        if in_body and self._in_body:
+            # A read inside one body: none of it body (chunk lines, trailers) adds up.
+            self._unframed = self._unframed + len(data) if bodies == self._bodies else 0
+            if self._unframed > MAX_HEAD_BYTES:
+                log.warning("connection closed: a body's framing or trailers too long")
+                self._writes.close_now()
+                return
         # A read after the one the current head began in, with the head still incomplete:
         # all of it was head (a header line reaches `on_header` only once it ends, so count
         # what arrives). The read it began in may also hold the request before (pipelined):
@@ -119,8 +133,14 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         # requests and, when it fires, checks how long the current head has taken.
         self._start_head_timer()
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            super().on_header(name, value)
+        # Else a chunked body's trailer: read (and bounded in `data_received`), not kept.
+
     def on_headers_complete(self) -> None:
         self._in_head = False
+        self._in_body, self._unframed = True, 0
         # Exact size only when the reads this head spans could hold one that large (a head
         # may share its reads with a body): the common request pays one comparison.
         later = self._chunk if self._reads != self._head_read else 0  # this read, if another
@@ -130,7 +150,12 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
             raise HeadTooLarge  # out of the parser, before a request cycle starts
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        self._bodies += 1
+        super().on_body(body)
+
     def on_message_complete(self) -> None:
+        self._in_body = False
         self._stop_drain()  # the answered body's rest came in time: keep the connection
         super().on_message_complete()
 
