@@ -37,7 +37,10 @@ class HeldWrites(asyncio.Transport):
         self._transport.close()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._sealed:
+        if self._sealed or self._transport.is_closing():
+            # Closing: uvloop's transport raises once closed. uvicorn stops only the last
+            # request's answer when the client goes; one pipelined before it still writes.
+            self._held = None
             return
         held = self._held
         if held is None:
@@ -55,7 +58,8 @@ class HeldWrites(asyncio.Transport):
             self._transport.write(held)
 
     def writelines(self, list_of_data: Any) -> None:
-        if self._sealed:
+        if self._sealed or self._transport.is_closing():
+            self._held = None
             return
         self.flush()
         self._transport.writelines(list_of_data)

@@ -4,7 +4,10 @@ than the end of the loop turn."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
+
+import uvloop
 
 from ingest.held_writes import HeldWrites
 
@@ -90,3 +93,26 @@ async def test_what_is_held_when_the_peer_resets_is_dropped_not_raised() -> None
     inner.reset = True  # connection_lost came first; writing now would raise
     await next_turn()
     assert inner.writes == []
+
+
+def test_an_answer_written_after_the_connection_closed_is_dropped_under_uvloop() -> None:
+    """uvicorn marks only the last request's answer as gone when the client leaves; one
+    pipelined before it still writes, after the close. uvloop's transport (the receiver's)
+    raises on that write; the wrapper must drop it instead."""
+
+    async def main() -> int:
+        ours, theirs = socket.socketpair()
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, sock=ours
+        )
+        held = HeldWrites(transport)
+        theirs.close()
+        transport.close()
+        await asyncio.sleep(0.05)  # closed for good
+        held.write(b"HTTP/1.1 200 OK\r\ncontent-length: 17\r\n\r\n")
+        held.write(b'{"received":true}')
+        held.writelines([b"more"])
+        await next_turn()
+        return held.get_write_buffer_size()  # nothing held either
+
+    assert uvloop.run(main()) == 0
