@@ -44,6 +44,8 @@ LINGER_BYTES = 1024 * 1024
 # After an answer sent before its request's body ended: how much more of that body is read
 # and dropped (within LINGER_SECONDS) to keep the connection for the client's next request.
 DRAIN_BYTES = 8 * 1024 * 1024
+# Header names that say a body follows.
+_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 class Refusals(Protocol):
@@ -52,8 +54,8 @@ class Refusals(Protocol):
     def refused_head(self, status: int, reason: str, seconds: float) -> None: ...
 
 
-class HeadTooLarge(Exception):
-    """The request's head is over `MAX_HEAD_BYTES` (raised to stop the parser)."""
+class HeadRefused(Exception):
+    """A refusal answers the request whose head just ended (raised to stop the parser)."""
 
 
 class OneWriteHttpToolsProtocol(HttpToolsProtocol):
@@ -147,7 +149,14 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         spanned = self._first_read + self._raw_head + later
         if spanned > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
-            raise HeadTooLarge  # out of the parser, before a request cycle starts
+            raise HeadRefused  # out of the parser, before a request cycle starts
+        if self.parser.should_upgrade() and any(n in _FRAMING for n, _ in self.headers):
+            # The parser takes an upgrade's body for the new protocol's bytes and does not
+            # read it as a body: what the client sends as the body would be parsed as the
+            # next request (smuggled past a proxy that passes `Upgrade` on). Nothing here
+            # upgrades: refused. An upgrade without a body is answered as a plain request.
+            self._refuse(b"400 Bad Request", b"upgrade_not_supported")
+            raise HeadRefused
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -228,7 +237,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         # Else a request is being answered: its answer starts the timer again.
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request it cannot parse. For the `HeadTooLarge` raised out
+        """uvicorn's answer to a request it cannot parse. For the `HeadRefused` raised out
         of the parser, a refusal already answers it (or will). For a head that is not
         HTTP, a refusal too, so a request pipelined before it still gets its answer first
         (uvicorn would answer at once and close, taking that answer's place). For the body

@@ -1,7 +1,9 @@
-"""`OneWriteHttpToolsProtocol` and a chunked body's trailers: they never reach the request's
-headers, and a body whose trailers (or any run of bytes that are not body) go on past
-`MAX_HEAD_BYTES` has its connection closed, long before any body deadline. Served in
-process by uvicorn over a small app (no Kafka: the protocol alone is under test)."""
+"""`OneWriteHttpToolsProtocol` and how a body is framed. A chunked body's trailers never
+reach the request's headers, and a body whose trailers (or any run of bytes that are not
+body) go on past `MAX_HEAD_BYTES` has its connection closed, long before any body
+deadline. An upgrade request with a body is refused, so that body is never parsed as a
+request. Served in process by uvicorn over a small app (no Kafka: the protocol alone is
+under test)."""
 
 from __future__ import annotations
 
@@ -86,3 +88,28 @@ async def test_one_trailer_line_without_end_closes_the_connection() -> None:
     answer, sent = await endless(pieces)
     assert answer == b""
     assert sent < 3 * MAX_HEAD_BYTES
+
+
+async def test_an_upgrade_with_a_body_is_refused_and_its_body_never_parsed() -> None:
+    """The parser would take the body of `Upgrade: h2c` for the new protocol's bytes: the
+    app saw an empty body and the declared body, read later, was parsed as a request."""
+    app = HeadersApp()
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: lattice\r\n\r\n"
+    head = (
+        b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\nConnection: Upgrade\r\n"
+        b"Upgrade: h2c\r\nContent-Length: " + str(len(smuggled)).encode() + b"\r\n\r\n"
+    )
+    async with serving(app, what="headers app", http=OneWriteHttpToolsProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            await writer.drain()
+            await asyncio.sleep(0.1)  # the body in a read of its own
+            writer.write(smuggled)
+            answer = await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n"), answer
+    assert answer.endswith(b'{"error":"upgrade_not_supported"}'), answer
+    assert answer.count(b"HTTP/1.1 ") == 1, answer
+    assert app.headers == []  # the app never ran, for either
