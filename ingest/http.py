@@ -20,7 +20,9 @@ end within `LINGER_SECONDS` and `DRAIN_BYTES` (a client that sent its whole body
 keeps its connection), else the connection is closed. While a body is being read, what
 arrives that is not body (a chunked body's trailers, its chunk lines) is bounded too: over
 `MAX_HEAD_BYTES` of it in a row and the connection is closed; trailers are dropped, never
-added to the request's headers.
+added to the request's headers. And writing: uvicorn waits for a client that reads none
+of its answers (its buffers full, writing paused) for ever; here for `head_timeout`
+seconds, then the connection is aborted.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._drain_timer: asyncio.TimerHandle | None = None  # an answered body's rest
         self._drain_left = 0
+        self._write_timer: asyncio.TimerHandle | None = None  # writing paused: the client reads
         # A refusal (status, reason, seconds its head took) waiting for the answers of the
         # requests pipelined before the refused one.
         self._refusal: tuple[bytes, bytes, float] | None = None
@@ -90,7 +93,28 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
         self._stop_drain()
+        self._stop_write_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # uvicorn waits for the client to read for as long as it takes: bounded here.
+        if self._write_timer is None:
+            self._write_timer = self.loop.call_later(self.head_timeout, self._write_timed_out)
+
+    def resume_writing(self) -> None:
+        self._stop_write_timer()
+        super().resume_writing()
+
+    def _stop_write_timer(self) -> None:
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _write_timed_out(self) -> None:
+        self._write_timer = None
+        log.warning("connection aborted: its client read too little of its answers in time")
+        self._writes.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None and not self._discarding:
