@@ -34,15 +34,24 @@ pairs AS (
     SELECT p.customer, mp.meter FROM meter_periods p JOIN meter_prices mp ON mp.price = p.price
     WHERE p.customer = ANY($5::text[])
 ),
+-- A period ends where the customer's next period of the meter begins: a price changed, an
+-- item added or a billing cycle reset mid-period leaves the first snapshot's period
+-- running to its old end, over the one that replaced it (each fact counts in one row).
 periods AS (
-    SELECT a.customer, a.meter, p.period_start, max(p.period_end) AS period_end,
-           (array_agg(p.last_event_id ORDER BY p.last_event_created DESC, p.last_event_id DESC))[1]
-               AS event_id,
-           max(p.last_event_created) AS event_at
-    FROM pairs a
-    JOIN meter_prices mp ON mp.meter = a.meter
-    JOIN meter_periods p ON p.customer = a.customer AND p.price = mp.price
-    GROUP BY a.customer, a.meter, p.period_start
+    SELECT customer, meter, period_start, least(period_end, next_start) AS period_end,
+           event_id, event_at
+    FROM (
+        SELECT a.customer, a.meter, p.period_start, max(p.period_end) AS period_end,
+               (array_agg(p.last_event_id ORDER BY p.last_event_created DESC,
+                          p.last_event_id DESC))[1] AS event_id,
+               max(p.last_event_created) AS event_at,
+               lead(p.period_start) OVER (PARTITION BY a.customer, a.meter
+                                          ORDER BY p.period_start) AS next_start
+        FROM pairs a
+        JOIN meter_prices mp ON mp.meter = a.meter
+        JOIN meter_periods p ON p.customer = a.customer AND p.price = mp.price
+        GROUP BY a.customer, a.meter, p.period_start
+    ) g
 ),
 computed AS (
     SELECT per.customer, per.meter, per.period_start, m.event_name, per.period_end,

@@ -27,6 +27,7 @@ from tests.fixtures.stripe_objects import (
     credit_note,
     credit_note_line,
     event,
+    invoice,
     invoice_line,
     price,
     subscription,
@@ -814,3 +815,60 @@ async def test_usage_never_invoiced_is_unbilled_three_days_after_its_period(
         ("cus_cut", "unbilled", cut_at, Decimal(7), Decimal(0)),
         ("cus_ended_before", "unbilled", before, Decimal(5), Decimal(0)),
     ]
+
+
+async def test_a_price_changed_mid_period_splits_the_period_where_the_new_one_begins(
+    conn: asyncpg.Connection,
+) -> None:
+    """Half way through the month the customer moves to another price of the same meter.
+    The item's snapshots show the month for both prices; the invoice bills the old price
+    for the first half and the new one for the second. Each half is its own row, each
+    fact counts in one of them, and both match: the first half's row does not run to the
+    month's end over the second half (which read as 800 units under-billed)."""
+    meter = billing_meter(event_name="switched_calls")
+    old, new = (price(meter=meter["id"], unit_amount=None) for _ in range(2))
+    half = T0 + 15 * DAY
+
+    def snapshot(event_type: str, item_price: dict[str, Any], created: int) -> dict[str, Any]:
+        item = subscription_item(item_price=item_price, id="si_switched")
+        sub = subscription(id="sub_switched", customer="cus_switch", items=[item])
+        return event(event_type, sub, created=created)
+
+    lines = [
+        invoice_line(
+            subscription="sub_switched", line_price=p, quantity=q, period_start=a, period_end=b
+        )
+        for p, q, a, b in ((old, 1000, T0, half), (new, 800, half, T0 + MONTH))
+    ]
+    finalized = invoice(
+        customer="cus_switch", subscription="sub_switched", status="open", lines=lines
+    )
+    records = [
+        stripe_record(meter_event(meter)),
+        stripe_record(snapshot("customer.subscription.created", old, T0)),
+        stripe_record(snapshot("customer.subscription.updated", new, half)),
+        stripe_record(event("invoice.finalized", finalized, created=T0 + MONTH + 60)),
+        *(
+            usage_record(
+                usage_fact(name, "cus_switch", value, event_name="switched_calls", timestamp=at)
+            )
+            for name, value, at in (("before", 1000, T0 + DAY), ("after", 800, half + DAY))
+        ),
+    ]
+    rows = (
+        "SELECT extract(epoch FROM period_start)::bigint, extract(epoch FROM period_end)::bigint,"
+        " reported_value, billed_quantity, delta, status FROM meter_reconciliation"
+        " WHERE customer = 'cus_switch' ORDER BY period_start"
+    )
+    expected = [
+        (T0, half, Decimal(1000), Decimal(1000), Decimal(0), "matched"),
+        (half, T0 + MONTH, Decimal(800), Decimal(800), Decimal(0), "matched"),
+    ]
+    for schema, batches in (
+        ("switch_one_batch", [records]),
+        ("switch_each_alone", [[r] for r in records]),
+        ("switch_reversed", [[r] for r in reversed(records)]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, rows) == expected, schema
