@@ -388,23 +388,32 @@ async def test_an_invoice_reissued_for_a_voided_one_with_lines_not_seen_is_incom
 async def test_the_readme_query_finds_last_months_under_billed_customers(
     conn: asyncpg.Connection,
 ) -> None:
+    """The periods that ended last month: one that began the month before (billed short,
+    cus_legacy), one cut short by a cancellation last month (never invoiced, cus_cut). A
+    period that began last month and ended this month (cus_next, cut short this month and
+    never invoiced) is this month's, not listed."""
     today = datetime.now(UTC)
     this_month = datetime(today.year, today.month, 1, tzinfo=UTC)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
-    start, end = int(last_month.timestamp()), int(this_month.timestamp())
-    scenario = billing_month(start=start, end=end)
-    # Canceled ten days in without a final invoice: its usage was never billed.
+    before = (last_month - timedelta(days=1)).replace(day=1)
+    lo, hi = int(last_month.timestamp()), int(this_month.timestamp())
+    scenario = billing_month(start=int(before.timestamp()), end=lo)
     sum_meter = next(
         e["data"]["object"]
         for e in scenario.stripe_events
         if e["data"]["object"]["id"] == scenario.meters["sum"]
     )
-    cut = metered_subscription("cus_cut", sum_meter, (start, end), "4", ended=start + 10 * DAY)
-    await project(conn, "projections", [[*scenario.records(), *cut]])
+    cut = metered_subscription("cus_cut", sum_meter, (lo, hi), "4", ended=lo + 10 * DAY)
+    next_ = metered_subscription(
+        "cus_next", sum_meter, (hi - 10 * DAY, hi + 20 * DAY), "9", ended=hi + DAY
+    )
+    # Its fact, the newest of all, is the log's clock: cus_next's period ended 5 days before.
+    late = metered_subscription("cus_late", sum_meter, (hi + 5 * DAY, hi + 35 * DAY), "1")
+    await project(conn, "projections", [[*scenario.records(), *cut, *next_, *late]])
     rows = await conn.fetch(readme_query())
     assert [(r["customer"], r["status"], r["delta"], r["period_end"]) for r in rows] == [
-        ("cus_cut", "unbilled", Decimal(4), datetime.fromtimestamp(start + 10 * DAY, UTC)),
-        ("cus_legacy", "under_billed", Decimal("1.5"), this_month),
+        ("cus_cut", "unbilled", Decimal(4), datetime.fromtimestamp(lo + 10 * DAY, UTC)),
+        ("cus_legacy", "under_billed", Decimal("1.5"), last_month),
     ]
 
 
