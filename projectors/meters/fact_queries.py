@@ -70,14 +70,30 @@ placed AS (
            CASE m.aggregation
                WHEN 'sum' THEN coalesce(sum(a.value) FILTER (WHERE rj.identifier IS NOT NULL), 0)
                ELSE count(rj.identifier) END AS rejected,
-           max(a.occurred_at) AS at,
-           (array_agg(a.identifier ORDER BY a.occurred_at DESC, a.identifier DESC))[1] AS id
+           max(a.occurred_at) FILTER (WHERE rj.identifier IS NULL) AS kept_at,
+           (array_agg(a.identifier ORDER BY a.occurred_at DESC, a.identifier DESC)
+               FILTER (WHERE rj.identifier IS NULL))[1] AS kept_id,
+           max(rj.last_event_created) AS rejection_at,
+           (array_agg(rj.last_event_id ORDER BY rj.last_event_created DESC,
+                      rj.last_event_id DESC) FILTER (WHERE rj.identifier IS NOT NULL))[1]
+               AS rejection_id
     FROM added a
     JOIN meters m ON m.event_name = a.event_name AND m.aggregation IN ('sum', 'count')
     JOIN meter_reconciliation r ON r.customer = a.customer AND r.meter = m.id
          AND a.occurred_at >= r.period_start AND a.occurred_at < r.period_end
     LEFT JOIN meter_rejections rj ON rj.identifier = a.identifier
     GROUP BY r.customer, r.meter, r.period_start, m.aggregation
+),
+newest AS (
+    -- Per row, the newest of what the added facts bring: the newest one Stripe kept, and
+    -- the error report's event of one it rejected (as RECOMPUTE's candidates); none, and
+    -- the row's own stays.
+    SELECT *, greatest(kept_at, rejection_at) AS at,
+           CASE WHEN rejection_at IS NULL THEN kept_id
+                WHEN kept_at IS NULL THEN rejection_id
+                WHEN (kept_at, kept_id) > (rejection_at, rejection_id) THEN kept_id
+                ELSE rejection_id END AS id
+    FROM placed
 ),
 counted AS (
     UPDATE meter_reconciliation t SET
@@ -104,7 +120,7 @@ counted AS (
         last_event_id = CASE WHEN (p.at, p.id) > (t.last_event_created, t.last_event_id)
                              THEN p.id ELSE t.last_event_id END,
         last_event_created = greatest(p.at, t.last_event_created)
-    FROM placed p
+    FROM newest p
     WHERE t.customer = p.customer AND t.meter = p.meter AND t.period_start = p.period_start
     RETURNING 1
 )

@@ -74,14 +74,19 @@ computed AS (
                (array_agg(r.last_event_id ORDER BY r.last_event_created DESC,
                           r.last_event_id DESC) FILTER (WHERE r.identifier IS NOT NULL))[1]
                    AS rejection_id,
-               max(r.last_event_created) AS rejection_at
+               max(r.last_event_created) AS rejection_at,
+               -- The newest fact Stripe kept: a rejected one (its time may be the app's
+               -- mistake, days ahead) is reflected by its error report's event instead.
+               (array_agg(u.identifier ORDER BY u.occurred_at DESC, u.identifier DESC)
+                   FILTER (WHERE r.identifier IS NULL))[1] AS kept_id,
+               max(u.occurred_at) FILTER (WHERE r.identifier IS NULL) AS kept_at
         FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
         WHERE u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
           AND u.reported AND NOT u.cancelled
     ) f
     LEFT JOIN LATERAL (
-        SELECT u.value, u.identifier, u.occurred_at FROM usage_facts u
+        SELECT u.value FROM usage_facts u
         WHERE u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
           AND u.reported AND NOT u.cancelled
@@ -172,7 +177,7 @@ computed AS (
     CROSS JOIN LATERAL (
         SELECT c.id, c.at
         FROM (VALUES (per.event_id, per.event_at), (m.last_event_id, m.last_event_created),
-                     (lf.identifier, lf.occurred_at), (f.rejection_id, f.rejection_at),
+                     (f.kept_id, f.kept_at), (f.rejection_id, f.rejection_at),
                      (b.invoice_event_id, b.invoice_event_at),
                      (cr.credit_event_id, cr.credit_event_at)) AS c(id, at)
         WHERE c.at IS NOT NULL

@@ -881,3 +881,46 @@ async def test_a_price_changed_mid_period_splits_the_period_where_the_new_one_be
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await project(conn, schema, batches)
         assert await fetch(conn, schema, rows) == expected, schema
+
+
+async def test_a_fact_stripe_rejected_does_not_move_the_rows_clock(
+    conn: asyncpg.Connection,
+) -> None:
+    """The app reported, on day 2, a fact stamped day 20 (its clock wrong); Stripe
+    rejected it. The row reflects that through the error report's event (day 2), not the
+    fact's own time: else `usage_discrepancies`' clock would run 18 days ahead and list
+    periods as `unbilled` whose invoices Stripe has not finalized yet. In any order, on
+    the fast path (the fact after its rejection) and through a recompute alike."""
+    meter = billing_meter(event_name="skewed_calls")
+    item = subscription_item(item_price=price(meter=meter["id"], unit_amount=None))
+    sub = subscription(customer="cus_skew", items=[item])
+    reported = [
+        usage_fact(name, "cus_skew", 5, event_name="skewed_calls", timestamp=at)
+        for name, at in (("kept", T0 + DAY), ("ahead", T0 + 20 * DAY))
+    ]
+    report = error_report(
+        identifiers=["ahead"],
+        meter=meter["id"],
+        code="timestamp_too_far_in_future",
+        at=T0 + 2 * DAY,
+    )
+    records = [
+        stripe_record(meter_event(meter)),
+        stripe_record(event("customer.subscription.created", sub, created=T0)),
+        *(usage_record(f) for f in reported),
+        stripe_record(report),
+    ]
+    clock = (
+        "SELECT reported_value, rejected_value, last_event_id,"
+        " extract(epoch FROM last_event_created)::bigint FROM meter_reconciliation"
+    )
+    for schema, batches in (
+        ("skew_one_batch", [records]),
+        ("skew_each_alone", [[r] for r in records]),
+        ("skew_rejection_first", [records[:2], records[-1:], records[2:-1]]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, clock) == [
+            (Decimal(10), Decimal(5), report["id"], T0 + 2 * DAY)
+        ], schema
