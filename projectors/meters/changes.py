@@ -50,6 +50,7 @@ class PeriodSeen:
     event_id: str
     created: int
     ended: bool = False  # from a subscription that has ended: final within its second
+    subscription: str | None = None  # the subscription it belongs to, when known
 
 
 @dataclass(frozen=True, slots=True)

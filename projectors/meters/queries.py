@@ -43,13 +43,14 @@ WHERE b.meter IS DISTINCT FROM u.meter
 
 UPSERT_PERIODS = """
 INSERT INTO meter_periods AS t (customer, price, period_start, period_end,
-                                last_event_id, last_event_created, ended)
-SELECT c, p, to_timestamp(s), to_timestamp(e), ev, to_timestamp(cr), ended
+                                last_event_id, last_event_created, ended, subscription)
+SELECT c, p, to_timestamp(s), to_timestamp(e), ev, to_timestamp(cr), ended, sub
 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::bigint[],
-            $7::boolean[])
-    AS u(c, p, s, e, ev, cr, ended)
+            $7::boolean[], $8::text[])
+    AS u(c, p, s, e, ev, cr, ended, sub)
 ON CONFLICT (customer, price, period_start) DO UPDATE SET
     period_end = excluded.period_end, ended = excluded.ended,
+    subscription = excluded.subscription,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
 WHERE (excluded.last_event_created, excluded.ended, excluded.last_event_id COLLATE "C")
     > (t.last_event_created, t.ended, t.last_event_id COLLATE "C")

@@ -34,24 +34,33 @@ pairs AS (
     SELECT p.customer, mp.meter FROM meter_periods p JOIN meter_prices mp ON mp.price = p.price
     WHERE p.customer = ANY($5::text[])
 ),
--- A period ends where the customer's next period of the meter begins: a price changed, an
--- item added or a billing cycle reset mid-period leaves the first snapshot's period
--- running to its old end, over the one that replaced it (each fact counts in one row).
+-- A period ends where the next period of its subscription and meter begins: a price
+-- changed or a billing cycle reset mid-period leaves the first snapshot's period running
+-- to its old end, over the one that replaced it (each fact counts in one row). Another
+-- subscription's periods do not cut it: Stripe bills the meter's usage on each.
 periods AS (
-    SELECT customer, meter, period_start, least(period_end, next_start) AS period_end,
-           event_id, event_at
+    SELECT customer, meter, period_start, max(period_end) AS period_end,
+           (array_agg(event_id ORDER BY event_at DESC, event_id DESC))[1] AS event_id,
+           max(event_at) AS event_at
     FROM (
-        SELECT a.customer, a.meter, p.period_start, max(p.period_end) AS period_end,
-               (array_agg(p.last_event_id ORDER BY p.last_event_created DESC,
-                          p.last_event_id DESC))[1] AS event_id,
-               max(p.last_event_created) AS event_at,
-               lead(p.period_start) OVER (PARTITION BY a.customer, a.meter
-                                          ORDER BY p.period_start) AS next_start
-        FROM pairs a
-        JOIN meter_prices mp ON mp.meter = a.meter
-        JOIN meter_periods p ON p.customer = a.customer AND p.price = mp.price
-        GROUP BY a.customer, a.meter, p.period_start
-    ) g
+        SELECT customer, meter, period_start, event_id, event_at,
+               CASE WHEN subscription IS NULL THEN period_end
+                    ELSE least(period_end, lead(period_start) OVER (
+                        PARTITION BY customer, meter, subscription ORDER BY period_start))
+               END AS period_end
+        FROM (
+            SELECT a.customer, a.meter, p.subscription, p.period_start,
+                   max(p.period_end) AS period_end,
+                   (array_agg(p.last_event_id ORDER BY p.last_event_created DESC,
+                              p.last_event_id DESC))[1] AS event_id,
+                   max(p.last_event_created) AS event_at
+            FROM pairs a
+            JOIN meter_prices mp ON mp.meter = a.meter
+            JOIN meter_periods p ON p.customer = a.customer AND p.price = mp.price
+            GROUP BY a.customer, a.meter, p.subscription, p.period_start
+        ) by_subscription
+    ) capped
+    GROUP BY customer, meter, period_start
 ),
 computed AS (
     SELECT per.customer, per.meter, per.period_start, m.event_name, per.period_end,

@@ -168,6 +168,7 @@ async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched:
         [p.event_id for p in rows],
         [p.created for p in rows],
         [p.ended for p in rows],
+        [p.subscription for p in rows],
     )
     touched.customers.update(p.customer for p in rows)
 

@@ -63,7 +63,7 @@ def _list_data(value: Any) -> list[Mapping[str, Any]]:
 
 def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) -> list[Change]:
     """Price -> meter links and the current period of every metered item."""
-    customer = id_of(sub.get("customer"))
+    customer, subscription = id_of(sub.get("customer")), id_of(sub.get("id"))
     # Canceled mid-period, a subscription keeps its items' period; its usage ends here.
     ended = unix_seconds(sub.get("ended_at"))
     changes: list[Change] = []
@@ -83,7 +83,9 @@ def subscription_changes(sub: Mapping[str, Any], event_id: str, created: int) ->
             end = min(end, ended)
         if customer is not None and start is not None and end is not None and end > start:
             changes.append(
-                PeriodSeen(customer, price, start, end, event_id, created, ended is not None)
+                PeriodSeen(
+                    customer, price, start, end, event_id, created, ended is not None, subscription
+                )
             )
     return changes
 
@@ -134,6 +136,10 @@ def invoice_changes(
         period_end=unix_seconds(invoice.get("period_end")),
     )
     changes: list[Change] = [seen]
+    # The invoice's subscription (either API shape), for lines that do not name theirs.
+    billed = id_of(invoice.get("subscription")) or id_of(
+        _map(_map(invoice.get("parent")).get("subscription_details")).get("subscription")
+    )
     for line in _list_data(invoice.get("lines")):
         # Keyed with its invoice: before 2019-12-03 a line's `id` repeats across invoices,
         # never within one (the invoices projection reads `unique_id` for that reason).
@@ -165,8 +171,17 @@ def invoice_changes(
             )
         )
         if end > start:
-            changes.append(PeriodSeen(customer, price, start, end, event_id, created))
+            subscription = _line_subscription(line) or billed
+            changes.append(
+                PeriodSeen(customer, price, start, end, event_id, created, False, subscription)
+            )
     return changes
+
+
+def _line_subscription(line: Mapping[str, Any]) -> str | None:
+    """A line's subscription: on the line before basil, under its `parent` since."""
+    details = _map(_map(line.get("parent")).get("subscription_item_details"))
+    return id_of(line.get("subscription")) or id_of(details.get("subscription"))
 
 
 def credit_note_changes(

@@ -924,3 +924,40 @@ async def test_a_fact_stripe_rejected_does_not_move_the_rows_clock(
         assert await fetch(conn, schema, clock) == [
             (Decimal(10), Decimal(5), report["id"], T0 + 2 * DAY)
         ], schema
+
+
+async def test_two_subscriptions_on_one_meter_keep_their_whole_periods(
+    conn: asyncpg.Connection,
+) -> None:
+    """A customer with two subscriptions pricing the same meter, the second begun half way
+    through the first's month: Stripe bills the meter's usage on each, so neither period
+    is cut where the other begins (only a period of the same subscription cuts one)."""
+    meter = billing_meter(event_name="twice_calls")
+    half = T0 + 15 * DAY
+    records = [stripe_record(meter_event(meter))]
+    for sub_id, start in (("sub_first", T0), ("sub_second", half)):
+        item = subscription_item(
+            item_price=price(meter=meter["id"], unit_amount=None),
+            period_start=start,
+            period_end=start + MONTH,
+        )
+        sub = subscription(
+            id=sub_id,
+            customer="cus_twice",
+            items=[item],
+            period_start=start,
+            period_end=start + MONTH,
+        )
+        records.append(stripe_record(event("customer.subscription.created", sub, created=start)))
+    fact = usage_fact("twice", "cus_twice", 3, event_name="twice_calls", timestamp=half + DAY)
+    records.append(usage_record(fact))
+    rows = (
+        "SELECT extract(epoch FROM period_start)::bigint, extract(epoch FROM period_end)::bigint,"
+        " reported_value FROM meter_reconciliation WHERE customer = 'cus_twice'"
+        " ORDER BY period_start"
+    )
+    await project(conn, "twice", [records])
+    assert await fetch(conn, "twice", rows) == [
+        (T0, T0 + MONTH, Decimal(3)),
+        (half, half + MONTH, Decimal(3)),
+    ]

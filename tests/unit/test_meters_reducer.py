@@ -97,7 +97,9 @@ def test_a_subscription_gives_its_metered_items_periods(era: str) -> None:
     evt = event("customer.subscription.updated", sub, created=T0 + 5)
     assert projection.reduce(stripe_record(evt)) == [
         PriceMeter(metered["id"], "mtr_1", evt["id"], T0 + 5),
-        PeriodSeen("cus_1", metered["id"], T0, T0 + MONTH, evt["id"], T0 + 5),
+        PeriodSeen(
+            "cus_1", metered["id"], T0, T0 + MONTH, evt["id"], T0 + 5, subscription=sub["id"]
+        ),
     ]
 
 
@@ -117,7 +119,7 @@ def test_a_subscription_canceled_mid_period_ends_its_period_there(era: str) -> N
     )
     evt = event("customer.subscription.deleted", sub, created=ended)
     assert projection.reduce(stripe_record(evt))[1] == PeriodSeen(
-        "cus_1", metered["id"], T0, ended, evt["id"], ended, ended=True
+        "cus_1", metered["id"], T0, ended, evt["id"], ended, ended=True, subscription=sub["id"]
     )
 
 
@@ -262,3 +264,26 @@ def test_the_projection_reads_both_topics_and_asks_for_hydration() -> None:
     settings = Settings(topic="t.events", usage_topic="t.usage")
     assert list(projection.topics(settings)) == ["t.events", "t.usage"]
     assert projection.hydrate_thin_events is True
+
+
+@pytest.mark.parametrize("era", ["legacy", "basil"])
+def test_a_lines_period_names_its_subscription_in_either_shape(era: str) -> None:
+    """On the line before basil, under its `parent` since; else the invoice's own."""
+    metered = price(meter="mtr_1", unit_amount=None)
+    own = invoice_line(era=era, line_price=metered, subscription="sub_line")  # type: ignore[arg-type]
+    bare = invoice_line(
+        era=era,  # type: ignore[arg-type]
+        line_price=metered,
+        period_start=T0 + MONTH,
+        period_end=T0 + 2 * MONTH,
+    )
+    inv = invoice(
+        era=era,  # type: ignore[arg-type]
+        status="open",
+        customer="cus_1",
+        subscription="sub_invoice",
+        lines=[own, bare],
+    )
+    evt = event("invoice.finalized", inv, created=T0 + 9, era=era)  # type: ignore[arg-type]
+    periods = [c for c in projection.reduce(stripe_record(evt)) if isinstance(c, PeriodSeen)]
+    assert [p.subscription for p in periods] == ["sub_line", "sub_invoice"]
