@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from projectors.base import Record
@@ -74,6 +75,9 @@ class Item:
     meter: str | None
     current_period_start: int | None
     current_period_end: int | None
+    unit_amount_decimal: Decimal | None = None  # exact, fractions of the minor unit too
+    transform_divide_by: int | None = None  # a package price: units per package
+    transform_round: str | None = None  # `up` or `down` to whole packages
 
 
 @dataclass(slots=True)
@@ -200,7 +204,8 @@ def _item(
     # `price` is always expanded on items; very old payloads only have `plan`.
     price = raw.get("price") if type(raw.get("price")) is dict else raw.get("plan")
     price = mapping(price)
-    currency, unit_amount = _charged(price, billed_in)
+    currency, unit_amount, exact = _charged(price, billed_in)
+    transform = mapping(price.get("transform_quantity")) or mapping(price.get("transform_usage"))
     recurring = mapping(price.get("recurring"))
     interval = text(recurring.get("interval")) or text(price.get("interval"))
     interval_count = integer(recurring.get("interval_count")) or integer(
@@ -221,6 +226,9 @@ def _item(
         meter=ref(recurring.get("meter")) or ref(price.get("meter")),
         current_period_start=start if start is not None else legacy_start,
         current_period_end=end if end is not None else legacy_end,
+        unit_amount_decimal=exact,
+        transform_divide_by=integer(transform.get("divide_by")),
+        transform_round=text(transform.get("round")),
     )
 
 
@@ -251,16 +259,33 @@ def customer_snapshot(event: Event) -> CustomerSnapshot:
     )
 
 
-def _charged(price: Mapping[str, Any], billed_in: str | None) -> tuple[str | None, int | None]:
-    """The currency and unit amount an item is charged in. A price in several currencies
+def _charged(
+    price: Mapping[str, Any], billed_in: str | None
+) -> tuple[str | None, int | None, Decimal | None]:
+    """The currency and unit amount an item is charged in, whole and exact (a price in
+    fractions of the minor unit has only the exact one). A price in several currencies
     shows its default one on the item; a subscription in another is charged that
     currency's amount, in `currency_options` only when expanded (webhooks do not expand
     it): otherwise the amount is unknown (None), never the default currency's."""
     shown = text(price.get("currency"))
+    if billed_in is not None and shown is not None and shown != billed_in:
+        option = mapping(mapping(price.get("currency_options")).get(billed_in))
+        amount = integer(option.get("unit_amount"))
+        return billed_in, amount, _exact(option.get("unit_amount_decimal"), amount)
     amount = integer(price.get("unit_amount"))
-    if amount is None:
-        amount = integer(price.get("amount"))  # a legacy plan's name for it
-    if billed_in is None or shown is None or shown == billed_in:
-        return shown or billed_in, amount
-    option = mapping(mapping(price.get("currency_options")).get(billed_in))
-    return billed_in, integer(option.get("unit_amount"))
+    exact = price.get("unit_amount_decimal")
+    if amount is None and exact is None:  # a legacy plan's names for them
+        amount, exact = integer(price.get("amount")), price.get("amount_decimal")
+    return shown or billed_in, amount, _exact(exact, amount)
+
+
+def _exact(value: Any, whole: int | None) -> Decimal | None:
+    """Stripe's decimal string of an amount (`"0.5"`), else the whole amount."""
+    if type(value) is str:
+        try:
+            exact = Decimal(value)
+        except InvalidOperation:
+            exact = None
+        if exact is not None and exact.is_finite():
+            return exact
+    return None if whole is None else Decimal(whole)

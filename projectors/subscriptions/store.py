@@ -55,15 +55,19 @@ INSERT_ITEMS = """
 INSERT INTO subscription_items AS t (
     id, subscription, price, product, quantity, unit_amount, currency, interval, interval_count,
     usage_type, meter, current_period_start, current_period_end,
-    last_event_id, last_event_created)
+    last_event_id, last_event_created, unit_amount_decimal, transform_divide_by,
+    transform_round)
 SELECT x.id, x.subscription, x.price, x.product, x.quantity, x.unit_amount, x.currency,
     x.interval, x.interval_count, x.usage_type, x.meter, to_timestamp(x.cps),
-    to_timestamp(x.cpe), x.event_id, to_timestamp(x.event_created)
+    to_timestamp(x.cpe), x.event_id, to_timestamp(x.event_created), x.exact, x.divide_by,
+    x.round
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[],
             $7::text[], $8::text[], $9::integer[], $10::text[], $11::text[], $12::bigint[],
-            $13::bigint[], $14::text[], $15::bigint[])
+            $13::bigint[], $14::text[], $15::bigint[], $16::numeric[], $17::bigint[],
+            $18::text[])
     AS x(id, subscription, price, product, quantity, unit_amount, currency, interval,
-         interval_count, usage_type, meter, cps, cpe, event_id, event_created)
+         interval_count, usage_type, meter, cps, cpe, event_id, event_created, exact,
+         divide_by, round)
 ON CONFLICT (id) DO UPDATE SET
     subscription = excluded.subscription, price = excluded.price, product = excluded.product,
     quantity = excluded.quantity, unit_amount = excluded.unit_amount,
@@ -71,7 +75,9 @@ ON CONFLICT (id) DO UPDATE SET
     interval_count = excluded.interval_count, usage_type = excluded.usage_type,
     meter = excluded.meter, current_period_start = excluded.current_period_start,
     current_period_end = excluded.current_period_end, last_event_id = excluded.last_event_id,
-    last_event_created = excluded.last_event_created
+    last_event_created = excluded.last_event_created,
+    unit_amount_decimal = excluded.unit_amount_decimal,
+    transform_divide_by = excluded.transform_divide_by, transform_round = excluded.transform_round
 """
 
 UPSERT_CUSTOMERS = """
@@ -168,4 +174,7 @@ async def _write_subscriptions(conn: asyncpg.Connection, subs: list[Subscription
         [i.current_period_end for _, i in pairs],
         [s.event_id for s, _ in pairs],
         [s.event_created for s, _ in pairs],
+        [i.unit_amount_decimal for _, i in pairs],
+        [i.transform_divide_by for _, i in pairs],
+        [i.transform_round for _, i in pairs],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -330,3 +331,89 @@ async def test_any_delivery_in_any_batches_ends_in_the_tables_of_the_true_order(
             conn, table, schema="ordered"
         ), table
     assert await rows(conn, "subscriptions", schema="ordered")
+
+
+async def test_mrr_counts_package_and_decimal_prices_as_stripe_charges_them(
+    conn: asyncpg.Connection,
+) -> None:
+    """A package price charges `unit_amount` per package of `divide_by` units, rounded up
+    or down (25 units in tens: 3 packages up, 2 down); a price in fractions of a cent has
+    no `unit_amount`, only `unit_amount_decimal` (10,000 units at half a cent: 5,000);
+    a legacy plan says the same as `transform_usage` and `amount_decimal`."""
+
+    def package(round_: str, currency: str) -> dict[str, Any]:
+        return so.price(
+            unit_amount=500,
+            currency=currency,
+            transform_quantity={"divide_by": 10, "round": round_},
+        )
+
+    half_cent = so.price(unit_amount=None, unit_amount_decimal="0.5", currency="gbp")
+    legacy_plan = {
+        "id": so.new_id("plan"),
+        "object": "plan",
+        "active": True,
+        "amount": None,
+        "amount_decimal": "0.25",
+        "billing_scheme": "per_unit",
+        "currency": "chf",
+        "interval": "month",
+        "interval_count": 1,
+        "product": so.new_id("prod"),
+        "transform_usage": {"divide_by": 100, "round": "up"},
+        "usage_type": "licensed",
+    }
+    plan_item = so.subscription_item(item_price=so.price(), quantity=250)
+    plan_item["price"] = None
+    plan_item["plan"] = legacy_plan
+    cases = [
+        ("usd", [so.subscription_item(item_price=package("up", "usd"), quantity=25)]),
+        ("eur", [so.subscription_item(item_price=package("down", "eur"), quantity=25)]),
+        ("gbp", [so.subscription_item(item_price=half_cent, quantity=10_000)]),
+        ("chf", [plan_item]),  # 3 packages of 100 at a quarter of a cent
+    ]
+    events = [
+        so.event(
+            "customer.subscription.updated",
+            so.subscription(status="active", items=items, currency=currency, livemode=True),
+        )
+        for currency, items in cases
+    ]
+    await apply_events(conn, BOTH, events)
+    mrr = await conn.fetch(
+        "SELECT currency, mrr FROM projections.mrr WHERE livemode ORDER BY currency"
+    )
+    assert [(r["currency"], r["mrr"]) for r in mrr] == [
+        ("chf", 1),  # 0.75, rounded once per currency
+        ("eur", 1000),
+        ("gbp", 5000),
+        ("usd", 1500),
+    ]
+
+
+def readme_query(first: str, last: str) -> str:
+    """The README's example query from the line starting `first` to `last`."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index(first)
+    return readme[start : readme.index(last, start) + len(last)]
+
+
+async def test_the_readme_revenue_at_risk_query_sums_past_due_items(
+    conn: asyncpg.Connection,
+) -> None:
+    query = readme_query("    -- revenue at risk", "GROUP BY 1;")
+    at_risk = so.subscription(
+        status="past_due",
+        items=[so.subscription_item(item_price=so.price(unit_amount=2000), quantity=3)],
+        livemode=True,
+    )
+    fine = so.subscription(
+        status="active",
+        items=[so.subscription_item(item_price=so.price(unit_amount=900), quantity=1)],
+        livemode=True,
+    )
+    await apply_events(
+        conn, BOTH, [so.event("customer.subscription.updated", s) for s in (at_risk, fine)]
+    )
+    found = await conn.fetch(query)
+    assert [(r["currency"], r["monthly_at_risk"]) for r in found] == [("usd", 6000)]

@@ -1,39 +1,52 @@
 -- Views over the subscriptions projection (re-applied after every migration).
 
 -- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
--- of an active or past_due subscription, unit_amount x quantity, brought to one month by
--- its interval (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
+-- of an active or past_due subscription, as `subscription_item_mrr` brings it to a month
+-- (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
 -- Trialing, paused, unpaid and ended subscriptions bring nothing, nor those whose payment
 -- collection is paused (still `active`), nor a connected account's own subscriptions
 -- (`account` set: its revenue, not the platform's); metered items (no quantity) neither.
 -- Test mode (`stripe listen` forwards it to the same endpoint) is a row of its own, never
 -- added to live revenue. An item whose price shows another currency than the
 -- subscription's has no amount (see the reducer) and brings nothing.
+-- What each licensed item of any subscription is charged a month (not rounded), in its
+-- currency's minor unit: the exact unit amount (fractions of the minor unit too) times the
+-- quantity, or times the packages it makes for a package price (`divide_by` units each,
+-- rounded `up` or `down`), brought to one month. Items whose amount is unknown (tiered
+-- prices, another currency's amount not shown) and metered items are not in it.
+CREATE OR REPLACE VIEW subscription_item_mrr AS
+SELECT i.subscription, i.id AS item, coalesce(i.currency, s.currency) AS currency,
+       coalesce(i.unit_amount_decimal, i.unit_amount::numeric)
+       * CASE WHEN coalesce(i.transform_divide_by, 0) <= 0 THEN i.quantity
+              WHEN i.transform_round = 'down'
+                  THEN floor(i.quantity::numeric / i.transform_divide_by)
+              ELSE ceil(i.quantity::numeric / i.transform_divide_by) END
+       * CASE i.interval
+             WHEN 'month' THEN 1
+             WHEN 'year' THEN 1 / 12.0
+             WHEN 'week' THEN 52 / 12.0
+             WHEN 'day' THEN 365 / 12.0
+         END
+       / greatest(coalesce(i.interval_count, 1), 1) AS monthly
+FROM subscription_items i
+JOIN subscriptions s ON s.id = i.subscription
+WHERE coalesce(i.unit_amount_decimal, i.unit_amount) IS NOT NULL
+  AND i.quantity IS NOT NULL
+  AND i.interval IS NOT NULL;
+
 CREATE OR REPLACE VIEW mrr AS
-SELECT coalesce(i.currency, s.currency) AS currency,
-       round(sum(
-           i.unit_amount::numeric * i.quantity
-           * CASE i.interval
-                 WHEN 'month' THEN 1
-                 WHEN 'year' THEN 1 / 12.0
-                 WHEN 'week' THEN 52 / 12.0
-                 WHEN 'day' THEN 365 / 12.0
-             END
-           / greatest(coalesce(i.interval_count, 1), 1)
-       ))::bigint AS mrr,
+SELECT m.currency,
+       round(sum(m.monthly))::bigint AS mrr,
        count(DISTINCT s.id) AS subscriptions,
        s.livemode,
        -- Summed with only the items their webhook carried (`items.has_more`): MRR is
        -- short by their items not seen.
        count(DISTINCT s.id) FILTER (WHERE NOT s.items_complete) AS items_not_seen
 FROM subscriptions s
-JOIN subscription_items i ON i.subscription = s.id
+JOIN subscription_item_mrr m ON m.subscription = s.id
 WHERE s.status IN ('active', 'past_due')
   AND s.pause_collection IS NULL
   AND s.account IS NULL
-  AND i.unit_amount IS NOT NULL
-  AND i.quantity IS NOT NULL
-  AND i.interval IS NOT NULL
 GROUP BY 1, s.livemode;
 
 -- `past_due_subscriptions` joins this projection's tables with the invoices projection's,
