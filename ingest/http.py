@@ -21,8 +21,8 @@ keeps its connection), else the connection is closed. While a body is being read
 arrives that is not body (a chunked body's trailers, its chunk lines) is bounded too: over
 `MAX_HEAD_BYTES` of it in a row and the connection is closed; trailers are dropped, never
 added to the request's headers. And writing: uvicorn waits for a client that reads none
-of its answers (its buffers full, writing paused) for ever; here for `head_timeout`
-seconds, then the connection is aborted.
+of its answers (its buffers full, writing paused) for ever; here, once `head_timeout`
+seconds pass without any of what waits being sent, the connection is aborted.
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ LINGER_BYTES = 1024 * 1024
 # After an answer sent before its request's body ended: how much more of that body is read
 # and dropped (within LINGER_SECONDS) to keep the connection for the client's next request.
 DRAIN_BYTES = 8 * 1024 * 1024
-# Header names that say a body follows.
-_FRAMING = frozenset((b"content-length", b"transfer-encoding"))
 
 
 class Refusals(Protocol):
@@ -85,6 +83,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._drain_timer: asyncio.TimerHandle | None = None  # an answered body's rest
         self._drain_left = 0
         self._write_timer: asyncio.TimerHandle | None = None  # writing paused: the client reads
+        self._unsent = 0  # bytes waiting to be sent when that timer was set
         # A refusal (status, reason, seconds its head took) waiting for the answers of the
         # requests pipelined before the refused one.
         self._refusal: tuple[bytes, bytes, float] | None = None
@@ -100,6 +99,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().pause_writing()
         # uvicorn waits for the client to read for as long as it takes: bounded here.
         if self._write_timer is None:
+            self._unsent = self.transport.get_write_buffer_size()
             self._write_timer = self.loop.call_later(self.head_timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
@@ -113,6 +113,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
 
     def _write_timed_out(self) -> None:
         self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:  # it reads, slowly: another while
+            self.pause_writing()
+            return
         log.warning("connection aborted: its client read too little of its answers in time")
         self._writes.abort()
 
@@ -174,7 +178,10 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         if spanned > MAX_HEAD_BYTES and self._head_size() > MAX_HEAD_BYTES:
             self._refuse(b"431 Request Header Fields Too Large", b"request_head_too_large")
             raise HeadRefused  # out of the parser, before a request cycle starts
-        if self.parser.should_upgrade() and any(n in _FRAMING for n, _ in self.headers):
+        if self.parser.should_upgrade() and any(
+            n == b"transfer-encoding" or (n == b"content-length" and v.strip() != b"0")
+            for n, v in self.headers
+        ):
             # The parser takes an upgrade's body for the new protocol's bytes and does not
             # read it as a body: what the client sends as the body would be parsed as the
             # next request (smuggled past a proxy that passes `Upgrade` on). Nothing here
