@@ -388,16 +388,15 @@ async def test_an_invoice_reissued_for_a_voided_one_with_lines_not_seen_is_incom
 async def test_the_readme_query_finds_last_months_under_billed_customers(
     conn: asyncpg.Connection,
 ) -> None:
-    """The periods that ended last month: one that began the month before (billed short,
-    cus_legacy), one cut short by a cancellation last month (never invoiced, cus_cut). A
-    period that began last month and ended this month (cus_next, cut short this month and
-    never invoiced) is this month's, not listed."""
+    """The periods that ended last month: the calendar month, ending at midnight on this
+    month's 1st (billed short, cus_legacy), and one cut short by a cancellation last month
+    (never invoiced, cus_cut). A period that began last month and ended this month
+    (cus_next, cut short this month and never invoiced) is this month's, not listed."""
     today = datetime.now(UTC)
     this_month = datetime(today.year, today.month, 1, tzinfo=UTC)
     last_month = (this_month - timedelta(days=1)).replace(day=1)
-    before = (last_month - timedelta(days=1)).replace(day=1)
     lo, hi = int(last_month.timestamp()), int(this_month.timestamp())
-    scenario = billing_month(start=int(before.timestamp()), end=lo)
+    scenario = billing_month(start=lo, end=hi)
     sum_meter = next(
         e["data"]["object"]
         for e in scenario.stripe_events
@@ -413,7 +412,7 @@ async def test_the_readme_query_finds_last_months_under_billed_customers(
     rows = await conn.fetch(readme_query())
     assert [(r["customer"], r["status"], r["delta"], r["period_end"]) for r in rows] == [
         ("cus_cut", "unbilled", Decimal(4), datetime.fromtimestamp(lo + 10 * DAY, UTC)),
-        ("cus_legacy", "under_billed", Decimal("1.5"), last_month),
+        ("cus_legacy", "under_billed", Decimal("1.5"), this_month),
     ]
 
 
