@@ -113,3 +113,19 @@ async def test_an_upgrade_with_a_body_is_refused_and_its_body_never_parsed() -> 
     assert answer.endswith(b'{"error":"upgrade_not_supported"}'), answer
     assert answer.count(b"HTTP/1.1 ") == 1, answer
     assert app.headers == []  # the app never ran, for either
+
+
+async def test_an_upgrade_without_a_body_is_answered_as_a_plain_request() -> None:
+    app = HeadersApp()
+    head = (
+        b"POST /webhooks/platform HTTP/1.1\r\nHost: lattice\r\nConnection: Upgrade\r\n"
+        b"Upgrade: h2c\r\nContent-Length: 0\r\n\r\n"
+    )
+    async with serving(app, what="headers app", http=OneWriteHttpToolsProtocol) as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(head)
+            answer = await asyncio.wait_for(reader.readuntil(b"ok"), 10)
+        finally:
+            writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
