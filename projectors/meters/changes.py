@@ -24,6 +24,7 @@ class UsageReported:
     value: Decimal
     timestamp: int
     cancel: bool
+    received: int | None = None  # Unix seconds its record reached the log
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ _TAKES = """(excluded.reported, t.occurred_at, t.value,
     > (t.reported, excluded.occurred_at, excluded.value,
        excluded.event_name COLLATE "C", excluded.customer COLLATE "C")"""
 
-# $1..$7: identifier, event name, customer, value, Unix seconds, reported?, cancelled?
+# $1..$8: identifier, event name, customer, value, Unix seconds, reported?, cancelled?,
+# Unix seconds the record reached the log
 # The values come as decimal text: asyncpg's binary numeric encoding cost the client three
 # times what sending text and casting here does, for the same numbers.
 # Returns (kind, customer, event_name): `added` pairs of `last` meters (RECOMPUTE them)
@@ -25,7 +26,7 @@ _TAKES = """(excluded.reported, t.occurred_at, t.value,
 WRITE_FACTS = f"""
 WITH batch AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]::numeric[], $5::bigint[],
-                         $6::boolean[], $7::boolean[]) AS u(i, e, c, v, ts, r, x)
+                         $6::boolean[], $7::boolean[], $8::bigint[]) AS u(i, e, c, v, ts, r, x, rc)
 ),
 old AS (
     SELECT f.identifier, f.customer, f.event_name, f.value, f.occurred_at,
@@ -34,8 +35,9 @@ old AS (
 ),
 up AS (
     INSERT INTO usage_facts AS t (identifier, event_name, customer, value, occurred_at,
-                                  reported, cancelled, last_event_id, last_event_created)
-    SELECT i, e, c, v, to_timestamp(ts), r, x, i, to_timestamp(ts) FROM batch
+                                  reported, cancelled, last_event_id, last_event_created,
+                                  received_at)
+    SELECT i, e, c, v, to_timestamp(ts), r, x, i, to_timestamp(ts), to_timestamp(rc) FROM batch
     ON CONFLICT (identifier) DO UPDATE SET
         event_name = CASE WHEN {_TAKES} THEN excluded.event_name ELSE t.event_name END,
         customer = CASE WHEN {_TAKES} THEN excluded.customer ELSE t.customer END,
@@ -44,9 +46,12 @@ up AS (
         last_event_created = CASE WHEN {_TAKES} THEN excluded.occurred_at
                              ELSE t.last_event_created END,
         reported = t.reported OR excluded.reported,
-        cancelled = t.cancelled OR excluded.cancelled
+        cancelled = t.cancelled OR excluded.cancelled,
+        received_at = least(t.received_at, excluded.received_at)
     RETURNING identifier, customer, event_name, value, occurred_at,
-              reported AND NOT cancelled AS live
+              reported AND NOT cancelled AS live,
+              -- Its time as the rows' newest: not past when it was reported.
+              least(occurred_at, coalesce(received_at, occurred_at)) AS seen_at
 ),
 states AS (
     SELECT up.*, coalesce(old.live, false) AS was_live,
@@ -70,8 +75,8 @@ placed AS (
            CASE m.aggregation
                WHEN 'sum' THEN coalesce(sum(a.value) FILTER (WHERE rj.identifier IS NOT NULL), 0)
                ELSE count(rj.identifier) END AS rejected,
-           max(a.occurred_at) FILTER (WHERE rj.identifier IS NULL) AS kept_at,
-           (array_agg(a.identifier ORDER BY a.occurred_at DESC, a.identifier DESC)
+           max(a.seen_at) FILTER (WHERE rj.identifier IS NULL) AS kept_at,
+           (array_agg(a.identifier ORDER BY a.seen_at DESC, a.identifier DESC)
                FILTER (WHERE rj.identifier IS NULL))[1] AS kept_id,
            max(rj.last_event_created) AS rejection_at,
            (array_agg(rj.last_event_id ORDER BY rj.last_event_created DESC,

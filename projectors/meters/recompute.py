@@ -85,10 +85,14 @@ computed AS (
                    AS rejection_id,
                max(r.last_event_created) AS rejection_at,
                -- The newest fact Stripe kept: a rejected one (its time may be the app's
-               -- mistake, days ahead) is reflected by its error report's event instead.
-               (array_agg(u.identifier ORDER BY u.occurred_at DESC, u.identifier DESC)
+               -- mistake, days ahead) is reflected by its error report's event instead;
+               -- a fact's time, never past when it was reported (as WRITE_FACTS).
+               (array_agg(u.identifier ORDER BY least(u.occurred_at,
+                                                      coalesce(u.received_at, u.occurred_at))
+                                                DESC, u.identifier DESC)
                    FILTER (WHERE r.identifier IS NULL))[1] AS kept_id,
-               max(u.occurred_at) FILTER (WHERE r.identifier IS NULL) AS kept_at
+               max(least(u.occurred_at, coalesce(u.received_at, u.occurred_at)))
+                   FILTER (WHERE r.identifier IS NULL) AS kept_at
         FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
         WHERE u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end

@@ -47,7 +47,7 @@ ACTIONS = {None: False, "report": False, "cancel": True}
 def reduce(record: Record) -> list[Change]:
     """The changes one record makes; PoisonRecord when it can never be applied."""
     if record.header(HEADER_EVENT_TYPE) is None:
-        return [usage_change(record.value)]
+        return [usage_change(record.value, record.timestamp_ms // 1000)]
     event = record.json()
     event_type = str(event.get("type") or record.header(HEADER_EVENT_TYPE))
     event_id = id_of(event.get("id"))
@@ -70,9 +70,10 @@ def reduce(record: Record) -> list[Change]:
     return []
 
 
-def usage_change(value: bytes) -> UsageReported:
-    """A usage-fact record as a change; PoisonRecord with the validation error otherwise."""
-    fast = _plain_usage_change(value)
+def usage_change(value: bytes, received: int | None = None) -> UsageReported:
+    """A usage-fact record (that reached the log at `received`) as a change; PoisonRecord
+    with the validation error otherwise."""
+    fast = _plain_usage_change(value, received)
     if fast is not None:
         return fast
     try:
@@ -86,10 +87,11 @@ def usage_change(value: bytes) -> UsageReported:
         value=fact.value,
         timestamp=fact.timestamp,
         cancel=fact.action is UsageAction.CANCEL,
+        received=received,
     )
 
 
-def _plain_usage_change(value: bytes) -> UsageReported | None:
+def _plain_usage_change(value: bytes, received: int | None = None) -> UsageReported | None:
     """The change of a fact in the common, plainly valid shape, without the model (it cost
     more than the rest of the reducer); None for anything else, which the model judges and
     explains. Accepts only what the model accepts, with the same resulting values."""
@@ -128,6 +130,7 @@ def _plain_usage_change(value: bytes) -> UsageReported | None:
         value=Decimal(raw),
         timestamp=timestamp,
         cancel=ACTIONS[action],
+        received=received,
     )
 
 

@@ -7,6 +7,7 @@ twice. Runs in the caller's transaction and never opens one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -49,7 +50,8 @@ def newest(
 
 
 def merge_facts(facts: Iterable[UsageReported]) -> list[tuple[UsageReported, bool, bool]]:
-    """Per identifier: the winning version, whether any was a report, whether any a cancel."""
+    """Per identifier: the winning version (received when its first version was), whether
+    any was a report, whether any a cancel."""
     merged: dict[str, tuple[UsageReported, bool, bool]] = {}
     for fact in facts:
         held = merged.get(fact.identifier)
@@ -57,8 +59,11 @@ def merge_facts(facts: Iterable[UsageReported]) -> list[tuple[UsageReported, boo
             merged[fact.identifier] = (fact, not fact.cancel, fact.cancel)
             continue
         winner, reported, cancelled = held
+        received = min((r for r in (winner.received, fact.received) if r is not None), default=None)
         if _fact_rank(fact) < _fact_rank(winner):
             winner = fact
+        if winner.received != received:
+            winner = dataclasses.replace(winner, received=received)
         merged[fact.identifier] = (winner, reported or not fact.cancel, cancelled or fact.cancel)
     return list(merged.values())
 
@@ -112,6 +117,7 @@ async def _facts(conn: asyncpg.Connection, facts: list[UsageReported], touched: 
         [f.timestamp for f, _, _ in rows],
         [reported for _, reported, _ in rows],
         [cancelled for _, _, cancelled in rows],
+        [f.received for f, _, _ in rows],
     )
     for kind, customer, event_name in pairs:
         target = touched.added if kind == "added" else touched.facts

@@ -4,6 +4,7 @@ the same table from any shuffle or duplication of its records."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -960,3 +961,36 @@ async def test_two_subscriptions_on_one_meter_keep_their_whole_periods(
         (T0, T0 + MONTH, Decimal(3)),
         (half, half + MONTH, Decimal(3)),
     ]
+
+
+async def test_a_fact_counts_for_the_clock_no_later_than_it_was_reported(
+    conn: asyncpg.Connection,
+) -> None:
+    """A fact stamped day 20 that reached the log on day 2 (the app's clock wrong; Stripe
+    took it, or rejected it without sampling it): the row's newest event is that fact at
+    day 2, its report, never day 20, whatever the order and wherever it is counted; its
+    version delivered again later does not move it either."""
+    meter = billing_meter(event_name="early_calls")
+    item = subscription_item(item_price=price(meter=meter["id"], unit_amount=None))
+    sub = subscription(customer="cus_early", items=[item])
+    fact = usage_fact("ahead", "cus_early", 5, event_name="early_calls", timestamp=T0 + 20 * DAY)
+    reported = dataclasses.replace(usage_record(fact), timestamp_ms=(T0 + 2 * DAY) * 1000)
+    again = dataclasses.replace(reported, offset=1, timestamp_ms=(T0 + 25 * DAY) * 1000)
+    records = [
+        stripe_record(meter_event(meter)),
+        stripe_record(event("customer.subscription.created", sub, created=T0)),
+        reported,
+        again,
+    ]
+    clock = (
+        "SELECT reported_value, last_event_id, extract(epoch FROM last_event_created)::bigint"
+        " FROM meter_reconciliation"
+    )
+    for schema, batches in (
+        ("early_one_batch", [records]),
+        ("early_each_alone", [[r] for r in records]),
+        ("early_fact_first", [records[2:], records[:2]]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, clock) == [(Decimal(5), "ahead", T0 + 2 * DAY)], schema

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import pytest
@@ -46,9 +47,15 @@ from tests.support.meter_payloads import (
 
 
 def test_a_usage_fact_becomes_one_change() -> None:
-    record = usage_record(usage_fact("req-1", "cus_1", "0.1", timestamp=T0))
+    """With the time its record reached the log (the record's timestamp)."""
+    record = dataclasses.replace(
+        usage_record(usage_fact("req-1", "cus_1", "0.1", timestamp=T0)),
+        timestamp_ms=(T0 + 60) * 1000 + 999,
+    )
     assert projection.reduce(record) == [
-        UsageReported("req-1", "api_requests", "cus_1", Decimal("0.1"), T0, cancel=False)
+        UsageReported(
+            "req-1", "api_requests", "cus_1", Decimal("0.1"), T0, cancel=False, received=T0 + 60
+        )
     ]
 
 
