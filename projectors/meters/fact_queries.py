@@ -30,7 +30,8 @@ WITH batch AS (
 ),
 old AS (
     SELECT f.identifier, f.customer, f.event_name, f.value, f.occurred_at,
-           f.reported AND NOT f.cancelled AS live
+           f.reported AND NOT f.cancelled AS live,
+           least(f.occurred_at, coalesce(f.received_at, f.occurred_at)) AS seen_at
     FROM usage_facts f WHERE f.identifier = ANY($1::text[])
 ),
 up AS (
@@ -55,9 +56,10 @@ up AS (
 ),
 states AS (
     SELECT up.*, coalesce(old.live, false) AS was_live,
-           (old.customer, old.event_name, old.value, old.occurred_at)
-               IS NOT DISTINCT FROM (up.customer, up.event_name, up.value, up.occurred_at)
-               AS same,
+           -- `seen_at` too: an earlier report of a live fact moves its rows' newest event.
+           (old.customer, old.event_name, old.value, old.occurred_at, old.seen_at)
+               IS NOT DISTINCT FROM (up.customer, up.event_name, up.value, up.occurred_at,
+                                     up.seen_at) AS same,
            old.customer AS old_customer, old.event_name AS old_event_name
     FROM up LEFT JOIN old USING (identifier)
 ),
