@@ -41,7 +41,7 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free loopback port")
 
 
-async def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> None:
+async def _fresh_topics(bootstrap: str, names: list[str], partitions: int, usage: str) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -55,7 +55,7 @@ async def _fresh_topics(bootstrap: str, names: list[str], partitions: int) -> No
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    await ensure_topics(bootstrap, names, partitions=partitions)
+    await ensure_topics(bootstrap, names, partitions=partitions, append_time=[usage])
 
 
 async def _fresh_database(url: str) -> str:
@@ -76,7 +76,7 @@ async def prepare() -> dict[str, str]:
     settings = load_settings()
     topic, usage = f"{PREFIX}.stripe.events", f"{PREFIX}.usage.reported"
     await _fresh_topics(
-        settings.kafka_bootstrap, [topic, f"{topic}.dlq", usage], settings.partitions
+        settings.kafka_bootstrap, [topic, f"{topic}.dlq", usage], settings.partitions, usage
     )
     database_url = await _fresh_database(settings.require_database_url())
     receiver, stripe = free_port(RECEIVER_PORT), free_port()

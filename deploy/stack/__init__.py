@@ -111,6 +111,7 @@ def _up(settings: Settings) -> StackInfo:
             [settings.topic, settings.dlq_topic, settings.usage_topic],
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
+            append_time=[settings.usage_topic],
         )
     )
     write_env(

@@ -23,6 +23,12 @@ FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 DEAD_LETTER_SUFFIX = ".dlq"
 DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
+# The usage-fact topic stamps each record with the broker's clock, not the app's: the meters
+# projection takes a fact's time as no later than its record's (a fact stamped days ahead by
+# a wrong clock must not move `usage_discrepancies`' "now"), which only the broker can vouch
+# for. The event log keeps the receiver's own stamp (its time of receipt).
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+
 
 async def ensure_topics(
     bootstrap: str,
@@ -31,6 +37,7 @@ async def ensure_topics(
     partitions: int,
     replication_factor: int = 1,
     extra_config: dict[str, str] | None = None,
+    append_time: Iterable[str] = (),
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names that were created.
 
@@ -38,8 +45,10 @@ async def ensure_topics(
     replication factor, a policy) — the broker answers per topic rather than failing the
     request — and when a topic that exists already would not keep its records forever:
     a receiver started before provisioning may have had it auto-created with the broker's
-    defaults (seven days), and the log is the source of truth."""
+    defaults (seven days), and the log is the source of truth. Topics named in
+    `append_time` are created with the broker's time on each record (`APPEND_TIME`)."""
     wanted = list(dict.fromkeys(names))
+    stamped = set(append_time)
     config = {**FOREVER, **(extra_config or {})}
     if replication_factor > 1:
         config.setdefault("min.insync.replicas", str(min(2, replication_factor)))
@@ -52,7 +61,12 @@ async def ensure_topics(
             response = await admin.create_topics(
                 [
                     NewTopic(
-                        name, partitions, replication_factor, topic_configs=_config(name, config)
+                        name,
+                        partitions,
+                        replication_factor,
+                        topic_configs=_config(
+                            name, {**config, **APPEND_TIME} if name in stamped else config
+                        ),
                     )
                     for name in missing
                 ]

@@ -128,7 +128,12 @@ def thin_event_bodies() -> list[dict[str, Any]]:
 async def create_topics(bootstrap: str, prefix: str) -> Topics:
     """Fresh topics for one scenario."""
     topics = Topics(f"{prefix}.stripe.events", f"{prefix}.usage.reported")
-    await ensure_topics(bootstrap, [topics.events, topics.dlq, topics.usage], partitions=PARTITIONS)
+    await ensure_topics(
+        bootstrap,
+        [topics.events, topics.dlq, topics.usage],
+        partitions=PARTITIONS,
+        append_time=[topics.usage],
+    )
     return topics
 
 

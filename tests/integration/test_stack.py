@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -223,3 +224,27 @@ def test_stack_status_asks_an_external_service_instead_of_assuming_it_runs(
         "kafka      running (external)",
         "postgresql not answering (external)",
     ]
+
+
+async def test_the_usage_topic_stamps_records_with_the_brokers_time(stack: Stack) -> None:
+    """A record produced with a timestamp ahead (the app's clock wrong; Kafka 4 refuses
+    one over an hour ahead on any topic) comes back with the time the broker appended it:
+    what the meters projection bounds a fact's time by. Other topics keep the producer's
+    (the receiver's time of receipt)."""
+    usage, log = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("usage", "log"))
+    await ensure_topics(stack.kafka_bootstrap, [usage, log], partitions=1, append_time=[usage])
+    ahead = int((time.time() + 50 * 60) * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for topic in (usage, log):
+            await producer.send_and_wait(topic, b"{}", key=b"cus_1", timestamp_ms=ahead)
+    finally:
+        await producer.stop()
+    try:
+        [appended] = await read_all(stack.kafka_bootstrap, usage)
+        [stamped] = await read_all(stack.kafka_bootstrap, log)
+        assert appended.timestamp_ms < time.time() * 1000 + 5_000
+        assert stamped.timestamp_ms == ahead
+    finally:
+        await delete_topics(stack.kafka_bootstrap, [usage, log])
