@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaClient
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
 from deploy.stack.errors import StackError
+
+log = structlog.get_logger("deploy.stack")
 
 # Kept forever: the log is the source of truth every table is rebuilt from.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -72,7 +75,7 @@ async def ensure_topics(
                 ]
             )
             _raise_refusals(response.topic_errors)
-        await _check_retention(admin, [name for name in wanted if name in existing])
+        await _check_existing(admin, [name for name in wanted if name in existing], stamped)
         return missing
     finally:
         await admin.close()
@@ -95,16 +98,28 @@ def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:
         raise StackError(f"the broker did not create {'; '.join(refused)}")
 
 
-async def _check_retention(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+async def _check_existing(admin: AIOKafkaAdminClient, names: list[str], stamped: set[str]) -> None:
+    """Raise when an existing topic would not keep its records forever; warn when one that
+    should take the broker's time keeps the producer's (made by an earlier version: not
+    changed here, since altering a topic's config through the admin API replaces it whole)."""
     if not names:
         return
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict(FOREVER)) for name in names]
+    wanted = {**FOREVER, **APPEND_TIME}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict(wanted)) for name in names]
     short = []
     for response in await admin.describe_configs(resources):
         for _code, _message, _kind, topic, entries in response.resources:
             for key, value, *_ in entries:
                 if key in FOREVER and value != FOREVER[key]:
                     short.append(f"{topic} has {key}={value}")
+                elif key in APPEND_TIME and topic in stamped and value != APPEND_TIME[key]:
+                    log.warning(
+                        f"{topic} keeps the producer's time ({key}={value}): a usage fact's "
+                        "time is then bounded by the app's own clock; change it with "
+                        "kafka-configs.sh --alter --entity-type topics --entity-name "
+                        f"{topic} --add-config {key}=LogAppendTime",
+                        topic=topic,
+                    )
     if short:
         raise StackError(
             f"{'; '.join(short)}: Lattice's topics must keep their records forever (-1); "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -228,9 +229,10 @@ def test_stack_status_asks_an_external_service_instead_of_assuming_it_runs(
 
 async def test_the_usage_topic_stamps_records_with_the_brokers_time(stack: Stack) -> None:
     """A record produced with a timestamp ahead (the app's clock wrong; Kafka 4 refuses
-    one over an hour ahead on any topic) comes back with the time the broker appended it:
-    what the meters projection bounds a fact's time by. Other topics keep the producer's
-    (the receiver's time of receipt)."""
+    one over an hour ahead on a topic that keeps the producer's time) comes back with the
+    time the broker appended it: what the meters projection bounds a fact's time by. Other
+    topics keep the producer's (the receiver's time of receipt). A usage topic made before
+    with the producer's time is named in a warning, not changed."""
     usage, log = (f"{kind}-{uuid.uuid4().hex[:8]}" for kind in ("usage", "log"))
     await ensure_topics(stack.kafka_bootstrap, [usage, log], partitions=1, append_time=[usage])
     ahead = int((time.time() + 50 * 60) * 1000)
@@ -246,5 +248,11 @@ async def test_the_usage_topic_stamps_records_with_the_brokers_time(stack: Stack
         [stamped] = await read_all(stack.kafka_bootstrap, log)
         assert appended.timestamp_ms < time.time() * 1000 + 5_000
         assert stamped.timestamp_ms == ahead
+        with structlog.testing.capture_logs() as logged:
+            await ensure_topics(
+                stack.kafka_bootstrap, [usage, log], partitions=1, append_time=[usage, log]
+            )
+        assert [(e["log_level"], e["topic"]) for e in logged] == [("warning", log)]
+        assert "message.timestamp.type=LogAppendTime" in logged[0]["event"]
     finally:
         await delete_topics(stack.kafka_bootstrap, [usage, log])
