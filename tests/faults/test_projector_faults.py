@@ -65,12 +65,16 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
     await produce_stream(stack.kafka_bootstrap, topics)
     env = projector_env(stack.kafka_bootstrap, database_url, topics, unique)
     proc = projector(env, tmp_path / "projector.log")
-    # Kill points: numbers of records committed by all projectors together, spread over
-    # the whole run (to where every projector stands at the log end), seeded.
+    # Kill points: numbers of records committed by all projectors together, seeded, spread
+    # over the first nine tenths of the run. Past that, a restarted process may commit the
+    # few records left before the test sees it commit anything and kills it: a kill at the
+    # log end, which proves little (one run had 7 of 50 there with the whole run to pick
+    # from). Where every projector stands at the end is checked after the kills.
     settings = settings_for(stack.kafka_bootstrap, database_url, topics, unique)
     wanted = expected_positions(settings, await log_end_positions(stack.kafka_bootstrap, topics))
     total = sum(sum(positions.values()) for positions in wanted.values())
-    points = sorted(rng.sample(range(1, total), min(KILLS, total - 1)))
+    span = max(2, total * 9 // 10)
+    points = sorted(rng.sample(range(1, span), min(KILLS, span - 1)))
     mid_kills = 0
     try:
         proc.start()
