@@ -290,6 +290,7 @@ async def test_past_due_subscriptions_show_who_owes_what(conn: asyncpg.Connectio
         0,
     )
     assert (unpaid["uncollectible_invoices"], unpaid["uncollectible_remaining"]) == (1, 2000)
+    assert unpaid["currency"] == given_up["currency"] == "usd"  # with no open invoice too
 
 
 async def _fresh_schema(conn: asyncpg.Connection, name: str) -> None:

@@ -70,7 +70,9 @@ BEGIN
            s.status,
            s.current_period_end,
            inv.id AS invoice,
-           inv.currency,
+           -- The subscription's when no invoice is open: what `uncollectible_remaining` and
+           -- `total_remaining` are in (one subscription's invoices share its currency).
+           coalesce(inv.currency, s.currency) AS currency,
            inv.amount_due,
            inv.amount_remaining,
            inv.attempt_count,
