@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from projectors.invoices.reducer import invoice_subscription
 from projectors.meters.changes import (
     Change,
     CreditNoteLineSeen,
@@ -136,10 +137,7 @@ def invoice_changes(
         period_end=unix_seconds(invoice.get("period_end")),
     )
     changes: list[Change] = [seen]
-    # The invoice's subscription (either API shape), for lines that do not name theirs.
-    billed = id_of(invoice.get("subscription")) or id_of(
-        _map(_map(invoice.get("parent")).get("subscription_details")).get("subscription")
-    )
+    billed = invoice_subscription(invoice)  # for lines that do not name theirs
     for line in _list_data(invoice.get("lines")):
         # Keyed with its invoice: before 2019-12-03 a line's `id` repeats across invoices,
         # never within one (the invoices projection reads `unique_id` for that reason).
