@@ -99,8 +99,11 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         super().pause_writing()
         # uvicorn waits for the client to read for as long as it takes: bounded here.
         if self._write_timer is None:
-            self._unsent = self.transport.get_write_buffer_size()
-            self._write_timer = self.loop.call_later(self.head_timeout, self._write_timed_out)
+            self._arm_write_timer()
+
+    def _arm_write_timer(self) -> None:
+        self._unsent = self.transport.get_write_buffer_size()
+        self._write_timer = self.loop.call_later(self.head_timeout, self._write_timed_out)
 
     def resume_writing(self) -> None:
         self._stop_write_timer()
@@ -115,7 +118,7 @@ class OneWriteHttpToolsProtocol(HttpToolsProtocol):
         self._write_timer = None
         unsent = self.transport.get_write_buffer_size()
         if unsent < self._unsent:  # it reads, slowly: another while
-            self.pause_writing()
+            self._arm_write_timer()
             return
         log.warning("connection aborted: its client read too little of its answers in time")
         self._writes.abort()
