@@ -1,14 +1,5 @@
 -- Views over the subscriptions projection (re-applied after every migration).
 
--- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
--- of an active or past_due subscription, as `subscription_item_mrr` brings it to a month
--- (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
--- Trialing, paused, unpaid and ended subscriptions bring nothing, nor those whose payment
--- collection is paused (still `active`), nor a connected account's own subscriptions
--- (`account` set: its revenue, not the platform's); metered items (no quantity) neither.
--- Test mode (`stripe listen` forwards it to the same endpoint) is a row of its own, never
--- added to live revenue. An item whose price shows another currency than the
--- subscription's has no amount (see the reducer) and brings nothing.
 -- What each licensed item of any subscription is charged a month (not rounded), in its
 -- currency's minor unit: the exact unit amount (fractions of the minor unit too) times the
 -- quantity, or times the packages it makes for a package price (`divide_by` units each,
@@ -34,6 +25,15 @@ WHERE coalesce(i.unit_amount_decimal, i.unit_amount) IS NOT NULL
   AND i.quantity IS NOT NULL
   AND i.interval IS NOT NULL;
 
+-- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
+-- of an active or past_due subscription, as `subscription_item_mrr` brings it to a month
+-- (a year is 12 months, a week 52/12 of a month, a day 365/12 of one).
+-- Trialing, paused, unpaid and ended subscriptions bring nothing, nor those whose payment
+-- collection is paused (still `active`), nor a connected account's own subscriptions
+-- (`account` set: its revenue, not the platform's); metered items (no quantity) neither.
+-- Test mode (`stripe listen` forwards it to the same endpoint) is a row of its own, never
+-- added to live revenue. An item whose price shows another currency than the
+-- subscription's has no amount (see the reducer) and brings nothing.
 CREATE OR REPLACE VIEW mrr AS
 SELECT m.currency,
        round(sum(m.monthly))::bigint AS mrr,
