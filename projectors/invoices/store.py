@@ -66,6 +66,14 @@ WHERE t.version < excluded.version
 RETURNING t.id
 """
 
+# The greatest `failed_attempts` wins whatever the versions: a failure stays seen when a
+# newer snapshot (a retry under way) came first. Runs after the upsert, so the row exists.
+RECORD_FAILURES = """
+UPDATE invoices t SET failed_attempts = x.n
+FROM unnest($1::text[], $2::integer[]) AS x(id, n)
+WHERE t.id = x.id AND t.failed_attempts < x.n
+"""
+
 DELETE_LINES = "DELETE FROM invoice_lines WHERE invoice = ANY($1::text[])"
 
 INSERT_LINES = """
@@ -184,6 +192,7 @@ async def apply(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
             await conn.execute(FILL_METERS, linked)
     if invoices:
         await _write_invoices(conn, invoices)
+        await _record_failures(conn, changes)
     if payments:
         await conn.execute(
             UPSERT_PAYMENTS,
@@ -223,6 +232,16 @@ async def _lock_unlinked(
     pending = [price for price in prices if price not in known]
     if pending:
         await conn.execute(LOCK_PRICES, pending, [price in linking for price in pending])
+
+
+async def _record_failures(conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
+    """Every failure in the batch counts, not only the winning snapshot's."""
+    failed: dict[str, int] = {}
+    for c in changes:
+        if isinstance(c, InvoiceSnapshot) and c.failed_attempts > failed.get(c.id, 0):
+            failed[c.id] = c.failed_attempts
+    if failed:
+        await conn.execute(RECORD_FAILURES, list(failed), list(failed.values()))
 
 
 async def _write_invoices(conn: asyncpg.Connection, invoices: list[InvoiceSnapshot]) -> None:

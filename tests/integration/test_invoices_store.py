@@ -323,6 +323,64 @@ async def test_dunning_lists_open_invoices_with_failed_attempts_oldest_first(
     assert listed[0]["next_payment_attempt"] == at(so.T0)
 
 
+@pytest.mark.parametrize("batch_sizes", [[1, 1, 1], []], ids=["apart", "one-batch"])
+async def test_dunning_counts_failures_not_attempts_under_way(
+    conn: asyncpg.Connection, batch_sizes: list[int]
+) -> None:
+    """A bank debit processing is `open` with `attempt_count` 1 and nothing failed: not in
+    dunning. A failure stays counted when a newer snapshot (a retry under way) came first,
+    and a second attempt means the first failed even when its failure event is missing."""
+
+    def snapshot(kind: str, inv_id: str, attempts: int, created: int) -> dict[str, Any]:
+        inv = so.invoice(id=inv_id, status="open", attempt_count=attempts, attempted=attempts > 0)
+        return so.event(kind, inv, created=created)
+
+    processing, failed, second = so.new_id("in"), so.new_id("in"), so.new_id("in")
+    events = [
+        # The debit under way: finalized, then attempted (no failure yet).
+        snapshot("invoice.updated", processing, 1, so.T0 + 10),
+        # The retry under way (newer) arrives before the failure that caused it.
+        snapshot("invoice.updated", failed, 1, so.T0 + 900),
+        snapshot("invoice.payment_failed", failed, 1, so.T0 + 10),
+    ]
+    await apply_events(
+        conn,
+        [invoices],
+        [*events, snapshot("invoice.updated", second, 2, so.T0 + 20)],
+        batch_sizes=batch_sizes,
+    )
+
+    listed = {r["invoice"]: r for r in await conn.fetch("SELECT * FROM projections.dunning")}
+    assert sorted(listed) == sorted([failed, second])
+    assert listed[failed]["failed_attempts"] == 1
+    assert listed[failed]["last_event_created"] == at(so.T0 + 900)
+    assert listed[second]["failed_attempts"] == 0
+    assert (await one(conn, "invoices", processing))["failed_attempts"] == 0
+
+
+async def test_rows_kept_before_failed_attempts_keep_their_place_in_dunning(
+    conn: asyncpg.Connection,
+) -> None:
+    """An upgrade: a row written before `failed_attempts` existed counts its attempts as
+    failures, as `dunning` did then, until a replay; one never attempted counts none."""
+    attempted, untried = so.new_id("in"), so.new_id("in")
+    await apply_events(
+        conn,
+        [invoices],
+        [
+            so.event("invoice.updated", so.invoice(id=attempted, status="open", attempt_count=1)),
+            so.event("invoice.finalized", so.invoice(id=untried, status="open", attempt_count=0)),
+        ],
+    )
+    async with conn.transaction():
+        await conn.execute("SET LOCAL search_path TO projections")
+        await conn.execute("DROP VIEW dunning; ALTER TABLE invoices DROP COLUMN failed_attempts")
+        await conn.execute((invoices.sql_dir / "0006_failed_attempts.sql").read_text())
+
+    assert (await one(conn, "invoices", attempted))["failed_attempts"] == 1
+    assert (await one(conn, "invoices", untried))["failed_attempts"] == 0
+
+
 async def test_known_links_and_prices_shown_whole_hold_up_no_other_process(
     database_url: str,
 ) -> None:

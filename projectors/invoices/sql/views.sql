@@ -1,7 +1,9 @@
 -- Views over the invoices projection (re-applied after every migration).
 
 -- Open invoices with at least one failed payment attempt, oldest first: what dunning
--- (Smart Retries, reminder emails) is still working on.
+-- (Smart Retries, reminder emails) is still working on. A failure is an
+-- `invoice.payment_failed` (`failed_attempts`), or a second attempt (Stripe retries only
+-- after a failure): a first attempt still under way (a bank debit processing) is none.
 CREATE OR REPLACE VIEW dunning AS
 SELECT id AS invoice,
        customer,
@@ -15,9 +17,10 @@ SELECT id AS invoice,
        due_date,
        created,
        last_event_created,
-       livemode
+       livemode,
+       failed_attempts
 FROM invoices
-WHERE status = 'open' AND NOT deleted AND attempt_count >= 1
+WHERE status = 'open' AND NOT deleted AND (failed_attempts >= 1 OR attempt_count >= 2)
 ORDER BY created, id;
 
 -- past_due_subscriptions spans both projections; the subscriptions projection defines
