@@ -17,6 +17,7 @@ from projectors.migrate import migrate
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
 from tests.fixtures.tables import apply_events, one, rows
+from tests.support.readme import readme_query
 
 pytestmark = pytest.mark.integration
 ERAS: tuple[so.Era, ...] = ("legacy", "basil")
@@ -356,6 +357,31 @@ async def test_dunning_counts_failures_not_attempts_under_way(
     assert listed[failed]["last_event_created"] == at(so.T0 + 900)
     assert listed[second]["failed_attempts"] == 0
     assert (await one(conn, "invoices", processing))["failed_attempts"] == 0
+
+
+async def test_the_readme_dunning_query_counts_open_time_from_finalization(
+    conn: asyncpg.Connection,
+) -> None:
+    """A draft is not due: an invoice drafted ten days ago and finalized two days ago has
+    been open two days."""
+    query = readme_query(
+        "    SELECT invoice, customer, amount_remaining", "ORDER BY created, invoice;"
+    )
+    now = int(datetime.now(UTC).timestamp())
+    drafted, finalized = now - 10 * 86_400, now - 2 * 86_400
+    inv = so.invoice(
+        status="open",
+        attempt_count=1,
+        created=drafted,
+        next_payment_attempt=now + 86_400,
+        livemode=True,
+        status_transitions={"finalized_at": finalized, "paid_at": None, "voided_at": None},
+    )
+    await apply_events(conn, [invoices], [so.event("invoice.payment_failed", inv, created=now)])
+
+    [row] = await conn.fetch(query)
+    assert row["invoice"] == inv["id"]
+    assert abs(row["open_for"] - (datetime.now(UTC) - at(finalized))).total_seconds() < 600
 
 
 async def test_rows_kept_before_failed_attempts_keep_their_place_in_dunning(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,6 +17,7 @@ from projectors.subscriptions import projection as subscriptions
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.lifecycles import billing_history, delivered
 from tests.fixtures.tables import apply_events, one, rows
+from tests.support.readme import readme_query
 
 pytestmark = pytest.mark.integration
 BOTH = (subscriptions, invoices)
@@ -390,13 +390,6 @@ async def test_mrr_counts_package_and_decimal_prices_as_stripe_charges_them(
         ("gbp", 5000),
         ("usd", 1500),
     ]
-
-
-def readme_query(first: str, last: str) -> str:
-    """The README's example query from the line starting `first` to `last`."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = readme.index(first)
-    return readme[start : readme.index(last, start) + len(last)]
 
 
 async def test_the_readme_revenue_at_risk_query_sums_past_due_items(

@@ -18,7 +18,8 @@ SELECT id AS invoice,
        created,
        last_event_created,
        livemode,
-       failed_attempts
+       failed_attempts,
+       finalized_at
 FROM invoices
 WHERE status = 'open' AND NOT deleted AND (failed_attempts >= 1 OR attempt_count >= 2)
 ORDER BY created, id;
