@@ -92,6 +92,10 @@ class Hydrator:
         self.fetched = 0
         self.cache_hits = 0
         self._said_no_key = False
+        # The pages of one object fetched before Stripe stopped answering (429, 5xx): its
+        # next try goes on from there instead of asking for them again (Stripe's rate limit
+        # is the account's, shared with the merchant's own application).
+        self._partial: _Partial | None = None
 
     async def __call__(self, record: Record) -> Record:
         """The record carrying the full event, or its invoice's or credit note's every
@@ -219,13 +223,20 @@ class Hydrator:
         path = lines_path(kind, object_id)
         lines: list[dict[str, Any]] = []
         after: str | None = None
-        for _ in range(MAX_PAGES):
+        key = (path, account, context)
+        done = 0
+        if self._partial is not None and self._partial.key == key:
+            lines, after, done = self._partial.lines, self._partial.after, self._partial.pages
+        self._partial = None
+        for pages in range(done, MAX_PAGES):
             params: dict[str, str | int | list[str]] = {"limit": PAGE_SIZE}
             if after is not None:
                 params["starting_after"] = after
             try:
                 page = await self.client.get(path, params, account=account, context=context)
             except StripeUnavailable as exc:
+                if after is not None:
+                    self._partial = _Partial(key, lines, after, pages)
                 raise HydrationUnavailable(str(exc), retry_after=exc.retry_after) from exc
             except StripeAuthError as exc:
                 if exc.status == 401 or (account is None and context is None):
@@ -252,6 +263,16 @@ class Hydrator:
             after = str(data[-1].get("id"))
         log.warning("lines not fetched: too many pages", object_id=object_id, pages=MAX_PAGES)
         return None, True
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Partial:
+    """The pages of one object's lines had before Stripe stopped answering."""
+
+    key: tuple[str, str | None, str | None]  # path, account, context
+    lines: list[dict[str, Any]]
+    after: str  # the last line had: the next page starts after it
+    pages: int  # pages had
 
 
 def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:

@@ -163,6 +163,32 @@ async def test_lines_stripe_will_not_give_are_asked_once_and_a_refused_key_waits
         assert len(whole.json()["data"]["object"]["lines"]["data"]) == 3
 
 
+async def test_a_fetch_stripe_rate_limited_goes_on_from_the_last_page_had(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """Stripe answers two pages, then 429 until the client gives up: the projector waits,
+    and its next try asks for the third page, not the first two again."""
+    scenario = billing_month()
+    legacy = finalized_invoice(scenario, "cus_legacy")
+    lines = [invoice_line(era="legacy", invoice=legacy["id"]) for _ in range(250)]
+    paid = dict(first_page(legacy, lines[:10]), status="paid")
+    record = stripe_record(event("invoice.paid", paid, created=T0 + MONTH + 600, era="legacy"))
+    fake.add_lines(legacy["id"], lines)
+    fake.fail_next(2, status=None)  # two pages answered
+    fake.fail_next(3, status=429, headers={"Retry-After": "0"})  # then the client gives up
+    async with make_client(fake) as client:
+        hydrator = Hydrator(pool, client)
+        with pytest.raises(HydrationUnavailable, match="429"):
+            await hydrator(record)
+        whole = await hydrator(record)
+
+    assert [ln["id"] for ln in whole.json()["data"]["object"]["lines"]["data"]] == [
+        ln["id"] for ln in lines
+    ]
+    asked = [dict(p.query).get("starting_after") for p in fake.requests_to("/v1/invoices/")]
+    assert asked == [None, lines[99]["id"], *[lines[199]["id"]] * 4]
+
+
 async def test_a_connected_accounts_refusal_is_not_kept(
     conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
 ) -> None:
