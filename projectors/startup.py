@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 import structlog
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaError
 
 from deploy.settings import ConfigError, Settings, database_location
 from deploy.stack.topics import missing_topics
@@ -49,7 +49,10 @@ async def _kafka(bootstrap: str, topics: Sequence[str]) -> None:
 
 
 def _kafka_down(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaConnectionError | OSError | TimeoutError | MissingTopics)
+    # Any KafkaError: besides a refused connection, aiokafka raises a bare one when the
+    # bootstrap address answers but none of the brokers its metadata names does (a broker
+    # restarting, an advertised listener not reachable yet). Each try logs its error.
+    return isinstance(exc, KafkaError | OSError | TimeoutError | MissingTopics)
 
 
 async def until_up(
