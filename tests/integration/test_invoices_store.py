@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -382,6 +382,38 @@ async def test_the_readme_dunning_query_counts_open_time_from_finalization(
     [row] = await conn.fetch(query)
     assert row["invoice"] == inv["id"]
     assert abs(row["open_for"] - (datetime.now(UTC) - at(finalized))).total_seconds() < 600
+
+
+async def test_the_readme_overdue_query_lists_invoices_sent_for_payment_past_due(
+    conn: asyncpg.Connection,
+) -> None:
+    query = readme_query(
+        "    SELECT id AS invoice, customer, amount_remaining, currency, due_date,",
+        "ORDER BY due_date, invoice;",
+    )
+    now = int(datetime.now(UTC).timestamp())
+
+    def sent(due: int, **overrides: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {"collection_method": "send_invoice", "livemode": True}
+        inv = so.invoice(status="open", due_date=due, **{**fields, **overrides})
+        return so.event("invoice.overdue", inv, created=now)
+
+    late, later = sent(now - 86_400), sent(now - 3 * 86_400)
+    events = [
+        late,
+        later,
+        sent(now + 86_400),  # not due yet
+        sent(now - 86_400, collection_method="charge_automatically"),  # dunning's
+        sent(now - 86_400, livemode=False),
+    ]
+    await apply_events(conn, [invoices], events)
+
+    listed = await conn.fetch(query)
+    assert [r["invoice"] for r in listed] == [
+        later["data"]["object"]["id"],
+        late["data"]["object"]["id"],
+    ]
+    assert listed[0]["overdue_for"] > timedelta(days=2)
 
 
 async def test_rows_kept_before_failed_attempts_keep_their_place_in_dunning(
