@@ -116,8 +116,9 @@ class InvoiceSnapshot:
     livemode: bool
     lines_complete: bool
     lines: tuple[Line, ...]
-    # `attempt_count` when the event is `invoice.payment_failed`, else 0: the
-    # store keeps the greatest any event of the invoice showed, whichever came first.
+    # `attempt_count` when the event is `invoice.payment_failed` (at least 1: a first
+    # payment confirmed by the customer shows 0), else 0: the store keeps the greatest
+    # any event of the invoice showed, whichever came first.
     failed_attempts: int = 0
 
 
@@ -223,7 +224,9 @@ def invoice_snapshot(event: Event) -> InvoiceSnapshot:
         lines_complete=lines_list.get("has_more") is not True,
         lines=tuple(lines.values()),
         failed_attempts=(
-            integer(obj.get("attempt_count")) or 0 if event.type == "invoice.payment_failed" else 0
+            max(integer(obj.get("attempt_count")) or 0, 1)
+            if event.type == "invoice.payment_failed"
+            else 0
         ),
     )
 

@@ -13,7 +13,7 @@ import pytest
 
 from projectors.invoices import projection as invoices
 from projectors.invoices import store
-from projectors.migrate import migrate
+from projectors.migrate import apply_views, migrate
 from tests.fixtures import stripe_objects as so
 from tests.fixtures.records import as_record
 from tests.fixtures.tables import apply_events, one, rows
@@ -309,7 +309,8 @@ async def test_dunning_lists_open_invoices_with_failed_attempts_oldest_first(
         [
             newer,
             older,
-            failed(so.T0, 0),
+            # Open, never attempted.
+            so.event("invoice.finalized", so.invoice(status="open", attempt_count=0)),
             failed(so.T0, 2, status="paid"),
             failed(so.T0, 2, status="void"),
         ],
@@ -337,7 +338,10 @@ async def test_dunning_counts_failures_not_attempts_under_way(
         return so.event(kind, inv, created=created)
 
     processing, failed, second = so.new_id("in"), so.new_id("in"), so.new_id("in")
+    confirmed = so.new_id("in")
     events = [
+        # A first payment the customer confirms shows no attempt, and it failed.
+        snapshot("invoice.payment_failed", confirmed, 0, so.T0 + 5),
         # The debit under way: finalized, then attempted (no failure yet).
         snapshot("invoice.updated", processing, 1, so.T0 + 10),
         # The retry under way (newer) arrives before the failure that caused it.
@@ -352,7 +356,8 @@ async def test_dunning_counts_failures_not_attempts_under_way(
     )
 
     listed = {r["invoice"]: r for r in await conn.fetch("SELECT * FROM projections.dunning")}
-    assert sorted(listed) == sorted([failed, second])
+    assert sorted(listed) == sorted([failed, second, confirmed])
+    assert listed[confirmed]["failed_attempts"] == 1
     assert listed[failed]["failed_attempts"] == 1
     assert listed[failed]["last_event_created"] == at(so.T0 + 900)
     assert listed[second]["failed_attempts"] == 0
@@ -434,9 +439,12 @@ async def test_rows_kept_before_failed_attempts_keep_their_place_in_dunning(
         await conn.execute("SET LOCAL search_path TO projections")
         await conn.execute("DROP VIEW dunning; ALTER TABLE invoices DROP COLUMN failed_attempts")
         await conn.execute((invoices.sql_dir / "0006_failed_attempts.sql").read_text())
+        await apply_views(conn, invoices)
 
     assert (await one(conn, "invoices", attempted))["failed_attempts"] == 1
     assert (await one(conn, "invoices", untried))["failed_attempts"] == 0
+    listed = await conn.fetch("SELECT invoice FROM projections.dunning")
+    assert [r["invoice"] for r in listed] == [attempted]
 
 
 async def test_known_links_and_prices_shown_whole_hold_up_no_other_process(
