@@ -6,7 +6,7 @@ registry given to it, so tests that start many runners never collide on the glob
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from aiokafka import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -43,6 +43,7 @@ class RuntimeMetrics:
             ["projector", "topic", "partition"],
             registry=registry,
         )
+        self._lag_of: dict[str, set[TopicPartition]] = {}  # the partitions given a lag
         self.dead_letters = Counter(
             "lattice_projector_dead_letters",
             "Records sent to the dead-letter topic.",
@@ -79,3 +80,13 @@ class RuntimeMetrics:
         for tp, (end, position) in lag.items():
             if end is not None and position is not None:
                 self.lag.labels(projector, tp.topic, str(tp.partition)).set(end - position)
+                self._lag_of.setdefault(projector, set()).add(tp)
+
+    def assigned(self, projector: str, partitions: Collection[TopicPartition]) -> None:
+        """After a rebalance: the lag of a partition now another process's is no longer
+        ours to say (left behind, it would be summed with the new owner's, or keep an alert
+        firing); those kept keep theirs until their next batch."""
+        held = self._lag_of.get(projector, set())
+        for tp in held - set(partitions):
+            self.lag.remove(projector, tp.topic, str(tp.partition))
+        held &= set(partitions)

@@ -37,6 +37,7 @@ class SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
         try:
             await self.runner.drain()
+            self.runner.metrics.assigned(self.runner.name, assigned)
             await self.runner.seek_to_stored(list(assigned))
         except Exception as exc:
             self.runner.fail(exc)

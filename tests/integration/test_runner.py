@@ -527,6 +527,33 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         await conn.close()
 
 
+async def test_a_partition_taken_by_another_process_is_given_no_lag_any_more(
+    settings: Settings,
+) -> None:
+    """A rebalance moved partition 1 to another process: the lag this one last said of it
+    would stay (and be summed with the new owner's); partition 0, kept, keeps its own."""
+    tp0, tp1 = TopicPartition(settings.topic, 0), TopicPartition(settings.topic, 1)
+    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    try:
+        metrics = RuntimeMetrics()
+        runner = ProjectionRunner(
+            AuditProjection(), settings, pool, NoDeadLetters(), metrics=metrics
+        )
+        metrics.committed(runner.name, 10, 0, 0.1, {tp0: (50, 40), tp1: (3_040, 40)})
+        # No consumer to seek with here: the listener hands that failure to the runner.
+        await SeekToStored(runner).on_partitions_assigned([tp0])
+
+        def lag(tp: TopicPartition) -> float | None:
+            return metrics.registry.get_sample_value(
+                "lattice_projector_lag",
+                {"projector": runner.name, "topic": tp.topic, "partition": str(tp.partition)},
+            )
+
+        assert (lag(tp0), lag(tp1)) == (10.0, None)
+    finally:
+        await pool.close()
+
+
 async def test_a_failed_drain_in_the_rebalance_listener_lets_nothing_be_written_after_it(
     settings: Settings,
 ) -> None:
