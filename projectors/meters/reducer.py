@@ -47,7 +47,14 @@ ACTIONS = {None: False, "report": False, "cancel": True}
 def reduce(record: Record) -> list[Change]:
     """The changes one record makes; PoisonRecord when it can never be applied."""
     if record.header(HEADER_EVENT_TYPE) is None:
-        return [usage_change(record.value, record.timestamp_ms // 1000)]
+        # An app's usage fact, or a Stripe event written without the receiver's headers
+        # (a dead letter sent again by hand with a console producer).
+        received = record.timestamp_ms // 1000
+        fast = _plain_usage_change(record.value, received)
+        if fast is not None:
+            return [fast]
+        if not _is_stripe_event(record):
+            return [usage_change(record.value, received)]
     event = record.json()
     event_type = str(event.get("type") or record.header(HEADER_EVENT_TYPE))
     event_id = id_of(event.get("id"))
@@ -68,6 +75,14 @@ def reduce(record: Record) -> list[Change]:
     if event_type.startswith("credit_note.") and obj.get("object") == "credit_note":
         return credit_note_changes(obj, event_type, event_id, created)
     return []
+
+
+def _is_stripe_event(record: Record) -> bool:
+    try:
+        body = record.json()
+    except PoisonRecord:
+        return False
+    return body.get("object") in ("event", "v2.core.event")
 
 
 def usage_change(value: bytes, received: int | None = None) -> UsageReported:

@@ -46,7 +46,8 @@ _HAS_MORE = (b'"has_more": true', b'"has_more":true')
 
 def may_be_cut_short(record: Record) -> bool:
     """Cheap, for every record: an invoice or credit note event (by the receiver's header:
-    a record without one is an app's usage fact) whose body says `has_more` somewhere."""
+    a record without one, an app's usage fact or an event sent again by hand without its
+    headers, is taken as it is) whose body says `has_more` somewhere."""
     kind = record.headers.get(HEADER_EVENT_TYPE)
     if kind is None or not kind.startswith((b"invoice.", b"credit_note.")):
         return False

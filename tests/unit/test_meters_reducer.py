@@ -267,6 +267,19 @@ def test_a_stripe_record_that_is_not_json_is_poison() -> None:
         projection.reduce(broken)
 
 
+def test_a_stripe_event_without_the_receivers_headers_is_read_as_one() -> None:
+    """A dead letter sent again by hand (a console producer writes no headers) is the
+    event it was, not a usage fact missing its fields; a record that is neither is still
+    judged as a fact."""
+    inv = invoice(status="paid", customer="cus_1", subscription="sub_1")
+    record = stripe_record(event("invoice.paid", inv, created=T0 + MONTH))
+    bare = dataclasses.replace(record, headers={})
+    assert projection.reduce(bare) == projection.reduce(record) != []
+
+    with pytest.raises(PoisonRecord, match="identifier"):
+        projection.reduce(dataclasses.replace(bare, value=b'{"object": "invoice"}'))
+
+
 def test_the_projection_reads_both_topics_and_asks_for_hydration() -> None:
     settings = Settings(topic="t.events", usage_topic="t.usage")
     assert list(projection.topics(settings)) == ["t.events", "t.usage"]
