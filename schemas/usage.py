@@ -22,6 +22,10 @@ DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 # Stripe's meter-event identifier is at most 100 characters.
 MAX_IDENTIFIER = 100
 
+# The last second of the year 9999: a later `timestamp` is not Unix seconds (most often
+# milliseconds), and taken as seconds it would put the usage in a period of year 55,000.
+MAX_TIMESTAMP = 253_402_300_799
+
 
 class UsageFactError(ValueError):
     """A usage-fact value that does not match the contract; the message says why."""
@@ -54,7 +58,7 @@ class UsageFact(BaseModel):
             "anyOf": [{"type": "string", "pattern": DECIMAL_TEXT.pattern}, {"type": "number"}]
         },
     )
-    timestamp: Annotated[int, Field(ge=0, strict=True)] = Field(
+    timestamp: Annotated[int, Field(ge=0, le=MAX_TIMESTAMP, strict=True)] = Field(
         description="When the usage happened, in Unix seconds."
     )
     action: UsageAction = Field(
@@ -80,7 +84,11 @@ class UsageFact(BaseModel):
     def _whole_seconds(cls, raw: Any) -> Any:
         # JSON has one kind of number, and the schema's `integer` takes 1764064800.0 too.
         if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
+            raw = int(raw)
+        if type(raw) is int and raw > MAX_TIMESTAMP:
+            raise ValueError(
+                f"timestamp must be in Unix seconds: {raw} is after the year 9999 (milliseconds?)"
+            )
         return raw
 
     @field_validator("value")

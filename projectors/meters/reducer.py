@@ -24,7 +24,13 @@ from projectors.meters.stripe_objects import (
     subscription_changes,
     unix_seconds,
 )
-from schemas.usage import MAX_IDENTIFIER, UsageAction, UsageFactError, parse_usage_fact
+from schemas.usage import (
+    MAX_IDENTIFIER,
+    MAX_TIMESTAMP,
+    UsageAction,
+    UsageFactError,
+    parse_usage_fact,
+)
 
 METER_EVENTS = frozenset(
     {
@@ -132,7 +138,7 @@ def _plain_usage_change(value: bytes, received: int | None = None) -> UsageRepor
         or type(raw) is not str
         or PLAIN_DECIMAL.fullmatch(raw) is None
         or type(timestamp) is not int
-        or timestamp < 0
+        or not 0 <= timestamp <= MAX_TIMESTAMP
         or (action is not None and type(action) is not str)
         or action not in ACTIONS
         or ("action" in fact and action is None)  # an explicit null: the model says why

@@ -59,6 +59,12 @@ def test_a_usage_fact_becomes_one_change() -> None:
     ]
 
 
+def test_a_usage_fact_timed_in_milliseconds_is_poison_saying_so() -> None:
+    record = usage_record(usage_fact("req-1", "cus_1", "1", timestamp=1_764_000_000_000))
+    with pytest.raises(PoisonRecord, match=r"milliseconds\?"):
+        projection.reduce(record)
+
+
 def test_a_cancel_names_the_fact_it_cancels() -> None:
     record = usage_record(usage_fact("req-1", "cus_1", 0, action="cancel"))
     (change,) = projection.reduce(record)

@@ -9,6 +9,7 @@ import pytest
 
 from schemas.export import generated
 from schemas.usage import (
+    MAX_TIMESTAMP,
     UsageAction,
     UsageFactError,
     json_schema,
@@ -117,3 +118,12 @@ def test_a_whole_float_timestamp_is_read_as_the_schema_allows() -> None:
     assert parse_usage_fact(fact_json(timestamp=1_764_000_000.0)).timestamp == 1_764_000_000
     with pytest.raises(UsageFactError, match="timestamp"):
         parse_usage_fact(fact_json(timestamp=1_764_000_000.5))
+
+
+@pytest.mark.parametrize("timestamp", [1_764_000_000_000, 1_764_000_000_000.0, 2**64])
+def test_a_timestamp_in_milliseconds_is_refused_saying_so(timestamp: float) -> None:
+    """Taken as seconds it would put the usage in a period of the year 55,000, never
+    billed: refused, the dead letter saying why."""
+    with pytest.raises(UsageFactError, match=r"timestamp: .*Unix seconds.*milliseconds\?"):
+        parse_usage_fact(fact_json(timestamp=timestamp))
+    assert parse_usage_fact(fact_json(timestamp=MAX_TIMESTAMP)).timestamp == MAX_TIMESTAMP
