@@ -21,6 +21,12 @@ BEGIN
     EXECUTE format('GRANT CONNECT, CREATE, TEMPORARY ON DATABASE %I TO lattice_writer',
                    current_database());
     EXECUTE format('GRANT CONNECT ON DATABASE %I TO lattice_analyst', current_database());
+    -- A managed service's admin (RDS, Cloud SQL, Azure: CREATEROLE, not a superuser) may
+    -- hand a schema to a role only as a member of it, and since PostgreSQL 16 creating a
+    -- role no longer makes its creator one.
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        EXECUTE format('GRANT lattice_writer TO %I', current_user);
+    END IF;
 END
 $$;
 

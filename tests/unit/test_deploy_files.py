@@ -202,3 +202,39 @@ def test_compose_kafka_matches_the_local_stack_version() -> None:
     kafka = _compose()["services"]["kafka"]
     assert kafka["image"] == f"apache/kafka:{version.group(1)}"
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
+
+
+def test_a_terminating_receiver_keeps_accepting_then_finishes_what_it_took() -> None:
+    """Kubernetes removes a pod from the Service's endpoints while it sends SIGTERM: the
+    preStop sleep keeps the port open meanwhile, and the grace period covers that sleep,
+    a request's body and its append, and the producer's flush after them."""
+    (receiver,) = [d for d in _by_kind("Deployment") if d["metadata"]["name"] == "lattice-receiver"]
+    pod = receiver["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    defaults = Settings()
+    needed = (
+        float(command[1])
+        + defaults.body_timeout
+        + defaults.publish_timeout
+        + defaults.kafka_timeout
+    )
+    assert pod["terminationGracePeriodSeconds"] >= needed
+
+
+def test_no_container_is_handed_every_secret() -> None:
+    """Each container names the secret keys it uses (`secretKeyRef`), never the whole
+    Secret: the topics job needs the database URL, not the webhook secrets or Stripe key."""
+    whole = [
+        c["name"] for c in _containers() for source in c.get("envFrom", []) if "secretRef" in source
+    ]
+    assert whole == []
+    keys = {
+        c["name"]: {
+            e["valueFrom"]["secretKeyRef"]["key"] for e in c.get("env", []) if "valueFrom" in e
+        }
+        for c in _containers()
+    }
+    assert keys["receiver"] == {"LATTICE_WEBHOOK_SECRETS"}
+    assert keys["topics"] == keys["migrate"] == {"LATTICE_DATABASE_URL"}
