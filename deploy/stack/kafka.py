@@ -224,12 +224,12 @@ def start(
         )
     )
     _format_storage(paths)
-    process.spawn(
+    pid = process.spawn(
         _java(paths, "kafka.Kafka", str(paths.config.resolve()), long_lived=long_lived),
         log_file=paths.log,
         pid_file=paths.pid,
     )
-    wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, started=paths)
+    wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log, started=pid)
     return True
 
 
@@ -246,12 +246,13 @@ def stop(home: Path) -> bool:
 
 
 def wait_ready(
-    bootstrap: str, *, timeout: float, log: Path | None = None, started: KafkaPaths | None = None
+    bootstrap: str, *, timeout: float, log: Path | None = None, started: int | None = None
 ) -> None:
-    """Poll the broker for cluster metadata until it answers or `timeout` passes."""
+    """Poll the broker for cluster metadata until it answers or `timeout` passes; fail at
+    once if the process `started` (its pid) ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if started is not None and process.running_pid(started.pid, started.owner) is None:
+        if started is not None and process.exited(started):
             detail = process.tail(log) if log else ""
             raise StackError(f"the Kafka broker exited while starting; its log ends:\n{detail}")
         if process.run_coroutine(lambda: broker_answers(bootstrap)):

@@ -64,6 +64,24 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
     return pid if _is_owned(pid, owner) else None
 
 
+def exited(pid: int) -> bool:
+    """True when the process we just started has ended (gone, or a zombie, reaped here).
+    Not `running_pid`: that one also asks whether the command is ours, which a process
+    cannot say while it is replacing its own image (the `java` launcher may exec itself
+    again), and would take a server still starting for one that died."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return True
+    return _state(pid) == "Z"
+
+
 def _is_owned(pid: int, owner: str) -> bool:
     if _command_holds(pid, owner):
         return True
