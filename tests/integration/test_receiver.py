@@ -191,6 +191,7 @@ async def test_answers_match_what_is_on_the_topic(settings: Settings) -> None:
 
     records = await read_all(settings.kafka_bootstrap, config.topic)
     assert len(records) == len(accepted), "a rejected delivery wrote to the log"
+    assert by_event_id(records).keys() == accepted.keys(), "an accepted event is missing"
     for event_id, record in by_event_id(records).items():
         body, key, extra = accepted[event_id]
         event = json.loads(body)

@@ -54,12 +54,14 @@ async def test_a_body_sent_too_slowly_is_cut_off_with_408(settings: Settings) ->
 
 
 async def test_a_client_that_hangs_up_mid_body_writes_nothing(settings: Settings) -> None:
+    """All of a correctly signed body arrived, but not its end: the hang-up, not a
+    signature over part of a body, is why nothing is written."""
     body = orjson.dumps(subscription_event(2))
     header = sign_header(body, PLATFORM_NEW, int(time.time()))
     sent: list[MutableMapping[str, Any]] = []
     messages: Iterator[dict[str, Any]] = iter(
         [
-            {"type": "http.request", "body": body[:100], "more_body": True},
+            {"type": "http.request", "body": body, "more_body": True},
             {"type": "http.disconnect"},
         ]
     )
@@ -89,6 +91,8 @@ async def test_a_client_that_hangs_up_mid_body_writes_nothing(settings: Settings
         await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     assert start["status"] == 400
+    answer = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    assert orjson.loads(answer)["error"] == "client_disconnected"
     assert await read_all(settings.kafka_bootstrap, settings.topic) == []
 
 

@@ -39,7 +39,7 @@ from tests.support.wait import eventually
 pytestmark = pytest.mark.integration
 
 KILLS = int(os.environ.get("LATTICE_CRASH_KILLS", "5"))
-CHUNK = 300
+CHUNK = 1000  # ~50 batches: the kill lands while some are left
 SMALL_BATCHES = {"LATTICE_PROJECTOR_BATCH_SIZE": "20", "LATTICE_PROJECTOR_BATCH_WAIT_MS": "20"}
 
 
@@ -83,6 +83,7 @@ async def test_sigkill_at_random_points_ends_like_one_clean_pass(
     url = settings.require_database_url()
     all_records = records(stream(CHUNK * (KILLS + 1), seed=seed))
     chunks = [all_records[i : i + CHUNK] for i in range(0, len(all_records), CHUNK)]
+    mid_work = 0  # kills that left records of their chunk to apply
     for kill, chunk in enumerate(chunks[:-1]):
         await produce(stack.kafka_bootstrap, settings.topic, chunk)
         before = sum((await positions(url, "events")).values())
@@ -101,6 +102,9 @@ async def test_sigkill_at_random_points_ends_like_one_clean_pass(
             await asyncio.sleep(rng.uniform(0.0, 0.25))
         finally:
             _stop(proc, signal.SIGKILL)
+        mid_work += sum((await positions(url, "events")).values()) < (kill + 1) * CHUNK
+    # Otherwise every process may have died idle, its work done: nothing was tested.
+    assert mid_work >= 1, f"no kill landed with records left to apply (seed {seed})"
     await produce(stack.kafka_bootstrap, settings.topic, chunks[-1])
     proc = spawn(settings, log, LATTICE_GROUP_PREFIX=f"{unique}-last")
     try:
