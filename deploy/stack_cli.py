@@ -8,7 +8,7 @@ from typing import Any
 
 from deploy import stack
 from deploy.flags import add_setting_flags, settings_from
-from deploy.settings import without_password
+from deploy.settings import ConfigError, without_password
 
 
 def register(commands: Any) -> None:
@@ -50,6 +50,13 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out `stack up|down|env`."""
+    if args.only and args.action != "down":
+        # `up --only postgresql` used to start both: say so rather than do what was not asked.
+        raise ConfigError(
+            f"--only works with `stack down`; `stack {args.action}` is for both services "
+            "(point LATTICE_KAFKA_BOOTSTRAP or LATTICE_DATABASE_URL at a server of your own "
+            "to have `up` start only the other)"
+        )
     settings = settings_from(args)
     if args.action == "up":
         info = stack.up(settings)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 
-from deploy.cli import _unreachable
+from deploy.cli import _unreachable, main
 
 
 @pytest.mark.parametrize(
@@ -32,3 +33,15 @@ def test_an_address_the_socket_layer_cannot_reach_is_unreachable(exc: OSError) -
 )
 def test_a_local_file_error_is_not_blamed_on_the_network(exc: OSError) -> None:
     assert not _unreachable(exc)
+
+
+@pytest.mark.parametrize("action", ["up", "status", "env"])
+def test_only_is_refused_where_it_would_be_ignored(
+    action: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`stack up --only postgresql` started Kafka too: refused in one line, before
+    anything starts (the home stays empty)."""
+    home = tmp_path / "home"
+    assert main(["stack", action, "--only", "postgresql", "--home", str(home)]) == 2
+    assert "--only works with `stack down`" in capsys.readouterr().err
+    assert not home.exists()
