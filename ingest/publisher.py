@@ -108,20 +108,28 @@ class Publisher:
     async def _try_connect(self) -> bool:
         producer: AIOKafkaProducer | None = None
         try:
-            # The topic first (without naming it, so no broker auto-creates it), and only
-            # then the idempotent producer: each one started takes a producer id.
-            if await missing_topics(self._bootstrap, [self.topic]):
-                self.unready = f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
-                self._say("kafka_topic_missing", topic=self.topic)
-                return False
-            producer = self._new_producer()
-            await producer.start()
+            # Bounded: a broker that takes connections and never answers (a hung one, a
+            # firewall dropping replies) would hold the receiver's start (so it would not
+            # even listen) or its reconnection for ever. TimeoutError is an OSError.
+            async with asyncio.timeout(2 * self._timeout):
+                # The topic first (without naming it, so no broker auto-creates it), and
+                # only then the idempotent producer: each one started takes a producer id.
+                if await missing_topics(self._bootstrap, [self.topic]):
+                    self.unready = (
+                        f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
+                    )
+                    self._say("kafka_topic_missing", topic=self.topic)
+                    return False
+                producer = self._new_producer()
+                await producer.start()
         except (KafkaError, OSError) as exc:
             if producer is not None:
                 with contextlib.suppress(Exception):
                     await producer.stop()
             self.unready = self._no_answer
-            self._say("kafka_unreachable", error=str(exc))
+            self._say(
+                "kafka_unreachable", error=str(exc) or f"no answer within {2 * self._timeout:g} s"
+            )
             return False
         self._batcher = Batcher(producer, self.topic, BATCH_SPACING_MS / 1000)
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)

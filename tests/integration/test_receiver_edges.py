@@ -148,3 +148,28 @@ async def test_an_absent_broker_is_logged_once_then_every_half_minute() -> None:
     lines = [(c["event"], c["tries"]) for c in captured if c["log_level"] == "warning"]
     assert lines == [("kafka_unreachable", 1), ("kafka_unreachable", 5)]
     assert publisher.unready.endswith("does not answer")
+
+
+async def test_a_broker_that_takes_connections_but_never_answers_does_not_hold_up_start() -> None:
+    """A blackholed address (a firewall dropping replies, a broker hung): connections open,
+    no answer comes. `start` returns within its bounds, unready and trying in the
+    background, so the receiver listens and answers 503 instead of not starting at all."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publisher = Publisher(bootstrap=f"127.0.0.1:{port}", topic="stripe.events", timeout=1)
+    try:
+        started = time.monotonic()
+        await asyncio.wait_for(publisher.start(), 10)
+        assert time.monotonic() - started < 5
+        assert held, "nothing connected to the silent broker"
+        assert publisher.unready.endswith("does not answer")
+    finally:
+        await asyncio.wait_for(publisher.stop(), 10)
+        server.close()
+        for writer in held:
+            writer.close()
