@@ -114,7 +114,7 @@ class Publisher:
             async with asyncio.timeout(2 * self._timeout):
                 # The topic first (without naming it, so no broker auto-creates it), and
                 # only then the idempotent producer: each one started takes a producer id.
-                if await missing_topics(self._bootstrap, [self.topic]):
+                if await missing_topics(self._bootstrap, [self.topic], timeout=self._timeout):
                     self.unready = (
                         f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
                     )

@@ -128,11 +128,16 @@ async def _check_existing(admin: AIOKafkaAdminClient, names: list[str], stamped:
         )
 
 
-async def missing_topics(bootstrap: str, names: Iterable[str]) -> list[str]:
+async def missing_topics(
+    bootstrap: str, names: Iterable[str], *, timeout: float = 40.0
+) -> list[str]:
     """Which of `names` the broker does not have, sorted. Reads every topic's metadata:
     asking for topics by name lets a broker with `auto.create.topics.enable` (Kafka's
-    default) create them with its defaults (seven days' retention)."""
-    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    default) create them with its defaults (seven days' retention). `timeout` bounds each
+    request (aiokafka's default, 40 s, unless given)."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(int(timeout * 1000), 1000)
+    )
     try:
         await client.bootstrap()
         cluster = await client.fetch_all_metadata()

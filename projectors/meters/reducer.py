@@ -88,7 +88,13 @@ def _is_stripe_event(record: Record) -> bool:
         body = record.json()
     except PoisonRecord:
         return False
-    return body.get("object") in ("event", "v2.core.event")
+    event_id = body.get("id")
+    return (
+        body.get("object") in ("event", "v2.core.event")
+        and type(event_id) is str
+        and event_id.startswith("evt_")
+        and type(body.get("type")) is str
+    )
 
 
 def usage_change(value: bytes, received: int | None = None) -> UsageReported:

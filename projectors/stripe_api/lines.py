@@ -45,11 +45,12 @@ _HAS_MORE = (b'"has_more": true', b'"has_more":true')
 
 
 def may_be_cut_short(record: Record) -> bool:
-    """Cheap, for every record: an invoice or credit note event (by the receiver's header:
+    """Cheap, for every record: an invoice or credit note event (by the receiver's header;
     a record without one, an app's usage fact or an event sent again by hand without its
-    headers, is taken as it is) whose body says `has_more` somewhere."""
+    headers, is left to `cut_short`, which reads the body) whose body says `has_more`
+    somewhere."""
     kind = record.headers.get(HEADER_EVENT_TYPE)
-    if kind is None or not kind.startswith((b"invoice.", b"credit_note.")):
+    if kind is not None and not kind.startswith((b"invoice.", b"credit_note.")):
         return False
     value = record.value
     return _HAS_MORE[0] in value or _HAS_MORE[1] in value

@@ -5,6 +5,7 @@ credit are judged instead of left `incomplete`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from decimal import Decimal
 from typing import Any
@@ -103,6 +104,28 @@ async def test_an_invoices_metered_line_on_a_later_page_is_fetched_once(
     (seen,) = fake.requests_to("/v1/invoices/")  # once: the second run read the cache
     assert seen.path == f"/v1/invoices/{legacy['id']}/lines"
     assert ("limit", "100") in seen.query
+
+
+async def test_an_invoice_event_written_back_without_its_headers_is_completed_too(
+    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """A dead letter written back to the log by hand (a console producer sends no
+    headers): its lines are fetched as the original delivery's would have been."""
+    scenario = billing_month()
+    legacy = finalized_invoice(scenario, "cus_legacy")
+    (metered,) = legacy["lines"]["data"]
+    seat = invoice_line(era="legacy", invoice=legacy["id"])
+    paid = dict(first_page(legacy, [seat]), status="paid")
+    record = stripe_record(event("invoice.paid", paid, created=T0 + MONTH + 600, era="legacy"))
+    bare = dataclasses.replace(record, headers={})
+    fake.add_lines(legacy["id"], [seat, metered])
+
+    async with make_client(fake) as client:
+        await project(conn, "lines_bare", Hydrator(pool, client), [scenario.records(), [bare]])
+    query = STATUS.format("cus_legacy", scenario.meters["sum"])
+    assert await fetch(conn, "lines_bare", query) == [
+        ("cus_legacy", "under_billed", Decimal("1.5"), False)
+    ]
 
 
 async def test_a_credit_notes_lines_are_fetched_page_by_page_in_its_account(

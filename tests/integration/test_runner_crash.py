@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import random
@@ -91,15 +90,15 @@ async def test_sigkill_at_random_points_ends_like_one_clean_pass(
         # until its session times out. Positions come from PostgreSQL either way.
         proc = spawn(settings, log, LATTICE_GROUP_PREFIX=f"{unique}-{kill}", **SMALL_BATCHES)
         try:
+            # The kill lands at a random point of the chunk (mid-apply, between apply and
+            # commit, mid-fetch), polled closely: a chunk takes ~150 ms to apply.
             await eventually(
                 lambda: positions(url, "events"),
-                _advanced_past(before),
+                _advanced_past(before + rng.randrange(CHUNK // 2)),
                 timeout=60,
+                interval=0.005,
                 what=f"life {kill} applying records (seed {seed})",
             )
-            # The kill lands anywhere in the next batches: mid-apply, between apply and
-            # commit, mid-fetch.
-            await asyncio.sleep(rng.uniform(0.0, 0.25))
         finally:
             _stop(proc, signal.SIGKILL)
         mid_work += sum((await positions(url, "events")).values()) < (kill + 1) * CHUNK

@@ -284,6 +284,11 @@ def test_a_stripe_event_without_the_receivers_headers_is_read_as_one() -> None:
 
     with pytest.raises(PoisonRecord, match="identifier"):
         projection.reduce(dataclasses.replace(bare, value=b'{"object": "invoice"}'))
+    # A fact is a fact, whatever extra field it carries (the model ignores them).
+    fact = dict(usage_fact("req-1", "cus_1", 3), object="event")
+    (change,) = projection.reduce(usage_record(fact))
+    assert isinstance(change, UsageReported)
+    assert change.value == 3
 
 
 def test_the_projection_reads_both_topics_and_asks_for_hydration() -> None:
