@@ -180,6 +180,13 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
                 currency="eur",
             ),  # 3600, never 4000 usd
             sub("active", (so.price(unit_amount=2000), 2), currency="eur"),  # unknown: nothing
+            # A tiered price: its tiers are not in the webhook, so nothing, but counted,
+            # beside a seat that counts (5000).
+            sub(
+                "active",
+                (so.price(unit_amount=None, billing_scheme="tiered", tiers_mode="graduated"), 4),
+                (so.price(unit_amount=5000), 1),
+            ),
             # Test mode (`stripe listen` forwards it to the same endpoint): a row of its own.
             sub("active", (so.price(unit_amount=700), 1), livemode=False),
             sub("trialing", (so.price(unit_amount=9900), 1)),
@@ -207,13 +214,18 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
     )
 
     mrr = {
-        (r["currency"], r["livemode"]): (r["mrr"], r["subscriptions"], r["items_not_seen"])
+        (r["currency"], r["livemode"]): (
+            r["mrr"],
+            r["subscriptions"],
+            r["items_not_seen"],
+            r["items_not_priced"],
+        )
         for r in await rows(conn, "mrr")
     }
     assert mrr == {
-        ("usd", True): (17_500, 4, 1),
-        ("eur", True): (8_800, 2, 0),
-        ("usd", False): (700, 1, 0),
+        ("usd", True): (22_500, 5, 1, 1),  # the tiered item
+        ("eur", True): (8_800, 2, 0, 1),  # the usd price without its eur amount
+        ("usd", False): (700, 1, 0, 0),
     }
 
 

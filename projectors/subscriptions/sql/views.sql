@@ -41,7 +41,20 @@ SELECT m.currency,
        s.livemode,
        -- Summed with only the items their webhook carried (`items.has_more`): MRR is
        -- short by their items not seen.
-       count(DISTINCT s.id) FILTER (WHERE NOT s.items_complete) AS items_not_seen
+       count(DISTINCT s.id) FILTER (WHERE NOT s.items_complete) AS items_not_seen,
+       -- The licensed items of the same subscriptions, in this currency, whose amount the
+       -- webhook did not carry (a tiered price; the currency's amount missing from
+       -- `currency_options`): MRR is short by them.
+       (SELECT count(*)
+        FROM subscription_items i
+        JOIN subscriptions o ON o.id = i.subscription
+        WHERE o.status IN ('active', 'past_due')
+          AND o.pause_collection IS NULL
+          AND o.account IS NULL
+          AND o.livemode = s.livemode
+          AND coalesce(i.currency, o.currency) = m.currency
+          AND i.usage_type IS DISTINCT FROM 'metered'
+          AND coalesce(i.unit_amount_decimal, i.unit_amount) IS NULL) AS items_not_priced
 FROM subscriptions s
 JOIN subscription_item_mrr m ON m.subscription = s.id
 WHERE s.status IN ('active', 'past_due')
