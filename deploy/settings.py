@@ -198,7 +198,15 @@ def check_database_url(url: str) -> None:
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it
-            check_host_port(host, "host[:port] in the URL")
+            try:
+                check_host_port(host, "host[:port] in the URL")
+            except ValueError:
+                # Not echoed: a password holding `/`, `#` or `?` ends the URL's address
+                # there, and what looks like a host is then the user and the password.
+                raise ValueError(
+                    "a host[:port] in the URL is malformed (a port must be a number from 1 "
+                    "to 65535; in a password, write / # ? @ as %2F %23 %3F %40)"
+                ) from None
 
 
 def database_location(url: str) -> str:

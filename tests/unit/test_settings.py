@@ -100,6 +100,10 @@ def test_the_readme_documents_every_setting() -> None:
         "postgresql://user:hunter2@db:5432x/lattice",
         "postgresql://user:hunter2@db:80000/lattice",
         "mysql://user:hunter2@db/lattice",
+        # A password with `/` or `#` not percent-encoded ends the address early: what is
+        # left of it is the user and the password.
+        "postgresql://user:hunter2/x@db:5432/lattice",
+        "postgresql://user:hun#hunter2@db/lattice",
     ],
 )
 def test_a_database_url_that_is_not_a_libpq_url_is_one_line_without_the_password(
