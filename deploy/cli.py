@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 import asyncpg
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from deploy import stack_cli
 from deploy.settings import ConfigError
@@ -91,14 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:
-        if not _unreachable(exc):
-            raise
-        print(
-            f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
-            "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
-            file=sys.stderr,
-        )
-        return 1
+        if _unreachable(exc):
+            print(
+                f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
+                "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
+                file=sys.stderr,
+            )
+            return 1
+        # What the server said (a read-only replica or role, a missing grant, too many
+        # connections; a broker that answered its bootstrap but not the request): one line.
+        for kind, service in ((asyncpg.PostgresError, "PostgreSQL"), (KafkaError, "Kafka")):
+            if isinstance(exc, kind):
+                print(f"lattice: {service}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+        raise
     return code
 
 

@@ -21,7 +21,7 @@ from deploy.settings import Settings
 from projectors.rewind import committed
 from tests.conftest import Stack
 from tests.support.ports import free_port
-from tests.support.projectors import ROOT, log_ends, positions
+from tests.support.projectors import ROOT, extra_database, log_ends, positions
 from tests.support.stripe_stream import produce, records, stream
 from tests.support.wait import eventually
 
@@ -328,3 +328,18 @@ async def test_a_one_shot_command_that_cannot_reach_a_service_says_so_in_one_lin
     assert str(nobody) in last  # the address it tried
     assert "Traceback" not in result.stderr
     assert "Unclosed" not in result.stderr
+
+
+async def test_what_postgresql_refuses_a_one_shot_command_is_one_line(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """A read-only server (a replica, or a role whose transactions are read-only): the
+    migration fails with PostgreSQL's reason in one line, not a traceback."""
+    async with extra_database(stack.database_url, f"{unique}_ro") as url:
+        read_only = f"{url}?default_transaction_read_only=on"
+        result = await _run(settings, unique, "migrate", LATTICE_DATABASE_URL=read_only)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "lattice: PostgreSQL: ReadOnlySQLTransactionError: "
+        "cannot execute CREATE SCHEMA in a read-only transaction"
+    ], result.stderr
