@@ -12,6 +12,7 @@ import hashlib
 import logging
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -101,6 +102,12 @@ def ensure_jars(paths: KafkaPaths) -> None:
     partial = paths.root / "libs.partial"
     shutil.rmtree(partial, ignore_errors=True)
     mvn_log = paths.root / "mvn.log"
+    # Minutes on a first run with an empty Maven cache, and silent: say what is going on.
+    print(
+        f"kafka      fetching the broker's jars with Maven (once; log: {mvn_log})",
+        file=sys.stderr,
+        flush=True,
+    )
     with mvn_log.open("wb") as out:
         result = subprocess.run(
             [

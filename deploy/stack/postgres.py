@@ -10,6 +10,7 @@ import importlib.util
 import os
 import pwd
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ def start(home: Path, *, port: int, timeout: float = 60.0) -> bool:
     paths.root.mkdir(parents=True, exist_ok=True)
     _chown(paths.root, user)
     if not (paths.data / "PG_VERSION").exists():
+        print(f"postgresql creating the database cluster in {paths.data} (once)", file=sys.stderr)
         _pg(
             user,
             "initdb",

@@ -152,7 +152,7 @@ def test_cluster_ids_never_look_like_an_option() -> None:
 
 
 def test_jars_are_resolved_again_unless_complete_for_this_pom(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A copy cut short leaves some jars and no stamp; a new Kafka version in the pom
     changes the stamp: either way Maven runs again, and the jars move in whole."""
@@ -178,6 +178,9 @@ def test_jars_are_resolved_again_unless_complete_for_this_pom(
     kafka.ensure_jars(paths)
     kafka.ensure_jars(paths)
     assert calls.read_text().count("run") == 1
+    # A first run may take minutes: it says what it is doing, once.
+    said = capsys.readouterr().err
+    assert said.count("fetching the broker's jars with Maven") == 1, said
     assert (paths.libs / "kafka-clients-4.4.0.jar").exists()
     assert not (paths.root / "libs.partial").exists()
 
