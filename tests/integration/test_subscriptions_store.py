@@ -180,6 +180,12 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
                 currency="eur",
             ),  # 3600, never 4000 usd
             sub("active", (so.price(unit_amount=2000), 2), currency="eur"),  # unknown: nothing
+            # A metered item that shows a quantity still counts nothing.
+            sub(
+                "active",
+                (so.price(unit_amount=5, meter="mtr_2"), 7),
+                (so.price(unit_amount=100), 1),
+            ),
             # A tiered price: its tiers are not in the webhook, so nothing, but counted,
             # beside a seat that counts (5000).
             sub(
@@ -223,7 +229,7 @@ async def test_mrr_normalises_intervals_per_currency_and_skips_trials(
         for r in await rows(conn, "mrr")
     }
     assert mrr == {
-        ("usd", True): (22_500, 5, 1, 1),  # the tiered item
+        ("usd", True): (22_600, 6, 1, 1),  # the tiered item
         ("eur", True): (8_800, 2, 0, 1),  # the usd price without its eur amount
         ("usd", False): (700, 1, 0, 0),
     }

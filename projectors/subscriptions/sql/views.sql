@@ -22,7 +22,8 @@ SELECT i.subscription, i.id AS item, coalesce(i.currency, s.currency) AS currenc
 FROM subscription_items i
 JOIN subscriptions s ON s.id = i.subscription
 WHERE coalesce(i.unit_amount_decimal, i.unit_amount) IS NOT NULL
-  AND i.quantity IS NOT NULL
+  AND i.quantity IS NOT NULL  -- a metered item has none
+  AND i.usage_type IS DISTINCT FROM 'metered'  -- nor would one that showed one count
   AND i.interval IS NOT NULL;
 
 -- Monthly recurring revenue per currency, in the currency's minor unit: every licensed item
