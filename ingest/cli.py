@@ -104,7 +104,7 @@ def run_send(args: argparse.Namespace) -> int:
     }
     try:
         answer = httpx.post(url, content=body, headers=headers, timeout=30.0)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a URL httpx cannot use
         print(f"lattice: could not POST to {url}: {exc}", file=sys.stderr)
         return 1
     print(f"{answer.status_code} {answer.reason_phrase}")

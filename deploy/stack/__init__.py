@@ -70,7 +70,10 @@ def _alone(home: Path) -> Iterator[None]:
     """One `stack up` or `down` at a time per home: two at once (`make demo` and `make
     test` in two terminals) would both resolve jars and start brokers, and the loser's
     broker would run on untracked. The lock goes with the process, however it ends."""
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StackError(f"cannot make the stack's folder {home}: {exc.strerror}") from None
     with (home / "stack.lock").open("a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -97,11 +97,18 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.expected:
-        args.expected.write_text(json.dumps(expected.to_json(), indent=2) + "\n")
+        try:
+            args.expected.write_text(json.dumps(expected.to_json(), indent=2) + "\n")
+        except OSError as exc:  # not "cannot reach Kafka" for a folder that is missing
+            raise ConfigError(f"--expected: cannot write {args.expected}: {exc.strerror}") from None
     if args.dry_run:
         json.dump(expected.to_json(), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
+    try:
+        httpx.URL(args.url)
+    except httpx.InvalidURL as exc:
+        raise ConfigError(f"--url: {exc}") from None
     if (args.wait or args.check) and not settings.database_url:
         raise ConfigError("LATTICE_DATABASE_URL is not set: --wait and --check read the tables")
     if args.fake_stripe_port:

@@ -45,3 +45,42 @@ def test_only_is_refused_where_it_would_be_ignored(
     assert main(["stack", action, "--only", "postgresql", "--home", str(home)]) == 2
     assert "--only works with `stack down`" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_paths_and_urls_given_on_the_command_line_fail_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder where a file goes, a folder that cannot be made, a URL httpx cannot use:
+    each ends in one line naming the argument (they were tracebacks, or blamed on Kafka)."""
+    event = tmp_path / "event.json"
+    event.write_text('{"id": "evt_1", "object": "event", "type": "customer.created"}')
+    cases = [
+        (
+            ["simulate", "--dry-run", "--customers", "1", "--expected", str(tmp_path)],
+            2,
+            "--expected",
+        ),
+        (["simulate", "--customers", "1", "--url", "http://localhost:80a"], 2, "--url"),
+        (["stack", "up", "--home", "/proc/lattice-here"], 2, "cannot make the stack's folder"),
+        (
+            [
+                "send",
+                str(event),
+                "--endpoint",
+                "p",
+                "--secret",
+                "whsec_x",
+                "--url",
+                "http://localhost:80a",
+            ],
+            1,
+            "could not POST",
+        ),
+    ]
+    for argv, status, says in cases:
+        assert main(argv) == status, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err, argv
+        assert err[-1].startswith("lattice"), (argv, err)
+        assert says in err[-1], (argv, err)
+        assert "Traceback" not in "\n".join(err)
