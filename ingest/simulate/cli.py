@@ -68,8 +68,8 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="after --wait, print the report and exit 1 unless the tables "
-        "equal the simulation's expected totals",
+        help="after --wait (120 s unless given), print the report and exit 1 unless the "
+        "tables equal the simulation's expected totals",
     )
     parser.add_argument(
         "--expected", type=Path, metavar="FILE", help="write the expected totals as JSON to FILE"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.settings import Settings
 from ingest.simulate.expected import Expected, InvoiceTotals
+
+SAY_EVERY_S = 5.0  # how often a long wait for the projectors says how far behind they are
 
 QUERIES = {
     "subscriptions": "SELECT status, count(*) FROM projections.subscriptions GROUP BY 1",
@@ -132,11 +135,23 @@ async def wait_caught_up(settings: Settings, *, timeout: float) -> tuple[int, in
 
     projections = catalog.select([])
     deadline = time.monotonic() + timeout
+    said = time.monotonic()
     while True:
         rows = await status.collect(settings, projections)
         lag = sum(row.lag for row in rows)
-        if lag == 0 or time.monotonic() > deadline:
+        now = time.monotonic()
+        if lag == 0 or now > deadline:
             return lag, sum(row.dead_letters for row in rows)
+        if now - said >= SAY_EVERY_S:  # a wait of minutes (no projector running?) says so
+            per: dict[str, int] = {}
+            for row in rows:
+                per[row.projector] = per.get(row.projector, 0) + row.lag
+            behind = ", ".join(f"{name} {n}" for name, n in per.items() if n)
+            print(
+                f"waiting for the projectors: {behind} records behind, {deadline - now:.0f} s left",
+                file=sys.stderr,
+            )
+            said = now
         await asyncio.sleep(0.5)
 
 
