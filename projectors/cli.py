@@ -50,8 +50,9 @@ def register(commands: Any) -> None:
     project = commands.add_parser(
         "project",
         help="run projectors (all by default) until SIGTERM",
-        description="Run projections in one process, one consumer group `lattice.<name>` "
-        "each. Start the command N times to spread partitions over N processes.",
+        description="Run projections in one process, one consumer group each, named "
+        "`<group prefix>.<name>` (`lattice.<name>` by default: --group-prefix). Start the "
+        "command N times to spread partitions over N processes.",
     )
     project.add_argument("names", nargs="*", metavar="NAME", help="projections to run")
     project.add_argument(
@@ -85,7 +86,7 @@ def register(commands: Any) -> None:
         "catch up to the head of the log, then swap the tables in one transaction. From an "
         "offset or a time the rebuild starts from a copy of the live tables.",
     )
-    replay_cmd.add_argument("name", metavar="NAME")
+    replay_cmd.add_argument("name", metavar="NAME", help="the projection to rebuild")
     start = replay_cmd.add_mutually_exclusive_group()
     start.add_argument(
         "--from-beginning", action="store_true", help="rebuild from offset 0 (the default)"
@@ -112,7 +113,9 @@ def register(commands: Any) -> None:
         description="Commit earlier offsets for a downstream consumer GROUP (stop it "
         "first). Lattice's own projectors keep positions in PostgreSQL: use `lattice replay`.",
     )
-    rewind_cmd.add_argument("group", metavar="GROUP")
+    rewind_cmd.add_argument(
+        "group", metavar="GROUP", help="the downstream consumer group (its members stopped)"
+    )
     to = rewind_cmd.add_mutually_exclusive_group(required=True)
     to.add_argument("--since", metavar="TIME", help="first record at or after TIME")
     to.add_argument("--to-offset", metavar="P:N", help="partition P to offset N")
