@@ -98,11 +98,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
-        # What the server said (a read-only replica or role, a missing grant, too many
-        # connections; a broker that answered its bootstrap but not the request): one line.
-        for kind, service in ((asyncpg.PostgresError, "PostgreSQL"), (KafkaError, "Kafka")):
-            if isinstance(exc, kind):
-                print(f"lattice: {service}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # What the server said to a one-shot command (a read-only replica or role, a missing
+        # grant, too many connections; a broker that answered its bootstrap but not the
+        # request): one line. `serve` and `project` keep the traceback in their log.
+        if args.command not in ("serve", "project"):
+            if isinstance(exc, asyncpg.PostgresError):
+                print(f"lattice: PostgreSQL: {type(exc).__name__}: {exc}", file=sys.stderr)
+                return 1
+            if isinstance(exc, KafkaError):  # its text starts with its type's name
+                print(f"lattice: Kafka: {exc}", file=sys.stderr)
                 return 1
         raise
     return code

@@ -195,6 +195,12 @@ def check_database_url(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
         raise ValueError("must be a libpq URL, postgresql://user[:password]@host[:port]/database")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        # `user:8080/s3cret@db` reads as host `user`, port 8080 and a path holding the
+        # password, which messages would print: refused, without echoing any of it.
+        raise ValueError(
+            "an `@` after the address: in a password, write / # ? @ as %2F %23 %3F %40"
+        )
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it

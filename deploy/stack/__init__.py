@@ -72,9 +72,10 @@ def _alone(home: Path) -> Iterator[None]:
     broker would run on untracked. The lock goes with the process, however it ends."""
     try:
         home.mkdir(parents=True, exist_ok=True)
+        held = (home / "stack.lock").open("a")
     except OSError as exc:
-        raise StackError(f"cannot make the stack's folder {home}: {exc.strerror}") from None
-    with (home / "stack.lock").open("a") as lock:
+        raise StackError(f"cannot use the stack's folder {home}: {exc.strerror}") from None
+    with held as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

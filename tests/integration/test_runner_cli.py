@@ -336,7 +336,7 @@ async def test_what_postgresql_refuses_a_one_shot_command_is_one_line(
     """A read-only server (a replica, or a role whose transactions are read-only): the
     migration fails with PostgreSQL's reason in one line, not a traceback."""
     async with extra_database(stack.database_url, f"{unique}_ro") as url:
-        read_only = f"{url}?default_transaction_read_only=on"
+        read_only = f"{url}{'&' if '?' in url else '?'}default_transaction_read_only=on"
         result = await _run(settings, unique, "migrate", LATTICE_DATABASE_URL=read_only)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [

@@ -24,7 +24,7 @@ async def test_waiting_for_projectors_that_do_not_run_says_how_far_behind(
     await produce(stack.kafka_bootstrap, settings.topic, records(stream(5, seed=3)))
     monkeypatch.setattr(report, "SAY_EVERY_S", 0.2)
 
-    lag, dead = await report.wait_caught_up(settings, timeout=1.5)
+    lag, dead = await report.wait_caught_up(settings, timeout=5)
 
     # Every projection reads the events topic; none has applied anything.
     assert (lag, dead) == (5 * len(catalog.select([])), 0)

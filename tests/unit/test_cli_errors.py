@@ -61,7 +61,7 @@ def test_paths_and_urls_given_on_the_command_line_fail_in_one_line(
             "--expected",
         ),
         (["simulate", "--customers", "1", "--url", "http://localhost:80a"], 2, "--url"),
-        (["stack", "up", "--home", "/proc/lattice-here"], 2, "cannot make the stack's folder"),
+        (["stack", "up", "--home", "/proc/lattice-here"], 2, "cannot use the stack's folder"),
         (
             [
                 "send",

@@ -104,6 +104,8 @@ def test_the_readme_documents_every_setting() -> None:
         # left of it is the user and the password.
         "postgresql://user:hunter2/x@db:5432/lattice",
         "postgresql://user:hun#hunter2@db/lattice",
+        "postgresql://user:8080/hunter2@db:5432/lattice",  # reads as a port, then a path
+        "postgresql://user:2024#hunter2@db/lattice",
     ],
 )
 def test_a_database_url_that_is_not_a_libpq_url_is_one_line_without_the_password(

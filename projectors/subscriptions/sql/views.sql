@@ -36,6 +36,21 @@ WHERE coalesce(i.unit_amount_decimal, i.unit_amount) IS NOT NULL
 -- added to live revenue. An item whose price shows another currency than the
 -- subscription's has no amount (see the reducer) and brings nothing.
 CREATE OR REPLACE VIEW mrr AS
+WITH unpriced AS (
+    -- The licensed items of the subscriptions MRR counts whose amount the webhook did not
+    -- carry (a tiered price; the currency's amount missing from `currency_options`), by
+    -- currency and mode: MRR is short by them. One pass over the items.
+    SELECT coalesce(i.currency, o.currency) AS currency, o.livemode, count(*) AS items
+    FROM subscription_items i
+    JOIN subscriptions o ON o.id = i.subscription
+    WHERE o.status IN ('active', 'past_due')
+      AND o.pause_collection IS NULL
+      AND o.account IS NULL
+      AND i.usage_type IS DISTINCT FROM 'metered'
+      AND i.unit_amount IS NULL
+      AND i.unit_amount_decimal IS NULL
+    GROUP BY 1, 2
+)
 SELECT m.currency,
        round(sum(m.monthly))::bigint AS mrr,
        count(DISTINCT s.id) AS subscriptions,
@@ -43,21 +58,10 @@ SELECT m.currency,
        -- Summed with only the items their webhook carried (`items.has_more`): MRR is
        -- short by their items not seen.
        count(DISTINCT s.id) FILTER (WHERE NOT s.items_complete) AS items_not_seen,
-       -- The licensed items of the same subscriptions, in this currency, whose amount the
-       -- webhook did not carry (a tiered price; the currency's amount missing from
-       -- `currency_options`): MRR is short by them.
-       (SELECT count(*)
-        FROM subscription_items i
-        JOIN subscriptions o ON o.id = i.subscription
-        WHERE o.status IN ('active', 'past_due')
-          AND o.pause_collection IS NULL
-          AND o.account IS NULL
-          AND o.livemode = s.livemode
-          AND coalesce(i.currency, o.currency) = m.currency
-          AND i.usage_type IS DISTINCT FROM 'metered'
-          AND coalesce(i.unit_amount_decimal, i.unit_amount) IS NULL) AS items_not_priced
+       coalesce(min(u.items), 0) AS items_not_priced
 FROM subscriptions s
 JOIN subscription_item_mrr m ON m.subscription = s.id
+LEFT JOIN unpriced u ON u.currency = m.currency AND u.livemode = s.livemode
 WHERE s.status IN ('active', 'past_due')
   AND s.pause_collection IS NULL
   AND s.account IS NULL
