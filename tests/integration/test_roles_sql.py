@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,37 +25,45 @@ def _as(url: str, user: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}@{parts.hostname}:{parts.port}"))
 
 
-async def test_writer_owns_projections_and_analyst_only_reads(database_url: str) -> None:
-    admin = await asyncpg.connect(database_url)
+@contextlib.asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(url)
     try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def _run_roles_sql(url: str) -> None:
+    async with _connected(url) as admin:
         for _ in range(2):  # safe to run again
             await admin.execute(ROLES_SQL.read_text())
-    finally:
-        await admin.close()
 
-    writer = await asyncpg.connect(_as(database_url, "lattice_writer"))
-    try:
-        await migrate(writer, catalog.select([]))
-        # A table a later migration adds: readable without another GRANT.
-        await writer.execute("CREATE TABLE projections.added_later (id text)")
-        await writer.execute("INSERT INTO projections.added_later VALUES ('row')")
+
+async def _writer_owns_projections(url: str, projections: list[str]) -> None:
+    async with _connected(_as(url, "lattice_writer")) as writer:
+        await migrate(writer, catalog.select(projections))
         owner = await writer.fetchval(
             "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'projections'"
         )
         assert owner == "lattice_writer"
-    finally:
-        await writer.close()
 
-    analyst = await asyncpg.connect(_as(database_url, "lattice_analyst"))
-    try:
+
+async def test_writer_owns_projections_and_analyst_only_reads(database_url: str) -> None:
+    await _run_roles_sql(database_url)
+    await _writer_owns_projections(database_url, [])
+    async with _connected(_as(database_url, "lattice_writer")) as writer:
+        # A table a later migration adds: readable without another GRANT.
+        await writer.execute("CREATE TABLE projections.added_later (id text)")
+        await writer.execute("INSERT INTO projections.added_later VALUES ('row')")
+
+    async with _connected(_as(database_url, "lattice_analyst")) as analyst:
         assert await analyst.fetchval("SELECT count(*) FROM subscriptions") == 0
         assert await analyst.fetchval("SELECT count(*) FROM projections.added_later") == 1
         with pytest.raises(asyncpg.ReadOnlySQLTransactionError):
             await analyst.execute("DELETE FROM added_later")
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
             await analyst.fetch("SELECT * FROM lattice.offsets")
-    finally:
-        await analyst.close()
 
 
 async def test_a_managed_services_admin_who_is_no_superuser_can_run_it() -> None:
@@ -63,36 +73,13 @@ async def test_a_managed_services_admin_who_is_no_superuser_can_run_it() -> None
     with server_home("pg-roles") as home:
         server = start_private_postgres(home)
         try:
-            root = await asyncpg.connect(server.url("postgres"))
-            try:
+            async with _connected(server.url("postgres")) as root:
                 await root.execute("CREATE ROLE cloud_admin LOGIN CREATEROLE CREATEDB")
-            finally:
-                await root.close()
-            admin = await asyncpg.connect(_as(server.url("postgres"), "cloud_admin"))
-            try:
+            async with _connected(_as(server.url("postgres"), "cloud_admin")) as admin:
                 await admin.execute("CREATE DATABASE managed")
-            finally:
-                await admin.close()
-            url = _as(server.url("managed"), "cloud_admin")
-            admin = await asyncpg.connect(url)
-            try:
-                for _ in range(2):  # safe to run again
-                    await admin.execute(ROLES_SQL.read_text())
-            finally:
-                await admin.close()
-            writer = await asyncpg.connect(_as(server.url("managed"), "lattice_writer"))
-            try:
-                await migrate(writer, catalog.select(["invoices"]))
-                owner = await writer.fetchval(
-                    "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'projections'"
-                )
-                assert owner == "lattice_writer"
-            finally:
-                await writer.close()
-            analyst = await asyncpg.connect(_as(server.url("managed"), "lattice_analyst"))
-            try:
+            await _run_roles_sql(_as(server.url("managed"), "cloud_admin"))
+            await _writer_owns_projections(server.url("managed"), ["invoices"])
+            async with _connected(_as(server.url("managed"), "lattice_analyst")) as analyst:
                 assert await analyst.fetchval("SELECT count(*) FROM invoices") == 0
-            finally:
-                await analyst.close()
         finally:
             server.stop()
