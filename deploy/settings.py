@@ -189,6 +189,9 @@ def check_host_port(address: str, shape: str) -> None:
         raise ValueError(f"{address!r} is not {shape}, with a port from 1 to 65535")
 
 
+ENCODE_IN_PASSWORD = "in a password, write / # ? @ as %2F %23 %3F %40"
+
+
 def check_database_url(url: str) -> None:
     """`url` is a libpq URL (`postgresql://[user[:password]@]host[:port][,...]/database`)
     whose ports are numbers; else ValueError, never naming the password."""
@@ -198,9 +201,7 @@ def check_database_url(url: str) -> None:
     if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
         # `user:8080/s3cret@db` reads as host `user`, port 8080 and a path holding the
         # password, which messages would print: refused, without echoing any of it.
-        raise ValueError(
-            "an `@` after the address: in a password, write / # ? @ as %2F %23 %3F %40"
-        )
+        raise ValueError(f"an `@` after the address: {ENCODE_IN_PASSWORD}")
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it
@@ -211,7 +212,7 @@ def check_database_url(url: str) -> None:
                 # there, and what looks like a host is then the user and the password.
                 raise ValueError(
                     "a host[:port] in the URL is malformed (a port must be a number from 1 "
-                    "to 65535; in a password, write / # ? @ as %2F %23 %3F %40)"
+                    f"to 65535; {ENCODE_IN_PASSWORD})"
                 ) from None
 
 

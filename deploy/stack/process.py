@@ -46,34 +46,21 @@ def running_pid(pid_file: Path, owner: str) -> int | None:
     SIGKILL may name a process that has since reused the pid: that one is not ours to
     wait for or to signal."""
     pid = recorded_pid(pid_file)
-    if pid is None:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:  # alive, another user's: ours only if its command says so
-        return pid if _is_owned(pid, owner) else None
-    # A zombie child of ours is not alive: reap it if it is one.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return None
-    if _state(pid) == "Z":
+    if pid is None or exited(pid):
         return None
     return pid if _is_owned(pid, owner) else None
 
 
 def exited(pid: int) -> bool:
-    """True when the process we just started has ended (gone, or a zombie, reaped here).
-    Not `running_pid`: that one also asks whether the command is ours, which a process
-    cannot say while it is replacing its own image (the `java` launcher may exec itself
-    again), and would take a server still starting for one that died."""
+    """True when process `pid` has ended: gone, or a zombie (reaped here if it is our
+    child). The pid's owner is not asked: for a server we just started, `running_pid`'s
+    question whether the command is ours cannot be answered while it replaces its own
+    image (the `java` launcher may exec itself again), and would take it for one that died."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    except PermissionError:
+    except PermissionError:  # alive, another user's
         return False
     with contextlib.suppress(ChildProcessError):
         done, _ = os.waitpid(pid, os.WNOHANG)
