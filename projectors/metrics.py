@@ -86,7 +86,7 @@ class RuntimeMetrics:
         """After a rebalance: the lag of a partition now another process's is no longer
         ours to say (left behind, it would be summed with the new owner's, or keep an alert
         firing); those kept keep theirs until their next batch."""
-        held = self._lag_of.get(projector, set())
-        for tp in held - set(partitions):
+        held, kept = self._lag_of.get(projector, set()), set(partitions)
+        for tp in held - kept:
             self.lag.remove(projector, tp.topic, str(tp.partition))
-        held &= set(partitions)
+        held &= kept

@@ -59,9 +59,12 @@ def reduce(record: Record) -> list[Change]:
         fast = _plain_usage_change(record.value, received)
         if fast is not None:
             return [fast]
-        if not _is_stripe_event(record):
-            return [usage_change(record.value, received)]
-    event = record.json()
+        found = _stripe_event(record)
+        if found is None:
+            return [_modelled_usage_change(record.value, received)]
+        event = found
+    else:
+        event = record.json()
     event_type = str(event.get("type") or record.header(HEADER_EVENT_TYPE))
     event_id = id_of(event.get("id"))
     created = unix_seconds(event.get("created"))
@@ -83,26 +86,31 @@ def reduce(record: Record) -> list[Change]:
     return []
 
 
-def _is_stripe_event(record: Record) -> bool:
+def _stripe_event(record: Record) -> dict[str, Any] | None:
+    """The record's body if it is a Stripe event (an `evt_` id and a `type`), else None."""
     try:
         body = record.json()
     except PoisonRecord:
-        return False
+        return None
     event_id = body.get("id")
-    return (
+    is_event = (
         body.get("object") in ("event", "v2.core.event")
         and type(event_id) is str
         and event_id.startswith("evt_")
         and type(body.get("type")) is str
     )
+    return body if is_event else None
 
 
 def usage_change(value: bytes, received: int | None = None) -> UsageReported:
     """A usage-fact record (that reached the log at `received`) as a change; PoisonRecord
     with the validation error otherwise."""
     fast = _plain_usage_change(value, received)
-    if fast is not None:
-        return fast
+    return fast if fast is not None else _modelled_usage_change(value, received)
+
+
+def _modelled_usage_change(value: bytes, received: int | None) -> UsageReported:
+    """A fact not in the plain shape `_plain_usage_change` takes: the model judges it."""
     try:
         fact = parse_usage_fact(value)
     except UsageFactError as exc:
