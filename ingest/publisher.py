@@ -182,6 +182,10 @@ class Publisher:
                     await closing()
             except Exception as exc:
                 log.warning("kafka_producer_not_closed", step=step, error=repr(exc))
+        # A `stop` cut short leaves aiokafka's sender retrying what it held, for ever while
+        # the broker is down and into the log once it is back (records answered 503, which
+        # Stripe sends again), and its connections open: end both.
+        await _end_sender(batcher.producer)
 
     async def stop(self) -> None:
         """Flush what is pending and close the producer."""
@@ -262,6 +266,15 @@ def sender_stopped(producer: AIOKafkaProducer) -> bool:
     sender = getattr(producer, "_sender", None)
     task = getattr(sender, "sender_task", None)
     return isinstance(task, asyncio.Task) and task.done()
+
+
+async def _end_sender(producer: AIOKafkaProducer) -> None:
+    task = getattr(getattr(producer, "_sender", None), "sender_task", None)
+    if isinstance(task, asyncio.Task) and not task.done():
+        task.cancel()
+        await asyncio.wait({task})  # its end, not its error (nor our cancellation swallowed)
+    with contextlib.suppress(Exception):
+        await producer.client.close()
 
 
 def _expire(future: asyncio.Future[Any]) -> None:

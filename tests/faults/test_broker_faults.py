@@ -6,6 +6,7 @@ Stripe's, end with every event on the log."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import time
@@ -17,6 +18,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from deploy.stack.topics import delete_topics, ensure_topics
+from ingest.publisher import Publisher, PublishUnavailable, sender_stopped
 from ingest.signature import sign_header
 from tests.conftest import Stack
 from tests.faults.loadgen import LoadGenerator, LoadReport
@@ -29,6 +31,7 @@ from tests.faults.receiving import (
     running_receiver,
 )
 from tests.faults.services import PrivateKafka
+from tests.fixtures.records import log_record
 from tests.support.kafka import read_all
 from tests.support.wait import eventually
 
@@ -187,3 +190,48 @@ async def _single(client: httpx.AsyncClient, body: bytes) -> tuple[int, bool]:
 
 async def _value(n: int) -> int:
     return n
+
+
+async def test_a_producer_retired_while_the_broker_is_down_appends_nothing_later(
+    live_kafka: PrivateKafka, unique: str, injected: Counter[str]
+) -> None:
+    """A producer replaced while the broker is down (as after a fatal error): its flush and
+    stop time out, and then its sender and connections are ended as well, so the record it
+    still held (answered 503 already) is not appended behind our back when the broker
+    returns; only Stripe's redelivery would be."""
+    topic = f"{unique}.stripe.events"
+    await ensure_topics(live_kafka.bootstrap, [topic], partitions=1)
+    first, stuck, after = (json.loads(d.body) for d in event_deliveries(3, seed=11))
+    publisher = Publisher(bootstrap=live_kafka.bootstrap, topic=topic, timeout=1.0)
+    await publisher.start()
+    try:
+        await publisher.publish(log_record(first))
+        await asyncio.to_thread(live_kafka.stop)
+        injected["broker stopped"] += 1
+        with pytest.raises(PublishUnavailable):
+            await publisher.publish(log_record(stuck))
+        broken = publisher._batcher
+        assert broken is not None
+        publisher._replace(broken)
+        assert publisher._retiring is not None
+        await publisher._retiring
+        assert sender_stopped(broken.producer), "the retired producer is still sending"
+        await asyncio.to_thread(live_kafka.start)
+
+        async def publish_after() -> bool:
+            try:
+                await publisher.publish(log_record(after))
+            except PublishUnavailable:
+                return False
+            return True
+
+        await eventually(publish_after, bool, timeout=90, what="a record appended again")
+        await asyncio.sleep(3)  # time for anything the old producer held to land
+    finally:
+        await publisher.stop()
+    logged = [
+        r.headers["stripe-event-id"].decode() for r in await read_all(live_kafka.bootstrap, topic)
+    ]
+    assert stuck["id"] not in logged
+    assert {first["id"], after["id"]} <= set(logged)
+    await delete_topics(live_kafka.bootstrap, [topic])
