@@ -137,11 +137,20 @@ def down(settings: Settings, only: Collection[str] = SERVICES) -> list[str]:
 
 
 def _down(settings: Settings, only: Collection[str]) -> list[str]:
-    stopped = []
-    if "postgresql" in only and postgres.stop(settings.home):
-        stopped.append("postgresql")
-    if "kafka" in only and kafka.stop(settings.home):
-        stopped.append("kafka")
+    stopped, failures = [], []
+    # Each is tried whatever happened to the other: a server that would not stop must not
+    # leave the other running (a 1 GiB broker JVM, say) unnoticed.
+    for name, stop in (("postgresql", postgres.stop), ("kafka", kafka.stop)):
+        if name not in only:
+            continue
+        try:
+            if stop(settings.home):
+                stopped.append(name)
+        except StackError as exc:
+            failures.append(f"{name}: {exc}")
+    if failures:
+        done = f" (stopped: {', '.join(stopped)})" if stopped else ""
+        raise StackError("could not stop " + "; ".join(failures) + done)
     return stopped
 
 

@@ -101,14 +101,17 @@ def _chown(path: Path, user: str | None) -> None:
 
 
 def _pg(user: str | None, tool: str, *args: str, timeout: float = 120) -> None:
-    result = subprocess.run(
-        [str(_bin() / tool), *args],
-        user=user,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
-    )
+    try:
+        result = subprocess.run(
+            [str(_bin() / tool), *args],
+            user=user,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        raise StackError(f"PostgreSQL `{tool}` did not finish within {timeout:g} s") from None
     if result.returncode != 0:
         detail = (result.stderr or result.stdout).strip().splitlines()
         raise StackError(f"PostgreSQL `{tool}` failed: {' / '.join(detail[-3:])}")
@@ -184,7 +187,16 @@ def stop(home: Path) -> bool:
     paths = PgPaths(home / "pg")
     if process.running_pid(paths.pid, paths.owner) is None:
         return False
-    _pg(_run_as(), "pg_ctl", "-D", str(paths.data.resolve()), "-m", "fast", "-w", "stop")
+    data = str(paths.data.resolve())
+    try:
+        _pg(_run_as(), "pg_ctl", "-D", data, "-m", "fast", "-w", "-t", "60", "stop", timeout=90)
+    except StackError as slow:
+        # A fast shutdown waits for the checkpoint (a busy machine, a stuck backend): end
+        # it the way a crash would, which the next start recovers from (WAL replay).
+        try:
+            _pg(_run_as(), "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", timeout=60)
+        except StackError as exc:
+            raise StackError(f"{slow}; an immediate shutdown failed too: {exc}") from None
     return True
 
 

@@ -26,6 +26,7 @@ from deploy.stack.errors import StackError
 from deploy.stack.kafka import KafkaPaths
 from deploy.stack.postgres import PgPaths
 from deploy.stack.process import running_pid
+from tests.support.homes import share_kafka_jars
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,7 +110,7 @@ class PrivatePostgres:
 
 def start_private_kafka(home: Path) -> PrivateKafka:
     """A private broker on a free port pair (broker and controller)."""
-    broker = PrivateKafka(home, free_port(2))
+    broker = PrivateKafka(share_kafka_jars(home), free_port(2))
     broker.start()
     return broker
 

@@ -26,12 +26,12 @@ from tests.integration.test_receiver import (
     signed,
     subscription_event,
 )
+from tests.support.homes import share_kafka_jars
 from tests.support.kafka import read_all
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SHARED_LIBS = Path(__file__).resolve().parents[2] / ".lattice" / "kafka" / "libs"
 TOPIC = "stripe.events"
 
 
@@ -66,11 +66,7 @@ class PrivateBroker:
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
     """A broker of this test's own, sharing the stack's jars when they are there."""
-    home = tmp_path / "stack"
-    if SHARED_LIBS.is_dir():
-        (home / "kafka").mkdir(parents=True)
-        (home / "kafka" / "libs").symlink_to(SHARED_LIBS)
-    private = PrivateBroker(home, free_port_pair())
+    private = PrivateBroker(share_kafka_jars(tmp_path / "stack"), free_port_pair())
     await private.start()
     try:
         await ensure_topics(private.bootstrap, [TOPIC], partitions=1)

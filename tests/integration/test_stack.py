@@ -16,11 +16,13 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from deploy.settings import load_settings
+from deploy import stack
+from deploy.settings import Settings, load_settings
 from deploy.stack import kafka, postgres
 from deploy.stack.errors import StackError
 from deploy.stack.topics import delete_topics, ensure_topics
 from tests.conftest import Stack, Topics
+from tests.support.homes import share_kafka_jars
 from tests.support.kafka import read_all
 from tests.support.ports import free_port
 
@@ -117,7 +119,7 @@ async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: P
     topic = f"t{uuid.uuid4().hex[:8]}.durable"
     bootstrap = f"127.0.0.1:{port}"
     try:
-        assert kafka.start(tmp_path, port=port, partitions=1, timeout=90) is True
+        assert kafka.start(share_kafka_jars(tmp_path), port=port, partitions=1, timeout=90)
         assert kafka.start(tmp_path, port=port, partitions=1, timeout=90) is False
         await ensure_topics(bootstrap, [topic], partitions=2)
         await _produce(bootstrap, topic, [(b"k1", b"v1"), (b"k2", b"v2")])
@@ -141,7 +143,7 @@ def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> Non
         "LATTICE_PG_PORT": str(pg_port),
     }
     try:
-        assert kafka.start(tmp_path, port=kafka_port, partitions=1, timeout=90) is True
+        assert kafka.start(share_kafka_jars(tmp_path), port=kafka_port, partitions=1, timeout=90)
         script = 'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '"'
         result = subprocess.run(
             [str(REPO / "deploy" / "with-stack.sh"), "bash", "-c", script],
@@ -256,3 +258,26 @@ async def test_the_usage_topic_stamps_records_with_the_brokers_time(stack: Stack
         assert "message.timestamp.type=LogAppendTime" in logged[0]["event"]
     finally:
         await delete_topics(stack.kafka_bootstrap, [usage, log])
+
+
+def test_stack_down_stops_kafka_when_postgresql_will_not_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's stop fails (pg_ctl timed out twice, say): the broker is stopped all the
+    same, and the error names what could not be stopped and what was."""
+    port = free_port(2)
+    assert kafka.start(share_kafka_jars(tmp_path), port=port, partitions=1, timeout=90)
+
+    def will_not_stop(home: Path) -> bool:
+        raise StackError("PostgreSQL `pg_ctl` did not finish within 90 s")
+
+    monkeypatch.setattr(postgres, "stop", will_not_stop)
+    try:
+        with pytest.raises(StackError) as refused:
+            stack.down(Settings(home=tmp_path))
+        assert not kafka.is_running(tmp_path)
+    finally:
+        kafka.stop(tmp_path)
+    assert str(refused.value) == (
+        "could not stop postgresql: PostgreSQL `pg_ctl` did not finish within 90 s (stopped: kafka)"
+    )
