@@ -34,12 +34,25 @@ stop_demo() {
 background() {  # name, command...: detached, logging to $DEMO/name.log
   local name=$1
   shift
+  # 9>&-: the demo's lock (below) is this script's, not its detached children's.
   if command -v setsid >/dev/null; then
-    setsid nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+    setsid nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null 9>&- &
   else
-    nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null &
+    nohup "$@" >"$DEMO/$name.log" 2>&1 </dev/null 9>&- &
   fi
   echo $! >"$DEMO/$name.pid"
+}
+
+fail() {  # message: the logs' last lines, the demo's processes stopped, exit 1
+  echo "$*" >&2
+  for name in serve project; do
+    if [ -f "$DEMO/$name.log" ]; then
+      echo "--- the end of $DEMO/$name.log" >&2
+      tail -n 15 "$DEMO/$name.log" >&2
+    fi
+  done
+  stop_demo
+  exit 1
 }
 
 if [ "${1:-}" = stop ]; then
@@ -49,6 +62,16 @@ if [ "${1:-}" = stop ]; then
 fi
 
 began=$(date +%s)
+# One demo at a time: a second would stop the first's processes and drop its database.
+mkdir -p "$HOME_DIR"
+exec 9>"$HOME_DIR/demo.lock"
+if command -v flock >/dev/null && ! flock -n 9; then
+  echo "another demo is running in $HOME_DIR (let it finish, or stop it: deploy/demo.sh stop)" >&2
+  exit 1
+fi
+# Ctrl-C (or SIGTERM) before the end: stop what this demo started rather than leave a
+# half-fed receiver and projectors behind.
+trap 'echo "interrupted: stopping the demo'"'"'s receiver and projectors" >&2; stop_demo; exit 130' INT TERM
 # A shell that sourced the demo's env (as the demo's last lines suggest) names the demo's
 # own database, topics and secrets: the stack must not take those for its own.
 case "${LATTICE_DATABASE_URL:-}" in
@@ -91,9 +114,10 @@ while time.monotonic() < deadline:
 sys.exit(1)
 PY
 then
-  echo "the receiver did not become ready; its log ends:" >&2
-  tail -n 20 "$DEMO/serve.log" >&2
-  exit 1
+  fail "the receiver did not become ready within 60 s"
+fi
+if ! kill -0 "$(cat "$DEMO/project.pid")" 2>/dev/null; then
+  fail "the projectors exited while starting"
 fi
 echo "receiver ready (pid $(cat "$DEMO/serve.pid")), projectors running (pid $(cat "$DEMO/project.pid"))" >&2
 
@@ -102,12 +126,16 @@ status=0
 "$lattice" simulate --customers "${DEMO_CUSTOMERS:-200}" --accounts "${DEMO_ACCOUNTS:-5}" \
   --seed "${DEMO_SEED:-2021}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
   --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check || status=$?
+if [ "$status" = 130 ]; then  # Ctrl-C ended `simulate` (which exits 130) before the trap ran
+  kill -INT $$
+fi
 if [ "$status" != 0 ]; then
   for name in serve project; do
     echo "--- the end of $DEMO/$name.log" >&2
     tail -n 15 "$DEMO/$name.log" >&2
   done
 fi
+trap - INT TERM
 
 psql_bin=$(command -v psql || true)
 if [ -z "$psql_bin" ]; then

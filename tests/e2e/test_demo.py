@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -41,6 +43,43 @@ def _sourced(path: Path) -> dict[str, str]:
     return values
 
 
+def _pids(demo: Path) -> list[int]:
+    """The receiver's and the projectors' pids the demo recorded."""
+    return [int((demo / f"{name}.pid").read_text()) for name in ("serve", "project")]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (our child? never: the demo's are detached) would still answer kill 0.
+    return Path(f"/proc/{pid}").exists()
+
+
+def _interrupted_while_simulating(env: dict[str, str]) -> tuple[int, str]:
+    """Run the demo and press Ctrl-C (SIGINT to its process group) once it delivers."""
+    with subprocess.Popen(
+        ["deploy/demo.sh"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as demo:
+        assert demo.stderr is not None
+        said = []
+        for line in demo.stderr:
+            said.append(line)
+            if line.startswith("==> simulate"):
+                time.sleep(2)
+                os.killpg(demo.pid, signal.SIGINT)
+                break
+        said.append(demo.stderr.read())
+        return demo.wait(timeout=60), "".join(said)
+
+
 def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
     home = load_settings().home
     env = {**os.environ, "DEMO_CUSTOMERS": "20", "DEMO_ACCOUNTS": "2"}
@@ -67,6 +106,8 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert '{"received":true}' in sent.stdout
         assert orjson.loads(example.read_bytes())["type"] == "customer.created"
+        first_pids = _pids(home / "demo")
+        assert all(_alive(pid) for pid in first_pids)
 
         again = _demo(demo_shell)
 
@@ -75,5 +116,34 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         assert "[ok]" in again.stdout + again.stderr
         # The stack's own file still names the stack's database, not the demo's.
         assert _sourced(home / "stack.env")["LATTICE_DATABASE_URL"] == stack.database_url
+        # The first run's receiver and projectors were stopped, not left beside the new.
+        assert not any(_alive(pid) for pid in first_pids)
+        second_pids = _pids(home / "demo")
+        assert all(_alive(pid) for pid in second_pids)
+
+        status, said = _interrupted_while_simulating(env)
+
+        assert status == 130, said[-3000:]
+        assert "interrupted: stopping the demo's receiver and projectors" in said
+        assert "done in" not in said
+        assert not any(_alive(pid) for pid in second_pids)
+        assert not (home / "demo" / "serve.pid").exists()
+    finally:
+        _demo(env, "stop")
+
+
+def test_demo_stop_stops_what_the_demo_left_running(stack: Stack) -> None:
+    """`deploy/demo.sh stop`, as its last lines say: the receiver and projectors end."""
+    home = load_settings().home
+    env = {**os.environ, "DEMO_CUSTOMERS": "5", "DEMO_ACCOUNTS": "1"}
+    try:
+        ran = _demo(env)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        pids = _pids(home / "demo")
+        assert all(_alive(pid) for pid in pids)
+        stopped = _demo(env, "stop")
+        assert stopped.returncode == 0
+        assert "stopped the demo's receiver and projectors" in stopped.stderr
+        assert not any(_alive(pid) for pid in pids)
     finally:
         _demo(env, "stop")
