@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,11 +33,12 @@ from projectors.stripe_api import ledger, logtail
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import StripeAPIError
 from projectors.stripe_api.ledger import BackfillError
-from projectors.stripe_api.listing import created_seconds, listed
+from projectors.stripe_api.listing import created_seconds, listings
 
 SOURCE = "backfill"
 # Records stamped within this margin before a ledger row may belong to it (clock skew).
 SETTLE_MARGIN = timedelta(minutes=5)
+LAG_POLL_SECONDS = 0.5
 log = structlog.get_logger("lattice.backfill")
 
 
@@ -55,6 +56,13 @@ class Progress:
     oldest: int | None = None
     # Connected accounts Stripe would not list (no access any more): why, per account.
     refused: dict[str, str] = field(default_factory=dict)
+    # Thin events Stripe would not list where it listed the snapshot events (a restricted
+    # key without access to v2 events, say): why, per account ("platform" for ours).
+    thin_refused: dict[str, str] = field(default_factory=dict)
+    # Records the events projector has still to index before the run can compare.
+    behind: int = 0
+    # Connected accounts the log has events of that were not listed (not in --account).
+    unlisted_accounts: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,8 @@ class BackfillOptions:
     endpoint: str = "backfill"
     dry_run: bool = False
     allow_lag: bool = False
+    # How long to wait for the events projector to index what the log holds at the start.
+    lag_wait: float = 60.0
     page_size: int = 100
     batch_size: int = 500
 
@@ -87,9 +97,11 @@ async def backfill(
         if not await ledger.try_lock(conn):
             raise BackfillError("another `lattice backfill` is running against this database")
         try:
-            await _check_lag(conn, settings, options)
+            await _wait_for_index(conn, settings, options, state, report)
             state.settled = await _settle(conn, settings)
             missing = await _find_missing(conn, client, settings.topic, options, state, report)
+            seen = await ledger.accounts_in_log(conn, options.since)
+            state.unlisted_accounts = [a for a in seen if a not in options.accounts]
             if not options.dry_run:
                 await _append(conn, settings, missing, options, state, report)
         finally:
@@ -110,19 +122,37 @@ async def backfill(
     return state
 
 
-async def _check_lag(conn: asyncpg.Connection, settings: Settings, opts: BackfillOptions) -> None:
+async def _wait_for_index(
+    conn: asyncpg.Connection,
+    settings: Settings,
+    opts: BackfillOptions,
+    state: Progress,
+    report: Callable[[Progress], None],
+) -> None:
+    """Wait (at most `lag_wait`) until the events projector has indexed what the log held
+    when the run began: a live system always has a few records in flight, and Stripe's
+    retries after an outage many more; only an index that stays behind is refused."""
+    if opts.allow_lag:
+        return
     try:
         ends = await logtail.end_offsets(settings.kafka_bootstrap, settings.topic)
     except LookupError as exc:
         raise BackfillError(str(exc)) from None
-    lag = await ledger.events_lag(conn, settings.topic, ends)
-    if lag and not opts.allow_lag:
-        raise BackfillError(
-            f"the events projector is {lag} records behind {settings.topic}, so the log's "
-            "index is incomplete: let `lattice project events` catch up (`lattice status`), "
-            "or pass --allow-lag (events not indexed yet may then be appended twice; "
-            "projectors ignore the duplicate)"
-        )
+    deadline = asyncio.get_running_loop().time() + opts.lag_wait
+    while True:
+        state.behind = await ledger.events_lag(conn, settings.topic, ends)
+        if not state.behind:
+            return
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+        report(state)
+        await asyncio.sleep(LAG_POLL_SECONDS)
+    raise BackfillError(
+        f"the events projector is {state.behind} records behind {settings.topic} after "
+        f"{opts.lag_wait:g} s, so the log's index is incomplete: check that `lattice project "
+        "events` runs (`lattice status`) and run again, or pass --allow-lag (events not "
+        "indexed yet may then be appended twice; projectors ignore the duplicate)"
+    )
 
 
 async def _settle(conn: asyncpg.Connection, settings: Settings) -> int:
@@ -152,32 +182,40 @@ async def _find_missing(
 ) -> list[tuple[dict[str, Any], str | None]]:
     missing: dict[str, tuple[dict[str, Any], str | None]] = {}
     for account in (None, *opts.accounts):
-        try:
-            await _list_account(conn, client, topic, opts, account, missing, state, report)
-        except StripeAPIError as exc:
-            if account is None:
-                raise  # the platform's own listing: the key itself
-            # The platform listed with this key, so the refusal is this account's (access
-            # revoked): the others' missing events are still worth appending.
-            state.refused[account] = str(exc)
-            log.warning("account not listed", account=account, error=str(exc))
+        pages = listings(
+            client, opts.since, types=opts.types, account=account, page_size=opts.page_size
+        )
+        for n, (what, listing) in enumerate(pages):
+            try:
+                await _add_missing(conn, topic, listing, account, missing, state, report)
+            except StripeAPIError as exc:
+                if n == 0 and account is None:
+                    raise  # the platform's first listing: the key itself
+                if n == 0:
+                    # The platform listed with this key, so the refusal is this account's
+                    # (access revoked): the others' missing events are still worth appending.
+                    state.refused[account or "platform"] = str(exc)
+                    log.warning("account not listed", account=account, error=str(exc))
+                    break
+                # A listing after one Stripe gave: the key lacks that one (a restricted key
+                # without access to v2 events), the events listed are still appended.
+                state.thin_refused[account or "platform"] = str(exc)
+                log.warning("not listed", listing=what, account=account, error=str(exc))
     # Oldest first, as Stripe would have delivered them. The listing is newest first, also
     # within one second: reversed, the stable sort keeps that second's events in order.
     listed_backwards = list(missing.values())[::-1]
     return sorted(listed_backwards, key=lambda pair: created_seconds(pair[0]))
 
 
-async def _list_account(
+async def _add_missing(
     conn: asyncpg.Connection,
-    client: StripeClient,
     topic: str,
-    opts: BackfillOptions,
+    pages: AsyncIterator[list[dict[str, Any]]],
     account: str | None,
     missing: dict[str, tuple[dict[str, Any], str | None]],
     state: Progress,
     report: Callable[[Progress], None],
 ) -> None:
-    pages = listed(client, opts.since, types=opts.types, account=account, page_size=opts.page_size)
     async for page in pages:
         ids = [str(e["id"]) for e in page]
         indexed, backfilled = await ledger.known(conn, topic, ids)

@@ -33,15 +33,30 @@ def _endpoint_name(text: str) -> str:
     return text
 
 
+def _seconds(text: str) -> float:
+    """An argparse type: a duration in seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be zero or more seconds")
+    return value
+
+
 def register(commands: Any) -> None:
     """Add the `backfill` subcommand to the top-level parser."""
     parser: argparse.ArgumentParser = commands.add_parser(
         "backfill",
         help="append events Stripe has that the log lacks",
-        description="List Stripe's events since TIME (GET /v1/events; Stripe keeps 30 days) "
-        "and append every one the log does not have (per projections.events) to the event "
-        "log, in the receiver's format with header `lattice-source: backfill`. Safe to "
-        "interrupt and run again. Needs LATTICE_STRIPE_API_KEY.",
+        description="List Stripe's events since TIME (snapshot events at GET /v1/events and "
+        "thin events at GET /v2/core/events; Stripe keeps 30 days) and append every one the "
+        "log does not have to the event log, in the receiver's format with header "
+        "`lattice-source: backfill`. The log's contents are read from its index "
+        "(projections.events), so `lattice project events` must run: backfill waits for it "
+        "to index the log (--wait-for-index). A connected account's events are listed only "
+        "when named with --account (the run names the accounts the log has that were not). "
+        "Safe to interrupt and run again. Needs LATTICE_STRIPE_API_KEY.",
     )
     parser.add_argument(
         "--since",
@@ -54,7 +69,7 @@ def register(commands: Any) -> None:
         nargs="+",
         default=[],
         metavar="TYPE",
-        help=f"only these event types (at most {MAX_TYPES})",
+        help=f"only these event types (at most {MAX_TYPES}; thin ones start with v1. or v2.)",
     )
     parser.add_argument(
         "--account",
@@ -73,9 +88,17 @@ def register(commands: Any) -> None:
         "--dry-run", action="store_true", help="count what is missing, append nothing"
     )
     parser.add_argument(
+        "--wait-for-index",
+        type=_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to wait for the events projector to index what the log holds at "
+        "the start, before refusing (60)",
+    )
+    parser.add_argument(
         "--allow-lag",
         action="store_true",
-        help="run even though the events projector has not indexed the "
+        help="run at once, even though the events projector has not indexed the "
         "whole log (unindexed events may be appended twice)",
     )
     add_setting_flags(parser, ("kafka_bootstrap", "topic", *DATABASE, *STRIPE_API, "kafka_timeout"))
@@ -89,6 +112,7 @@ class ProgressLine:
         self.tty = sys.stderr.isatty()
         self.last = 0.0
         self.shown = ""
+        self.open = False  # a terminal line without its newline yet
 
     def __call__(self, state: Progress, *, final: bool = False) -> None:
         now = time.monotonic()
@@ -100,16 +124,28 @@ class ProgressLine:
             if state.oldest is None
             else (f" back to {rfc3339(datetime.fromtimestamp(state.oldest, UTC))}")
         )
-        line = (
-            f"backfill: {state.listed} listed in {state.pages} "
-            f"page{'' if state.pages == 1 else 's'}{oldest}; "
-            f"{state.missing} missing; {state.appended} appended"
-        )
+        if state.behind and not state.pages:
+            line = f"backfill: waiting for the events projector: {state.behind} records behind"
+        else:
+            line = (
+                f"backfill: {state.listed} listed in {state.pages} "
+                f"page{'' if state.pages == 1 else 's'}{oldest}; "
+                f"{state.missing} missing; {state.appended} appended"
+            )
         if final and not self.tty and line == self.shown:
             return  # a log file has this very line already
+        # \x1b[K: the rest of a longer line shown before is cleared.
+        if self.tty:
+            line = "\r" + line + "\x1b[K"
         self.shown = line
-        end = "\n" if final or not self.tty else ""
-        print(("\r" if self.tty else "") + line, end=end, file=sys.stderr, flush=True)
+        self.open = self.tty and not final
+        print(line, end="\n" if final or not self.tty else "", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        """End an open terminal line, so that what is printed next starts a line."""
+        if self.open:
+            print(file=sys.stderr, flush=True)
+            self.open = False
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,11 +170,16 @@ def run(args: argparse.Namespace) -> int:
         endpoint=args.endpoint,
         dry_run=args.dry_run,
         allow_lag=args.allow_lag,
+        lag_wait=args.wait_for_index,
     )
     configure_logging("warning")
     line = ProgressLine()
     try:
-        state = asyncio.run(_run(settings, options, line))
+        try:
+            state = asyncio.run(_run(settings, options, line))
+        except BaseException:
+            line.end()  # the error (or "interrupted") on a line of its own
+            raise
     except BackfillError as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 1
@@ -179,7 +220,23 @@ def run(args: argparse.Namespace) -> int:
             "events were; run again with that --account once it answers",
             file=sys.stderr,
         )
-    return 1 if state.refused else 0
+    for account, why in state.thin_refused.items():
+        print(
+            f"lattice: the thin events of {account} (GET /v2/core/events) were not listed: "
+            f"{why}; its snapshot events were; give the key access to v2 events (or pass "
+            "--types without thin ones) and run again",
+            file=sys.stderr,
+        )
+    if state.unlisted_accounts:
+        shown = " ".join(f"--account {a}" for a in state.unlisted_accounts[:10])
+        more = len(state.unlisted_accounts) - 10
+        print(
+            f"backfill: {len(state.unlisted_accounts)} connected accounts have events in the "
+            f"log but were not listed; to backfill theirs too: {shown}"
+            + (f" (and {more} more)" if more > 0 else ""),
+            file=sys.stderr,
+        )
+    return 1 if state.refused or state.thin_refused else 0
 
 
 async def _run(settings: Settings, options: BackfillOptions, line: ProgressLine) -> Progress:

@@ -39,6 +39,18 @@ async def require_index(conn: Connection) -> None:
         )
 
 
+async def accounts_in_log(conn: Connection, since: datetime) -> list[str]:
+    """Connected accounts with events in the log's index from 30 days before `since` on:
+    those a backfill would miss unless they are listed by name."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT account FROM projections.events "
+        "WHERE account IS NOT NULL AND created >= $1::timestamptz - interval '30 days' "
+        "ORDER BY account",
+        since,
+    )
+    return [str(r["account"]) for r in rows]
+
+
 async def try_lock(conn: asyncpg.Connection) -> bool:
     """Take the session-wide backfill lock; False when another backfill holds it."""
     return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", BACKFILL_LOCK_KEY))

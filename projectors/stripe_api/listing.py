@@ -67,30 +67,38 @@ async def list_thin_events(
         path, params = following, None  # the URL carries the page and the filters
 
 
-def listed(
+THIN_PREFIXES = ("v1.", "v2.")  # thin events' types: `v1.billing.meter.no_meter_found`
+
+
+def listings(
     client: StripeClient,
     since: datetime,
     *,
     types: Sequence[str] = (),
     account: str | None = None,
     page_size: int = 100,
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every page of both listings of `account` (the platform's when None) since `since`."""
-    snapshots = list_events(client, since, types=types, account=account, page_size=page_size)
-    thin = list_thin_events(client, since, account=account, page_size=page_size)
-    return _chained(snapshots, thin, types)
+) -> list[tuple[str, AsyncIterator[list[dict[str, Any]]]]]:
+    """The listings of `account` (the platform's when None) since `since` that can hold
+    events of `types` (every type when empty), each named: the snapshot events', then
+    the thin events' (Stripe filters the first on `types`; this filters the second)."""
+    thin_types = [t for t in types if t.startswith(THIN_PREFIXES)]
+    snapshot_types = [t for t in types if not t.startswith(THIN_PREFIXES)]
+    found: list[tuple[str, AsyncIterator[list[dict[str, Any]]]]] = []
+    if not types or snapshot_types:
+        pages = list_events(
+            client, since, types=snapshot_types, account=account, page_size=page_size
+        )
+        found.append(("events (GET /v1/events)", pages))
+    if not types or thin_types:
+        thin = list_thin_events(client, since, account=account, page_size=page_size)
+        found.append(("thin events (GET /v2/core/events)", _of_types(thin, thin_types)))
+    return found
 
 
-async def _chained(
-    snapshots: AsyncIterator[list[dict[str, Any]]],
-    thin: AsyncIterator[list[dict[str, Any]]],
-    types: Sequence[str],
+async def _of_types(
+    pages: AsyncIterator[list[dict[str, Any]]], types: Sequence[str]
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The snapshot events' pages, then the thin events' (of `types` when given: Stripe
-    filters the first listing, this the second)."""
-    async for page in snapshots:
-        yield page
-    async for page in thin:
+    async for page in pages:
         kept = [e for e in page if not types or e.get("type") in types]
         if kept:
             yield kept

@@ -81,10 +81,28 @@ async def test_backfill_command_survives_an_outage_and_reports_what_was_missing(
     log = await read_all(settings.kafka_bootstrap, settings.topic)
     assert sorted(r.headers[HEADER_EVENT_ID].decode() for r in log) == sorted(unique)
 
+    # A key without access to v2 events: the snapshot events were listed, exit 1 says why.
+    # (--allow-lag: no events projector runs here to index what the run before appended.)
+    fake.v2_listing_forbidden = True
+    code, out, err = await lattice(
+        settings, fake, "backfill", "--since", str(BASE_TIME), "--allow-lag"
+    )
+    assert code == 1
+    assert out.startswith("0 events missing from the log")
+    assert (
+        "lattice: the thin events of platform (GET /v2/core/events) were not listed: "
+        "GET /v2/core/events: HTTP 403"
+    ) in err
+
     code, out, err = await lattice(settings, fake, "backfill", "--since", "not-a-time")
     assert code == 2
     assert "--since" in err
     assert "neither RFC 3339" in err
+    code, out, err = await lattice(
+        settings, fake, "backfill", "--since", str(BASE_TIME), "--wait-for-index", "-1"
+    )
+    assert code == 2
+    assert "--wait-for-index: must be zero or more seconds" in err
 
 
 async def test_backfill_with_a_key_stripe_refuses_says_so_and_not_to_retry(

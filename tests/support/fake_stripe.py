@@ -61,6 +61,8 @@ class FakeStripe:
         self.seen: list[Seen] = []
         # Connected accounts the key has no access to (disconnected, or never connected).
         self.inaccessible: set[str] = set()
+        # A restricted key without access to v2 events: the v2 listing answers 403.
+        self.v2_listing_forbidden = False
         self.url = ""
         self._request_ids = itertools.count(1)
 
@@ -154,6 +156,14 @@ class FakeStripe:
         refused = await self._guard(request)
         if refused is not None:
             return refused
+        if self.v2_listing_forbidden:
+            return self._error(
+                403,
+                "invalid_request_error",
+                f"The provided key 'rk_test_****{self.api_key[-4:]}' does not have the required "
+                "permissions for this endpoint. Having the 'rak_event_read' permission would "
+                "allow this request to continue.",
+            )
         query = request.query_params
         since = query.get("created[gte]")
         context = request.headers.get("stripe-context")
