@@ -69,6 +69,8 @@ class Expected:
     # The newest event or fact the meters projection's rows reflect: the view's clock.
     meters_clock: int = 0
     notes: list[str] = field(default_factory=list)
+    # Row by row, the columns of each object the simulation made (see `object_rows`).
+    objects: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
     @property
     def discrepancies(self) -> list[Reconciliation]:
@@ -93,6 +95,9 @@ class Expected:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form (for `lattice simulate --expected` and tests)."""
         body = asdict(self)
+        del body[
+            "objects"
+        ]  # row by row, too long to print; `lattice simulate --check` compares them
         body["invoices"] = {
             f"{status}/{cur}": asdict(t) for (status, cur), t in self.invoices.items()
         }
@@ -171,7 +176,80 @@ def expected_totals(story: Story, *, accepted: int, rejected: int, events: int) 
         customers=len(story.subscriptions),
         transfers=len(story.transfers),
         meters_clock=_meters_clock(story),
+        objects=object_rows(story),
     )
+
+
+def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
+    """Each object's final state as its table's row, by table (times in Unix seconds),
+    sorted: the columns where the API versions differ most (a subscription's period comes
+    from its items since basil, an invoice's subscription from its `parent`, a line's price
+    from its `pricing`), so that a projection misreading one version shows here even where
+    the totals happen to agree."""
+    rows: dict[str, list[tuple[Any, ...]]] = {
+        "subscriptions": [
+            (
+                sub.id,
+                sub.customer,
+                sub.status,
+                sub.period_start,
+                sub.period_end,
+                sub.trial_end,
+                sub.canceled_at,
+                sub.ended_at,
+                sub.cancel_at_period_end,
+                sub.latest_invoice,
+            )
+            for sub in story.subscriptions
+        ],
+        "subscription_items": [
+            (item.id, sub.id, item.price.id, item.quantity)
+            for sub in story.subscriptions
+            for item in sub.items
+        ],
+        "invoices": [
+            (
+                inv.id,
+                inv.customer,
+                inv.subscription,
+                inv.status,
+                inv.currency,
+                inv.total,
+                inv.amount_paid,
+                inv.amount_remaining,
+                inv.attempt_count,
+                inv.paid_at,
+            )
+            for inv in story.invoices
+        ],
+        "invoice_lines": [
+            (
+                line.id,
+                inv.id,
+                line.price.id,
+                line.quantity,
+                line.amount,
+                line.proration,
+                line.period_start,
+                line.period_end,
+            )
+            for inv in story.invoices
+            for line in inv.lines
+        ],
+        "transfers": [
+            (
+                t.id,
+                t.destination,
+                t.currency,
+                t.amount,
+                sum(amount for _, amount, _ in t.reversals),
+                t.source_transaction,
+                t.transfer_group,
+            )
+            for t in story.transfers
+        ],
+    }
+    return {table: sorted(found, key=lambda row: row[0]) for table, found in rows.items()}
 
 
 # Invoice statuses whose metered lines the meters projection counts.

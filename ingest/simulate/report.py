@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -31,6 +32,21 @@ QUERIES = {
     "refunded_fees, paid_out, net FROM projections.connect_balances",
     "events": "SELECT count(*) FROM projections.events",
 }
+# Row by row, in the shape of `Expected.objects` (times as Unix seconds).
+OBJECT_QUERIES = {
+    "subscriptions": "SELECT id, customer, status, current_period_start, current_period_end, "
+    "trial_end, canceled_at, ended_at, cancel_at_period_end, latest_invoice "
+    "FROM projections.subscriptions ORDER BY id",
+    "subscription_items": "SELECT id, subscription, price, quantity "
+    "FROM projections.subscription_items ORDER BY id",
+    "invoices": "SELECT id, customer, subscription, status, currency, total, amount_paid, "
+    "amount_remaining, attempt_count, paid_at FROM projections.invoices ORDER BY id",
+    "invoice_lines": "SELECT id, invoice, price, quantity, amount, proration, period_start, "
+    "period_end FROM projections.invoice_lines ORDER BY id",
+    "transfers": "SELECT id, destination, currency, amount, amount_reversed, "
+    "source_transaction, transfer_group FROM projections.transfers ORDER BY id",
+}
+SHOWN_PER_TABLE = 3  # rows that differ, shown per table (a broken column breaks them all)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +61,7 @@ class Actual:
     credited: list[tuple[Any, ...]]
     balances: dict[tuple[str, str], tuple[int, ...]]
     events: int
+    objects: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
 
 
 async def read_tables(database_url: str) -> Actual:
@@ -57,6 +74,12 @@ async def read_tables(database_url: str) -> Actual:
                 rows[name] = await conn.fetch(sql)
             except asyncpg.UndefinedTableError:
                 rows[name] = []
+        objects: dict[str, list[tuple[Any, ...]]] = {}
+        for name, sql in OBJECT_QUERIES.items():
+            try:
+                objects[name] = [tuple(map(_plain, r)) for r in await conn.fetch(sql)]
+            except asyncpg.UndefinedTableError:
+                objects[name] = []
     finally:
         await conn.close()
     return Actual(
@@ -74,7 +97,13 @@ async def read_tables(database_url: str) -> Actual:
         ],
         balances={(r[0], r[1]): tuple(int(v) for v in r[2:]) for r in rows["balances"]},
         events=int(rows["events"][0][0]) if rows["events"] else 0,
+        objects=objects,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A column as `Expected.objects` has it: a time as Unix seconds."""
+    return int(value.timestamp()) if isinstance(value, datetime) else value
 
 
 def expected_as_actual(expected: Expected) -> Actual:
@@ -105,6 +134,7 @@ def expected_as_actual(expected: Expected) -> Actual:
             for key, b in expected.balances.items()
         },
         events=expected.events,
+        objects=expected.objects,
     )
 
 
@@ -123,6 +153,24 @@ def differences(expected: Expected, actual: Actual) -> list[str]:
         )
     if sorted(want.credited) != sorted(actual.credited):
         wrong.append(f"credited usage: expected {want.credited}, tables say {actual.credited}")
+    for table, rows in want.objects.items():
+        wrong.extend(_row_differences(table, rows, actual.objects.get(table, [])))
+    return wrong
+
+
+def _row_differences(
+    table: str, expected: list[tuple[Any, ...]], actual: list[tuple[Any, ...]]
+) -> list[str]:
+    """The rows of `table` that differ, keyed by id: a few shown, the rest counted."""
+    want = {row[0]: row for row in expected}
+    have = {row[0]: row for row in actual}
+    wrong = [
+        f"{table} {key}: expected {want.get(key)}, table has {have.get(key)}"
+        for key in sorted(want.keys() | have.keys())
+        if want.get(key) != have.get(key)
+    ]
+    if len(wrong) > SHOWN_PER_TABLE:
+        wrong[SHOWN_PER_TABLE:] = [f"{table}: {len(wrong) - SHOWN_PER_TABLE} more rows differ"]
     return wrong
 
 

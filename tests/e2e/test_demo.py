@@ -73,7 +73,7 @@ def _interrupted_while_simulating(env: dict[str, str]) -> tuple[int, str]:
         for line in demo.stderr:
             said.append(line)
             if line.startswith("==> simulate"):
-                time.sleep(2)
+                time.sleep(1)
                 os.killpg(demo.pid, signal.SIGINT)
                 break
         said.append(demo.stderr.read())
@@ -121,7 +121,8 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         second_pids = _pids(home / "demo")
         assert all(_alive(pid) for pid in second_pids)
 
-        status, said = _interrupted_while_simulating(env)
+        # A month long enough (~80 s of deliveries) that Ctrl-C lands while it is sent.
+        status, said = _interrupted_while_simulating({**env, "DEMO_CUSTOMERS": "2000"})
 
         assert status == 130, said[-3000:]
         assert "interrupted: stopping the demo's receiver and projectors" in said
