@@ -108,5 +108,9 @@ def render(
         f"  projections.events holds {actual.events} events  "
         f"[{_mark(actual.events == expected.events)}]"
     )
+    out.append("\nRow by row (each object's columns, both API versions' shapes)")
+    for table, rows in want.objects.items():
+        ok = rows == actual.objects.get(table, [])
+        out.append(f"  {table:<20} {len(rows):>7} rows  [{_mark(ok)}]")
     out.append(f"\nProjectors: lag {lag} record(s), {dead} dead letter(s)")
     return "\n".join(out)

@@ -10,7 +10,7 @@ from typing import Any
 from ingest.simulate.expected import InvoiceTotals
 from ingest.simulate.generator import generate
 from ingest.simulate.render import render
-from ingest.simulate.report import expected_as_actual
+from ingest.simulate.report import differences, expected_as_actual
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,3 +73,34 @@ def test_the_demos_month_shows_every_kind_of_usage_row() -> None:
     shown = {row.status for row in expected.discrepancies}
     assert {"under_billed", "over_billed", "unbilled"} <= shown
     assert {row.status for row in expected.credited} >= {"credited"}
+
+
+def test_a_row_that_differs_is_marked_and_named_even_where_totals_agree() -> None:
+    """One subscription's period read wrongly (a projection missing basil's item periods):
+    the totals agree, its table is marked, and `differences` names that row."""
+    expected = generate(40, 3, seed=11).expected
+    want = expected_as_actual(expected)
+    first, *rest = want.objects["subscriptions"]
+    wrong = (*first[:4], None, *first[5:])  # current_period_end lost
+    actual = replace(want, objects={**want.objects, "subscriptions": [wrong, *rest]})
+
+    text = render(expected, actual, accepted=0, rejected=0, broken=0, lag=0, dead=0)
+    rows = [line.split() for line in text.splitlines()]
+    found = differences(expected, actual)
+
+    assert ["subscriptions", str(len(rest) + 1), "rows", "[MISMATCH]"] in rows
+    assert ["invoices", str(len(want.objects["invoices"])), "rows", "[ok]"] in rows
+    assert found == [f"subscriptions {first[0]}: expected {first}, table has {wrong}"]
+
+
+def test_rows_that_differ_are_shown_a_few_per_table() -> None:
+    expected = generate(40, 3, seed=11).expected
+    want = expected_as_actual(expected)
+    lines = want.objects["invoice_lines"]
+    assert len(lines) > 5
+    actual = replace(want, objects={**want.objects, "invoice_lines": []})
+
+    found = differences(expected, actual)
+
+    assert len(found) == 4
+    assert found[-1] == f"invoice_lines: {len(lines) - 3} more rows differ"
