@@ -18,10 +18,11 @@ from ingest.simulate.catalogue import catalogue
 from ingest.simulate.connect import connect_month
 from ingest.simulate.expected import Expected, expected_totals
 from ingest.simulate.shapes import API_VERSIONS, NEW_API, Ids, meter
-from ingest.simulate.story import DAY, MONTH_START, PLATFORM, Story
+from ingest.simulate.story import DAY, MONTH_START, PLATFORM, Emitted, Story
 from ingest.simulate.usage import EVENT_NAME
 
 MIXED = "mixed"
+FINAL_TYPES = (".deleted", ".paid", ".voided", ".marked_uncollectible", ".reversed", ".failed")
 
 # Delivery kinds: a normal delivery, a first attempt that breaks off mid-body (Stripe
 # retries it later), and a forged request signed with a secret nobody configured.
@@ -57,6 +58,31 @@ class Simulation:
         for event_id in sorted(self.hydrated):
             h.update(self.hydrated[event_id])
         return h.hexdigest()
+
+
+def _arriving_last(ordered: list[Emitted], rng: random.Random) -> dict[str, float]:
+    """For some objects (half of those whose last event ends them, one in ten of the
+    others): the last event but one, delivered after the last (a subscription's final
+    update after its deletion, an invoice's `payment_failed` after its `paid`): Stripe
+    promises no order within one object either. Only where the two are of different
+    seconds, which is what a projection can order them by. Event id -> the position it
+    is delivered at."""
+    events: dict[str, list[tuple[int, Emitted]]] = {}
+    for position, emitted in enumerate(ordered):
+        data = emitted.body.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            events.setdefault(obj["id"], []).append((position, emitted))
+    late = {}
+    for history in events.values():
+        if len(history) < 2:
+            continue
+        (_, older), (last_at, newest) = history[-2], history[-1]
+        # An object's end (deleted, paid, voided...) is where a late update does harm.
+        final = str(newest.body["type"]).endswith(FINAL_TYPES)
+        if rng.random() < (0.5 if final else 0.1) and older.created < newest.created:
+            late[str(older.body["id"])] = last_at + 0.75
+    return late
 
 
 def _encode(body: object) -> bytes:
@@ -101,11 +127,12 @@ def generate(customers: int, accounts: int, seed: int, api_version: str = MIXED)
 def _schedule(story: Story, rng: random.Random) -> list[Delivery]:
     """Stripe's delivery order: at least once, no order promised, retried on failure."""
     ordered = sorted(story.events, key=lambda e: (e.created, e.seq))
+    late = _arriving_last(ordered, rng)
     slots: list[tuple[float, Delivery]] = []
     for position, emitted in enumerate(ordered):
         event_id = str(emitted.body["id"])
         delivery = Delivery(emitted.endpoint, event_id, _encode(emitted.body))
-        at = float(position)
+        at = late.get(event_id, float(position))
         roll = rng.random()
         if roll < 0.08:
             at += 1.5  # overtaken by the next event

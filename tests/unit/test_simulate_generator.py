@@ -316,3 +316,25 @@ def test_a_credit_note_has_the_fields_of_stripes_own_example(era: str) -> None:
             assert set(line) == CREDIT_LINE_FIELDS | CREDIT_LINE_ERA_FIELDS[era]
             assert line["invoice_line_item"] in invoice_lines
             assert line["quantity"] >= 1
+
+
+def test_some_objects_get_an_older_event_after_the_one_that_ended_them() -> None:
+    """Stripe promises no order within one object either: the month delivers some
+    subscriptions' last update after their deletion and some invoices' events after the
+    one that settled them, so the e2e check covers "an old snapshot never resurrects"."""
+    sim = generate(120, 4, seed=3)
+    newest: dict[str, dict[str, Any]] = {}
+    after_the_end: Counter[str] = Counter()
+    for delivery in sim.deliveries:
+        if delivery.kind != DELIVER:
+            continue
+        event = json.loads(delivery.body)
+        obj = (event.get("data") or {}).get("object") or {}
+        seen = newest.get(obj.get("id", ""))
+        if seen is not None and seen["created"] > event["created"]:
+            after_the_end[seen["type"]] += 1
+        if seen is None or event["created"] >= seen["created"]:
+            newest[obj.get("id", "")] = event
+    assert after_the_end["customer.subscription.deleted"] >= 3, after_the_end
+    assert after_the_end["invoice.paid"] + after_the_end["invoice.payment_succeeded"] >= 3
+    assert after_the_end["invoice.marked_uncollectible"] >= 1, after_the_end
