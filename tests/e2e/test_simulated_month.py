@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import asyncpg
+import orjson
 import pytest
 import uvicorn
 from pydantic import SecretStr
@@ -71,6 +73,8 @@ async def test_tables_equal_the_simulators_expected_totals(settings: Settings) -
     simulation = generate(20, 3, seed=8)
     expected = simulation.expected
     assert simulation.hydrated
+    reports = [orjson.loads(body)["data"]["reason"] for body in simulation.hydrated.values()]
+    assert any(r["error_count"] > len(r["error_types"][0]["sample_errors"]) for r in reports)
     assert expected.discrepancies
     assert expected.credited
     assert {"active", "past_due", "canceled", "trialing"} <= set(expected.subscriptions)
@@ -112,3 +116,14 @@ async def test_tables_equal_the_simulators_expected_totals(settings: Settings) -
             timeout=30,
             what="tables equal the simulation's expected totals and rows",
         )
+        # A report that counted an error its samples do not name flags the rows of its
+        # meter's period: the rejection no projection can tie to its customer.
+        conn = await asyncpg.connect(settings.require_database_url())
+        try:
+            flagged = await conn.fetchval(
+                "SELECT count(*) FROM projections.meter_reconciliation "
+                "WHERE unattributed_rejections > 0"
+            )
+        finally:
+            await conn.close()
+        assert flagged > 0
