@@ -25,6 +25,7 @@ from projectors import deadletter, offsets
 from projectors.base import Connection, HydrationUnavailable, Record
 from projectors.deadletter import DeadLetter, DeadLetterSink
 from projectors.failures import is_transient
+from projectors.migrate import READ_COMMITTED
 from projectors.stripe_api.lines import may_be_cut_short
 
 Hydrate = Callable[[Record], Awaitable[Record]]
@@ -163,7 +164,7 @@ class BatchApplier:
         when records are applied again)."""
         dead = list(prepared.dead)
         sent = 0
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn, conn.transaction(isolation=READ_COMMITTED):
             await conn.execute(self._settings_sql)
             # Positions first: a zombie fails before doing the work, and the row locks are
             # taken before the table locks, the same order a replay swap uses.

@@ -11,7 +11,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 
@@ -21,6 +21,10 @@ RUNTIME_SQL = Path(__file__).resolve().parent / "sql"
 RUNTIME = "lattice"
 # Any constant works; it only has to be the same in every process that migrates.
 ADVISORY_LOCK_KEY = 0x1A771CE
+# Explicit, whatever the database's or role's default: each statement must see what was
+# committed before it, above all what another process committed while we waited for a
+# lock (under REPEATABLE READ the snapshot predates the lock: migrations would run twice).
+READ_COMMITTED: Final = "read_committed"
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -63,7 +67,7 @@ def _ident(name: str) -> str:
 
 async def ensure_runtime(conn: asyncpg.Connection) -> None:
     """Create the `lattice` bookkeeping schema and tables (idempotent)."""
-    async with conn.transaction():
+    async with conn.transaction(isolation=READ_COMMITTED):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
         for migration in migrations_in(RUNTIME_SQL):
             await conn.execute(migration.path.read_text())
@@ -83,7 +87,7 @@ async def migrate(
     """
     await ensure_runtime(conn)
     applied: list[str] = []
-    async with conn.transaction():
+    async with conn.transaction(isolation=READ_COMMITTED):
         # Two processes starting together: the second waits, then finds nothing to do.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")

@@ -27,7 +27,7 @@ from projectors.base import LIVE_SCHEMA
 from projectors.batch import Abandoned, BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.intake import stop_consumer
-from projectors.migrate import MigrationError, migrate
+from projectors.migrate import READ_COMMITTED, MigrationError, migrate
 from projectors.progress import Progress
 from projectors.replay_catch_up import CatchUp
 from projectors.replay_lock import LockTaken, ReplayLock
@@ -180,7 +180,7 @@ async def _swap(
             if cut_off and await swap_committed(conn, built.values()):
                 return list(built)  # committed, its answer lost with the connection
             built = built or await shadow.table_oids(conn, schema)
-            async with conn.transaction():
+            async with conn.transaction(isolation=READ_COMMITTED):
                 return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
         except (ReplayError, shadow.ShadowBehind):
             raise

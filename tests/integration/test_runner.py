@@ -310,6 +310,30 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
         await second.close()
 
 
+async def test_migrations_race_safely_where_transactions_default_to_repeatable_read(
+    settings: Settings,
+) -> None:
+    """A database (or role) whose transactions default to REPEATABLE READ: the snapshot
+    would be taken before the advisory lock is granted, and the second process would
+    run again what the first recorded meanwhile ("already exists")."""
+    url = settings.require_database_url()
+    admin = await asyncpg.connect(url)
+    database = await admin.fetchval("SELECT current_database()")
+    await admin.execute(
+        f"ALTER DATABASE \"{database}\" SET default_transaction_isolation = 'repeatable read'"
+    )
+    await admin.close()
+    projections = [events, AuditProjection()]
+    first, second = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        assert await first.fetchval("SHOW default_transaction_isolation") == "repeatable read"
+        applied = await asyncio.gather(migrate(first, projections), migrate(second, projections))
+        assert sorted(applied[0] + applied[1]) == ["audit/0001_audit", "events/0001_events"]
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_a_start_does_not_wait_for_a_session_idle_in_a_transaction_on_positions(
     settings: Settings,
 ) -> None:
