@@ -66,12 +66,22 @@ began=$(date +%s)
 mkdir -p "$HOME_DIR"
 exec 9>"$HOME_DIR/demo.lock"
 if command -v flock >/dev/null && ! flock -n 9; then
-  echo "another demo is running in $HOME_DIR (let it finish, or stop it: deploy/demo.sh stop)" >&2
+  echo "another demo is running in $HOME_DIR: let it finish, or press Ctrl-C where it runs" >&2
   exit 1
 fi
 # Ctrl-C (or SIGTERM) before the end: stop what this demo started rather than leave a
 # half-fed receiver and projectors behind.
-trap 'echo "interrupted: stopping the demo'"'"'s receiver and projectors" >&2; stop_demo; exit 130' INT TERM
+# (`simulate` runs in the background below, so that a signal is acted on at once, not
+# after the month is delivered; a background command ignores SIGINT, hence the TERM.)
+simulating=
+interrupted() {  # exit status
+  echo "interrupted: stopping the demo's receiver and projectors" >&2
+  if [ -n "$simulating" ]; then kill -TERM "$simulating" 2>/dev/null || true; fi
+  stop_demo
+  exit "$1"
+}
+trap 'interrupted 130' INT
+trap 'interrupted 143' TERM
 # A shell that sourced the demo's env (as the demo's last lines suggest) names the demo's
 # own database, topics and secrets: the stack must not take those for its own.
 case "${LATTICE_DATABASE_URL:-}" in
@@ -81,7 +91,7 @@ case "${LATTICE_DATABASE_URL:-}" in
     ;;
 esac
 step "stack: Apache Kafka (KRaft) and PostgreSQL"
-"$lattice" stack up
+"$lattice" stack up 9>&-  # a broker started now runs for days: it must not hold the lock
 # shellcheck disable=SC1091
 . "$HOME_DIR/stack.env"
 stop_demo
@@ -125,10 +135,10 @@ step "simulate a billing month and deliver it like Stripe"
 status=0
 "$lattice" simulate --customers "${DEMO_CUSTOMERS:-200}" --accounts "${DEMO_ACCOUNTS:-5}" \
   --seed "${DEMO_SEED:-2021}" --api-version "${DEMO_API_VERSION:-mixed}" --url "$url" \
-  --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check || status=$?
-if [ "$status" = 130 ]; then  # Ctrl-C ended `simulate` (which exits 130) before the trap ran
-  kill -INT $$
-fi
+  --fake-stripe-port "$DEMO_STRIPE_PORT" --wait 120 --check 9>&- &
+simulating=$!
+wait "$simulating" || status=$?
+simulating=
 if [ "$status" != 0 ]; then
   for name in serve project; do
     echo "--- the end of $DEMO/$name.log" >&2

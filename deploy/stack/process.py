@@ -183,6 +183,7 @@ def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path) -> int:
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_DUP2, log_fd, 1),
                 (os.POSIX_SPAWN_DUP2, log_fd, 2),
+                *((os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_fds()),
             ],
             setsid=True,
         )
@@ -190,6 +191,21 @@ def spawn(argv: Sequence[str], *, log_file: Path, pid_file: Path) -> int:
         os.close(log_fd)
     pid_file.write_text(f"{pid}\n")
     return pid
+
+
+def _inherited_fds() -> list[int]:
+    """Descriptors above stderr a child would inherit: those a shell opened for us (a
+    script's lock, say), which a server running for days must not hold."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                if os.get_inheritable(fd):
+                    found.append(fd)
+            except OSError:  # the listing's own descriptor, closed by now
+                continue
+    return found
 
 
 def stop(pid_file: Path, owner: str, *, timeout: float = 30.0) -> bool:

@@ -27,3 +27,21 @@ def test_a_process_started_is_alive_whatever_its_command_says_and_ended_once_kil
     while not process.exited(pid):  # a zombie until reaped: `exited` reaps it
         assert time.monotonic() < deadline, "a SIGKILLed sleep still counts as running"
         time.sleep(0.01)
+
+
+def test_a_service_does_not_inherit_a_descriptor_its_caller_left_open(tmp_path: Path) -> None:
+    """`deploy/demo.sh` holds its lock on fd 9 while it runs `lattice stack up`: a broker
+    started then must not hold that lock for as long as it runs."""
+    lock = tmp_path / "demo.lock"
+    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
+    os.set_inheritable(fd, True)  # as a shell's `exec 9>file` leaves it
+    pid = process.spawn(["sleep", "30"], log_file=tmp_path / "sleep.log", pid_file=tmp_path / "p")
+    try:
+        held = {os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd")}
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.close(fd)
+        while not process.exited(pid):
+            time.sleep(0.01)
+    assert str(lock) not in held
+    assert os.devnull in held  # its stdin: the listing was of the child's descriptors
