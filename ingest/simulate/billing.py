@@ -6,8 +6,8 @@ import copy
 
 from ingest.simulate.billing_shapes import Invoice, Item, Line, Subscription
 from ingest.simulate.catalogue import Catalogue
-from ingest.simulate.shapes import Json, Price, customer, is_new_era
-from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, YEAR, Story
+from ingest.simulate.shapes import Json, Price, customer, is_new_era, version_at
+from ingest.simulate.story import DAY, HOUR, MONTH_START, PERIOD, UPGRADED_AT, YEAR, Story
 from ingest.simulate.usage import credit_usage, metered_month, unbilled_usage
 
 # Scenario -> weight. "late_*" sign up near the end of the month: no renewal in it.
@@ -36,7 +36,7 @@ class CustomerMonth:
     """One customer's month, emitting each event as Stripe would send it."""
 
     def __init__(self, story: Story, prices: Catalogue, api_version: str, index: int) -> None:
-        self.story, self.prices, self.api = story, prices, api_version
+        self.story, self.prices, self.mode = story, prices, api_version
         rng = story.rng
         self.scenario = rng.choices(list(SCENARIOS), weights=list(SCENARIOS.values()))[0]
         late = self.scenario.startswith("late_")
@@ -77,19 +77,25 @@ class CustomerMonth:
 
     # -- emitting -------------------------------------------------------------------------
 
+    def api(self, at: int) -> str:
+        """The API version the endpoint renders an event of `at` in."""
+        return version_at(self.mode, at, UPGRADED_AT)
+
     def sub_event(self, at: int, kind: str, previous: Json | None = None) -> None:
         """Send a snapshot of the subscription as it is now."""
-        self.story.emit(at, kind, self.sub.to_json(self.api), self.api, previous=previous)
+        api = self.api(at)
+        self.story.emit(at, kind, self.sub.to_json(api), api, previous=previous)
 
     def invoice_event(self, at: int, kind: str, invoice: Invoice) -> None:
         """Send a snapshot of `invoice` as it is now."""
-        self.story.emit(at, kind, invoice.to_json(self.api), self.api)
+        api = self.api(at)
+        self.story.emit(at, kind, invoice.to_json(api), api)
 
     def customer_event(self, at: int, kind: str, **changes: object) -> None:
         """Send a snapshot of the customer after `changes`."""
         previous = {key: self.customer[key] for key in changes} if changes else None
         self.customer.update(changes)
-        self.story.emit(at, kind, copy.deepcopy(self.customer), self.api, previous=previous)
+        self.story.emit(at, kind, copy.deepcopy(self.customer), self.api(at), previous=previous)
 
     def new_invoice(self, at: int, reason: str, start: int, end: int) -> Invoice:
         """A draft invoice for the licensed items over [start, end)."""
@@ -179,7 +185,7 @@ class CustomerMonth:
         # What changed: the latest invoice, and the period where this era keeps it (on
         # the subscription before basil; on its items from then on).
         previous: Json = {"latest_invoice": self.sub.latest_invoice}
-        if not is_new_era(self.api):
+        if not is_new_era(self.api(start)):
             previous |= {
                 "current_period_start": self.sub.period_start,
                 "current_period_end": self.sub.period_end,
@@ -212,7 +218,7 @@ class CustomerMonth:
         if pays:
             self.finalize_and_pay(invoice, start + HOUR)
             if usage is not None:
-                credit_usage(self.story, invoice, usage, start + DAY, self.api)
+                credit_usage(self.story, invoice, usage, start + DAY, self.api(start + DAY))
         else:
             invoice.status, invoice.finalized_at = "open", start + HOUR
             self.invoice_event(start + HOUR, "invoice.finalized", invoice)

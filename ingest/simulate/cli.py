@@ -16,14 +16,14 @@ from deploy.flags import DATABASE, KAFKA, add_setting_flags, port_number, settin
 from deploy.settings import ConfigError, Settings
 from ingest.simulate import fake_stripe
 from ingest.simulate.deliver import DeliveryFailed, Progress, deliver, produce_facts
-from ingest.simulate.generator import MIXED, Simulation, generate
+from ingest.simulate.generator import Simulation, generate
 from ingest.simulate.report import (
     differences,
     read_tables,
     receiver_outcomes,
     wait_caught_up,
 )
-from ingest.simulate.shapes import API_VERSIONS
+from ingest.simulate.shapes import API_VERSIONS, MIXED
 from ingest.workers import check_address
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -47,7 +47,9 @@ def register(commands: Any) -> None:
         "--api-version",
         default=MIXED,
         choices=[MIXED, *API_VERSIONS],
-        help="payload shapes: one Stripe API version, or mixed (default)",
+        help="payload shapes: one Stripe API version, or mixed (default): the endpoint "
+        "upgraded from the old to the new on the month's 16th day, so objects made before "
+        "it get events of both shapes",
     )
     parser.add_argument("--rate", type=float, help="deliveries per second (unlimited)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")

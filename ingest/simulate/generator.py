@@ -17,11 +17,10 @@ from ingest.simulate.billing import CustomerMonth
 from ingest.simulate.catalogue import catalogue
 from ingest.simulate.connect import connect_month
 from ingest.simulate.expected import Expected, expected_totals
-from ingest.simulate.shapes import API_VERSIONS, NEW_API, Ids, meter
-from ingest.simulate.story import DAY, MONTH_START, PLATFORM, Emitted, Story
+from ingest.simulate.shapes import API_VERSIONS, MIXED, NEW_API, Ids, meter, version_at
+from ingest.simulate.story import DAY, MONTH_START, PLATFORM, UPGRADED_AT, Emitted, Story
 from ingest.simulate.usage import EVENT_NAME
 
-MIXED = "mixed"
 FINAL_TYPES = (".deleted", ".paid", ".voided", ".marked_uncollectible", ".reversed", ".failed")
 
 # Delivery kinds: a normal delivery, a first attempt that breaks off mid-body (Stripe
@@ -101,12 +100,15 @@ def generate(customers: int, accounts: int, seed: int, api_version: str = MIXED)
         MONTH_START - DAY,
         "billing.meter.created",
         meter(story.meter_id, MONTH_START - DAY, EVENT_NAME, "API requests"),
-        NEW_API,
+        version_at(api_version, MONTH_START - DAY, UPGRADED_AT),
     )
     prices = catalogue(story)
     for index in range(customers):
-        version = rng.choice(API_VERSIONS) if api_version == MIXED else api_version
-        CustomerMonth(story, prices, version, index).run()
+        if api_version == MIXED:
+            # Mixed months once drew each customer's version here; the draw stays, so
+            # that a seed's month keeps its customers (the endpoint's upgrade shapes them).
+            rng.choice(API_VERSIONS)
+        CustomerMonth(story, prices, api_version, index).run()
     connect_month(story, accounts, NEW_API if api_version == MIXED else api_version)
     deliveries = _schedule(story, rng)
     facts = [

@@ -34,6 +34,17 @@ class Ids:
         return prefix + "_1" + "".join(self._rng.choices(_ALPHABET, k=length))
 
 
+MIXED = "mixed"
+
+
+def version_at(mode: str, at: int, upgraded_at: int) -> str:
+    """The API version an endpoint renders an event of `at` in: `mode` itself, or for
+    MIXED the old era before `upgraded_at` and the new from then on."""
+    if mode != MIXED:
+        return mode
+    return OLD_API if at < upgraded_at else NEW_API
+
+
 def is_new_era(api_version: str) -> bool:
     """True for API versions from 2025-03-31 (basil) on."""
     return api_version >= "2025-03-31"

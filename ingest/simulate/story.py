@@ -15,6 +15,10 @@ HOUR = 3_600
 PERIOD = 30 * DAY  # a fixed 30-day month keeps the arithmetic readable
 YEAR = 365 * DAY
 MONTH_START = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp())
+# `--api-version mixed`: the endpoint's version is upgraded from the old era to the new
+# at this moment, as an operator upgrades an endpoint; objects made before it get
+# new-shape events after it.
+UPGRADED_AT = MONTH_START + 15 * DAY
 
 PLATFORM = "platform"
 CONNECT = "connect"

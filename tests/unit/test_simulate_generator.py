@@ -338,3 +338,22 @@ def test_some_objects_get_an_older_event_after_the_one_that_ended_them() -> None
     assert after_the_end["customer.subscription.deleted"] >= 3, after_the_end
     assert after_the_end["invoice.paid"] + after_the_end["invoice.payment_succeeded"] >= 3
     assert after_the_end["invoice.marked_uncollectible"] >= 1, after_the_end
+
+
+def test_a_mixed_month_upgrades_the_endpoint_so_objects_change_shape() -> None:
+    """Stripe renders an endpoint's events in its one version; versions mix where the
+    endpoint was upgraded: a subscription or customer made under the old version gets its
+    later events in the new shape, and events never go back to the old one."""
+    sim = generate(60, 0, seed=5)
+    versions: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for delivery in sim.deliveries:
+        event = json.loads(delivery.body)
+        obj = (event.get("data") or {}).get("object") or {}
+        if delivery.kind == DELIVER and event.get("api_version"):
+            versions[obj.get("id", "")].append((event["created"], event["api_version"]))
+    both = [oid for oid, seen in versions.items() if {v for _, v in seen} == {OLD_API, NEW_API}]
+    assert any(oid.startswith("sub_") for oid in both)
+    assert any(oid.startswith("cus_") for oid in both)
+    every = sorted(pair for seen in versions.values() for pair in seen)
+    upgraded = next(at for at, version in every if version == NEW_API)
+    assert all(version == NEW_API for at, version in every if at >= upgraded)
