@@ -132,12 +132,12 @@ async def _wait_for_index(
     """Wait (at most `lag_wait`) until the events projector has indexed what the log held
     when the run began: a live system always has a few records in flight, and Stripe's
     retries after an outage many more; only an index that stays behind is refused."""
-    if opts.allow_lag:
-        return
-    try:
+    try:  # also with --allow-lag: a missing topic is said here, in one line
         ends = await logtail.end_offsets(settings.kafka_bootstrap, settings.topic)
     except LookupError as exc:
         raise BackfillError(str(exc)) from None
+    if opts.allow_lag:
+        return
     deadline = asyncio.get_running_loop().time() + opts.lag_wait
     while True:
         state.behind = await ledger.events_lag(conn, settings.topic, ends)
@@ -197,8 +197,8 @@ async def _find_missing(
                     state.refused[account or "platform"] = str(exc)
                     log.warning("account not listed", account=account, error=str(exc))
                     break
-                # A listing after one Stripe gave: the key lacks that one (a restricted key
-                # without access to v2 events), the events listed are still appended.
+                # A listing after one Stripe gave (a restricted key without access to v2
+                # events, say): the events listed are still appended.
                 state.thin_refused[account or "platform"] = str(exc)
                 log.warning("not listed", listing=what, account=account, error=str(exc))
     # Oldest first, as Stripe would have delivered them. The listing is newest first, also

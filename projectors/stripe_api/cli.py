@@ -223,8 +223,9 @@ def run(args: argparse.Namespace) -> int:
     for account, why in state.thin_refused.items():
         print(
             f"lattice: the thin events of {account} (GET /v2/core/events) were not listed: "
-            f"{why}; its snapshot events were; give the key access to v2 events (or pass "
-            "--types without thin ones) and run again",
+            f"{why}; its snapshot events were; run again once Stripe lists them (an HTTP "
+            "403 says the key lacks access to v2 events; --types without thin ones skips "
+            "them)",
             file=sys.stderr,
         )
     if state.unlisted_accounts:
