@@ -6,10 +6,11 @@ the command line can print it instead of a traceback.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -150,6 +151,9 @@ class Settings(BaseSettings):
         except ValueError:
             port_ok = False
         else:
+            if parts.scheme == "http" and parts.hostname and not _loopback(parts.hostname):
+                # The secret key would cross the network in the clear.
+                raise ValueError(f"{value!r}: http:// is for a local API only; use https://")
             if parts.scheme in ("http", "https") and parts.hostname and port_ok:
                 return value
         raise ValueError(f"{value!r} is not an http(s)://host[:port] URL")
@@ -222,14 +226,29 @@ def database_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def without_password(url: str) -> str:
     """A libpq URL fit to print: its password (if any) replaced by `***`."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, hosts = parts.netloc.rpartition("@")
-    name = user.partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{name}:***@{hosts}"))
+    if parts.password is not None:
+        user, _, hosts = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{hosts}")
+    # libpq also takes it as a parameter: ?password=..., and a key's: ?sslpassword=...
+    query = [
+        (key, "***" if key in ("password", "sslpassword") else value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    if any(key in ("password", "sslpassword") for key, _ in query):
+        parts = parts._replace(query=urlencode(query, safe="*"))
+    return urlunsplit(parts)
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import orjson
@@ -115,6 +116,10 @@ class StripeClient:
         Raises StripeNotFound (404), StripeAuthError (401/403), StripeAPIError (other
         4xx), StripeUnavailable (retries exhausted) or CircuitOpen (not even tried).
         """
+        if not _on_the_api(path):
+            # A path read from an answer (a `next_page_url`) or built from an event's id:
+            # the key must not go to another host, nor up the API's own paths.
+            raise StripeAPIError(f"refusing to request {path[:200]!r}: not a path of the API")
         headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"}
         if context:
             headers["Stripe-Context"] = context
@@ -237,6 +242,15 @@ class StripeClient:
             status=status,
             request_id=response.headers.get("request-id"),
         )
+
+
+def _on_the_api(path: str) -> bool:
+    """A path on the base URL's host: absolute (`/v1/...`), not `//host`, no `.` or `..`
+    segment (which an id from an event could make), no scheme, no backslash."""
+    parts = urlsplit(path)
+    if parts.scheme or parts.netloc or not path.startswith("/") or "\\" in parts.path:
+        return False
+    return not any(segment in (".", "..") for segment in unquote(parts.path).split("/"))
 
 
 def _query(params: Params | None) -> list[tuple[str, str]]:

@@ -189,6 +189,15 @@ def test_a_taken_metrics_port_is_one_line(
             "postgresql://postgres@127.0.0.1:55432/lattice",
             "postgresql://postgres@127.0.0.1:55432/lattice",
         ),
+        # libpq's parameters: the password, and a client key's.
+        (
+            "postgresql://db/lattice?user=w&password=S3CRET&sslmode=require",
+            "postgresql://db/lattice?user=w&password=***&sslmode=require",
+        ),
+        (
+            "postgresql://w@db/lattice?sslkey=k.pem&sslpassword=S3CRET",
+            "postgresql://w@db/lattice?sslkey=k.pem&sslpassword=***",
+        ),
     ],
 )
 def test_a_database_url_is_printed_without_its_password(url: str, shown: str) -> None:
@@ -228,8 +237,18 @@ def test_a_stripe_api_base_that_is_not_an_http_url_is_one_line(
         load_settings()
 
 
+def test_a_stripe_api_base_in_the_clear_is_refused_unless_local(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The secret key goes in every request's header: over http:// only to loopback."""
+    monkeypatch.setenv("LATTICE_STRIPE_API_BASE", "http://api.stripe.com")
+    with pytest.raises(ConfigError, match=r"http:// is for a local API only; use https://"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
-    "base", ["https://api.stripe.com", "http://127.0.0.1:12111", "http://[::1]:80"]
+    "base",
+    ["https://api.stripe.com", "http://127.0.0.1:12111", "http://[::1]:80", "http://localhost:9"],
 )
 def test_stripe_api_bases_are_accepted(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATTICE_STRIPE_API_BASE", base)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import SecretStr
 
 from projectors.stripe_api.breaker import CircuitBreaker, State
-from projectors.stripe_api.client import _query
-from projectors.stripe_api.errors import CircuitOpen, redact
+from projectors.stripe_api.client import StripeClient, _query
+from projectors.stripe_api.errors import CircuitOpen, StripeAPIError, redact
 from projectors.stripe_api.retry import RetryPolicy, parse_retry_after
 
 
@@ -118,3 +119,27 @@ def test_query_spells_lists_the_stripe_way() -> None:
 def test_redact_hides_the_key() -> None:
     assert redact("bad key sk_test_abc123 given", "sk_test_abc123") == "bad key *** given"
     assert redact("nothing here", None) == "nothing here"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "https://evil.example/v2/core/events?page=2",  # a `next_page_url` to another host
+        "//evil.example/v2/core/events",
+        "/v1/invoices/../lines",  # an invoice id `..` from an event
+        "/v1/invoices/%2E%2E/lines",
+        "v1/events",
+    ],
+)
+async def test_a_path_off_the_api_is_refused_before_the_key_is_sent(path: str) -> None:
+    """Paths come from Stripe's answers (`next_page_url`) and from events' ids: none may
+    send the key to another host or climb the API's paths. Refused before any request
+    (the base URL here has no server: a request would fail differently)."""
+    async with StripeClient(
+        api_key=SecretStr("sk_test_fake"),
+        base_url="http://127.0.0.1:9",
+        api_version="2025-10-29.clover",
+        retry=RetryPolicy(max_retries=0, base_delay=0.01),
+    ) as client:
+        with pytest.raises(StripeAPIError, match="not a path of the API"):
+            await client.get(path)
