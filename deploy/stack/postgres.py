@@ -194,7 +194,19 @@ def stop(home: Path) -> bool:
         # A fast shutdown waits for the checkpoint (a busy machine, a stuck backend): end
         # it the way a crash would, which the next start recovers from (WAL replay).
         try:
-            _pg(_run_as(), "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop", timeout=60)
+            _pg(
+                _run_as(),
+                "pg_ctl",
+                "-D",
+                data,
+                "-m",
+                "immediate",
+                "-w",
+                "-t",
+                "30",
+                "stop",
+                timeout=60,
+            )
         except StackError as exc:
             raise StackError(f"{slow}; an immediate shutdown failed too: {exc}") from None
     return True

@@ -77,7 +77,9 @@ async def read_tables(database_url: str) -> Actual:
         objects: dict[str, list[tuple[Any, ...]]] = {}
         for name, sql in OBJECT_QUERIES.items():
             try:
-                objects[name] = [tuple(map(_plain, r)) for r in await conn.fetch(sql)]
+                # Sorted here, as `Expected.objects` is: a database's collation may order
+                # mixed-case ids otherwise.
+                objects[name] = sorted(tuple(map(_plain, r)) for r in await conn.fetch(sql))
             except asyncpg.UndefinedTableError:
                 objects[name] = []
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -37,7 +38,15 @@ def test_a_service_does_not_inherit_a_descriptor_its_caller_left_open(tmp_path: 
     os.set_inheritable(fd, True)  # as a shell's `exec 9>file` leaves it
     pid = process.spawn(["sleep", "30"], log_file=tmp_path / "sleep.log", pid_file=tmp_path / "p")
     try:
-        held = {os.readlink(f"/proc/{pid}/fd/{name}") for name in os.listdir(f"/proc/{pid}/fd")}
+        # Once it runs `sleep` (until its exec, it still has the spawner's close-on-exec ones).
+        deadline = time.monotonic() + 10
+        while b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            assert time.monotonic() < deadline, "the child never ran sleep"
+            time.sleep(0.01)
+        held = set()
+        for name in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                held.add(os.readlink(f"/proc/{pid}/fd/{name}"))
     finally:
         os.kill(pid, signal.SIGKILL)
         os.close(fd)
