@@ -52,13 +52,18 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name,
        c.relkind = 'm' AS materialized,
        max(deps.depth) AS depth,
        pg_get_viewdef(c.oid) AS definition,
-       pg_get_userbyid(c.relowner) AS owner,
+       quote_ident(pg_get_userbyid(c.relowner)) AS owner,
+       pg_has_role(current_user, c.relowner, 'MEMBER')
+           AND has_schema_privilege(current_user, n.oid, 'CREATE') AS recreatable,
        {_GRANTS} AS grants
   FROM deps
   JOIN pg_class c ON c.oid = deps.oid
   JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('v', 'm')
- GROUP BY c.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl
+   -- Another session's temporary views cannot be made again from this one: the tables'
+   -- DROP ... CASCADE ends them, as the end of that session would.
+   AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'
+ GROUP BY c.oid, n.oid, n.nspname, c.relname, c.relkind, c.relowner, c.relacl
  ORDER BY max(deps.depth), 1
 """
 
@@ -71,7 +76,7 @@ class SavedView:
     materialized: bool
     depth: int  # 1: reads the tables; 2: reads a depth-1 view; ...
     definition: str
-    owner: str
+    owner: str  # quoted
     grants: tuple[str, ...]
 
     @property
@@ -99,6 +104,14 @@ async def save(conn: Connection, schema: str, tables: Sequence[str]) -> list[Sav
     ]
 
 
+async def not_recreatable(conn: Connection, schema: str, tables: Sequence[str]) -> list[str]:
+    """The views on `schema`.`tables` this role could not drop and create again at a swap
+    (owned by a role it is not a member of, or in a schema it may not create in), each
+    named with its owner: a replay refuses them before it rebuilds, not after."""
+    rows = await conn.fetch(DEPENDENT_VIEWS, schema, list(tables))
+    return [f"{r['name']} (owned by {r['owner']})" for r in rows if not r["recreatable"]]
+
+
 async def drop(conn: Connection, views: Sequence[SavedView]) -> None:
     """Drop the saved views, deepest first."""
     for view in sorted(views, key=lambda v: -v.depth):
@@ -114,7 +127,7 @@ async def restore(conn: Connection, views: Sequence[SavedView]) -> list[str]:
     for view in views:
         if await conn.fetchval("SELECT to_regclass($1)", view.name) is None:
             await conn.execute(f"CREATE {view.kind} {view.name} AS {view.definition}")
-            await conn.execute(f'ALTER {view.kind} {view.name} OWNER TO "{view.owner}"')
+            await conn.execute(f"ALTER {view.kind} {view.name} OWNER TO {view.owner}")
             restored.append(view.name)
         for grant in view.grants:
             await conn.execute(grant)

@@ -22,7 +22,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
-from projectors import offsets, shadow
+from projectors import dependents, offsets, shadow
 from projectors.base import LIVE_SCHEMA
 from projectors.batch import Abandoned, BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
@@ -103,6 +103,14 @@ async def replay(
         except shadow.SwapError as exc:
             raise ReplayError(str(exc)) from None
         tables = await shadow.build(lock_conn, projection, schema)
+        foreign = await dependents.not_recreatable(lock_conn, LIVE_SCHEMA, tables)
+        if foreign:
+            role = await lock_conn.fetchval("SELECT current_user")
+            raise ReplayError(
+                f"the swap would drop and create again views role {role} cannot: "
+                f"{', '.join(foreign)}; grant it their owners' roles (GRANT owner TO {role}) "
+                "or drop them, then replay again"
+            )
         await offsets.forget(lock_conn, key)
         seeds = await start_positions(
             lock_conn, consumer, projection, settings, tps, start, schema, tables

@@ -20,7 +20,7 @@ from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
 from ingest.batching import partition_for
 from ingest.record import build_record
-from projectors import shadow
+from projectors import dependents, shadow
 from projectors.base import HydrationUnavailable, Record
 from projectors.events import projection as events
 from projectors.meters import projection as meters
@@ -628,6 +628,73 @@ async def test_views_and_grants_survive_a_replay(
         if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", reader):
             await conn.execute(f'DROP OWNED BY "{reader}"')  # its grants
         await conn.execute(f'DROP ROLE IF EXISTS "{reader}"')
+        await conn.close()
+
+
+async def test_an_analysts_temporary_view_does_not_stop_a_replay(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """An analyst's session holds a temporary view on a projection table (anyone may
+    create one): it cannot be saved and re-created from another session, so the swap
+    leaves it to the table's CASCADE, instead of failing after the whole rebuild."""
+    ours = await _events_projected(settings, stack, unique, seed=21)
+    url = settings.require_database_url()
+    analyst = await asyncpg.connect(url)
+    try:
+        await analyst.execute(
+            "CREATE TEMP VIEW mine AS SELECT id FROM projections.events WHERE type LIKE 'invoice.%'"
+        )
+        async with dead_letter_producer(ours) as dead_letters:
+            await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        assert await analyst.fetchval("SELECT to_regclass('pg_temp.mine')") is None
+        assert await analyst.fetchval("SELECT count(*) FROM projections.events") > 0
+    finally:
+        await analyst.close()
+
+
+async def test_a_view_the_replaying_role_could_not_recreate_is_refused_before_the_rebuild(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """A BI team's view on a projection table, owned by its role, which the role running
+    the replay is not a member of: the swap could not drop and create it again, so the
+    replay says so at its start, not after the rebuild (and nothing is left behind)."""
+    ours = await _events_projected(settings, stack, unique, seed=22)
+    url = settings.require_database_url()
+    bi, writer = f"{unique}_bi", f"{unique}_writer"
+    conn = await asyncpg.connect(url)
+    try:
+        for role in (bi, writer):
+            await conn.execute(f'CREATE ROLE "{role}" NOLOGIN')
+        await conn.execute("CREATE SCHEMA bi")
+        await conn.execute("CREATE VIEW bi.invoices_seen AS SELECT id FROM projections.events")
+        await conn.execute(f'ALTER VIEW bi.invoices_seen OWNER TO "{bi}"')
+        await conn.execute(f'GRANT CREATE ON SCHEMA bi TO "{writer}"')
+        # The check, as the writer role sees it (the test's own login is a superuser).
+        await conn.execute(f'SET ROLE "{writer}"')
+        refused = await dependents.not_recreatable(conn, "projections", ["events"])
+        await conn.execute("RESET ROLE")
+        # (The projection's own view is named too: this writer does not own it either.)
+        assert f"bi.invoices_seen (owned by {bi})" in refused
+        await conn.execute(f'GRANT "{bi}" TO "{writer}"')
+        await conn.execute(f'SET ROLE "{writer}"')
+        granted = await dependents.not_recreatable(conn, "projections", ["events"])
+        await conn.execute("RESET ROLE")
+        assert f"bi.invoices_seen (owned by {bi})" not in granted
+        # A superuser may act as every role: the replay goes ahead and keeps the view.
+        async with dead_letter_producer(ours) as dead_letters:
+            await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        owner = await conn.fetchval(
+            "SELECT pg_get_userbyid(relowner) FROM pg_class "
+            "WHERE oid = 'bi.invoices_seen'::regclass"
+        )
+        assert owner == bi
+    finally:
+        await conn.execute("RESET ROLE")
+        await conn.execute("DROP SCHEMA IF EXISTS bi CASCADE")
+        for role in (bi, writer):
+            if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await conn.execute(f'DROP OWNED BY "{role}"')
+                await conn.execute(f'DROP ROLE "{role}"')
         await conn.close()
 
 
