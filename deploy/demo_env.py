@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy import kafka_options
 from deploy.settings import load_settings
 from deploy.stack import write_env
 from deploy.stack.topics import ensure_topics
@@ -42,7 +43,7 @@ def free_port(preferred: int | None = None) -> int:
 
 
 async def _fresh_topics(bootstrap: str, names: list[str], partitions: int, usage: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options.options(), bootstrap_servers=bootstrap)
     await admin.start()
     try:
         doomed = [name for name in names if name in set(await admin.list_topics())]

@@ -20,6 +20,14 @@ DEST_PREFIX = "setting_"
 KAFKA = ("kafka_bootstrap", "topic", "usage_topic")
 DATABASE = ("database_url",)
 STRIPE_API = ("stripe_api_key", "stripe_api_base", "stripe_api_version")
+# How Kafka is reached: every command that takes --kafka-bootstrap takes these too.
+KAFKA_SECURITY = (
+    "kafka_security_protocol",
+    "kafka_sasl_mechanism",
+    "kafka_sasl_username",
+    "kafka_sasl_password",
+    "kafka_ssl_cafile",
+)
 
 
 def port_number(text: str) -> int:
@@ -60,6 +68,9 @@ def add_setting_flags(
     group = parser.add_argument_group(
         "settings", "each flag overrides its LATTICE_* environment variable"
     )
+    names = list(names)
+    if "kafka_bootstrap" in names:
+        names += KAFKA_SECURITY
     for name in dict.fromkeys(names):
         flags = [f"--{name.replace('_', '-')}"]
         if aliases and name in aliases:

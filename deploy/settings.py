@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deploy import kafka_options
 
 ENV_PREFIX = "LATTICE_"
 
@@ -38,6 +47,12 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
     return {name: tuple(values) for name, values in secrets.items()}
 
 
+KAFKA_CHOICES = {
+    "kafka_security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "kafka_sasl_mechanism": ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+}
+
+
 class Settings(BaseSettings):
     """Configuration shared by the receiver, the projectors and the tools."""
 
@@ -51,6 +66,23 @@ class Settings(BaseSettings):
         "rotate (prefer the variable: flags show in the process list)",
     )
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka brokers")
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT",
+        description="how Kafka clients connect: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+    )
+    kafka_sasl_mechanism: str = Field(
+        default="PLAIN", description="SASL mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (prefer the variable: flags show in the process list)",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="CA certificates (PEM) to verify the brokers by (SSL, SASL_SSL); "
+        "the system's when unset",
+    )
     database_url: str | None = Field(default=None, description="libpq URL of PostgreSQL")
     topic: str = Field(default="stripe.events", description="the event log topic")
     usage_topic: str = Field(default="usage.reported", description="the usage-fact topic")
@@ -125,6 +157,32 @@ class Settings(BaseSettings):
         if value:
             check_database_url(value)
         return value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism")
+    @classmethod
+    def _kafka_choice(cls, value: str, info: ValidationInfo) -> str:
+        choices = KAFKA_CHOICES[info.field_name or ""]
+        if value.upper() not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value.upper()
+
+    @field_validator("kafka_ssl_cafile")
+    @classmethod
+    def _cafile_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
+        return value
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                f"{ENV_PREFIX}KAFKA_SASL_USERNAME and {ENV_PREFIX}KAFKA_SASL_PASSWORD"
+            )
+        return self
 
     @field_validator("stripe_api_key")
     @classmethod
@@ -255,12 +313,17 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
     """Read settings from the environment; `overrides` (from flags) win. Raises ConfigError."""
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
     try:
-        return Settings(**given)
+        settings = Settings(**given)
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:  # a rule over several settings: its message names them
+            raise ConfigError(message) from None
+        field = str(error["loc"][0])
         source = (
             f"--{field.replace('_', '-')}" if field in given else f"{ENV_PREFIX}{field.upper()}"
         )
-        message = str(error["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"{source}: {message}") from None
+    # Every Kafka client of this process connects as these settings say (see kafka_options).
+    kafka_options.configure(settings)
+    return settings

@@ -26,6 +26,7 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from deploy import kafka_options
 from deploy.stack.topics import missing_topics
 from ingest.batching import Batcher
 from ingest.deadlines import Deadlines
@@ -85,6 +86,7 @@ class Publisher:
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
         return AIOKafkaProducer(
+            **kafka_options.options(),
             bootstrap_servers=self._bootstrap,
             enable_idempotence=True,
             acks="all",

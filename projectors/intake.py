@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import InvalidSessionTimeoutError
 from aiokafka.structs import ConsumerRecord
 
+from deploy import kafka_options
 from deploy.settings import ConfigError, Settings
 from projectors.base import Record, to_record
 from projectors.batch import Prepared
@@ -30,6 +31,7 @@ def group_consumer(settings: Settings, name: str) -> AIOKafkaConsumer:
     (positions live in PostgreSQL), so nothing is auto-committed."""
     session_ms = settings.projector_session_timeout_ms
     return AIOKafkaConsumer(
+        **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_of(name, settings.group_prefix),
         client_id=f"lattice-{name}",

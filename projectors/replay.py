@@ -21,6 +21,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from deploy import kafka_options
 from deploy.settings import Settings
 from projectors import dependents, offsets, shadow
 from projectors.base import LIVE_SCHEMA
@@ -82,6 +83,7 @@ async def replay(
     lock_conn = await lock.take()
     pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
     consumer = AIOKafkaConsumer(
+        **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         group_id=None,

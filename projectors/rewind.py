@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from deploy import kafka_options
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 
@@ -36,7 +37,7 @@ class Move:
 
 async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     """The offsets a group has committed, by partition."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options.options(), bootstrap_servers=bootstrap)
     try:
         await admin.start()
         found = await admin.list_consumer_group_offsets(group)
@@ -67,6 +68,7 @@ async def rewind(
             "(to give a new group its starting positions, add --new-group)"
         )
     consumer = AIOKafkaConsumer(
+        **kafka_options.options(),
         bootstrap_servers=bootstrap,
         group_id=group,
         enable_auto_commit=False,

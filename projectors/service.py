@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from deploy import kafka_options
 from deploy.settings import Settings
 from ingest.publisher import COMPRESSION
 from projectors.batch import Hydrate
@@ -66,6 +67,7 @@ async def database(settings: Settings, *, size: int = 4) -> AsyncIterator[asyncp
 async def dead_letter_producer(settings: Settings) -> AsyncIterator[KafkaDeadLetters]:
     """An idempotent acks=all producer to the dead-letter topic."""
     producer = AIOKafkaProducer(
+        **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=True,

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaConsumer
 
+from deploy import kafka_options
 from deploy.settings import Settings
 from projectors.shadow import replay_key
 from projectors.topic_partitions import partitions_of
@@ -71,6 +72,7 @@ async def collect(
         if r["topic"] not in wanted[r["projector"]]:
             wanted[r["projector"]].append(r["topic"])
     consumer = AIOKafkaConsumer(
+        **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,
         enable_auto_commit=False,
         client_id="lattice-status",

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from deploy import kafka_options
 from deploy.stack import process
 from deploy.stack.errors import StackError
 
@@ -208,10 +209,17 @@ def _format_storage(paths: KafkaPaths) -> None:
 
 
 def start(
-    home: Path, *, port: int, partitions: int, timeout: float = 60.0, long_lived: bool = False
+    home: Path,
+    *,
+    port: int,
+    partitions: int,
+    timeout: float = 60.0,
+    long_lived: bool = False,
+    extra_properties: str = "",
 ) -> bool:
     """Start the broker unless it already runs; wait until it answers. True if started.
-    `long_lived`: a broker that will serve for a while (see `_java`)."""
+    `long_lived`: a broker that will serve for a while (see `_java`). `extra_properties`:
+    lines added to its server.properties, a later key winning (a secured listener, say)."""
     paths = KafkaPaths(home / "kafka")
     if process.running_pid(paths.pid, paths.owner) is not None:
         wait_ready(f"127.0.0.1:{port}", timeout=timeout, log=paths.log)
@@ -229,6 +237,7 @@ def start(
             data=paths.data.resolve(),
             partitions=partitions,
         )
+        + extra_properties
     )
     _format_storage(paths)
     pid = process.spawn(
@@ -274,7 +283,11 @@ async def broker_answers(bootstrap: str, timeout: float = 2.0) -> bool:
     from aiokafka import AIOKafkaClient
     from aiokafka.errors import KafkaError
 
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    client = AIOKafkaClient(
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=int(timeout * 1000),
+    )
     quiet = logging.getLogger("aiokafka")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # "Unable to connect" is the expected answer while starting

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from deploy import kafka_options
 from deploy.stack.errors import StackError
 
 log = structlog.get_logger("deploy.stack")
@@ -55,7 +56,7 @@ async def ensure_topics(
     config = {**FOREVER, **(extra_config or {})}
     if replication_factor > 1:
         config.setdefault("min.insync.replicas", str(min(2, replication_factor)))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options.options(), bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -136,7 +137,9 @@ async def missing_topics(
     default) create them with its defaults (seven days' retention). `timeout` bounds each
     request (aiokafka's default, 40 s, unless given)."""
     client = AIOKafkaClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(int(timeout * 1000), 1000)
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=max(int(timeout * 1000), 1000),
     )
     try:
         await client.bootstrap()
@@ -148,7 +151,7 @@ async def missing_topics(
 
 async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:
     """Delete topics (tests use this to clean up after themselves)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_options.options(), bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 from aiokafka import AIOKafkaProducer
 
+from deploy import kafka_options
 from ingest.simulate.generator import BROKEN, FORGED, Delivery
 
 FORGED_SECRET = "whsec_not_configured_anywhere"
@@ -195,7 +196,11 @@ async def produce_facts(
 ) -> int:
     """Produce the usage facts to `topic` (idempotent, acks=all); return how many."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=5,
     )
     await producer.start()
     try:

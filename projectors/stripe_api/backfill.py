@@ -26,6 +26,7 @@ import orjson
 import structlog
 from aiokafka import AIOKafkaProducer
 
+from deploy import kafka_options
 from deploy.settings import Settings
 from ingest.record import LogRecord, build_record
 from projectors.migrate import ensure_runtime
@@ -253,6 +254,7 @@ async def _append(
     if not missing:
         return
     producer = AIOKafkaProducer(
+        **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,
         acks="all",
         enable_idempotence=True,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from deploy import kafka_options
 from ingest.record import HEADER_EVENT_ID, HEADER_SOURCE
 from projectors.topic_partitions import partitions_of
 
@@ -14,7 +15,10 @@ BACKFILL_SOURCE = b"backfill"
 
 async def _consumer(bootstrap: str, topic: str) -> tuple[AIOKafkaConsumer, list[TopicPartition]]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, client_id="lattice-backfill"
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        client_id="lattice-backfill",
     )
     try:
         await consumer.start()

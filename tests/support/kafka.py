@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer
 
+from deploy import kafka_options
 from projectors.topic_partitions import partitions_of
 
 
@@ -24,7 +25,10 @@ class ReadRecord:
 async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> list[ReadRecord]:
     """Every record of `topic` from the beginning to the current end, by partition and offset."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     await consumer.start()
     try:
