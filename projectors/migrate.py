@@ -7,6 +7,7 @@ in `lattice.migrations`. `views.sql`, when present, is re-applied after the migr
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,25 +94,63 @@ async def migrate(
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await _set_search_path(conn, schema)
         for projection in projections:
-            done = await recorded_versions(conn, projection.name) if record else set()
+            done = await recorded_checksums(conn, projection.name) if record else {}
             for migration in migrations_in(projection.sql_dir):
+                text = migration.path.read_text()
                 if migration.version in done:
+                    await _same_as_applied(conn, projection.name, migration, text, done)
                     continue
                 try:
-                    await conn.execute(migration.path.read_text())
+                    await conn.execute(text)
                 except asyncpg.PostgresError as exc:
                     raise MigrationError(f"{migration.path}: {exc}") from exc
                 if record:
                     await conn.execute(
-                        "INSERT INTO lattice.migrations (projector, version, name) "
-                        "VALUES ($1, $2, $3)",
+                        "INSERT INTO lattice.migrations (projector, version, name, sha256) "
+                        "VALUES ($1, $2, $3, $4)",
                         projection.name,
                         migration.version,
                         migration.name,
+                        checksum(text),
                     )
                 applied.append(f"{projection.name}/{migration.name}")
             await apply_views(conn, projection)
     return applied
+
+
+def checksum(text: str) -> str:
+    """The SHA-256 of a migration file's text, as recorded when it is applied."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+async def recorded_checksums(conn: Connection, projector: str) -> dict[int, str | None]:
+    """Version -> the checksum recorded when it was applied (None: before they were)."""
+    rows = await conn.fetch(
+        "SELECT version, sha256 FROM lattice.migrations WHERE projector = $1", projector
+    )
+    return {row["version"]: row["sha256"] for row in rows}
+
+
+async def _same_as_applied(
+    conn: Connection, projector: str, migration: Migration, text: str, done: dict[int, str | None]
+) -> None:
+    """Refuse a migration file changed since it was applied here: this database lacks what
+    the change adds, and nothing would ever add it (the code would then fail on every
+    batch). A row from before checksums were kept takes the file's as it is now."""
+    recorded, now = done[migration.version], checksum(text)
+    if recorded is None:
+        await conn.execute(
+            "UPDATE lattice.migrations SET sha256 = $3 WHERE projector = $1 AND version = $2",
+            projector,
+            migration.version,
+            now,
+        )
+    elif recorded != now:
+        raise MigrationError(
+            f"{migration.path} was changed after it was applied to this database (recorded "
+            f"sha256 {recorded[:12]}, the file's {now[:12]}): an applied migration is never "
+            "edited; put the change in a new migration file (and restore this one)"
+        )
 
 
 async def recorded_versions(conn: Connection, projector: str) -> set[int]:

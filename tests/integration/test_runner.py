@@ -31,7 +31,7 @@ from projectors.deadletter import (
 )
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
-from projectors.migrate import ensure_runtime, migrate
+from projectors.migrate import MigrationError, checksum, ensure_runtime, migrate
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
@@ -308,6 +308,35 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_migration_edited_after_it_was_applied_is_refused_by_name(
+    settings: Settings,
+) -> None:
+    """The database has a migration's old text applied (recorded with its checksum); the
+    file now says something else, which this database will never get: refused at start,
+    naming the file. A row recorded before checksums were kept takes the file's."""
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await migrate(conn, [events])
+        await conn.execute("UPDATE lattice.migrations SET sha256 = NULL WHERE projector = 'events'")
+        assert await migrate(conn, [events]) == []
+        recorded = await conn.fetchval(
+            "SELECT sha256 FROM lattice.migrations WHERE projector = 'events' AND version = 1"
+        )
+        assert recorded == checksum((events.sql_dir / "0001_events.sql").read_text())
+        # What an edit of the file looks like from the database: another checksum.
+        await conn.execute(
+            "UPDATE lattice.migrations SET sha256 = repeat('0', 64) WHERE projector = 'events'"
+        )
+        with pytest.raises(MigrationError) as refused:
+            await migrate(conn, [events])
+        assert "0001_events.sql was changed after it was applied to this database" in str(
+            refused.value
+        )
+    finally:
+        await conn.close()
 
 
 async def test_migrations_race_safely_where_transactions_default_to_repeatable_read(
