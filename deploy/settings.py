@@ -7,10 +7,12 @@ the command line can print it instead of a traceback.
 from __future__ import annotations
 
 import ipaddress
+import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     Field,
@@ -284,6 +286,9 @@ def database_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
+_PASSWORD_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*")
+
+
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -299,14 +304,10 @@ def without_password(url: str) -> str:
     if parts.password is not None:
         user, _, hosts = parts.netloc.rpartition("@")
         parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{hosts}")
-    # libpq also takes it as a parameter: ?password=..., and a key's: ?sslpassword=...
-    query = [
-        (key, "***" if key in ("password", "sslpassword") else value)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    if any(key in ("password", "sslpassword") for key, _ in query):
-        parts = parts._replace(query=urlencode(query, safe="*"))
-    return urlunsplit(parts)
+    # libpq also takes it as a parameter: ?password=..., and a key's: ?sslpassword=... (the
+    # query is edited as it is written, not parsed and rebuilt, so the rest reads the same)
+    shown = urlunsplit(parts) if parts.password is not None else url
+    return _PASSWORD_PARAMETER.sub(r"\1***", shown)
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -325,5 +326,10 @@ def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:
         )
         raise ConfigError(f"{source}: {message}") from None
     # Every Kafka client of this process connects as these settings say (see kafka_options).
-    kafka_options.configure(settings)
+    try:
+        kafka_options.configure(settings)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"{ENV_PREFIX}KAFKA_SSL_CAFILE: not a PEM file of CA certificates ({exc})"
+        ) from None
     return settings

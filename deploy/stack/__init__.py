@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from deploy import kafka_options
 from deploy.settings import Settings
 from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
@@ -97,6 +98,11 @@ def _up(settings: Settings) -> StackInfo:
         bootstrap, kafka_started = settings.kafka_bootstrap, False
         kafka.wait_ready(bootstrap, timeout=30)
     else:
+        # The local broker listens in plaintext, whatever security a shell exported for a
+        # cluster elsewhere (and stack.env says so, for the commands run against it).
+        kafka_options.configure(
+            settings.model_copy(update={"kafka_security_protocol": "PLAINTEXT"})
+        )
         bootstrap = _local_bootstrap(settings)
         kafka_started = kafka.start(
             home, port=settings.kafka_port, partitions=settings.partitions, long_lived=True
@@ -118,10 +124,10 @@ def _up(settings: Settings) -> StackInfo:
             append_time=[settings.usage_topic],
         )
     )
-    write_env(
-        stack_env_path(home),
-        {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url},
-    )
+    values = {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url}
+    if not _kafka_is_external(settings):
+        values["LATTICE_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+    write_env(stack_env_path(home), values)
     return StackInfo(
         bootstrap, database_url, kafka_started, pg_started, created, time.monotonic() - began
     )

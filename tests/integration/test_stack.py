@@ -134,17 +134,25 @@ async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: P
 
 def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> None:
     """`make test` with a broker already running (and PostgreSQL not): the broker is left
-    as it was found; PostgreSQL, which the script started, is stopped."""
+    as it was found; PostgreSQL, which the script started, is stopped. The shell has a
+    managed cluster's security exported (as the README's example does): the local broker
+    is still reached in plaintext, and stack.env says so to the commands run with it."""
     kafka_port, pg_port = free_port(2), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATTICE_")}
     env |= {
         "LATTICE_HOME": str(tmp_path),
         "LATTICE_KAFKA_PORT": str(kafka_port),
         "LATTICE_PG_PORT": str(pg_port),
+        "LATTICE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "LATTICE_KAFKA_SASL_USERNAME": "APIKEY",
+        "LATTICE_KAFKA_SASL_PASSWORD": "not-for-the-local-broker",
     }
     try:
         assert kafka.start(share_kafka_jars(tmp_path), port=kafka_port, partitions=1, timeout=90)
-        script = 'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '"'
+        script = (
+            'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '" && '
+            'test "$LATTICE_KAFKA_SECURITY_PROTOCOL" = PLAINTEXT'
+        )
         result = subprocess.run(
             [str(REPO / "deploy" / "with-stack.sh"), "bash", "-c", script],
             env=env,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
 from deploy.cli import main
-from deploy.settings import ConfigError, load_settings, parse_webhook_secrets
+from deploy.settings import ConfigError, Settings, load_settings, parse_webhook_secrets
 
 
 def test_an_endpoint_named_twice_keeps_both_secrets_for_rotation() -> None:
@@ -198,6 +199,8 @@ def test_a_taken_metrics_port_is_one_line(
             "postgresql://w@db/lattice?sslkey=k.pem&sslpassword=S3CRET",
             "postgresql://w@db/lattice?sslkey=k.pem&sslpassword=***",
         ),
+        # A socket folder and the other parameters print as they were written.
+        ("postgresql:///db?host=/tmp&password=x y", "postgresql:///db?host=/tmp&password=***"),
     ],
 )
 def test_a_database_url_is_printed_without_its_password(url: str, shown: str) -> None:
@@ -268,3 +271,70 @@ def test_backfill_refuses_an_empty_endpoint_name(capsys: pytest.CaptureFixture[s
         main(["backfill", "--since", "0", "--endpoint", " "])
     assert exited.value.code == 2
     assert "--endpoint: must not be empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("protocol", "keys"),
+    [
+        ("PLAINTEXT", set()),
+        ("SSL", {"security_protocol", "ssl_context"}),
+        (
+            "SASL_PLAINTEXT",
+            {"security_protocol", "sasl_mechanism", "sasl_plain_username", "sasl_plain_password"},
+        ),
+        (
+            "SASL_SSL",
+            {
+                "security_protocol",
+                "ssl_context",
+                "sasl_mechanism",
+                "sasl_plain_username",
+                "sasl_plain_password",
+            },
+        ),
+    ],
+)
+def test_kafka_clients_get_the_options_of_their_security_protocol(
+    protocol: str, keys: set[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ssl
+
+    from deploy import kafka_options
+
+    monkeypatch.setenv("LATTICE_KAFKA_SECURITY_PROTOCOL", protocol.lower())
+    monkeypatch.setenv("LATTICE_KAFKA_SASL_USERNAME", "lattice")
+    monkeypatch.setenv("LATTICE_KAFKA_SASL_PASSWORD", "s3cret")
+    try:
+        load_settings()
+        options = kafka_options.options()
+    finally:
+        monkeypatch.undo()
+        kafka_options.configure(Settings())
+    assert set(options) == keys
+    if "ssl_context" in options:
+        assert isinstance(options["ssl_context"], ssl.SSLContext)
+        assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED
+    if keys:
+        assert options["security_protocol"] == protocol
+    if "sasl_plain_password" in options:
+        assert options["sasl_plain_password"] == "s3cret"
+
+
+def test_sasl_without_credentials_and_a_ca_file_that_is_not_pem_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LATTICE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError, match=r"^LATTICE_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs"):
+        load_settings()
+    monkeypatch.setenv("LATTICE_KAFKA_SECURITY_PROTOCOL", "SSL")
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate")
+    monkeypatch.setenv("LATTICE_KAFKA_SSL_CAFILE", str(not_pem))
+    try:
+        with pytest.raises(ConfigError, match=r"^LATTICE_KAFKA_SSL_CAFILE: not a PEM file"):
+            load_settings()
+    finally:
+        from deploy import kafka_options
+
+        monkeypatch.undo()
+        kafka_options.configure(Settings())
