@@ -233,5 +233,9 @@ def test_no_container_is_handed_every_secret() -> None:
         }
         for c in _containers()
     }
-    assert keys["receiver"] == {"LATTICE_WEBHOOK_SECRETS"}
-    assert keys["topics"] == keys["migrate"] == {"LATTICE_DATABASE_URL"}
+    kafka_login = {"LATTICE_KAFKA_SASL_USERNAME", "LATTICE_KAFKA_SASL_PASSWORD"}
+    assert keys["receiver"] == {"LATTICE_WEBHOOK_SECRETS", *kafka_login}
+    assert keys["topics"] == keys["migrate"] == {"LATTICE_DATABASE_URL", *kafka_login}
+    # Every container gets the Kafka login when the Secret has one: a ConfigMap saying
+    # SASL_SSL makes every command (even `migrate`) require it.
+    assert all(kafka_login <= names for names in keys.values())
