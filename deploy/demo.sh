@@ -72,7 +72,8 @@ fi
 # Ctrl-C (or SIGTERM) before the end: stop what this demo started rather than leave a
 # half-fed receiver and projectors behind.
 # (`simulate` runs in the background below, so that a signal is acted on at once, not
-# after the month is delivered; a background command ignores SIGINT, hence the TERM.)
+# after the month is delivered; the trap ends it with TERM, which it always heeds. Before
+# that, a signal is acted on once the step under way ends.)
 simulating=
 interrupted() {  # exit status
   echo "interrupted: stopping the demo's receiver and projectors" >&2
@@ -98,20 +99,20 @@ stop_demo
 mkdir -p "$DEMO"
 
 step "fresh demo topics and database"
-"$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null
+"$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null 9>&-
 # shellcheck disable=SC1091
 . "$DEMO/env"
 echo "topics $LATTICE_TOPIC, $LATTICE_TOPIC.dlq, $LATTICE_USAGE_TOPIC; database ${LATTICE_DATABASE_URL##*/}" >&2
 
 step "migrate"
-"$lattice" migrate >"$DEMO/migrate.log"
+"$lattice" migrate >"$DEMO/migrate.log" 9>&-
 tr '\n' ' ' <"$DEMO/migrate.log" >&2
 
 step "receiver on 127.0.0.1:$DEMO_RECEIVER_PORT and projectors, in the background"
 background serve "$lattice" serve --host 127.0.0.1 --port "$DEMO_RECEIVER_PORT"
 background project "$lattice" project
 url="http://127.0.0.1:$DEMO_RECEIVER_PORT"
-if ! "$BIN/python" - "$url/readyz" <<'PY'
+if ! "$BIN/python" - "$url/readyz" 9>&- <<'PY'
 import sys, time, httpx
 deadline = time.monotonic() + 60
 while time.monotonic() < deadline:

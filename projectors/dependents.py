@@ -53,8 +53,11 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name,
        max(deps.depth) AS depth,
        pg_get_viewdef(c.oid) AS definition,
        quote_ident(pg_get_userbyid(c.relowner)) AS owner,
-       pg_has_role(current_user, c.relowner, 'MEMBER')
-           AND has_schema_privilege(current_user, n.oid, 'CREATE') AS recreatable,
+       -- Dropping it takes its owner's privileges (USAGE: inherited), creating it again
+       -- CREATE on its schema, and giving it back its owner that the owner may create there.
+       pg_has_role(current_user, c.relowner, 'USAGE')
+           AND has_schema_privilege(current_user, n.oid, 'CREATE')
+           AND has_schema_privilege(c.relowner, n.oid, 'CREATE') AS recreatable,
        {_GRANTS} AS grants
   FROM deps
   JOIN pg_class c ON c.oid = deps.oid

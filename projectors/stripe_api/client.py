@@ -250,6 +250,8 @@ def _on_the_api(path: str) -> bool:
     parts = urlsplit(path)
     if parts.scheme or parts.netloc or not path.startswith("/") or "\\" in parts.path:
         return False
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):  # httpx would refuse it itself
+        return False
     return not any(segment in (".", "..") for segment in unquote(parts.path).split("/"))
 
 

@@ -668,7 +668,7 @@ async def test_a_view_the_replaying_role_could_not_recreate_is_refused_before_th
         await conn.execute("CREATE SCHEMA bi")
         await conn.execute("CREATE VIEW bi.invoices_seen AS SELECT id FROM projections.events")
         await conn.execute(f'ALTER VIEW bi.invoices_seen OWNER TO "{bi}"')
-        await conn.execute(f'GRANT CREATE ON SCHEMA bi TO "{writer}"')
+        await conn.execute(f'GRANT CREATE ON SCHEMA bi TO "{writer}", "{bi}"')
         # The check, as the writer role sees it (the test's own login is a superuser).
         await conn.execute(f'SET ROLE "{writer}"')
         refused = await dependents.not_recreatable(conn, "projections", ["events"])

@@ -129,6 +129,7 @@ def test_redact_hides_the_key() -> None:
         "/v1/invoices/../lines",  # an invoice id `..` from an event
         "/v1/invoices/%2E%2E/lines",
         "v1/events",
+        "/v1/invoices/in_1\r\nX-Injected: 1/lines",  # control characters
     ],
 )
 async def test_a_path_off_the_api_is_refused_before_the_key_is_sent(path: str) -> None:
