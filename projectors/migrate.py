@@ -7,6 +7,7 @@ in `lattice.migrations`. `views.sql`, when present, is re-applied after the migr
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any, Final
 
 import asyncpg
+import structlog
 
 from projectors.base import LIVE_SCHEMA, Connection
 
+log = structlog.get_logger("lattice.migrate")
 RUNTIME_SQL = Path(__file__).resolve().parent / "sql"
 RUNTIME = "lattice"
 # Any constant works; it only has to be the same in every process that migrates.
@@ -26,6 +29,10 @@ ADVISORY_LOCK_KEY = 0x1A771CE
 # committed before it, above all what another process committed while we waited for a
 # lock (under REPEATABLE READ the snapshot predates the lock: migrations would run twice).
 READ_COMMITTED: Final = "read_committed"
+# How long a migration or view statement waits for another session's lock before its try
+# is rolled back (so the live projectors' writes do not queue behind it) and made again.
+LOCK_WAIT_SECONDS = 5.0
+LOCK_RETRY_SECONDS = 2.0
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -80,17 +87,46 @@ async def migrate(
     *,
     schema: str = LIVE_SCHEMA,
     record: bool = True,
+    lock_wait: float = LOCK_WAIT_SECONDS,
 ) -> list[str]:
     """Apply each projection's pending migrations into `schema`; return what was applied.
+    A statement that waits `lock_wait` for another session's lock rolls the try back,
+    says who holds one, and the migrations are tried again.
 
     `record=False` builds a fresh shadow schema (replay): every migration runs, none is
     recorded, since the shadow tables replace the live ones whole.
     """
     await ensure_runtime(conn)
+    tries = 0
+    while True:
+        try:
+            return await _migrate_once(conn, projections, schema, record, lock_wait)
+        except asyncpg.LockNotAvailableError:
+            # A session holds a lock on a table or view that a migration or a view's
+            # CREATE OR REPLACE needs (a BI tool idle in a transaction that read it). The
+            # whole try is rolled back, so nothing queues behind us (the live projectors'
+            # writes, the other processes' starts); say who, and try again.
+            tries += 1
+            log.warning(
+                "migration waits for a lock another session holds",
+                tries=tries,
+                sessions=await _idle_in_transaction(conn),
+            )
+            await asyncio.sleep(LOCK_RETRY_SECONDS)
+
+
+async def _migrate_once(
+    conn: asyncpg.Connection,
+    projections: Sequence[Any],
+    schema: str,
+    record: bool,
+    lock_wait: float,
+) -> list[str]:
     applied: list[str] = []
     async with conn.transaction(isolation=READ_COMMITTED):
         # Two processes starting together: the second waits, then finds nothing to do.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await _set_search_path(conn, schema)
         for projection in projections:
@@ -102,6 +138,8 @@ async def migrate(
                     continue
                 try:
                     await conn.execute(text)
+                except asyncpg.LockNotAvailableError:
+                    raise
                 except asyncpg.PostgresError as exc:
                     raise MigrationError(f"{migration.path}: {exc}") from exc
                 if record:
@@ -116,6 +154,21 @@ async def migrate(
                 applied.append(f"{projection.name}/{migration.name}")
             await apply_views(conn, projection)
     return applied
+
+
+async def _idle_in_transaction(conn: asyncpg.Connection) -> list[str]:
+    """The other sessions with a transaction open and nothing running: the usual holders
+    of a lock a migration waits for (pid, user, application, since when)."""
+    rows = await conn.fetch(
+        "SELECT pid, usename, application_name, xact_start FROM pg_stat_activity "
+        "WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid() "
+        "ORDER BY xact_start LIMIT 5"
+    )
+    return [
+        f"pid {r['pid']} ({r['usename']}, {r['application_name'] or '?'}, "
+        f"since {r['xact_start']:%H:%M:%S})"
+        for r in rows
+    ]
 
 
 def checksum(text: str) -> str:
@@ -167,5 +220,7 @@ async def apply_views(conn: asyncpg.Connection, projection: Any) -> None:
     if views.exists():
         try:
             await conn.execute(views.read_text())
+        except asyncpg.LockNotAvailableError:
+            raise
         except asyncpg.PostgresError as exc:
             raise MigrationError(f"{views}: {exc}") from exc

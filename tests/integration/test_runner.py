@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import MessageSizeTooLargeError
 
@@ -308,6 +309,43 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothing(
+    settings: Settings,
+) -> None:
+    """A BI session idle in a transaction that read a projection's view: the start's
+    CREATE OR REPLACE VIEW cannot have the view. It does not wait holding its locks (every
+    other start would queue behind it): it rolls back, names the session, tries again,
+    and goes through once that session ends."""
+    url = settings.require_database_url()
+    conn, bi = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await migrate(conn, [events])
+        reading = bi.transaction()
+        await reading.start()
+        await bi.fetch("SELECT * FROM projections.event_types LIMIT 1")
+        bi_pid = await bi.fetchval("SELECT pg_backend_pid()")
+        with structlog.testing.capture_logs() as logged:
+            starting = asyncio.create_task(migrate(conn, [events], lock_wait=0.3))
+            await eventually(
+                lambda: asyncio.sleep(0, [e for e in logged if "waits for a lock" in e["event"]]),
+                what="the start saying it waits",
+            )
+            assert not starting.done()
+            # Meanwhile another start is not queued behind it for the whole wait.
+            other = await asyncpg.connect(url)
+            try:
+                await asyncio.wait_for(ensure_runtime(other), timeout=5)
+            finally:
+                await other.close()
+            await reading.rollback()
+            assert await asyncio.wait_for(starting, timeout=30) == []
+        waits = [e for e in logged if "waits for a lock" in e["event"]]
+        assert any(f"pid {bi_pid} " in session for e in waits for session in e["sessions"])
+    finally:
+        await bi.close()
+        await conn.close()
 
 
 async def test_a_migration_edited_after_it_was_applied_is_refused_by_name(
