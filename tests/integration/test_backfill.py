@@ -106,6 +106,15 @@ async def project_until_caught_up(settings: Settings) -> None:
         await task
 
 
+async def migrate_the_index(settings: Settings) -> None:
+    """The events projection's tables (the log's index backfill reads), with no rows."""
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await migrate(conn, catalog.select(["events"]))
+    finally:
+        await conn.close()
+
+
 async def _ends(settings: Settings) -> dict[int, int]:
     return await end_offsets(settings.kafka_bootstrap, settings.topic)
 
@@ -297,11 +306,7 @@ async def test_types_filter_and_dry_run(fake: FakeStripe, settings: Settings) ->
         if "account" not in e
     ]
     fake.add_v1_events(events)
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        await migrate(conn, catalog.select(["events"]))
-    finally:
-        await conn.close()
+    await migrate_the_index(settings)
     paid = [e["id"] for e in events if e["type"] == "invoice.paid"]
     async with client_for(fake) as client:
         report = await backfill(
@@ -366,11 +371,7 @@ async def test_events_of_one_second_are_appended_in_the_order_stripe_created_the
     lifecycle = next(group for group in by_object.values() if len(group) >= 3)
     second = lifecycle[0]["created"]
     fake.add_v1_events([{**event, "created": second} for event in lifecycle])
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        await migrate(conn, catalog.select(["events"]))
-    finally:
-        await conn.close()
+    await migrate_the_index(settings)
     async with client_for(fake) as client:
         report = await backfill(settings, client, BackfillOptions(since=SINCE))
     assert report.appended == len(lifecycle)
@@ -438,11 +439,7 @@ async def test_thin_events_missing_from_the_log_are_listed_and_appended(
     theirs = meter_error_report(at=SINCE + timedelta(hours=9), context=CONNECT)[1]
     for full in [*reports, theirs]:
         fake.add_v2_event(full)
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        await migrate(conn, catalog.select(["events"]))
-    finally:
-        await conn.close()
+    await migrate_the_index(settings)
     options = BackfillOptions(since=SINCE, accounts=(CONNECT,), page_size=2)
     async with client_for(fake) as client:
         report = await backfill(settings, client, options)
@@ -469,11 +466,7 @@ async def test_backfill_waits_for_the_events_projector_to_index_the_log(
     everything = unique_events(delivered_all)
     delivered = [e for i, e in enumerate(delivered_all) if not 10 <= i < 20]
     fake.add_v1_events(list(everything.values()))
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        await migrate(conn, catalog.select(["events"]))
-    finally:
-        await conn.close()
+    await migrate_the_index(settings)
     await produce(settings.kafka_bootstrap, settings.topic, records(delivered))
     missed = set(everything) - set(unique_events(delivered))
     platform_missed = {m for m in missed if "account" not in everything[m]}
@@ -518,11 +511,7 @@ async def test_thin_events_refused_to_the_key_leave_the_snapshot_events_appended
     ]
     fake.add_v1_events(events)
     fake.v2_listing_forbidden = True
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        await migrate(conn, catalog.select(["events"]))
-    finally:
-        await conn.close()
+    await migrate_the_index(settings)
     async with client_for(fake) as client:
         done = await backfill(settings, client, BackfillOptions(since=SINCE))
     assert done.appended == len(events)
