@@ -7,12 +7,11 @@ the command line can print it instead of a traceback.
 from __future__ import annotations
 
 import ipaddress
-import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import (
     Field,
@@ -286,9 +285,6 @@ def database_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
 
 
-_PASSWORD_PARAMETER = re.compile(r"([?&](?:ssl)?password=)[^&#]*")
-
-
 def _loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -307,7 +303,17 @@ def without_password(url: str) -> str:
     # libpq also takes it as a parameter: ?password=..., and a key's: ?sslpassword=... (the
     # query is edited as it is written, not parsed and rebuilt, so the rest reads the same)
     shown = urlunsplit(parts) if parts.password is not None else url
-    return _PASSWORD_PARAMETER.sub(r"\1***", shown)
+    base, mark, query = shown.partition("?")
+    if not mark:
+        return shown
+    query, hash_mark, fragment = query.partition("#")
+    pairs = []
+    for pair in query.split("&"):
+        key, equals, _ = pair.partition("=")
+        # Keys are compared decoded, as libpq and asyncpg read them (`%70assword`).
+        hidden = equals and unquote_plus(key) in ("password", "sslpassword")
+        pairs.append(f"{key}=***" if hidden else pair)
+    return base + mark + "&".join(pairs) + hash_mark + fragment
 
 
 def load_settings(overrides: Mapping[str, Any] | None = None) -> Settings:

@@ -55,7 +55,10 @@ SELECT format('%I.%I', n.nspname, c.relname) AS name,
        quote_ident(pg_get_userbyid(c.relowner)) AS owner,
        -- Dropping it takes its owner's privileges (USAGE: inherited), creating it again
        -- CREATE on its schema, and giving it back its owner that the owner may create there.
+       -- (and since PostgreSQL 16, ALTER ... OWNER TO the right to SET ROLE to the owner).
        pg_has_role(current_user, c.relowner, 'USAGE')
+           AND (current_setting('server_version_num')::int < 160000
+                OR pg_has_role(current_user, c.relowner, 'SET'))
            AND has_schema_privilege(current_user, n.oid, 'CREATE')
            AND has_schema_privilege(c.relowner, n.oid, 'CREATE') AS recreatable,
        {_GRANTS} AS grants

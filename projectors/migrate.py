@@ -33,6 +33,7 @@ READ_COMMITTED: Final = "read_committed"
 # is rolled back (so the live projectors' writes do not queue behind it) and made again.
 LOCK_WAIT_SECONDS = 5.0
 LOCK_RETRY_SECONDS = 2.0
+LOCK_TRIES = 3  # the last waits without a bound
 MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 
@@ -78,7 +79,7 @@ async def ensure_runtime(conn: asyncpg.Connection) -> None:
     async with conn.transaction(isolation=READ_COMMITTED):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
         for migration in migrations_in(RUNTIME_SQL):
-            await conn.execute(migration.path.read_text())
+            await conn.execute(migration.path.read_bytes().decode("utf-8"))
 
 
 async def migrate(
@@ -91,28 +92,37 @@ async def migrate(
 ) -> list[str]:
     """Apply each projection's pending migrations into `schema`; return what was applied.
     A statement that waits `lock_wait` for another session's lock rolls the try back,
-    says who holds one, and the migrations are tried again.
+    says who holds locks there, and the migrations are tried again (the last try waits
+    as long as it takes).
 
     `record=False` builds a fresh shadow schema (replay): every migration runs, none is
     recorded, since the shadow tables replace the live ones whole.
     """
     await ensure_runtime(conn)
-    tries = 0
-    while True:
+    for attempt in range(1, LOCK_TRIES + 1):
+        # The last try waits as long as it takes (as PostgreSQL's lock queue would): the
+        # lock is then its own once the readers before it finish, however busy the view.
+        last = attempt == LOCK_TRIES
         try:
-            return await _migrate_once(conn, projections, schema, record, lock_wait)
-        except asyncpg.LockNotAvailableError:
+            return await _migrate_once(
+                conn, projections, schema, record, None if last else lock_wait
+            )
+        except _LockTimeout:
             # A session holds a lock on a table or view that a migration or a view's
             # CREATE OR REPLACE needs (a BI tool idle in a transaction that read it). The
-            # whole try is rolled back, so nothing queues behind us (the live projectors'
-            # writes, the other processes' starts); say who, and try again.
-            tries += 1
+            # try is rolled back, so nothing queued behind us meanwhile (the live
+            # projectors' writes, the other processes' starts); say who, and try again.
             log.warning(
                 "migration waits for a lock another session holds",
-                tries=tries,
-                sessions=await _idle_in_transaction(conn),
+                tries=attempt,
+                sessions=await _lock_holders(conn, schema),
             )
             await asyncio.sleep(LOCK_RETRY_SECONDS)
+    raise AssertionError("the last try has no lock timeout")
+
+
+class _LockTimeout(Exception):
+    """Our own `lock_timeout` expired (not a NOWAIT of a migration file's)."""
 
 
 async def _migrate_once(
@@ -120,27 +130,27 @@ async def _migrate_once(
     projections: Sequence[Any],
     schema: str,
     record: bool,
-    lock_wait: float,
+    lock_wait: float | None,
 ) -> list[str]:
     applied: list[str] = []
     async with conn.transaction(isolation=READ_COMMITTED):
         # Two processes starting together: the second waits, then finds nothing to do.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
-        await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait * 1000)}ms'")
+        if lock_wait is not None:
+            await conn.execute(f"SET LOCAL lock_timeout = '{max(1, round(lock_wait * 1000))}ms'")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await _set_search_path(conn, schema)
         for projection in projections:
             done = await recorded_checksums(conn, projection.name) if record else {}
             for migration in migrations_in(projection.sql_dir):
-                text = migration.path.read_text()
+                text = migration.path.read_bytes().decode("utf-8")
                 if migration.version in done:
                     await _same_as_applied(conn, projection.name, migration, text, done)
                     continue
                 try:
                     await conn.execute(text)
-                except asyncpg.LockNotAvailableError:
-                    raise
                 except asyncpg.PostgresError as exc:
+                    _raise_lock_timeout(exc)
                     raise MigrationError(f"{migration.path}: {exc}") from exc
                 if record:
                     await conn.execute(
@@ -156,19 +166,24 @@ async def _migrate_once(
     return applied
 
 
-async def _idle_in_transaction(conn: asyncpg.Connection) -> list[str]:
-    """The other sessions with a transaction open and nothing running: the usual holders
-    of a lock a migration waits for (pid, user, application, since when)."""
+def _raise_lock_timeout(exc: asyncpg.PostgresError) -> None:
+    if isinstance(exc, asyncpg.LockNotAvailableError) and "lock timeout" in str(exc):
+        raise _LockTimeout() from exc
+
+
+async def _lock_holders(conn: asyncpg.Connection, schema: str) -> list[str]:
+    """The other sessions holding a lock on a table or view of `schema`, the usual
+    reason a migration waits (pg_locks and these columns are visible to every role)."""
     rows = await conn.fetch(
-        "SELECT pid, usename, application_name, xact_start FROM pg_stat_activity "
-        "WHERE state LIKE 'idle in transaction%' AND pid <> pg_backend_pid() "
-        "ORDER BY xact_start LIMIT 5"
+        "SELECT DISTINCT a.pid, a.usename, a.application_name "
+        "FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.granted AND n.nspname = $1 AND l.pid <> pg_backend_pid() "
+        "ORDER BY a.pid LIMIT 5",
+        schema,
     )
-    return [
-        f"pid {r['pid']} ({r['usename']}, {r['application_name'] or '?'}, "
-        f"since {r['xact_start']:%H:%M:%S})"
-        for r in rows
-    ]
+    return [f"pid {r['pid']} ({r['usename']}, {r['application_name'] or '?'})" for r in rows]
 
 
 def checksum(text: str) -> str:
@@ -219,8 +234,7 @@ async def apply_views(conn: asyncpg.Connection, projection: Any) -> None:
     views = Path(projection.sql_dir) / "views.sql"
     if views.exists():
         try:
-            await conn.execute(views.read_text())
-        except asyncpg.LockNotAvailableError:
-            raise
+            await conn.execute(views.read_bytes().decode("utf-8"))
         except asyncpg.PostgresError as exc:
+            _raise_lock_timeout(exc)
             raise MigrationError(f"{views}: {exc}") from exc

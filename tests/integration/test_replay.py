@@ -675,11 +675,28 @@ async def test_a_view_the_replaying_role_could_not_recreate_is_refused_before_th
         await conn.execute("RESET ROLE")
         # (The projection's own view is named too: this writer does not own it either.)
         assert f"bi.invoices_seen (owned by {bi})" in refused
+
+        async def as_writer() -> list[str]:
+            await conn.execute(f'SET ROLE "{writer}"')
+            try:
+                return await dependents.not_recreatable(conn, "projections", ["events"])
+            finally:
+                await conn.execute("RESET ROLE")
+
+        # A member that does not inherit the owner's privileges cannot drop the view.
+        await conn.execute(f'GRANT "{bi}" TO "{writer}" WITH INHERIT FALSE')
+        assert f"bi.invoices_seen (owned by {bi})" in await as_writer()
+        await conn.execute(f'REVOKE "{bi}" FROM "{writer}"')
+        # One that may not SET ROLE to it cannot hand the view back to it (PostgreSQL 16+).
+        await conn.execute(f'GRANT "{bi}" TO "{writer}" WITH SET FALSE')
+        assert f"bi.invoices_seen (owned by {bi})" in await as_writer()
+        await conn.execute(f'REVOKE "{bi}" FROM "{writer}"')
         await conn.execute(f'GRANT "{bi}" TO "{writer}"')
-        await conn.execute(f'SET ROLE "{writer}"')
-        granted = await dependents.not_recreatable(conn, "projections", ["events"])
-        await conn.execute("RESET ROLE")
-        assert f"bi.invoices_seen (owned by {bi})" not in granted
+        assert f"bi.invoices_seen (owned by {bi})" not in await as_writer()
+        # Nor can the view go back to an owner that may no longer create in its schema.
+        await conn.execute(f'REVOKE CREATE ON SCHEMA bi FROM "{bi}"')
+        assert f"bi.invoices_seen (owned by {bi})" in await as_writer()
+        await conn.execute(f'GRANT CREATE ON SCHEMA bi TO "{bi}"')
         # A superuser may act as every role: the replay goes ahead and keeps the view.
         async with dead_letter_producer(ours) as dead_letters:
             await replay(ours, events, StartAt(from_beginning=True), dead_letters)

@@ -201,6 +201,11 @@ def test_a_taken_metrics_port_is_one_line(
         ),
         # A socket folder and the other parameters print as they were written.
         ("postgresql:///db?host=/tmp&password=x y", "postgresql:///db?host=/tmp&password=***"),
+        # A key written percent-encoded is still the password to libpq and asyncpg.
+        (
+            "postgresql://db/lattice?%70assword=S3CRET&x=1",
+            "postgresql://db/lattice?%70assword=***&x=1",
+        ),
     ],
 )
 def test_a_database_url_is_printed_without_its_password(url: str, shown: str) -> None:
