@@ -136,8 +136,10 @@ async def _migrate_once(
     async with conn.transaction(isolation=READ_COMMITTED):
         # Two processes starting together: the second waits, then finds nothing to do.
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
-        if lock_wait is not None:
-            await conn.execute(f"SET LOCAL lock_timeout = '{max(1, round(lock_wait * 1000))}ms'")
+        # The last try (None) waits without a bound, also where the role or the database
+        # sets a lock_timeout of its own.
+        wait_ms = 0 if lock_wait is None else max(1, round(lock_wait * 1000))
+        await conn.execute(f"SET LOCAL lock_timeout = '{wait_ms}ms'")
         await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
         await _set_search_path(conn, schema)
         for projection in projections:

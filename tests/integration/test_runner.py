@@ -32,7 +32,13 @@ from projectors.deadletter import (
 )
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
-from projectors.migrate import MigrationError, checksum, ensure_runtime, migrate
+from projectors.migrate import (
+    LOCK_RETRY_SECONDS,
+    MigrationError,
+    checksum,
+    ensure_runtime,
+    migrate,
+)
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
@@ -343,6 +349,34 @@ async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothi
             assert await asyncio.wait_for(starting, timeout=30) == []
         waits = [e for e in logged if "waits for a lock" in e["event"]]
         assert any(f"pid {bi_pid} " in session for e in waits for session in e["sessions"])
+    finally:
+        await bi.close()
+        await conn.close()
+
+
+async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
+    settings: Settings,
+) -> None:
+    """A database whose sessions have a lock_timeout of their own: the last try still
+    waits for the view (rather than failing the start)."""
+    url = settings.require_database_url()
+    conn, bi = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await migrate(conn, [events])
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '100ms'")
+        starter = await asyncpg.connect(url)
+        reading = bi.transaction()
+        await reading.start()
+        await bi.fetch("SELECT * FROM projections.event_types LIMIT 1")
+        try:
+            starting = asyncio.create_task(migrate(starter, [events], lock_wait=0.1))
+            await asyncio.sleep(2 * LOCK_RETRY_SECONDS + 1)  # the two bounded tries are over
+            assert not starting.done()
+            await reading.rollback()
+            assert await asyncio.wait_for(starting, timeout=30) == []
+        finally:
+            await starter.close()
     finally:
         await bi.close()
         await conn.close()
