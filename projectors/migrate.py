@@ -79,7 +79,7 @@ async def ensure_runtime(conn: asyncpg.Connection) -> None:
     async with conn.transaction(isolation=READ_COMMITTED):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
         for migration in migrations_in(RUNTIME_SQL):
-            await conn.execute(migration.path.read_bytes().decode("utf-8"))
+            await conn.execute(migration.path.read_text(encoding="utf-8"))
 
 
 async def migrate(
@@ -145,7 +145,7 @@ async def _migrate_once(
         for projection in projections:
             done = await recorded_checksums(conn, projection.name) if record else {}
             for migration in migrations_in(projection.sql_dir):
-                text = migration.path.read_bytes().decode("utf-8")
+                text = migration.path.read_text(encoding="utf-8")
                 if migration.version in done:
                     await _same_as_applied(conn, projection.name, migration, text, done)
                     continue
@@ -225,10 +225,7 @@ async def _same_as_applied(
 
 async def recorded_versions(conn: Connection, projector: str) -> set[int]:
     """The migration versions `lattice.migrations` lists as applied for `projector`."""
-    rows = await conn.fetch(
-        "SELECT version FROM lattice.migrations WHERE projector = $1", projector
-    )
-    return {row["version"] for row in rows}
+    return set(await recorded_checksums(conn, projector))
 
 
 async def apply_views(conn: asyncpg.Connection, projection: Any) -> None:
@@ -236,7 +233,7 @@ async def apply_views(conn: asyncpg.Connection, projection: Any) -> None:
     views = Path(projection.sql_dir) / "views.sql"
     if views.exists():
         try:
-            await conn.execute(views.read_bytes().decode("utf-8"))
+            await conn.execute(views.read_text(encoding="utf-8"))
         except asyncpg.PostgresError as exc:
             _raise_lock_timeout(exc)
             raise MigrationError(f"{views}: {exc}") from exc

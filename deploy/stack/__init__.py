@@ -94,7 +94,8 @@ def up(settings: Settings) -> StackInfo:
 def _up(settings: Settings) -> StackInfo:
     began = time.monotonic()
     home = settings.home
-    if _kafka_is_external(settings):
+    local_kafka = not _kafka_is_external(settings)
+    if not local_kafka:
         bootstrap, kafka_started = settings.kafka_bootstrap, False
         kafka.wait_ready(bootstrap, timeout=30)
     else:
@@ -125,7 +126,7 @@ def _up(settings: Settings) -> StackInfo:
         )
     )
     values = {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url}
-    if not _kafka_is_external(settings):
+    if local_kafka:
         values["LATTICE_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
     write_env(stack_env_path(home), values)
     return StackInfo(

@@ -190,12 +190,12 @@ async def _find_missing(
             try:
                 await _add_missing(conn, topic, listing, account, missing, state, report)
             except StripeAPIError as exc:
-                if n == 0 and account is None:
-                    raise  # the platform's first listing: the key itself
                 if n == 0:
+                    if account is None:
+                        raise  # the platform's first listing: the key itself
                     # The platform listed with this key, so the refusal is this account's
                     # (access revoked): the others' missing events are still worth appending.
-                    state.refused[account or "platform"] = str(exc)
+                    state.refused[account] = str(exc)
                     log.warning("account not listed", account=account, error=str(exc))
                     break
                 # A listing after one Stripe gave (a restricted key without access to v2
