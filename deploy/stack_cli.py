@@ -42,6 +42,8 @@ def register(commands: Any) -> None:
             "partitions",
             "replication_factor",
             "kafka_bootstrap",
+            "topic",
+            "usage_topic",
             "database_url",
         ),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from schemas.envelope import rfc3339_moment
+
 
 class ArgumentError(ValueError):
     """A TIME or PARTITION:OFFSET argument that cannot be read; the message shows the form."""
@@ -29,14 +31,17 @@ def _read_time(text: str) -> datetime:
         pass
     except OverflowError:
         raise ArgumentError(f"TIME {text!r} is out of range") from None
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
+    moment = rfc3339_moment(raw)
+    if moment is None:
+        try:  # a date and time without an offset: say what is missing
+            naive = datetime.fromisoformat(raw).tzinfo is None
+        except ValueError:
+            naive = False
+        if naive:
+            raise ArgumentError(f"TIME {text!r} has no UTC offset: add Z or +00:00")
         raise ArgumentError(
             f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
-        ) from None
-    if moment.tzinfo is None:
-        raise ArgumentError(f"TIME {text!r} has no UTC offset: add Z or +00:00")
+        )
     try:
         return moment.astimezone(UTC)
     except OverflowError:  # 0001-01-01T00:00:00+01:00 has no UTC date

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -112,6 +113,34 @@ def test_stack_up_checks_that_a_database_it_did_not_create_lets_us_in(stack: Sta
         result.stderr
     )
     assert env_file.read_text() == before
+
+
+def test_stack_up_creates_topics_of_other_names_and_stack_env_names_them(stack: Stack) -> None:
+    """`stack up --topic --usage-topic` (every setting is also a flag) on the running
+    stack: it creates those topics and its stack.env points the commands run from it at
+    them (the stack.env of the session's own stack is put back afterwards)."""
+    events, usage = f"t{uuid.uuid4().hex[:8]}.events", f"t{uuid.uuid4().hex[:8]}.usage"
+    env_file = load_settings().home / "stack.env"
+    before = env_file.read_text()
+    try:
+        result = subprocess.run(
+            [*LATTICE, "stack", "up", "--topic", events, "--usage-topic", usage],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"created {events}, {events}.dlq, {usage}" in result.stderr
+        created = asyncio.run(_topic_names(stack.kafka_bootstrap))
+        assert {events, f"{events}.dlq", usage} <= created
+        written = env_file.read_text()
+        assert f"export LATTICE_TOPIC={events}\n" in written
+        assert f"export LATTICE_USAGE_TOPIC={usage}\n" in written
+        assert "LATTICE_TOPIC" not in before
+    finally:
+        env_file.write_text(before)
+        asyncio.run(delete_topics(stack.kafka_bootstrap, [events, f"{events}.dlq", usage]))
 
 
 async def test_a_private_broker_keeps_its_data_across_stop_and_start(tmp_path: Path) -> None:

@@ -72,11 +72,25 @@ def test_time_accepts_rfc3339_and_unix_seconds() -> None:
     assert parse_time("2026-11-01T00:00:00Z") == datetime(2026, 11, 1, tzinfo=UTC)
     assert parse_time("2026-11-01T01:00:00+01:00") == datetime(2026, 11, 1, tzinfo=UTC)
     assert parse_time("1793491200") == datetime.fromtimestamp(1793491200, UTC)
+    # RFC 3339 lets `T` and `Z` be lower case (fromisoformat on 3.11 refuses the `z`).
+    assert parse_time("2026-11-01t00:00:00z") == datetime(2026, 11, 1, tzinfo=UTC)
+    assert parse_time("2026-11-01 00:00:00.5Z") == datetime(2026, 11, 1, 0, 0, 0, 500000, UTC)
 
 
-@pytest.mark.parametrize("text", ["yesterday", "2026-11-01T00:00:00", ""])
-def test_time_refuses_what_it_cannot_place(text: str) -> None:
-    with pytest.raises(ArgumentError):
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("yesterday", "neither RFC 3339"),
+        ("", "neither RFC 3339"),
+        ("2026-11-01T00:00:00", "no UTC offset"),
+        ("2026-11-01", "no UTC offset"),
+        ("2026-11-01T00:00+00:00", "neither RFC 3339"),  # RFC 3339 has seconds
+        ("2026-11-01T00:00:00+0000", "neither RFC 3339"),
+        ("2026-02-30T00:00:00Z", "neither RFC 3339"),
+    ],
+)
+def test_time_refuses_what_it_cannot_place(text: str, said: str) -> None:
+    with pytest.raises(ArgumentError, match=said):
         parse_time(text)
 
 
