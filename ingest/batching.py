@@ -145,6 +145,8 @@ class Batcher:
                 batch = self.producer.create_batch()
                 members: list[asyncio.Future[Ack]] = []
                 for record, future in group:
+                    if future.done():  # its caller gave up while we waited: a 503, retried
+                        continue
                     if not _append(batch, record):
                         sent.append(await self._send(batch, partition, members, handed))
                         batch, members = self.producer.create_batch(), []

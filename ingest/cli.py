@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -36,7 +37,10 @@ def register(commands: Any) -> None:
         "serve",
         help="run the webhook receiver",
         description="Verify Stripe webhooks on POST /webhooks/{endpoint} and append them to "
-        "the event log. Secrets: LATTICE_WEBHOOK_SECRETS=endpoint=whsec_...,...",
+        "the event log (the topic must exist: `lattice stack up` creates it, on a "
+        "cluster of your own too; until then every delivery gets 503). Also serves GET /healthz "
+        "(alive), /readyz (503 while Kafka cannot take records) and /metrics "
+        "(Prometheus). Secrets: LATTICE_WEBHOOK_SECRETS=endpoint=whsec_...,...",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=8000, help="port to listen on (8000)")
@@ -55,12 +59,13 @@ def register(commands: Any) -> None:
         description="Sign FILE (or - for stdin) with the endpoint's secret and post it; "
         "prints the receiver's answer. Exit status 0 on 2xx, 1 otherwise.",
     )
-    send.add_argument("file", help="a JSON Stripe event, or - for stdin")
+    send.add_argument("file", metavar="FILE", help="a JSON Stripe event, or - for stdin")
     send.add_argument("--endpoint", required=True, help="endpoint name, e.g. platform")
     send.add_argument("--url", default=DEFAULT_URL, help=f"receiver base URL ({DEFAULT_URL})")
     send.add_argument(
         "--secret",
-        help="signing secret (default: the endpoint's last one in LATTICE_WEBHOOK_SECRETS)",
+        help="signing secret (default: the endpoint's last one in LATTICE_WEBHOOK_SECRETS; "
+        "a flag shows in the process list, the variable does not)",
     )
     send.set_defaults(handler=run_send)
 
@@ -96,7 +101,8 @@ def run_send(args: argparse.Namespace) -> int:
                 "add it there or pass --secret"
             )
         secret = secrets[-1]
-    url = f"{args.url.rstrip('/')}/webhooks/{args.endpoint}"
+    # One path segment, whatever the name holds (`#`, `/` or a space would change the URL).
+    url = f"{args.url.rstrip('/')}/webhooks/{quote(args.endpoint, safe='')}"
     headers = {
         "Stripe-Signature": sign_header(body, secret, int(time.time())),
         "Content-Type": "application/json; charset=utf-8",
@@ -107,7 +113,11 @@ def run_send(args: argparse.Namespace) -> int:
     except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL: a URL httpx cannot use
         print(f"lattice: could not POST to {url}: {exc}", file=sys.stderr)
         return 1
-    print(f"{answer.status_code} {answer.reason_phrase}")
+    retry_after = answer.headers.get("Retry-After")
+    print(
+        f"{answer.status_code} {answer.reason_phrase}"
+        + (f" (Retry-After: {retry_after} s)" if retry_after is not None else "")
+    )
     print(answer.text)
     return 0 if answer.is_success else 1
 

@@ -76,12 +76,13 @@ class Publisher:
         self._retiring: asyncio.Task[None] | None = None
         self._closing = False
         self._deadlines = Deadlines(timeout)
-        self._no_answer = f"Kafka at {bootstrap} does not answer"
+        # /readyz answers on the public port: its reasons never name the brokers (the log does).
+        self._no_answer = "Kafka does not answer"
         self._failed_tries = 0  # since the last line that said so
         self._said: tuple[str, float] | None = None  # that line's event and time
         self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
-        self.unready = f"not connected to Kafka at {bootstrap} yet"
+        self.unready = "not connected to Kafka yet"
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
@@ -117,9 +118,7 @@ class Publisher:
                 # The topic first (without naming it, so no broker auto-creates it), and
                 # only then the idempotent producer: each one started takes a producer id.
                 if await missing_topics(self._bootstrap, [self.topic], timeout=self._timeout):
-                    self.unready = (
-                        f"topic {self.topic} does not exist on Kafka at {self._bootstrap}"
-                    )
+                    self.unready = f"topic {self.topic} does not exist on Kafka"
                     self._say("kafka_topic_missing", topic=self.topic)
                     return False
                 producer = self._new_producer()

@@ -180,10 +180,10 @@ class Webhook:
         if secrets is None:
             # Unknown names share one label so that probing cannot grow the metrics.
             endpoint_label, outcome = "unknown", "unknown_endpoint"
-            detail["requested"] = endpoint[:64]  # in the log only: which URL is wrong
+            detail["requested"] = named = endpoint[:64]  # which URL is wrong, cut short
             expects = request_headers(scope["headers"])[2]
             response = error(
-                404, outcome, f"no webhook endpoint named {endpoint!r}", CLOSE if expects else None
+                404, outcome, f"no webhook endpoint named {named!r}", CLOSE if expects else None
             )
         else:
             endpoint_label = endpoint

@@ -121,6 +121,13 @@ async def test_send_signs_like_stripe_and_serve_appends(
     assert "400 Bad Request" in out
     assert "bad_signature" in out
 
+    # The name is one path segment, whatever it holds (unquoted, `#` would end the path).
+    named = ["--endpoint", "plat#form", "--secret", "whsec_any", "--url", url]
+    code, out = await send(env, str(event_file), *named)
+    assert code == 1
+    assert "404 Not Found" in out
+    assert "no webhook endpoint named 'plat#form'" in out
+
     # Over real sockets the oversize body is refused from its Content-Length.
     async with httpx.AsyncClient() as client:
         answer = await client.post(f"{url}/webhooks/platform", content=b"{" * (1024 * 1024 + 1))
