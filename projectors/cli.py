@@ -100,7 +100,9 @@ def register(commands: Any) -> None:
         "status",
         help="per projector and partition: position, lag, dead letters",
         description="Stored position, log end, lag, time of the last applied event and "
-        "dead letters, per projector and partition (replays in progress included).",
+        "dead letters, per projector and partition (replays in progress included); then, "
+        "on stderr, what a projection finds wrong with its tables (a meter no event "
+        "described, whose usage cannot be reconciled).",
     )
     status_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
     status_cmd.add_argument("--json", action="store_true", help="one JSON array on stdout")
@@ -195,13 +197,15 @@ def run_migrate(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     """`lattice status [NAME ...] [--json]`."""
     settings = settings_from(args)
-    statuses = asyncio.run(
-        status.collect(settings, catalog.select(args.names), others=not args.names)
-    )
+    projections = catalog.select(args.names)
+    statuses = asyncio.run(status.collect(settings, projections, others=not args.names))
     if args.json:
         import orjson
 
         sys.stdout.write(orjson.dumps([s.as_json() for s in statuses]).decode() + "\n")
     else:
         print(status.render(statuses))
+    # On stderr, so that --json's stdout stays one array.
+    for line in asyncio.run(status.warnings(settings, projections)):
+        print(f"warning: {line}", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer
 
 from deploy import kafka_options
 from deploy.settings import Settings
+from projectors.base import LIVE_SCHEMA
 from projectors.shadow import replay_key
 from projectors.topic_partitions import partitions_of
 
@@ -105,6 +106,25 @@ async def collect(
                 )
             )
     return result
+
+
+async def warnings(settings: Settings, projections: Sequence[Any]) -> list[str]:
+    """What each projection (with a `warnings(conn, schema)`) says is wrong with its live
+    tables, beyond positions: "<name>: <what>"; nothing for tables not migrated yet."""
+    checks = [(p.name, p.warnings) for p in projections if hasattr(p, "warnings")]
+    if not checks:
+        return []
+    conn = await asyncpg.connect(settings.require_database_url())
+    found: list[str] = []
+    try:
+        for name, check in checks:
+            try:
+                found += [f"{name}: {line}" for line in await check(conn, LIVE_SCHEMA)]
+            except asyncpg.UndefinedTableError:
+                continue
+    finally:
+        await conn.close()
+    return found
 
 
 def render(statuses: Sequence[PartitionStatus]) -> str:

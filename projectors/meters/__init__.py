@@ -45,5 +45,28 @@ class MetersProjection:
         """Batched SQL in the runner's transaction, then the affected rows are recomputed."""
         await store.apply(conn, changes)
 
+    async def warnings(self, conn: asyncpg.Connection, schema: str) -> list[str]:
+        """What `lattice status` says about these tables in `schema`: meters that prices
+        name but no event described (their `billing.meter.created` is older than the
+        log), whose usage is therefore never reconciled."""
+        unknown = await conn.fetch(
+            f"SELECT mp.meter, count(*) AS prices FROM {schema}.meter_prices mp "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {schema}.meters m WHERE m.id = mp.meter) "
+            "GROUP BY mp.meter ORDER BY mp.meter"
+        )
+        if not unknown:
+            return []
+        named = ", ".join(r["meter"] for r in unknown[:MAX_NAMED])
+        more = f" and {len(unknown) - MAX_NAMED} more" if len(unknown) > MAX_NAMED else ""
+        return [
+            f"{len(unknown)} meter(s) named by prices but described by no event on the log "
+            f"({named}{more}): their usage is not reconciled. Their billing.meter.created is "
+            "older than the log; an update of each meter (its display name) sends "
+            "billing.meter.updated, which describes it (README: Meters older than the log)"
+        ]
+
+
+MAX_NAMED = 5  # meter ids a warning names; the rest are counted
+
 
 projection = MetersProjection()

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
+from deploy.settings import Settings
+from projectors import status as status_command
 from projectors.base import Record
 from projectors.meters import projection
 from projectors.meters import store as meters_store
@@ -999,3 +1005,44 @@ async def test_a_fact_counts_for_the_clock_no_later_than_it_was_reported(
                 schema,
                 first,
             )
+
+
+async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_describes_it(
+    conn: asyncpg.Connection, settings: Settings
+) -> None:
+    """A company that billed by meter before it ran Lattice: its meters' `created` events
+    are older than the log (and than backfill's 30 days), so no row can be reconciled for
+    them. `lattice status` says so, naming them, until `billing.meter.updated` describes
+    each."""
+    meter = billing_meter(event_name="old_calls")
+    records = metered_subscription("cus_old", meter, (T0, T0 + MONTH), "4")
+    await project(conn, "projections", [records])
+    said = await status_command.warnings(settings, [projection])
+    assert len(said) == 1
+    assert said[0].startswith(
+        f"meters: 1 meter(s) named by prices but described by no event on "
+        f"the log ({meter['id']}): their usage is not reconciled."
+    )
+    assert await fetch(conn, "projections", "SELECT count(*) FROM meter_reconciliation") == [(0,)]
+    env = {
+        **os.environ,
+        "LATTICE_DATABASE_URL": settings.require_database_url(),
+        "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "LATTICE_TOPIC": settings.topic,
+        "LATTICE_USAGE_TOPIC": settings.usage_topic,
+    }
+    command = [sys.executable, "-m", "deploy.cli", "status", "meters", "--json"]
+    shown = await asyncio.to_thread(
+        subprocess.run, command, capture_output=True, text=True, env=env, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert isinstance(orjson.loads(shown.stdout), list)  # stdout stays one JSON array
+    assert f"warning: {said[0]}\n" in shown.stderr
+
+    updated = meter_event(meter, created=T0 + MONTH, kind="updated")
+    await project(conn, "projections", [[stripe_record(updated)]], fresh=False)
+    assert await status_command.warnings(settings, [projection]) == []
+    rows = await fetch(
+        conn, "projections", "SELECT customer, reported_value FROM meter_reconciliation"
+    )
+    assert rows == [("cus_old", Decimal(4))]
