@@ -129,6 +129,7 @@ async def replay(
             retries=settings.poison_retries,
             hydrate=hydrate,
             stop=stop,
+            event_log=settings.topic,
         )
         started = time.monotonic()
         catching_up = CatchUp(consumer, applier, settings, lock, stop, on_progress, started)

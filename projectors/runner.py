@@ -79,6 +79,7 @@ class ProjectionRunner:
             retries=settings.poison_retries,
             hydrate=hydrate,
             stop=self.stop,
+            event_log=settings.topic,
         )
         # Stored position of each assigned partition (None: nothing stored yet), and the
         # next offset to take from a fetch (ahead of the stored one while a batch writes).

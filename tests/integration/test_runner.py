@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +29,11 @@ from projectors.deadletter import (
     HEADER_ORIGIN_PARTITION,
     HEADER_ORIGIN_TOPIC,
     HEADER_PROJECTOR,
+    DeadLetter,
 )
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import (
-    LOCK_RETRY_SECONDS,
     MigrationError,
     checksum,
     ensure_runtime,
@@ -43,6 +43,7 @@ from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
 from tests.conftest import Stack, Topics
+from tests.integration.test_receiver import subscription_event
 from tests.support.audit_projection import AuditProjection, NoDeadLetters, applied_counts
 from tests.support.kafka import read_all
 from tests.support.projectors import log_ends, positions, rows, running
@@ -369,10 +370,26 @@ async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
         reading = bi.transaction()
         await reading.start()
         await bi.fetch("SELECT * FROM projections.event_types LIMIT 1")
+        starter_pid = await starter.fetchval("SELECT pg_backend_pid()")
+
+        async def tries_and_wait() -> tuple[int, str | None]:
+            tries = sum(1 for e in logged if "waits for a lock" in e["event"])
+            waits = await conn.fetchval(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", starter_pid
+            )
+            return tries, waits
+
         try:
-            starting = asyncio.create_task(migrate(starter, [events], lock_wait=0.1))
-            await asyncio.sleep(2 * LOCK_RETRY_SECONDS + 1)  # the two bounded tries are over
-            assert not starting.done()
+            with structlog.testing.capture_logs() as logged:
+                starting = asyncio.create_task(migrate(starter, [events], lock_wait=0.1))
+                # Two bounded tries said they wait, and the last one waits for the lock ...
+                await eventually(
+                    tries_and_wait, lambda got: got == (2, "Lock"), what="the last try waiting"
+                )
+                # ... past the database's own lock_timeout, several times over.
+                await asyncio.sleep(0.5)
+                assert not starting.done()
+                assert await tries_and_wait() == (2, "Lock")
             await reading.rollback()
             assert await asyncio.wait_for(starting, timeout=30) == []
         finally:
@@ -763,3 +780,71 @@ async def test_a_stored_position_past_the_log_end_stops_the_runner_with_what_to_
     with pytest.raises(ConfigError, match=rf"position 500 of {settings.topic}:0 is past"):
         await asyncio.wait_for(runner.run(), timeout=60)
     assert await applied_counts(conn) == {}
+
+
+class KeptDeadLetters:
+    """A dead-letter sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    async def send(self, letters: Sequence[DeadLetter]) -> int:
+        self.letters += letters
+        return len(letters)
+
+
+async def test_a_record_of_the_log_without_the_receivers_headers_is_checked_as_a_body(
+    settings: Settings,
+) -> None:
+    """A record put on the log by someone else's producer (no `stripe-event-id` header):
+    what the receiver would have refused (here an event without `"object": "event"`) is a
+    dead letter, in every projection alike, rather than rows in some tables and not in
+    others. The same body with the receiver's headers, and a real event without them,
+    are applied as ever."""
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    try:
+        await migrate(conn, [events])
+        sink = KeptDeadLetters()
+        applier = BatchApplier(
+            events,
+            pool,
+            sink,
+            schema="projections",
+            projector_key="events",
+            event_log=settings.topic,
+        )
+        real, headless, received = (subscription_event(n) for n in range(3))
+        headless.pop("object")
+        received.pop("object")
+        tp = TopicPartition(settings.topic, 0)
+        batch = [
+            Record(settings.topic, 0, 0, b"k", orjson.dumps(real), {}, 0),
+            Record(settings.topic, 0, 1, b"k", orjson.dumps(headless), {}, 0),
+            Record(
+                settings.topic,
+                0,
+                2,
+                b"k",
+                orjson.dumps(received),
+                {"stripe-event-id": received["id"].encode()},
+                0,
+            ),
+        ]
+        outcome = await applier.commit({tp: batch}, {tp: None})
+    finally:
+        await pool.close()
+    try:
+        indexed = {r["id"] for r in await conn.fetch("SELECT id FROM projections.events")}
+    finally:
+        await conn.close()
+    assert indexed == {real["id"], received["id"]}
+    assert [(letter.record.offset, letter.error) for letter in sink.letters] == [
+        (
+            1,
+            "reduce failed after 3 attempts: PoisonRecord: not a Stripe event: "
+            "`object` is neither `event` nor `v2.core.event`",
+        )
+    ]
+    assert outcome.dead == 1
