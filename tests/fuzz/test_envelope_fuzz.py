@@ -94,7 +94,7 @@ def test_any_json_value_is_an_event_or_refused(value: Any, cases: Counter[str]) 
     check(json.dumps({**_samples()[0], "data": value}).encode())
 
 
-@fuzz_settings(600)
+@fuzz_settings(1000)
 @given(data=st.data(), which=st.integers(0, 2))
 def test_real_events_with_fields_changed(
     data: st.DataObject, which: int, cases: Counter[str]

@@ -146,7 +146,7 @@ def test_a_signature_for_another_body_is_refused(
     assert verify(other, header, [SECRET], now=NOW, tolerance=TOLERANCE) == t
 
 
-@fuzz_settings(100)
+@fuzz_settings(400)
 @given(
     entries=st.integers(1_000, 20_000),
     position=st.floats(0, 1),
