@@ -82,6 +82,12 @@ async def test_a_shuffled_duplicated_log_projects_to_the_expected_balances(
         )
         assert positions == len(logged)
         ledger_rows = await conn.fetch(LEDGER)
+        # Row for row what the pure model of the projection (reduce, then fold) books for
+        # the stream: SQL and Python agree on every movement, not only on their count.
+        assert {
+            (r["kind"], r["source_id"]): (r["account"], r["currency"], r["amount"])
+            for r in ledger_rows
+        } == {key: (e.account, e.currency, e.amount) for key, e in expected_entries.items()}
         assert len(ledger_rows) == len(expected_entries)
 
         # `lattice replay connect --from-beginning`: the rebuilt tables and the views over

@@ -22,8 +22,12 @@ class ReadRecord:
     timestamp_ms: int
 
 
-async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> list[ReadRecord]:
-    """Every record of `topic` from the beginning to the current end, by partition and offset."""
+async def read_all(
+    bootstrap: str, topic: str, *, timeout_ms: int = 2000, missing_ok: bool = False
+) -> list[ReadRecord]:
+    """Every record of `topic` from the beginning to the current end, by partition and
+    offset. A topic that does not exist is an AssertionError unless `missing_ok`: "nothing
+    was written" must not pass because the records went to another topic."""
     consumer = AIOKafkaConsumer(
         **kafka_options.options(),
         bootstrap_servers=bootstrap,
@@ -34,6 +38,7 @@ async def read_all(bootstrap: str, topic: str, *, timeout_ms: int = 2000) -> lis
     try:
         tps = await partitions_of(consumer, [topic], missing_ok=True)
         if not tps:
+            assert missing_ok, f"topic {topic} does not exist"
             return []
         consumer.assign(tps)
         ends = await consumer.end_offsets(tps)
