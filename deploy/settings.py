@@ -175,6 +175,17 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _topics_differ(self) -> Settings:
+        # A usage fact carries no Stripe headers: on the event log every projection would
+        # check it as a Stripe event and dead-letter it.
+        if self.usage_topic in (self.topic, self.dlq_topic):
+            raise ValueError(
+                f"{ENV_PREFIX}USAGE_TOPIC={self.usage_topic} must differ from {ENV_PREFIX}TOPIC "
+                "and its dead-letter topic: usage facts are not Stripe events"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Settings:
         if self.kafka_security_protocol.startswith("SASL_") and not (
             self.kafka_sasl_username and self.kafka_sasl_password

@@ -38,7 +38,10 @@ def _read_time(text: str) -> datetime:
         except ValueError:
             naive = False
         if naive:
-            raise ArgumentError(f"TIME {text!r} has no UTC offset: add Z or +00:00")
+            raise ArgumentError(
+                f"TIME {text!r} has no UTC offset: write a date, a time with seconds and "
+                "Z or +00:00 (2026-11-01T00:00:00Z)"
+            )
         raise ArgumentError(
             f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
         )

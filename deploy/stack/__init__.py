@@ -128,12 +128,6 @@ def _up(settings: Settings) -> StackInfo:
     values = {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url}
     if local_kafka:
         values["LATTICE_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
-    # Topics of other names (`--topic`, `--usage-topic`): the commands run from stack.env
-    # use the topics it created.
-    for name in ("topic", "usage_topic"):
-        chosen = getattr(settings, name)
-        if chosen != Settings.model_fields[name].default:
-            values[f"LATTICE_{name.upper()}"] = chosen
     write_env(stack_env_path(home), values)
     return StackInfo(
         bootstrap, database_url, kafka_started, pg_started, created, time.monotonic() - began

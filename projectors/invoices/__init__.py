@@ -18,12 +18,6 @@ class InvoicesProjection:
 
     name = "invoices"
     sql_dir = Path(__file__).resolve().parent / "sql"
-    # A finalized invoice's lines past the webhook's first page are fetched (with an API
-    # key; cached, so a replay reads the same): `invoice_lines` holds them all. No thin
-    # event is fetched: none is about an invoice.
-    hydrate_thin_events = True
-    thin_event_types: frozenset[str] = frozenset()
-    complete_lines = True
 
     def topics(self, settings: Settings) -> Sequence[str]:
         """The event log."""

@@ -15,8 +15,6 @@ import pytest
 from aiokafka import TopicPartition
 
 from projectors.base import HydrationUnavailable, Record
-from projectors.batch import BatchApplier
-from projectors.invoices import projection as invoices
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime, migrate
 from projectors.stripe_api.hydrate import Hydrator
@@ -31,7 +29,6 @@ from tests.fixtures.stripe_objects import (
 )
 from tests.integration.test_hydrate import fake, make_client, meters_applier, pool
 from tests.integration.test_meters_store import fetch, finalized_invoice
-from tests.support.audit_projection import NoDeadLetters
 from tests.support.fake_stripe import FakeStripe
 from tests.support.meter_payloads import stripe_record
 from tests.support.meter_scenario import billing_month
@@ -290,55 +287,3 @@ async def test_lines_fetched_in_the_other_eras_shape_are_judged_the_same(
         )
     assert sorted(await fetch(conn, "lines_other_era", query)) == expected
     assert len(fake.requests_to("/v1/invoices/")) == 1
-
-
-async def project_invoices(
-    conn: asyncpg.Connection, schema: str, hydrator: Hydrator, records: Sequence[Record]
-) -> None:
-    """`records` through the invoices projection's batch step, into a fresh `schema`."""
-    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    await migrate(conn, [invoices], schema=schema, record=False)
-    applier = BatchApplier(
-        invoices,
-        hydrator.pool,
-        NoDeadLetters(),
-        schema=schema,
-        projector_key="invoices",
-        hydrate=hydrator,
-    )
-    prepared = await asyncio.wait_for(applier.prepare({TP: list(records)}), 30)
-    assert prepared.dead == []
-    async with conn.transaction():
-        await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-        await invoices.apply(conn, [c for _, changes in prepared.reduced for c in changes])
-
-
-async def test_the_invoices_projection_keeps_every_line_of_a_finalized_invoice(
-    conn: asyncpg.Connection, fake: FakeStripe, pool: asyncpg.Pool
-) -> None:
-    """`invoice_lines` holds the lines past the webhook's first page too, fetched once
-    (the cache the meters projection shares); without a key, the first page and
-    `lines_complete` false."""
-    scenario = billing_month()
-    legacy = finalized_invoice(scenario, "cus_legacy")
-    (metered,) = legacy["lines"]["data"]
-    seat = invoice_line(era="legacy", invoice=legacy["id"])
-    paid = dict(first_page(legacy, [seat]), status="paid")
-    record = stripe_record(event("invoice.paid", paid, created=T0 + MONTH + 600, era="legacy"))
-    fake.add_lines(legacy["id"], [seat, metered])
-    stored = (
-        "SELECT i.lines_complete, array_agg(l.id ORDER BY l.id) FROM invoices i "
-        f"JOIN invoice_lines l ON l.invoice = i.id WHERE i.id = '{legacy['id']}' "
-        "GROUP BY i.lines_complete"
-    )
-
-    await project_invoices(conn, "invoice_lines_unknown", Hydrator(pool, None), [record])
-    assert await fetch(conn, "invoice_lines_unknown", stored) == [(False, [seat["id"]])]
-    async with make_client(fake) as client:
-        hydrator = Hydrator(pool, client)
-        for schema in ("invoice_lines_fetched", "invoice_lines_cached"):
-            await project_invoices(conn, schema, hydrator, [record])
-            assert await fetch(conn, schema, stored) == [
-                (True, sorted([seat["id"], metered["id"]]))
-            ], schema
-    assert len(fake.requests_to("/v1/invoices/")) == 1  # the second run read the cache

@@ -343,3 +343,11 @@ def test_sasl_without_credentials_and_a_ca_file_that_is_not_pem_are_one_line(
 
         monkeypatch.undo()
         kafka_options.configure(Settings())
+
+
+@pytest.mark.parametrize("usage_topic", ["stripe.events", "stripe.events.dlq"])
+def test_usage_facts_never_share_the_event_log(usage_topic: str) -> None:
+    """A usage fact has no Stripe headers: on the event log, every projection would check
+    it as a Stripe event and dead-letter it, and reconciliation would count no usage."""
+    with pytest.raises(ConfigError, match=r"LATTICE_USAGE_TOPIC=.* must differ from"):
+        load_settings({"usage_topic": usage_topic})
