@@ -8,6 +8,7 @@ committed file equal to it).
 
 from __future__ import annotations
 
+import json
 import re
 from decimal import Decimal
 from enum import StrEnum
@@ -102,13 +103,27 @@ class UsageFact(BaseModel):
 def parse_usage_fact(raw: bytes) -> UsageFact:
     """Validate one record value; UsageFactError names every field that is wrong."""
     try:
-        return UsageFact.model_validate_json(raw)
+        fact = UsageFact.model_validate_json(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'the record'}: {err['msg']}"
             for err in exc.errors(include_url=False)
         )
         raise UsageFactError(f"not a usage fact: {problems}") from None
+    # (Not the hot path: the meters reducer reads the plain shape, a string value, itself.)
+    exact = _number_as_written(raw)
+    if exact is not None and exact != fact.value:
+        fact = fact.model_copy(update={"value": exact})
+    return fact
+
+
+def _number_as_written(raw: bytes) -> Decimal | None:
+    """The `value` of a fact written as a JSON number with a fraction or an exponent, read
+    from its digits: a float keeps about 17 significant ones, so 12345678901234567890.5
+    would arrive as 12345678901234567000 (a Java or Go BigDecimal writes such numbers).
+    None for a string or a whole number (read exactly already)."""
+    value = json.loads(raw, parse_float=Decimal).get("value")
+    return value if isinstance(value, Decimal) else None
 
 
 def json_schema() -> dict[str, Any]:

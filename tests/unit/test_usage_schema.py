@@ -62,6 +62,16 @@ def test_value_is_an_exact_decimal_from_a_string_or_a_number(
     assert parse_usage_fact(fact_json(value=raw)).value == expected
 
 
+@pytest.mark.parametrize(
+    "written", ["12345678901234567890.5", "1.00000000000000000001", "2.5e-20", "1E+30"]
+)
+def test_a_number_keeps_every_digit_it_was_written_with(written: str) -> None:
+    """Past a float's ~17 significant digits (a Java or Go BigDecimal writes them): the
+    value is what the producer wrote, as Stripe, which takes it as text, would read it."""
+    raw = fact_json().replace(b'"value": "3"', f'"value": {written}'.encode())
+    assert parse_usage_fact(raw).value == Decimal(written)
+
+
 def test_tenths_add_up_exactly() -> None:
     fact = parse_usage_fact(fact_json(value=0.1))
     assert sum([fact.value] * 10, Decimal(0)) == Decimal(1)
