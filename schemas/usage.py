@@ -122,7 +122,10 @@ def _number_as_written(raw: bytes) -> Decimal | None:
     from its digits: a float keeps about 17 significant ones, so 12345678901234567890.5
     would arrive as 12345678901234567000 (a Java or Go BigDecimal writes such numbers).
     None for a string or a whole number (read exactly already)."""
-    value = json.loads(raw, parse_float=Decimal).get("value")
+    try:
+        value = json.loads(raw, parse_float=Decimal).get("value")
+    except (ValueError, RecursionError):  # the model read it; keep what the model read
+        return None
     return value if isinstance(value, Decimal) else None
 
 
