@@ -239,3 +239,44 @@ def test_no_container_is_handed_every_secret() -> None:
     # Every container gets the Kafka login when the Secret has one: a ConfigMap saying
     # SASL_SSL makes every command (even `migrate`) require it.
     assert all(kafka_login <= names for names in keys.values())
+
+
+def test_every_pod_meets_the_restricted_pod_security_level() -> None:
+    """Namespaces that enforce Kubernetes' `restricted` level refuse a pod without a
+    seccomp profile; a ResourceQuota refuses a container without requests."""
+    for doc in _by_kind("Deployment") + _by_kind("Job"):
+        pod = doc["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, doc
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            assert container["resources"]["requests"], container["name"]
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_a_projector_release_that_cannot_start_stops_its_rollout() -> None:
+    """Projectors have no readiness probe (they serve no traffic): a new pod counts as
+    available only after a while without crashing, so a release that cannot start (a
+    wrong password, a refused migration) leaves the old pods projecting."""
+    projectors = [
+        d for d in _by_kind("Deployment") if d["metadata"]["name"].startswith("lattice-projector")
+    ]
+    assert projectors
+    for doc in projectors:
+        assert doc["spec"]["minReadySeconds"] >= 30, doc["metadata"]["name"]
+
+
+def test_only_the_projectors_are_given_the_stripe_key_in_compose() -> None:
+    services = _compose()["services"]
+    given = {
+        name
+        for name, service in services.items()
+        if "LATTICE_STRIPE_API_KEY" in (service.get("environment") or {})
+    }
+    assert given == {"projectors"}
+    assert services["projectors"]["ports"] == ["127.0.0.1:9100:9100"]
+
+
+def test_the_receivers_disruption_budget_never_blocks_a_drain() -> None:
+    (budget,) = _by_kind("PodDisruptionBudget")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in budget["spec"]
