@@ -117,8 +117,10 @@ async def test_counts_beyond_samples_and_held_facts_are_visible(conn: asyncpg.Co
         f"WHERE meter = '{sum_meter}'",
     )
     assert unattributed == [(2,)]
-    held = await fetch(conn, "projections", "SELECT identifier, customer FROM unplaced_usage")
-    assert held == [("ghost", "cus_ghost")]
+    held = await fetch(
+        conn, "projections", "SELECT identifier, customer, reason FROM unplaced_usage"
+    )
+    assert held == [("ghost", "cus_ghost", "no_meter")]  # no meter has its event name
     rejected = await fetch(
         conn, "projections", "SELECT identifier, code FROM meter_rejections ORDER BY identifier"
     )
@@ -1016,6 +1018,9 @@ async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_desc
     each."""
     meter = billing_meter(event_name="old_calls")
     records = metered_subscription("cus_old", meter, (T0, T0 + MONTH), "4")
+    # And a customer with no subscription to it (the app's mistake, or one not seen yet).
+    stray = usage_fact("u-stray", "cus_stray", "2", event_name="old_calls", timestamp=T0 + DAY)
+    records.append(usage_record(stray))
     await project(conn, "projections", [records])
     said = await status_command.warnings(settings, [projection])
     assert len(said) == 1
@@ -1024,6 +1029,11 @@ async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_desc
         f"the log ({meter['id']}): their usage is not reconciled."
     )
     assert await fetch(conn, "projections", "SELECT count(*) FROM meter_reconciliation") == [(0,)]
+    unplaced = "SELECT identifier, reason FROM unplaced_usage ORDER BY identifier"
+    assert await fetch(conn, "projections", unplaced) == [
+        ("u-cus_old", "no_meter"),
+        ("u-stray", "no_meter"),
+    ]
     env = {
         **os.environ,
         "LATTICE_DATABASE_URL": settings.require_database_url(),
@@ -1046,3 +1056,4 @@ async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_desc
         conn, "projections", "SELECT customer, reported_value FROM meter_reconciliation"
     )
     assert rows == [("cus_old", Decimal(4))]
+    assert await fetch(conn, "projections", unplaced) == [("u-stray", "no_period")]

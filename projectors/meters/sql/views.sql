@@ -18,9 +18,14 @@ WHERE r.status IN ('under_billed', 'over_billed')
        AND r.period_end < log.newest - interval '3 days')
 ORDER BY abs(r.delta) DESC, r.customer, r.meter, r.period_start;
 
--- Facts held because no known period of their customer's meter contains them (yet).
+-- Facts held because no known period of their customer's meter contains them (yet), and
+-- why: `no_meter` when no meter the log described has their event name (a typo in the
+-- app, or a meter older than the log: see `lattice status`), else `no_period` (no
+-- subscription period of the customer on a price of that meter contains the moment).
 CREATE OR REPLACE VIEW unplaced_usage AS
-SELECT f.identifier, f.event_name, f.customer, f.value, f.occurred_at
+SELECT f.identifier, f.event_name, f.customer, f.value, f.occurred_at,
+       CASE WHEN EXISTS (SELECT 1 FROM meters m WHERE m.event_name = f.event_name)
+            THEN 'no_period' ELSE 'no_meter' END AS reason
 FROM usage_facts f
 WHERE f.reported AND NOT f.cancelled
   AND NOT EXISTS (
