@@ -20,6 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # "1_000" or other scripts' digits, which Python's Decimal would also read).
 DECIMAL_TEXT = re.compile(r"^-?[0-9]+(\.[0-9]+)?$")
 
+# PostgreSQL's `numeric` holds up to 131072 digits before the point and 16383 after: a
+# value past that could never be stored, so it is refused here, as the fact's fault.
+OUT_OF_RANGE = "value must have at most 131072 digits before the point and 16383 after"
+
+
+def fits_numeric(value: Decimal) -> bool:
+    """Whether a finite `value` fits a PostgreSQL `numeric` column."""
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and exponent >= -16383 and value.adjusted() < 131072
+
+
 # Stripe's meter-event identifier is at most 100 characters.
 MAX_IDENTIFIER = 100
 
@@ -97,6 +108,8 @@ class UsageFact(BaseModel):
     def _finite(cls, value: Decimal) -> Decimal:
         if not value.is_finite():
             raise ValueError("value must be a finite decimal number")
+        if not fits_numeric(value):
+            raise ValueError(OUT_OF_RANGE)
         return value
 
 
@@ -113,6 +126,8 @@ def parse_usage_fact(raw: bytes) -> UsageFact:
     # (Not the hot path: the meters reducer reads the plain shape, a string value, itself.)
     exact = _number_as_written(raw)
     if exact is not None and exact != fact.value:
+        if not fits_numeric(exact):  # 1e-20000: the float read it as 0
+            raise UsageFactError(f"not a usage fact: value: {OUT_OF_RANGE}")
         fact = fact.model_copy(update={"value": exact})
     return fact
 

@@ -150,6 +150,7 @@ def _plain_usage_change(value: bytes, received: int | None = None) -> UsageRepor
         or type(customer) is not str
         or not customer
         or type(raw) is not str
+        or len(raw) > 100  # the model decides whether it fits a numeric column
         or PLAIN_DECIMAL.fullmatch(raw) is None
         or type(timestamp) is not int
         or not 0 <= timestamp <= MAX_TIMESTAMP

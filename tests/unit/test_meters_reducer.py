@@ -318,3 +318,16 @@ def test_a_lines_period_names_its_subscription_in_either_shape(era: str) -> None
     evt = event("invoice.finalized", inv, created=T0 + 9, era=era)  # type: ignore[arg-type]
     periods = [c for c in projection.reduce(stripe_record(evt)) if isinstance(c, PeriodSeen)]
     assert [p.subscription for p in periods] == ["sub_line", "sub_invoice"]
+
+
+def test_a_plain_value_too_long_for_a_numeric_column_is_poison_not_a_failed_batch() -> None:
+    """The fast path takes plain digits; one no `numeric` column holds would fail the
+    batch's INSERT (and be dead-lettered only after the batch is retried record by
+    record): the model refuses it first, naming why."""
+    record = usage_record(usage_fact("req-1", "cus_1", "0." + "0" * 16383 + "1"))
+    with pytest.raises(PoisonRecord, match=r"at most 131072 digits before the point"):
+        projection.reduce(record)
+    fine = usage_record(usage_fact("req-2", "cus_1", "0." + "0" * 200 + "1"))
+    (change,) = projection.reduce(fine)
+    assert isinstance(change, UsageReported)
+    assert change.value == Decimal("1e-201")

@@ -72,6 +72,18 @@ def test_a_number_keeps_every_digit_it_was_written_with(written: str) -> None:
     assert parse_usage_fact(raw).value == Decimal(written)
 
 
+@pytest.mark.parametrize(
+    "written", ['"0.' + "0" * 16383 + '1"', "1e-20000", '"1' + "0" * 131072 + '"']
+)
+def test_a_value_no_numeric_column_could_hold_is_refused(written: str) -> None:
+    """Past PostgreSQL's `numeric` (16383 digits after the point, 131072 before): refused
+    as the fact's fault, not taken as 0 (a float reads 1e-20000 so) nor failing the batch
+    that would write it."""
+    raw = fact_json().replace(b'"value": "3"', f'"value": {written}'.encode())
+    with pytest.raises(UsageFactError, match="at most 131072 digits before the point"):
+        parse_usage_fact(raw)
+
+
 def test_tenths_add_up_exactly() -> None:
     fact = parse_usage_fact(fact_json(value=0.1))
     assert sum([fact.value] * 10, Decimal(0)) == Decimal(1)
