@@ -33,17 +33,16 @@ def _read_time(text: str) -> datetime:
         raise ArgumentError(f"TIME {text!r} is out of range") from None
     moment = rfc3339_moment(raw)
     if moment is None:
-        try:  # a date and time without an offset: say what is missing
-            naive = datetime.fromisoformat(raw).tzinfo is None
+        try:  # a date and time Python can read: say what RFC 3339 also needs
+            read = datetime.fromisoformat(raw.upper())
         except ValueError:
-            naive = False
-        if naive:
             raise ArgumentError(
-                f"TIME {text!r} has no UTC offset: write a date, a time with seconds and "
-                "Z or +00:00 (2026-11-01T00:00:00Z)"
-            )
+                f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
+            ) from None
+        missing = "a UTC offset" if read.tzinfo is None else "seconds, or the offset as +00:00"
         raise ArgumentError(
-            f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
+            f"TIME {text!r} lacks {missing}: RFC 3339 is a date, a time with seconds and "
+            "Z or +00:00 (2026-11-01T00:00:00Z)"
         )
     try:
         return moment.astimezone(UTC)
