@@ -265,14 +265,14 @@ def test_a_projector_release_that_cannot_start_stops_its_rollout() -> None:
         assert doc["spec"]["minReadySeconds"] >= 30, doc["metadata"]["name"]
 
 
-def test_only_the_projectors_are_given_the_stripe_key_in_compose() -> None:
+def test_compose_gives_each_secret_to_the_service_that_uses_it() -> None:
     services = _compose()["services"]
-    given = {
-        name
-        for name, service in services.items()
-        if "LATTICE_STRIPE_API_KEY" in (service.get("environment") or {})
-    }
-    assert given == {"projectors"}
+
+    def given(name: str) -> set[str]:
+        return {s for s, svc in services.items() if name in (svc.get("environment") or {})}
+
+    assert given("LATTICE_STRIPE_API_KEY") == {"projectors"}
+    assert given("LATTICE_WEBHOOK_SECRETS") == {"receiver"}
     assert services["projectors"]["ports"] == ["127.0.0.1:9100:9100"]
 
 
