@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 from typing import Any
 
 import asyncpg
-from prometheus_client import REGISTRY, start_http_server
+from prometheus_client import REGISTRY
 
 from deploy.flags import (
     DATABASE,
@@ -20,7 +21,7 @@ from deploy.flags import (
 )
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
-from projectors import catalog, status
+from projectors import catalog, health, status
 from projectors.cli_rewind import run_replay, run_rewind
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
@@ -59,7 +60,8 @@ def register(commands: Any) -> None:
         "--metrics-port",
         type=port_or_off,
         default=0,
-        help="serve Prometheus metrics on this port (default: off)",
+        help="serve Prometheus metrics on this port, and GET /readyz: 200 once every "
+        "projector has migrated and joined its group (default: off)",
     )
     project.add_argument(
         "--metrics-host",
@@ -144,30 +146,33 @@ def run_project(args: argparse.Namespace) -> int:
     projections = catalog.select(args.names)
     configure_logging()
     metrics = RuntimeMetrics(REGISTRY)
+    ready = threading.Event()
     if args.metrics_port:
         try:
-            start_http_server(args.metrics_port, addr=args.metrics_host, registry=metrics.registry)
+            health.serve(args.metrics_host, args.metrics_port, metrics.registry, ready)
         except OSError as exc:
             raise ConfigError(
                 f"--metrics-port: cannot listen on {args.metrics_host}:{args.metrics_port}: "
                 f"{exc.strerror or exc}"
             ) from None
     tune_gc()
-    asyncio.run(_project(settings, projections, metrics))
+    asyncio.run(_project(settings, projections, metrics, ready))
     return 0
 
 
-async def _project(settings: Settings, projections: list[Any], metrics: RuntimeMetrics) -> None:
+async def _project(
+    settings: Settings, projections: list[Any], metrics: RuntimeMetrics, ready: threading.Event
+) -> None:
     # The dead-letter topic too: missing, the first poison record would fail its batch.
     topics = sorted({t for p in projections for t in p.topics(settings)} | {settings.dlq_topic})
     if not await dependencies_up(settings, topics):
         return  # stopped while waiting for PostgreSQL or Kafka
     # Thin events are fetched from Stripe (and cached) only for projections that ask.
     if not any(getattr(p, "hydrate_thin_events", False) for p in projections):
-        await run_projections(settings, projections, metrics=metrics)
+        await run_projections(settings, projections, metrics=metrics, ready=ready)
         return
     async with open_hydrator(settings) as hydrate:
-        await run_projections(settings, projections, hydrate=hydrate, metrics=metrics)
+        await run_projections(settings, projections, hydrate=hydrate, metrics=metrics, ready=ready)
 
 
 async def _migrate(settings: Settings, projections: list[Any]) -> list[str]:

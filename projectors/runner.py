@@ -92,6 +92,7 @@ class ProjectionRunner:
         # A getmany still waiting when the batch before committed, and the epoch it began in.
         self._fetch: tuple[asyncio.Future[Fetched], int] | None = None
         self._drain_lock = asyncio.Lock()
+        self.started = asyncio.Event()  # its consumer has joined the group
         self._needs_seek = False
         self._needs_pause = False
         # An error met where it cannot be raised (the rebalance listener): raised by the
@@ -106,6 +107,7 @@ class ProjectionRunner:
         self.consumer = consumer
         consumer.subscribe(list(self.projection.topics(self.settings)), listener=SeekToStored(self))
         await start_consumer(consumer, self.settings)
+        self.started.set()
         log.info(
             "projector started",
             projector=self.name,

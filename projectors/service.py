@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import signal
+import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,8 +95,10 @@ async def run_projections(
     stop: asyncio.Event | None = None,
     metrics: RuntimeMetrics | None = None,
     handle_signals: bool = True,
+    ready: threading.Event | None = None,
 ) -> None:
-    """Migrate, then run every projection until `stop` is set (or SIGTERM/SIGINT)."""
+    """Migrate, then run every projection until `stop` is set (or SIGTERM/SIGINT).
+    `ready` is set once every runner has started its consumer, and cleared when it stops."""
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -119,11 +122,25 @@ async def run_projections(
                 for p in projections
             ]
             tasks = [asyncio.create_task(r.run(), name=f"projector:{r.name}") for r in runners]
+            # Not one of `tasks`: a runner failing before it started must end the wait.
+            watcher = asyncio.create_task(_set_when_started(runners, ready))
             try:
                 # One failing projector stops the process: a supervisor restarts it whole.
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
                 for task in done:
                     task.result()
             finally:
+                watcher.cancel()
+                if ready is not None:
+                    ready.clear()
                 stop.set()
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, watcher, return_exceptions=True)
+
+
+async def _set_when_started(
+    runners: Sequence[ProjectionRunner], ready: threading.Event | None
+) -> None:
+    """Set `ready` once every runner has started its consumer (cancelled on the way out)."""
+    await asyncio.gather(*(r.started.wait() for r in runners))
+    if ready is not None:
+        ready.set()

@@ -343,3 +343,42 @@ async def test_what_postgresql_refuses_a_one_shot_command_is_one_line(
         "lattice: PostgreSQL: ReadOnlySQLTransactionError: "
         "cannot execute CREATE SCHEMA in a read-only transaction"
     ], result.stderr
+
+
+async def test_project_is_ready_only_once_its_projectors_run(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """`--metrics-port` also serves `/readyz`: 503 while the process waits for what it
+    needs (here Kafka, at an address where nothing listens), with the metrics served all
+    along; 200 once its projectors run. A rollout gated on it keeps the old pods."""
+    nowhere, port = free_port(), free_port()
+    args = [sys.executable, "-m", "deploy.cli", "project", "events", "--metrics-port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+
+    async def get(client: httpx.AsyncClient, path: str) -> int:
+        try:
+            return (await client.get(url + path)).status_code
+        except httpx.TransportError:
+            return 0  # not listening yet
+
+    async with httpx.AsyncClient() as client:
+        for bootstrap, wanted in ((f"127.0.0.1:{nowhere}", 503), (settings.kafka_bootstrap, 200)):
+            env = {**_env(settings, unique), "LATTICE_KAFKA_BOOTSTRAP": bootstrap}
+            with (tmp_path / f"project-{wanted}.log").open("wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *args, cwd=ROOT, env=env, stdout=out, stderr=out
+                )
+            try:
+                await eventually(
+                    lambda: get(client, "/readyz"), wanted.__eq__, timeout=30, what="/readyz"
+                )
+                if wanted == 503:
+                    # Still waiting a while later, and the metrics answer meanwhile.
+                    await asyncio.sleep(2)
+                    assert await get(client, "/readyz") == 503
+                    assert await get(client, "/metrics") == 200
+                answer = await client.get(url + "/readyz")
+                assert answer.json() == {"ready": wanted == 200}
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert await asyncio.wait_for(proc.wait(), 30) == 0

@@ -254,15 +254,22 @@ def test_every_pod_meets_the_restricted_pod_security_level() -> None:
 
 
 def test_a_projector_release_that_cannot_start_stops_its_rollout() -> None:
-    """Projectors have no readiness probe (they serve no traffic): a new pod counts as
-    available only after a while without crashing, so a release that cannot start (a
-    wrong password, a refused migration) leaves the old pods projecting."""
+    """A new projector pod counts as available once `/readyz` (on its metrics port) says
+    its projectors run, and a while without crashing: a release that cannot start (a
+    wrong password, a refused migration, Kafka out of reach) leaves the old pods
+    projecting."""
     projectors = [
         d for d in _by_kind("Deployment") if d["metadata"]["name"].startswith("lattice-projector")
     ]
     assert projectors
     for doc in projectors:
         assert doc["spec"]["minReadySeconds"] >= 30, doc["metadata"]["name"]
+        (container,) = doc["spec"]["template"]["spec"]["containers"]
+        probe = container["readinessProbe"]["httpGet"]
+        assert probe["path"] == "/readyz"
+        (port,) = [p for p in container["ports"] if p["name"] == probe["port"]]
+        args = container["args"]
+        assert args[args.index("--metrics-port") + 1] == str(port["containerPort"])
 
 
 def test_compose_gives_each_secret_to_the_service_that_uses_it() -> None:
