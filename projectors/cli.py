@@ -61,7 +61,7 @@ def register(commands: Any) -> None:
         type=port_or_off,
         default=0,
         help="serve Prometheus metrics on this port, and GET /readyz: 200 once every "
-        "projector has migrated and joined its group (default: off)",
+        "projector has migrated and started its consumer (default: off)",
     )
     project.add_argument(
         "--metrics-host",

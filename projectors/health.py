@@ -44,15 +44,22 @@ def serve(host: str, port: int, registry: CollectorRegistry, ready: threading.Ev
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/readyz":
+            method = environ.get("REQUEST_METHOD")
+            if method not in ("GET", "HEAD"):
+                start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+                return [b""]
             ok = ready.is_set()
             start_response(
                 "200 OK" if ok else "503 Service Unavailable",
                 [("Content-Type", "application/json")],
             )
-            return [READY if ok else NOT_READY]
+            return [b"" if method == "HEAD" else READY if ok else NOT_READY]
         answer: Iterable[bytes] = metrics(environ, start_response)
         return answer
 
-    server = _Server6 if ":" in host else _Server
+    # The family the address resolves to (`::`, `::1`, a name with IPv6 only), as
+    # prometheus_client chooses it.
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server = _Server6 if family == socket.AF_INET6 else _Server
     httpd = make_server(host, port, app, server, handler_class=_Quiet)
     threading.Thread(target=httpd.serve_forever, name="metrics", daemon=True).start()

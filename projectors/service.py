@@ -123,7 +123,7 @@ async def run_projections(
             ]
             tasks = [asyncio.create_task(r.run(), name=f"projector:{r.name}") for r in runners]
             # Not one of `tasks`: a runner failing before it started must end the wait.
-            watcher = asyncio.create_task(_set_when_started(runners, ready))
+            watcher = asyncio.create_task(_set_when_started(runners, ready, stop))
             try:
                 # One failing projector stops the process: a supervisor restarts it whole.
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -138,9 +138,14 @@ async def run_projections(
 
 
 async def _set_when_started(
-    runners: Sequence[ProjectionRunner], ready: threading.Event | None
+    runners: Sequence[ProjectionRunner], ready: threading.Event | None, stop: asyncio.Event
 ) -> None:
-    """Set `ready` once every runner has started its consumer (cancelled on the way out)."""
+    """Set `ready` once every runner has started its consumer, and clear it as soon as
+    the process begins to stop (cancelled on the way out)."""
+    if ready is None:
+        return
     await asyncio.gather(*(r.started.wait() for r in runners))
-    if ready is not None:
+    if not stop.is_set():
         ready.set()
+    await stop.wait()
+    ready.clear()

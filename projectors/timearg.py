@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from schemas.envelope import rfc3339_moment
@@ -12,6 +13,8 @@ class ArgumentError(ValueError):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# A time of hours and minutes only, then its offset: `2026-11-01T00:00Z`.
+_NO_SECONDS = re.compile(r"[Tt ][0-9]{2}:[0-9]{2}(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})$")
 
 
 def parse_time(text: str) -> datetime:
@@ -39,7 +42,14 @@ def _read_time(text: str) -> datetime:
             raise ArgumentError(
                 f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
             ) from None
-        missing = "a UTC offset" if read.tzinfo is None else "seconds, or the offset as +00:00"
+        if read.tzinfo is None:
+            missing = "a UTC offset"
+        elif _NO_SECONDS.search(raw):
+            missing = "seconds"
+        else:
+            raise ArgumentError(
+                f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
+            )
         raise ArgumentError(
             f"TIME {text!r} lacks {missing}: RFC 3339 is a date, a time with seconds and "
             "Z or +00:00 (2026-11-01T00:00:00Z)"

@@ -86,7 +86,8 @@ def test_time_accepts_rfc3339_and_unix_seconds() -> None:
         ("2026-11-01", "lacks a UTC offset"),
         ("2026-11-01T00:00+00:00", "lacks seconds"),  # RFC 3339 has seconds
         ("2026-11-01T00:00z", "lacks seconds"),
-        ("2026-11-01T00:00:00+0000", "lacks seconds, or the offset as"),
+        ("2026-11-01T00:00:00+0000", "neither RFC 3339"),
+        ("20261101T000000Z", "neither RFC 3339"),  # a basic ISO 8601 form
         ("2026-02-30T00:00:00Z", "neither RFC 3339"),
     ],
 )
