@@ -264,6 +264,9 @@ def test_a_projector_release_that_cannot_start_stops_its_rollout() -> None:
     assert projectors
     for doc in projectors:
         assert doc["spec"]["minReadySeconds"] >= 30, doc["metadata"]["name"]
+        # Never an old pod down before its replacement is ready (the default, 25 %,
+        # takes one down at once from four replicas on).
+        assert doc["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
         (container,) = doc["spec"]["template"]["spec"]["containers"]
         probe = container["readinessProbe"]["httpGet"]
         assert probe["path"] == "/readyz"
