@@ -198,8 +198,7 @@ class BatchApplier:
                 await asyncio.sleep(0)
             try:
                 # The hot path: one call, no retry bookkeeping, when the record is fine.
-                if record.topic == self.event_log and HEADER_EVENT_ID not in record.headers:
-                    _check_envelope(record)
+                _check_envelope(record, self.event_log)
                 source = record if self.hydrate is None else await self._hydrated(record)
                 reduced.append((record, reduce(source)))
             except Abandoned:
@@ -218,8 +217,7 @@ class BatchApplier:
         error: Exception = first
         for _ in range(self.retries - 1):
             try:
-                if record.topic == self.event_log and HEADER_EVENT_ID not in record.headers:
-                    _check_envelope(record)
+                _check_envelope(record, self.event_log)
                 source = record if self.hydrate is None else await self._hydrated(record)
                 result: Sequence[Any] = self.projection.reduce(source)
                 return result
@@ -322,8 +320,11 @@ class BatchApplier:
         return DeadLetter(self.projection.name, record, message)
 
 
-def _check_envelope(record: Record) -> None:
-    """PoisonRecord unless the value is a Stripe event as the receiver judges one."""
+def _check_envelope(record: Record, event_log: str | None) -> None:
+    """For a record of the event log without the receiver's `stripe-event-id` header:
+    PoisonRecord unless its value is a Stripe event as the receiver judges one."""
+    if record.topic != event_log or HEADER_EVENT_ID in record.headers:
+        return
     try:
         parse_event(record.value)
     except EnvelopeError as exc:
