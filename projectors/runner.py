@@ -13,6 +13,7 @@ fetched meanwhile, which would otherwise wait for its write too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -101,12 +102,36 @@ class ProjectionRunner:
         self._backoff = 0.5
         self._next_idle_check = 0.0
 
+    async def _start_unless_stopped(self, consumer: AIOKafkaConsumer) -> bool:
+        """Start `consumer`; False if `stop` came first. Its start waits for the group's
+        coordinator and assignment, for ever where the cluster has none to give (its
+        `__consumer_offsets` cannot be created): a SIGTERM must still stop the process."""
+        starting = asyncio.ensure_future(start_consumer(consumer, self.settings))
+        stopping = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # this task cancelled: the start goes with it
+            starting.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if starting.done():
+            starting.result()  # a refused session timeout: one line (ConfigError)
+            return True
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        await stop_consumer(consumer)
+        log.info("projector stopped before it started", projector=self.name)
+        return False
+
     async def run(self) -> None:
         """Consume, apply and commit until `stop` is set; then leave the group cleanly."""
         consumer = group_consumer(self.settings, self.name)
         self.consumer = consumer
         consumer.subscribe(list(self.projection.topics(self.settings)), listener=SeekToStored(self))
-        await start_consumer(consumer, self.settings)
+        if not await self._start_unless_stopped(consumer):
+            return
         self.started.set()
         log.info(
             "projector started",

@@ -18,8 +18,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from deploy.settings import Settings
+from deploy.stack import kafka
+from deploy.stack.topics import ensure_topics
 from projectors.rewind import committed
 from tests.conftest import Stack
+from tests.support.homes import server_home, share_kafka_jars
 from tests.support.ports import free_port
 from tests.support.projectors import ROOT, extra_database, log_ends, positions
 from tests.support.stripe_stream import produce, records, stream
@@ -382,3 +385,61 @@ async def test_project_is_ready_only_once_its_projectors_run(
             finally:
                 proc.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_sigterm_stops_a_projector_whose_group_never_gets_a_coordinator(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """A cluster that cannot give a consumer group its coordinator (here a broker that
+    cannot create `__consumer_offsets`: replication 3 on one node): the projector's start
+    waits, unready, and a SIGTERM still stops it at once with status 0 (before, it waited
+    for the SIGKILL)."""
+    with server_home("kafka-nocoordinator") as home:
+        port = free_port(2)
+        share_kafka_jars(home)
+        kafka.start(
+            home,
+            port=port,
+            partitions=1,
+            timeout=90,
+            extra_properties="\noffsets.topic.replication.factor=3\n",
+        )
+        try:
+            bootstrap = f"127.0.0.1:{port}"
+            await ensure_topics(
+                bootstrap, [settings.topic, settings.dlq_topic, settings.usage_topic], partitions=1
+            )
+            metrics = free_port()
+            env = {**_env(settings, unique), "LATTICE_KAFKA_BOOTSTRAP": bootstrap}
+            log = tmp_path / "project.log"
+            with log.open("wb") as out:
+                proc = await asyncio.create_subprocess_exec(
+                    *[sys.executable, "-m", "deploy.cli", "project", "events"],
+                    *["--metrics-port", str(metrics)],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=out,
+                    stderr=out,
+                )
+            try:
+                await eventually(
+                    lambda: asyncio.sleep(0, log.read_text()),
+                    lambda text: "GroupCoordinatorNotAvailableError" in text,
+                    timeout=60,
+                    what="the start waiting for a coordinator",
+                )
+                async with httpx.AsyncClient() as client:
+                    ready = await client.get(f"http://127.0.0.1:{metrics}/readyz")
+                assert ready.status_code == 503
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    code = await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+                    raise AssertionError("the projector did not stop within 30 s") from None
+            assert code == 0, log.read_text()[-3000:]
+            assert "projector stopped before it started" in log.read_text()
+        finally:
+            kafka.stop(home)
