@@ -102,7 +102,7 @@ async def test_projector_killed_at_random_points_ends_like_the_reference(
             stack.kafka_bootstrap, database_url, unique, unique, reference.tables
         )
     finally:
-        proc.stop()
+        await asyncio.to_thread(proc.stop)  # this loop serves the fake Stripe API meanwhile
     assert API_KEY not in proc.output()
 
 
@@ -125,7 +125,9 @@ async def test_rebalance_storm_applies_no_event_twice(
         proc = rng.choice(procs)
         if proc.alive():
             how = rng.choice([signal.SIGTERM, signal.SIGKILL])
-            proc.kill(how)
+            # In a thread: this loop serves the fake Stripe API, which a meters projector
+            # stopping mid-fetch waits for (a blocking wait here deadlocked for 60 s).
+            await asyncio.to_thread(proc.kill, how)
             injected[f"rebalance storm: {signal.Signals(how).name}"] += 1
             if how == signal.SIGTERM:
                 # A clean stop (or, before its handlers are installed, Python's default).
@@ -169,5 +171,5 @@ async def test_rebalance_storm_applies_no_event_twice(
         assert not any(p.died_on_its_own() for p in procs), _died(procs)
     finally:
         for proc in procs:
-            proc.stop()
+            await asyncio.to_thread(proc.stop)
     assert all(API_KEY not in proc.output() for proc in procs)
