@@ -93,7 +93,7 @@ class ProjectionRunner:
         # A getmany still waiting when the batch before committed, and the epoch it began in.
         self._fetch: tuple[asyncio.Future[Fetched], int] | None = None
         self._drain_lock = asyncio.Lock()
-        self.started = asyncio.Event()  # its consumer has joined the group
+        self.started = asyncio.Event()  # its consumer has started (for /readyz)
         self._needs_seek = False
         self._needs_pause = False
         # An error met where it cannot be raised (the rebalance listener): raised by the

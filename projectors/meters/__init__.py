@@ -50,9 +50,9 @@ class MetersProjection:
         name but no event described (their `billing.meter.created` is older than the
         log), whose usage is therefore never reconciled."""
         unknown = await conn.fetch(
-            f"SELECT mp.meter, count(*) AS prices FROM {schema}.meter_prices mp "
+            f"SELECT DISTINCT mp.meter FROM {schema}.meter_prices mp "
             f"WHERE NOT EXISTS (SELECT 1 FROM {schema}.meters m WHERE m.id = mp.meter) "
-            "GROUP BY mp.meter ORDER BY mp.meter"
+            "ORDER BY mp.meter"
         )
         if not unknown:
             return []
