@@ -37,6 +37,7 @@ from tests.faults.projecting import (
     thin_event_bodies,
 )
 from tests.faults.services import (
+    STARTED,
     PrivateKafka,
     PrivatePostgres,
     start_private_kafka,
@@ -51,6 +52,18 @@ from tests.support.wait import eventually
 SEED = int(os.environ.get("LATTICE_FAULT_SEED", str(random.randrange(1 << 30))))
 _injected: Counter[str] = Counter()
 _observed: Counter[str] = Counter()
+
+
+@pytest.fixture(autouse=True)
+def no_service_outlives_its_test() -> Iterator[None]:
+    """Kill what a scenario started and left running (it failed before stopping it): a
+    process left behind would load the next tests, and its Popen, collected later, fail
+    whichever test is running then with a ResourceWarning."""
+    yield
+    for service in STARTED:
+        if service.alive():
+            service.kill()
+    STARTED.clear()
 
 
 @pytest.fixture(scope="session")

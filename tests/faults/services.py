@@ -122,6 +122,9 @@ def start_private_postgres(home: Path) -> PrivatePostgres:
     return server
 
 
+STARTED: list[Service] = []  # every service started in this test: killed at its end
+
+
 @dataclass
 class Service:
     """One child process (receiver or projector) with its log file; killable and restartable."""
@@ -148,6 +151,7 @@ class Service:
             )
         self.starts += 1
         self.signalled = False
+        STARTED.append(self)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

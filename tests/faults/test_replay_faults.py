@@ -81,6 +81,15 @@ def _alive(live: Service) -> Callable[[], None]:
     return check
 
 
+async def _rebuilding(url: str, name: str) -> bool:
+    """Whether a replay of `name` has stored positions (none before any process created
+    lattice.offsets in this test's new database)."""
+    if await rows(url, "SELECT 1 WHERE to_regclass('lattice.offsets') IS NULL"):
+        return False
+    found = await rows(url, f"SELECT 1 FROM lattice.offsets WHERE projector = '{name}.replay'")
+    return bool(found)
+
+
 async def test_replays_killed_at_random_points_never_change_the_live_tables(
     stack: Stack,
     database_url: str,
@@ -106,11 +115,10 @@ async def test_replays_killed_at_random_points_never_change_the_live_tables(
             # Fault timing, not a wait for a condition: anywhere in start-up, rebuild, swap.
             await asyncio.sleep(rng.uniform(0.3, 3.0))
             if proc.alive():
-                rebuilding = await rows(
-                    database_url,
-                    f"SELECT 1 FROM lattice.offsets WHERE projector = '{name}.replay' LIMIT 1",
-                )
-                proc.kill(signal.SIGKILL)
+                try:
+                    rebuilding = await _rebuilding(database_url, name)
+                finally:
+                    proc.kill(signal.SIGKILL)
                 injected["replay SIGKILL at a random point"] += 1
                 if rebuilding:
                     injected["replay SIGKILL mid-rebuild (its positions stored)"] += 1
