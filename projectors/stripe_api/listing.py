@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from ingest.record import rfc3339
 from projectors.stripe_api.client import StripeClient
 from schemas.envelope import rfc3339_moment
 
@@ -50,21 +49,35 @@ async def list_thin_events(
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """Pages of `GET /v2/core/events` (thin events, such as a meter's error reports)
     created at `since` or later, newest first, each page naming the next
-    (`next_page_url`); an account's own with its `Stripe-Context`."""
+    (`next_page_url`); an account's own with its `Stripe-Context`.
+
+    The listing is asked for no time range: Stripe's SDKs have named that filter three
+    ways (`created[gte]`, `created_gte`, `gte`) over the v2 API's life, and one it does
+    not know would refuse the whole listing. Newest first, the first event older than
+    `since` ends it instead (an event whose `created` cannot be read is kept)."""
     path = "/v2/core/events"
-    params: dict[str, str | int | list[str]] | None = {
-        "limit": page_size,
-        "created[gte]": rfc3339(since),
-    }
+    params: dict[str, str | int | list[str]] | None = {"limit": page_size}
     while True:
         page = await client.get(path, params, context=account)
         data = [e for e in page.get("data") or [] if isinstance(e, dict) and "id" in e]
-        if data:
-            yield data
+        recent = [e for e in data if not _older(e, since)]
+        if recent:
+            yield recent
         following = page.get("next_page_url")
         if not isinstance(following, str) or not following or not data:
             return
-        path, params = following, None  # the URL carries the page and the filters
+        if len(recent) < len(data):
+            return
+        path, params = following, None  # the URL carries the page
+
+
+def _older(event: dict[str, Any], since: datetime) -> bool:
+    seconds = created_seconds(event)
+    if seconds == 0:  # unreadable: keep it
+        return False
+    created = event["created"]
+    moment = rfc3339_moment(created) if isinstance(created, str) else None
+    return moment < since if moment is not None else seconds < since.timestamp()
 
 
 THIN_PREFIXES = ("v1.", "v2.")  # thin events' types: `v1.billing.meter.no_meter_found`

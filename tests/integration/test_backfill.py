@@ -431,13 +431,15 @@ async def test_thin_events_missing_from_the_log_are_listed_and_appended(
     days of retries: `GET /v1/events` never lists them (they are v2 events), so the
     usage Stripe rejected was never counted. They come from `GET /v2/core/events`, the
     platform's and each connected account's (`Stripe-Context`), oldest first, with their
-    bodies (the projector need not fetch them), and once."""
+    bodies (the projector need not fetch them), once, and none older than --since."""
     reports = [
         meter_error_report(at=SINCE + timedelta(hours=n), identifiers=(f"usage-{n}",))[1]
         for n in range(1, 6)
     ]
     theirs = meter_error_report(at=SINCE + timedelta(hours=9), context=CONNECT)[1]
-    for full in [*reports, theirs]:
+    # Older than --since: the listing (asked for no time range) ends at it.
+    before = meter_error_report(at=SINCE - timedelta(seconds=1), identifiers=("usage-0",))[1]
+    for full in [before, *reports, theirs]:
         fake.add_v2_event(full)
     await migrate_the_index(settings)
     options = BackfillOptions(since=SINCE, accounts=(CONNECT,), page_size=2)

@@ -165,20 +165,25 @@ class FakeStripe:
                 "allow this request to continue.",
             )
         query = request.query_params
-        since = query.get("created[gte]")
+        # Only the parameters every version of Stripe's SDKs names alike: the time filter's
+        # name has changed (`created[gte]`, `created_gte`, `gte`), and Stripe refuses a
+        # parameter it does not know.
+        unknown = sorted(set(query) - {"limit", "page"})
+        if unknown:
+            return self._error(
+                400, "invalid_request_error", f"Received unknown parameter: {unknown[0]}"
+            )
         context = request.headers.get("stripe-context")
         matching = [
             e
             for e in sorted(self.v2_events.values(), key=lambda e: e["created"], reverse=True)
-            if e.get("context") == context and (since is None or e["created"] >= since)
+            if e.get("context") == context
         ]
         limit = min(100, max(1, int(query.get("limit", "20"))))
         start = int(query.get("page", "0"))
         following = None
         if start + limit < len(matching):
             rest = {"limit": str(limit), "page": str(start + limit)}
-            if since is not None:
-                rest["created[gte]"] = since
             following = "/v2/core/events?" + urlencode(rest)
         body = {"data": matching[start : start + limit], "next_page_url": following}
         return JSONResponse(body, headers=self._headers())
