@@ -7,6 +7,7 @@ the command line can print it instead of a traceback.
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -211,6 +212,17 @@ class Settings(BaseSettings):
                 "(sk_... or rk_...)"
             )
         return SecretStr(key)
+
+    @field_validator("stripe_api_version")
+    @classmethod
+    def _api_version_is_stripes(cls, value: str) -> str:
+        # Stripe refuses every request with a version it does not know; a typo would look
+        # like every thin event being refused.
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", value):
+            raise ValueError(
+                f"{value[:64]!r} is not a Stripe API version (such as 2025-10-29.clover)"
+            )
+        return value
 
     @field_validator("stripe_api_base")
     @classmethod

@@ -215,6 +215,10 @@ class BatchApplier:
 
     async def _retry_reduce(self, record: Record, first: Exception) -> Sequence[Any] | DeadLetter:
         error: Exception = first
+        if isinstance(first, PoisonRecord):
+            # A verdict, not a failure: trying again would give it again (and a hydrator's
+            # would ask Stripe again, on the account's rate limit).
+            return self._letter(record, "reduce", first)
         for _ in range(self.retries - 1):
             try:
                 _check_envelope(record, self.event_log)

@@ -69,6 +69,13 @@ class StripeClient:
         )
         self.requests_sent = 0
 
+    @property
+    def livemode(self) -> bool | None:
+        """The mode of the key's objects: False for a test key (`sk_test_`, `rk_test_`),
+        True for a live one, None when its prefix says neither."""
+        mode = self._key.get_secret_value().split("_")[1:2]
+        return {"live": True, "test": False}.get(mode[0]) if mode else None
+
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> StripeClient:
         """A client for `settings.stripe_api_base`; ConfigError when no key is set."""

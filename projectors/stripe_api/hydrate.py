@@ -6,9 +6,11 @@ of a projection that sets `hydrate_thin_events = True`, and hands the result to 
 The cache is read first, so a replay never calls Stripe again; the value served is the
 cached JSON either way, so a live run and a replay see the same bytes.
 
-Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx ->
-`PoisonRecord` (the runner dead-letters it with the reason). Stripe refusing the key (401,
-or 403 for the platform's own events), unreachable, failing, redirecting or the circuit
+Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx (but
+a 400 for a well-formed id), or the event's mode is not the key's -> `PoisonRecord` (the
+runner dead-letters it with the reason; a replay after the fix fetches it again). Stripe
+refusing the key (401, or 403 for the platform's own events) or the request (400 for a
+well-formed id: the API version, say), unreachable, failing, redirecting or the circuit
 open, the cache's database unreachable, or no API key configured -> `HydrationUnavailable`
 (the runner waits and tries again; it never skips).
 """
@@ -16,6 +18,7 @@ open, the cache's database unreachable, or no API key configured -> `HydrationUn
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,6 +46,8 @@ THIN_EVENT = "v2.core.event"
 log = structlog.get_logger("lattice.stripe_api")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]+")
+_MODES = {True: "live-mode", False: "test-mode"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,16 +112,19 @@ class Hydrator:
         if not isinstance(event_id, str) or not event_id.startswith("evt_"):
             raise PoisonRecord("thin event without a valid `id`: cannot fetch its body")
         context = event.get("context") if isinstance(event.get("context"), str) else None
-        body = await self.full_event(event_id, context=context)
+        livemode = event.get("livemode") if isinstance(event.get("livemode"), bool) else None
+        body = await self.full_event(event_id, context=context, livemode=livemode)
         return dataclasses.replace(record, value=body)
 
-    async def full_event(self, event_id: str, *, context: str | None = None) -> bytes:
+    async def full_event(
+        self, event_id: str, *, context: str | None = None, livemode: bool | None = None
+    ) -> bytes:
         """The full event as JSON bytes, from the cache or (once) from Stripe."""
         cached = await self._cached(_EVENTS, event_id)
         if cached is not None:
             self.cache_hits += 1
             return _compact(cached)
-        fetched = await self._fetch(event_id, context)
+        fetched = await self._fetch(event_id, context, livemode)
         stored = await self._store(
             _EVENTS, event_id, str(fetched.get("type", "")), context, body=orjson.dumps(fetched)
         )
@@ -145,11 +153,19 @@ class Hydrator:
             raise HydrationUnavailable(f"cache of {cache.what}: {key} vanished while stored")
         return stored
 
-    async def _fetch(self, event_id: str, context: str | None) -> dict[str, Any]:
+    async def _fetch(
+        self, event_id: str, context: str | None, livemode: bool | None
+    ) -> dict[str, Any]:
         if self.client is None:
             raise HydrationUnavailable(
                 f"thin event {event_id} needs its full body from Stripe, but "
                 "LATTICE_STRIPE_API_KEY is not set: set it and the projector goes on"
+            )
+        if livemode is not None and self.client.livemode not in (None, livemode):
+            # Stripe would answer 404: say why, without spending the account's rate limit.
+            raise PoisonRecord(
+                f"thin event {event_id} is a {_MODES[livemode]} event, but "
+                f"LATTICE_STRIPE_API_KEY is a {_MODES[not livemode]} key: it cannot fetch it"
             )
         try:
             fetched = await self.client.get(
@@ -170,6 +186,14 @@ class Hydrator:
             # revoked); its other events fare the same, the platform's are unaffected.
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         except StripeAPIError as exc:
+            if exc.status == 400 and _EVENT_ID.fullmatch(event_id):
+                # A GET without parameters of a well-formed id: the request as every one
+                # is sent is refused (an API version Stripe does not know, say), not
+                # this record. Wait, saying why.
+                raise HydrationUnavailable(
+                    f"Stripe refuses the request for thin event {event_id} ({exc}): check "
+                    "LATTICE_STRIPE_API_VERSION and LATTICE_STRIPE_API_BASE"
+                ) from exc
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         self.fetched += 1
         try:

@@ -1,6 +1,6 @@
 """The hydrator under the real runner: Stripe failing makes the projector wait (the
 circuit opens, then lets a trial through) without skipping anything, and an event Stripe
-does not know goes to the dead-letter topic with the reason."""
+does not know goes to the dead-letter topic with the reason, asked for once."""
 
 from __future__ import annotations
 
@@ -133,6 +133,10 @@ async def test_stripe_down_waits_and_unknown_events_are_dead_lettered(
             dead = await read_all(settings.kafka_bootstrap, topics.dlq)
             assert [orjson.loads(d.value or b"{}")["id"] for d in dead] == [unknown[0]["id"]]
             assert b"HTTP 404: No such event" in dead[0].headers["lattice-error"]
+            # A verdict is not tried again: Stripe was asked once, not LATTICE_POISON_RETRIES
+            # times (its rate limit is the account's).
+            assert settings.poison_retries > 1
+            assert len(fake.requests_to(f"/v2/core/events/{unknown[0]['id']}")) == 1
             cached = await conn.fetchval("SELECT count(*) FROM lattice.hydrated_events")
             assert cached == 2
     finally:

@@ -41,6 +41,18 @@ def test_a_malformed_flag_names_the_flag(monkeypatch: pytest.MonkeyPatch) -> Non
         load_settings({"poison_retries": "many"})
 
 
+@pytest.mark.parametrize("version", ["clover", "2025-10-29 clover", "2025-10-29.Clover"])
+def test_an_api_version_stripe_would_refuse_is_named_at_start(
+    version: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_STRIPE_API_VERSION", version)
+    with pytest.raises(ConfigError, match=r"^LATTICE_STRIPE_API_VERSION: .* is not a Stripe API"):
+        load_settings()
+    for good in ("2025-10-29.clover", "2024-06-20"):
+        monkeypatch.setenv("LATTICE_STRIPE_API_VERSION", good)
+        assert load_settings().stripe_api_version == good
+
+
 def test_every_setting_is_a_flag_of_some_command() -> None:
     from deploy.cli import build_parser
     from deploy.flags import DEST_PREFIX
