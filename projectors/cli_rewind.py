@@ -125,9 +125,10 @@ def run_rewind(args: argparse.Namespace) -> int:
         print(f"lattice: {exc}", file=sys.stderr)
         return 1
     for move in moves:
+        where = f"{args.group} {move.partition.topic}:{move.partition.partition}"
+        if move.after is None:
+            print(f"{where} - (never committed: left to the consumer's auto.offset.reset)")
+            continue
         before = "-" if move.before is None else str(move.before)
-        print(
-            f"{args.group} {move.partition.topic}:{move.partition.partition} "
-            f"{before} -> {move.after}"
-        )
+        print(f"{where} {before} -> {move.after}")
     return 0

@@ -128,10 +128,14 @@ async def adopt(conn: Connection, projector: str, source: str) -> None:
     """Replace all of `projector`'s positions by those of `source` (a replay's), and drop
     `source`'s; in the caller's transaction."""
     await conn.execute("DELETE FROM lattice.offsets WHERE projector = $1", projector)
+    # `lock` held only the rows there were: a runner's first position of a partition may
+    # have been stored since (a batch that changed no table); the replay's wins.
     await conn.execute(
         "INSERT INTO lattice.offsets (projector, topic, partition, next_offset, last_event_at) "
         "SELECT $1, topic, partition, next_offset, last_event_at FROM lattice.offsets "
-        "WHERE projector = $2",
+        "WHERE projector = $2 ON CONFLICT (projector, topic, partition) DO UPDATE "
+        "SET next_offset = EXCLUDED.next_offset, last_event_at = EXCLUDED.last_event_at, "
+        "updated_at = now()",
         projector,
         source,
     )

@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import OffsetOutOfRangeError
 
 from deploy import kafka_options
 from deploy.settings import Settings
@@ -89,6 +90,8 @@ async def replay(
         group_id=None,
         client_id=f"lattice-replay-{name}",
         isolation_level="read_committed",  # as the live runner reads
+        # Records gone from under a rebuild (deleted by a retention): say so, never jump.
+        auto_offset_reset="none",
         max_partition_fetch_bytes=4 * 1024 * 1024,
         fetch_max_bytes=64 * 1024 * 1024,
     )
@@ -160,6 +163,11 @@ async def replay(
         raise ReplayError(f"{exc}; the live tables are unchanged") from None
     except Abandoned:
         raise ReplayError("replay interrupted; the live tables are unchanged") from None
+    except OffsetOutOfRangeError as exc:
+        raise ReplayError(
+            f"records the rebuild needs are gone from the log ({exc}): a retention deleted "
+            "them, or the topic was created again; the live tables are unchanged"
+        ) from None
     except offsets.PositionConflict as exc:
         raise ReplayError(
             f"the rebuild's positions changed under it ({exc}); the live tables are unchanged"
@@ -197,13 +205,7 @@ async def _swap(
             raise
         except shadow.SwapError as exc:
             raise ReplayError(str(exc)) from None
-        except (
-            asyncpg.LockNotAvailableError,
-            asyncpg.DeadlockDetectedError,
-            # A statement_timeout shorter than the lock_timeout ends the wait for readers
-            # this way (or a pg_cancel_backend): the session and its lock stay.
-            asyncpg.QueryCanceledError,
-        ) as exc:
+        except shadow.READERS_HOLD as exc:
             if attempt == SWAP_ATTEMPTS or stop.is_set():
                 raise ReplayError(
                     f"could not take the locks to swap {projection.name} in after {attempt} "

@@ -12,6 +12,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
+from projectors import offsets
 from projectors.base import to_record
 from projectors.batch import BatchApplier
 from projectors.failures import is_transient
@@ -48,7 +49,22 @@ class CatchUp:
         ends: Mapping[TopicPartition, int] = await consumer.end_offsets(list(positions))
         read = dict(positions)
         backoff, last_report = 0.5, 0.0
+        unsure: list[TopicPartition] = []  # a commit cut off: maybe done, its answer lost
         while True:
+            if unsure:
+                try:
+                    stored = await self._stored(unsure)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                for tp in unsure:
+                    positions[tp] = stored[tp]
+                    consumer.seek(tp, positions[tp])
+                    read[tp] = positions[tp]
+                unsure = []
             behind = [tp for tp in positions if read[tp] < ends[tp]]
             if not behind and to_the_end:
                 return sum(positions[tp] - first[tp] for tp in positions)
@@ -88,9 +104,7 @@ class CatchUp:
                 log.warning("database unavailable during replay; retrying", error=str(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
-                for tp in batch:
-                    consumer.seek(tp, positions[tp])
-                    read[tp] = positions[tp]
+                unsure = list(batch)  # go on from what is stored, which says whether it did
                 continue
             backoff = 0.5
             for tp, recs in batch.items():
@@ -99,3 +113,12 @@ class CatchUp:
             if time.monotonic() - last_report >= 1.0:
                 last_report = time.monotonic()
                 report_progress(self.on_progress, positions, first, ends, self.started)
+
+    async def _stored(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The rebuild's stored positions of `partitions` (every one was seeded)."""
+        conn = await self.lock.session()
+        stored = await offsets.load(conn, self.applier.key, partitions)
+        missing = [f"{tp.topic}/{tp.partition}" for tp, at in stored.items() if at is None]
+        if missing:
+            raise ReplayError(f"the rebuild's positions of {', '.join(missing)} are gone")
+        return {tp: at for tp, at in stored.items() if at is not None}

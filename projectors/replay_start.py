@@ -77,6 +77,17 @@ async def start_positions(
         await conn.execute(f"SET LOCAL search_path TO {shadow.ident(schema)}, public")
         await shadow.seed(conn, schema, tables)
     current = {tp: live[tp].next_offset if tp in live else beginning[tp] for tp in tps}
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    past = [tp for tp in tps if current[tp] > ends[tp]]
+    if past:
+        # The topic was deleted and created again: a rebuild on top of the live tables
+        # would keep positions the log never reaches (the live runner refuses them too).
+        named = ", ".join(f"{tp.topic}:{tp.partition} at {current[tp]}" for tp in past)
+        raise ReplayError(
+            f"the live positions are past the log end ({named}, which ends at "
+            f"{', '.join(str(ends[tp]) for tp in past)}): was the topic created again? "
+            f"`lattice replay {projection.name} --from-beginning` rebuilds from what it holds"
+        )
     wanted: dict[TopicPartition, int] = {}
     if start.partition_offset is not None:
         partition, offset = start.partition_offset
@@ -85,7 +96,6 @@ async def start_positions(
     elif start.since is not None:
         ms = int(start.since.timestamp() * 1000)
         found = await consumer.offsets_for_times(dict.fromkeys(tps, ms))
-        ends = await consumer.end_offsets(tps)
         wanted = {tp: (found[tp].offset if found.get(tp) else ends[tp]) for tp in tps}
     # Never start after the live position: what the live tables lack must be applied.
     # A partition that re-applies records gets their times; one that has none to re-apply

@@ -32,7 +32,7 @@ class Move:
 
     partition: TopicPartition
     before: int | None
-    after: int
+    after: int | None  # None: left alone (never committed there; see `rewind`)
 
 
 async def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
@@ -78,6 +78,18 @@ async def rewind(
         await consumer.start()
         tps = await _partitions(consumer, topics)
         targets = await _targets(consumer, tps, topics, since, to_offset, before)
+        untouched = []
+        if since is not None and before and not new_group:
+            # Never committed there (a partition added since): its consumer starts where
+            # its auto.offset.reset says, maybe the beginning; `--since` could move it
+            # forward. Left alone, as --new-group would not.
+            untouched = [tp for tp in targets if tp not in before]
+            targets = {tp: at for tp, at in targets.items() if tp in before}
+            if not targets:
+                raise RewindError(
+                    f"group {group} has committed no offset on {', '.join(topics)}: "
+                    "a mistyped --rewind-topic? (to give it positions there, add --new-group)"
+                )
         consumer.assign(list(targets))
         try:
             await consumer.commit(
@@ -90,7 +102,9 @@ async def rewind(
             ) from exc
     finally:
         await consumer.stop()
-    return [Move(tp, before.get(tp), offset) for tp, offset in sorted(targets.items())]
+    moves = [Move(tp, before.get(tp), offset) for tp, offset in targets.items()]
+    moves += [Move(tp, None, None) for tp in untouched]
+    return sorted(moves, key=lambda move: move.partition)
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topics: Sequence[str]) -> list[TopicPartition]:

@@ -232,9 +232,31 @@ async def swap(
     for owner in [projection, *view_owners]:
         # Only projections installed in this database; a failing views.sql fails the swap.
         if owner is projection or owner.name in installed:
-            await apply_views(conn, owner)
+            await _views(conn, owner)
     for grant in granted:
         await conn.execute(grant)
     await dependents.restore(conn, dependent)
     await offsets.adopt(conn, name, replay_key(name))
     return tables
+
+
+# What makes a statement of the swap give up waiting for readers (see `swap`).
+READERS_HOLD = (
+    asyncpg.LockNotAvailableError,
+    asyncpg.DeadlockDetectedError,
+    # A statement_timeout shorter than the lock_timeout ends the wait for readers this way
+    # (or a pg_cancel_backend): the session and its lock stay.
+    asyncpg.QueryCanceledError,
+)
+
+
+async def _views(conn: asyncpg.Connection, owner: Any) -> None:
+    """`owner`'s views.sql; a reader holding one of its views (CREATE OR REPLACE VIEW
+    waits for it, even on a view of other tables) raises as a reader holding a table
+    does, so the swap backs off and tries again instead of failing."""
+    try:
+        await apply_views(conn, owner)
+    except Exception as exc:
+        if isinstance(exc.__cause__, READERS_HOLD):
+            raise exc.__cause__ from None
+        raise

@@ -8,22 +8,24 @@ import itertools
 import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
 import pytest
 import structlog.testing
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
 from ingest.batching import partition_for
 from ingest.record import build_record
-from projectors import dependents, shadow
+from projectors import dependents, offsets, shadow
 from projectors.base import HydrationUnavailable, Record
+from projectors.batch import BatchApplier
 from projectors.events import projection as events
 from projectors.meters import projection as meters
+from projectors.migrate import ensure_runtime, migrate
 from projectors.progress import Progress
 from projectors.replay import replay, swap_committed
 from projectors.replay_lock import REPLAY_LOCK
@@ -31,7 +33,7 @@ from projectors.replay_start import ReplayError, StartAt
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
-from tests.support.projectors import log_ends, positions, rows, running
+from tests.support.projectors import EVENTS_TABLE, log_ends, positions, rows, running
 from tests.support.stripe_stream import produce, records, stream
 from tests.support.thin_events import meter_error_report
 from tests.support.wait import eventually
@@ -473,6 +475,81 @@ async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_kee
     assert "database unavailable at the swap; retrying" not in said
 
 
+async def test_a_reader_of_another_projections_view_makes_the_swap_wait_not_fail(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """`lattice replay` re-runs every installed projection's views.sql at the swap (a view
+    may join several projections' tables); CREATE OR REPLACE VIEW waits for a reader of
+    that view even though the swap dropped nothing under it. The swap backs off and tries
+    again, as for a reader of its own tables, instead of discarding the rebuild."""
+    ours = await _events_projected(settings, stack, unique, seed=19)
+    url = settings.require_database_url()
+    before = await rows(url, EVENTS_TABLE)
+    reader = await asyncpg.connect(url)
+    try:
+        await migrate(reader, [meters])
+        holding = reader.transaction()
+        await holding.start()
+        await reader.fetchval("SELECT count(*) FROM projections.usage_discrepancies")
+        with structlog.testing.capture_logs() as logged:
+
+            async def let_go_once_the_swap_waited() -> None:
+                await eventually(
+                    lambda: _said(logged),
+                    lambda said: said.count("swap waiting for readers") >= 2,
+                    timeout=60,
+                    what="the swap waiting for the view's reader",
+                )
+                await holding.commit()
+
+            letting_go = asyncio.create_task(let_go_once_the_swap_waited())
+            async with dead_letter_producer(ours) as dead_letters:
+                result = await replay(
+                    ours, events, StartAt(from_beginning=True), dead_letters, view_owners=[meters]
+                )
+            await letting_go
+    finally:
+        await reader.close()
+    assert result.tables == ["events"]
+    assert await rows(url, EVENTS_TABLE) == before
+    assert "swap waiting for readers" in [line["event"] for line in logged]
+
+
+async def test_a_rebuild_commit_whose_answer_was_lost_goes_on_from_the_stored_positions(
+    settings: Settings, stack: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after a rebuild batch's COMMIT reached the server but before
+    its answer did: the rebuild reads back where its positions are (they moved) and goes
+    on from there, rather than trying the batch again and failing on its own positions."""
+    ours = await _events_projected(settings, stack, unique, seed=21)
+    url = settings.require_database_url()
+    before = await rows(url, EVENTS_TABLE)
+    committed = BatchApplier.commit
+    lost: list[int] = []
+
+    async def commit_then_lose_the_answer(
+        self: BatchApplier,
+        batch: Mapping[TopicPartition, Sequence[Record]],
+        expected: Mapping[TopicPartition, int | None],
+    ) -> Any:
+        outcome = await committed(self, batch, expected)
+        if not lost:
+            lost.append(sum(len(recs) for recs in batch.values()))
+            raise ConnectionResetError("connection lost before COMMIT's answer")
+        return outcome
+
+    monkeypatch.setattr(BatchApplier, "commit", commit_then_lose_the_answer)
+    ours = ours.model_copy(update={"projector_batch_size": 20})
+    async with dead_letter_producer(ours) as dead_letters:
+        result = await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+    assert lost
+    assert lost[0] > 0
+    assert result.tables == ["events"]
+    ends = await log_ends(settings.kafka_bootstrap, settings.topic)
+    assert {tp.partition: at for tp, at in result.positions.items()} == ends
+    assert await rows(url, EVENTS_TABLE) == before
+
+
 async def test_a_swap_whose_commit_answer_was_lost_is_known_as_swapped(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -771,6 +848,35 @@ async def test_replay_refuses_an_offset_past_the_end_of_its_partition(
     assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
 
 
+async def test_replay_on_top_of_live_positions_past_the_log_end_is_refused(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """The topic deleted and created again (here: the live positions moved past its end):
+    a rebuild from a partition's offset or a time copies the live positions of the other
+    partitions, which the log never reaches. Refused before anything is built, naming the
+    way out."""
+    ours = await _events_projected(settings, stack, unique, seed=8)
+    url = settings.require_database_url()
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "UPDATE lattice.offsets SET next_offset = next_offset + 1000 "
+            "WHERE projector = 'events' AND topic = $1 AND partition = 1",
+            settings.topic,
+        )
+    finally:
+        await conn.close()
+    table = await rows(url, EVENTS_TABLE)
+    async with dead_letter_producer(ours) as dead_letters:
+        with pytest.raises(ReplayError) as refused:
+            await replay(ours, events, StartAt(partition_offset=(0, 0)), dead_letters)
+    said = str(refused.value)
+    assert f"past the log end ({settings.topic}:1 at " in said
+    assert said.endswith("`lattice replay events --from-beginning` rebuilds from what it holds")
+    assert await rows(url, EVENTS_TABLE) == table
+    assert await positions(url, "events.replay") == {}
+
+
 async def test_a_swap_never_undoes_a_migration_the_live_tables_have(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -815,3 +921,56 @@ async def test_a_swap_never_undoes_a_migration_the_live_tables_have(
             )
         assert str(at_start.value).startswith(refusal)
         assert progress == []  # nothing was rebuilt
+
+
+class _StoresBetween:
+    """A connection on which another session stores a position right after the first
+    DELETE: a live runner's first commit on a partition, between adopt's two statements."""
+
+    def __init__(self, conn: asyncpg.Connection, other: asyncpg.Connection, name: str) -> None:
+        self.conn, self.other, self.name, self.stored = conn, other, name, False
+
+    async def execute(self, query: str, *args: Any) -> str:
+        done: str = await self.conn.execute(query, *args)
+        if query.startswith("DELETE") and not self.stored:
+            self.stored = True
+            await self.other.execute(
+                "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+                "VALUES ($1, 'stripe.events', 5, 3)",
+                self.name,
+            )
+        return done
+
+
+async def test_a_runners_first_position_stored_during_the_swap_does_not_undo_it(
+    settings: Settings, unique: str
+) -> None:
+    """The swap locks the live positions there are; a runner storing its first position
+    of a partition meanwhile (a batch that changed no table) must not fail the swap on
+    the key they share: the rebuild's position wins (the runner's next commit then fails
+    its compare-and-set and it goes on from there)."""
+    url = settings.require_database_url()
+    name, rebuilt = f"{unique}-adopt", shadow.replay_key(f"{unique}-adopt")
+    conn, other = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await ensure_runtime(conn)
+        await conn.executemany(
+            "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+            "VALUES ($1, 'stripe.events', $2, $3)",
+            [(name, 0, 7), (rebuilt, 0, 9), (rebuilt, 5, 11)],
+        )
+        between = _StoresBetween(conn, other, name)
+        async with conn.transaction():
+            await offsets.adopt(cast(asyncpg.Connection, between), name, rebuilt)
+        assert between.stored
+        found = await conn.fetch(
+            "SELECT projector, partition, next_offset FROM lattice.offsets "
+            "WHERE projector IN ($1, $2) ORDER BY partition",
+            name,
+            rebuilt,
+        )
+        assert [tuple(r) for r in found] == [(name, 0, 9), (name, 5, 11)]
+    finally:
+        await conn.execute("DELETE FROM lattice.offsets WHERE projector IN ($1, $2)", name, rebuilt)
+        await conn.close()
+        await other.close()

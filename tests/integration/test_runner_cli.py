@@ -200,6 +200,16 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     new = await _run(settings, unique, "rewind", typo, "--since", "0", "--new-group")
     assert new.returncode == 0, new.stderr
     assert set((await committed(stack.kafka_bootstrap, typo)).values()) == {0}
+    # A group that never committed on partitions 1.. (added to the topic since, say): their
+    # consumer starts as its auto.offset.reset says; --since leaves them alone.
+    partial = f"{unique}.partial"
+    first = await _run(settings, unique, "rewind", partial, "--to-offset", "0:5", "--new-group")
+    assert first.returncode == 0, first.stderr
+    alone = await _run(settings, unique, "rewind", partial, "--since", "0")
+    assert alone.returncode == 0, alone.stderr
+    assert await committed(stack.kafka_bootstrap, partial) == {TopicPartition(settings.topic, 0): 0}
+    assert f"{partial} {settings.topic}:0 5 -> 0" in alone.stdout
+    assert f"{settings.topic}:1 - (never committed" in alone.stdout
     # A projector's group under this deployment's prefix (LATTICE_GROUP_PREFIX, here
     # `unique`; `lattice` by default) keeps its positions in PostgreSQL: refused.
     ours = await _run(settings, unique, "rewind", f"{unique}.events", "--since", "0")
