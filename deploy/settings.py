@@ -58,8 +58,14 @@ KAFKA_CHOICES = {
 class Settings(BaseSettings):
     """Configuration shared by the receiver, the projectors and the tools."""
 
+    # An empty variable is an unset one: compose's `${LATTICE_KAFKA_SSL_CAFILE:-}` and a
+    # Secret's empty key mean "the default", not a file named "." or a topic named "".
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX,
+        env_ignore_empty=True,
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
     )
 
     webhook_secrets: SecretStr = Field(
@@ -86,8 +92,10 @@ class Settings(BaseSettings):
         "the system's when unset",
     )
     database_url: str | None = Field(default=None, description="libpq URL of PostgreSQL")
-    topic: str = Field(default="stripe.events", description="the event log topic")
-    usage_topic: str = Field(default="usage.reported", description="the usage-fact topic")
+    topic: str = Field(default="stripe.events", min_length=1, description="the event log topic")
+    usage_topic: str = Field(
+        default="usage.reported", min_length=1, description="the usage-fact topic"
+    )
     signature_tolerance: int = Field(
         default=300, ge=0, description="seconds a signature's timestamp may be off (0: no check)"
     )
@@ -288,6 +296,11 @@ def check_database_url(url: str) -> None:
         # `user:8080/s3cret@db` reads as host `user`, port 8080 and a path holding the
         # password, which messages would print: refused, without echoing any of it.
         raise ValueError(f"an `@` after the address: {ENCODE_IN_PASSWORD}")
+    if parts.netloc.count("@") > 1:
+        # asyncpg splits at the first `@`, libpq at the last: a password holding one would
+        # send asyncpg to the host `rest-of-password@host`, and the projector would wait
+        # for it forever.
+        raise ValueError(f"more than one `@` before the address: {ENCODE_IN_PASSWORD}")
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it

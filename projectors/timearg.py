@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 
@@ -13,6 +14,7 @@ class ArgumentError(ValueError):
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECONDS_FROM = 1e11  # as Unix seconds, the year 5138; as milliseconds, 1973
 # A time of hours and minutes only, then its offset: `2026-11-01T00:00Z`.
 _NO_SECONDS = re.compile(r"[Tt ][0-9]{2}:[0-9]{2}(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})$")
 
@@ -29,7 +31,19 @@ def parse_time(text: str) -> datetime:
 def _read_time(text: str) -> datetime:
     raw = text.strip()
     try:
-        return datetime.fromtimestamp(float(raw), UTC)
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if math.isinf(seconds):
+        raise ArgumentError(f"TIME {text!r} is out of range")
+    if seconds >= _MILLISECONDS_FROM:
+        # Kafka's own timestamps (`CreateTime:1795600800123` in its console consumer).
+        raise ArgumentError(
+            f"TIME {text!r} looks like milliseconds: give Unix seconds "
+            f"({int(seconds) // 1000}) or RFC 3339 (2026-11-01T00:00:00Z)"
+        )
+    try:
+        return datetime.fromtimestamp(seconds, UTC)
     except ValueError:
         pass
     except OverflowError:

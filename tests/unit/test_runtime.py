@@ -89,6 +89,9 @@ def test_time_accepts_rfc3339_and_unix_seconds() -> None:
         ("2026-11-01T00:00:00+0000", "neither RFC 3339"),
         ("20261101T000000Z", "neither RFC 3339"),  # a basic ISO 8601 form
         ("2026-02-30T00:00:00Z", "neither RFC 3339"),
+        ("1793491200000", r"looks like milliseconds: give Unix seconds \(1793491200\)"),
+        ("inf", "out of range"),
+        ("nan", "neither RFC 3339"),
     ],
 )
 def test_time_refuses_what_it_cannot_place(text: str, said: str) -> None:

@@ -53,6 +53,18 @@ def test_an_api_version_stripe_would_refuse_is_named_at_start(
         assert load_settings().stripe_api_version == good
 
 
+def test_an_empty_variable_is_an_unset_one_and_an_empty_topic_flag_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: not a file named ".", not a topic "".
+    monkeypatch.setenv("LATTICE_KAFKA_SSL_CAFILE", "")
+    monkeypatch.setenv("LATTICE_TOPIC", "")
+    loaded = load_settings()
+    assert (loaded.kafka_ssl_cafile, loaded.topic) == (None, "stripe.events")
+    with pytest.raises(ConfigError, match=r"^--topic: "):
+        load_settings({"topic": ""})
+
+
 def test_every_setting_is_a_flag_of_some_command() -> None:
     from deploy.cli import build_parser
     from deploy.flags import DEST_PREFIX
@@ -119,6 +131,7 @@ def test_the_readme_documents_every_setting() -> None:
         "postgresql://user:hun#hunter2@db/lattice",
         "postgresql://user:8080/hunter2@db:5432/lattice",  # reads as a port, then a path
         "postgresql://user:2024#hunter2@db/lattice",
+        "postgresql://user:hun@hunter2@127.0.0.1:5432/lattice",  # asyncpg: host `hunter2@...`
     ],
 )
 def test_a_database_url_that_is_not_a_libpq_url_is_one_line_without_the_password(
