@@ -51,6 +51,19 @@ def _unreachable(exc: BaseException) -> bool:
     )
 
 
+def _unreachable_line(exc: BaseException) -> str:
+    """Which server could not be reached, when the error says, and where it is set."""
+    if isinstance(exc, KafkaError):  # its text starts with its type's name
+        return f"cannot reach Kafka: {exc} (is the stack up? LATTICE_KAFKA_BOOTSTRAP says where)"
+    what = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, asyncpg.PostgresConnectionError):
+        return f"cannot reach PostgreSQL: {what} (is the stack up? LATTICE_DATABASE_URL says where)"
+    return (
+        f"cannot reach Kafka or PostgreSQL: {what} (is the stack up? "
+        "LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
@@ -92,11 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
     except Exception as exc:
         if _unreachable(exc):
-            print(
-                f"lattice: cannot reach Kafka or PostgreSQL: {type(exc).__name__}: {exc} "
-                "(is the stack up? LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)",
-                file=sys.stderr,
-            )
+            print(f"lattice: {_unreachable_line(exc)}", file=sys.stderr)
             return 1
         # What the server said to a one-shot command (a read-only replica or role, a missing
         # grant, too many connections; a broker that answered its bootstrap but not the

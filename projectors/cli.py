@@ -203,7 +203,10 @@ def run_status(args: argparse.Namespace) -> int:
     """`lattice status [NAME ...] [--json]`."""
     settings = settings_from(args)
     projections = catalog.select(args.names)
-    statuses = asyncio.run(status.collect(settings, projections, others=not args.names))
+    missing: list[str] = []
+    statuses = asyncio.run(
+        status.collect(settings, projections, others=not args.names, missing=missing)
+    )
     if args.json:
         import orjson
 
@@ -211,6 +214,12 @@ def run_status(args: argparse.Namespace) -> int:
     else:
         print(status.render(statuses))
     # On stderr, so that --json's stdout stays one array.
+    for topic in missing:
+        print(
+            f"warning: topic {topic} does not exist on the broker (a mistyped LATTICE_TOPIC? "
+            "`lattice stack up` or the topics Job creates it); its projectors wait for it",
+            file=sys.stderr,
+        )
     for line in asyncio.run(status.warnings(settings, projections)):
         print(f"warning: {line}", file=sys.stderr)
     return 0

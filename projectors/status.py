@@ -57,11 +57,15 @@ async def _stored(url: str) -> tuple[list[asyncpg.Record], dict[tuple[str, str, 
 
 
 async def collect(
-    settings: Settings, projections: Sequence[Any], *, others: bool = True
+    settings: Settings,
+    projections: Sequence[Any],
+    *,
+    others: bool = True,
+    missing: list[str] | None = None,
 ) -> list[PartitionStatus]:
     """The status of every given projection and of its replay in progress; with `others`,
     also of every other projector with stored positions (other replays, projectors run
-    by other versions)."""
+    by other versions). `missing` gets the given projections' topics the broker lacks."""
     rows, dead = await _stored(settings.require_database_url())
     stored = {(r["projector"], r["topic"], r["partition"]): r for r in rows}
     wanted: dict[str, list[str]] = {p.name: list(p.topics(settings)) for p in projections}
@@ -82,6 +86,9 @@ async def collect(
         await consumer.start()
         topics = sorted({t for ts in wanted.values() for t in ts})
         tps = await partitions_of(consumer, topics, missing_ok=True)
+        if missing is not None:
+            present = {tp.topic for tp in tps}
+            missing.extend(sorted({t for p in projections for t in p.topics(settings)} - present))
         ends = await consumer.end_offsets(tps) if tps else {}
         starts = await consumer.beginning_offsets(tps) if tps else {}
     finally:
