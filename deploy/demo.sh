@@ -83,14 +83,8 @@ interrupted() {  # exit status
 }
 trap 'interrupted 130' INT
 trap 'interrupted 143' TERM
-# A shell that sourced the demo's env (as the demo's last lines suggest) names the demo's
-# own database, topics and secrets: the stack must not take those for its own.
-case "${LATTICE_DATABASE_URL:-}" in
-  */lattice_demo | */lattice_demo\?*)
-    unset LATTICE_DATABASE_URL LATTICE_TOPIC LATTICE_USAGE_TOPIC LATTICE_WEBHOOK_SECRETS \
-      LATTICE_STRIPE_API_KEY LATTICE_STRIPE_API_BASE DEMO_RECEIVER_PORT DEMO_STRIPE_PORT
-    ;;
-esac
+# shellcheck source=deploy/shed-demo-env.sh
+. deploy/shed-demo-env.sh
 step "stack: Apache Kafka (KRaft) and PostgreSQL"
 "$lattice" stack up 9>&-  # a broker started now runs for days: it must not hold the lock
 # shellcheck disable=SC1091

@@ -21,12 +21,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy import kafka_options
 from deploy.settings import load_settings
-from deploy.stack import write_env
+from deploy.stack import DEMO_DATABASE, write_env
 from deploy.stack.topics import ensure_topics
 from ingest.simulate.generator import DELIVER, generate
 
 PREFIX = "demo"
-DATABASE = "lattice_demo"
+DATABASE = DEMO_DATABASE
 RECEIVER_PORT = 8000
 
 

@@ -5,6 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 lattice=.venv/bin/lattice
+# shellcheck source=deploy/shed-demo-env.sh
+. deploy/shed-demo-env.sh
 # Stop afterwards only what was not running before (a broker of the user's keeps running).
 running=$("$lattice" stack status 2>/dev/null)
 stop_after=()

@@ -24,6 +24,8 @@ from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
 from deploy.stack.topics import ensure_topics
 
+DEMO_DATABASE = "lattice_demo"  # `make demo`'s own database on the local server
+
 __all__ = ["SERVICES", "StackError", "StackInfo", "down", "running", "up", "write_env"]
 
 
@@ -125,7 +127,12 @@ def _up(settings: Settings) -> StackInfo:
             append_time=[settings.usage_topic],
         )
     )
-    values = {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": database_url}
+    recorded = database_url
+    if not _postgres_is_external(settings) and urlsplit(database_url).path == f"/{DEMO_DATABASE}":
+        # A shell that sourced the demo's env: the next `make demo` drops that database,
+        # so what every later shell sources names the stack's own.
+        recorded = postgres.url(settings.pg_port)
+    values = {"LATTICE_KAFKA_BOOTSTRAP": bootstrap, "LATTICE_DATABASE_URL": recorded}
     if local_kafka:
         values["LATTICE_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
     write_env(stack_env_path(home), values)

@@ -115,6 +115,41 @@ def test_stack_up_checks_that_a_database_it_did_not_create_lets_us_in(stack: Sta
     assert env_file.read_text() == before
 
 
+async def test_stack_up_from_a_shell_with_the_demos_env_records_the_stacks_own_database(
+    stack: Stack,
+) -> None:
+    """`make stack` in a shell that sourced the demo's env: stack.env, which every later
+    shell sources, keeps naming the stack's own database, not the demo's (the next
+    `make demo` drops that one)."""
+    demo = stack.database_url.rsplit("/", 1)[0] + "/lattice_demo"
+    env_file = load_settings().home / "stack.env"
+    before = env_file.read_text()
+    assert "lattice_demo" not in before
+    conn = await asyncpg.connect(stack.database_url)
+    created = False
+    try:
+        created = not await conn.fetchval(
+            "SELECT 1 FROM pg_database WHERE datname = 'lattice_demo'"
+        )
+        if created:
+            await conn.execute("CREATE DATABASE lattice_demo")
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [*LATTICE, "stack", "up"],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "LATTICE_DATABASE_URL": demo},
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert env_file.read_text() == before
+    finally:
+        if created:
+            await conn.execute("DROP DATABASE IF EXISTS lattice_demo WITH (FORCE)")
+        await conn.close()
+
+
 def test_stack_up_creates_topics_of_other_names(stack: Stack) -> None:
     """`stack up --topic --usage-topic` (every setting is also a flag) on the running
     stack creates those topics. stack.env does not name them: a later `stack up` without
@@ -163,10 +198,14 @@ def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> Non
     """`make test` with a broker already running (and PostgreSQL not): the broker is left
     as it was found; PostgreSQL, which the script started, is stopped. The shell has a
     managed cluster's security exported (as the README's example does): the local broker
-    is still reached in plaintext, and stack.env says so to the commands run with it."""
+    is still reached in plaintext, and stack.env says so to the commands run with it. And
+    the shell sourced the demo's env, as the demo suggests: the tests get the stack's own
+    database and topics, not the demo's (which the next demo drops)."""
     kafka_port, pg_port = free_port(2), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LATTICE_")}
     env |= {
+        "LATTICE_DATABASE_URL": postgres.url(pg_port).rsplit("/", 1)[0] + "/lattice_demo",
+        "LATTICE_TOPIC": "demo.stripe.events",
         "LATTICE_HOME": str(tmp_path),
         "LATTICE_KAFKA_PORT": str(kafka_port),
         "LATTICE_PG_PORT": str(pg_port),
@@ -178,7 +217,8 @@ def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> Non
         assert kafka.start(share_kafka_jars(tmp_path), port=kafka_port, partitions=1, timeout=90)
         script = (
             'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '" && '
-            'test "$LATTICE_KAFKA_SECURITY_PROTOCOL" = PLAINTEXT'
+            'test "$LATTICE_KAFKA_SECURITY_PROTOCOL" = PLAINTEXT && '
+            'test -z "${LATTICE_TOPIC:-}"'
         )
         result = subprocess.run(
             [str(REPO / "deploy" / "with-stack.sh"), "bash", "-c", script],
