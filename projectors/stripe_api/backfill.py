@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from deploy import kafka_options
 from deploy.settings import Settings
+from ingest.publisher import COMPRESSION
 from ingest.record import LogRecord, build_record
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api import ledger, logtail
@@ -37,6 +38,7 @@ from projectors.stripe_api.ledger import BackfillError
 from projectors.stripe_api.listing import created_seconds, listings
 
 SOURCE = "backfill"
+REQUEST_HEADROOM = 64 * 1024  # a record's key, headers and framing beyond its value
 # Records stamped within this margin before a ledger row may belong to it (clock skew).
 SETTLE_MARGIN = timedelta(minutes=5)
 LAG_POLL_SECONDS = 0.5
@@ -64,6 +66,9 @@ class Progress:
     behind: int = 0
     # Connected accounts the log has events of that were not listed (not in --account).
     unlisted_accounts: list[str] = field(default_factory=list)
+    # Events over LATTICE_MAX_BODY_BYTES, not appended: id -> bytes (the receiver would
+    # have refused them too; appending one would fail every later run on it).
+    too_large: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -260,6 +265,9 @@ async def _append(
         enable_idempotence=True,
         client_id="lattice-backfill",
         request_timeout_ms=int(settings.kafka_timeout * 1000),
+        # As the receiver sends: compressed, and a record as large as it takes fits.
+        compression_type=COMPRESSION,
+        max_request_size=settings.max_body_bytes + REQUEST_HEADROOM,
     )
     try:
         await producer.start()
@@ -274,6 +282,15 @@ async def _append(
             if not chunk:
                 continue
             records = [_record(event, account, opts.endpoint) for event, account in chunk]
+            fits = [len(r.value) <= settings.max_body_bytes for r in records]
+            for (event, _), record, fit in zip(chunk, records, fits, strict=True):
+                if not fit:
+                    state.too_large[str(event["id"])] = len(record.value)
+                    state.missing -= 1
+            chunk = [pair for pair, fit in zip(chunk, fits, strict=True) if fit]
+            records = [record for record, fit in zip(records, fits, strict=True) if fit]
+            if not chunk:
+                continue
             ids = [str(event["id"]) for event, _ in chunk]
             await ledger.mark_sending(
                 conn, settings.topic, ids, [created_seconds(event) for event, _ in chunk]

@@ -228,6 +228,13 @@ def run(args: argparse.Namespace) -> int:
             "them)",
             file=sys.stderr,
         )
+    for event_id, size in state.too_large.items():
+        print(
+            f"lattice: event {event_id} was not appended: {size:,} bytes, over "
+            "LATTICE_MAX_BODY_BYTES (the receiver refuses it too; raise both, and the "
+            "topic's max.message.bytes, to take it)",
+            file=sys.stderr,
+        )
     if state.unlisted_accounts:
         shown = " ".join(f"--account {a}" for a in state.unlisted_accounts[:10])
         more = len(state.unlisted_accounts) - 10
@@ -237,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
             + (f" (and {more} more)" if more > 0 else ""),
             file=sys.stderr,
         )
-    return 1 if state.refused or state.thin_refused else 0
+    return 1 if state.refused or state.thin_refused or state.too_large else 0
 
 
 async def _run(settings: Settings, options: BackfillOptions, line: ProgressLine) -> Progress:

@@ -520,3 +520,32 @@ async def test_thin_events_refused_to_the_key_leave_the_snapshot_events_appended
     assert list(done.thin_refused) == ["platform"]
     assert "rak_event_read" in done.thin_refused["platform"]
     assert await _backfilled_ids(settings) == sorted(e["id"] for e in events)
+
+
+async def test_an_event_over_the_body_limit_is_reported_and_the_rest_appended(
+    fake: FakeStripe, settings: Settings
+) -> None:
+    """An event larger than the receiver takes (the one it answered 413, so the one most
+    likely missing): reported by id and size, not appended, and the newer events behind
+    it are (it used to stop every run at the same place)."""
+    events = [
+        e
+        for e in unique_events(stream(12, seed=31, thin_every=10**6)).values()
+        if "account" not in e
+    ]
+    sizes = sorted(len(orjson.dumps(e)) for e in events)
+    limit = sizes[-1] - 1  # the largest is over it, by some bytes of headers at least
+    large = [e["id"] for e in events if len(orjson.dumps(e)) > limit]
+    assert large
+    fake.add_v1_events(events)
+    await migrate_the_index(settings)
+    small = settings.model_copy(update={"max_body_bytes": limit})
+    async with client_for(fake) as client:
+        done = await backfill(small, client, BackfillOptions(since=SINCE))
+    assert sorted(done.too_large) == sorted(large)
+    assert all(size > limit for size in done.too_large.values())
+    assert done.appended == len(events) - len(large)
+    assert done.missing == done.appended
+    assert await _backfilled_ids(settings) == sorted(
+        e["id"] for e in events if e["id"] not in large
+    )
