@@ -126,7 +126,7 @@ class Hydrator:
             return _compact(cached)
         fetched = await self._fetch(event_id, context, livemode)
         stored = await self._store(
-            _EVENTS, event_id, str(fetched.get("type", "")), context, body=orjson.dumps(fetched)
+            _EVENTS, event_id, str(fetched.get("type", "")), context, body=_storable(fetched)
         )
         log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
         return _compact(stored)
@@ -232,7 +232,7 @@ class Hydrator:
             return record
         # None (Stripe has no such object, or too many lines) is kept as JSON null.
         stored = await self._store(
-            _LINES, object_id, kind, account or context, body=orjson.dumps(lines)
+            _LINES, object_id, kind, account or context, body=_storable(lines)
         )
         if lines is not None:
             log.info("lines fetched", object_id=object_id, lines=len(lines))
@@ -306,6 +306,24 @@ def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:
     if lines is None:
         return record
     return dataclasses.replace(record, value=with_lines(event, lines))
+
+
+def _storable(answer: Any) -> bytes:
+    """Stripe's answer as JSON that jsonb takes: jsonb refuses the NUL character (`\\u0000`,
+    which a description or an echoed error message could hold), so a NUL inside a string
+    becomes U+FFFD; anything else is kept as Stripe sent it."""
+    body = orjson.dumps(answer)
+    return orjson.dumps(_without_nul(answer)) if b"\\u0000" in body else body
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    return value
 
 
 def _compact(jsonb_text: str) -> bytes:

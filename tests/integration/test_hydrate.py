@@ -95,6 +95,21 @@ async def test_hydrates_once_then_serves_the_cache(fake: FakeStripe, pool: async
     assert cached == "2"
 
 
+async def test_a_nul_character_in_stripes_answer_is_stored_not_a_dead_letter(
+    fake: FakeStripe, pool: asyncpg.Pool
+) -> None:
+    """jsonb refuses `\\u0000`: an error message Stripe echoes with a NUL in it (from the
+    app's own identifier) is kept with U+FFFD in its place, and the event is applied; a
+    backslash and `u0000` written as text stay as they are."""
+    thin, full = meter_error_report(identifiers=("usage-\x00-1", "usage-\\u0000"))
+    fake.add_v2_event(full)
+    async with make_client(fake) as client:
+        hydrated = orjson.loads((await Hydrator(pool, client)(thin_record(thin))).value)
+    samples = hydrated["data"]["reason"]["error_types"][0]["sample_errors"]
+    assert [s["request"]["identifier"] for s in samples] == ["usage-\ufffd-1", "usage-\\u0000"]
+    assert hydrated["data"]["reason"]["error_count"] == 2
+
+
 async def test_a_replay_without_any_key_never_calls_stripe(
     fake: FakeStripe, pool: asyncpg.Pool
 ) -> None:
