@@ -99,6 +99,8 @@ async def replay(
     try:
         await consumer.start()
         tps = await _partitions(consumer, projection.topics(settings))
+        # A poison record goes there: missing, its send would wait for it without end.
+        await _partitions(consumer, [settings.dlq_topic])
         consumer.assign(tps)
         await check_offset(consumer, settings, tps, start)
         await migrate(lock_conn, [projection])  # the live schema is current before we copy

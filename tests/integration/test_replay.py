@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 
 from deploy.settings import Settings
 from deploy.stack.process import run_coroutine
+from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.batching import partition_for
 from ingest.record import build_record
 from projectors import dependents, offsets, shadow
@@ -875,6 +876,24 @@ async def test_replay_on_top_of_live_positions_past_the_log_end_is_refused(
     assert said.endswith("`lattice replay events --from-beginning` rebuilds from what it holds")
     assert await rows(url, EVENTS_TABLE) == table
     assert await positions(url, "events.replay") == {}
+
+
+async def test_replay_without_its_dead_letter_topic_is_refused_before_anything_is_built(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """A poison record met during the rebuild is sent to the dead-letter topic: without it,
+    the send would wait for the topic for ever. Refused first, naming it."""
+    lone = f"{unique}.lone.stripe.events"
+    await ensure_topics(stack.kafka_bootstrap, [lone], partitions=2)
+    try:
+        ours = settings.model_copy(update={"topic": lone})
+        async with dead_letter_producer(ours) as dead_letters:
+            with pytest.raises(ReplayError, match=rf"^topic {lone}\.dlq does not exist"):
+                await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        url = settings.require_database_url()
+        assert await positions(url, "events.replay") == {}
+    finally:
+        await delete_topics(stack.kafka_bootstrap, [lone])
 
 
 async def test_a_swap_never_undoes_a_migration_the_live_tables_have(
