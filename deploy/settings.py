@@ -58,14 +58,8 @@ KAFKA_CHOICES = {
 class Settings(BaseSettings):
     """Configuration shared by the receiver, the projectors and the tools."""
 
-    # An empty variable is an unset one: compose's `${LATTICE_KAFKA_SSL_CAFILE:-}` and a
-    # Secret's empty key mean "the default", not a file named "." or a topic named "".
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX,
-        env_ignore_empty=True,
-        extra="ignore",
-        frozen=True,
-        hide_input_in_errors=True,
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
     )
 
     webhook_secrets: SecretStr = Field(
@@ -138,7 +132,10 @@ class Settings(BaseSettings):
         default=200, ge=1, description="milliseconds a batch waits to fill"
     )
     poison_retries: int = Field(
-        default=3, ge=1, description="attempts before a record is dead-lettered"
+        default=3,
+        ge=1,
+        description="attempts before a record whose reduce or apply fails is dead-lettered "
+        "(a verdict, at the first)",
     )
     # How long the group waits for a projector process that stopped answering (killed,
     # frozen, cut off) before its partitions move to the others. It must lie within the
@@ -175,6 +172,12 @@ class Settings(BaseSettings):
         if value.upper() not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
         return value.upper()
+
+    @field_validator("kafka_ssl_cafile", mode="before")
+    @classmethod
+    def _empty_cafile_is_none(cls, value: Any) -> Any:
+        # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: no file (it read as the folder ".").
+        return None if value == "" else value
 
     @field_validator("kafka_ssl_cafile")
     @classmethod
@@ -226,7 +229,8 @@ class Settings(BaseSettings):
     def _api_version_is_stripes(cls, value: str) -> str:
         # Stripe refuses every request with a version it does not know; a typo would look
         # like every thin event being refused.
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?", value):
+        # Beta versions add `; name=v1` parts (`2025-01-27.acacia; some_beta=v1`).
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}(\.[a-z]+)?(; ?[a-z0-9_]+=v\d+)*", value):
             raise ValueError(
                 f"{value[:64]!r} is not a Stripe API version (such as 2025-10-29.clover)"
             )
@@ -300,7 +304,10 @@ def check_database_url(url: str) -> None:
         # asyncpg splits at the first `@`, libpq at the last: a password holding one would
         # send asyncpg to the host `rest-of-password@host`, and the projector would wait
         # for it forever.
-        raise ValueError(f"more than one `@` before the address: {ENCODE_IN_PASSWORD}")
+        raise ValueError(
+            f"more than one `@` before the address: {ENCODE_IN_PASSWORD} (and an `@` in a "
+            "user name, such as Azure's user@server, as %40)"
+        )
     hosts = parts.netloc.rpartition("@")[2]
     for host in hosts.split(",") if hosts else ():
         if host:  # an empty host means the local socket, as libpq reads it

@@ -218,7 +218,7 @@ class BatchApplier:
         if isinstance(first, PoisonRecord):
             # A verdict, not a failure: trying again would give it again (and a hydrator's
             # would ask Stripe again, on the account's rate limit).
-            return self._letter(record, "reduce", first)
+            return self._letter(record, "reduce", first, attempts=1)
         for _ in range(self.retries - 1):
             try:
                 _check_envelope(record, self.event_log)
@@ -311,8 +311,12 @@ class BatchApplier:
         assert error is not None
         return self._letter(record, "apply", error)
 
-    def _letter(self, record: Record, stage: str, error: Exception) -> DeadLetter:
-        message = f"{stage} failed after {self.retries} attempts: {type(error).__name__}: {error}"
+    def _letter(
+        self, record: Record, stage: str, error: Exception, *, attempts: int | None = None
+    ) -> DeadLetter:
+        tries = self.retries if attempts is None else attempts
+        said = "1 attempt" if tries == 1 else f"{tries} attempts"
+        message = f"{stage} failed after {said}: {type(error).__name__}: {error}"
         log.error(
             "dead letter",
             projector=self.key,

@@ -12,10 +12,11 @@ runner's next compare-and-set then fails once and it re-seeks to the rebuilt pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -36,6 +37,7 @@ from projectors.replay_lock import LockTaken, ReplayLock
 from projectors.replay_start import ReplayError, StartAt, check_offset, start_positions
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
+T = TypeVar("T")
 log = structlog.get_logger("lattice.replay")
 SWAP_ATTEMPTS = 200
 # Swaps backed out because the live runner was past the rebuild; the last one swaps anyway
@@ -103,24 +105,10 @@ async def replay(
         await _partitions(consumer, [settings.dlq_topic])
         consumer.assign(tps)
         await check_offset(consumer, settings, tps, start)
-        await migrate(lock_conn, [projection])  # the live schema is current before we copy
-        try:  # live tables newer than this code: refuse now, not after hours of rebuilding
-            async with lock_conn.transaction():
-                await shadow.refuse_newer_migrations(lock_conn, projection)
-        except shadow.SwapError as exc:
-            raise ReplayError(str(exc)) from None
-        tables = await shadow.build(lock_conn, projection, schema)
-        foreign = await dependents.not_recreatable(lock_conn, LIVE_SCHEMA, tables)
-        if foreign:
-            role = await lock_conn.fetchval("SELECT current_user")
-            raise ReplayError(
-                f"the swap would drop and create again views role {role} cannot: "
-                f"{', '.join(foreign)}; grant it their owners' roles (GRANT owner TO {role}) "
-                "or drop them, then replay again"
-            )
-        await offsets.forget(lock_conn, key)
-        seeds = await start_positions(
-            lock_conn, consumer, projection, settings, tps, start, schema, tables
+        # Migrating waits for readers, copying the live tables can take minutes: a stop
+        # cancels either (and its statement).
+        seeds = await _unless_stopped(
+            _prepare(lock_conn, consumer, projection, settings, tps, start, schema), stop
         )
         async with lock_conn.transaction():
             await offsets.compare_and_set(lock_conn, key, seeds)
@@ -168,7 +156,8 @@ async def replay(
     except OffsetOutOfRangeError as exc:
         raise ReplayError(
             f"records the rebuild needs are gone from the log ({exc}): a retention deleted "
-            "them, or the topic was created again; the live tables are unchanged"
+            "them, or the topic was created again; the live tables are unchanged "
+            "(--from-beginning rebuilds from what the log holds)"
         ) from None
     except offsets.PositionConflict as exc:
         raise ReplayError(
@@ -180,6 +169,52 @@ async def replay(
         if lock.held and not finished:
             await _discard(lock, schema, key)
         await lock.release()  # also releases the session's advisory lock
+
+
+async def _prepare(
+    conn: asyncpg.Connection,
+    consumer: AIOKafkaConsumer,
+    projection: Any,
+    settings: Settings,
+    tps: list[TopicPartition],
+    start: StartAt,
+    schema: str,
+) -> dict[TopicPartition, offsets.Advance]:
+    """The live schema migrated, the shadow built (and seeded unless from the beginning):
+    the rebuild's first positions."""
+    await migrate(conn, [projection])  # the live schema is current before we copy
+    try:  # live tables newer than this code: refuse now, not after hours of rebuilding
+        async with conn.transaction():
+            await shadow.refuse_newer_migrations(conn, projection)
+    except shadow.SwapError as exc:
+        raise ReplayError(str(exc)) from None
+    tables = await shadow.build(conn, projection, schema)
+    foreign = await dependents.not_recreatable(conn, LIVE_SCHEMA, tables)
+    if foreign:
+        role = await conn.fetchval("SELECT current_user")
+        raise ReplayError(
+            f"the swap would drop and create again views role {role} cannot: "
+            f"{', '.join(foreign)}; grant it their owners' roles (GRANT owner TO {role}) "
+            "or drop them, then replay again"
+        )
+    await offsets.forget(conn, shadow.replay_key(projection.name))
+    return await start_positions(conn, consumer, projection, settings, tps, start, schema, tables)
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
+    """`work`'s result; Abandoned (`work` cancelled) when `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise Abandoned("stopped while the rebuild was prepared")
+    return task.result()
 
 
 async def _swap(

@@ -57,6 +57,10 @@ class CatchUp:
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
+                    if self.stop.is_set():
+                        raise ReplayError(
+                            "replay interrupted; the live tables are unchanged"
+                        ) from exc
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_S)
                     continue

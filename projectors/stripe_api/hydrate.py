@@ -6,13 +6,14 @@ of a projection that sets `hydrate_thin_events = True`, and hands the result to 
 The cache is read first, so a replay never calls Stripe again; the value served is the
 cached JSON either way, so a live run and a replay see the same bytes.
 
-Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx (but
-a 400 for a well-formed id), or the event's mode is not the key's -> `PoisonRecord` (the
-runner dead-letters it with the reason; a replay after the fix fetches it again). Stripe
-refusing the key (401, or 403 for the platform's own events) or the request (400 for a
-well-formed id: the API version, say), unreachable, failing, redirecting or the circuit
-open, the cache's database unreachable, or no API key configured -> `HydrationUnavailable`
-(the runner waits and tries again; it never skips).
+Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx (but a
+400 for a platform event's well-formed id), or the event's mode is not the key's ->
+`PoisonRecord` (the runner dead-letters it with the reason; a replay after the fix
+fetches it again). Stripe refusing the key (401, or 403 for the platform's own events) or
+the request (400 for a platform event's well-formed id: the API version, say),
+unreachable, failing, redirecting or the circuit open, the cache's database unreachable,
+or no API key configured -> `HydrationUnavailable` (the runner waits and tries again; it
+never skips).
 """
 
 from __future__ import annotations
@@ -186,10 +187,11 @@ class Hydrator:
             # revoked); its other events fare the same, the platform's are unaffected.
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         except StripeAPIError as exc:
-            if exc.status == 400 and _EVENT_ID.fullmatch(event_id):
-                # A GET without parameters of a well-formed id: the request as every one
-                # is sent is refused (an API version Stripe does not know, say), not
-                # this record. Wait, saying why.
+            if exc.status == 400 and context is None and _EVENT_ID.fullmatch(event_id):
+                # A GET without parameters of a well-formed id, in no account's context
+                # (which comes from the record): the request as every one is sent is
+                # refused (an API version Stripe does not know, say), not this record.
+                # Wait, saying why.
                 raise HydrationUnavailable(
                     f"Stripe refuses the request for thin event {event_id} ({exc}): check "
                     "LATTICE_STRIPE_API_VERSION and LATTICE_STRIPE_API_BASE"

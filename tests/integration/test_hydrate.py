@@ -191,23 +191,28 @@ async def test_a_key_without_access_to_events_waits_an_account_that_revoked_us_i
 async def test_a_refused_request_waits_an_event_of_the_other_mode_is_poison_unasked(
     fake: FakeStripe, pool: asyncpg.Pool
 ) -> None:
-    """A 400 for a well-formed id is the request every thin event gets (an API version
-    Stripe does not know), not the record: wait. A live event with a test key (or the
-    reverse) Stripe cannot find: dead-letter it saying so, without asking Stripe."""
+    """A 400 for a platform event's well-formed id is the request every thin event gets
+    (an API version Stripe does not know), not the record: wait. A live event with a test
+    key (or the reverse) Stripe cannot find: dead-letter it saying so, without asking."""
     thin, full = meter_error_report()
     fake.add_v2_event(full)
     async with make_client(fake) as client:
         fake.fail_next(1, status=400)
         with pytest.raises(HydrationUnavailable, match=r"HTTP 400.*LATTICE_STRIPE_API_VERSION"):
             await Hydrator(pool, client)(thin_record(thin))
+        # In an account's context (the record's own), a 400 may be the record's: poison.
+        theirs, _ = meter_error_report(context="acct_1Nv0FGQ9RKHgCVdK")
+        fake.fail_next(1, status=400)
+        with pytest.raises(PoisonRecord, match=r"HTTP 400"):
+            await Hydrator(pool, client)(thin_record(theirs))
         live = thin_record({**thin, "livemode": True})
         with pytest.raises(PoisonRecord, match=r"live-mode event, but .* is a test-mode key"):
             await Hydrator(pool, client)(live)
-    assert len(fake.requests_to("/v2/core/events/")) == 1
+    assert len(fake.requests_to("/v2/core/events/")) == 2
     async with make_client(fake, key="sk_live_" + fake.api_key[8:]) as client:
         with pytest.raises(PoisonRecord, match=r"test-mode event, but .* is a live-mode key"):
             await Hydrator(pool, client)(thin_record(thin))
-    assert len(fake.requests_to("/v2/core/events/")) == 1
+    assert len(fake.requests_to("/v2/core/events/")) == 2
 
 
 async def test_a_redirect_is_never_taken_for_an_answer(

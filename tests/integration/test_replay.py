@@ -854,8 +854,8 @@ async def test_replay_on_top_of_live_positions_past_the_log_end_is_refused(
 ) -> None:
     """The topic deleted and created again (here: the live positions moved past its end):
     a rebuild from a partition's offset or a time copies the live positions of the other
-    partitions, which the log never reaches. Refused before anything is built, naming the
-    way out."""
+    partitions, which the log never reaches. Refused before anything is rebuilt (the
+    shadow is dropped), naming the way out."""
     ours = await _events_projected(settings, stack, unique, seed=8)
     url = settings.require_database_url()
     conn = await asyncpg.connect(url)
@@ -894,6 +894,59 @@ async def test_replay_without_its_dead_letter_topic_is_refused_before_anything_i
         assert await positions(url, "events.replay") == {}
     finally:
         await delete_topics(stack.kafka_bootstrap, [lone])
+
+
+async def test_a_replay_stopped_while_it_prepares_stops_at_once(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """Ctrl-C (or SIGTERM) while the replay waits for a reader to migrate, or copies the
+    live tables for `--since` (minutes for large ones): the work is cancelled, its
+    statement with it, and the replay ends in one line leaving nothing behind (it went on
+    until the work was done)."""
+    ours = await _events_projected(settings, stack, unique, seed=27)
+    url = settings.require_database_url()
+    table = await rows(url, EVENTS_TABLE)
+    blocker = await asyncpg.connect(url)
+    stop = asyncio.Event()
+    try:
+        holding = blocker.transaction()
+        await holding.start()
+        # The replay waits for this lock: as long as a copy of many rows would take.
+        await blocker.execute("LOCK TABLE projections.events IN ACCESS EXCLUSIVE MODE")
+
+        async def stop_once_copying() -> None:
+            await eventually(
+                lambda: rows(
+                    url,
+                    "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND pid <> pg_backend_pid()",
+                ),
+                bool,
+                timeout=30,
+                what="the replay waiting for the live table",
+            )
+            stop.set()
+
+        stopping = asyncio.create_task(stop_once_copying())
+        async with dead_letter_producer(ours) as dead_letters:
+            with pytest.raises(ReplayError, match="interrupted; the live tables are unchanged"):
+                await asyncio.wait_for(
+                    replay(
+                        ours,
+                        events,
+                        StartAt(since=datetime.now(UTC) - timedelta(days=1)),
+                        dead_letters,
+                        stop=stop,
+                    ),
+                    timeout=30,
+                )
+        await stopping
+        await holding.rollback()
+    finally:
+        await blocker.close()
+    assert await rows(url, EVENTS_TABLE) == table
+    assert await positions(url, "events.replay") == {}
+    assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
 
 
 async def test_a_swap_never_undoes_a_migration_the_live_tables_have(

@@ -48,19 +48,23 @@ def test_an_api_version_stripe_would_refuse_is_named_at_start(
     monkeypatch.setenv("LATTICE_STRIPE_API_VERSION", version)
     with pytest.raises(ConfigError, match=r"^LATTICE_STRIPE_API_VERSION: .* is not a Stripe API"):
         load_settings()
-    for good in ("2025-10-29.clover", "2024-06-20"):
+    for good in ("2025-10-29.clover", "2024-06-20", "2025-01-27.acacia; some_beta=v1"):
         monkeypatch.setenv("LATTICE_STRIPE_API_VERSION", good)
         assert load_settings().stripe_api_version == good
 
 
-def test_an_empty_variable_is_an_unset_one_and_an_empty_topic_flag_is_refused(
+def test_an_empty_ca_file_is_none_an_empty_topic_or_prefix_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: not a file named ".", not a topic "".
+    # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: not the folder "."; an empty topic or
+    # group prefix must not quietly become production's default.
     monkeypatch.setenv("LATTICE_KAFKA_SSL_CAFILE", "")
-    monkeypatch.setenv("LATTICE_TOPIC", "")
-    loaded = load_settings()
-    assert (loaded.kafka_ssl_cafile, loaded.topic) == (None, "stripe.events")
+    assert load_settings().kafka_ssl_cafile is None
+    for name in ("LATTICE_TOPIC", "LATTICE_USAGE_TOPIC", "LATTICE_GROUP_PREFIX"):
+        monkeypatch.setenv(name, "")
+        with pytest.raises(ConfigError, match=rf"^{name}: "):
+            load_settings()
+        monkeypatch.delenv(name)
     with pytest.raises(ConfigError, match=r"^--topic: "):
         load_settings({"topic": ""})
 
