@@ -17,7 +17,10 @@ def register(commands: Any) -> None:
         "stack",
         help="start, stop or describe the local Kafka + PostgreSQL stack",
         description="The local stack: a real Apache Kafka broker (KRaft) and a real "
-        "PostgreSQL server on 127.0.0.1, with data under --home (default .lattice/).",
+        "PostgreSQL server on 127.0.0.1, with data under --home (default .lattice/). "
+        "Given servers elsewhere (LATTICE_KAFKA_BOOTSTRAP, LATTICE_DATABASE_URL), `up` "
+        "starts nothing of its own for them: it waits for them and creates the topics "
+        "(how a deployment provisions its cluster).",
     )
     parser.add_argument(
         "action",

@@ -121,8 +121,17 @@ def register(commands: Any) -> None:
         "group", metavar="GROUP", help="the downstream consumer group (its members stopped)"
     )
     to = rewind_cmd.add_mutually_exclusive_group(required=True)
-    to.add_argument("--since", metavar="TIME", help="first record at or after TIME")
-    to.add_argument("--to-offset", metavar="P:N", help="partition P to offset N")
+    to.add_argument(
+        "--since",
+        metavar="TIME",
+        help="the first record at or after TIME (RFC 3339 such as 2026-11-01T00:00:00Z, or "
+        "Unix seconds); never in the future, never moving a partition forward",
+    )
+    to.add_argument(
+        "--to-offset",
+        metavar="P:N",
+        help="partition P to offset N, of the first --rewind-topic (else the event log)",
+    )
     rewind_cmd.add_argument(
         "--new-group",
         action="store_true",
