@@ -48,8 +48,8 @@ def register(commands: Any) -> None:
         default=MIXED,
         choices=[MIXED, *API_VERSIONS],
         help="payload shapes: one Stripe API version, or mixed (default): the endpoint "
-        "upgraded from the old to the new on the month's 16th day, so objects made before "
-        "it get events of both shapes",
+        "upgraded from the old to the new on the 35th day, amid the renewals, so objects "
+        "made before it get events of both shapes",
     )
     parser.add_argument("--rate", type=float, help="deliveries per second (unlimited)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")

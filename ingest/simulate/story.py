@@ -17,8 +17,10 @@ YEAR = 365 * DAY
 MONTH_START = int(datetime(2026, 10, 1, tzinfo=UTC).timestamp())
 # `--api-version mixed`: the endpoint's version is upgraded from the old era to the new
 # at this moment, as an operator upgrades an endpoint; objects made before it get
-# new-shape events after it.
-UPGRADED_AT = MONTH_START + 15 * DAY
+# new-shape events after it. Customers sign up on days 0-8 and renew 30 days later: on
+# day 34 about half the renewals (their metered lines, failed payments, credit notes)
+# came in the old shape, and dunning retries cross the upgrade.
+UPGRADED_AT = MONTH_START + 34 * DAY
 
 PLATFORM = "platform"
 CONNECT = "connect"
