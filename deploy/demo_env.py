@@ -100,7 +100,15 @@ async def prepare() -> dict[str, str]:
 def main() -> int:
     """Entry point: `python -m deploy.demo_env HOME`."""
     home = Path(sys.argv[1] if len(sys.argv) > 1 else ".lattice/demo")
-    values = asyncio.run(prepare())
+    try:
+        values = asyncio.run(prepare())
+    except Exception as exc:  # the stack answered `stack up`, then failed: one line
+        print(
+            f"demo: could not prepare the demo's topics and database: "
+            f"{type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     home.mkdir(parents=True, exist_ok=True)
     env = home / "env"
     write_env(env, values)  # it holds signing secrets
