@@ -104,8 +104,7 @@ def main() -> int:
         values = asyncio.run(prepare())
     except Exception as exc:  # the stack answered `stack up`, then failed: one line
         print(
-            f"demo: could not prepare the demo's topics and database: "
-            f"{type(exc).__name__}: {exc}",
+            f"demo: could not prepare the demo's topics and database: {type(exc).__name__}: {exc}",
             file=sys.stderr,
         )
         return 1
