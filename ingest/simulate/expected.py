@@ -203,7 +203,8 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
             for sub in story.subscriptions
         ],
         "subscription_items": [
-            (item.id, sub.id, item.price.id, item.quantity)
+            # Each item's period: on the subscription before basil, on the item since.
+            (item.id, sub.id, item.price.id, item.quantity, sub.period_start, sub.period_end)
             for sub in story.subscriptions
             for item in sub.items
         ],
@@ -219,6 +220,10 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
                 inv.amount_remaining,
                 inv.attempt_count,
                 inv.paid_at,
+                inv.billing_reason,
+                inv.period_start,
+                inv.period_end,
+                inv.next_payment_attempt,
             )
             for inv in story.invoices
         ],
@@ -232,6 +237,7 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
                 line.proration,
                 line.period_start,
                 line.period_end,
+                inv.subscription,  # under `parent` since basil
             )
             for inv in story.invoices
             for line in inv.lines
@@ -245,6 +251,7 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
                 sum(amount for _, amount, _ in t.reversals),
                 t.source_transaction,
                 t.transfer_group,
+                sum(amount for _, amount, _ in t.reversals) == t.amount,
             )
             for t in story.transfers
         ],

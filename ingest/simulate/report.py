@@ -37,14 +37,15 @@ OBJECT_QUERIES = {
     "subscriptions": "SELECT id, customer, status, current_period_start, current_period_end, "
     "trial_end, canceled_at, ended_at, cancel_at_period_end, latest_invoice "
     "FROM projections.subscriptions ORDER BY id",
-    "subscription_items": "SELECT id, subscription, price, quantity "
-    "FROM projections.subscription_items ORDER BY id",
+    "subscription_items": "SELECT id, subscription, price, quantity, current_period_start, "
+    "current_period_end FROM projections.subscription_items ORDER BY id",
     "invoices": "SELECT id, customer, subscription, status, currency, total, amount_paid, "
-    "amount_remaining, attempt_count, paid_at FROM projections.invoices ORDER BY id",
+    "amount_remaining, attempt_count, paid_at, billing_reason, period_start, period_end, "
+    "next_payment_attempt FROM projections.invoices ORDER BY id",
     "invoice_lines": "SELECT id, invoice, price, quantity, amount, proration, period_start, "
-    "period_end FROM projections.invoice_lines ORDER BY id",
+    "period_end, subscription FROM projections.invoice_lines ORDER BY id",
     "transfers": "SELECT id, destination, currency, amount, amount_reversed, "
-    "source_transaction, transfer_group FROM projections.transfers ORDER BY id",
+    "source_transaction, transfer_group, reversed FROM projections.transfers ORDER BY id",
 }
 SHOWN_PER_TABLE = 3  # rows that differ, shown per table (a broken column breaks them all)
 
