@@ -253,6 +253,7 @@ class CustomerMonth:
         invoice.status, invoice.uncollectible_at = "uncollectible", at + 1
         self.invoice_event(at + 1, "invoice.marked_uncollectible", invoice)
         self.sub.status, self.sub.canceled_at, self.sub.ended_at = "canceled", at + 1, at + 1
+        self.sub.cancellation_reason = "payment_failed"
         self.sub_event(at + 1, "customer.subscription.deleted")
 
     def _canceled_metered(self) -> None:

@@ -36,6 +36,8 @@ class Subscription:
     canceled_at: int | None = None
     ended_at: int | None = None
     latest_invoice: str | None = None
+    # Why Stripe canceled it: the customer asked, or its payments kept failing.
+    cancellation_reason: str = "cancellation_requested"
 
     def to_json(self, api_version: str) -> Json:
         """The subscription object in the shape of `api_version`."""
@@ -73,7 +75,7 @@ class Subscription:
             "cancellation_details": {
                 "comment": None,
                 "feedback": None,
-                "reason": "cancellation_requested" if self.canceled_at else None,
+                "reason": self.cancellation_reason if self.canceled_at else None,
             },
             "collection_method": "charge_automatically",
             "created": self.created,
@@ -238,6 +240,10 @@ class Invoice:
         return body
 
     def _line(self, line: Line, new: bool) -> Json:
+        # A proration is an invoice item the subscription's change created (Stripe: a
+        # line of `type: invoiceitem` naming it, or its `parent`'s `invoice_item` since
+        # basil); never discountable.
+        item = f"ii_{line.id.split('_', 1)[-1]}" if line.proration else None
         one: Json = {
             "id": line.id,
             "object": "line_item",
@@ -245,7 +251,7 @@ class Invoice:
             "currency": self.currency,
             "description": f"{line.quantity} x {line.price.product}",
             "discount_amounts": [],
-            "discountable": True,
+            "discountable": not line.proration,
             "discounts": [],
             "invoice": self.id,
             "livemode": False,
@@ -254,7 +260,7 @@ class Invoice:
             "quantity": line.quantity,
         }
         details: dict[str, Any] = {
-            "invoice_item": None,
+            "invoice_item": item,
             "proration": line.proration,
             "proration_details": {"credited_items": None},
             "subscription": self.subscription,
@@ -280,6 +286,7 @@ class Invoice:
             one.update(
                 {
                     "amount_excluding_tax": line.amount,
+                    "invoice_item": item,
                     "price": line.price.to_json(),
                     "plan": None,
                     "proration": line.proration,
@@ -288,7 +295,7 @@ class Invoice:
                     "subscription_item": line.subscription_item,
                     "tax_amounts": [],
                     "tax_rates": [],
-                    "type": "subscription",
+                    "type": "invoiceitem" if line.proration else "subscription",
                     "unit_amount_excluding_tax": line.price.unit_amount_decimal,
                 }
             )
