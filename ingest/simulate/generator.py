@@ -62,10 +62,10 @@ class Simulation:
 def _arriving_last(ordered: list[Emitted], rng: random.Random) -> dict[str, float]:
     """For some objects (half of those whose last event ends them, one in ten of the
     others): the last event but one, delivered after the last (a subscription's final
-    update after its deletion, an invoice's `payment_failed` after its `paid`): Stripe
-    promises no order within one object either. Only where the two are of different
-    seconds, which is what a projection can order them by. Event id -> the position it
-    is delivered at."""
+    update after its deletion, an invoice's `payment_failed` or `finalized` after its
+    `paid`): Stripe promises no order within one object either. The latest event of a
+    second before the last one's, which is what a projection can order them by. Event id
+    -> the position it is delivered at."""
     events: dict[str, list[tuple[int, Emitted]]] = {}
     for position, emitted in enumerate(ordered):
         data = emitted.body.get("data")
@@ -76,10 +76,13 @@ def _arriving_last(ordered: list[Emitted], rng: random.Random) -> dict[str, floa
     for history in events.values():
         if len(history) < 2:
             continue
-        (_, older), (last_at, newest) = history[-2], history[-1]
+        last_at, newest = history[-1]
+        # The latest event of an earlier second: an invoice's `paid` and
+        # `payment_succeeded` share one, and the stale `open` before them is the harm.
+        older = next((e for _, e in reversed(history[:-1]) if e.created < newest.created), None)
         # An object's end (deleted, paid, voided...) is where a late update does harm.
         final = str(newest.body["type"]).endswith(FINAL_TYPES)
-        if rng.random() < (0.5 if final else 0.1) and older.created < newest.created:
+        if rng.random() < (0.5 if final else 0.1) and older is not None:
             late[str(older.body["id"])] = last_at + 0.75
     return late
 
