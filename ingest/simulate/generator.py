@@ -11,14 +11,22 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from ingest.simulate.billing import CustomerMonth
 from ingest.simulate.catalogue import catalogue
 from ingest.simulate.connect import connect_month
 from ingest.simulate.expected import Expected, expected_totals
 from ingest.simulate.shapes import API_VERSIONS, MIXED, NEW_API, Ids, meter, version_at
-from ingest.simulate.story import DAY, MONTH_START, PLATFORM, UPGRADED_AT, Emitted, Story
+from ingest.simulate.story import (
+    DAY,
+    MONTH_START,
+    PLATFORM,
+    UPGRADED_AT,
+    Emitted,
+    Story,
+    UsageTruth,
+)
 from ingest.simulate.usage import EVENT_NAME
 
 FINAL_TYPES = (".deleted", ".paid", ".voided", ".marked_uncollectible", ".reversed", ".failed")
@@ -46,6 +54,9 @@ class Simulation:
     facts: list[tuple[bytes, bytes]]  # (key, value) for `usage.reported`, in order
     hydrated: dict[str, bytes]  # thin event id -> full body from GET /v2/core/events/{id}
     expected: Expected
+    # (customer, meter, period start) -> what happened to its usage: a check of the meters
+    # projection that shares none of its rules (the expected totals restate them).
+    truth: dict[tuple[str, str, int], UsageTruth] = field(default_factory=dict)
 
     def digest(self) -> str:
         """SHA-256 over every byte the simulation sends (same seed, same digest)."""
@@ -124,9 +135,11 @@ def generate(customers: int, accounts: int, seed: int, api_version: str = MIXED)
         accepted=sum(1 for d in deliveries if d.kind == DELIVER),
         rejected=sum(1 for d in deliveries if d.kind == FORGED),
     )
-    return Simulation(
-        deliveries, facts, {key: _encode(body) for key, body in story.hydrated.items()}, expected
-    )
+    hydrated = {key: _encode(body) for key, body in story.hydrated.items()}
+    truth = {
+        key: replace(found, credited=story.usage[key][5]) for key, found in story.truth.items()
+    }
+    return Simulation(deliveries, facts, hydrated, expected, truth)
 
 
 def _schedule(story: Story, rng: random.Random) -> list[Delivery]:

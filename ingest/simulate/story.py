@@ -46,6 +46,19 @@ class Fact:
     value: Json
 
 
+@dataclass(frozen=True, slots=True)
+class UsageTruth:
+    """What happened to a billed period's usage, as only the simulation knows it: units
+    reported after the invoice was finalized (never billed), units billed the app never
+    logged, units Stripe rejected that no error report's samples name, and units a
+    credit note gave back."""
+
+    late: int
+    lost: int
+    unsampled: int
+    credited: int = 0
+
+
 @dataclass(slots=True)
 class Transfer:
     """A transfer to a connected account and what came back of it."""
@@ -74,6 +87,7 @@ class Story:
     # (customer, meter, period_start) -> [period_end, reported, rejected, billed, closed,
     #                                     credited]
     usage: dict[tuple[str, str, int], list[Any]] = field(default_factory=dict)
+    truth: dict[tuple[str, str, int], UsageTruth] = field(default_factory=dict)
     transfers: list[Transfer] = field(default_factory=list)
     fees: list[tuple[str, str, int, int]] = field(default_factory=list)  # acct, cur, fee, refunded
     payouts: list[tuple[str, str, int, str]] = field(default_factory=list)  # acct, cur, amt, status

@@ -6,7 +6,7 @@ import random
 
 from ingest.simulate.billing_shapes import Invoice, Line
 from ingest.simulate.shapes import Ids, Json, is_new_era, rfc3339, thin_event
-from ingest.simulate.story import DAY, HOUR, Story
+from ingest.simulate.story import DAY, HOUR, Story, UsageTruth
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 EVENT_NAME = "api_requests"
@@ -40,7 +40,7 @@ def metered_month(
     billed: under-billed). Rarely, a fact reached Stripe but never the topic (over-billed).
     """
     rng, meter = story.rng, story.meter_id
-    reported = billed = 0
+    reported = billed = late = lost = 0
     rejections: list[tuple[str, int]] = []
     for _ in range(rng.randint(4, 12)):
         identifier = story.ids.new("mev")
@@ -60,13 +60,18 @@ def metered_month(
         if kind == "reject":
             rejections.append((identifier, value))
             reported += _same_fault_again(story, customer, identifier, value, at, rejections)
-        elif kind != "late":
+        elif kind == "late":
+            late += value
+        else:
             billed += value
     if rng.random() < 0.08:
-        billed += rng.randint(1, 10)  # a fact the app sent Stripe but lost before logging it
+        lost = rng.randint(1, 10)  # a fact the app sent Stripe but lost before logging it
+        billed += lost
     # What the projection can count as rejected: the facts the reports' samples name.
     rejected = _error_report(story, rejections, start, end) if rejections else 0
     story.usage[(customer, meter, start)] = [end, reported, rejected, billed, True, 0]
+    unsampled = sum(value for _, value in rejections) - rejected
+    story.truth[(customer, meter, start)] = UsageTruth(late, lost, unsampled)
     upcoming = 0
     for _ in range(rng.randint(1, 3)):  # the new period has begun: its row stays pending
         value, at = rng.randint(1, 20), rng.randint(end, end + 3 * DAY)
