@@ -70,11 +70,19 @@ def render(
     )
     for customer, start, reported, rejected_value, billed, delta, status in actual.discrepancies:
         when = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M")
+        unnamed = actual.unattributed.get((customer, start), 0)
+        note = f" ({unnamed} rejected unnamed)" if unnamed else ""
         out.append(
             f"  {customer:<22} {when:<17} {reported:>9} {rejected_value:>9} "
-            f"{billed:>7} {delta:>6}  {status}"
+            f"{billed:>7} {delta:>6}  {status}{note}"
         )
     _none_if_empty(out, actual.discrepancies, "no period billed other than reported")
+    if actual.unattributed:
+        out.append(
+            "  (rejected unnamed: errors Stripe's error reports counted for the meter beyond "
+            "the samples they list; part of such a row's delta may be those, not unbilled "
+            "usage)"
+        )
     ok = sorted(want.credited) == sorted(actual.credited)
     out.append(f"\nUsage credited back by credit notes (meter_reconciliation)  [{_mark(ok)}]")
     out.append(

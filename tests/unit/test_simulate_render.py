@@ -104,3 +104,22 @@ def test_rows_that_differ_are_shown_a_few_per_table() -> None:
 
     assert len(found) == 4
     assert found[-1] == f"invoice_lines: {len(lines) - 3} more rows differ"
+
+
+def test_a_discrepancy_with_unnamed_rejections_says_so_beside_it() -> None:
+    """An `under_billed` row whose meter had errors no report sample names: part of its
+    delta may be those. The report says so on the row, and once what it means."""
+    expected = generate(40, 3, seed=11).expected
+    want = expected_as_actual(expected)
+    assert want.discrepancies, "the simulation must give a discrepancy to annotate"
+    customer, start, *_ = want.discrepancies[0]
+    actual = replace(want, unattributed={(customer, start): 2})
+
+    lines = render(expected, actual, accepted=0, rejected=0, broken=0, lag=0, dead=0).splitlines()
+
+    marked = [line for line in lines if line.endswith("(2 rejected unnamed)")]
+    assert len(marked) == 1
+    assert marked[0].split()[0] == customer
+    assert sum(line.startswith("  (rejected unnamed:") for line in lines) == 1
+    plain = render(expected, want, accepted=0, rejected=0, broken=0, lag=0, dead=0)
+    assert "rejected unnamed" not in plain
