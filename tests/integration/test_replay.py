@@ -28,7 +28,7 @@ from projectors.events import projection as events
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime, migrate
 from projectors.progress import Progress
-from projectors.replay import replay, swap_committed
+from projectors.replay import ReplayResult, replay, swap_committed
 from projectors.replay_lock import REPLAY_LOCK
 from projectors.replay_start import ReplayError, StartAt
 from projectors.service import dead_letter_producer
@@ -437,6 +437,43 @@ async def _said(logged: Sequence[Mapping[str, Any]]) -> list[str]:
     return [line["event"] for line in logged]
 
 
+async def _replay_past_a_reader(
+    url: str, query: str, replaying: Settings, *, waits: int, view_owners: Sequence[Any] = ()
+) -> tuple[ReplayResult, list[str]]:
+    """Replay `events` from the beginning while a reader holds what `query` reads, in a
+    transaction it ends once the swap said `waits` times that it waits for readers; the
+    result and the events logged."""
+    reader = await asyncpg.connect(url)
+    try:
+        holding = reader.transaction()
+        await holding.start()
+        await reader.fetchval(query)  # ACCESS SHARE until the transaction ends
+        with structlog.testing.capture_logs() as logged:
+
+            async def let_go_once_the_swap_waited() -> None:
+                await eventually(
+                    lambda: _said(logged),
+                    lambda said: said.count("swap waiting for readers") >= waits,
+                    timeout=60,
+                    what="the swap waiting for the reader",
+                )
+                await holding.commit()
+
+            letting_go = asyncio.create_task(let_go_once_the_swap_waited())
+            async with dead_letter_producer(replaying) as dead_letters:
+                result = await replay(
+                    replaying,
+                    events,
+                    StartAt(from_beginning=True),
+                    dead_letters,
+                    view_owners=view_owners,
+                )
+            await letting_go
+    finally:
+        await reader.close()
+    return result, [line["event"] for line in logged]
+
+
 async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_keeps_its_lock(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -447,29 +484,9 @@ async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_kee
     ours = await _events_projected(settings, stack, unique, seed=18)
     url = settings.require_database_url()
     impatient = ours.model_copy(update={"database_url": f"{url}?statement_timeout=200"})
-    reader = await asyncpg.connect(url)
-    try:
-        holding = reader.transaction()
-        await holding.start()
-        await reader.fetchval("SELECT count(*) FROM projections.events")  # ACCESS SHARE
-        with structlog.testing.capture_logs() as logged:
-
-            async def let_go_once_the_swap_waited() -> None:
-                await eventually(
-                    lambda: _said(logged),
-                    lambda said: said.count("swap waiting for readers") >= 3,
-                    timeout=60,
-                    what="the swap waiting for the reader",
-                )
-                await holding.commit()
-
-            letting_go = asyncio.create_task(let_go_once_the_swap_waited())
-            async with dead_letter_producer(ours) as dead_letters:
-                result = await replay(impatient, events, StartAt(from_beginning=True), dead_letters)
-            await letting_go
-    finally:
-        await reader.close()
-    said = [line["event"] for line in logged]
+    result, said = await _replay_past_a_reader(
+        url, "SELECT count(*) FROM projections.events", impatient, waits=3
+    )
     assert result.tables == ["events"]
     assert "swap waiting for readers" in said
     assert "replay lock taken again on a new connection" not in said
@@ -486,34 +503,21 @@ async def test_a_reader_of_another_projections_view_makes_the_swap_wait_not_fail
     ours = await _events_projected(settings, stack, unique, seed=19)
     url = settings.require_database_url()
     before = await rows(url, EVENTS_TABLE)
-    reader = await asyncpg.connect(url)
+    conn = await asyncpg.connect(url)
     try:
-        await migrate(reader, [meters])
-        holding = reader.transaction()
-        await holding.start()
-        await reader.fetchval("SELECT count(*) FROM projections.usage_discrepancies")
-        with structlog.testing.capture_logs() as logged:
-
-            async def let_go_once_the_swap_waited() -> None:
-                await eventually(
-                    lambda: _said(logged),
-                    lambda said: said.count("swap waiting for readers") >= 2,
-                    timeout=60,
-                    what="the swap waiting for the view's reader",
-                )
-                await holding.commit()
-
-            letting_go = asyncio.create_task(let_go_once_the_swap_waited())
-            async with dead_letter_producer(ours) as dead_letters:
-                result = await replay(
-                    ours, events, StartAt(from_beginning=True), dead_letters, view_owners=[meters]
-                )
-            await letting_go
+        await migrate(conn, [meters])
     finally:
-        await reader.close()
+        await conn.close()
+    result, said = await _replay_past_a_reader(
+        url,
+        "SELECT count(*) FROM projections.usage_discrepancies",
+        ours,
+        waits=2,
+        view_owners=[meters],
+    )
     assert result.tables == ["events"]
     assert await rows(url, EVENTS_TABLE) == before
-    assert "swap waiting for readers" in [line["event"] for line in logged]
+    assert "swap waiting for readers" in said
 
 
 async def test_a_rebuild_commit_whose_answer_was_lost_goes_on_from_the_stored_positions(

@@ -90,6 +90,18 @@ def test_a_second_stack_up_is_a_no_op(stack: Stack) -> None:
     assert "kafka      running" in status.stdout
 
 
+def _stack_up_with_database(url: str) -> subprocess.CompletedProcess[str]:
+    """`lattice stack up` from a shell whose LATTICE_DATABASE_URL is `url`."""
+    return subprocess.run(
+        [*LATTICE, "stack", "up"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LATTICE_DATABASE_URL": url},
+        timeout=120,
+    )
+
+
 def test_stack_up_checks_that_a_database_it_did_not_create_lets_us_in(stack: Stack) -> None:
     """Given a URL other than the local stack's own (here another database on it; another
     server is treated the same), `stack up` logs in once: a refusal is one line naming
@@ -97,14 +109,7 @@ def test_stack_up_checks_that_a_database_it_did_not_create_lets_us_in(stack: Sta
     elsewhere = stack.database_url.rsplit("/", 1)[0] + "/no_such_database"
     env_file = load_settings().home / "stack.env"
     before = env_file.read_text()
-    result = subprocess.run(
-        [*LATTICE, "stack", "up"],
-        capture_output=True,
-        text=True,
-        check=False,
-        env={**os.environ, "LATTICE_DATABASE_URL": elsewhere},
-        timeout=120,
-    )
+    result = _stack_up_with_database(elsewhere)
 
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
@@ -133,15 +138,7 @@ async def test_stack_up_from_a_shell_with_the_demos_env_records_the_stacks_own_d
         )
         if created:
             await conn.execute("CREATE DATABASE lattice_demo")
-        result = await asyncio.to_thread(
-            subprocess.run,
-            [*LATTICE, "stack", "up"],
-            capture_output=True,
-            text=True,
-            check=False,
-            env={**os.environ, "LATTICE_DATABASE_URL": demo},
-            timeout=120,
-        )
+        result = await asyncio.to_thread(_stack_up_with_database, demo)
         assert result.returncode == 0, result.stderr
         assert env_file.read_text() == before
     finally:
