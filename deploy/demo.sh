@@ -91,6 +91,7 @@ step "stack: Apache Kafka (KRaft) and PostgreSQL"
 . "$HOME_DIR/stack.env"
 stop_demo
 mkdir -p "$DEMO"
+rm -f "$DEMO/serve.log" "$DEMO/project.log"  # a failure now must not show the last demo's
 
 step "fresh demo topics and database"
 "$BIN/python" -m deploy.demo_env "$DEMO" >/dev/null 9>&- || fail "demo: stopped (the line above says why)"
@@ -152,13 +153,15 @@ for name in serve project; do
     gone="$gone $name"
   fi
 done
-if [ "$status" != 0 ]; then
+failed() {  # the last line the newcomer reads, when the check did not pass
   echo "" >&2
-  echo "==> FAILED (exit $status): the report above marks what differs ([MISMATCH]); the logs are in $DEMO" >&2
-fi
+  echo "==> FAILED (exit $status): see simulate's lines above (a [MISMATCH] in its report, or why it stopped); the logs are in $DEMO" >&2
+}
 if [ -n "$gone" ]; then
-  echo "==> not running any more:$gone (see $DEMO/<name>.log)" >&2
-  exit "$(( status == 0 ? 1 : status ))"
+  echo "==> not running any more:$gone (see $DEMO/<name>.log); deploy/demo.sh stop stops the rest" >&2
+  status=$(( status == 0 ? 1 : status ))
+  failed
+  exit "$status"
 fi
 cat >&2 <<EOF2
 
@@ -178,4 +181,5 @@ Send one event of your own (signed with the demo's secret for that endpoint):
 Stop the demo (Kafka and PostgreSQL keep running):
   deploy/demo.sh stop        then, to stop the stack too:  make stack-down
 EOF2
+if [ "$status" != 0 ]; then failed; fi
 exit "$status"

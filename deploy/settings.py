@@ -179,6 +179,12 @@ class Settings(BaseSettings):
         # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: no file (it read as the folder ".").
         return None if value == "" else value
 
+    @field_validator("home", mode="before")
+    @classmethod
+    def _empty_home_is_the_default(cls, value: Any) -> Any:
+        # As the scripts read it (`${LATTICE_HOME:-.lattice}`), not the current folder.
+        return Path(".lattice") if value == "" else value
+
     @field_validator("kafka_ssl_cafile")
     @classmethod
     def _cafile_exists(cls, value: Path | None) -> Path | None:

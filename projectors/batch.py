@@ -215,11 +215,11 @@ class BatchApplier:
 
     async def _retry_reduce(self, record: Record, first: Exception) -> Sequence[Any] | DeadLetter:
         error: Exception = first
-        if isinstance(first, PoisonRecord):
-            # A verdict, not a failure: trying again would give it again (and a hydrator's
-            # would ask Stripe again, on the account's rate limit).
-            return self._letter(record, "reduce", first, attempts=1)
-        for _ in range(self.retries - 1):
+        attempts = 1
+        # A PoisonRecord is a verdict, not a failure: trying again would give it again (and
+        # a hydrator's would ask Stripe again, on the account's rate limit).
+        while attempts < self.retries and not isinstance(error, PoisonRecord):
+            attempts += 1
             try:
                 _check_envelope(record, self.event_log)
                 source = record if self.hydrate is None else await self._hydrated(record)
@@ -231,7 +231,7 @@ class BatchApplier:
                 if is_transient(exc):
                     raise
                 error = exc
-        return self._letter(record, "reduce", error)
+        return self._letter(record, "reduce", error, attempts=attempts)
 
     async def _hydrated(self, record: Record) -> Record:
         assert self.hydrate is not None

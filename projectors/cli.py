@@ -125,7 +125,8 @@ def register(commands: Any) -> None:
         "--since",
         metavar="TIME",
         help="the first record at or after TIME (RFC 3339 such as 2026-11-01T00:00:00Z, or "
-        "Unix seconds); never in the future, never moving a partition forward",
+        "Unix seconds); never in the future, never moving a partition forward (but to the "
+        "log's start where a retention deleted the group's offset)",
     )
     to.add_argument(
         "--to-offset",

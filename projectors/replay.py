@@ -209,10 +209,12 @@ async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
         await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopping.cancel()
-    if not task.done():
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if not task.done():  # stopped, or this call itself cancelled: never outlive it
+            task.cancel()
+            # What cancelling its statement raised (a connection cut meanwhile) is moot.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled() or (stop.is_set() and task.exception() is not None):
         raise Abandoned("stopped while the rebuild was prepared")
     return task.result()
 

@@ -7,10 +7,10 @@ The cache is read first, so a replay never calls Stripe again; the value served 
 cached JSON either way, so a live run and a replay see the same bytes.
 
 Outcomes: Stripe says 404, 403 in a connected account's context, or another 4xx (but a
-400 for a platform event's well-formed id), or the event's mode is not the key's ->
+400 for a well-formed id and account), or the event's mode is not the key's ->
 `PoisonRecord` (the runner dead-letters it with the reason; a replay after the fix
 fetches it again). Stripe refusing the key (401, or 403 for the platform's own events) or
-the request (400 for a platform event's well-formed id: the API version, say),
+the request (400 for a well-formed id and account: the API version, say),
 unreachable, failing, redirecting or the circuit open, the cache's database unreachable,
 or no API key configured -> `HydrationUnavailable` (the runner waits and tries again; it
 never skips).
@@ -48,6 +48,7 @@ log = structlog.get_logger("lattice.stripe_api")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 _EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]+")
+_ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
 _MODES = {True: "live-mode", False: "test-mode"}
 
 
@@ -187,11 +188,12 @@ class Hydrator:
             # revoked); its other events fare the same, the platform's are unaffected.
             raise PoisonRecord(f"cannot hydrate thin event {event_id}: {exc}") from exc
         except StripeAPIError as exc:
-            if exc.status == 400 and context is None and _EVENT_ID.fullmatch(event_id):
-                # A GET without parameters of a well-formed id, in no account's context
-                # (which comes from the record): the request as every one is sent is
-                # refused (an API version Stripe does not know, say), not this record.
-                # Wait, saying why.
+            well_formed = context is None or _ACCOUNT.fullmatch(context)
+            if exc.status == 400 and well_formed and _EVENT_ID.fullmatch(event_id):
+                # A GET without parameters of a well-formed id, in no account's context or
+                # a well-formed one (both come from the record): the request as every one
+                # is sent is refused (an API version Stripe does not know, say), not this
+                # record. Wait, saying why.
                 raise HydrationUnavailable(
                     f"Stripe refuses the request for thin event {event_id} ({exc}): check "
                     "LATTICE_STRIPE_API_VERSION and LATTICE_STRIPE_API_BASE"

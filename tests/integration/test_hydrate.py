@@ -200,19 +200,24 @@ async def test_a_refused_request_waits_an_event_of_the_other_mode_is_poison_unas
         fake.fail_next(1, status=400)
         with pytest.raises(HydrationUnavailable, match=r"HTTP 400.*LATTICE_STRIPE_API_VERSION"):
             await Hydrator(pool, client)(thin_record(thin))
-        # In an account's context (the record's own), a 400 may be the record's: poison.
+        # A well-formed account's context: the same request, refused alike: wait.
         theirs, _ = meter_error_report(context="acct_1Nv0FGQ9RKHgCVdK")
         fake.fail_next(1, status=400)
-        with pytest.raises(PoisonRecord, match=r"HTTP 400"):
+        with pytest.raises(HydrationUnavailable, match=r"HTTP 400"):
             await Hydrator(pool, client)(thin_record(theirs))
+        # A context no account has the form of (it comes from the record): its own fault.
+        odd, _ = meter_error_report(context="acct_1Nv0FG/../x")
+        fake.fail_next(1, status=400)
+        with pytest.raises(PoisonRecord, match=r"HTTP 400"):
+            await Hydrator(pool, client)(thin_record(odd))
         live = thin_record({**thin, "livemode": True})
         with pytest.raises(PoisonRecord, match=r"live-mode event, but .* is a test-mode key"):
             await Hydrator(pool, client)(live)
-    assert len(fake.requests_to("/v2/core/events/")) == 2
+    assert len(fake.requests_to("/v2/core/events/")) == 3
     async with make_client(fake, key="sk_live_" + fake.api_key[8:]) as client:
         with pytest.raises(PoisonRecord, match=r"test-mode event, but .* is a live-mode key"):
             await Hydrator(pool, client)(thin_record(thin))
-    assert len(fake.requests_to("/v2/core/events/")) == 2
+    assert len(fake.requests_to("/v2/core/events/")) == 3
 
 
 async def test_a_redirect_is_never_taken_for_an_answer(

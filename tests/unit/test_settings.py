@@ -59,7 +59,9 @@ def test_an_empty_ca_file_is_none_an_empty_topic_or_prefix_is_refused(
     # Compose's `${LATTICE_KAFKA_SSL_CAFILE:-}`: not the folder "."; an empty topic or
     # group prefix must not quietly become production's default.
     monkeypatch.setenv("LATTICE_KAFKA_SSL_CAFILE", "")
-    assert load_settings().kafka_ssl_cafile is None
+    monkeypatch.setenv("LATTICE_HOME", "")
+    loaded = load_settings()
+    assert (loaded.kafka_ssl_cafile, loaded.home) == (None, Path(".lattice"))
     for name in ("LATTICE_TOPIC", "LATTICE_USAGE_TOPIC", "LATTICE_GROUP_PREFIX"):
         monkeypatch.setenv(name, "")
         with pytest.raises(ConfigError, match=rf"^{name}: "):
