@@ -33,6 +33,7 @@ from pydantic import ValidationError
 from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.migrate import ensure_runtime
+from projectors.stripe_api.cache import EVENTS, LINES, Cache, compact, storable
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import (
     StripeAPIError,
@@ -50,44 +51,6 @@ _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 _EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]+")
 _ACCOUNT = re.compile(r"acct_[A-Za-z0-9]+")
 _MODES = {True: "live-mode", False: "test-mode"}
-
-
-@dataclasses.dataclass(frozen=True)
-class _Cache:
-    """A table of `lattice` keyed by `id` that keeps what Stripe answered, as jsonb."""
-
-    table: str
-    columns: tuple[str, ...]  # between `id` and the jsonb column
-    body: str
-    what: str  # for messages
-
-    @property
-    def read(self) -> str:
-        return f"SELECT {self.body}::text FROM lattice.{self.table} WHERE id = $1"
-
-    @property
-    def store(self) -> str:
-        """One round trip whether or not another process cached it first: the CTE's row
-        or the existing one, always as PostgreSQL serialises jsonb (the same bytes on
-        every read)."""
-        names = ", ".join(("id", *self.columns, self.body))
-        n = len(self.columns) + 2
-        values = ", ".join([*(f"${i}" for i in range(1, n)), f"${n}::jsonb"])
-        return f"""
-WITH stored AS (
-    INSERT INTO lattice.{self.table} ({names}) VALUES ({values})
-    ON CONFLICT (id) DO NOTHING
-    RETURNING {self.body}
-)
-SELECT {self.body}::text FROM stored
-UNION ALL
-{self.read}
-LIMIT 1
-"""
-
-
-_EVENTS = _Cache("hydrated_events", ("type", "context"), "body", "thin events")
-_LINES = _Cache("hydrated_lines", ("object", "account"), "lines", "fetched lines")
 
 
 class Hydrator:
@@ -122,18 +85,18 @@ class Hydrator:
         self, event_id: str, *, context: str | None = None, livemode: bool | None = None
     ) -> bytes:
         """The full event as JSON bytes, from the cache or (once) from Stripe."""
-        cached = await self._cached(_EVENTS, event_id)
+        cached = await self._cached(EVENTS, event_id)
         if cached is not None:
             self.cache_hits += 1
-            return _compact(cached)
+            return compact(cached)
         fetched = await self._fetch(event_id, context, livemode)
         stored = await self._store(
-            _EVENTS, event_id, str(fetched.get("type", "")), context, body=_storable(fetched)
+            EVENTS, event_id, str(fetched.get("type", "")), context, body=storable(fetched)
         )
         log.info("thin event hydrated", event_id=event_id, type=fetched.get("type"))
-        return _compact(stored)
+        return compact(stored)
 
-    async def _cached(self, cache: _Cache, key: str) -> str | None:
+    async def _cached(self, cache: Cache, key: str) -> str | None:
         try:
             async with self.pool.acquire() as conn:
                 found: str | None = await conn.fetchval(cache.read, key)
@@ -141,7 +104,7 @@ class Hydrator:
         except _DB_ERRORS as exc:
             raise HydrationUnavailable(f"cache of {cache.what} unreachable: {exc}") from exc
 
-    async def _store(self, cache: _Cache, key: str, *values: str | None, body: bytes) -> str:
+    async def _store(self, cache: Cache, key: str, *values: str | None, body: bytes) -> str:
         try:
             async with self.pool.acquire() as conn:
                 stored: str | None = await conn.fetchval(cache.store, key, *values, body.decode())
@@ -218,7 +181,7 @@ class Hydrator:
         if found is None:
             return record
         kind, object_id, account, context, event = found
-        cached = await self._cached(_LINES, object_id)
+        cached = await self._cached(LINES, object_id)
         if cached is not None:
             self.cache_hits += 1
             return _as_cached(record, event, cached)
@@ -235,9 +198,7 @@ class Hydrator:
         if not final:
             return record
         # None (Stripe has no such object, or too many lines) is kept as JSON null.
-        stored = await self._store(
-            _LINES, object_id, kind, account or context, body=_storable(lines)
-        )
+        stored = await self._store(LINES, object_id, kind, account or context, body=storable(lines))
         if lines is not None:
             log.info("lines fetched", object_id=object_id, lines=len(lines))
         return _as_cached(record, event, stored)
@@ -310,29 +271,6 @@ def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:
     if lines is None:
         return record
     return dataclasses.replace(record, value=with_lines(event, lines))
-
-
-def _storable(answer: Any) -> bytes:
-    """Stripe's answer as JSON that jsonb takes: jsonb refuses the NUL character (`\\u0000`,
-    which a description or an echoed error message could hold), so a NUL inside a string
-    becomes U+FFFD; anything else is kept as Stripe sent it."""
-    body = orjson.dumps(answer)
-    return orjson.dumps(_without_nul(answer)) if b"\\u0000" in body else body
-
-
-def _without_nul(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
-def _compact(jsonb_text: str) -> bytes:
-    # PostgreSQL prints jsonb with spaces; re-encode compactly (key order is jsonb's own).
-    return orjson.dumps(orjson.loads(jsonb_text))
 
 
 @asynccontextmanager
