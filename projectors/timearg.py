@@ -28,6 +28,18 @@ def parse_time(text: str) -> datetime:
     return moment
 
 
+def _missing(raw: str) -> str | None:
+    """What RFC 3339 also needs of a date and time Python can read; None for anything
+    else."""
+    try:
+        read = datetime.fromisoformat(raw.upper())
+    except ValueError:
+        return None
+    if read.tzinfo is None:
+        return "a UTC offset"
+    return "seconds" if _NO_SECONDS.search(raw) else None
+
+
 def _read_time(text: str) -> datetime:
     raw = text.strip()
     try:
@@ -50,17 +62,8 @@ def _read_time(text: str) -> datetime:
         raise ArgumentError(f"TIME {text!r} is out of range") from None
     moment = rfc3339_moment(raw)
     if moment is None:
-        try:  # a date and time Python can read: say what RFC 3339 also needs
-            read = datetime.fromisoformat(raw.upper())
-        except ValueError:
-            raise ArgumentError(
-                f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
-            ) from None
-        if read.tzinfo is None:
-            missing = "a UTC offset"
-        elif _NO_SECONDS.search(raw):
-            missing = "seconds"
-        else:
+        missing = _missing(raw)
+        if missing is None:
             raise ArgumentError(
                 f"TIME {text!r} is neither RFC 3339 (2026-11-01T00:00:00Z) nor Unix seconds"
             )

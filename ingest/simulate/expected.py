@@ -248,12 +248,13 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
                 t.destination,
                 t.currency,
                 t.amount,
-                sum(amount for _, amount, _ in t.reversals),
+                reversed_amount,
                 t.source_transaction,
                 t.transfer_group,
-                sum(amount for _, amount, _ in t.reversals) == t.amount,
+                reversed_amount == t.amount,
             )
             for t in story.transfers
+            for reversed_amount in [sum(amount for _, amount, _ in t.reversals)]
         ],
     }
     return {table: sorted(found, key=lambda row: row[0]) for table, found in rows.items()}

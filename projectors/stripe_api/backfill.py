@@ -281,19 +281,19 @@ async def _append(
             state.in_log += len(indexed)
             if not chunk:
                 continue
-            records = [_record(event, account, opts.endpoint) for event, account in chunk]
-            fits = [len(r.value) <= settings.max_body_bytes for r in records]
-            for (event, _), record, fit in zip(chunk, records, fits, strict=True):
-                if not fit:
+            ready: list[tuple[dict[str, Any], LogRecord]] = []
+            for event, account in chunk:
+                record = _record(event, account, opts.endpoint)
+                if len(record.value) > settings.max_body_bytes:
                     state.too_large[str(event["id"])] = len(record.value)
                     state.missing -= 1
-            chunk = [pair for pair, fit in zip(chunk, fits, strict=True) if fit]
-            records = [record for record, fit in zip(records, fits, strict=True) if fit]
-            if not chunk:
+                else:
+                    ready.append((event, record))
+            if not ready:
                 continue
-            ids = [str(event["id"]) for event, _ in chunk]
+            ids = [str(event["id"]) for event, _ in ready]
             await ledger.mark_sending(
-                conn, settings.topic, ids, [created_seconds(event) for event, _ in chunk]
+                conn, settings.topic, ids, [created_seconds(event) for event, _ in ready]
             )
             sends = [
                 await producer.send(
@@ -303,11 +303,11 @@ async def _append(
                     headers=r.headers,
                     timestamp_ms=r.timestamp_ms,
                 )
-                for r in records
+                for _, r in ready
             ]
             await asyncio.gather(*sends)
             await ledger.mark_appended(conn, settings.topic, ids)
-            state.appended += len(chunk)
+            state.appended += len(ready)
             report(state)
     finally:
         await producer.stop()

@@ -64,20 +64,21 @@ async def list_thin_events(
         if recent:
             yield recent
         following = page.get("next_page_url")
-        if not isinstance(following, str) or not following or not data:
-            return
-        if len(recent) < len(data):
+        ended = not data or len(recent) < len(data)  # nothing more, or older than `since`
+        if ended or not isinstance(following, str) or not following:
             return
         path, params = following, None  # the URL carries the page
 
 
 def _older(event: dict[str, Any], since: datetime) -> bool:
-    seconds = created_seconds(event)
-    if seconds == 0:  # unreadable: keep it
-        return False
-    created = event["created"]
-    moment = rfc3339_moment(created) if isinstance(created, str) else None
-    return moment < since if moment is not None else seconds < since.timestamp()
+    """Created before `since`; an event whose `created` cannot be read is not."""
+    created = event.get("created")
+    if isinstance(created, str):
+        moment = rfc3339_moment(created)
+        return moment is not None and moment < since
+    if isinstance(created, int) and not isinstance(created, bool):
+        return 0 < created < since.timestamp()
+    return False
 
 
 THIN_PREFIXES = ("v1.", "v2.")  # thin events' types: `v1.billing.meter.no_meter_found`
