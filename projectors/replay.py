@@ -25,16 +25,16 @@ from aiokafka.errors import OffsetOutOfRangeError
 
 from deploy import kafka_options
 from deploy.settings import Settings
-from projectors import dependents, offsets, shadow
+from projectors import offsets, shadow
 from projectors.base import LIVE_SCHEMA
 from projectors.batch import Abandoned, BatchApplier, Hydrate
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.intake import stop_consumer
-from projectors.migrate import READ_COMMITTED, MigrationError, migrate
+from projectors.migrate import READ_COMMITTED, MigrationError
 from projectors.progress import Progress
 from projectors.replay_catch_up import CatchUp
 from projectors.replay_lock import LockTaken, ReplayLock
-from projectors.replay_start import ReplayError, StartAt, check_offset, start_positions
+from projectors.replay_start import ReplayError, StartAt, check_offset, prepare
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 T = TypeVar("T")
@@ -108,7 +108,7 @@ async def replay(
         # Migrating waits for readers, copying the live tables can take minutes: a stop
         # cancels either (and its statement).
         seeds = await _unless_stopped(
-            _prepare(lock_conn, consumer, projection, settings, tps, start, schema), stop
+            prepare(lock_conn, consumer, projection, settings, tps, start, schema), stop
         )
         async with lock_conn.transaction():
             await offsets.compare_and_set(lock_conn, key, seeds)
@@ -169,36 +169,6 @@ async def replay(
         if lock.held and not finished:
             await _discard(lock, schema, key)
         await lock.release()  # also releases the session's advisory lock
-
-
-async def _prepare(
-    conn: asyncpg.Connection,
-    consumer: AIOKafkaConsumer,
-    projection: Any,
-    settings: Settings,
-    tps: list[TopicPartition],
-    start: StartAt,
-    schema: str,
-) -> dict[TopicPartition, offsets.Advance]:
-    """The live schema migrated, the shadow built (and seeded unless from the beginning):
-    the rebuild's first positions."""
-    await migrate(conn, [projection])  # the live schema is current before we copy
-    try:  # live tables newer than this code: refuse now, not after hours of rebuilding
-        async with conn.transaction():
-            await shadow.refuse_newer_migrations(conn, projection)
-    except shadow.SwapError as exc:
-        raise ReplayError(str(exc)) from None
-    tables = await shadow.build(conn, projection, schema)
-    foreign = await dependents.not_recreatable(conn, LIVE_SCHEMA, tables)
-    if foreign:
-        role = await conn.fetchval("SELECT current_user")
-        raise ReplayError(
-            f"the swap would drop and create again views role {role} cannot: "
-            f"{', '.join(foreign)}; grant it their owners' roles (GRANT owner TO {role}) "
-            "or drop them, then replay again"
-        )
-    await offsets.forget(conn, shadow.replay_key(projection.name))
-    return await start_positions(conn, consumer, projection, settings, tps, start, schema, tables)
 
 
 async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:

@@ -1,6 +1,6 @@
 """Where a replay starts: from the beginning, from one partition's offset, or from a time;
-and the shadow's first positions, seeded with the live tables when it does not start from
-the beginning."""
+the shadow built, and its first positions, seeded with the live tables when it does not
+start from the beginning."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from deploy.settings import Settings
-from projectors import offsets, shadow
-from projectors.base import Connection
+from projectors import dependents, offsets, shadow
+from projectors.base import LIVE_SCHEMA, Connection
+from projectors.migrate import migrate
 
 
 class ReplayError(Exception):
@@ -55,6 +57,36 @@ async def check_offset(
         raise ReplayError(
             f"offset {offset} is outside {tp.topic}:{partition}, which holds {first}..{end}"
         )
+
+
+async def prepare(
+    conn: asyncpg.Connection,
+    consumer: AIOKafkaConsumer,
+    projection: Any,
+    settings: Settings,
+    tps: list[TopicPartition],
+    start: StartAt,
+    schema: str,
+) -> dict[TopicPartition, offsets.Advance]:
+    """The live schema migrated, the shadow built (and seeded unless from the beginning):
+    the rebuild's first positions."""
+    await migrate(conn, [projection])  # the live schema is current before we copy
+    try:  # live tables newer than this code: refuse now, not after hours of rebuilding
+        async with conn.transaction():
+            await shadow.refuse_newer_migrations(conn, projection)
+    except shadow.SwapError as exc:
+        raise ReplayError(str(exc)) from None
+    tables = await shadow.build(conn, projection, schema)
+    foreign = await dependents.not_recreatable(conn, LIVE_SCHEMA, tables)
+    if foreign:
+        role = await conn.fetchval("SELECT current_user")
+        raise ReplayError(
+            f"the swap would drop and create again views role {role} cannot: "
+            f"{', '.join(foreign)}; grant it their owners' roles (GRANT owner TO {role}) "
+            "or drop them, then replay again"
+        )
+    await offsets.forget(conn, shadow.replay_key(projection.name))
+    return await start_positions(conn, consumer, projection, settings, tps, start, schema, tables)
 
 
 async def start_positions(
