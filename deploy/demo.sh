@@ -101,7 +101,12 @@ echo "topics $LATTICE_TOPIC, $LATTICE_TOPIC.dlq, $LATTICE_USAGE_TOPIC; database 
 
 step "migrate"
 "$lattice" migrate >"$DEMO/migrate.log" 9>&-
-tr '\n' ' ' <"$DEMO/migrate.log" >&2
+applied=$(grep -c '^applied ' "$DEMO/migrate.log" || true)
+if [ "$applied" -gt 0 ]; then
+    echo "applied $applied migrations (each one named in $DEMO/migrate.log)" >&2
+else
+    cat "$DEMO/migrate.log" >&2
+fi
 
 step "receiver on 127.0.0.1:$DEMO_RECEIVER_PORT and projectors, in the background"
 background serve "$lattice" serve --host 127.0.0.1 --port "$DEMO_RECEIVER_PORT"
