@@ -32,11 +32,21 @@ from schemas.envelope import EnvelopeError, parse_event
 Hydrate = Callable[[Record], Awaitable[Record]]
 THIN_EVENT = "v2.core.event"
 YIELD_EVERY = 50
+# Waits between tries of an unavailable hydrator double from the first to the last.
+FIRST_HYDRATION_DELAY_S = 0.5
+MAX_HYDRATION_DELAY_S = 30.0
 log = structlog.get_logger("lattice.projector")
 
 
 class Abandoned(Exception):
     """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
+
+
+class HeldTooLong(Abandoned):
+    """The hydrator stayed unavailable for the applier's `hold`: the batch is dropped
+    (nothing was written) so that its records are fetched again. A group consumer that does
+    not fetch for aiokafka's `max_poll_interval_ms` leaves its group, and its partitions
+    go to another process, to wait there for the same Stripe."""
 
 
 class _BatchApplyFailed(Exception):
@@ -101,6 +111,7 @@ class BatchApplier:
         hydrate: Hydrate | None = None,
         stop: asyncio.Event | None = None,
         event_log: str | None = None,
+        hold: float | None = None,
     ) -> None:
         self.projection = projection
         # The topic of Stripe events (LATTICE_TOPIC). A record there without the receiver's
@@ -121,6 +132,13 @@ class BatchApplier:
         # Invoices and credit notes whose lines the webhook cut short go to the hydrator too.
         self.complete_lines = bool(getattr(projection, "complete_lines", False))
         self.stop = stop or asyncio.Event()
+        # How long one `prepare` may wait for the hydrator (None: as long as it takes), and
+        # when the current one must give up.
+        self.hold = hold
+        self._hold_until = float("inf")
+        # While the hydrator is unavailable: the next wait, and when the next try is due.
+        self._delay = FIRST_HYDRATION_DELAY_S
+        self._resume_at = 0.0
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
         # projector idle at the log end goes on believing its positions are stored until
@@ -139,7 +157,10 @@ class BatchApplier:
     async def prepare(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> Prepared:
         """Reduce every record (hydrating thin events first when the projection asks);
         records that keep failing become dead letters. No I/O but the hydrator's, so the
-        runner can prepare the next batch while the database writes this one."""
+        runner can prepare the next batch while the database writes this one. Raises
+        HeldTooLong when the hydrator stays unavailable past `hold`."""
+        if self.hold is not None:
+            self._hold_until = asyncio.get_running_loop().time() + self.hold
         reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
         return Prepared(batch, reduced, dead)
 
@@ -242,26 +263,41 @@ class BatchApplier:
                 return record
         elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
-        delay = 0.5
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                return await self.hydrate(record)
-            except HydrationUnavailable as exc:
-                wait = max(delay, exc.retry_after or 0.0)  # never sooner than Stripe asked
-                log.warning(
-                    "hydration unavailable; waiting",
-                    projector=self.key,
-                    partition=record.partition,
-                    offset=record.offset,
-                    error=str(exc),
-                    retry_in_s=wait,
-                )
-            try:
-                await asyncio.wait_for(self.stop.wait(), timeout=wait)
-            except TimeoutError:
-                delay = min(delay * 2, 30.0)
-                continue
-            raise Abandoned("shutdown while waiting for the hydrator")
+            if loop.time() >= self._resume_at:
+                try:
+                    hydrated = await self.hydrate(record)
+                except HydrationUnavailable as exc:
+                    wait = max(self._delay, exc.retry_after or 0.0)  # never sooner than asked
+                    self._delay = min(self._delay * 2, MAX_HYDRATION_DELAY_S)
+                    self._resume_at = loop.time() + wait
+                    log.warning(
+                        "hydration unavailable; waiting",
+                        projector=self.key,
+                        partition=record.partition,
+                        offset=record.offset,
+                        error=str(exc),
+                        retry_in_s=wait,
+                    )
+                else:
+                    self._delay = FIRST_HYDRATION_DELAY_S
+                    return hydrated
+            # The next try is due at `_resume_at`, also after a HeldTooLong: the batch
+            # fetched again waits out the rest of it.
+            if self._resume_at > self._hold_until:
+                await self._wait_until(self._hold_until)
+                raise HeldTooLong(f"hydration unavailable for {self.hold:g} s")
+            await self._wait_until(self._resume_at)
+
+    async def _wait_until(self, when: float) -> None:
+        """Sleep until loop time `when`; Abandoned if shutdown is asked first."""
+        timeout = max(when - asyncio.get_running_loop().time(), 0.0)
+        try:
+            await asyncio.wait_for(self.stop.wait(), timeout=timeout)
+        except TimeoutError:
+            return
+        raise Abandoned("shutdown while waiting for the hydrator")
 
     async def _apply(
         self, conn: Connection, reduced: Sequence[tuple[Record, Sequence[Any]]]

@@ -19,6 +19,9 @@ from projectors.batch import Prepared
 Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 FETCH_CHUNK = 500  # records unpacked between two turns of the event loop
+# A group consumer that has not fetched for this long leaves its group (aiokafka's
+# default, made explicit): the runner never holds a batch half as long (`HeldTooLong`).
+MAX_POLL_INTERVAL_MS = 300_000
 
 
 def group_of(name: str, prefix: str = "lattice") -> str:
@@ -43,6 +46,7 @@ def group_consumer(settings: Settings, name: str) -> AIOKafkaConsumer:
         fetch_max_bytes=64 * 1024 * 1024,
         session_timeout_ms=session_ms,
         heartbeat_interval_ms=max(session_ms // 3, 1),  # Kafka's rule: a third at most
+        max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
     )
 
 

@@ -25,9 +25,9 @@ from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from deploy.settings import Settings
-from projectors import offsets
+from projectors import intake, offsets
 from projectors.base import LIVE_SCHEMA, Record
-from projectors.batch import Abandoned, BatchApplier, Hydrate, Outcome, Prepared
+from projectors.batch import Abandoned, BatchApplier, HeldTooLong, Hydrate, Outcome, Prepared
 from projectors.deadletter import DeadLetterSink
 from projectors.failures import is_transient
 from projectors.intake import (
@@ -81,6 +81,8 @@ class ProjectionRunner:
             hydrate=hydrate,
             stop=self.stop,
             event_log=settings.topic,
+            # Stripe away for minutes must not cost the consumer its partitions.
+            hold=intake.MAX_POLL_INTERVAL_MS / 1000 / 2,
         )
         # Stored position of each assigned partition (None: nothing stored yet), and the
         # next offset to take from a fetch (ahead of the stored one while a batch writes).
@@ -171,6 +173,12 @@ class ProjectionRunner:
                 started = time.monotonic()
                 try:
                     prepared = await self._fill(await self.applier.prepare(batch), epoch)
+                except HeldTooLong as exc:
+                    # Fetched again from the stored positions, which keeps the consumer in
+                    # its group; the hydrator is tried when its wait is over.
+                    log.warning("batch dropped to fetch again", projector=self.name, why=str(exc))
+                    self._needs_seek = True
+                    continue
                 except Abandoned:
                     break
                 except Exception as exc:

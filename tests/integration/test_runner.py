@@ -20,7 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from deploy.settings import ConfigError, Settings
 from ingest.publisher import COMPRESSION
 from ingest.record import build_record
-from projectors import offsets, status
+from projectors import intake, offsets, status
 from projectors.base import HydrationUnavailable, Record
 from projectors.batch import BatchApplier
 from projectors.deadletter import (
@@ -505,6 +505,58 @@ async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_fo
     assert len(counts) == len(stream_), "a record was skipped instead of waited for"
     assert len(calls) == len(thin) + 2  # only thin events, and the two refusals retried
     assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
+
+
+async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partitions_nor_a_flood(
+    settings: Settings,
+    stack: Stack,
+    topics: Topics,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A group consumer that does not fetch for `max_poll_interval_ms` leaves its group:
+    waiting out a Stripe outage inside one batch would hand the partitions round the
+    group's processes, all waiting for the same Stripe. The runner drops the batch well
+    before and fetches it again, and the batch fetched again still waits out the delay
+    the hydrator was given instead of asking Stripe again at once."""
+    monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)  # a hold of 1.5 s
+    revoked: list[set[TopicPartition]] = []
+    revoke = SeekToStored.on_partitions_revoked
+
+    async def counted(listener: SeekToStored, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            revoked.append(set(partitions))
+        await revoke(listener, partitions)
+
+    monkeypatch.setattr(SeekToStored, "on_partitions_revoked", counted)
+    stream_ = stream(60, seed=13, thin_every=10)
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 9.0
+    refused: list[float] = []
+
+    async def hydrate(record: Record) -> Record:
+        if loop.time() < back_at:
+            refused.append(loop.time())
+            raise HydrationUnavailable("Stripe answered 503")
+        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+        return replace(record, value=orjson.dumps(full))
+
+    ours = settings.model_copy(update={"group_prefix": unique})
+    async with running(ours, [AuditProjection(hydrate_thin_events=True)], hydrate=hydrate):
+        await _caught_up(settings, "audit")
+        assert revoked == [], "the consumer left its group while Stripe was away"
+
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert len(counts) == len(stream_)
+    assert set(counts.values()) == {1}
+    # Tries 0.5, 1, 2 and 4 s apart across the batches fetched again (5 in 9 s), not
+    # one more at each fetch.
+    assert 3 <= len(refused) <= 5, [round(t - refused[0], 2) for t in refused]
 
 
 async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
