@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deploy import kafka_options
 
 ENV_PREFIX = "LATTICE_"
+ENDPOINT_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class ConfigError(Exception):
@@ -45,8 +46,22 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
         if not sep or not endpoint or not secret:
             # Never echo the pair: its right-hand side is a signing secret.
             raise ValueError("expected comma-separated endpoint=secret pairs")
+        if not ENDPOINT_NAME.fullmatch(endpoint):
+            # It is the last segment of the route, /webhooks/NAME: a '/' could never match.
+            raise ValueError(
+                f"endpoint name {endpoint!r}: letters, digits, '.', '_' and '-' only "
+                "(it names the route /webhooks/NAME)"
+            )
+        check_secret(secret, f"the secret of endpoint {endpoint!r}")
         secrets.setdefault(endpoint, []).append(secret)
     return {name: tuple(values) for name, values in secrets.items()}
+
+
+def check_secret(secret: str, what: str) -> None:
+    """ValueError unless `secret` is printable ASCII, as Stripe's signing secrets are:
+    anything else could not key the HMAC, and every delivery would fail."""
+    if not (secret.isascii() and secret.isprintable()):
+        raise ValueError(f"{what} is not printable ASCII (Stripe's are whsec_ and letters)")
 
 
 KAFKA_CHOICES = {

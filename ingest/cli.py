@@ -14,8 +14,9 @@ import httpx
 
 from deploy.flags import add_setting_flags, port_number, setting_overrides
 from deploy.logs import configure_logging
-from deploy.settings import ENV_PREFIX, ConfigError, load_settings
+from deploy.settings import ENV_PREFIX, ConfigError, check_secret, load_settings
 from ingest.app import create_app
+from ingest.metrics import MULTIPROCESS_DIR
 from ingest.signature import sign_header
 from ingest.workers import check_address, serve
 
@@ -78,6 +79,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"{ENV_PREFIX}WEBHOOK_SECRETS: no endpoint=secret pairs given")
     if args.workers < 1:
         raise ConfigError("--workers: must be at least 1")
+    shared = os.environ.get(MULTIPROCESS_DIR)
+    if shared and not (os.path.isdir(shared) and os.access(shared, os.W_OK | os.X_OK)):
+        # Else the first delivery's count fails, after its record is on the log.
+        raise ConfigError(f"{MULTIPROCESS_DIR}={shared}: not a directory this user can write")
     configure_logging()
     if args.workers == 1:
         check_address(args.host, args.port)  # a taken port: one line, before the app starts
@@ -101,6 +106,11 @@ def run_send(args: argparse.Namespace) -> int:
                 "add it there or pass --secret"
             )
         secret = secrets[-1]
+    else:
+        try:
+            check_secret(secret, "--secret")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     # One path segment, whatever the name holds (`#`, `/` or a space would change the URL).
     url = f"{args.url.rstrip('/')}/webhooks/{quote(args.endpoint, safe='')}"
     headers = {

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 
 import orjson
+import structlog
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -31,6 +32,7 @@ from ingest.signature import SignatureError, verify
 from schemas.envelope import EnvelopeError, parse_event
 
 RETRY_AFTER_SECONDS = 5
+log = structlog.get_logger("ingest.webhook")
 ACCEPTED = b'{"received":true}'
 JSON = "application/json"
 # Ends the connection after the answer. A 408's client is too slow to keep. A refusal
@@ -156,8 +158,7 @@ class Webhook:
         seconds: float,
         **detail: str,
     ) -> None:
-        """Count one answer and write its log line."""
-        self.metrics.delivery(endpoint, event_type, outcome, seconds)
+        """Write one answer's log line and count it."""
         self.log.info(
             "webhook",
             endpoint=endpoint,
@@ -168,6 +169,7 @@ class Webhook:
             ms=round(seconds * 1000, 2),
             **detail,
         )
+        self.metrics.delivery(endpoint, event_type, outcome, seconds)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -232,15 +234,20 @@ class Webhook:
                 response = error(
                     503, exc.reason, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}
                 )
-        self._answered(
-            endpoint_label,
-            event_id,
-            event_type,
-            outcome,
-            200 if response is None else response.status_code,
-            time.perf_counter() - started,
-            **detail,
-        )
+        try:
+            self._answered(
+                endpoint_label,
+                event_id,
+                event_type,
+                outcome,
+                200 if response is None else response.status_code,
+                time.perf_counter() - started,
+                **detail,
+            )
+        except Exception:
+            # The answer stands: a 500 for a record already on the log would have Stripe
+            # send it again, and again, each time appended anew.
+            log.exception("counting a delivery failed", outcome=outcome)
         if response is None:
             await send({"type": "http.response.start", "status": 200, "headers": _ACCEPTED_HEADERS})
             await send({"type": "http.response.body", "body": ACCEPTED})

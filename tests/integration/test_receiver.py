@@ -24,6 +24,7 @@ from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.app import create_app
 from ingest.batching import partition_for
+from ingest.metrics import ReceiverMetrics
 from ingest.publisher import Publisher
 from ingest.signature import sign_header
 from tests.support.kafka import ReadRecord, read_all
@@ -400,6 +401,31 @@ async def test_the_request_log_line_names_a_wrong_endpoint_and_why_kafka_refused
         ("unknown_endpoint", "x" * 64, None),
     ]
     assert 'endpoint="unknown",event_type="",outcome="not_found"} 1.0' in metrics
+
+
+async def test_a_delivery_on_the_log_is_answered_200_even_when_counting_it_fails(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 500 for a record already appended would have Stripe send it again and again, each
+    time appended anew (a metrics folder removed under a running receiver, say)."""
+
+    def broken(*args: object) -> None:
+        raise FileNotFoundError("metrics folder gone")
+
+    monkeypatch.setattr(ReceiverMetrics, "delivery", broken)
+    event = subscription_event(1)
+    body = encode(event)
+    with structlog.testing.capture_logs() as captured:
+        async with running(receiver_settings(settings)) as client:
+            answer = await client.post(
+                "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+            )
+    assert (answer.status_code, answer.content) == (200, b'{"received":true}')
+    records = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert [r.value for r in records] == [body]
+    assert [c["event"] for c in captured if c["log_level"] == "error"] == [
+        "counting a delivery failed"
+    ]
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:

@@ -29,6 +29,50 @@ def test_malformed_secrets_are_rejected_without_echoing_them(
     assert "whsec_x" not in message
 
 
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ("eu/platform=whsec_x", "endpoint name 'eu/platform'"),  # could never be routed
+        ("plat form=whsec_x", "endpoint name 'plat form'"),
+        ("platform=whsec_x\udcff", "the secret of endpoint 'platform' is not printable"),
+        ("platform=whsec_xé", "the secret of endpoint 'platform' is not printable"),
+    ],
+)
+def test_an_unroutable_endpoint_or_a_secret_that_cannot_key_an_hmac_is_refused(
+    raw: str,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Accepted, these would answer 404 to every delivery, or 500 after the HMAC could not
+    be keyed: refused at start instead, in one line that does not show the secret."""
+    monkeypatch.setenv("LATTICE_WEBHOOK_SECRETS", raw)
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"lattice: LATTICE_WEBHOOK_SECRETS: {said}")
+    assert err.count("\n") == 1
+    assert "whsec_x" not in err
+    (tmp_path / "event.json").write_text("{}")
+    sent = ["send", str(tmp_path / "event.json"), "--endpoint", "platform"]
+    assert main([*sent, "--secret", "whsec_x\udcff"]) == 2
+    assert capsys.readouterr().err.startswith("lattice: --secret is not printable ASCII")
+
+
+def test_serve_refuses_a_metrics_folder_it_cannot_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Else the first delivery's count fails after its record is on the log."""
+    monkeypatch.setenv("LATTICE_WEBHOOK_SECRETS", "platform=whsec_x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    missing = tmp_path / "missing"
+    assert (
+        err == f"lattice: PROMETHEUS_MULTIPROC_DIR={missing}: not a directory this user can write\n"
+    )
+
+
 def test_a_malformed_number_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LATTICE_SIGNATURE_TOLERANCE", "five minutes")
     with pytest.raises(ConfigError, match=r"^LATTICE_SIGNATURE_TOLERANCE: "):
