@@ -90,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         env_file = stack.stack_env_path(settings.home)
         if not env_file.exists():
-            print("lattice: the stack is not up: run `make stack`", file=sys.stderr)
+            print(
+                f"lattice: no stack is up in {settings.home}: run `lattice stack up` with the "
+                "same --home (`make stack` for the default one)",
+                file=sys.stderr,
+            )
             return 1
         sys.stdout.write(env_file.read_text())
     return 0

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -111,6 +111,11 @@ def run_send(args: argparse.Namespace) -> int:
             check_secret(secret, "--secret")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if "/webhooks/" in f"{urlsplit(args.url).path}/":
+        raise ConfigError(
+            f"--url {args.url}: give the receiver's base URL (http://HOST:PORT); "
+            "send adds /webhooks/ENDPOINT itself"
+        )
     # One path segment, whatever the name holds (`#`, `/` or a space would change the URL).
     url = f"{args.url.rstrip('/')}/webhooks/{quote(args.endpoint, safe='')}"
     headers = {

@@ -66,7 +66,7 @@ def register(commands: Any) -> None:
     project.add_argument(
         "--metrics-host",
         default="127.0.0.1",
-        help="address for --metrics-port (0.0.0.0 to let a scraper in)",
+        help="address for --metrics-port (default 127.0.0.1; 0.0.0.0 to let a scraper in)",
     )
     add_setting_flags(project, GROUP_SETTINGS, aliases=ALIASES)
     project.set_defaults(handler=run_project)

@@ -76,7 +76,8 @@ async def ensure_topics(
                 ]
             )
             _raise_refusals(response.topic_errors)
-        await _check_existing(admin, [name for name in wanted if name in existing], stamped)
+        kept = [name for name in wanted if name in existing]
+        await _check_existing(admin, kept, stamped, bootstrap)
         return missing
     finally:
         await admin.close()
@@ -99,7 +100,9 @@ def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:
         raise StackError(f"the broker did not create {'; '.join(refused)}")
 
 
-async def _check_existing(admin: AIOKafkaAdminClient, names: list[str], stamped: set[str]) -> None:
+async def _check_existing(
+    admin: AIOKafkaAdminClient, names: list[str], stamped: set[str], bootstrap: str
+) -> None:
     """Raise when an existing topic would not keep its records forever; warn when one that
     should take the broker's time keeps the producer's (made by an earlier version: not
     changed here, since altering a topic's config through the admin API replaces it whole)."""
@@ -107,26 +110,36 @@ async def _check_existing(admin: AIOKafkaAdminClient, names: list[str], stamped:
         return
     wanted = {**FOREVER, **APPEND_TIME}
     resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict(wanted)) for name in names]
-    short = []
+    short: dict[str, list[str]] = {}
     for response in await admin.describe_configs(resources):
         for _code, _message, _kind, topic, entries in response.resources:
             for key, value, *_ in entries:
                 if key in FOREVER and value != FOREVER[key]:
-                    short.append(f"{topic} has {key}={value}")
+                    short.setdefault(topic, []).append(f"{key}={value}")
                 elif key in APPEND_TIME and topic in stamped and value != APPEND_TIME[key]:
                     log.warning(
                         f"{topic} keeps the producer's time ({key}={value}): a usage fact's "
                         "time is then bounded by the app's own clock; change it with "
-                        "kafka-configs.sh --alter --entity-type topics --entity-name "
-                        f"{topic} --add-config {key}=LogAppendTime",
+                        f"{_alter(bootstrap, topic)} {key}=LogAppendTime",
                         topic=topic,
                     )
     if short:
-        raise StackError(
-            f"{'; '.join(short)}: Lattice's topics must keep their records forever (-1); "
-            "change it with kafka-configs.sh --alter --entity-type topics --add-config "
-            "retention.ms=-1,retention.bytes=-1"
+        has = "; ".join(f"{topic} has {', '.join(found)}" for topic, found in short.items())
+        fixes = "; ".join(
+            f"{_alter(bootstrap, topic)} retention.ms=-1,retention.bytes=-1" for topic in short
         )
+        raise StackError(
+            f"{has}: Lattice's topics must keep their records forever (-1); change it with {fixes}"
+        )
+
+
+def _alter(bootstrap: str, topic: str) -> str:
+    """The start of the kafka-configs.sh command that changes `topic`'s config."""
+    first = bootstrap.split(",")[0].strip()
+    return (
+        f"kafka-configs.sh --bootstrap-server {first} --alter --entity-type topics "
+        f"--entity-name {topic} --add-config"
+    )
 
 
 async def missing_topics(

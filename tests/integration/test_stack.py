@@ -258,8 +258,14 @@ async def test_an_existing_topic_that_would_not_keep_records_forever_is_named(
     finally:
         await admin.close()
     try:
-        with pytest.raises(StackError, match=rf"{name} has retention.ms=604800000"):
+        with pytest.raises(StackError, match=rf"{name} has retention.ms=604800000") as caught:
             await ensure_topics(stack.kafka_bootstrap, [name], partitions=1)
+        # The command it gives is whole: which broker, which topic.
+        assert str(caught.value).endswith(
+            f"change it with kafka-configs.sh --bootstrap-server {stack.kafka_bootstrap} "
+            f"--alter --entity-type topics --entity-name {name} "
+            "--add-config retention.ms=-1,retention.bytes=-1"
+        )
         assert await ensure_topics(stack.kafka_bootstrap, [kept], partitions=1) == [kept]
         assert await ensure_topics(stack.kafka_bootstrap, [kept], partitions=1) == []
     finally:

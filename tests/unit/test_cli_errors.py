@@ -76,6 +76,15 @@ def test_paths_and_urls_given_on_the_command_line_fail_in_one_line(
             1,
             "could not POST",
         ),
+        (
+            # The demo prints the endpoint's whole URL too: /webhooks/p/webhooks/p was a 404.
+            [
+                *("send", str(event), "--endpoint", "p", "--secret", "whsec_x"),
+                *("--url", "http://127.0.0.1:8000/webhooks/p"),
+            ],
+            2,
+            "give the receiver's base URL",
+        ),
     ]
     for argv, status, says in cases:
         assert main(argv) == status, argv
