@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field, replace
+from decimal import Decimal
 from typing import Any
 
 from ingest.simulate.story import Story
@@ -233,6 +234,7 @@ def object_rows(story: Story) -> dict[str, list[tuple[Any, ...]]]:
                 inv.id,
                 line.price.id,
                 line.quantity,
+                None if line.quantity is None else Decimal(line.quantity),
                 line.amount,
                 line.proration,
                 line.period_start,

@@ -46,8 +46,8 @@ OBJECT_QUERIES = {
     "invoices": "SELECT id, customer, subscription, status, currency, total, amount_paid, "
     "amount_remaining, attempt_count, paid_at, billing_reason, period_start, period_end, "
     "next_payment_attempt FROM projections.invoices ORDER BY id",
-    "invoice_lines": "SELECT id, invoice, price, quantity, amount, proration, period_start, "
-    "period_end, subscription FROM projections.invoice_lines ORDER BY id",
+    "invoice_lines": "SELECT id, invoice, price, quantity, quantity_decimal, amount, proration, "
+    "period_start, period_end, subscription FROM projections.invoice_lines ORDER BY id",
     "transfers": "SELECT id, destination, currency, amount, amount_reversed, "
     "source_transaction, transfer_group, reversed FROM projections.transfers ORDER BY id",
 }

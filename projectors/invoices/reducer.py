@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from projectors.base import Record
@@ -23,6 +24,7 @@ from projectors.subscriptions.snapshot import (
     TERMINAL,
     Event,
     declared_elsewhere,
+    exact_decimal,
     integer,
     line_id,
     list_data,
@@ -73,6 +75,9 @@ class Line:
     product: str | None
     meter: str | None
     quantity: int | None
+    # Stripe's `quantity_decimal` where the line has one (`quantity` is then cut to a
+    # whole number), else `quantity`.
+    quantity_decimal: Decimal | None
     amount: int | None
     currency: str | None
     proration: bool | None
@@ -242,6 +247,7 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
     price = mapping(price_field)
     period = mapping(raw.get("period"))
     proration = raw.get("proration", details.get("proration"))
+    quantity = integer(raw.get("quantity"))
     return Line(
         id=found,
         subscription=ref(raw.get("subscription")) or ref(details.get("subscription")),
@@ -250,7 +256,8 @@ def _line(raw: Mapping[str, Any], found: str) -> Line:
         price=ref(price_field),
         product=ref(price.get("product")) or ref(price_details.get("product")),
         meter=meter_of_price(price),
-        quantity=integer(raw.get("quantity")),
+        quantity=quantity,
+        quantity_decimal=exact_decimal(raw.get("quantity_decimal"), quantity),
         amount=integer(raw.get("amount")),
         currency=text(raw.get("currency")),
         proration=proration if isinstance(proration, bool) else None,

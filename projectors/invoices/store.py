@@ -78,23 +78,26 @@ DELETE_LINES = "DELETE FROM invoice_lines WHERE invoice = ANY($1::text[])"
 
 INSERT_LINES = """
 INSERT INTO invoice_lines AS t (
-    id, invoice, subscription, subscription_item, price, product, meter, quantity, amount,
-    currency, proration, period_start, period_end, last_event_id, last_event_created)
+    id, invoice, subscription, subscription_item, price, product, meter, quantity,
+    quantity_decimal, amount, currency, proration, period_start, period_end, last_event_id,
+    last_event_created)
 SELECT x.id, x.invoice, x.subscription, x.subscription_item, x.price, x.product,
-    coalesce(x.meter, pm.meter), x.quantity, x.amount, x.currency, x.proration,
-    to_timestamp(x.period_start), to_timestamp(x.period_end), x.event_id,
+    coalesce(x.meter, pm.meter), x.quantity, x.quantity_decimal, x.amount, x.currency,
+    x.proration, to_timestamp(x.period_start), to_timestamp(x.period_end), x.event_id,
     to_timestamp(x.event_created)
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::bigint[], $9::bigint[], $10::text[], $11::boolean[],
-            $12::bigint[], $13::bigint[], $14::text[], $15::bigint[])
+            $12::bigint[], $13::bigint[], $14::text[], $15::bigint[], $16::numeric[])
     AS x(id, invoice, subscription, subscription_item, price, product, meter, quantity,
-         amount, currency, proration, period_start, period_end, event_id, event_created)
+         amount, currency, proration, period_start, period_end, event_id, event_created,
+         quantity_decimal)
 LEFT JOIN invoice_price_meters pm ON pm.price = x.price
 ON CONFLICT (id) DO UPDATE SET
     invoice = excluded.invoice, subscription = excluded.subscription,
     subscription_item = excluded.subscription_item, price = excluded.price,
     product = excluded.product, meter = excluded.meter, quantity = excluded.quantity,
-    amount = excluded.amount, currency = excluded.currency, proration = excluded.proration,
+    quantity_decimal = excluded.quantity_decimal, amount = excluded.amount,
+    currency = excluded.currency, proration = excluded.proration,
     period_start = excluded.period_start, period_end = excluded.period_end,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
 """
@@ -302,4 +305,5 @@ async def _write_invoices(conn: asyncpg.Connection, invoices: list[InvoiceSnapsh
         [ln.period_end for _, ln in pairs],
         [inv.event_id for inv, _ in pairs],
         [inv.event_created for inv, _ in pairs],
+        [ln.quantity_decimal for _, ln in pairs],
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 from projectors.base import Record
@@ -18,6 +18,7 @@ from projectors.subscriptions.snapshot import (
     TERMINAL,
     Event,
     declared_elsewhere,
+    exact_decimal,
     integer,
     list_data,
     mapping,
@@ -271,21 +272,9 @@ def _charged(
     if billed_in is not None and shown is not None and shown != billed_in:
         option = mapping(mapping(price.get("currency_options")).get(billed_in))
         amount = integer(option.get("unit_amount"))
-        return billed_in, amount, _exact(option.get("unit_amount_decimal"), amount)
+        return billed_in, amount, exact_decimal(option.get("unit_amount_decimal"), amount)
     amount = integer(price.get("unit_amount"))
     exact = price.get("unit_amount_decimal")
     if amount is None and exact is None:  # a legacy plan's names for them
         amount, exact = integer(price.get("amount")), price.get("amount_decimal")
-    return shown or billed_in, amount, _exact(exact, amount)
-
-
-def _exact(value: Any, whole: int | None) -> Decimal | None:
-    """Stripe's decimal string of an amount (`"0.5"`), else the whole amount."""
-    if type(value) is str:
-        try:
-            exact = Decimal(value)
-        except InvalidOperation:
-            exact = None
-        if exact is not None and exact.is_finite():
-            return exact
-    return None if whole is None else Decimal(whole)
+    return shown or billed_in, amount, exact_decimal(exact, amount)

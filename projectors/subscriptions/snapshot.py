@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
@@ -169,6 +170,19 @@ def ref(value: Any) -> str | None:
 def integer(value: Any) -> int | None:
     """An integer field (Unix seconds, amounts, counts), else None (bools are not ints)."""
     return value if type(value) is int else None
+
+
+def exact_decimal(value: Any, whole: int | None) -> Decimal | None:
+    """Stripe's decimal string of a number (`"0.5"` in `unit_amount_decimal`,
+    `quantity_decimal`), else the whole number beside it."""
+    if type(value) is str:
+        try:
+            exact = Decimal(value)
+        except InvalidOperation:
+            exact = None
+        if exact is not None and exact.is_finite():
+            return exact
+    return None if whole is None else Decimal(whole)
 
 
 def text(value: Any) -> str | None:

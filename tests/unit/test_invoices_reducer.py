@@ -3,6 +3,8 @@ snapshots as the README says."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from projectors.base import PoisonRecord
@@ -151,6 +153,24 @@ def test_a_basil_line_is_read_from_the_details_its_parent_type_names() -> None:
     read, unread = change.lines
     assert (read.subscription_item, read.proration) == (None, False)
     assert (unread.subscription_item, unread.proration) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "quantity_decimal", "exact"),
+    [
+        (2, "2.5", Decimal("2.5")),  # fractional units: `quantity` is cut to a whole one
+        (3, None, Decimal(3)),  # Stripe's own example line: no decimal, the quantity
+        (1, "NaN", Decimal(1)),  # not a number Stripe would send: the whole one
+        (None, None, None),
+    ],
+)
+def test_a_lines_exact_quantity_is_its_quantity_decimal(
+    quantity: int | None, quantity_decimal: str | None, exact: Decimal | None
+) -> None:
+    line = so.invoice_line(era="basil")
+    line["quantity"], line["quantity_decimal"] = quantity, quantity_decimal
+    (read,) = reduce_invoice(so.event("invoice.paid", so.invoice(era="basil", lines=[line]))).lines
+    assert (read.quantity, read.quantity_decimal) == (quantity, exact)
 
 
 def test_lines_of_api_versions_before_2019_12_03_are_keyed_by_their_unique_id() -> None:
