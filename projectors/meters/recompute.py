@@ -50,7 +50,10 @@ periods AS (
                END AS period_end
         FROM (
             SELECT a.customer, a.meter, p.subscription, p.period_start,
-                   max(p.period_end) AS period_end,
+                   -- An ended subscription's period ends with it, whatever its prices: the
+                   -- price swapped out before the cancellation kept its uncut end.
+                   coalesce(min(p.period_end) FILTER (WHERE p.ended), max(p.period_end))
+                       AS period_end,
                    (array_agg(p.last_event_id ORDER BY p.last_event_created DESC,
                               p.last_event_id DESC))[1] AS event_id,
                    max(p.last_event_created) AS event_at

@@ -515,6 +515,58 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         assert await fetch(conn, schema, ends) == [(longer,)], schema
 
 
+async def test_a_cancellation_cuts_the_period_of_a_price_swapped_out_earlier(
+    conn: asyncpg.Connection,
+) -> None:
+    """The item's price changed to another of the same meter on day 9 (the period goes on:
+    classic billing keeps it), then the subscription was canceled on day 19. Stripe bills
+    nothing after the cancellation, whichever price the usage came under: the period of
+    the price swapped out (kept by no later snapshot, so never cut by one) must not carry
+    the row past it, and the usage reported after it is not counted."""
+    meter = billing_meter(event_name="swapped_calls")
+    first = price(meter=meter["id"], unit_amount=None, id="price_swapped_out")
+    second = price(meter=meter["id"], unit_amount=None, id="price_swapped_in")
+    ended = T0 + 19 * DAY
+
+    def snapshot(event_type: str, item_price: dict[str, Any], at: int, **fields: Any) -> Record:
+        item = subscription_item(item_price=item_price, id="si_swapped")
+        sub = subscription(customer="cus_swapped", items=[item], id="sub_swapped", **fields)
+        return stripe_record(event(event_type, sub, created=at))
+
+    facts = [
+        usage_record(
+            usage_fact(
+                f"u-{day}", "cus_swapped", "5", event_name="swapped_calls", timestamp=T0 + day * DAY
+            )
+        )
+        for day in (2, 12, 25)  # under the first price, the second, and after the end
+    ]
+    records = [
+        stripe_record(meter_event(meter)),
+        snapshot("customer.subscription.created", first, T0),
+        snapshot("customer.subscription.updated", second, T0 + 9 * DAY),
+        snapshot(
+            "customer.subscription.deleted",
+            second,
+            ended,
+            status="canceled",
+            canceled_at=ended,
+            ended_at=ended,
+        ),
+        *facts,
+    ]
+    query = (
+        "SELECT extract(epoch FROM period_end)::bigint, reported_value FROM meter_reconciliation"
+    )
+    for schema, batches in (
+        ("swapped_one_batch", [records]),
+        ("swapped_reversed", [[r] for r in reversed(records)]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, query) == [(ended, Decimal(10))], schema
+
+
 CREDITS = """
 SELECT customer, meter, billed_quantity, credited_quantity, amount_credits, delta, status,
        last_event_id
