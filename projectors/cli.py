@@ -166,7 +166,11 @@ def run_project(args: argparse.Namespace) -> int:
                 f"{exc.strerror or exc}"
             ) from None
     tune_gc()
-    asyncio.run(_project(settings, projections, metrics, ready))
+    try:
+        asyncio.run(_project(settings, projections, metrics, ready))
+    except MigrationError as exc:  # a start refused for a migration: one line, as migrate
+        print(f"lattice: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -321,6 +321,28 @@ async def test_a_database_url_asyncpg_cannot_use_ends_at_once_in_one_line(
     assert "Traceback" not in result.stderr
 
 
+async def test_a_start_refused_for_an_edited_migration_is_one_line(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """`lattice project` refuses a migration changed after it was applied as `lattice
+    migrate` does: one line naming the file, exit status 1 (it was a traceback)."""
+    assert (await _run(settings, unique, "migrate", "events")).returncode == 0
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:  # what an edit of the file looks like from the database: another checksum
+        await conn.execute(
+            "UPDATE lattice.migrations SET sha256 = repeat('0', 64) WHERE projector = 'events'"
+        )
+    finally:
+        await conn.close()
+    for command in ("migrate", "project"):
+        result = await _run(settings, unique, command, "events")
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("lattice: "), result.stderr
+        assert "0001_events.sql was changed after it was applied to this database" in last
+
+
 @pytest.mark.parametrize(
     ("command", "down"),
     [
