@@ -264,6 +264,10 @@ class BatchApplier:
         elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         loop = asyncio.get_running_loop()
+        if loop.time() >= self._hold_until:
+            # Slow answers add up too (a month's end of invoices whose lines run to many
+            # pages). What was fetched is cached: the batch fetched again gets past it.
+            raise HeldTooLong(f"hydrating this batch took over {self.hold:g} s")
         while True:
             if loop.time() >= self._resume_at:
                 try:

@@ -407,7 +407,15 @@ class ProjectionRunner:
         return not self._needs_seek
 
     async def _pause(self) -> None:
-        """Wait before touching the database again (or until shutdown)."""
+        """Wait before touching the database again (or until shutdown). The consumer is
+        polled first, and what it returns dropped (a re-seek follows every pause): one
+        that does not poll for `max_poll_interval_ms` leaves its group, and with the
+        database away for minutes every process would, and all rejoin when it is back."""
+        assert self.consumer is not None
+        assert self._needs_seek
+        if self._fetch is None or self._fetch[0].done():  # else a poll is under way
+            with contextlib.suppress(KafkaError):
+                await self.consumer.getmany(timeout_ms=0, max_records=1)
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=self._backoff)
         except TimeoutError:

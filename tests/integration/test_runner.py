@@ -4,11 +4,12 @@ resuming from stored positions, dead letters, migrations."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import orjson
@@ -21,8 +22,9 @@ from deploy.settings import ConfigError, Settings
 from ingest.publisher import COMPRESSION
 from ingest.record import build_record
 from projectors import intake, offsets, status
+from projectors import runner as runner_module
 from projectors.base import HydrationUnavailable, Record
-from projectors.batch import BatchApplier
+from projectors.batch import BatchApplier, HeldTooLong
 from projectors.deadletter import (
     HEADER_ERROR,
     HEADER_ORIGIN_OFFSET,
@@ -520,15 +522,7 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
     before and fetches it again, and the batch fetched again still waits out the delay
     the hydrator was given instead of asking Stripe again at once."""
     monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)  # a hold of 1.5 s
-    revoked: list[set[TopicPartition]] = []
-    revoke = SeekToStored.on_partitions_revoked
-
-    async def counted(listener: SeekToStored, partitions: Sequence[TopicPartition]) -> None:
-        if partitions:
-            revoked.append(set(partitions))
-        await revoke(listener, partitions)
-
-    monkeypatch.setattr(SeekToStored, "on_partitions_revoked", counted)
+    revoked = _count_revocations(monkeypatch)
     stream_ = stream(60, seed=13, thin_every=10)
     await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
     loop = asyncio.get_running_loop()
@@ -557,6 +551,103 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
     # Tries 0.5, 1, 2 and 4 s apart across the batches fetched again (5 in 9 s), not
     # one more at each fetch.
     assert 3 <= len(refused) <= 5, [round(t - refused[0], 2) for t in refused]
+
+
+async def test_a_database_away_for_long_costs_the_consumer_not_its_partitions(
+    settings: Settings,
+    stack: Stack,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While it cannot read its stored positions the runner waits, and a consumer that
+    does not poll for `max_poll_interval_ms` leaves its group: with the database away for
+    minutes every process would, and all rejoin at once when it is back. The runner polls
+    between its waits (dropping what it gets: it re-seeks before it takes anything)."""
+    monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)
+    monkeypatch.setattr(runner_module, "MAX_BACKOFF_S", 1.0)  # waits well under it
+    revoked = _count_revocations(monkeypatch)
+    stream_ = stream(60, seed=17)
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
+    loop = asyncio.get_running_loop()
+    back_at = loop.time() + 8.0
+    load = offsets.load
+    refused: list[float] = []
+
+    async def away(*args: Any, **kwargs: Any) -> Any:
+        if loop.time() < back_at:
+            refused.append(loop.time())
+            raise ConnectionRefusedError(111, "Connect call failed")
+        return await load(*args, **kwargs)
+
+    monkeypatch.setattr(offsets, "load", away)
+    ours = settings.model_copy(update={"group_prefix": unique})
+    async with running(ours, [AuditProjection()]):
+        await _caught_up(settings, "audit")
+        assert revoked == [], "the consumer left its group while the database was away"
+    assert refused, "the database was never found away"
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert len(counts) == len(stream_)
+    assert set(counts.values()) == {1}
+
+
+async def test_a_batch_slow_to_hydrate_is_dropped_at_the_hold_and_gets_further_each_time(
+    settings: Settings,
+) -> None:
+    """Answers that each come in time can add up past the hold too (many pages of lines
+    at a month's end): `prepare` gives up before the next call once the hold is over, and
+    the batch fetched again gets further, on what the hydrator cached (as Lattice's does)."""
+    thin = [e for e in stream(200, seed=13, thin_every=10) if e.event["object"] == "v2.core.event"]
+    batch = {
+        TopicPartition(settings.topic, 0): [
+            Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:6])
+        ]
+    }
+    cached: dict[int, Record] = {}
+
+    async def hydrate(record: Record) -> Record:
+        if record.offset not in cached:
+            await asyncio.sleep(0.3)  # Stripe's answer
+            full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+            cached[record.offset] = replace(record, value=orjson.dumps(full))
+        return cached[record.offset]
+
+    audit = AuditProjection(hydrate_thin_events=True)
+    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
+    applier = BatchApplier(
+        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.5
+    )
+    applier.hydrate = hydrate
+    tries = []
+    while True:
+        try:
+            prepared = await applier.prepare(batch)
+            break
+        except HeldTooLong:
+            tries.append(len(cached))
+    # Given up at least once (six answers take 1.8 s), each time further (two answers
+    # fit in a hold of 0.5 s, fewer on a slow machine, never none).
+    assert tries
+    assert all(later > earlier for earlier, later in itertools.pairwise([0, *tries]))
+    assert len(prepared.reduced) == 6
+    assert prepared.dead == []
+
+
+def _count_revocations(monkeypatch: pytest.MonkeyPatch) -> list[set[TopicPartition]]:
+    """The non-empty revocations the runners' rebalance listeners are told of, from now."""
+    revoked: list[set[TopicPartition]] = []
+    revoke = SeekToStored.on_partitions_revoked
+
+    async def counted(listener: SeekToStored, partitions: Sequence[TopicPartition]) -> None:
+        if partitions:
+            revoked.append(set(partitions))
+        await revoke(listener, partitions)
+
+    monkeypatch.setattr(SeekToStored, "on_partitions_revoked", counted)
+    return revoked
 
 
 async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
