@@ -11,9 +11,10 @@ A lost connection is never poison: it propagates, and the caller reconnects and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import orjson
@@ -30,6 +31,7 @@ from projectors.stripe_api.lines import may_be_cut_short
 from schemas.envelope import EnvelopeError, parse_event
 
 Hydrate = Callable[[Record], Awaitable[Record]]
+T = TypeVar("T")
 THIN_EVENT = "v2.core.event"
 YIELD_EVERY = 50
 # Waits between tries of an unavailable hydrator double from the first to the last.
@@ -40,6 +42,25 @@ log = structlog.get_logger("lattice.projector")
 
 class Abandoned(Exception):
     """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
+
+
+async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event, what: str) -> T:
+    """`work`'s result; Abandoned(`what`) (`work` cancelled, and its statement with it)
+    when `stop` is set first."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():  # stopped, or this call itself cancelled: never outlive it
+            task.cancel()
+            # What cancelling its statement raised (a connection cut meanwhile) is moot.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+    if task.cancelled() or (stop.is_set() and task.exception() is not None):
+        raise Abandoned(what)
+    return task.result()
 
 
 class HeldTooLong(Abandoned):

@@ -12,9 +12,8 @@ runner's next compare-and-set then fails once and it re-seeks to the rebuilt pos
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import Callable, Collection, Coroutine, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,7 +26,7 @@ from deploy import kafka_options
 from deploy.settings import Settings
 from projectors import offsets, shadow
 from projectors.base import LIVE_SCHEMA
-from projectors.batch import Abandoned, BatchApplier, Hydrate
+from projectors.batch import Abandoned, BatchApplier, Hydrate, unless_stopped
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
 from projectors.intake import stop_consumer
 from projectors.migrate import READ_COMMITTED, MigrationError
@@ -107,8 +106,10 @@ async def replay(
         await check_offset(consumer, settings, tps, start)
         # Migrating waits for readers, copying the live tables can take minutes: a stop
         # cancels either (and its statement).
-        seeds = await _unless_stopped(
-            prepare(lock_conn, consumer, projection, settings, tps, start, schema), stop
+        seeds = await unless_stopped(
+            prepare(lock_conn, consumer, projection, settings, tps, start, schema),
+            stop,
+            "stopped while the rebuild was prepared",
         )
         async with lock_conn.transaction():
             await offsets.compare_and_set(lock_conn, key, seeds)
@@ -169,24 +170,6 @@ async def replay(
         if lock.held and not finished:
             await _discard(lock, schema, key)
         await lock.release()  # also releases the session's advisory lock
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
-    """`work`'s result; Abandoned (`work` cancelled) when `stop` is set first."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():  # stopped, or this call itself cancelled: never outlive it
-            task.cancel()
-            # What cancelling its statement raised (a connection cut meanwhile) is moot.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task.cancelled() or (stop.is_set() and task.exception() is not None):
-        raise Abandoned("stopped while the rebuild was prepared")
-    return task.result()
 
 
 async def _swap(

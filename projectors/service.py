@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from deploy import kafka_options
 from deploy.settings import Settings
 from ingest.publisher import COMPRESSION
-from projectors.batch import Hydrate
+from projectors.batch import Abandoned, Hydrate, unless_stopped
 from projectors.deadletter import KafkaDeadLetters, UnsentDeadLetters
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import migrate
@@ -108,7 +108,13 @@ async def run_projections(
     async with database(settings, size=len(projections) + 2) as pool:
         conn = await asyncpg.connect(settings.require_database_url())
         try:
-            applied = await migrate(conn, projections)
+            # A migration can wait for a lock a reader holds: SIGTERM must still stop it.
+            applied = await unless_stopped(
+                migrate(conn, projections), stop, "stopped while the migrations waited"
+            )
+        except Abandoned as exc:
+            log.info("projectors stopped before they started", why=str(exc))
+            return
         finally:
             await conn.close()
         if applied:

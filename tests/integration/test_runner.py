@@ -44,6 +44,8 @@ from projectors.migrate import (
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
+from projectors.service import run_projections
+from projectors.subscriptions import projection as subscriptions
 from tests.conftest import Stack, Topics
 from tests.integration.test_receiver import subscription_event
 from tests.support.audit_projection import AuditProjection, NoDeadLetters, applied_counts
@@ -648,6 +650,38 @@ def _count_revocations(monkeypatch: pytest.MonkeyPatch) -> list[set[TopicPartiti
 
     monkeypatch.setattr(SeekToStored, "on_partitions_revoked", counted)
     return revoked
+
+
+async def test_a_stop_while_the_migrations_wait_for_a_reader_ends_the_start(
+    settings: Settings,
+) -> None:
+    """A session left in a transaction that read a view (a BI tool) holds the lock its
+    re-creation needs, and a start's migrations wait for it (the last try for as long as
+    it takes): SIGTERM must still stop the process, without waiting for the reader."""
+    url = settings.require_database_url()
+    reader = await asyncpg.connect(url)
+    try:
+        await migrate(reader, [subscriptions])
+        reading = reader.transaction()
+        await reading.start()
+        await reader.fetch("SELECT * FROM projections.mrr")
+        stop = asyncio.Event()
+        with structlog.testing.capture_logs() as captured:
+            task = asyncio.create_task(
+                run_projections(settings, [subscriptions], stop=stop, handle_signals=False)
+            )
+            await eventually(
+                lambda: asyncio.sleep(0, [c["event"] for c in captured]),
+                lambda said: "migration waits for a lock another session holds" in said,
+                timeout=30,
+                what="the start waiting for the reader's lock",
+            )
+            stop.set()
+            await asyncio.wait_for(task, timeout=5)  # the reader still holds its lock
+        assert "projectors stopped before they started" in [c["event"] for c in captured]
+        await reading.rollback()
+    finally:
+        await reader.close()
 
 
 async def test_a_zombie_batch_from_stale_positions_rolls_back_whole(
