@@ -36,6 +36,7 @@ from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import StripeAPIError
 from projectors.stripe_api.ledger import BackfillError
 from projectors.stripe_api.listing import created_seconds, listings
+from projectors.stripe_api.missing import MissingEvents
 
 SOURCE = "backfill"
 REQUEST_HEADROOM = 64 * 1024  # a record's key, headers and framing beyond its value
@@ -105,11 +106,15 @@ async def backfill(
         try:
             await _wait_for_index(conn, settings, options, state, report)
             state.settled = await _settle(conn, settings)
-            missing = await _find_missing(conn, client, settings.topic, options, state, report)
-            seen = await ledger.accounts_in_log(conn, options.since)
-            state.unlisted_accounts = [a for a in seen if a not in options.accounts]
-            if not options.dry_run:
-                await _append(conn, settings, missing, options, state, report)
+            missing = MissingEvents()
+            try:
+                await _find_missing(conn, client, settings.topic, options, state, report, missing)
+                seen = await ledger.accounts_in_log(conn, options.since)
+                state.unlisted_accounts = [a for a in seen if a not in options.accounts]
+                if not options.dry_run:
+                    await _append(conn, settings, missing, options, state, report)
+            finally:
+                missing.close()
         finally:
             # Best effort: with the connection lost, its session (and lock) is gone anyway,
             # and the error that lost it is the one worth reporting.
@@ -185,8 +190,8 @@ async def _find_missing(
     opts: BackfillOptions,
     state: Progress,
     report: Callable[[Progress], None],
-) -> list[tuple[dict[str, Any], str | None]]:
-    missing: dict[str, tuple[dict[str, Any], str | None]] = {}
+    missing: MissingEvents,
+) -> None:
     for account in (None, *opts.accounts):
         pages = listings(
             client, opts.since, types=opts.types, account=account, page_size=opts.page_size
@@ -207,10 +212,6 @@ async def _find_missing(
                 # events, say): the events listed are still appended.
                 state.thin_refused[account or "platform"] = str(exc)
                 log.warning("not listed", listing=what, account=account, error=str(exc))
-    # Oldest first, as Stripe would have delivered them. The listing is newest first, also
-    # within one second: reversed, the stable sort keeps that second's events in order.
-    listed_backwards = list(missing.values())[::-1]
-    return sorted(listed_backwards, key=lambda pair: created_seconds(pair[0]))
 
 
 async def _add_missing(
@@ -218,7 +219,7 @@ async def _add_missing(
     topic: str,
     pages: AsyncIterator[list[dict[str, Any]]],
     account: str | None,
-    missing: dict[str, tuple[dict[str, Any], str | None]],
+    missing: MissingEvents,
     state: Progress,
     report: Callable[[Progress], None],
 ) -> None:
@@ -231,7 +232,7 @@ async def _add_missing(
         state.earlier_backfill += len(backfilled - indexed)
         for event in page:
             if event["id"] not in indexed and event["id"] not in backfilled:
-                missing.setdefault(event["id"], (event, account))
+                missing.add(event, account)
         state.missing = len(missing)
         created = [created_seconds(e) for e in page]
         if created:
@@ -251,7 +252,7 @@ def _record(event: dict[str, Any], account: str | None, endpoint: str) -> LogRec
 async def _append(
     conn: asyncpg.Connection,
     settings: Settings,
-    missing: list[tuple[dict[str, Any], str | None]],
+    missing: MissingEvents,
     opts: BackfillOptions,
     state: Progress,
     report: Callable[[Progress], None],
@@ -271,18 +272,19 @@ async def _append(
     )
     try:
         await producer.start()
-        for start in range(0, len(missing), opts.batch_size):
-            chunk = missing[start : start + opts.batch_size]
+        in_order = missing.oldest_first()
+        for start in range(0, len(in_order), opts.batch_size):
+            chunk = in_order[start : start + opts.batch_size]
             # Listing a month can take minutes, while Stripe keeps retrying deliveries the
             # receiver logs and the events projector indexes: ask the index again now.
-            indexed, _ = await ledger.known(conn, settings.topic, [str(e["id"]) for e, _ in chunk])
-            chunk = [(event, account) for event, account in chunk if event["id"] not in indexed]
+            indexed, _ = await ledger.known(conn, settings.topic, [m.id for m in chunk])
+            chunk = [m for m in chunk if m.id not in indexed]
             state.missing -= len(indexed)
             state.in_log += len(indexed)
             if not chunk:
                 continue
             ready: list[tuple[dict[str, Any], LogRecord]] = []
-            for event, account in chunk:
+            for event, account in missing.bodies(chunk):
                 record = _record(event, account, opts.endpoint)
                 if len(record.value) > settings.max_body_bytes:
                     state.too_large[str(event["id"])] = len(record.value)
