@@ -26,6 +26,9 @@ Ack = tuple[int, int]
 # The queue is cleared of records nobody waits for when it reaches this length, and then
 # whenever it doubles.
 PRUNE_FROM = 1024
+# While a partition's batch stays unanswered and the broker answers the others, the
+# sender looks for records of those others this often.
+STALL_S = 0.05
 
 
 _M = 0x5BD1E995  # murmur2's mixing constant
@@ -64,7 +67,7 @@ def partition_for(key: bytes, partitions: list[int]) -> int:
 
 
 class Batcher:
-    """Sends what has queued as one batch per partition, one group in flight at a time.
+    """Sends what has queued as one batch per partition, one batch in flight per partition.
 
     While a group waits for the broker's acknowledgement, new records queue; when it is
     acknowledged (or failed), they go out together, but never sooner than `spacing`
@@ -73,6 +76,12 @@ class Batcher:
     and the producer work per request, not per record: fewer, larger batches leave more
     of the CPU to the deliveries themselves), while a delivery after a quiet spell is
     sent at once. Records keep their arrival order within a partition.
+
+    A partition whose batch stays unanswered while the broker answers the others' (its
+    leader away, too few replicas in sync) holds back its own records only, so one
+    partition's trouble is not every delivery's 503. While nothing is answered (the broker
+    away), nothing more is handed over: what the producer holds would be appended once the
+    broker is back, though its callers were answered 503.
     """
 
     def __init__(self, producer: AIOKafkaProducer, topic: str, spacing: float) -> None:
@@ -81,6 +90,10 @@ class Batcher:
         self._spacing = spacing
         self._pending: list[tuple[LogRecord, asyncio.Future[Ack]]] = []
         self._flushing: asyncio.Task[None] | None = None
+        # The batch in flight of each partition that has one (the last handed over), with
+        # how many batches had been answered when it was.
+        self._busy: dict[int, tuple[asyncio.Future[Any], int]] = {}
+        self._answered = 0
         self._last_sent = -spacing
         self._prune_at = PRUNE_FROM
 
@@ -107,18 +120,24 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._pending:
+            while self._pending or self._busy:
                 wait = self._last_sent + self._spacing - loop.time()
-                if wait > 0:
+                if self._pending and wait > 0:
                     await asyncio.sleep(wait)
                 # Not what its caller gave up on: it was answered 503 and Stripe retries
                 # it, so appending it now would only add a copy.
                 items, self._pending = _waited_for(self._pending), []
-                self._last_sent = loop.time()
-                sent = await self._flush(items)
-                if sent:
+                if items:
+                    self._last_sent = loop.time()
+                    # What waits for its partition's batch goes first next time.
+                    self._pending = [*await self._flush(items), *self._pending]
+                if self._busy:
                     # The next group waits for this one's answer: it grows meanwhile.
-                    await asyncio.wait(sent)
+                    await asyncio.wait(
+                        [sent for sent, _ in self._busy.values()],
+                        timeout=STALL_S,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
         finally:
             self._flushing = None
 
@@ -130,17 +149,25 @@ class Batcher:
 
     async def _flush(
         self, items: list[tuple[LogRecord, asyncio.Future[Ack]]]
-    ) -> list[asyncio.Future[Any]]:
-        """Hand `items` to the producer; the futures of the batches it took."""
+    ) -> list[tuple[LogRecord, asyncio.Future[Ack]]]:
+        """Hand `items` to the producer, but those of a partition with a batch in flight,
+        which are returned, in order."""
+        busy = self._busy
+        if any(answered == self._answered for _, answered in busy.values()):
+            return items  # a batch handed over since the last answer is in flight
         handed: set[int] = set()
-        sent: list[asyncio.Future[Any] | None] = []
+        held: list[tuple[LogRecord, asyncio.Future[Ack]]] = []
         try:
             partitions = sorted(await self.producer.partitions_for(self._topic))
             if not partitions:
                 raise KafkaError(f"no partitions known for topic {self._topic}")
             groups: dict[int, list[tuple[LogRecord, asyncio.Future[Ack]]]] = defaultdict(list)
             for item in items:
-                groups[partition_for(item[0].key, partitions)].append(item)
+                partition = partition_for(item[0].key, partitions)
+                if partition in busy:
+                    held.append(item)
+                else:
+                    groups[partition].append(item)
             for partition, group in groups.items():
                 batch = self.producer.create_batch()
                 members: list[asyncio.Future[Ack]] = []
@@ -148,16 +175,17 @@ class Batcher:
                     if future.done():  # its caller gave up while we waited: a 503, retried
                         continue
                     if not _append(batch, record):
-                        sent.append(await self._send(batch, partition, members, handed))
+                        await self._send(batch, partition, members, handed)
                         batch, members = self.producer.create_batch(), []
                         _append(batch, record)  # a fresh batch always takes one record
                     members.append(future)
-                sent.append(await self._send(batch, partition, members, handed))
+                await self._send(batch, partition, members, handed)
         except Exception as exc:  # every caller must hear of it: they answer 503
             for _, future in items:
                 if id(future) not in handed and not future.done():
                     future.set_exception(exc)
-        return [future for future in sent if future is not None]
+            return []
+        return held
 
     async def _send(
         self,
@@ -165,15 +193,19 @@ class Batcher:
         partition: int,
         members: list[asyncio.Future[Ack]],
         handed: set[int],
-    ) -> asyncio.Future[Any] | None:
+    ) -> None:
         if not members:
-            return None
+            return
         sent: asyncio.Future[Any] = await self.producer.send_batch(
             batch, self._topic, partition=partition
         )
         handed.update(id(f) for f in members)
+        self._busy[partition] = (sent, self._answered)
 
         def settle(done: asyncio.Future[Any]) -> None:
+            self._answered += 1
+            if self._busy.get(partition, (None,))[0] is done:
+                del self._busy[partition]
             error = None if done.cancelled() else done.exception()
             for index, future in enumerate(members):
                 if future.done():
@@ -186,7 +218,6 @@ class Batcher:
                     future.set_result((partition, int(done.result().offset) + index))
 
         sent.add_done_callback(settle)
-        return sent
 
 
 def _waited_for(

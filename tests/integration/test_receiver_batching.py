@@ -1,4 +1,4 @@
-"""How deliveries are grouped into Kafka batches: one group in flight at a time, spaced."""
+"""How deliveries are grouped into Kafka batches: one batch in flight per partition, spaced."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from deploy.settings import Settings
-from ingest.batching import Batcher
+from ingest.batching import Batcher, partition_for
 from ingest.publisher import MAX_BATCH_BYTES
 from ingest.record import LogRecord, build_received
 from tests.integration.test_receiver import subscription_event
@@ -155,3 +155,91 @@ async def test_a_record_whose_caller_gave_up_before_its_batch_formed_is_not_appe
     where = {(r.partition, r.offset): r.value for r in on_topic}
     acked = [a for a in answers[1::2] if not isinstance(a, BaseException)]
     assert [where[a] for a in acked] == [r.value for r in records[1::2]]
+
+
+class OnePartitionUnanswered(Watched):
+    """The real producer, but batches for `stuck` are held and never answered (its
+    leader away, or too few replicas in sync: an idempotent producer retries for ever)."""
+
+    def __init__(self, producer: AIOKafkaProducer, stuck: int) -> None:
+        super().__init__(producer)
+        self.stuck = stuck
+        self.held: list[asyncio.Future[Any]] = []
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        if partition != self.stuck:
+            return await super().send_batch(batch, topic, partition=partition)
+        self.events.append("sent")
+        self.handed.set()
+        held: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append(held)
+        return held
+
+
+async def test_a_partition_left_unanswered_holds_back_only_its_own_records(
+    settings: Settings,
+) -> None:
+    """Before, the next group waited for every batch of the one before: one partition
+    without a leader made every delivery wait, and answered 503."""
+    producer = receiver_producer(settings)
+    await producer.start()
+    records = received(60)
+    partitions = sorted(await producer.partitions_for(settings.topic))
+    stuck = partition_for(records[0].key, partitions)
+    wrapped = OnePartitionUnanswered(producer, stuck)
+    # The first group: the stuck partition's batch and another's, which is answered.
+    healthy = next(r for r in records if partition_for(r.key, partitions) != stuck)
+    try:
+        batcher = Batcher(wrapped, settings.topic, spacing=0.002)
+        first = batcher.add(records[0])
+        answered = batcher.add(healthy)
+        await asyncio.wait_for(answered, timeout=10)
+        rest = {r.key: batcher.add(r) for r in records[1:] if r is not healthy}
+        others = [f for key, f in rest.items() if partition_for(key, partitions) != stuck]
+        held = [f for key, f in rest.items() if partition_for(key, partitions) == stuck]
+        assert others
+        assert held
+        # The others are appended while the stuck partition's first batch is unanswered.
+        acks = await asyncio.wait_for(asyncio.gather(*others), timeout=10)
+        assert all(partition != stuck for partition, _ in acks)
+        assert not first.done()
+        assert not any(f.done() for f in held)
+        assert len(wrapped.held) == 1  # its later records wait for its batch, in order
+        for future in [first, *held]:
+            future.cancel()  # what the publisher's deadline does, in effect
+        wrapped.held[0].cancel()
+        await batcher.close()
+    finally:
+        await producer.stop()
+    on_topic = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert len(on_topic) == len(others) + 1
+    assert stuck not in {r.partition for r in on_topic}
+
+
+async def test_while_the_broker_answers_nothing_nothing_more_is_handed_over(
+    settings: Settings,
+) -> None:
+    """Broker away: the first batch stays with the producer (appended once the broker is
+    back, though its caller was answered 503); the records after it are not handed over,
+    whatever their partition, so no more such copies pile up."""
+    producer = receiver_producer(settings)
+    await producer.start()
+    records = received(40)
+    partitions = sorted(await producer.partitions_for(settings.topic))
+    stuck = partition_for(records[0].key, partitions)
+    wrapped = OnePartitionUnanswered(producer, stuck)
+    try:
+        batcher = Batcher(wrapped, settings.topic, spacing=0.002)
+        first = batcher.add(records[0])
+        await wrapped.handed.wait()
+        rest = [batcher.add(record) for record in records[1:]]
+        await asyncio.sleep(0.5)  # ten times STALL_S
+        assert wrapped.events == ["sent"]
+        assert not any(f.done() for f in [first, *rest])
+        for future in [first, *rest]:
+            future.cancel()
+        wrapped.held[0].cancel()
+        await batcher.close()
+    finally:
+        await producer.stop()
+    assert await read_all(settings.kafka_bootstrap, settings.topic) == []
