@@ -150,8 +150,8 @@ class Batcher:
     async def _flush(
         self, items: list[tuple[LogRecord, asyncio.Future[Ack]]]
     ) -> list[tuple[LogRecord, asyncio.Future[Ack]]]:
-        """Hand `items` to the producer, but those of a partition with a batch in flight,
-        which are returned, in order."""
+        """Hand `items` to the producer, one batch per partition, and return, in order,
+        those of a partition with a batch in flight and those its batch had no room for."""
         busy = self._busy
         if any(answered == self._answered for _, answered in busy.values()):
             return items  # a batch handed over since the last answer is in flight
@@ -171,12 +171,16 @@ class Batcher:
             for partition, group in groups.items():
                 batch = self.producer.create_batch()
                 members: list[asyncio.Future[Ack]] = []
-                for record, future in group:
+                for index, (record, future) in enumerate(group):
                     if future.done():  # its caller gave up while we waited: a 503, retried
                         continue
-                    if not _append(batch, record):
-                        await self._send(batch, partition, members, handed)
-                        batch, members = self.producer.create_batch(), []
+                    if members and not _append(batch, record):
+                        # Full: the rest waits for this batch's answer, as the next group
+                        # does (a second batch here would wait for the producer's queue,
+                        # and every other partition's batch with it).
+                        held.extend(group[index:])
+                        break
+                    if not members:
                         _append(batch, record)  # a fresh batch always takes one record
                     members.append(future)
                 await self._send(batch, partition, members, handed)

@@ -410,12 +410,17 @@ class ProjectionRunner:
         """Wait before touching the database again (or until shutdown). The consumer is
         polled first, and what it returns dropped (a re-seek follows every pause): one
         that does not poll for `max_poll_interval_ms` leaves its group, and with the
-        database away for minutes every process would, and all rejoin when it is back."""
+        database away for minutes every process would, and all rejoin when it is back.
+        A rebalance's seek can run meanwhile: a record polled from a partition it has
+        already seeked moves that partition past it, so the seek is superseded (the
+        epoch moves) and the next one starts over."""
         assert self.consumer is not None
         assert self._needs_seek
         if self._fetch is None or self._fetch[0].done():  # else a poll is under way
             with contextlib.suppress(KafkaError):
-                await self.consumer.getmany(timeout_ms=0, max_records=1)
+                if await self.consumer.getmany(timeout_ms=0, max_records=1):
+                    self._needs_seek = True
+                    self.epoch += 1
         try:
             await asyncio.wait_for(self.stop.wait(), timeout=self._backoff)
         except TimeoutError:

@@ -157,6 +157,54 @@ async def test_a_record_whose_caller_gave_up_before_its_batch_formed_is_not_appe
     assert [where[a] for a in acked] == [r.value for r in records[1::2]]
 
 
+class OverlapWatched(Watched):
+    """The real producer, noting each batch handed over for a partition whose batch
+    before is still unanswered (aiokafka's `send_batch` then waits for that answer, and
+    the other partitions' batches behind it)."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        super().__init__(producer)
+        self.unanswered: dict[int, asyncio.Future[Any]] = {}
+        self.overlaps: list[int] = []
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        if partition in self.unanswered and not self.unanswered[partition].done():
+            self.overlaps.append(partition)
+        future = await super().send_batch(batch, topic, partition=partition)
+        self.unanswered[partition] = future
+        return future
+
+
+async def test_a_partition_with_more_than_a_batch_queued_sends_one_batch_at_a_time(
+    settings: Settings,
+) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        enable_idempotence=True,
+        acks="all",
+        max_batch_size=16_384,
+    )
+    await producer.start()
+    watched = OverlapWatched(producer)
+    try:
+        partitions = sorted(await producer.partitions_for(settings.topic))
+        busy = partition_for(received(1)[0].key, partitions)
+        records = [r for r in received(2000) if partition_for(r.key, partitions) == busy][:150]
+        assert sum(len(r.value) for r in records) > 4 * 16_384  # several batches' worth
+        batcher = Batcher(watched, settings.topic, spacing=0)
+        acks = await asyncio.gather(*[batcher.add(record) for record in records])
+        await batcher.close()
+    finally:
+        await producer.stop()
+    assert watched.events.count("sent") >= 3
+    assert watched.overlaps == []
+    # In arrival order, each at its own position.
+    assert [offset for _, offset in acks] == sorted(offset for _, offset in acks)
+    on_topic = await read_all(settings.kafka_bootstrap, settings.topic)
+    where = {(r.partition, r.offset): r.value for r in on_topic}
+    assert [where[ack] for ack in acks] == [r.value for r in records]
+
+
 class OnePartitionUnanswered(Watched):
     """The real producer, but batches for `stuck` are held and never answered (its
     leader away, or too few replicas in sync: an idempotent producer retries for ever)."""

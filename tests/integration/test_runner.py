@@ -857,6 +857,70 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         await conn.close()
 
 
+async def test_a_record_polled_during_a_pause_supersedes_a_seek_under_way(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner polls while it waits out a database away (and drops what it gets), and a
+    rebalance's seek can run meanwhile: a record polled from a partition already seeked
+    moved it one past its stored position, and the seek, ending after, let the runner go on
+    from there: that record was never applied."""
+    url = settings.require_database_url()
+    audit = AuditProjection()
+    tp0, tp2 = (TopicPartition(settings.topic, n) for n in (0, 2))
+    conn = await asyncpg.connect(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+        await producer.start()
+        try:
+            for _ in range(10):
+                await producer.send_and_wait(settings.topic, b"{}", partition=0)
+        finally:
+            await producer.stop()
+        await migrate(conn, [audit])
+        applier = BatchApplier(
+            audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
+        )
+        await applier.commit(
+            {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(3)]}, {tp0: None}
+        )
+        consumer.assign([tp0, tp2])
+        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
+        runner.consumer = consumer
+        runner._needs_seek = True  # the database was found away: the main loop pauses
+        runner.stop.set()  # its wait ends at once (the poll before it is what counts)
+        real_to_beginning = AIOKafkaConsumer.seek_to_beginning
+        polled = []
+
+        # Partition 0 (stored position 3) is seeked; partition 2 (none stored) is being
+        # seeked to its beginning when the main loop's pause polls.
+        async def pause_meanwhile(self: AIOKafkaConsumer, *tps: TopicPartition) -> bool:
+            polled.append(await consumer.position(tp0))
+            for _ in range(100):  # until the fetcher has a record to give
+                await runner._pause()
+                if await consumer.position(tp0) != polled[0]:
+                    break
+                await asyncio.sleep(0.05)
+            polled.append(await consumer.position(tp0))
+            done: bool = await real_to_beginning(self, *tps)
+            return done
+
+        monkeypatch.setattr(AIOKafkaConsumer, "seek_to_beginning", pause_meanwhile)
+        await runner.seek_to_stored([tp0, tp2])
+        assert polled == [3, 4], "the pause polled nothing: the case is not made"
+        if not runner._needs_seek:  # the seek counts as done: the runner takes from here
+            assert runner.positions[tp0] == await consumer.position(tp0), "a record skipped"
+        monkeypatch.undo()
+        assert await runner._reseek()
+        assert (runner.positions[tp0], await consumer.position(tp0)) == (3, 3)
+    finally:
+        await consumer.stop()
+        await pool.close()
+        await conn.close()
+
+
 async def test_a_partition_taken_by_another_process_is_given_no_lag_any_more(
     settings: Settings,
 ) -> None:
