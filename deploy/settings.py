@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deploy import kafka_options
 
 ENV_PREFIX = "LATTICE_"
-ENDPOINT_NAME = re.compile(r"[A-Za-z0-9._-]+")
+ENDPOINT_NAME = re.compile(r"[^/]+")
 
 
 class ConfigError(Exception):
@@ -46,10 +46,11 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
         if not sep or not endpoint or not secret:
             # Never echo the pair: its right-hand side is a signing secret.
             raise ValueError("expected comma-separated endpoint=secret pairs")
-        if not ENDPOINT_NAME.fullmatch(endpoint):
-            # It is the last segment of the route, /webhooks/NAME: a '/' could never match.
+        if not (ENDPOINT_NAME.fullmatch(endpoint) and endpoint.isprintable()):
+            # It is the last segment of the route, /webhooks/NAME: a '/' could never match
+            # (nor a lone surrogate be a header value or a metric label).
             raise ValueError(
-                f"endpoint name {endpoint!r}: letters, digits, '.', '_' and '-' only "
+                f"endpoint name {endpoint!r}: no '/' and no control characters "
                 "(it names the route /webhooks/NAME)"
             )
         check_secret(secret, f"the secret of endpoint {endpoint!r}")
@@ -58,10 +59,13 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
 
 
 def check_secret(secret: str, what: str) -> None:
-    """ValueError unless `secret` is printable ASCII, as Stripe's signing secrets are:
-    anything else could not key the HMAC, and every delivery would fail."""
-    if not (secret.isascii() and secret.isprintable()):
-        raise ValueError(f"{what} is not printable ASCII (Stripe's are whsec_ and letters)")
+    """ValueError unless `secret` can key the HMAC (its UTF-8 bytes, as Stripe's own
+    libraries take them): a lone surrogate has none, and every delivery would fail."""
+    try:
+        secret.encode("utf-8")
+    except UnicodeEncodeError:
+        message = f"{what} is not valid Unicode text (Stripe's are whsec_ and letters)"
+        raise ValueError(message) from None
 
 
 KAFKA_CHOICES = {

@@ -160,6 +160,10 @@ class BatchApplier:
         # While the hydrator is unavailable: the next wait, and when the next try is due.
         self._delay = FIRST_HYDRATION_DELAY_S
         self._resume_at = 0.0
+        # Records sent to the hydrator by the current `prepare`, and by the last one given
+        # up for slow answers (0: none since a batch was prepared whole).
+        self._hydrations = 0
+        self._gave_up_at = 0
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
         # projector idle at the log end goes on believing its positions are stored until
@@ -182,7 +186,9 @@ class BatchApplier:
         HeldTooLong when the hydrator stays unavailable past `hold`."""
         if self.hold is not None:
             self._hold_until = asyncio.get_running_loop().time() + self.hold
+        self._hydrations = 0
         reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
+        self._gave_up_at = 0
         return Prepared(batch, reduced, dead)
 
     async def write(
@@ -285,9 +291,13 @@ class BatchApplier:
         elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         loop = asyncio.get_running_loop()
-        if loop.time() >= self._hold_until:
+        self._hydrations += 1
+        if loop.time() >= self._hold_until and self._hydrations > self._gave_up_at:
             # Slow answers add up too (a month's end of invoices whose lines run to many
-            # pages). What was fetched is cached: the batch fetched again gets past it.
+            # pages). What was fetched is cached: the batch fetched again gets past it. Not
+            # everything is (a 404's verdict is not), so it never gives up again before it
+            # has gone further than the last time: each try gets at least one record on.
+            self._gave_up_at = self._hydrations
             raise HeldTooLong(f"hydrating this batch took over {self.hold:g} s")
         while True:
             if loop.time() >= self._resume_at:

@@ -51,8 +51,11 @@ periods AS (
         FROM (
             SELECT a.customer, a.meter, p.subscription, p.period_start,
                    -- An ended subscription's period ends with it, whatever its prices: the
-                   -- price swapped out before the cancellation kept its uncut end.
-                   coalesce(min(p.period_end) FILTER (WHERE p.ended), max(p.period_end))
+                   -- price swapped out before the cancellation kept its uncut end. Rows
+                   -- of no known subscription (older ones) are not one subscription's.
+                   coalesce(min(p.period_end) FILTER (WHERE p.ended
+                                                      AND p.subscription IS NOT NULL),
+                            max(p.period_end))
                        AS period_end,
                    (array_agg(p.last_event_id ORDER BY p.last_event_created DESC,
                               p.last_event_id DESC))[1] AS event_id,

@@ -567,6 +567,75 @@ async def test_a_cancellation_cuts_the_period_of_a_price_swapped_out_earlier(
         assert await fetch(conn, schema, query) == [(ended, Decimal(10))], schema
 
 
+async def test_periods_kept_before_subscriptions_were_known_are_not_cut_by_an_ended_one(
+    conn: asyncpg.Connection,
+) -> None:
+    """Periods kept before `meter_periods.subscription` existed have none: they cannot be
+    told apart by subscription, so they are not cut (as migration 0008 says). cus_two had
+    two subscriptions pricing the meter, one canceled on day 19: the other one's period
+    still runs to the month's end, and its usage on day 25 counts when the period is next
+    recomputed."""
+    meter = billing_meter(event_name="two_sub_calls")
+    kept = price(meter=meter["id"], unit_amount=None, id="price_two_kept")
+    gone = price(meter=meter["id"], unit_amount=None, id="price_two_gone")
+    ended = T0 + 19 * DAY
+
+    def snapshot(
+        event_type: str, sub_id: str, item_price: dict[str, Any], at: int, **fields: Any
+    ) -> Record:
+        item = subscription_item(item_price=item_price, id=f"si_{sub_id}")
+        sub = subscription(customer="cus_two", items=[item], id=sub_id, **fields)
+        return stripe_record(event(event_type, sub, created=at))
+
+    def fact(day: int) -> Record:
+        return usage_record(
+            usage_fact(
+                f"two-{day}", "cus_two", "5", event_name="two_sub_calls", timestamp=T0 + day * DAY
+            )
+        )
+
+    schema = "two_subscriptions_legacy"
+    await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+    await project(
+        conn,
+        schema,
+        [
+            [
+                stripe_record(meter_event(meter)),
+                snapshot("customer.subscription.created", "sub_two_kept", kept, T0),
+                snapshot("customer.subscription.created", "sub_two_gone", gone, T0),
+                snapshot(
+                    "customer.subscription.deleted",
+                    "sub_two_gone",
+                    gone,
+                    ended,
+                    status="canceled",
+                    canceled_at=ended,
+                    ended_at=ended,
+                ),
+                fact(2),
+                fact(25),
+            ]
+        ],
+    )
+    await conn.execute(f"UPDATE {schema}.meter_periods SET subscription = NULL")
+    # Anything that recomputes the customer's periods: its meter changed, say.
+    changed = stripe_record(meter_event(meter, created=T0 + 20 * DAY, kind="updated"))
+    await project(conn, schema, [[changed]], fresh=False)
+    query = (
+        "SELECT extract(epoch FROM period_end)::bigint, reported_value FROM meter_reconciliation"
+    )
+    month_end = (
+        await fetch(
+            conn,
+            schema,
+            "SELECT max(extract(epoch FROM period_end))::bigint FROM meter_periods WHERE NOT ended",
+        )
+    )[0][0]
+    assert month_end > ended
+    assert await fetch(conn, schema, query) == [(month_end, Decimal(10))]
+
+
 CREDITS = """
 SELECT customer, meter, billed_quantity, credited_quantity, amount_credits, delta, status,
        last_event_id

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+import stripe
 import structlog
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
@@ -426,6 +427,26 @@ async def test_a_delivery_on_the_log_is_answered_200_even_when_counting_it_fails
     assert [c["event"] for c in captured if c["log_level"] == "error"] == [
         "counting a delivery failed"
     ]
+
+
+async def test_an_endpoint_named_and_keyed_beyond_ascii_is_routed_and_verified(
+    settings: Settings,
+) -> None:
+    """Neither is Stripe's to name: the name is ours (any URL segment), and Stripe's
+    libraries key the HMAC with the secret's UTF-8 bytes, as the receiver does."""
+    secret = "whsec_clé_" + secrets.token_hex(8)
+    config = settings.model_copy(update={"webhook_secrets": SecretStr(f"zürich eu={secret}")})
+    event = subscription_event(1)
+    body = encode(event)
+    header = signed(body, secret)
+    stripe.WebhookSignature.verify_header(
+        body.decode(), header["Stripe-Signature"], secret, tolerance=300
+    )  # the oracle agrees the delivery is Stripe's
+    async with running(config) as client:
+        answer = await client.post("/webhooks/z%C3%BCrich%20eu", content=body, headers=header)
+    assert (answer.status_code, answer.json()) == (200, {"received": True})
+    [record] = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert (record.value, record.headers["lattice-endpoint"]) == (body, "zürich eu".encode())
 
 
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:

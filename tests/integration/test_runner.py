@@ -23,7 +23,7 @@ from ingest.publisher import COMPRESSION
 from ingest.record import build_record
 from projectors import intake, offsets, status
 from projectors import runner as runner_module
-from projectors.base import HydrationUnavailable, Record
+from projectors.base import HydrationUnavailable, PoisonRecord, Record
 from projectors.batch import BatchApplier, HeldTooLong
 from projectors.deadletter import (
     HEADER_ERROR,
@@ -636,6 +636,46 @@ async def test_a_batch_slow_to_hydrate_is_dropped_at_the_hold_and_gets_further_e
     assert all(later > earlier for earlier, later in itertools.pairwise([0, *tries]))
     assert len(prepared.reduced) == 6
     assert prepared.dead == []
+
+
+async def test_a_batch_slow_to_hydrate_on_answers_never_cached_still_gets_prepared(
+    settings: Settings,
+) -> None:
+    """Not every answer is cached (a 404's verdict is not): a batch whose uncached answers
+    alone add up past the hold was dropped and fetched again for ever, each time as far."""
+    thin = [e for e in stream(200, seed=13, thin_every=10) if e.event["object"] == "v2.core.event"]
+    batch = {
+        TopicPartition(settings.topic, 0): [
+            Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:5])
+        ]
+    }
+    asked: list[int] = []
+
+    async def hydrate(record: Record) -> Record:
+        asked.append(record.offset)
+        await asyncio.sleep(0.2)  # Stripe's answer, never kept
+        raise PoisonRecord("Stripe answered 404: no such event")
+
+    audit = AuditProjection(hydrate_thin_events=True)
+    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
+    applier = BatchApplier(
+        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.3
+    )
+    applier.hydrate = hydrate
+    tries = 0
+    while True:
+        try:
+            prepared = await applier.prepare(batch)
+            break
+        except HeldTooLong:
+            tries += 1
+            assert tries <= len(batch[TopicPartition(settings.topic, 0)]), "no further each try"
+    assert tries
+    assert [letter.record.offset for letter in prepared.dead] == list(range(5))
+    # A second batch starts over: it may give up at its first slow answer again.
+    applier.hydrate = hydrate
+    with pytest.raises(HeldTooLong):
+        await applier.prepare(batch)
 
 
 def _count_revocations(monkeypatch: pytest.MonkeyPatch) -> list[set[TopicPartition]]:

@@ -33,9 +33,8 @@ def test_malformed_secrets_are_rejected_without_echoing_them(
     ("raw", "said"),
     [
         ("eu/platform=whsec_x", "endpoint name 'eu/platform'"),  # could never be routed
-        ("plat form=whsec_x", "endpoint name 'plat form'"),
-        ("platform=whsec_x\udcff", "the secret of endpoint 'platform' is not printable"),
-        ("platform=whsec_xé", "the secret of endpoint 'platform' is not printable"),
+        ("plat\x07form=whsec_x", "endpoint name 'plat\\x07form'"),
+        ("platform=whsec_x\udcff", "the secret of endpoint 'platform' is not valid Unicode"),
     ],
 )
 def test_an_unroutable_endpoint_or_a_secret_that_cannot_key_an_hmac_is_refused(
@@ -56,7 +55,7 @@ def test_an_unroutable_endpoint_or_a_secret_that_cannot_key_an_hmac_is_refused(
     (tmp_path / "event.json").write_text("{}")
     sent = ["send", str(tmp_path / "event.json"), "--endpoint", "platform"]
     assert main([*sent, "--secret", "whsec_x\udcff"]) == 2
-    assert capsys.readouterr().err.startswith("lattice: --secret is not printable ASCII")
+    assert capsys.readouterr().err.startswith("lattice: --secret is not valid Unicode")
 
 
 def test_serve_refuses_a_metrics_folder_it_cannot_write(
