@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,26 +47,38 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
         if not sep or not endpoint or not secret:
             # Never echo the pair: its right-hand side is a signing secret.
             raise ValueError("expected comma-separated endpoint=secret pairs")
-        if not (ENDPOINT_NAME.fullmatch(endpoint) and endpoint.isprintable()):
-            # It is the last segment of the route, /webhooks/NAME: a '/' could never match
-            # (nor a lone surrogate be a header value or a metric label).
+        if not routable(endpoint):
             raise ValueError(
-                f"endpoint name {endpoint!r}: no '/' and no control characters "
-                "(it names the route /webhooks/NAME)"
+                f"endpoint name {endpoint!r}: not '.' or '..', no '/' and no control "
+                "characters (it names the route /webhooks/NAME)"
             )
         check_secret(secret, f"the secret of endpoint {endpoint!r}")
         secrets.setdefault(endpoint, []).append(secret)
     return {name: tuple(values) for name, values in secrets.items()}
 
 
+def routable(name: str) -> bool:
+    """Whether `name` can be the last segment of /webhooks/NAME: a '/' could never match,
+    clients fold '.' and '..' away, and a control character or a lone surrogate could be
+    neither a Kafka header value nor a metric label. Any other text is a name (quoted in
+    the URL: `lattice send` does it)."""
+    return (
+        ENDPOINT_NAME.fullmatch(name) is not None
+        and name not in (".", "..")
+        and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name)
+    )
+
+
 def check_secret(secret: str, what: str) -> None:
-    """ValueError unless `secret` can key the HMAC (its UTF-8 bytes, as Stripe's own
-    libraries take them): a lone surrogate has none, and every delivery would fail."""
-    try:
-        secret.encode("utf-8")
-    except UnicodeEncodeError:
-        message = f"{what} is not valid Unicode text (Stripe's are whsec_ and letters)"
-        raise ValueError(message) from None
+    """ValueError unless `secret` could be one: it keys the HMAC with its UTF-8 bytes, as
+    Stripe's own libraries do, so a lone surrogate (none) is refused, and so is a space
+    or a character that does not print (a copy-paste slip: every delivery would fail)."""
+    if not secret.isprintable() or any(ch.isspace() for ch in secret):
+        message = (
+            f"{what} holds a space or a character that does not print "
+            "(Stripe's are whsec_ and letters)"
+        )
+        raise ValueError(message)
 
 
 KAFKA_CHOICES = {

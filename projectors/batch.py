@@ -70,6 +70,11 @@ class HeldTooLong(Abandoned):
     go to another process, to wait there for the same Stripe."""
 
 
+class _Cut(Abandoned):
+    """The hold ran out between two records whose hydrations each came in time: the
+    batch is prepared up to the record before."""
+
+
 class _BatchApplyFailed(Exception):
     """A batch's apply failed for a record (not the database): isolate records and retry."""
 
@@ -101,6 +106,9 @@ class Prepared:
     batch: Mapping[TopicPartition, Sequence[Record]]
     reduced: list[tuple[Record, Sequence[Any]]]
     dead: list[DeadLetter]
+    # The hold ran out before the last record fetched: only those before it are here, and
+    # the rest is to be fetched again once this is written.
+    cut: bool = False
 
     @property
     def records(self) -> int:
@@ -160,10 +168,6 @@ class BatchApplier:
         # While the hydrator is unavailable: the next wait, and when the next try is due.
         self._delay = FIRST_HYDRATION_DELAY_S
         self._resume_at = 0.0
-        # Records sent to the hydrator by the current `prepare`, and by the last one given
-        # up for slow answers (0: none since a batch was prepared whole).
-        self._hydrations = 0
-        self._gave_up_at = 0
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
         # projector idle at the log end goes on believing its positions are stored until
@@ -183,13 +187,25 @@ class BatchApplier:
         """Reduce every record (hydrating thin events first when the projection asks);
         records that keep failing become dead letters. No I/O but the hydrator's, so the
         runner can prepare the next batch while the database writes this one. Raises
-        HeldTooLong when the hydrator stays unavailable past `hold`."""
+        HeldTooLong when the hydrator stays unavailable past `hold`; answers that each
+        came in time but add up past it cut the batch short (`Prepared.cut`)."""
         if self.hold is not None:
             self._hold_until = asyncio.get_running_loop().time() + self.hold
-        self._hydrations = 0
-        reduced, dead = await self._reduce([r for recs in batch.values() for r in recs])
-        self._gave_up_at = 0
-        return Prepared(batch, reduced, dead)
+        records = [r for recs in batch.values() for r in recs]
+        reduced, dead, taken = await self._reduce(records)
+        if taken == len(records):
+            return Prepared(batch, reduced, dead)
+        if not taken:
+            raise HeldTooLong(f"hydrating this batch took over {self.hold:g} s")
+        # The records are taken partition after partition: the first `taken` are whole
+        # partitions, then the head of one.
+        head: dict[TopicPartition, Sequence[Record]] = {}
+        for tp, recs in batch.items():
+            if taken <= 0:
+                break
+            head[tp] = recs[:taken]
+            taken -= len(recs)
+        return Prepared(head, reduced, dead, cut=True)
 
     async def write(
         self, prepared: Prepared, expected: Mapping[TopicPartition, int | None]
@@ -235,9 +251,21 @@ class BatchApplier:
 
     async def _reduce(
         self, records: Sequence[Record]
-    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter]]:
+    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter], int]:
+        """The changes and dead letters of `records`, and how many of them were taken (all,
+        unless the hold cut the batch short)."""
         reduced: list[tuple[Record, Sequence[Any]]] = []
         dead: list[DeadLetter] = []
+        with contextlib.suppress(_Cut):
+            await self._reduce_into(records, reduced, dead)
+        return reduced, dead, len(reduced) + len(dead)  # each record taken adds to one
+
+    async def _reduce_into(
+        self,
+        records: Sequence[Record],
+        reduced: list[tuple[Record, Sequence[Any]]],
+        dead: list[DeadLetter],
+    ) -> None:
         reduce = self.projection.reduce
         for n, record in enumerate(records):
             if n % YIELD_EVERY == YIELD_EVERY - 1:
@@ -259,7 +287,6 @@ class BatchApplier:
                     dead.append(outcome)
                 else:
                     reduced.append((record, outcome))
-        return reduced, dead
 
     async def _retry_reduce(self, record: Record, first: Exception) -> Sequence[Any] | DeadLetter:
         error: Exception = first
@@ -291,14 +318,11 @@ class BatchApplier:
         elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         loop = asyncio.get_running_loop()
-        self._hydrations += 1
-        if loop.time() >= self._hold_until and self._hydrations > self._gave_up_at:
+        if loop.time() >= self._hold_until:
             # Slow answers add up too (a month's end of invoices whose lines run to many
-            # pages). What was fetched is cached: the batch fetched again gets past it. Not
-            # everything is (a 404's verdict is not), so it never gives up again before it
-            # has gone further than the last time: each try gets at least one record on.
-            self._gave_up_at = self._hydrations
-            raise HeldTooLong(f"hydrating this batch took over {self.hold:g} s")
+            # pages): the batch ends before this record, and what it holds is written. Each
+            # batch so gets at least one record on, cached or not (a 404's verdict is not).
+            raise _Cut()
         while True:
             if loop.time() >= self._resume_at:
                 try:

@@ -20,7 +20,8 @@ Fetched = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 FETCH_CHUNK = 500  # records unpacked between two turns of the event loop
 # A group consumer that has not fetched for this long leaves its group (aiokafka's
-# default, made explicit): the runner never holds a batch half as long (`HeldTooLong`).
+# default, made explicit): the runner never holds a batch half as long (`HeldTooLong`, and
+# `Prepared.cut` for slow answers).
 MAX_POLL_INTERVAL_MS = 300_000
 
 
@@ -114,7 +115,8 @@ def joined(first: Prepared, then: Prepared) -> Prepared:
     """`first`, then `then` (the next offsets of the same partitions), as one batch."""
     batch = {tp: [*recs, *then.batch.get(tp, ())] for tp, recs in first.batch.items()}
     batch.update({tp: list(recs) for tp, recs in then.batch.items() if tp not in batch})
-    return Prepared(batch, [*first.reduced, *then.reduced], [*first.dead, *then.dead])
+    reduced, dead = [*first.reduced, *then.reduced], [*first.dead, *then.dead]
+    return Prepared(batch, reduced, dead, cut=first.cut or then.cut)
 
 
 def take(

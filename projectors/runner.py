@@ -196,6 +196,15 @@ class ProjectionRunner:
                     expected = {tp: self.positions.get(tp) for tp in prepared.batch}
                     task = asyncio.create_task(self.applier.write(prepared, expected))
                     self._inflight = (task, prepared, started)
+                    if prepared.cut:
+                        # What follows the cut was fetched and not taken: once this is
+                        # written, it is fetched again from the positions it stored.
+                        log.warning(
+                            "batch cut short at the hold; the rest is fetched again",
+                            projector=self.name,
+                            records=prepared.records,
+                        )
+                        self._needs_seek = True
                     # Let the write send its first statement now, not after the next
                     # chunk of records is unpacked.
                     await asyncio.sleep(0)
@@ -220,7 +229,7 @@ class ProjectionRunner:
         An empty fetch ends it, so a hung write still stops the polling."""
         while (inflight := self._inflight) is not None and epoch == self.epoch:
             room = self.settings.projector_batch_size - prepared.records
-            if room <= 0 or self._needs_seek:
+            if room <= 0 or self._needs_seek or prepared.cut:
                 break
             fetch = asyncio.ensure_future(self._getmany(room))
             self._fetch = (fetch, epoch)

@@ -4,7 +4,6 @@ resuming from stored positions, dead letters, migrations."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -24,7 +23,7 @@ from ingest.record import build_record
 from projectors import intake, offsets, status
 from projectors import runner as runner_module
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
-from projectors.batch import BatchApplier, HeldTooLong
+from projectors.batch import BatchApplier
 from projectors.deadletter import (
     HEADER_ERROR,
     HEADER_ORIGIN_OFFSET,
@@ -596,26 +595,26 @@ async def test_a_database_away_for_long_costs_the_consumer_not_its_partitions(
     assert set(counts.values()) == {1}
 
 
-async def test_a_batch_slow_to_hydrate_is_dropped_at_the_hold_and_gets_further_each_time(
+async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_once(
     settings: Settings,
 ) -> None:
-    """Answers that each come in time can add up past the hold too (many pages of lines
-    at a month's end): `prepare` gives up before the next call once the hold is over, and
-    the batch fetched again gets further, on what the hydrator cached (as Lattice's does)."""
+    """Answers that each come in time can add up past the hold (many pages of lines at a
+    month's end): `prepare` ends the batch before the next call once the hold is over,
+    with what it reduced so far (written, the rest fetched again). Dropping it whole to
+    fetch it again asked Stripe again for answers not cached (a 404's), for ever when
+    those alone took longer than the hold."""
     thin = [e for e in stream(200, seed=13, thin_every=10) if e.event["object"] == "v2.core.event"]
-    batch = {
-        TopicPartition(settings.topic, 0): [
-            Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:6])
-        ]
-    }
-    cached: dict[int, Record] = {}
+    tp = TopicPartition(settings.topic, 0)
+    records = [Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:6])]
+    asked: list[int] = []
 
     async def hydrate(record: Record) -> Record:
-        if record.offset not in cached:
-            await asyncio.sleep(0.3)  # Stripe's answer
-            full = {**record.json(), "data": {"reason": {"error_count": 1}}}
-            cached[record.offset] = replace(record, value=orjson.dumps(full))
-        return cached[record.offset]
+        asked.append(record.offset)
+        await asyncio.sleep(0.3)  # Stripe's answer, never kept
+        if record.offset % 2:
+            raise PoisonRecord("Stripe answered 404: no such event")
+        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+        return replace(record, value=orjson.dumps(full))
 
     audit = AuditProjection(hydrate_thin_events=True)
     no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
@@ -623,59 +622,61 @@ async def test_a_batch_slow_to_hydrate_is_dropped_at_the_hold_and_gets_further_e
         audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.5
     )
     applier.hydrate = hydrate
-    tries = []
-    while True:
-        try:
-            prepared = await applier.prepare(batch)
-            break
-        except HeldTooLong:
-            tries.append(len(cached))
-    # Given up at least once (six answers take 1.8 s), each time further (two answers
-    # fit in a hold of 0.5 s, fewer on a slow machine, never none).
-    assert tries
-    assert all(later > earlier for earlier, later in itertools.pairwise([0, *tries]))
-    assert len(prepared.reduced) == 6
-    assert prepared.dead == []
+    parts = []
+    rest = records
+    while rest:  # what the runner does: write what was prepared, fetch the rest again
+        prepared = await applier.prepare({tp: rest})
+        taken = prepared.batch[tp]
+        assert taken == rest[: len(taken)], "not the head of the batch"
+        assert prepared.cut == (len(taken) < len(rest))
+        parts.append(prepared)
+        rest = rest[len(taken) :]
+    # Cut at least once (six answers take 1.8 s), never before its first record (two
+    # answers fit in a hold of 0.5 s, fewer on a slow machine, never none).
+    assert len(parts) >= 2
+    assert asked == [r.offset for r in records], "a record was asked for twice"
+    assert [r.offset for p in parts for r, _ in p.reduced] == [0, 2, 4]
+    assert [d.record.offset for p in parts for d in p.dead] == [1, 3, 5]
 
 
-async def test_a_batch_slow_to_hydrate_on_answers_never_cached_still_gets_prepared(
+async def test_a_cut_batch_is_written_and_the_rest_fetched_again_once(
     settings: Settings,
+    stack: Stack,
+    topics: Topics,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Not every answer is cached (a 404's verdict is not): a batch whose uncached answers
-    alone add up past the hold was dropped and fetched again for ever, each time as far."""
-    thin = [e for e in stream(200, seed=13, thin_every=10) if e.event["object"] == "v2.core.event"]
-    batch = {
-        TopicPartition(settings.topic, 0): [
-            Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:5])
-        ]
-    }
-    asked: list[int] = []
+    """The runner writes the head of a batch cut at the hold and fetches the rest again
+    from the positions it stored: every record applied once, every thin one asked for
+    once, and the consumer stays in its group."""
+    monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)  # a hold of 1.5 s
+    revoked = _count_revocations(monkeypatch)
+    stream_ = stream(80, seed=13, thin_every=10)
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
+    asked: list[str] = []
 
     async def hydrate(record: Record) -> Record:
-        asked.append(record.offset)
-        await asyncio.sleep(0.2)  # Stripe's answer, never kept
-        raise PoisonRecord("Stripe answered 404: no such event")
+        asked.append(record.json()["id"])
+        await asyncio.sleep(0.4)  # Stripe's answer, not cached
+        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+        return replace(record, value=orjson.dumps(full))
 
-    audit = AuditProjection(hydrate_thin_events=True)
-    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
-    applier = BatchApplier(
-        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.3
-    )
-    applier.hydrate = hydrate
-    tries = 0
-    while True:
-        try:
-            prepared = await applier.prepare(batch)
-            break
-        except HeldTooLong:
-            tries += 1
-            assert tries <= len(batch[TopicPartition(settings.topic, 0)]), "no further each try"
-    assert tries
-    assert [letter.record.offset for letter in prepared.dead] == list(range(5))
-    # A second batch starts over: it may give up at its first slow answer again.
-    applier.hydrate = hydrate
-    with pytest.raises(HeldTooLong):
-        await applier.prepare(batch)
+    ours = settings.model_copy(update={"group_prefix": unique})
+    with structlog.testing.capture_logs() as captured:
+        async with running(ours, [AuditProjection(hydrate_thin_events=True)], hydrate=hydrate):
+            await _caught_up(settings, "audit")
+    assert revoked == []
+    thin = [e.event["id"] for e in stream_ if e.event["object"] == "v2.core.event"]
+    assert sorted(asked) == sorted(thin), "a thin record was asked for twice"
+    assert any(c["event"].startswith("batch cut short at the hold") for c in captured)
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert len(counts) == len(stream_)
+    assert set(counts.values()) == {1}
+    assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
 
 
 def _count_revocations(monkeypatch: pytest.MonkeyPatch) -> list[set[TopicPartition]]:
