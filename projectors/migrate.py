@@ -77,7 +77,7 @@ def _ident(name: str) -> str:
 async def ensure_runtime(conn: asyncpg.Connection) -> None:
     """Create the `lattice` bookkeeping schema and tables (idempotent)."""
     async with conn.transaction(isolation=READ_COMMITTED):
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+        await _take_migration_lock(conn)
         for migration in migrations_in(RUNTIME_SQL):
             await conn.execute(migration.path.read_text(encoding="utf-8"))
 
@@ -121,6 +121,26 @@ async def migrate(
     raise AssertionError("the last try has no lock timeout")
 
 
+async def _take_migration_lock(conn: asyncpg.Connection) -> None:
+    """The advisory lock that has one process at a time migrate, held to the end of the
+    transaction. Another process holding it can wait long itself (for a reader's lock, the
+    last try without a bound): this one says so rather than look hung, and waits for it
+    as long as it takes, also where the role or the database sets a lock_timeout."""
+    await conn.execute("SET LOCAL lock_timeout = 0")
+    if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ADVISORY_LOCK_KEY):
+        return
+    rows = await conn.fetch(
+        "SELECT a.pid, a.usename, a.application_name "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2 "
+        "AND l.objsubid = 1",
+        ADVISORY_LOCK_KEY >> 32,
+        ADVISORY_LOCK_KEY & 0xFFFFFFFF,
+    )
+    log.info("migrations wait for another process's", sessions=_sessions(rows))
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+
+
 class _LockTimeout(Exception):
     """Our own `lock_timeout` expired (not a NOWAIT of a migration file's)."""
 
@@ -135,7 +155,7 @@ async def _migrate_once(
     applied: list[str] = []
     async with conn.transaction(isolation=READ_COMMITTED):
         # Two processes starting together: the second waits, then finds nothing to do.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+        await _take_migration_lock(conn)
         # The last try (None) waits without a bound, also where the role or the database
         # sets a lock_timeout of its own.
         wait_ms = 0 if lock_wait is None else max(1, round(lock_wait * 1000))
@@ -185,6 +205,11 @@ async def _lock_holders(conn: asyncpg.Connection, schema: str) -> list[str]:
         "ORDER BY a.pid LIMIT 5",
         schema,
     )
+    return _sessions(rows)
+
+
+def _sessions(rows: Sequence[asyncpg.Record]) -> list[str]:
+    """Sessions of pg_stat_activity as a person can find them: pid, user, application."""
     return [f"pid {r['pid']} ({r['usename']}, {r['application_name'] or '?'})" for r in rows]
 
 

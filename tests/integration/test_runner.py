@@ -35,6 +35,7 @@ from projectors.deadletter import (
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import (
+    ADVISORY_LOCK_KEY,
     MigrationError,
     checksum,
     ensure_runtime,
@@ -404,6 +405,45 @@ async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
             await starter.close()
     finally:
         await bi.close()
+        await conn.close()
+
+
+async def test_a_start_waiting_for_another_process_migrations_says_so_and_outwaits_a_lock_timeout(
+    settings: Settings,
+) -> None:
+    """Two processes starting together: the second waits for the first's migrations, which
+    can wait long themselves (for a reader, the last try without a bound). It said nothing
+    meanwhile, and where the database sets a lock_timeout, its wait for the first one
+    failed every try and ended the start with an AssertionError."""
+    url = settings.require_database_url()
+    conn, first = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await migrate(conn, [events])
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '100ms'")
+        second = await asyncpg.connect(url)
+        migrating = first.transaction()
+        await migrating.start()
+        await first.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+        first_pid = await first.fetchval("SELECT pg_backend_pid()")
+        try:
+            with structlog.testing.capture_logs() as logged:
+
+                async def said_so() -> list[Any]:
+                    return [e for e in logged if "another process" in e["event"]]
+
+                starting = asyncio.create_task(migrate(second, [events], lock_wait=0.1))
+                await eventually(said_so, what="the second start saying it waits")
+                await asyncio.sleep(0.5)  # the database's lock_timeout, five times over
+                assert not starting.done()
+            [said] = [e for e in logged if "another process" in e["event"]]
+            assert said["sessions"][0].startswith(f"pid {first_pid} ")
+            await migrating.rollback()
+            assert await asyncio.wait_for(starting, timeout=30) == []
+        finally:
+            await second.close()
+    finally:
+        await first.close()
         await conn.close()
 
 
