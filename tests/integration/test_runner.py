@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -48,7 +49,12 @@ from projectors.service import run_projections
 from projectors.subscriptions import projection as subscriptions
 from tests.conftest import Stack, Topics
 from tests.integration.test_receiver import subscription_event
-from tests.support.audit_projection import AuditProjection, NoDeadLetters, applied_counts
+from tests.support.audit_projection import (
+    AuditProjection,
+    NoDeadLetters,
+    applied_counts,
+    assert_each_applied_once,
+)
 from tests.support.kafka import read_all
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import BASE_TIME, event, invoice, produce, records, stream
@@ -82,13 +88,7 @@ async def test_applies_every_record_once_and_resumes_from_stored_positions(
         await _caught_up(settings, "events")
         await _caught_up(settings, "audit")
 
-    conn = await asyncpg.connect(url)
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == len(stream_)
-    assert set(counts.values()) == {1}, "a record was applied twice"
+    await assert_each_applied_once(url, len(stream_))
     ids = {e.event["id"] for e in stream_}
     assert {r[0] for r in await rows(url, "SELECT id FROM projections.events")} == ids
 
@@ -327,6 +327,25 @@ async def test_migrations_apply_once_even_when_two_processes_race(settings: Sett
         await second.close()
 
 
+@asynccontextmanager
+async def migrated_events(
+    settings: Settings, *, lock_timeout: str | None = None
+) -> AsyncIterator[tuple[asyncpg.Connection, asyncpg.Connection]]:
+    """The events projection migrated, and two sessions; with `lock_timeout`, the
+    database gives it to every session opened after (not to these two)."""
+    url = settings.require_database_url()
+    conn, other = await asyncpg.connect(url), await asyncpg.connect(url)
+    try:
+        await migrate(conn, [events])
+        if lock_timeout is not None:
+            database = await conn.fetchval("SELECT current_database()")
+            await conn.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '{lock_timeout}'")
+        yield conn, other
+    finally:
+        await other.close()
+        await conn.close()
+
+
 async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothing(
     settings: Settings,
 ) -> None:
@@ -334,10 +353,7 @@ async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothi
     CREATE OR REPLACE VIEW cannot have the view. It does not wait holding its locks (every
     other start would queue behind it): it rolls back, names the session, tries again,
     and goes through once that session ends."""
-    url = settings.require_database_url()
-    conn, bi = await asyncpg.connect(url), await asyncpg.connect(url)
-    try:
-        await migrate(conn, [events])
+    async with migrated_events(settings) as (conn, bi):
         reading = bi.transaction()
         await reading.start()
         await bi.fetch("SELECT * FROM projections.event_types LIMIT 1")
@@ -350,7 +366,7 @@ async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothi
             )
             assert not starting.done()
             # Meanwhile another start is not queued behind it for the whole wait.
-            other = await asyncpg.connect(url)
+            other = await asyncpg.connect(settings.require_database_url())
             try:
                 await asyncio.wait_for(ensure_runtime(other), timeout=5)
             finally:
@@ -359,9 +375,6 @@ async def test_a_start_waiting_for_a_view_lock_says_who_holds_it_and_holds_nothi
             assert await asyncio.wait_for(starting, timeout=30) == []
         waits = [e for e in logged if "waits for a lock" in e["event"]]
         assert any(f"pid {bi_pid} " in session for e in waits for session in e["sessions"])
-    finally:
-        await bi.close()
-        await conn.close()
 
 
 async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
@@ -369,13 +382,8 @@ async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
 ) -> None:
     """A database whose sessions have a lock_timeout of their own: the last try still
     waits for the view (rather than failing the start)."""
-    url = settings.require_database_url()
-    conn, bi = await asyncpg.connect(url), await asyncpg.connect(url)
-    try:
-        await migrate(conn, [events])
-        database = await conn.fetchval("SELECT current_database()")
-        await conn.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '100ms'")
-        starter = await asyncpg.connect(url)
+    async with migrated_events(settings, lock_timeout="100ms") as (conn, bi):
+        starter = await asyncpg.connect(settings.require_database_url())
         reading = bi.transaction()
         await reading.start()
         await bi.fetch("SELECT * FROM projections.event_types LIMIT 1")
@@ -403,9 +411,6 @@ async def test_the_last_try_waits_even_where_the_database_sets_a_lock_timeout(
             assert await asyncio.wait_for(starting, timeout=30) == []
         finally:
             await starter.close()
-    finally:
-        await bi.close()
-        await conn.close()
 
 
 async def test_a_start_waiting_for_another_process_migrations_says_so_and_outwaits_a_lock_timeout(
@@ -415,13 +420,8 @@ async def test_a_start_waiting_for_another_process_migrations_says_so_and_outwai
     can wait long themselves (for a reader, the last try without a bound). It said nothing
     meanwhile, and where the database sets a lock_timeout, its wait for the first one
     failed every try and ended the start with an AssertionError."""
-    url = settings.require_database_url()
-    conn, first = await asyncpg.connect(url), await asyncpg.connect(url)
-    try:
-        await migrate(conn, [events])
-        database = await conn.fetchval("SELECT current_database()")
-        await conn.execute(f"ALTER DATABASE \"{database}\" SET lock_timeout = '100ms'")
-        second = await asyncpg.connect(url)
+    async with migrated_events(settings, lock_timeout="100ms") as (_, first):
+        second = await asyncpg.connect(settings.require_database_url())
         migrating = first.transaction()
         await migrating.start()
         await first.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
@@ -442,9 +442,6 @@ async def test_a_start_waiting_for_another_process_migrations_says_so_and_outwai
             assert await asyncio.wait_for(starting, timeout=30) == []
         finally:
             await second.close()
-    finally:
-        await first.close()
-        await conn.close()
 
 
 async def test_a_migration_edited_after_it_was_applied_is_refused_by_name(
@@ -521,6 +518,13 @@ async def test_a_start_does_not_wait_for_a_session_idle_in_a_transaction_on_posi
         await starting.close()
 
 
+def as_hydrated(record: Record) -> Record:
+    """`record` with the `data` Stripe's API gives its thin event (the audit projection
+    needs none in particular)."""
+    full = {**record.json(), "data": {"reason": {"error_count": 1}}}
+    return replace(record, value=orjson.dumps(full))
+
+
 async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_for(
     settings: Settings, stack: Stack, topics: Topics, unique: str
 ) -> None:
@@ -533,8 +537,7 @@ async def test_thin_events_are_hydrated_and_an_unavailable_hydrator_is_waited_fo
         calls.append(record.offset)
         if len(calls) <= 2:
             raise HydrationUnavailable("Stripe answered 503")
-        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
-        return replace(record, value=orjson.dumps(full))
+        return as_hydrated(record)
 
     ours = settings.model_copy(update={"group_prefix": unique})
     async with running(ours, [AuditProjection(hydrate_thin_events=True)], hydrate=hydrate):
@@ -574,21 +577,14 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
         if loop.time() < back_at:
             refused.append(loop.time())
             raise HydrationUnavailable("Stripe answered 503")
-        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
-        return replace(record, value=orjson.dumps(full))
+        return as_hydrated(record)
 
     ours = settings.model_copy(update={"group_prefix": unique})
     async with running(ours, [AuditProjection(hydrate_thin_events=True)], hydrate=hydrate):
         await _caught_up(settings, "audit")
         assert revoked == [], "the consumer left its group while Stripe was away"
 
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == len(stream_)
-    assert set(counts.values()) == {1}
+    await assert_each_applied_once(settings.require_database_url(), len(stream_))
     # Tries 0.5, 1, 2 and 4 s apart across the batches fetched again (5 in 9 s), not
     # one more at each fetch.
     assert 3 <= len(refused) <= 5, [round(t - refused[0], 2) for t in refused]
@@ -626,13 +622,7 @@ async def test_a_database_away_for_long_costs_the_consumer_not_its_partitions(
         await _caught_up(settings, "audit")
         assert revoked == [], "the consumer left its group while the database was away"
     assert refused, "the database was never found away"
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == len(stream_)
-    assert set(counts.values()) == {1}
+    await assert_each_applied_once(settings.require_database_url(), len(stream_))
 
 
 async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_once(
@@ -653,8 +643,7 @@ async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_
         await asyncio.sleep(0.3)  # Stripe's answer, never kept
         if record.offset % 2:
             raise PoisonRecord("Stripe answered 404: no such event")
-        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
-        return replace(record, value=orjson.dumps(full))
+        return as_hydrated(record)
 
     audit = AuditProjection(hydrate_thin_events=True)
     no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
@@ -698,8 +687,7 @@ async def test_a_cut_batch_is_written_and_the_rest_fetched_again_once(
     async def hydrate(record: Record) -> Record:
         asked.append(record.json()["id"])
         await asyncio.sleep(0.4)  # Stripe's answer, not cached
-        full = {**record.json(), "data": {"reason": {"error_count": 1}}}
-        return replace(record, value=orjson.dumps(full))
+        return as_hydrated(record)
 
     ours = settings.model_copy(update={"group_prefix": unique})
     with structlog.testing.capture_logs() as captured:
@@ -709,13 +697,7 @@ async def test_a_cut_batch_is_written_and_the_rest_fetched_again_once(
     thin = [e.event["id"] for e in stream_ if e.event["object"] == "v2.core.event"]
     assert sorted(asked) == sorted(thin), "a thin record was asked for twice"
     assert any(c["event"].startswith("batch cut short at the hold") for c in captured)
-    conn = await asyncpg.connect(settings.require_database_url())
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == len(stream_)
-    assert set(counts.values()) == {1}
+    await assert_each_applied_once(settings.require_database_url(), len(stream_))
     assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
 
 
@@ -844,33 +826,23 @@ async def test_records_fetched_while_the_stored_positions_load_are_not_taken(
     assert held.is_set(), "no fetch came while the stored positions were read"
     assert sought.is_set(), "the listener did not seek"
 
-    conn = await asyncpg.connect(url)
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert sum(counts.values()) == len(stream_), "records skipped or applied twice"
-    assert set(counts.values()) == {1}, "a record was applied twice"
-    assert len(counts) == len(stream_), "a record was skipped"
+    await assert_each_applied_once(url, len(stream_))
 
 
-async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later_one(
-    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two seeks can overlap (the main loop's after a conflict, the rebalance listener's):
-    the one that read the stored positions first must not seek after the later one, nor
-    seek a partition that was unassigned meanwhile (aiokafka raises: it crashed the
-    process)."""
+@asynccontextmanager
+async def stored_at_three(
+    settings: Settings, stack: Stack
+) -> AsyncIterator[tuple[ProjectionRunner, AIOKafkaConsumer, BatchApplier]]:
+    """A runner of the audit projection with a started consumer (nothing assigned), not
+    running; partition 0 holds offsets 0..9 (a stored position past the log's end is
+    refused) and its stored position is 3."""
     url = settings.require_database_url()
     audit = AuditProjection()
-    tp0, tp1 = (TopicPartition(settings.topic, n) for n in (0, 1))
     conn = await asyncpg.connect(url)
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        # Records under the positions the test stores (a position past the log's end is
-        # refused): partition 0 holds offsets 0..9.
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
         await producer.start()
         try:
@@ -882,12 +854,29 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         applier = BatchApplier(
             audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
         )
+        tp0 = TopicPartition(settings.topic, 0)
         await applier.commit(
             {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(3)]}, {tp0: None}
         )
-        consumer.assign([tp0])
         runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
         runner.consumer = consumer
+        yield runner, consumer, applier
+    finally:
+        await consumer.stop()
+        await pool.close()
+        await conn.close()
+
+
+async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later_one(
+    settings: Settings, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two seeks can overlap (the main loop's after a conflict, the rebalance listener's):
+    the one that read the stored positions first must not seek after the later one, nor
+    seek a partition that was unassigned meanwhile (aiokafka raises: it crashed the
+    process)."""
+    tp0, tp1 = (TopicPartition(settings.topic, n) for n in (0, 1))
+    async with stored_at_three(settings, stack) as (runner, consumer, applier):
+        consumer.assign([tp0])
 
         # Unassigned meanwhile: nothing sought, nothing held, no exception.
         await runner.seek_to_stored([tp0, tp1])
@@ -932,10 +921,6 @@ async def test_a_seek_overtaken_by_a_rebalance_leaves_the_positions_to_the_later
         monkeypatch.setattr(AIOKafkaConsumer, "seek_to_beginning", rebalanced_meanwhile)
         await runner.seek_to_stored([tp0, tp2])
         assert runner.positions == {}
-    finally:
-        await consumer.stop()
-        await pool.close()
-        await conn.close()
 
 
 async def test_a_record_polled_during_a_pause_supersedes_a_seek_under_way(
@@ -945,31 +930,9 @@ async def test_a_record_polled_during_a_pause_supersedes_a_seek_under_way(
     rebalance's seek can run meanwhile: a record polled from a partition already seeked
     moved it one past its stored position, and the seek, ending after, let the runner go on
     from there: that record was never applied."""
-    url = settings.require_database_url()
-    audit = AuditProjection()
     tp0, tp2 = (TopicPartition(settings.topic, n) for n in (0, 2))
-    conn = await asyncpg.connect(url)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
-    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
-        await producer.start()
-        try:
-            for _ in range(10):
-                await producer.send_and_wait(settings.topic, b"{}", partition=0)
-        finally:
-            await producer.stop()
-        await migrate(conn, [audit])
-        applier = BatchApplier(
-            audit, pool, NoDeadLetters(), schema="projections", projector_key="audit"
-        )
-        await applier.commit(
-            {tp0: [Record(settings.topic, 0, n, b"k", b"{}", {}, 0) for n in range(3)]}, {tp0: None}
-        )
+    async with stored_at_three(settings, stack) as (runner, consumer, _):
         consumer.assign([tp0, tp2])
-        runner = ProjectionRunner(audit, settings, pool, NoDeadLetters())
-        runner.consumer = consumer
         runner._needs_seek = True  # the database was found away: the main loop pauses
         runner.stop.set()  # its wait ends at once (the poll before it is what counts)
         real_to_beginning = AIOKafkaConsumer.seek_to_beginning
@@ -996,10 +959,6 @@ async def test_a_record_polled_during_a_pause_supersedes_a_seek_under_way(
         monkeypatch.undo()
         assert await runner._reseek()
         assert (runner.positions[tp0], await consumer.position(tp0)) == (3, 3)
-    finally:
-        await consumer.stop()
-        await pool.close()
-        await conn.close()
 
 
 async def test_a_partition_taken_by_another_process_is_given_no_lag_any_more(

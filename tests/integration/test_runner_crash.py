@@ -14,7 +14,6 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import asyncpg
 import orjson
 import pytest
 
@@ -22,7 +21,7 @@ from deploy.settings import Settings
 from ingest.record import LogRecord
 from projectors.events import projection as events
 from tests.conftest import Stack
-from tests.support.audit_projection import applied_counts
+from tests.support.audit_projection import assert_each_applied_once
 from tests.support.projectors import (
     EVENTS_TABLE,
     extra_database,
@@ -52,16 +51,6 @@ async def _caught_up(url: str, bootstrap: str, topic: str, names: Sequence[str])
         await eventually(
             probe, lambda p: p == ends, timeout=60, what=f"{name} at the log end {ends}"
         )
-
-
-async def _assert_exactly_once(url: str, produced: int) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == produced, "a record was never applied"
-    assert [k for k, n in counts.items() if n != 1] == [], "records applied more than once"
 
 
 def _advanced_past(before: int) -> Callable[[dict[int, int]], bool]:
@@ -111,7 +100,7 @@ async def test_sigkill_at_random_points_ends_like_one_clean_pass(
     finally:
         assert _stop(proc, signal.SIGTERM) == 0, log.read_text()[-3000:]
 
-    await _assert_exactly_once(url, len(all_records))
+    await assert_each_applied_once(url, len(all_records))
     async with extra_database(stack.database_url, f"{unique}_clean") as clean_url:
         clean = settings.model_copy(update={"database_url": clean_url, "group_prefix": unique})
         async with running(clean, [events]):
@@ -161,6 +150,6 @@ async def test_two_processes_share_partitions_and_one_stopping_loses_nothing(
         for proc in (first, second):
             if proc.poll() is None:
                 _stop(proc, signal.SIGTERM)
-    await _assert_exactly_once(url, produced)
+    await assert_each_applied_once(url, produced)
     ids = {r[0] for r in await rows(url, "SELECT id FROM projections.events")}
     assert len(ids) == len({r.headers[0][1] for r in pending[:produced]})

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from deploy.settings import Settings
@@ -16,7 +15,7 @@ from deploy.stack import postgres
 from projectors.events import projection as events
 from projectors.metrics import RuntimeMetrics
 from tests.conftest import Stack
-from tests.support.audit_projection import AuditProjection, applied_counts
+from tests.support.audit_projection import AuditProjection, assert_each_applied_once
 from tests.support.homes import server_home
 from tests.support.ports import free_port
 from tests.support.projectors import log_ends, positions, rows, running
@@ -61,13 +60,7 @@ async def test_postgresql_restart_loses_and_doubles_nothing(
         await produce(stack.kafka_bootstrap, settings.topic, stream_[600:])
         await eventually(at_end, timeout=60, what="every record applied after the restart")
 
-    conn = await asyncpg.connect(url)
-    try:
-        counts = await applied_counts(conn)
-    finally:
-        await conn.close()
-    assert len(counts) == len(stream_)
-    assert set(counts.values()) == {1}
+    await assert_each_applied_once(url, len(stream_))
     ids = {r[0] for r in await rows(url, "SELECT id FROM projections.events")}
     assert ids == {r.headers[0][1].decode() for r in stream_}
     sample = metrics.registry.get_sample_value

@@ -60,6 +60,17 @@ async def applied_counts(conn: asyncpg.Connection) -> dict[Applied, int]:
     return {(r["topic"], r["partition"], r["kafka_offset"]): int(r["n"]) for r in rows}
 
 
+async def assert_each_applied_once(url: str, produced: int) -> None:
+    """Every one of `produced` records was applied, none twice."""
+    conn = await asyncpg.connect(url)
+    try:
+        counts = await applied_counts(conn)
+    finally:
+        await conn.close()
+    assert len(counts) == produced, "a record was never applied"
+    assert [k for k, n in counts.items() if n != 1] == [], "records applied more than once"
+
+
 class NoDeadLetters:
     """A dead-letter sink for batches that must not produce any."""
 
