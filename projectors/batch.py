@@ -64,15 +64,16 @@ async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event, what
 
 
 class HeldTooLong(Abandoned):
-    """The hydrator stayed unavailable for the applier's `hold`: the batch is dropped
-    (nothing was written) so that its records are fetched again. A group consumer that does
-    not fetch for aiokafka's `max_poll_interval_ms` leaves its group, and its partitions
-    go to another process, to wait there for the same Stripe."""
+    """The hydrator stayed unavailable for the applier's `hold` before the batch's first
+    record was reduced: the batch is dropped (nothing was written) so that its records are
+    fetched again. A group consumer that does not fetch for aiokafka's
+    `max_poll_interval_ms` leaves its group, and its partitions go to another process, to
+    wait there for the same Stripe."""
 
 
 class _Cut(Abandoned):
-    """The hold ran out between two records whose hydrations each came in time: the
-    batch is prepared up to the record before."""
+    """The hold ran out (the hydrator unavailable, or answers that each came in time
+    adding up): the batch is prepared up to the record before; its message says why."""
 
 
 class _BatchApplyFailed(Exception):
@@ -180,8 +181,12 @@ class BatchApplier:
         batch: Mapping[TopicPartition, Sequence[Record]],
         expected: Mapping[TopicPartition, int | None],
     ) -> Outcome:
-        """Reduce and write `batch` (see `prepare` and `write`)."""
-        return await self.write(await self.prepare(batch), expected)
+        """Reduce and write `batch` (see `prepare` and `write`), whole."""
+        prepared = await self.prepare(batch)
+        if prepared.cut:
+            # Its positions would move past records never applied.
+            raise RuntimeError("commit() writes whole batches: an applier with a hold cuts them")
+        return await self.write(prepared, expected)
 
     async def prepare(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> Prepared:
         """Reduce every record (hydrating thin events first when the projection asks);
@@ -192,11 +197,12 @@ class BatchApplier:
         if self.hold is not None:
             self._hold_until = asyncio.get_running_loop().time() + self.hold
         records = [r for recs in batch.values() for r in recs]
-        reduced, dead, taken = await self._reduce(records)
-        if taken == len(records):
+        reduced, dead, cut = await self._reduce(records)
+        taken = len(reduced) + len(dead)  # each record taken adds to one of them
+        if cut is None:
             return Prepared(batch, reduced, dead)
         if not taken:
-            raise HeldTooLong(f"hydrating this batch took over {self.hold:g} s")
+            raise HeldTooLong(str(cut))
         # The records are taken partition after partition: the first `taken` are whole
         # partitions, then the head of one.
         head: dict[TopicPartition, Sequence[Record]] = {}
@@ -251,14 +257,16 @@ class BatchApplier:
 
     async def _reduce(
         self, records: Sequence[Record]
-    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter], int]:
-        """The changes and dead letters of `records`, and how many of them were taken (all,
-        unless the hold cut the batch short)."""
+    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter], _Cut | None]:
+        """The changes and dead letters of `records` (of those before the cut, when the
+        hold cut the batch short), and the cut."""
         reduced: list[tuple[Record, Sequence[Any]]] = []
         dead: list[DeadLetter] = []
-        with contextlib.suppress(_Cut):
+        try:
             await self._reduce_into(records, reduced, dead)
-        return reduced, dead, len(reduced) + len(dead)  # each record taken adds to one
+        except _Cut as cut:
+            return reduced, dead, cut
+        return reduced, dead, None
 
     async def _reduce_into(
         self,
@@ -297,7 +305,9 @@ class BatchApplier:
             attempts += 1
             try:
                 _check_envelope(record, self.event_log)
-                source = record if self.hydrate is None else await self._hydrated(record)
+                source = (
+                    record if self.hydrate is None else await self._hydrated(record, retry=True)
+                )
                 result: Sequence[Any] = self.projection.reduce(source)
                 return result
             except Abandoned:
@@ -308,7 +318,7 @@ class BatchApplier:
                 error = exc
         return self._letter(record, "reduce", error, attempts=attempts)
 
-    async def _hydrated(self, record: Record) -> Record:
+    async def _hydrated(self, record: Record, *, retry: bool = False) -> Record:
         assert self.hydrate is not None
         if not is_thin(record):
             # An invoice or credit note whose lines the webhook cut short, for a projection
@@ -318,11 +328,12 @@ class BatchApplier:
         elif self.thin_types is not None and _event_type(record) not in self.thin_types:
             return record
         loop = asyncio.get_running_loop()
-        if loop.time() >= self._hold_until:
+        if loop.time() >= self._hold_until and not retry:
             # Slow answers add up too (a month's end of invoices whose lines run to many
             # pages): the batch ends before this record, and what it holds is written. Each
-            # batch so gets at least one record on, cached or not (a 404's verdict is not).
-            raise _Cut()
+            # batch so gets at least one record on, cached or not (a 404's verdict is not):
+            # its first is always tried, and a record tried once has its retries too.
+            raise _Cut(f"hydrating this batch took over {self.hold:g} s")
         while True:
             if loop.time() >= self._resume_at:
                 try:
@@ -342,11 +353,11 @@ class BatchApplier:
                 else:
                     self._delay = FIRST_HYDRATION_DELAY_S
                     return hydrated
-            # The next try is due at `_resume_at`, also after a HeldTooLong: the batch
-            # fetched again waits out the rest of it.
+            # The next try is due at `_resume_at`, also after the cut: the batch fetched
+            # again waits out the rest of it.
             if self._resume_at > self._hold_until:
                 await self._wait_until(self._hold_until)
-                raise HeldTooLong(f"hydration unavailable for {self.hold:g} s")
+                raise _Cut(f"hydration unavailable for {self.hold:g} s")
             await self._wait_until(self._resume_at)
 
     async def _wait_until(self, when: float) -> None:

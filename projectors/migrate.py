@@ -126,19 +126,23 @@ async def _take_migration_lock(conn: asyncpg.Connection) -> None:
     transaction. Another process holding it can wait long itself (for a reader's lock, the
     last try without a bound): this one says so rather than look hung, and waits for it
     as long as it takes, also where the role or the database sets a lock_timeout."""
-    await conn.execute("SET LOCAL lock_timeout = 0")
     if await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", ADVISORY_LOCK_KEY):
         return
     rows = await conn.fetch(
         "SELECT a.pid, a.usename, a.application_name "
         "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1 AND l.objid = $2 "
-        "AND l.objsubid = 1",
+        "AND l.objsubid = 1 "
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         ADVISORY_LOCK_KEY >> 32,
         ADVISORY_LOCK_KEY & 0xFFFFFFFF,
     )
     log.info("migrations wait for another process's", sessions=_sessions(rows))
+    # Only this wait goes unbounded: the statements after keep the session's lock_timeout.
+    kept = await conn.fetchval("SELECT current_setting('lock_timeout')")
+    await conn.execute("SET LOCAL lock_timeout = 0")
     await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+    await conn.execute("SELECT set_config('lock_timeout', $1, true)", kept)
 
 
 class _LockTimeout(Exception):

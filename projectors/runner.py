@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -242,7 +243,12 @@ class ProjectionRunner:
             more = self._take(fetch.result())
             if not more:
                 break
-            prepared = joined(prepared, await self.applier.prepare(more))
+            try:
+                prepared = joined(prepared, await self.applier.prepare(more))
+            except HeldTooLong:
+                # Nothing of `more` was taken: what was is written, `more` fetched again.
+                prepared = dataclasses.replace(prepared, cut=True)
+                break
         await self.drain()
         return prepared
 

@@ -668,6 +668,48 @@ async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_
     assert [d.record.offset for p in parts for d in p.dead] == [1, 3, 5]
 
 
+async def test_a_hold_over_while_stripe_is_away_cuts_after_what_was_reduced(
+    settings: Settings,
+) -> None:
+    """Records reduced before the hydrator went away are written (dropped with the batch,
+    their answers were asked for again on every fetch); and a record whose hydration came
+    in time but whose reduce must be tried again is not cut between its tries (its first
+    answer, never kept, was asked for again on every fetch, for ever where it alone took
+    longer than the hold)."""
+    thin = [e for e in stream(200, seed=13, thin_every=10) if e.event["object"] == "v2.core.event"]
+    tp = TopicPartition(settings.topic, 0)
+    records = [Record(settings.topic, 0, n, b"k", e.body, {}, 0) for n, e in enumerate(thin[:3])]
+    failed_once: list[int] = []
+
+    class FailingOnce(AuditProjection):
+        def reduce(self, record: Record) -> Any:
+            if record.offset not in failed_once:
+                failed_once.append(record.offset)
+                raise ValueError("a reducer's bad day")
+            return super().reduce(record)
+
+    audit = FailingOnce(hydrate_thin_events=True)
+    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
+    applier = BatchApplier(
+        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.5
+    )
+    asked: list[int] = []
+
+    async def away_after_one(record: Record) -> Record:
+        asked.append(record.offset)
+        if record.offset > 0:
+            raise HydrationUnavailable("Stripe answered 503")
+        await asyncio.sleep(0.6)  # in time, but past the hold
+        return as_hydrated(record)
+
+    applier.hydrate = away_after_one
+    prepared = await applier.prepare({tp: records})
+    assert prepared.cut
+    assert prepared.batch == {tp: records[:1]}
+    assert [r.offset for r, _ in prepared.reduced] == [0]
+    assert asked[:2] == [0, 0]  # tried again after the hold was over, not cut
+
+
 async def test_a_cut_batch_is_written_and_the_rest_fetched_again_once(
     settings: Settings,
     stack: Stack,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -215,11 +216,13 @@ def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> Non
         script = (
             'test "$LATTICE_DATABASE_URL" = "' + postgres.url(pg_port) + '" && '
             'test "$LATTICE_KAFKA_SECURITY_PROTOCOL" = PLAINTEXT && '
-            'test -z "${LATTICE_TOPIC:-}"'
+            'test -z "${LATTICE_TOPIC:-}" && '
+            'read -r line && test "$line" = "from stdin"'  # the command still has stdin
         )
         result = subprocess.run(
             [str(REPO / "deploy" / "with-stack.sh"), "bash", "-c", script],
             env=env,
+            input="from stdin\n",
             capture_output=True,
             text=True,
             timeout=300,
@@ -229,6 +232,51 @@ def test_with_stack_stops_afterwards_only_what_it_started(tmp_path: Path) -> Non
         assert f"postgresql {postgres.url(pg_port)} (started)" in result.stderr
         assert kafka.is_running(tmp_path), "the broker it found running was stopped"
         assert not postgres.is_running(tmp_path), "the server it started still runs"
+    finally:
+        postgres.stop(tmp_path)
+        kafka.stop(tmp_path)
+
+
+def test_with_stack_stops_its_command_and_what_it_started_on_sigterm(tmp_path: Path) -> None:
+    """A SIGTERM sent to the script alone (a CI job's timeout, a supervisor) waited for
+    the command to end on its own (bash runs a trap only after the foreground command):
+    the tests went on, and the servers it started with them."""
+    kafka_port, pg_port = free_port(2), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LATTICE_")}
+    env |= {
+        "LATTICE_HOME": str(tmp_path),
+        "LATTICE_KAFKA_PORT": str(kafka_port),
+        "LATTICE_PG_PORT": str(pg_port),
+    }
+    pid_file = tmp_path / "command.pid"
+    try:
+        # The broker already runs (started quicker here): the script starts PostgreSQL.
+        assert kafka.start(share_kafka_jars(tmp_path), port=kafka_port, partitions=1, timeout=90)
+        script = subprocess.Popen(
+            [
+                str(REPO / "deploy" / "with-stack.sh"),
+                "bash",
+                "-c",
+                f'echo $$ > "{pid_file}"; exec sleep 300',
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 180
+        while not pid_file.exists() or not pid_file.read_text().strip():
+            assert script.poll() is None, script.communicate()[1]
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.2)
+        command = int(pid_file.read_text())
+        script.send_signal(signal.SIGTERM)
+        _, err = script.communicate(timeout=60)
+        assert script.returncode == 143, err
+        with pytest.raises(ProcessLookupError):
+            os.kill(command, 0)
+        assert not postgres.is_running(tmp_path), "the server it started still runs"
+        assert kafka.is_running(tmp_path), "the broker it found running was stopped"
     finally:
         postgres.stop(tmp_path)
         kafka.stop(tmp_path)
