@@ -28,7 +28,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from deploy import kafka_options
 
 ENV_PREFIX = "LATTICE_"
-ENDPOINT_NAME = re.compile(r"[^/]+")
 
 
 class ConfigError(Exception):
@@ -63,8 +62,8 @@ def routable(name: str) -> bool:
     neither a Kafka header value nor a metric label. Any other text is a name (quoted in
     the URL: `lattice send` does it)."""
     return (
-        ENDPOINT_NAME.fullmatch(name) is not None
-        and name not in (".", "..")
+        "/" not in name
+        and name not in ("", ".", "..")
         and not any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name)
     )
 

@@ -191,9 +191,10 @@ class BatchApplier:
     async def prepare(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> Prepared:
         """Reduce every record (hydrating thin events first when the projection asks);
         records that keep failing become dead letters. No I/O but the hydrator's, so the
-        runner can prepare the next batch while the database writes this one. Raises
-        HeldTooLong when the hydrator stays unavailable past `hold`; answers that each
-        came in time but add up past it cut the batch short (`Prepared.cut`)."""
+        runner can prepare the next batch while the database writes this one. Past
+        `hold` (the hydrator unavailable, or answers that each came in time adding up)
+        the batch is cut short after the records reduced (`Prepared.cut`); HeldTooLong
+        when none was."""
         if self.hold is not None:
             self._hold_until = asyncio.get_running_loop().time() + self.hold
         records = [r for recs in batch.values() for r in recs]

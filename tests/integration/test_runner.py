@@ -562,8 +562,8 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
 ) -> None:
     """A group consumer that does not fetch for `max_poll_interval_ms` leaves its group:
     waiting out a Stripe outage inside one batch would hand the partitions round the
-    group's processes, all waiting for the same Stripe. The runner drops the batch well
-    before and fetches it again, and the batch fetched again still waits out the delay
+    group's processes, all waiting for the same Stripe. The runner gives the batch up well
+    before (writing what it reduced) and fetches the rest again, which still waits out the delay
     the hydrator was given instead of asking Stripe again at once."""
     monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)  # a hold of 1.5 s
     revoked = _count_revocations(monkeypatch)
