@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import signal
 import sys
 import threading
 from typing import Any
 
 import asyncpg
+import structlog
 from prometheus_client import REGISTRY
 
 from deploy.flags import (
@@ -22,12 +25,15 @@ from deploy.flags import (
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog, health, status
+from projectors.batch import Abandoned
 from projectors.cli_rewind import run_replay, run_rewind
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.service import run_projections, tune_gc
 from projectors.startup import dependencies_up
 from projectors.stripe_api.hydrate import open_hydrator
+
+log = structlog.get_logger("lattice.projector")
 
 PROJECTOR_SETTINGS = (
     *KAFKA,
@@ -177,16 +183,26 @@ def run_project(args: argparse.Namespace) -> int:
 async def _project(
     settings: Settings, projections: list[Any], metrics: RuntimeMetrics, ready: threading.Event
 ) -> None:
+    # One stop for the whole run: a SIGTERM while the start waits (for a service, for
+    # another process's migrations) ends it as cleanly as one while the projectors run.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     # The dead-letter topic too: missing, the first poison record would fail its batch.
     topics = sorted({t for p in projections for t in p.topics(settings)} | {settings.dlq_topic})
-    if not await dependencies_up(settings, topics):
+    if not await dependencies_up(settings, stop, topics):
         return  # stopped while waiting for PostgreSQL or Kafka
+    run = functools.partial(run_projections, settings, projections, stop=stop, handle_signals=False)
     # Thin events are fetched from Stripe (and cached) only for projections that ask.
     if not any(getattr(p, "hydrate_thin_events", False) for p in projections):
-        await run_projections(settings, projections, metrics=metrics, ready=ready)
+        await run(metrics=metrics, ready=ready)
         return
-    async with open_hydrator(settings) as hydrate:
-        await run_projections(settings, projections, hydrate=hydrate, metrics=metrics, ready=ready)
+    try:
+        async with open_hydrator(settings, stop) as hydrate:
+            await run(hydrate=hydrate, metrics=metrics, ready=ready)
+    except Abandoned as exc:
+        log.info("projectors stopped before they started", why=str(exc))
 
 
 async def _migrate(settings: Settings, projections: list[Any]) -> list[str]:

@@ -15,9 +15,10 @@ from deploy.flags import settings_from
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog
+from projectors.batch import Abandoned
 from projectors.intake import group_of
 from projectors.progress import Progress
-from projectors.replay import replay
+from projectors.replay import INTERRUPTED, replay
 from projectors.replay_start import ReplayError, StartAt
 from projectors.rewind import RewindError, rewind
 from projectors.service import dead_letter_producer, tune_gc
@@ -47,7 +48,10 @@ async def _replay(settings: Settings, name: str, start: StartAt) -> int:
         dead_letters = await stack.enter_async_context(dead_letter_producer(settings))
         hydrate = None
         if getattr(projection, "hydrate_thin_events", False):
-            hydrate = await stack.enter_async_context(open_hydrator(settings))
+            try:
+                hydrate = await stack.enter_async_context(open_hydrator(settings, stop))
+            except Abandoned:  # SIGTERM while another process's migrations were waited for
+                raise ReplayError(INTERRUPTED) from None
         result = await replay(
             settings,
             projection,

@@ -37,6 +37,8 @@ from projectors.replay_start import ReplayError, StartAt, check_offset, prepare
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 T = TypeVar("T")
+INTERRUPTED = "replay interrupted; the live tables are unchanged"
+
 log = structlog.get_logger("lattice.replay")
 SWAP_ATTEMPTS = 200
 # Swaps backed out because the live runner was past the rebuild; the last one swaps anyway
@@ -153,7 +155,7 @@ async def replay(
     except MigrationError as exc:
         raise ReplayError(f"{exc}; the live tables are unchanged") from None
     except Abandoned:
-        raise ReplayError("replay interrupted; the live tables are unchanged") from None
+        raise ReplayError(INTERRUPTED) from None
     except OffsetOutOfRangeError as exc:
         raise ReplayError(
             f"records the rebuild needs are gone from the log ({exc}): a retention deleted "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
@@ -79,28 +78,20 @@ async def until_up(
     return False
 
 
-async def dependencies_up(settings: Settings, topics: Sequence[str] = ()) -> bool:
+async def dependencies_up(
+    settings: Settings, stop: asyncio.Event, topics: Sequence[str] = ()
+) -> bool:
     """Wait until PostgreSQL and Kafka both answer and Kafka has `topics`; False if
-    SIGTERM/SIGINT came first."""
+    `stop` (the process's SIGTERM/SIGINT) came first."""
     url = settings.require_database_url()
     where = database_location(url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        try:
-            up = await until_up(
-                f"PostgreSQL at {where}", lambda: _database(url), is_transient, stop
-            )
-        except (asyncpg.PostgresError, ValueError) as exc:
-            raise ConfigError(f"PostgreSQL at {where} refused us: {exc}") from None
-        return up and await until_up(
-            f"Kafka at {settings.kafka_bootstrap}",
-            lambda: _kafka(settings.kafka_bootstrap, topics),
-            _kafka_down,
-            stop,
-        )
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        up = await until_up(f"PostgreSQL at {where}", lambda: _database(url), is_transient, stop)
+    except (asyncpg.PostgresError, ValueError) as exc:
+        raise ConfigError(f"PostgreSQL at {where} refused us: {exc}") from None
+    return up and await until_up(
+        f"Kafka at {settings.kafka_bootstrap}",
+        lambda: _kafka(settings.kafka_bootstrap, topics),
+        _kafka_down,
+        stop,
+    )

@@ -18,6 +18,7 @@ never skips).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import AsyncIterator
@@ -32,6 +33,7 @@ from pydantic import ValidationError
 
 from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
+from projectors.batch import unless_stopped
 from projectors.migrate import ensure_runtime
 from projectors.stripe_api.cache import EVENTS, LINES, Cache, compact, storable
 from projectors.stripe_api.client import StripeClient
@@ -274,12 +276,20 @@ def _as_cached(record: Record, event: dict[str, Any], cached: str) -> Record:
 
 
 @asynccontextmanager
-async def open_hydrator(settings: Settings) -> AsyncIterator[Hydrator]:
-    """A Hydrator with its own small pool; without an API key it serves the cache only."""
+async def open_hydrator(
+    settings: Settings, stop: asyncio.Event | None = None
+) -> AsyncIterator[Hydrator]:
+    """A Hydrator with its own small pool; without an API key it serves the cache only.
+    Abandoned when `stop` is set while it waits for another process's migrations."""
     url = settings.require_database_url()
     conn = await asyncpg.connect(url)
     try:
-        await ensure_runtime(conn)  # creates lattice.hydrated_events if missing
+        # Creates lattice.hydrated_events if missing; can wait long for another process's.
+        creating = ensure_runtime(conn)
+        if stop is None:
+            await creating
+        else:
+            await unless_stopped(creating, stop, "stopped while the migrations waited")
     finally:
         await conn.close()
     pool = await asyncpg.create_pool(url, min_size=1, max_size=2)

@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from deploy.settings import Settings
 from deploy.stack import kafka
 from deploy.stack.topics import ensure_topics
+from projectors.migrate import ADVISORY_LOCK_KEY
 from projectors.rewind import committed
 from tests.conftest import Stack
 from tests.support.homes import server_home, share_kafka_jars
@@ -428,6 +429,69 @@ async def test_project_is_ready_only_once_its_projectors_run(
             finally:
                 proc.send_signal(signal.SIGTERM)
                 assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def _sigterm_while_migrations_wait(
+    settings: Settings, unique: str, tmp_path: Path, *args: str
+) -> tuple[int, str]:
+    """`lattice ARGS` started while another session holds the migration lock, and sent a
+    SIGTERM once it says it waits for it: its exit status and output."""
+    holder = await asyncpg.connect(settings.require_database_url())
+    log = tmp_path / "lattice.log"
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+            proc = _start(settings, unique, log, *args)
+            try:
+                await eventually(
+                    lambda: asyncio.sleep(0, log.read_text()),
+                    lambda text: "migrations wait for another process's" in text,
+                    timeout=60,
+                    what="the start waiting for the other process's migrations",
+                )
+                assert proc.poll() is None, log.read_text()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    code = await asyncio.to_thread(proc.wait, 30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    raise AssertionError(f"{args} ignored the SIGTERM for 30 s") from None
+    finally:
+        await holder.close()
+    output = log.read_text()
+    assert "Traceback" not in output
+    return code, output
+
+
+@pytest.mark.parametrize("name", ["events", "meters"])
+async def test_sigterm_stops_a_start_waiting_for_another_process_migrations(
+    settings: Settings, unique: str, tmp_path: Path, name: str
+) -> None:
+    """Another process holds the migration lock (its migrations wait for a reader): a
+    SIGTERM ends the waiting start with status 0 and a line saying so. A projection that
+    hydrates thin events (`meters`) waited in the hydrator's start, which no signal
+    handler covered: SIGTERM killed the process there, with no word of why."""
+    code, output = await _sigterm_while_migrations_wait(settings, unique, tmp_path, "project", name)
+    assert code == 0, output
+    [stopped] = [
+        orjson.loads(line)
+        for line in output.splitlines()
+        if "projectors stopped before they started" in line
+    ]
+    assert stopped["why"] == "stopped while the migrations waited"
+
+
+async def test_sigterm_stops_a_replay_waiting_for_another_process_migrations(
+    settings: Settings, unique: str, tmp_path: Path
+) -> None:
+    """The same wait in a replay of a hydrating projection: the SIGTERM was noted and
+    ignored until the other process's migrations ended."""
+    code, output = await _sigterm_while_migrations_wait(
+        settings, unique, tmp_path, "replay", "meters"
+    )
+    assert code == 1, output
+    assert output.splitlines()[-1] == "lattice: replay interrupted; the live tables are unchanged"
 
 
 async def test_sigterm_stops_a_projector_whose_group_never_gets_a_coordinator(
