@@ -89,13 +89,24 @@ def request_headers(
     return signature, length, expects
 
 
+def declares_over(declared: str | None, limit: int) -> bool:
+    """Whether a Content-Length value says more than `limit` bytes. HTTP allows any
+    number of leading zeros, and Python's int() refuses more than 4,300 digits: the
+    zeros are dropped first, and a length with more digits than `limit` is over it
+    uncounted. Anything but ASCII digits is no length (the server refuses it first)."""
+    if declared is None or not (declared.isascii() and declared.isdigit()):
+        return False
+    digits = declared.lstrip("0")
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit
+
+
 async def read_body(
     receive: Receive, declared: str | None, limit: int, deadlines: Deadlines
 ) -> bytes:
     """The whole body; `BodyTooLarge` as soon as more than `limit` bytes have arrived,
     `BodyTimeout` when it has not all arrived within `deadlines.seconds`,
     `ClientDisconnect` when the client hung up first."""
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declares_over(declared, limit):
         raise BodyTooLarge(unread=True)
     chunks: list[bytes] = []
     size = 0

@@ -27,12 +27,12 @@ pytestmark = pytest.mark.integration
 __all__ = ["served"]  # the fixture, imported to be used here
 
 
-def delivery_head(body: bytes, *, expect: bool = False) -> bytes:
+def delivery_head(body: bytes, *, expect: bool = False, length: str | None = None) -> bytes:
     headers = signed(body, PLATFORM_NEW)
     lines = [
         b"POST /webhooks/platform HTTP/1.1",
         b"Host: lattice",
-        f"Content-Length: {len(body)}".encode(),
+        f"Content-Length: {length or len(body)}".encode(),
         *(f"{name}: {value}".encode() for name, value in headers.items()),
         *([b"Expect: 100-continue"] if expect else []),
     ]
@@ -108,6 +108,37 @@ def refusals(metrics: str) -> dict[str, float]:
         re.MULTILINE,
     )
     return {outcome: float(count) for outcome, count in pattern.findall(metrics)}
+
+
+async def test_a_content_length_with_thousands_of_leading_zeros_is_read_as_its_value(
+    served: tuple[str, dict[str, str]], settings: Settings
+) -> None:
+    """HTTP allows leading zeros in Content-Length and the server passes them on: past
+    4,300 digits int() refused the value, and the request ended in a 500 and a traceback
+    before its body was read. Padded, a delivery's own length is accepted and an
+    oversize one refused, as unpadded."""
+    url, _ = served
+    port = int(url.rsplit(":", 1)[1])
+    event = subscription_event(1)
+    body = encode(event)
+    padding = "0" * 5000
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(delivery_head(body, length=f"{padding}{len(body)}") + body)
+        assert await asyncio.wait_for(answer(reader), 10) == (
+            b"HTTP/1.1 200 OK",
+            b'{"received":true}',
+        )
+        oversize = f"{padding}{settings.max_body_bytes + 1}"
+        writer.write(delivery_head(body, length=oversize))
+        status, error = await asyncio.wait_for(answer(reader), 10)
+        assert status == b"HTTP/1.1 413 Request Entity Too Large"
+        assert orjson.loads(error)["error"] == "too_large"
+    finally:
+        writer.close()
+    stored = await read_all(settings.kafka_bootstrap, settings.topic)
+    ours = [r.value for r in stored if r.headers["stripe-event-id"] == event["id"].encode()]
+    assert ours == [body]
 
 
 async def test_a_connection_is_bounded_before_and_after_the_app(
