@@ -111,7 +111,11 @@ def run_send(args: argparse.Namespace) -> int:
             check_secret(secret, "--secret")
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    if "/webhooks/" in f"{urlsplit(args.url).path}/":
+    try:
+        path = urlsplit(args.url).path
+    except ValueError as exc:  # an unclosed IPv6 bracket, a port out of range...
+        raise ConfigError(f"--url {args.url}: {exc}") from None
+    if "/webhooks/" in f"{path}/":
         raise ConfigError(
             f"--url {args.url}: give the receiver's base URL (http://HOST:PORT); "
             "send adds /webhooks/ENDPOINT itself"

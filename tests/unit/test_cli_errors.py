@@ -85,6 +85,15 @@ def test_paths_and_urls_given_on_the_command_line_fail_in_one_line(
             2,
             "give the receiver's base URL",
         ),
+        (
+            [
+                *("send", str(event), "--endpoint", "p", "--secret", "whsec_x"),
+                "--url",
+                "http://[::1",
+            ],
+            2,
+            "--url http://[::1: Invalid IPv6 URL",
+        ),
     ]
     for argv, status, says in cases:
         assert main(argv) == status, argv
