@@ -7,13 +7,16 @@ order: the endpoint must be configured (404), the body must fit `max_body_bytes`
 checked while it streams in) and arrive within `body_timeout` (408), the signature must
 match over the raw bytes (400), the body must be a Stripe event (400), and the broker
 must acknowledge the record within `publish_timeout` (else 503 with `Retry-After`). Only
-then 200. Every answer writes one log line and counts in metrics.
+then 200. Anything else that fails is a short 500 (Stripe sends the delivery again) and an
+error line naming where, never a traceback with the body in it. Every answer writes one log
+line and counts in metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from collections.abc import Iterable
 
 import orjson
@@ -98,6 +101,13 @@ def declares_over(declared: str | None, limit: int) -> bool:
         return False
     digits = declared.lstrip("0")
     return len(digits) > len(str(limit)) or int(digits or "0") > limit
+
+
+def failed_where(exc: BaseException) -> str:
+    """An exception's type and the innermost place it was raised, without its message."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{where}"
 
 
 async def read_body(
@@ -244,6 +254,15 @@ class Webhook:
                 detail["reason"] = exc.reason
                 response = error(
                     503, exc.reason, str(exc), {"Retry-After": str(RETRY_AFTER_SECONDS)}
+                )
+            except Exception as exc:
+                # A fault of ours: Stripe retries a 500, as it would a 503. Its message may
+                # quote the body, so the line names only the exception's type and place.
+                outcome = "internal_error"
+                detail["error"] = failed_where(exc)
+                log.error("delivery failed", endpoint=endpoint_label, error=detail["error"])
+                response = error(
+                    500, outcome, "the receiver failed on this delivery; send it again"
                 )
         try:
             self._answered(

@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
+import ingest.webhook
 from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
 from ingest.app import create_app
@@ -427,6 +428,51 @@ async def test_a_delivery_on_the_log_is_answered_200_even_when_counting_it_fails
     assert [c["event"] for c in captured if c["log_level"] == "error"] == [
         "counting a delivery failed"
     ]
+
+
+async def test_an_unexpected_failure_is_a_short_500_that_names_only_its_place(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No known input reaches it: a fault of ours must still be an answer Stripe retries,
+    counted and logged without the exception's message (which may quote the body), and
+    the next delivery must be served as usual."""
+    failing = subscription_event(1)
+    marker = failing["data"]["object"]["id"]
+
+    def broken(body: bytes, event: Any, **_: object) -> None:
+        raise ValueError(f"cannot build {event['data']['object']['id']}")
+
+    with structlog.testing.capture_logs() as captured:
+        async with running(receiver_settings(settings)) as client:
+            with monkeypatch.context() as patch:
+                patch.setattr(ingest.webhook, "build_received", broken)
+                body = encode(failing)
+                refused = await client.post(
+                    "/webhooks/platform", content=body, headers=signed(body, PLATFORM_NEW)
+                )
+            after = encode(subscription_event(2))
+            accepted = await client.post(
+                "/webhooks/platform", content=after, headers=signed(after, PLATFORM_NEW)
+            )
+            metrics = (await client.get("/metrics")).text
+    assert refused.status_code == 500
+    assert refused.json() == {
+        "error": "internal_error",
+        "message": "the receiver failed on this delivery; send it again",
+    }
+    assert accepted.status_code == 200
+    assert [r.value for r in await read_all(settings.kafka_bootstrap, settings.topic)] == [after]
+    answered = [c for c in captured if c["event"] == "webhook"]
+    assert [(c["outcome"], c["status"]) for c in answered] == [
+        ("internal_error", 500),
+        ("accepted", 200),
+    ]
+    errors = [c for c in captured if c["log_level"] == "error"]
+    assert [(c["event"], c["error"]) for c in errors] == [("delivery failed", answered[0]["error"])]
+    assert answered[0]["error"].startswith("ValueError at test_receiver.py:")
+    assert marker not in repr(captured)
+    label = 'endpoint="platform",event_type="customer.subscription.updated"'
+    assert f'{label},outcome="internal_error"}} 1.0' in metrics
 
 
 async def test_an_endpoint_named_and_keyed_beyond_ascii_is_routed_and_verified(
