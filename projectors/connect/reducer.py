@@ -177,7 +177,11 @@ def charge(ev: Event) -> list[Change]:
 
 
 def application_fee(ev: Event) -> list[Change]:
-    """An application fee, its listed refunds, and the fee's ledger entry."""
+    """An application fee, its listed refunds, and the fee's ledger entry. A fee event on a
+    connected account (it carries `account`) is a fee that account collected from its own
+    connected accounts as a platform: not ours, skipped (platform fees are the platform's)."""
+    if ev.account is not None:
+        return []
     obj = ev.obj
     fee_id = f.text(obj, "id")
     account = f.ref(obj.get("account"))
@@ -227,7 +231,10 @@ def _fee_refund(obj: Mapping[str, Any], ev: Event, fee: str | None = None) -> Fe
 
 
 def fee_refund(ev: Event) -> list[Change]:
-    """`application_fee.refund.updated`: the refund alone (its fee names the account)."""
+    """`application_fee.refund.updated`: the refund alone (its fee names the account); on a
+    connected account, a refund of that account's own fee, skipped as its fee is."""
+    if ev.account is not None:
+        return []
     return [_fee_refund(ev.obj, ev)]
 
 

@@ -139,6 +139,26 @@ def test_fee_refund_update_alone() -> None:
     assert (refund.fee, refund.amount) == ("fee_2", 10)
 
 
+@pytest.mark.parametrize(
+    "event_type",
+    ["application_fee.created", "application_fee.refunded", "application_fee.refund.updated"],
+)
+def test_a_fee_event_on_a_connected_account_is_that_accounts_own_and_skipped(
+    event_type: str,
+) -> None:
+    """A connected account that runs a platform of its own collects fees from its own
+    connected accounts; our Connect endpoint receives those events with its `account`.
+    Booked, they would charge an account that is not ours (the fee's `account`)."""
+    fr = fee_refund(fee="fee_3", amount=10, created=T0 + 3)
+    fee = application_fee(
+        id="fee_3", account="acct_Theirs", amount=100, charge="ch_3", refunds=[fr]
+    )
+    obj = fr if event_type.endswith("refund.updated") else fee
+    assert projection.reduce(as_record(event(event_type, obj, account="acct_Ours"))) == []
+    # The same event on the platform is booked: the skip is the `account`'s doing.
+    assert projection.reduce(as_record(event(event_type, obj))) != []
+
+
 def test_connected_payout_records_when_it_was_paid() -> None:
     po = payout(amount=500, status="paid")
     evt = event("payout.paid", po, created=T0 + 7, account="acct_P")
