@@ -181,12 +181,29 @@ class Settings(BaseSettings):
     group_prefix: str = Field(
         default="lattice", min_length=1, description="consumer groups are <prefix>.<name>"
     )
+    # Connect: a transfer on a connected account is an account debit when it goes to the
+    # platform; known, the platform's id tells it from a transfer that account makes to
+    # connected accounts of its own (it runs a platform too), which is none of ours.
+    platform_account: str | None = Field(
+        default=None,
+        description="the platform's own Stripe account id (acct_...), for Connect debits",
+    )
 
     @field_validator("kafka_bootstrap")
     @classmethod
     def _brokers_are_host_port(cls, value: str) -> str:
         for broker in value.split(","):
             check_host_port(broker.strip(), "host:port[,host:port...]")
+        return value
+
+    @field_validator("platform_account", mode="before")
+    @classmethod
+    def _platform_account_is_an_account_id(cls, value: Any) -> Any:
+        if value in (None, ""):
+            return None
+        if not (isinstance(value, str) and re.fullmatch(r"acct_[0-9A-Za-z]{1,64}", value)):
+            shown = value[:64] if isinstance(value, str) else value
+            raise ValueError(f"{shown!r} is not a Stripe account id (acct_...)")
         return value
 
     @field_validator("database_url")

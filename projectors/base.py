@@ -108,7 +108,9 @@ class Projection(Protocol[C]):
     makes the runner replace each thin event (`"object": "v2.core.event"` without
     `data`) by its full body, through the hydrator the process was given, before
     `reduce` sees it; with `thin_event_types` (a set of event types) only thin events of
-    those types are fetched, the others reach `reduce` as they are.
+    those types are fetched, the others reach `reduce` as they are. A method
+    `configured(settings)` returns the projection to run with those settings (`lattice
+    project` and `lattice replay` call it).
     """
 
     @property

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deploy.settings import ConfigError
+from deploy.settings import ConfigError, Settings
 
 PACKAGE = "projectors"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -37,14 +37,18 @@ def discover(package: str = PACKAGE, folder: Path = PACKAGE_DIR) -> dict[str, An
     return dict(sorted(found.items()))
 
 
-def select(names: Sequence[str], known: dict[str, Any] | None = None) -> list[Any]:
-    """The projections named (all of them when `names` is empty), in the order given."""
+def select(
+    names: Sequence[str], known: dict[str, Any] | None = None, settings: Settings | None = None
+) -> list[Any]:
+    """The projections named (all of them when `names` is empty), in the order given; with
+    `settings`, each that has `configured(settings)` as it returns itself configured."""
     catalog = discover() if known is None else known
-    if not names:
-        return list(catalog.values())
     missing = [name for name in names if name not in catalog]
     if missing:
         raise UnknownProjection(
             f"no projection named {', '.join(missing)}; known: {', '.join(catalog) or 'none'}"
         )
-    return [catalog[name] for name in dict.fromkeys(names)]
+    chosen = [catalog[name] for name in dict.fromkeys(names)] if names else list(catalog.values())
+    if settings is None:
+        return chosen
+    return [p.configured(settings) if hasattr(p, "configured") else p for p in chosen]

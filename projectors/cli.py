@@ -42,6 +42,7 @@ PROJECTOR_SETTINGS = (
     "projector_batch_size",
     "projector_batch_wait_ms",
     "poison_retries",
+    "platform_account",
 )
 # Only `project` joins consumer groups (a replay reads its partitions by itself).
 GROUP_SETTINGS = (*PROJECTOR_SETTINGS, "group_prefix", "projector_session_timeout_ms")
@@ -159,7 +160,7 @@ def run_project(args: argparse.Namespace) -> int:
     """`lattice project [NAME ...]`."""
     settings = settings_from(args)
     settings.require_database_url()
-    projections = catalog.select(args.names)
+    projections = catalog.select(args.names, settings=settings)
     configure_logging()
     metrics = RuntimeMetrics(REGISTRY)
     ready = threading.Event()

@@ -39,7 +39,7 @@ def _print_progress(progress: Progress) -> None:
 
 
 async def _replay(settings: Settings, name: str, start: StartAt) -> int:
-    projection = catalog.select([name])[0]
+    projection = catalog.select([name], settings=settings)[0]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -20,13 +20,20 @@ class ConnectProjection:
     name = "connect"
     sql_dir = Path(__file__).resolve().parent / "sql"
 
+    def __init__(self, platform_account: str | None = None) -> None:
+        self.platform_account = platform_account
+
+    def configured(self, settings: Settings) -> ConnectProjection:
+        """This projection knowing the platform's own account (`LATTICE_PLATFORM_ACCOUNT`)."""
+        return ConnectProjection(settings.platform_account)
+
     def topics(self, settings: Settings) -> Sequence[str]:
         """The event log."""
         return [settings.topic]
 
     def reduce(self, record: Record) -> Sequence[Change]:
         """Pure: the changes one record makes."""
-        return reducer.reduce(record)
+        return reducer.reduce(record, self.platform_account)
 
     async def apply(self, conn: asyncpg.Connection, changes: Sequence[Change]) -> None:
         """Batched upserts in the caller's transaction."""

@@ -71,19 +71,24 @@ def _authorization(deauthorized: bool) -> Callable[[Event], list[Change]]:
     return reduce
 
 
-def transfer(ev: Event) -> list[Change]:
-    """A transfer, its listed reversals, and their ledger entries."""
+def transfer(ev: Event, platform: str | None = None) -> list[Change]:
+    """A transfer, its listed reversals, and their ledger entries. `platform`: the
+    platform's own account id, when configured."""
     obj = ev.obj
     transfer_id = f.text(obj, "id")
     destination = f.ref(obj.get("destination"))
     if destination is None:
         raise PoisonRecord(f"transfer {transfer_id!r} has no destination")
-    currency = f.text(obj, "currency")
-    amount = f.integer(obj, "amount")
-    created = f.moment(obj.get("created"), f"transfer {transfer_id} created")
     # A transfer on a connected account (its event names that `account`) is an account
     # debit: Stripe takes the money from that account to `destination`, the platform.
     debited = ev.account if ev.account is not None and ev.account != destination else None
+    if debited is not None and platform is not None and destination != platform:
+        # Not to the platform: that account pays a connected account of its own (it runs
+        # a platform too). None of our money moves: skipped.
+        return []
+    currency = f.text(obj, "currency")
+    amount = f.integer(obj, "amount")
+    created = f.moment(obj.get("created"), f"transfer {transfer_id} created")
     kind, reversal_kind = ("debit", "debit_reversal") if debited else ("transfer", "reversal")
     side, sign = (debited, -1) if debited else (destination, 1)
     changes: list[Change] = [
@@ -293,8 +298,10 @@ REDUCERS: dict[str, Callable[[Event], list[Change]]] = {
 EVENT_TYPES = frozenset(REDUCERS)
 
 
-def reduce(record: Record) -> Sequence[Change]:
-    """The changes one record makes; [] for events this projection does not read."""
+def reduce(record: Record, platform: str | None = None) -> Sequence[Change]:
+    """The changes one record makes; [] for events this projection does not read.
+    `platform`: the platform's own account id, when configured (it tells an account debit
+    from a connected account's transfer to connected accounts of its own)."""
     event_type = record.header("stripe-event-type")
     # The header lets the common case (an event for another projection) skip JSON parsing.
     if event_type is not None and event_type not in EVENT_TYPES:
@@ -304,4 +311,6 @@ def reduce(record: Record) -> Sequence[Change]:
     reducer = REDUCERS.get(event_type) if isinstance(event_type, str) else None
     if reducer is None:
         return []
+    if reducer is transfer:
+        return transfer(Event(event), platform)
     return reducer(Event(event))

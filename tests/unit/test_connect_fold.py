@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from projectors.base import Record
-from projectors.connect import projection
+from projectors.connect import ConnectProjection, projection
 from projectors.connect.changes import Change
 from projectors.connect.fold import Balance, State, balances, fold, ledger
 from tests.fixtures import connect_streams as streams
@@ -63,6 +63,26 @@ def test_an_account_debit_is_taken_from_the_account_not_paid_to_the_platform() -
         ("debit", ids["account"], -3_000),
         ("debit_reversal", ids["account"], 1_000),
     }
+
+
+def test_a_connected_platforms_own_transfers_and_fees_move_none_of_our_money() -> None:
+    """With the platform's own account id known, the account's onward transfer and its own
+    fee are skipped; its debit to us is booked. Unknown, the onward transfer cannot be told
+    from a debit (the known limit the README names)."""
+    stream = streams.account_runs_its_own_platform()
+    ids = stream.ids
+    configured = ConnectProjection(ids["platform"])
+    records = [as_record(evt) for evt in stream.events]
+    state = fold(c for r in records for c in configured.reduce(r))
+    assert balance_rows(state) == stream.expected
+    assert ids["onward"] not in state.transfers
+    assert state.fees == {}
+    debits = {(e.kind, e.amount) for e in ledger(state).values() if e.account == ids["account"]}
+    assert debits == {("transfer", 10_000), ("debit", -1_000)}
+
+    unknown = balance_rows(state_of(stream.events))
+    assert unknown[(ids["account"], "usd")][-1] == 10_000 - 1_000 - 4_000
+    assert (ids["theirs"], "usd") not in unknown  # its fee is skipped either way
 
 
 def test_every_scenario_ends_in_its_balances() -> None:

@@ -99,6 +99,19 @@ def test_an_api_version_stripe_would_refuse_is_named_at_start(
         assert load_settings().stripe_api_version == good
 
 
+@pytest.mark.parametrize("value", ["1Pgaf", "acct_", "cus_QXg1o8vcGmoR32", "acct_1Pg af"])
+def test_a_platform_account_that_is_not_an_account_id_is_named_at_start(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LATTICE_PLATFORM_ACCOUNT", value)
+    with pytest.raises(ConfigError, match=r"^LATTICE_PLATFORM_ACCOUNT: .* is not a Stripe acc"):
+        load_settings()
+    monkeypatch.setenv("LATTICE_PLATFORM_ACCOUNT", "")
+    assert load_settings().platform_account is None
+    monkeypatch.setenv("LATTICE_PLATFORM_ACCOUNT", "acct_1032D82eZvKYlo2C")
+    assert load_settings().platform_account == "acct_1032D82eZvKYlo2C"
+
+
 def test_an_empty_ca_file_is_none_an_empty_topic_or_prefix_is_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
