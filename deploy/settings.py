@@ -42,7 +42,7 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
         if not pair:
             continue
         endpoint, sep, secret = pair.partition("=")
-        endpoint, secret = endpoint.strip(), secret.strip()
+        endpoint, secret = canonical_endpoint(endpoint.strip()), secret.strip()
         if not sep or not endpoint or not secret:
             # Never echo the pair: its right-hand side is a signing secret.
             raise ValueError("expected comma-separated endpoint=secret pairs")
@@ -54,6 +54,12 @@ def parse_webhook_secrets(raw: str) -> dict[str, tuple[str, ...]]:
         check_secret(secret, f"the secret of endpoint {endpoint!r}")
         secrets.setdefault(endpoint, []).append(secret)
     return {name: tuple(values) for name, values in secrets.items()}
+
+
+def canonical_endpoint(name: str) -> str:
+    """An endpoint name as names are kept and matched: in Unicode's composed form (NFC). The
+    same name typed in two places may come composed or decomposed (`ü` or `u` + `¨`)."""
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
 
 
 def routable(name: str) -> bool:

@@ -14,7 +14,13 @@ import httpx
 
 from deploy.flags import add_setting_flags, port_number, setting_overrides
 from deploy.logs import configure_logging
-from deploy.settings import ENV_PREFIX, ConfigError, check_secret, load_settings
+from deploy.settings import (
+    ENV_PREFIX,
+    ConfigError,
+    canonical_endpoint,
+    check_secret,
+    load_settings,
+)
 from ingest.app import create_app
 from ingest.metrics import MULTIPROCESS_DIR
 from ingest.signature import sign_header
@@ -99,7 +105,7 @@ def run_send(args: argparse.Namespace) -> int:
     body = sys.stdin.buffer.read() if args.file == "-" else _read(args.file)
     secret = args.secret
     if secret is None:
-        secrets = load_settings().secrets_by_endpoint().get(args.endpoint)
+        secrets = load_settings().secrets_by_endpoint().get(canonical_endpoint(args.endpoint))
         if not secrets:
             raise ConfigError(
                 f"{ENV_PREFIX}WEBHOOK_SECRETS has no secret for endpoint {args.endpoint!r}: "

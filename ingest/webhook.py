@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from deploy.logs import HotLog
-from deploy.settings import Settings
+from deploy.settings import Settings, canonical_endpoint
 from ingest.deadlines import Deadlines
 from ingest.metrics import ReceiverMetrics
 from ingest.publisher import Publisher, PublishUnavailable
@@ -200,6 +200,9 @@ class Webhook:
         detail: dict[str, str] = {}  # what the log line adds on some refusals
         response: Response | None = None
         secrets = self.secrets.get(endpoint)
+        if secrets is None and not endpoint.isascii():  # the name spelt decomposed, say
+            endpoint = canonical_endpoint(endpoint)
+            secrets = self.secrets.get(endpoint)
         if secrets is None:
             # Unknown names share one label so that probing cannot grow the metrics.
             endpoint_label, outcome = "unknown", "unknown_endpoint"

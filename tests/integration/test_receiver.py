@@ -495,6 +495,30 @@ async def test_an_endpoint_named_and_keyed_beyond_ascii_is_routed_and_verified(
     assert (record.value, record.headers["lattice-endpoint"]) == (body, "zürich eu".encode())
 
 
+async def test_an_endpoint_name_matches_however_its_accents_are_encoded(
+    settings: Settings,
+) -> None:
+    """`ü` may be typed as one character (NFC, most keyboards) or as `u` and a combining
+    diaeresis (NFD, macOS file names): configured one way and requested the other, the
+    name must still be the endpoint's, and the record and metrics carry one spelling."""
+    composed, decomposed = "z\u00fcrich", "zu\u0308rich"
+    bodies = [encode(subscription_event(n)) for n in range(2)]
+    config = settings.model_copy(update={"webhook_secrets": SecretStr(f"{decomposed}={CONNECT}")})
+    assert config.secrets_by_endpoint() == {composed: (CONNECT,)}
+    async with running(config) as client:
+        for spelt, body in zip(("z%C3%BCrich", "zu%CC%88rich"), bodies, strict=True):
+            answer = await client.post(
+                f"/webhooks/{spelt}", content=body, headers=signed(body, CONNECT)
+            )
+            assert answer.status_code == 200, (spelt, answer.text)
+        metrics = (await client.get("/metrics")).text
+    records = await read_all(settings.kafka_bootstrap, settings.topic)
+    assert sorted(r.value or b"" for r in records) == sorted(bodies)
+    assert {r.headers["lattice-endpoint"] for r in records} == {composed.encode()}
+    label = f'endpoint="{composed}",event_type="customer.subscription.updated"'
+    assert f'{label},outcome="accepted"}} 2.0' in metrics
+
+
 async def test_2000_concurrent_deliveries_each_land_exactly_once(settings: Settings) -> None:
     config = receiver_settings(settings, publish_timeout=30.0)
     events = [subscription_event(n) for n in range(2000)]
