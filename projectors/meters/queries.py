@@ -49,11 +49,23 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::
             $7::boolean[], $8::text[])
     AS u(c, p, s, e, ev, cr, ended, sub)
 ON CONFLICT (customer, price, period_start) DO UPDATE SET
-    period_end = excluded.period_end, ended = excluded.ended,
-    subscription = excluded.subscription,
-    last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
-WHERE (excluded.last_event_created, excluded.ended, excluded.last_event_id COLLATE "C")
-    > (t.last_event_created, t.ended, t.last_event_id COLLATE "C")
+    period_end = CASE WHEN (excluded.ended, excluded.last_event_created,
+                            excluded.last_event_id COLLATE "C")
+                           > (t.ended, t.last_event_created, t.last_event_id COLLATE "C")
+                      THEN excluded.period_end ELSE t.period_end END,
+    subscription = CASE WHEN (excluded.ended, excluded.last_event_created,
+                              excluded.last_event_id COLLATE "C")
+                             > (t.ended, t.last_event_created, t.last_event_id COLLATE "C")
+                        THEN excluded.subscription ELSE t.subscription END,
+    ended = t.ended OR excluded.ended,
+    last_event_id = CASE WHEN (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+                              > (t.last_event_created, t.last_event_id COLLATE "C")
+                         THEN excluded.last_event_id ELSE t.last_event_id END,
+    last_event_created = greatest(t.last_event_created, excluded.last_event_created)
+WHERE (excluded.ended, excluded.last_event_created, excluded.last_event_id COLLATE "C")
+        > (t.ended, t.last_event_created, t.last_event_id COLLATE "C")
+    OR (excluded.last_event_created, excluded.last_event_id COLLATE "C")
+        > (t.last_event_created, t.last_event_id COLLATE "C")
 """
 
 UPSERT_INVOICES = """

@@ -158,21 +158,24 @@ async def _prices(conn: asyncpg.Connection, prices: list[PriceMeter], touched: T
 async def _periods(conn: asyncpg.Connection, periods: list[PeriodSeen], touched: Touched) -> None:
     if not periods:
         return
-    # Newest first; within one second an ended subscription's period, whatever the event
-    # ids (as UPSERT_PERIODS).
-    rows = newest(
-        periods,
-        lambda p: (p.customer, p.price, p.period_start),
-        lambda p: (p.created, p.ended, p.event_id),
-    )
+
+    # As UPSERT_PERIODS merges them: the end and subscription of an ended subscription's
+    # snapshot over any other's (a cancellation stays, whatever snapshot of the period
+    # comes after it: the final invoice's line, say), else of the newest; the newest event.
+    def key(p: PeriodSeen) -> tuple[str, str, int]:
+        return (p.customer, p.price, p.period_start)
+
+    rows = newest(periods, key, lambda p: (p.ended, p.created, p.event_id))
+    latest = {key(p): p for p in newest(periods, key, lambda p: (p.created, p.event_id))}
+    events = [latest[key(p)] for p in rows]
     await conn.execute(
         queries.UPSERT_PERIODS,
         [p.customer for p in rows],
         [p.price for p in rows],
         [p.period_start for p in rows],
         [p.period_end for p in rows],
-        [p.event_id for p in rows],
-        [p.created for p in rows],
+        [e.event_id for e in events],
+        [e.created for e in events],
         [p.ended for p in rows],
         [p.subscription for p in rows],
     )

@@ -515,14 +515,17 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         assert await fetch(conn, schema, ends) == [(longer,)], schema
 
 
+@pytest.mark.parametrize("final_invoice", [False, True])
 async def test_a_cancellation_cuts_the_period_of_a_price_swapped_out_earlier(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Connection, final_invoice: bool
 ) -> None:
     """The item's price changed to another of the same meter on day 9 (the period goes on:
     classic billing keeps it), then the subscription was canceled on day 19. Stripe bills
     nothing after the cancellation, whichever price the usage came under: the period of
     the price swapped out (kept by no later snapshot, so never cut by one) must not carry
-    the row past it, and the usage reported after it is not counted."""
+    the row past it, and the usage reported after it is not counted. The final invoice,
+    an hour later, bills the current price's line up to the cancellation: a newer snapshot
+    of that period, which must not undo its end (the cancellation stays, in any order)."""
     meter = billing_meter(event_name="swapped_calls")
     first = price(meter=meter["id"], unit_amount=None, id="price_swapped_out")
     second = price(meter=meter["id"], unit_amount=None, id="price_swapped_in")
@@ -555,11 +558,19 @@ async def test_a_cancellation_cuts_the_period_of_a_price_swapped_out_earlier(
         ),
         *facts,
     ]
+    if final_invoice:
+        line = invoice_line(
+            subscription="sub_swapped", line_price=second, quantity=10, period_start=T0,
+            period_end=ended,
+        )  # fmt: skip
+        last = invoice(customer="cus_swapped", subscription="sub_swapped", lines=[line])
+        records.append(stripe_record(event("invoice.finalized", last, created=ended + 3600)))
     query = (
         "SELECT extract(epoch FROM period_end)::bigint, reported_value FROM meter_reconciliation"
     )
     for schema, batches in (
         ("swapped_one_batch", [records]),
+        ("swapped_each_alone", [[r] for r in records]),
         ("swapped_reversed", [[r] for r in reversed(records)]),
     ):
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
