@@ -18,9 +18,15 @@ from projectors.connect import projection
 from projectors.connect.fold import fold, ledger
 from projectors.migrate import migrate
 from tests.fixtures import connect_streams as streams
-from tests.fixtures.connect_objects import account, application
+from tests.fixtures.connect_objects import (
+    account,
+    application,
+    transfer,
+    transfer_reversal,
+)
 from tests.fixtures.records import as_record
-from tests.fixtures.stripe_objects import T0, event
+from tests.fixtures.stripe_objects import T0, event, new_id
+from tests.support.readme import readme_query
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -193,6 +199,34 @@ async def test_an_account_debit_leaves_the_account_and_reaches_no_platform_row(
         await conn.execute((projection.sql_dir / "0002_connect_debits.sql").read_text())
     assert await balances(conn) == stream.expected
     assert await fetch(conn, "SELECT account, debited FROM connect_balances") == [(acct, 2_000)]
+
+
+async def test_a_reversal_the_log_never_had_is_found_by_the_readme_query(
+    conn: asyncpg.Connection,
+) -> None:
+    """A transfer lists its 10 most recent reversals: one whose own event the log lacks is
+    not booked once ten newer ones exist, and the README's query names that transfer."""
+    acct, tr_id = new_id("acct"), new_id("tr")
+    reversals = [
+        transfer_reversal(transfer=tr_id, amount=1_000, created=T0 + n * 60) for n in range(12)
+    ]
+    latest = transfer(id=tr_id, destination=acct, amount=12_000, reversals=reversals)
+    latest["reversals"].update(data=reversals[:1:-1], has_more=True)  # newest first, ten
+    await project(
+        conn,
+        [
+            records(
+                [
+                    event("transfer.created", transfer(id=tr_id, destination=acct, amount=12_000)),
+                    event("transfer.reversed", latest, created=T0 + 11 * 60),
+                ]
+            )
+        ],
+    )
+
+    query = readme_query("SELECT t.id, t.amount_reversed", "coalesce(sum(r.amount), 0);")
+    assert await fetch(conn, query) == [(tr_id, 12_000, 10_000)]
+    assert await balances(conn) == {(acct, "usd"): (12_000, 10_000, 0, 0, 0, 2_000)}
 
 
 async def test_payout_paid_then_failed(conn: asyncpg.Connection) -> None:

@@ -3,21 +3,38 @@ dead-letters nothing (a record-level error, such as a NUL in text, still is pois
 
 from __future__ import annotations
 
-from dataclasses import replace
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 import asyncpg
 import orjson
 import pytest
 
 from deploy.settings import Settings
-from projectors.base import Record
+from projectors.base import Connection, Record
+from projectors.deadletter import HEADER_ERROR
 from projectors.failures import is_transient
 from projectors.migrate import migrate
+from projectors.subscriptions import projection as subscriptions
 from tests.conftest import Stack, Topics
-from tests.support.audit_projection import AuditProjection, applied_counts
+from tests.support.audit_projection import (
+    Applied,
+    AuditProjection,
+    applied_counts,
+    assert_each_applied_once,
+)
 from tests.support.kafka import read_all
-from tests.support.projectors import log_ends, positions, running
-from tests.support.stripe_stream import produce, records, stream
+from tests.support.projectors import log_ends, positions, rows, running
+from tests.support.stripe_stream import (
+    BASE_TIME,
+    event,
+    produce,
+    records,
+    stream,
+    subscription,
+)
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -137,4 +154,88 @@ async def test_a_database_error_while_hydrating_is_waited_out(
             what="audit at the log end after the cache came back",
         )
     assert hydrate.failures == 0
+    assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
+
+
+async def test_a_number_past_bigint_is_the_records_fault_not_the_databases(
+    settings: Settings, stack: Stack, topics: Topics
+) -> None:
+    """JSON holds integers past PostgreSQL's bigint, and asyncpg refuses to send one (a
+    DataError, before the server sees it). That is this record's fault: dead-lettered, and
+    the records after it applied (waiting it out as the database's would retry the batch
+    for ever)."""
+    good = [e for e in stream(30, seed=5) if e.event["type"] == "customer.subscription.updated"]
+    sub_id = "sub_1PgcXhB7WZ01zgkWbigTrial"
+    huge = event(
+        subscription(sub_id, "cus_QXgHkAzY0Pbl3S", BASE_TIME, "trialing"),
+        "customer.subscription.updated",
+        BASE_TIME,
+        random.Random(9),
+    )
+    huge.event["data"]["object"]["trial_end"] = 2**63  # JSON takes it; bigint ends at 2**63-1
+    body = orjson.dumps(huge.event)
+    await produce(
+        stack.kafka_bootstrap,
+        settings.topic,
+        [*records(good[:4]), *records([replace(huge, body=body)]), *records(good[4:])],
+    )
+    ends = await log_ends(stack.kafka_bootstrap, settings.topic)
+    url = settings.require_database_url()
+    async with running(settings.model_copy(update={"poison_retries": 2}), [subscriptions]):
+        await eventually(
+            lambda: positions(url, "subscriptions"),
+            lambda p: all(p.get(partition, 0) == end for partition, end in ends.items()),
+            timeout=30,
+            what="subscriptions past the record PostgreSQL cannot take",
+        )
+    stored = {r[0] for r in await rows(url, "SELECT id FROM projections.subscriptions")}
+    assert stored == {e.event["data"]["object"]["id"] for e in good}
+    letters = await read_all(stack.kafka_bootstrap, topics.dlq)
+    assert [letter.value for letter in letters] == [body]
+    assert letters[0].headers[HEADER_ERROR].startswith(b"apply failed after 2 attempts: DataError")
+
+
+@dataclass(frozen=True)
+class _IdleInItsTransaction(AuditProjection):
+    """Its first apply leaves the transaction idle for `idle` seconds (as a batch does
+    while it waits for a broker to take a dead letter), then says what the next statement
+    met."""
+
+    idle: float = 1.5
+    met: list[BaseException | None] = field(default_factory=list)
+
+    async def apply(self, conn: Connection, changes: Sequence[Applied]) -> None:
+        await super().apply(conn, changes)
+        if self.met:
+            return
+        await asyncio.sleep(self.idle)
+        try:
+            await conn.execute("SELECT 1")
+        except BaseException as exc:
+            self.met.append(exc)
+            raise
+        self.met.append(None)
+
+
+async def test_a_session_the_server_ends_through_the_urls_settings_is_a_batch_tried_again(
+    settings: Settings, stack: Stack, topics: Topics
+) -> None:
+    """The README's advice for a database that hangs: settings in the URL reach the
+    server, which ends a session idle in its transaction; the runner takes that as the
+    database's failure, and the batch is applied once, on a new connection."""
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(30, seed=6)))
+    ends = await log_ends(stack.kafka_bootstrap, settings.topic)
+    url = settings.require_database_url()
+    with_timeout = f"{url}?tcp_keepalives_idle=60&idle_in_transaction_session_timeout=300"
+    audit = _IdleInItsTransaction()
+    async with running(settings.model_copy(update={"database_url": with_timeout}), [audit]):
+        await eventually(
+            lambda: positions(url, "audit"),
+            lambda p: all(p.get(partition, 0) == end for partition, end in ends.items()),
+            timeout=60,
+            what="audit at the log end after its session was ended",
+        )
+    assert len(audit.met) == 1
+    assert isinstance(audit.met[0], asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
+    await assert_each_applied_once(url, sum(ends.values()))
     assert await read_all(stack.kafka_bootstrap, topics.dlq) == []
