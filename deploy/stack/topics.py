@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,6 +16,9 @@ from deploy import kafka_options
 from deploy.stack.errors import StackError
 
 log = structlog.get_logger("deploy.stack")
+
+# How long provisioning waits for the broker to list the topics it just created.
+LISTED_WITHIN_SECONDS = 30.0
 
 # Kept forever: the log is the source of truth every table is rebuilt from.
 FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
@@ -76,11 +80,29 @@ async def ensure_topics(
                 ]
             )
             _raise_refusals(response.topic_errors)
+            await _until_listed(bootstrap, missing)
         kept = [name for name in wanted if name in existing]
         await _check_existing(admin, kept, stamped, bootstrap)
         return missing
     finally:
         await admin.close()
+
+
+async def _until_listed(bootstrap: str, names: list[str]) -> None:
+    """Wait until the broker's metadata lists the topics just created. The controller
+    answers CreateTopics once it has recorded them, and a broker's metadata follows a
+    moment later (longer on a busy machine): a command run right after provisioning
+    (`lattice replay`, a receiver's start) would otherwise be told they do not exist."""
+    deadline = asyncio.get_running_loop().time() + LISTED_WITHIN_SECONDS
+    while unlisted := await missing_topics(bootstrap, names):
+        if asyncio.get_running_loop().time() >= deadline:
+            log.warning(
+                "topics created but not listed yet by the broker",
+                topics=unlisted,
+                seconds=LISTED_WITHIN_SECONDS,
+            )
+            return
+        await asyncio.sleep(0.05)
 
 
 def _config(name: str, config: dict[str, str]) -> dict[str, str]:
