@@ -42,8 +42,11 @@ fmt: install
 	$(BIN)/ruff format ingest projectors schemas deploy tests
 	$(BIN)/ruff check --fix ingest projectors schemas deploy tests
 
+# The suite runs in TEST_WORKERS pytest-xdist processes (TEST_WORKERS=0: in this one); the
+# fault scenarios stay in one worker, one after another (tests/support/serial_groups.py).
+TEST_WORKERS ?= 3
 test: install
-	deploy/with-stack.sh $(BIN)/pytest $(PYTEST_ARGS)
+	deploy/with-stack.sh $(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 # Only the fault suite: brokers, databases, receivers and projectors killed under load
 # (LATTICE_FAULT_SEED replays a run; LATTICE_FAULT_KILLS=500 for a nightly run).

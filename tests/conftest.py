@@ -7,10 +7,12 @@ run in any order and leave nothing behind.
 from __future__ import annotations
 
 import os
+import random
 import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -18,6 +20,7 @@ import pytest
 
 from deploy.settings import Settings
 from deploy.stack.topics import delete_topics, ensure_topics
+from tests.support import tallies
 
 TEST_PARTITIONS = 3
 
@@ -38,6 +41,22 @@ class Topics:
     dlq: str
     usage: str
     partitions: int
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One fault seed for the run, chosen before any worker starts (workers inherit it)."""
+    os.environ.setdefault("LATTICE_FAULT_SEED", str(random.randrange(1 << 30)))
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, on the controller
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test`'s workers share the tests out one by one, but each serial group as one
+    unit (tests/support/serial_groups.py)."""
+    if config.getvalue("dist") not in ("load", "loadgroup"):
+        return None  # another --dist asked for by hand
+    from tests.support.serial_groups import SerialGroupScheduling
+
+    return SerialGroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +145,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Search the processes' log files; fail the run if anything leaked."""
+    """Search the processes' log files; fail the run if anything leaked. A worker hands
+    its tallies to the controller, which prints them."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["lattice_tallies"] = tallies.export()
     factory = getattr(session.config, "_tmp_path_factory", None)
     base = factory.getbasetemp() if factory is not None else None
     if base is not None and base.exists():
@@ -136,8 +159,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, on the controller
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Add up what a worker counted."""
+    output = getattr(node, "workeroutput", None) or {}
+    if "lattice_tallies" in output:
+        tallies.merge(output["lattice_tallies"])
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Name each place a secret-shaped string was found (its first characters only)."""
+    """The run's tallies (fuzz cases, faults injected); then each place a secret-shaped
+    string was found (its first characters only)."""
+    for title, lines in tallies.summaries():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
     if _leaks:
         terminalreporter.section("secrets in the suite's output")
         for leak in _leaks[:50]:

@@ -47,11 +47,14 @@ from tests.support.fake_stripe import FakeStripe, serve
 from tests.support.homes import server_home
 from tests.support.kafka import read_all
 from tests.support.projectors import extra_database, running
+from tests.support.tallies import note, tally
 from tests.support.wait import eventually
 
+# tests/conftest.py sets it for the whole run when not given, before any worker starts.
 SEED = int(os.environ.get("LATTICE_FAULT_SEED", str(random.randrange(1 << 30))))
-_injected: Counter[str] = Counter()
-_observed: Counter[str] = Counter()
+_injected = tally("faults injected")
+_observed = tally("faults injected: what the run observed meanwhile")
+note("faults injected", f"seed: LATTICE_FAULT_SEED={SEED}")
 
 
 @pytest.fixture(autouse=True)
@@ -200,15 +203,3 @@ async def _assert_only_the_poison_was_dead_lettered(
     for projector in readers:
         refused = {(partition, offset) for p, _, partition, offset in dead if p == projector}
         assert refused >= not_json, f"{projector} applied a record that is not JSON"
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the faults injected by this run and the seed that replays them."""
-    if not _injected:
-        return
-    terminalreporter.section("faults injected")
-    for kind, count in sorted(_injected.items()):
-        terminalreporter.write_line(f"{count:>6}  {kind}")
-    for kind, count in sorted(_observed.items()):
-        terminalreporter.write_line(f"{count:>6}  observed: {kind}")
-    terminalreporter.write_line(f"seed: LATTICE_FAULT_SEED={SEED}")

@@ -12,10 +12,12 @@ from collections import Counter
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.support.tallies import tally
+
 # LATTICE_FUZZ_SCALE multiplies every test's example count (nightly runs use 10 or more).
 SCALE = max(1, int(os.environ.get("LATTICE_FUZZ_SCALE", "1")))
 
-_cases: Counter[str] = Counter()
+_cases = tally("fuzz cases", total=True)
 
 
 def fuzz_settings(count: int) -> settings:
@@ -34,13 +36,3 @@ def fuzz_settings(count: int) -> settings:
 def cases() -> Counter[str]:
     """The run's case counter; add to it under the test's name."""
     return _cases
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the generated-case counts of this run."""
-    if not _cases:
-        return
-    terminalreporter.section("fuzz cases")
-    for name, count in sorted(_cases.items()):
-        terminalreporter.write_line(f"{count:>8}  {name}")
-    terminalreporter.write_line(f"{sum(_cases.values()):>8}  total")

@@ -281,7 +281,9 @@ def _with(event: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str,
     return copy
 
 
-@pytest.mark.parametrize("value", [*ANY_VALUE, ABSENT], ids=repr)
+@pytest.mark.parametrize(
+    "value", [*ANY_VALUE, ABSENT], ids=lambda v: "absent" if v is ABSENT else repr(v)
+)
 @pytest.mark.parametrize(
     ("kind", "path"),
     [("snapshot", path) for path in TYPED["snapshot"]] + [("thin", path) for path in TYPED["thin"]],
