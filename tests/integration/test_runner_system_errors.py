@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import asyncpg
@@ -38,6 +38,11 @@ from tests.support.stripe_stream import (
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
+
+
+def at_log_end(ends: dict[int, int]) -> Callable[[dict[int, int]], bool]:
+    """Stored positions at `ends`; a partition that holds no record needs none."""
+    return lambda stored: all(stored.get(part, 0) == end for part, end in ends.items())
 
 
 @pytest.mark.parametrize(
@@ -149,7 +154,7 @@ async def test_a_database_error_while_hydrating_is_waited_out(
     async with running(settings, [audit], hydrate=hydrate):
         await eventually(
             lambda: positions(url, "audit"),
-            lambda p: all(p.get(partition, 0) == end for partition, end in ends.items()),
+            at_log_end(ends),
             timeout=60,
             what="audit at the log end after the cache came back",
         )
@@ -184,7 +189,7 @@ async def test_a_number_past_bigint_is_the_records_fault_not_the_databases(
     async with running(settings.model_copy(update={"poison_retries": 2}), [subscriptions]):
         await eventually(
             lambda: positions(url, "subscriptions"),
-            lambda p: all(p.get(partition, 0) == end for partition, end in ends.items()),
+            at_log_end(ends),
             timeout=30,
             what="subscriptions past the record PostgreSQL cannot take",
         )
@@ -231,7 +236,7 @@ async def test_a_session_the_server_ends_through_the_urls_settings_is_a_batch_tr
     async with running(settings.model_copy(update={"database_url": with_timeout}), [audit]):
         await eventually(
             lambda: positions(url, "audit"),
-            lambda p: all(p.get(partition, 0) == end for partition, end in ends.items()),
+            at_log_end(ends),
             timeout=60,
             what="audit at the log end after its session was ended",
         )
