@@ -44,7 +44,7 @@ from projectors.intake import (
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
-from projectors.topic_partitions import refuse_positions_past_the_end
+from projectors.topic_partitions import check_stored_positions
 
 log = structlog.get_logger("lattice.projector")
 MAX_BACKOFF_S = 10.0
@@ -369,7 +369,7 @@ class ProjectionRunner:
         try:
             async with self.pool.acquire() as conn:
                 stored = await offsets.load(conn, self.name, partitions)
-            await refuse_positions_past_the_end(self.consumer, self.name, stored)
+            await check_stored_positions(self.consumer, self.name, stored)
             for tp, position in stored.items():
                 if epoch != self.epoch:
                     return

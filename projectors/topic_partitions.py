@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from deploy.settings import ConfigError
+
+log = structlog.get_logger("lattice.projector")
 
 
 class UnknownTopic(LookupError):
@@ -36,17 +39,24 @@ async def partitions_of(
     return found
 
 
-async def refuse_positions_past_the_end(
+async def check_stored_positions(
     consumer: AIOKafkaConsumer, projector: str, stored: Mapping[TopicPartition, int | None]
 ) -> None:
     """ConfigError for a stored position past its partition's end (the topic deleted and
     created again, the broker's data lost): aiokafka would quietly start over from the
-    log's start, and every new record below the stored position would be skipped."""
+    log's start, and every new record below the stored position would be skipped.
+
+    A warning for one below its partition's start (records deleted by a retention someone
+    set on the topic, or by `kafka-delete-records`, before this projector applied them):
+    aiokafka goes on from the start, as it should, but the tables lack those records for
+    good, which nobody would otherwise learn. Said at every seek until a batch moves the
+    position past the start."""
     held = {tp: p for tp, p in stored.items() if p is not None}
     if not held:
         return
     try:
         ends = await consumer.end_offsets(list(held))
+        starts = await consumer.beginning_offsets(list(held))
     except KafkaError:
         return  # a leader moving (OFFSET_NOT_AVAILABLE): no verdict now, never a false one
     past = sorted((tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp])
@@ -57,3 +67,16 @@ async def refuse_positions_past_the_end(
             f"the log's end {end} (the topic created again, or the broker's data lost?): "
             f"rebuild with `lattice replay {projector}`; its tables are as they were"
         )
+    for tp, position in sorted(held.items()):
+        if position < starts[tp]:
+            log.warning(
+                "records deleted from the log before this projector applied them",
+                projector=projector,
+                topic=tp.topic,
+                partition=tp.partition,
+                stored_position=position,
+                log_start=starts[tp],
+                records_lost=starts[tp] - position,
+                hint="the tables lack these records for good (a replay cannot bring them "
+                "back); the topic must keep its records forever (retention.ms=-1)",
+            )

@@ -16,6 +16,7 @@ import orjson
 import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import MessageSizeTooLargeError
 
 from deploy.settings import ConfigError, Settings
@@ -1109,6 +1110,46 @@ async def test_a_stored_position_past_the_log_end_stops_the_runner_with_what_to_
     with pytest.raises(ConfigError, match=rf"position 500 of {settings.topic}:0 is past"):
         await asyncio.wait_for(runner.run(), timeout=60)
     assert await applied_counts(conn) == {}
+
+
+async def test_records_deleted_from_the_log_before_they_were_applied_are_said(
+    settings: Settings, stack: Stack, audit_runner: tuple[ProjectionRunner, asyncpg.Connection]
+) -> None:
+    """A retention someone set on the topic (or `kafka-delete-records`) deleted records
+    the projector had not applied yet: it goes on from the log's start, as aiokafka does,
+    and a warning says which records its tables lack; nothing is applied twice."""
+    _, conn = audit_runner  # its projection's tables, run here by `lattice project`'s code
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for r in records(stream(6, seed=11)):  # on partition 0, whatever their keys
+            await producer.send_and_wait(
+                settings.topic, r.value, key=r.key, headers=r.headers, partition=0
+            )
+    finally:
+        await producer.stop()
+    tp = TopicPartition(settings.topic, 0)
+    async with conn.transaction():
+        await offsets.compare_and_set(conn, "audit", {tp: offsets.Advance(None, 1, None)})
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(4)})
+    finally:
+        await admin.close()
+    with structlog.testing.capture_logs() as logged:
+        async with running(settings, [AuditProjection()]):
+            await _caught_up(settings, "audit")
+    # Said at each seek until a batch moves the position past the log's start: once here.
+    said, *again = [e for e in logged if e["event"].startswith("records deleted from the log")]
+    assert all(e == said for e in again)
+    assert (said["topic"], said["partition"]) == (settings.topic, 0)
+    assert (said["stored_position"], said["log_start"], said["records_lost"]) == (1, 4, 3)
+    assert said["log_level"] == "warning"
+    counts = await applied_counts(conn)
+    end = (await log_ends(stack.kafka_bootstrap, settings.topic))[0]
+    assert sorted(o for (_, p, o) in counts if p == 0) == list(range(4, end))
+    assert set(counts.values()) == {1}
 
 
 class KeptDeadLetters:
