@@ -85,7 +85,13 @@ async def replay(
     stop = stop or asyncio.Event()
     lock = ReplayLock(settings.require_database_url(), name)
     lock_conn = await lock.take()
-    pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    try:
+        pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
+    except BaseException:
+        # Refused (max_connections, the role's limit) or cancelled: the lock goes with it,
+        # or the next try in this process would be told another replay is running.
+        await lock.release()
+        raise
     consumer = AIOKafkaConsumer(
         **kafka_options.options(),
         bootstrap_servers=settings.kafka_bootstrap,

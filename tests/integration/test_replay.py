@@ -9,6 +9,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -732,6 +733,37 @@ async def test_an_analysts_temporary_view_does_not_stop_a_replay(
         assert await analyst.fetchval("SELECT count(*) FROM projections.events") > 0
     finally:
         await analyst.close()
+
+
+async def test_a_replay_that_cannot_open_its_pool_lets_go_of_its_lock(
+    settings: Settings, unique: str
+) -> None:
+    """The lock's session connected, the pool's did not (here: a role allowed one
+    connection; elsewhere a server at max_connections): the replay fails with the
+    server's answer and lets go of its lock at once, so the next try in the same process
+    is not told that another replay is running."""
+    url = settings.require_database_url()
+    role = f"{unique}_one"
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(f"CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1 PASSWORD 'pw'")
+        parts = urlsplit(url)
+        as_role = urlunsplit(parts._replace(netloc=f"{role}:pw@{parts.hostname}:{parts.port}"))
+        limited = settings.model_copy(update={"database_url": as_role})
+        async with dead_letter_producer(settings) as dead_letters:
+            for _ in range(2):  # the second try meets the same answer, not "already running"
+                with pytest.raises(asyncpg.TooManyConnectionsError):
+                    await replay(limited, events, StartAt(from_beginning=True), dead_letters)
+        assert not await admin.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        assert await admin.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext('events'))", REPLAY_LOCK
+        )
+        await admin.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
 
 
 async def test_a_view_the_replaying_role_could_not_recreate_is_refused_before_the_rebuild(
