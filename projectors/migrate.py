@@ -206,6 +206,8 @@ async def _lock_holders(conn: asyncpg.Connection, schema: str) -> list[str]:
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
         "JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.granted AND n.nspname = $1 AND l.pid <> pg_backend_pid() "
+        # Relation OIDs are per database, pg_locks the whole server's.
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
         "ORDER BY a.pid LIMIT 5",
         schema,
     )

@@ -201,6 +201,12 @@ async def _swap(
             built = built or await shadow.table_oids(conn, schema)
             async with conn.transaction(isolation=READ_COMMITTED):
                 return await shadow.swap(conn, projection, schema, view_owners, behind_ok=behind_ok)
+        except LockTaken:
+            # Another replay took the lock while ours was lost. If that loss was only the
+            # answer to our commit, the live tables are the ones this replay built.
+            if cut_off and await _swap_committed_at(lock.url, built.values()):
+                return list(built)
+            raise
         except (ReplayError, shadow.ShadowBehind):
             raise
         except shadow.SwapError as exc:
@@ -248,6 +254,23 @@ async def swap_committed(conn: asyncpg.Connection, built: Collection[int]) -> bo
         LIVE_SCHEMA,
     )
     return bool(live == len(built))
+
+
+async def _swap_committed_at(url: str, built: Collection[int]) -> bool:
+    """`swap_committed`, asked on a session of its own (the lock is another replay's);
+    ReplayError when the database cannot be asked."""
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            return await swap_committed(conn, built)
+        finally:
+            await conn.close()
+    except DATABASE_AWAY as exc:
+        raise ReplayError(
+            f"the database went away at the swap ({exc}), and another replay took the lock "
+            "meanwhile; the live tables are unchanged, or swapped if it committed: "
+            "`lattice status` shows which"
+        ) from exc
 
 
 async def _discard(lock: ReplayLock, schema: str, key: str) -> None:

@@ -35,6 +35,11 @@ class ReplayLock:
         self._ours = False
 
     @property
+    def url(self) -> str:
+        """The database the lock is taken in."""
+        return self._url
+
+    @property
     def held(self) -> bool:
         """Whether this replay took the lock (and so owns the shadow schema)."""
         return self._ours

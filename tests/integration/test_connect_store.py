@@ -355,7 +355,8 @@ async def test_fee_and_refund_written_by_two_consumers_at_once_are_booked(
 
         async def second_done_or_waiting() -> bool:
             waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
             return writing.done() or waiting > 0
 

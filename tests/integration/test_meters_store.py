@@ -203,7 +203,10 @@ async def test_two_processes_writing_one_customers_rows_at_once_lose_nothing(
         b = asyncio.create_task(project(other, "raced", [stripe], fresh=False))
 
         async def b_done_or_waiting_for_a() -> bool:
-            waiting = await conn.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
             return b.done() or waiting > 0
 
         # B has read what it reads (and written, or waits on A's locks) before A commits.

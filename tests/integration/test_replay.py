@@ -214,7 +214,9 @@ async def test_the_swap_waits_for_the_rebuild_to_reach_a_live_runner_that_got_ah
 
 HOLDER = (
     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 "
-    "AND objid = (hashtext($2)::bigint & 4294967295)::text::oid AND objsubid = 2 AND granted"
+    "AND objid = (hashtext($2)::bigint & 4294967295)::text::oid AND objsubid = 2 AND granted "
+    # pg_locks is the whole server's: another test's database may hold the same lock.
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 
 
@@ -594,6 +596,48 @@ def _fact(identifier: str) -> bytes:
     )
 
 
+async def test_a_swap_committed_before_another_replay_took_the_lock_is_reported_swapped(
+    settings: Settings, stack: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The swap committed, its answer was lost with the connection, and another replay
+    took the lock before this one connected again: the live tables are the ones this
+    replay built, and it says so, instead of "another replay took the lock; the live
+    tables are unchanged"."""
+    ours = await _events_projected(settings, stack, unique, seed=23)
+    url = settings.require_database_url()
+    everything = _ids(await rows(url, "SELECT id FROM projections.events"))
+    other: list[OtherReplay] = []
+    swapping: list[asyncpg.Connection] = []
+    real_swap = shadow.swap
+    real_exit = asyncpg.transaction.Transaction.__aexit__
+
+    async def swap(conn: asyncpg.Connection, *args: Any, **kwargs: Any) -> list[str]:
+        swapping.append(conn)
+        return await real_swap(conn, *args, **kwargs)
+
+    async def committed_then_lost(self: Any, *exc: Any) -> None:
+        await real_exit(self, *exc)
+        if exc[0] is None and swapping and self._connection is swapping[0] and not other:
+            self._connection.terminate()  # the server ends the session: the lock is free
+            other.append(OtherReplay(url, "events"))
+            assert await asyncio.to_thread(other[0].taken.wait, 10), "the lock stayed taken"
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-operation")
+
+    monkeypatch.setattr(shadow, "swap", swap)
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", committed_then_lost)
+    try:
+        async with dead_letter_producer(ours) as dead_letters:
+            result = await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+        assert other, "the swap's commit was never cut off"
+        assert result.tables == ["events"]
+        assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
+        assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
+        assert await positions(url, "events.replay") == {}
+    finally:
+        for holder in other:
+            holder.release()
+
+
 async def test_usage_facts_an_app_aborted_count_nowhere_and_a_replay_reads_past_markers(
     settings: Settings, stack: Stack, unique: str
 ) -> None:
@@ -955,7 +999,7 @@ async def test_a_replay_stopped_while_it_prepares_stops_at_once(
                 lambda: rows(
                     url,
                     "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND pid <> pg_backend_pid()",
+                    "AND pid <> pg_backend_pid() AND datname = current_database()",
                 ),
                 bool,
                 timeout=30,
