@@ -115,14 +115,17 @@ async def database_url(stack: Stack, unique: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def settings(stack: Stack, topics: Topics, database_url: str) -> Settings:
-    """Settings pointing at this test's topics and database."""
+def settings(stack: Stack, topics: Topics, database_url: str, unique: str) -> Settings:
+    """Settings pointing at this test's topics, database and consumer groups (a group is
+    the broker's, not the topic's: tests in other workers running the same projector under
+    one group would join each other's and rebalance each other's partitions)."""
     return Settings(
         kafka_bootstrap=stack.kafka_bootstrap,
         database_url=database_url,
         topic=topics.events,
         usage_topic=topics.usage,
         partitions=topics.partitions,
+        group_prefix=unique,
     )
 
 
