@@ -12,6 +12,7 @@ runner's next compare-and-set then fails once and it re-seeks to the rebuilt pos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -85,25 +86,31 @@ async def replay(
     stop = stop or asyncio.Event()
     lock = ReplayLock(settings.require_database_url(), name)
     lock_conn = await lock.take()
+    pool: asyncpg.Pool | None = None
     try:
         pool = await asyncpg.create_pool(settings.require_database_url(), min_size=1, max_size=2)
+        consumer = AIOKafkaConsumer(
+            **kafka_options.options(),
+            bootstrap_servers=settings.kafka_bootstrap,
+            enable_auto_commit=False,
+            group_id=None,
+            client_id=f"lattice-replay-{name}",
+            isolation_level="read_committed",  # as the live runner reads
+            # Records gone from under a rebuild (deleted by a retention): say so, never jump.
+            auto_offset_reset="none",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
     except BaseException:
-        # Refused (max_connections, the role's limit) or cancelled: the lock goes with it,
-        # or the next try in this process would be told another replay is running.
-        await lock.release()
+        # The pool refused (max_connections, the role's limit), a Kafka setting the client
+        # cannot use, or cancelled: the lock goes too, or the next try in this process
+        # would be told another replay is running. Their own errors matter less.
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await pool.close()
+        with contextlib.suppress(Exception):
+            await lock.release()
         raise
-    consumer = AIOKafkaConsumer(
-        **kafka_options.options(),
-        bootstrap_servers=settings.kafka_bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        client_id=f"lattice-replay-{name}",
-        isolation_level="read_committed",  # as the live runner reads
-        # Records gone from under a rebuild (deleted by a retention): say so, never jump.
-        auto_offset_reset="none",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
-    )
     finished = False
     try:
         await consumer.start()
@@ -258,19 +265,21 @@ async def swap_committed(conn: asyncpg.Connection, built: Collection[int]) -> bo
 
 async def _swap_committed_at(url: str, built: Collection[int]) -> bool:
     """`swap_committed`, asked on a session of its own (the lock is another replay's);
-    ReplayError when the database cannot be asked."""
+    ReplayError when the database cannot be asked (away, refusing connections)."""
+    conn: asyncpg.Connection | None = None
     try:
         conn = await asyncpg.connect(url)
-        try:
-            return await swap_committed(conn, built)
-        finally:
-            await conn.close()
-    except DATABASE_AWAY as exc:
+        return await swap_committed(conn, built)
+    except Exception as exc:
         raise ReplayError(
-            f"the database went away at the swap ({exc}), and another replay took the lock "
-            "meanwhile; the live tables are unchanged, or swapped if it committed: "
-            "`lattice status` shows which"
+            f"the database went away at the swap, and another replay took the lock "
+            f"meanwhile; asking whether the swap committed failed too "
+            f"({type(exc).__name__}: {exc}); the live tables are unchanged, or swapped if it "
+            "committed: `lattice status` shows which"
         ) from exc
+    finally:
+        if conn is not None:
+            conn.terminate()  # no answer to wait for, and nothing that can fail
 
 
 async def _discard(lock: ReplayLock, schema: str, key: str) -> None:

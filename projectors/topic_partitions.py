@@ -46,17 +46,16 @@ async def check_stored_positions(
     created again, the broker's data lost): aiokafka would quietly start over from the
     log's start, and every new record below the stored position would be skipped.
 
-    A warning for one below its partition's start (records deleted by a retention someone
-    set on the topic, or by `kafka-delete-records`, before this projector applied them):
-    aiokafka goes on from the start, as it should, but the tables lack those records for
-    good, which nobody would otherwise learn. Said at every seek until a batch moves the
-    position past the start."""
+    A warning for one below its partition's start (offsets deleted by a retention someone
+    set on the topic, or by `kafka-delete-records`, before this projector read them):
+    aiokafka goes on from the start, as it should, but the records among them are missing
+    from the tables for good, which nobody would otherwise learn. Said at every seek (a
+    rebalance, a restart) until a batch moves the position past the start."""
     held = {tp: p for tp, p in stored.items() if p is not None}
     if not held:
         return
     try:
         ends = await consumer.end_offsets(list(held))
-        starts = await consumer.beginning_offsets(list(held))
     except KafkaError:
         return  # a leader moving (OFFSET_NOT_AVAILABLE): no verdict now, never a false one
     past = sorted((tp.topic, tp.partition, p, ends[tp]) for tp, p in held.items() if p > ends[tp])
@@ -67,16 +66,21 @@ async def check_stored_positions(
             f"the log's end {end} (the topic created again, or the broker's data lost?): "
             f"rebuild with `lattice replay {projector}`; its tables are as they were"
         )
+    try:
+        starts = await consumer.beginning_offsets(list(held))
+    except KafkaError:
+        return  # as above: said at the next seek
     for tp, position in sorted(held.items()):
         if position < starts[tp]:
             log.warning(
-                "records deleted from the log before this projector applied them",
+                "offsets deleted from the log before this projector read them",
                 projector=projector,
                 topic=tp.topic,
                 partition=tp.partition,
                 stored_position=position,
                 log_start=starts[tp],
-                records_lost=starts[tp] - position,
-                hint="the tables lack these records for good (a replay cannot bring them "
-                "back); the topic must keep its records forever (retention.ms=-1)",
+                offsets_deleted=starts[tp] - position,
+                hint="the records among them (not transaction markers) are missing from the "
+                "tables for good, and a replay cannot bring them back: keep the topic's "
+                "retention.ms=-1, and delete no records from it",
             )

@@ -596,16 +596,19 @@ def _fact(identifier: str) -> bytes:
     )
 
 
-async def test_a_swap_committed_before_another_replay_took_the_lock_is_reported_swapped(
-    settings: Settings, stack: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("committed", [True, False], ids=["committed", "rolled-back"])
+async def test_a_swap_cut_off_at_its_commit_while_another_replay_took_the_lock(
+    settings: Settings, stack: Stack, unique: str, monkeypatch: pytest.MonkeyPatch, committed: bool
 ) -> None:
-    """The swap committed, its answer was lost with the connection, and another replay
-    took the lock before this one connected again: the live tables are the ones this
-    replay built, and it says so, instead of "another replay took the lock; the live
-    tables are unchanged"."""
+    """The swap's connection was lost at its commit, and another replay took the lock
+    before this one connected again. Committed (only the answer lost): the live tables are
+    the ones this replay built, and it says so; it used to say another replay took the
+    lock and the live tables were unchanged. Not committed: that is what it says, and the
+    shadow schema is left to the other replay."""
     ours = await _events_projected(settings, stack, unique, seed=23)
     url = settings.require_database_url()
     everything = _ids(await rows(url, "SELECT id FROM projections.events"))
+    live_before = await rows(url, "SELECT 'projections.events'::regclass::oid")
     other: list[OtherReplay] = []
     swapping: list[asyncpg.Connection] = []
     real_swap = shadow.swap
@@ -615,27 +618,43 @@ async def test_a_swap_committed_before_another_replay_took_the_lock_is_reported_
         swapping.append(conn)
         return await real_swap(conn, *args, **kwargs)
 
-    async def committed_then_lost(self: Any, *exc: Any) -> None:
-        await real_exit(self, *exc)
-        if exc[0] is None and swapping and self._connection is swapping[0] and not other:
-            self._connection.terminate()  # the server ends the session: the lock is free
-            other.append(OtherReplay(url, "events"))
-            assert await asyncio.to_thread(other[0].taken.wait, 10), "the lock stayed taken"
+    async def cut_off(conn: asyncpg.Connection) -> None:
+        conn.terminate()  # the server ends the session (rolling back what it had not committed)
+        other.append(OtherReplay(url, "events"))
+        assert await asyncio.to_thread(other[0].taken.wait, 10), "the lock stayed taken"
+
+    async def exit_cut_off(self: Any, *exc: Any) -> None:
+        if exc[0] is not None or not swapping or self._connection is not swapping[0] or other:
+            return await real_exit(self, *exc)
+        if committed:
+            await real_exit(self, *exc)
+            await cut_off(self._connection)
             raise asyncpg.ConnectionDoesNotExistError("connection was closed mid-operation")
+        await cut_off(self._connection)
+        return await real_exit(self, *exc)  # the commit meets a closed connection
 
     monkeypatch.setattr(shadow, "swap", swap)
-    monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", committed_then_lost)
+    monkeypatch.setattr(asyncpg.transaction.Transaction, "__aexit__", exit_cut_off)
     try:
         async with dead_letter_producer(ours) as dead_letters:
-            result = await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+            if committed:
+                result = await replay(ours, events, StartAt(from_beginning=True), dead_letters)
+                assert result.tables == ["events"]
+            else:
+                with pytest.raises(ReplayError, match="took the lock meanwhile; this one stops"):
+                    await replay(ours, events, StartAt(from_beginning=True), dead_letters)
         assert other, "the swap's commit was never cut off"
-        assert result.tables == ["events"]
         assert _ids(await rows(url, "SELECT id FROM projections.events")) == everything
-        assert await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'") == []
-        assert await positions(url, "events.replay") == {}
+        live_after = await rows(url, "SELECT 'projections.events'::regclass::oid")
+        assert (live_after != live_before) is committed  # the rebuilt table, or the old one
+        shadow_left = await rows(url, "SELECT 1 FROM pg_namespace WHERE nspname = 'replay_events'")
+        assert bool(shadow_left) is not committed  # the other replay's now, not dropped
+        assert bool(await positions(url, "events.replay")) is not committed
     finally:
         for holder in other:
             holder.release()
+        await rows(url, "DROP SCHEMA IF EXISTS replay_events CASCADE")
+        await rows(url, "DELETE FROM lattice.offsets WHERE projector = 'events.replay'")
 
 
 async def test_usage_facts_an_app_aborted_count_nowhere_and_a_replay_reads_past_markers(
@@ -795,9 +814,9 @@ async def test_a_replay_that_cannot_open_its_pool_lets_go_of_its_lock(
         as_role = urlunsplit(parts._replace(netloc=f"{role}:pw@{parts.hostname}:{parts.port}"))
         limited = settings.model_copy(update={"database_url": as_role})
         async with dead_letter_producer(settings) as dead_letters:
-            for _ in range(2):  # the second try meets the same answer, not "already running"
-                with pytest.raises(asyncpg.TooManyConnectionsError):
-                    await replay(limited, events, StartAt(from_beginning=True), dead_letters)
+            with pytest.raises(asyncpg.TooManyConnectionsError):
+                await replay(limited, events, StartAt(from_beginning=True), dead_letters)
+        # Nothing of it is left: no session, and the lock is free for the next replay.
         assert not await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE usename = $1", role
         )

@@ -1141,10 +1141,10 @@ async def test_records_deleted_from_the_log_before_they_were_applied_are_said(
         async with running(settings, [AuditProjection()]):
             await _caught_up(settings, "audit")
     # Said at each seek until a batch moves the position past the log's start: once here.
-    said, *again = [e for e in logged if e["event"].startswith("records deleted from the log")]
+    said, *again = [e for e in logged if e["event"].startswith("offsets deleted from the log")]
     assert all(e == said for e in again)
     assert (said["topic"], said["partition"]) == (settings.topic, 0)
-    assert (said["stored_position"], said["log_start"], said["records_lost"]) == (1, 4, 3)
+    assert (said["stored_position"], said["log_start"], said["offsets_deleted"]) == (1, 4, 3)
     assert said["log_level"] == "warning"
     counts = await applied_counts(conn)
     end = (await log_ends(stack.kafka_bootstrap, settings.topic))[0]
