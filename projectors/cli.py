@@ -251,6 +251,8 @@ def run_status(args: argparse.Namespace) -> int:
             "`lattice stack up` or the topics Job creates it); its projectors wait for it",
             file=sys.stderr,
         )
+    for line in status.deleted_unread(statuses):
+        print(f"warning: {line}", file=sys.stderr)
     for line in asyncio.run(status.warnings(settings, projections)):
         print(f"warning: {line}", file=sys.stderr)
     return 0

@@ -29,6 +29,7 @@ class PartitionStatus:
     lag: int
     last_event_at: datetime | None
     dead_letters: int
+    log_start: int
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict (times as RFC 3339)."""
@@ -110,9 +111,23 @@ async def collect(
                     lag=max(0, ends[tp] - (position if position is not None else starts[tp])),
                     last_event_at=row["last_event_at"] if row else None,
                     dead_letters=dead.get((projector, tp.topic, tp.partition), 0),
+                    log_start=starts[tp],
                 )
             )
     return result
+
+
+def deleted_unread(statuses: Sequence[PartitionStatus]) -> list[str]:
+    """A line for each partition whose log now starts past a projector's stored position:
+    offsets deleted (a retention set on the topic, `kafka-delete-records`) before it read
+    them, whose records are missing from its tables for good."""
+    return [
+        f"{s.projector} {s.topic}:{s.partition}: offsets {s.position}-{s.log_start - 1} were "
+        "deleted from the log before it read them (a retention set on the topic, or records "
+        "deleted); the records among them are missing from its tables for good"
+        for s in statuses
+        if s.position is not None and s.position < s.log_start
+    ]
 
 
 async def warnings(settings: Settings, projections: Sequence[Any]) -> list[str]:

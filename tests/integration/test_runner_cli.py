@@ -242,6 +242,45 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     }
 
 
+async def test_status_names_offsets_deleted_before_a_projector_read_them(
+    settings: Settings, stack: Stack, unique: str
+) -> None:
+    """A retention someone set on the topic deleted offsets 1-3 of partition 0 while the
+    projector's stored position there was 1: the table shows the position, and a warning
+    on stderr says which offsets went unread (their records are missing for good)."""
+    migrated = await _run(settings, unique, "migrate", "events")
+    assert migrated.returncode == 0, migrated.stderr
+    await produce(stack.kafka_bootstrap, settings.topic, records(stream(40)))
+    tp = TopicPartition(settings.topic, 0)
+    end = (await log_ends(stack.kafka_bootstrap, settings.topic))[0]
+    assert end >= 4, "too few records on partition 0 for the test"
+    conn = await asyncpg.connect(settings.require_database_url())
+    try:
+        await conn.execute(
+            "INSERT INTO lattice.offsets (projector, topic, partition, next_offset) "
+            "VALUES ('events', $1, 0, 1)",
+            settings.topic,
+        )
+    finally:
+        await conn.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(4)})
+    finally:
+        await admin.close()
+    shown = await _run(settings, unique, "status", "events", "--json")
+    assert shown.returncode == 0, shown.stderr
+    [zero] = [r for r in orjson.loads(shown.stdout) if r["partition"] == 0]
+    assert (zero["position"], zero["log_start"], zero["log_end"]) == (1, 4, end)
+    warned = [line for line in shown.stderr.splitlines() if "deleted from the log" in line]
+    assert warned == [
+        f"warning: events {settings.topic}:0: offsets 1-3 were deleted from the log before it "
+        "read them (a retention set on the topic, or records deleted); the records among "
+        "them are missing from its tables for good"
+    ]
+
+
 async def test_a_session_timeout_the_broker_refuses_is_one_line_naming_the_setting(
     settings: Settings, unique: str
 ) -> None:

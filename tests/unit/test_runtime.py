@@ -220,9 +220,17 @@ def test_progress_rate_and_time_left() -> None:
 def test_status_table_lines_up() -> None:
     rows = [
         PartitionStatus(
-            "events", "stripe.events", 0, 120, 130, 10, datetime(2026, 11, 25, 10, tzinfo=UTC), 1
+            "events",
+            "stripe.events",
+            0,
+            120,
+            130,
+            10,
+            datetime(2026, 11, 25, 10, tzinfo=UTC),
+            1,
+            0,
         ),
-        PartitionStatus("events", "stripe.events", 1, None, 7, 7, None, 0),
+        PartitionStatus("events", "stripe.events", 1, None, 7, 7, None, 0, 0),
     ]
     lines = render(rows).splitlines()
     assert lines[1].split() == [
