@@ -110,8 +110,9 @@ def register(commands: Any) -> None:
         help="per projector and partition: position, lag, dead letters",
         description="Stored position, log end, lag, time of the last applied event and "
         "dead letters, per projector and partition (replays in progress included); then, "
-        "on stderr, what a projection finds wrong with its tables (a meter no event "
-        "described, whose usage cannot be reconciled).",
+        "on stderr, what a projection finds wrong with its tables (offsets deleted from "
+        "the log before a projector read them; a meter no event described, whose usage "
+        "cannot be reconciled).",
     )
     status_cmd.add_argument("names", nargs="*", metavar="NAME", help="projections (all)")
     status_cmd.add_argument("--json", action="store_true", help="one JSON array on stdout")
