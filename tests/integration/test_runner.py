@@ -16,7 +16,6 @@ import orjson
 import pytest
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.errors import MessageSizeTooLargeError
 
 from deploy.settings import ConfigError, Settings
@@ -56,7 +55,7 @@ from tests.support.audit_projection import (
     applied_counts,
     assert_each_applied_once,
 )
-from tests.support.kafka import read_all
+from tests.support.kafka import delete_records_before, read_all
 from tests.support.projectors import log_ends, positions, rows, running
 from tests.support.stripe_stream import BASE_TIME, event, invoice, produce, records, stream
 from tests.support.wait import eventually
@@ -1131,12 +1130,7 @@ async def test_records_deleted_from_the_log_before_they_were_applied_are_said(
     tp = TopicPartition(settings.topic, 0)
     async with conn.transaction():
         await offsets.compare_and_set(conn, "audit", {tp: offsets.Advance(None, 1, None)})
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(4)})
-    finally:
-        await admin.close()
+    await delete_records_before(stack.kafka_bootstrap, tp, 4)
     with structlog.testing.capture_logs() as logged:
         async with running(settings, [AuditProjection()]):
             await _caught_up(settings, "audit")

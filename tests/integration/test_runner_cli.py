@@ -15,7 +15,6 @@ import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from deploy.settings import Settings
 from deploy.stack import kafka
@@ -24,6 +23,7 @@ from projectors.migrate import ADVISORY_LOCK_KEY
 from projectors.rewind import committed
 from tests.conftest import Stack
 from tests.support.homes import server_home, share_kafka_jars
+from tests.support.kafka import delete_records_before
 from tests.support.ports import free_port
 from tests.support.projectors import ROOT, extra_database, log_ends, positions
 from tests.support.stripe_stream import produce, records, stream
@@ -229,12 +229,7 @@ async def test_rewind_moves_a_stopped_downstream_group_and_refuses_a_running_one
     assert "lattice replay events" in flag.stderr
     # A group behind where the log now starts (retention deleted offsets 0-2 of partition
     # 0) goes to that start, not back to its deleted offset (its consumer would reset).
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({TopicPartition(settings.topic, 0): RecordsToDelete(3)})
-    finally:
-        await admin.close()
+    await delete_records_before(stack.kafka_bootstrap, TopicPartition(settings.topic, 0), 3)
     later = await _run(settings, unique, "rewind", group, "--since", lately.isoformat())
     assert later.returncode == 0, later.stderr
     assert await committed(stack.kafka_bootstrap, group) == {
@@ -263,12 +258,7 @@ async def test_status_names_offsets_deleted_before_a_projector_read_them(
         )
     finally:
         await conn.close()
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_records({tp: RecordsToDelete(4)})
-    finally:
-        await admin.close()
+    await delete_records_before(stack.kafka_bootstrap, tp, 4)
     shown = await _run(settings, unique, "status", "events", "--json")
     assert shown.returncode == 0, shown.stderr
     [zero] = [r for r in orjson.loads(shown.stdout) if r["partition"] == 0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from deploy import kafka_options
 from projectors.topic_partitions import partitions_of
@@ -66,3 +67,14 @@ async def read_all(
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def delete_records_before(bootstrap: str, tp: TopicPartition, offset: int) -> None:
+    """Move `tp`'s log start to `offset`, as a retention deleting the records before it
+    would (`kafka-delete-records`)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(offset)})
+    finally:
+        await admin.close()
