@@ -108,7 +108,8 @@ async def collect(
                     partition=tp.partition,
                     position=position,
                     log_end=ends[tp],
-                    lag=max(0, ends[tp] - (position if position is not None else starts[tp])),
+                    # Offsets deleted below the log's start are never read: not lag.
+                    lag=max(0, ends[tp] - max(position or 0, starts[tp])),
                     last_event_at=row["last_event_at"] if row else None,
                     dead_letters=dead.get((projector, tp.topic, tp.partition), 0),
                     log_start=starts[tp],

@@ -263,6 +263,7 @@ async def test_status_names_offsets_deleted_before_a_projector_read_them(
     assert shown.returncode == 0, shown.stderr
     [zero] = [r for r in orjson.loads(shown.stdout) if r["partition"] == 0]
     assert (zero["position"], zero["log_start"], zero["log_end"]) == (1, 4, end)
+    assert zero["lag"] == end - 4  # what is left to read, not the offsets deleted
     warned = [line for line in shown.stderr.splitlines() if "deleted from the log" in line]
     assert warned == [
         f"warning: events {settings.topic}:0: offsets 1-3 were deleted from the log before it "
