@@ -29,9 +29,10 @@ from projectors.events import projection as events
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime, migrate
 from projectors.progress import Progress
-from projectors.replay import ReplayResult, replay, swap_committed
+from projectors.replay import ReplayResult, replay
 from projectors.replay_lock import REPLAY_LOCK
 from projectors.replay_start import ReplayError, StartAt
+from projectors.replay_swap import swap_committed
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
