@@ -9,7 +9,6 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -36,7 +35,14 @@ from projectors.replay_swap import swap_committed
 from projectors.service import dead_letter_producer
 from tests.conftest import Stack, Topics
 from tests.support.kafka import read_all
-from tests.support.projectors import EVENTS_TABLE, log_ends, positions, rows, running
+from tests.support.projectors import (
+    EVENTS_TABLE,
+    as_user,
+    log_ends,
+    positions,
+    rows,
+    running,
+)
 from tests.support.stripe_stream import produce, records, stream
 from tests.support.thin_events import meter_error_report
 from tests.support.wait import eventually
@@ -811,9 +817,7 @@ async def test_a_replay_that_cannot_open_its_pool_lets_go_of_its_lock(
     admin = await asyncpg.connect(url)
     try:
         await admin.execute(f"CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1 PASSWORD 'pw'")
-        parts = urlsplit(url)
-        as_role = urlunsplit(parts._replace(netloc=f"{role}:pw@{parts.hostname}:{parts.port}"))
-        limited = settings.model_copy(update={"database_url": as_role})
+        limited = settings.model_copy(update={"database_url": as_user(url, role, "pw")})
         async with dead_letter_producer(settings) as dead_letters:
             with pytest.raises(asyncpg.TooManyConnectionsError):
                 await replay(limited, events, StartAt(from_beginning=True), dead_letters)

@@ -39,6 +39,13 @@ async def running(
         await asyncio.wait_for(task, timeout=30)
 
 
+def as_user(url: str, user: str, password: str | None = None) -> str:
+    """`url` logging in as `user` (with `password`, if given) instead."""
+    parts = urlsplit(url)
+    login = user if password is None else f"{user}:{password}"
+    return urlunsplit(parts._replace(netloc=f"{login}@{parts.hostname}:{parts.port}"))
+
+
 @asynccontextmanager
 async def extra_database(admin_url: str, name: str) -> AsyncIterator[str]:
     """Another fresh database on the same server (dropped afterwards)."""
