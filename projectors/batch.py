@@ -11,93 +11,30 @@ A lost connection is never poison: it propagates, and the caller reconnects and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
-import orjson
 import structlog
 from aiokafka import TopicPartition
 
-from ingest.record import HEADER_EVENT_ID, HEADER_EVENT_TYPE
+from ingest.record import HEADER_EVENT_ID
 from projectors import deadletter, offsets
-from projectors.base import Connection, HydrationUnavailable, PoisonRecord, Record
+from projectors.base import Connection, PoisonRecord, Record
 from projectors.deadletter import DeadLetter, DeadLetterSink
 from projectors.failures import is_transient
+from projectors.hydration_gate import Cut, HeldTooLong, Hydrate, HydrationGate
 from projectors.migrate import READ_COMMITTED
-from projectors.stripe_api.lines import may_be_cut_short
+from projectors.stopping import Abandoned
 from schemas.envelope import EnvelopeError, parse_event
 
-Hydrate = Callable[[Record], Awaitable[Record]]
-T = TypeVar("T")
-THIN_EVENT = "v2.core.event"
 YIELD_EVERY = 50
-# Waits between tries of an unavailable hydrator double from the first to the last.
-FIRST_HYDRATION_DELAY_S = 0.5
-MAX_HYDRATION_DELAY_S = 30.0
 log = structlog.get_logger("lattice.projector")
-
-
-class Abandoned(Exception):
-    """Shutdown was asked while the batch waited (for a hydrator): nothing was written."""
-
-
-async def unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event, what: str) -> T:
-    """`work`'s result; Abandoned(`what`) (`work` cancelled, and its statement with it)
-    when `stop` is set first."""
-    task = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not task.done():  # stopped, or this call itself cancelled: never outlive it
-            task.cancel()
-            # What cancelling its statement raised (a connection cut meanwhile) is moot.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    if task.cancelled() or (stop.is_set() and task.exception() is not None):
-        raise Abandoned(what)
-    return task.result()
-
-
-class HeldTooLong(Abandoned):
-    """The hydrator stayed unavailable for the applier's `hold` before the batch's first
-    record was reduced: the batch is dropped (nothing was written) so that its records are
-    fetched again. A group consumer that does not fetch for aiokafka's
-    `max_poll_interval_ms` leaves its group, and its partitions go to another process, to
-    wait there for the same Stripe."""
-
-
-class _Cut(Abandoned):
-    """The hold ran out (the hydrator unavailable, or answers that each came in time
-    adding up): the batch is prepared up to the record before; its message says why."""
 
 
 class _BatchApplyFailed(Exception):
     """A batch's apply failed for a record (not the database): isolate records and retry."""
-
-
-def _event_type(record: Record) -> str | None:
-    """The event's type: the receiver's header, else the body's own `type`."""
-    kind = record.header(HEADER_EVENT_TYPE)
-    if kind is None:
-        found = orjson.loads(record.value).get("type")  # a thin event: JSON, checked
-        kind = found if isinstance(found, str) else None
-    return kind
-
-
-def is_thin(record: Record) -> bool:
-    """A thin event: `"object": "v2.core.event"` and no `data` (needs its full body)."""
-    if THIN_EVENT.encode() not in record.value:
-        return False
-    try:
-        parsed = orjson.loads(record.value)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(parsed, dict) and parsed.get("object") == THIN_EVENT and "data" not in parsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,21 +91,17 @@ class BatchApplier:
         self.schema = schema
         self.key = projector_key
         self.retries = max(1, retries)
-        self.hydrate = hydrate if getattr(projection, "hydrate_thin_events", False) else None
-        # The thin-event types the projection reads (None: all): the others reach `reduce`
-        # as they are, so Stripe being down, or an event past its 30 days, cannot hold up
-        # or dead-letter a record the projection would ignore anyway.
-        self.thin_types: frozenset[str] | None = getattr(projection, "thin_event_types", None)
-        # Invoices and credit notes whose lines the webhook cut short go to the hydrator too.
-        self.complete_lines = bool(getattr(projection, "complete_lines", False))
-        self.stop = stop or asyncio.Event()
-        # How long one `prepare` may wait for the hydrator (None: as long as it takes), and
-        # when the current one must give up.
-        self.hold = hold
-        self._hold_until = float("inf")
-        # While the hydrator is unavailable: the next wait, and when the next try is due.
-        self._delay = FIRST_HYDRATION_DELAY_S
-        self._resume_at = 0.0
+        # The hydrator, behind its waits and its hold, for a projection that asks for one.
+        self.gate: HydrationGate | None = None
+        if hydrate is not None and getattr(projection, "hydrate_thin_events", False):
+            self.gate = HydrationGate(
+                hydrate,
+                key=projector_key,
+                stop=stop or asyncio.Event(),
+                hold=hold,
+                thin_types=getattr(projection, "thin_event_types", None),
+                complete_lines=bool(getattr(projection, "complete_lines", False)),
+            )
         # Commits stay synchronous: with `synchronous_commit = off` a server crash loses the
         # last commits (rows and positions together, so nothing is applied wrongly), and a
         # projector idle at the log end goes on believing its positions are stored until
@@ -195,8 +128,8 @@ class BatchApplier:
         `hold` (the hydrator unavailable, or answers that each came in time adding up)
         the batch is cut short after the records reduced (`Prepared.cut`); HeldTooLong
         when none was."""
-        if self.hold is not None:
-            self._hold_until = asyncio.get_running_loop().time() + self.hold
+        if self.gate is not None:
+            self.gate.begin_batch()
         records = [r for recs in batch.values() for r in recs]
         reduced, dead, cut = await self._reduce(records)
         taken = len(reduced) + len(dead)  # each record taken adds to one of them
@@ -258,14 +191,14 @@ class BatchApplier:
 
     async def _reduce(
         self, records: Sequence[Record]
-    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter], _Cut | None]:
+    ) -> tuple[list[tuple[Record, Sequence[Any]]], list[DeadLetter], Cut | None]:
         """The changes and dead letters of `records` (of those before the cut, when the
         hold cut the batch short), and the cut."""
         reduced: list[tuple[Record, Sequence[Any]]] = []
         dead: list[DeadLetter] = []
         try:
             await self._reduce_into(records, reduced, dead)
-        except _Cut as cut:
+        except Cut as cut:
             return reduced, dead, cut
         return reduced, dead, None
 
@@ -284,7 +217,7 @@ class BatchApplier:
             try:
                 # The hot path: one call, no retry bookkeeping, when the record is fine.
                 _check_envelope(record, self.event_log)
-                source = record if self.hydrate is None else await self._hydrated(record)
+                source = record if self.gate is None else await self.gate.source(record)
                 reduced.append((record, reduce(source)))
             except Abandoned:
                 raise
@@ -306,9 +239,7 @@ class BatchApplier:
             attempts += 1
             try:
                 _check_envelope(record, self.event_log)
-                source = (
-                    record if self.hydrate is None else await self._hydrated(record, retry=True)
-                )
+                source = record if self.gate is None else await self.gate.source(record, retry=True)
                 result: Sequence[Any] = self.projection.reduce(source)
                 return result
             except Abandoned:
@@ -318,57 +249,6 @@ class BatchApplier:
                     raise
                 error = exc
         return self._letter(record, "reduce", error, attempts=attempts)
-
-    async def _hydrated(self, record: Record, *, retry: bool = False) -> Record:
-        assert self.hydrate is not None
-        if not is_thin(record):
-            # An invoice or credit note whose lines the webhook cut short, for a projection
-            # that asks for them whole (the hydrator decides, and may leave it as it is).
-            if not (self.complete_lines and may_be_cut_short(record)):
-                return record
-        elif self.thin_types is not None and _event_type(record) not in self.thin_types:
-            return record
-        loop = asyncio.get_running_loop()
-        if loop.time() >= self._hold_until and not retry:
-            # Slow answers add up too (a month's end of invoices whose lines run to many
-            # pages): the batch ends before this record, and what it holds is written. Each
-            # batch so gets at least one record on, cached or not (a 404's verdict is not):
-            # its first is always tried, and a record tried once has its retries too.
-            raise _Cut(f"hydrating this batch took over {self.hold:g} s")
-        while True:
-            if loop.time() >= self._resume_at:
-                try:
-                    hydrated = await self.hydrate(record)
-                except HydrationUnavailable as exc:
-                    wait = max(self._delay, exc.retry_after or 0.0)  # never sooner than asked
-                    self._delay = min(self._delay * 2, MAX_HYDRATION_DELAY_S)
-                    self._resume_at = loop.time() + wait
-                    log.warning(
-                        "hydration unavailable; waiting",
-                        projector=self.key,
-                        partition=record.partition,
-                        offset=record.offset,
-                        error=str(exc),
-                        retry_in_s=wait,
-                    )
-                else:
-                    self._delay = FIRST_HYDRATION_DELAY_S
-                    return hydrated
-            # The next try is due at `_resume_at`, also after the cut: the batch fetched
-            # again waits out the rest of it.
-            if self._resume_at > self._hold_until:
-                await self._wait_until(self._hold_until)
-                raise _Cut(f"hydration unavailable for {self.hold:g} s")
-            await self._wait_until(self._resume_at)
-
-    async def _wait_until(self, when: float) -> None:
-        """Sleep until loop time `when`; Abandoned if shutdown is asked first."""
-        timeout = max(when - asyncio.get_running_loop().time(), 0.0)
-        try:
-            await asyncio.wait_for(self.stop.wait(), timeout=timeout)
-        except TimeoutError:
-            return
-        raise Abandoned("shutdown while waiting for the hydrator")
 
     async def _apply(
         self, conn: Connection, reduced: Sequence[tuple[Record, Sequence[Any]]]

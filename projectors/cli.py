@@ -25,12 +25,12 @@ from deploy.flags import (
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog, health, status
-from projectors.batch import Abandoned
 from projectors.cli_rewind import run_replay, run_rewind
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import MigrationError, migrate
 from projectors.service import run_projections, tune_gc
 from projectors.startup import dependencies_up
+from projectors.stopping import Abandoned
 from projectors.stripe_api.hydrate import open_hydrator
 
 log = structlog.get_logger("lattice.projector")

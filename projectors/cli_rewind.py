@@ -15,13 +15,13 @@ from deploy.flags import settings_from
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
 from projectors import catalog
-from projectors.batch import Abandoned
 from projectors.intake import group_of
 from projectors.progress import Progress
 from projectors.replay import INTERRUPTED, replay
 from projectors.replay_start import ReplayError, StartAt
 from projectors.rewind import RewindError, rewind
 from projectors.service import dead_letter_producer, tune_gc
+from projectors.stopping import Abandoned
 from projectors.stripe_api.hydrate import open_hydrator
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
 

@@ -26,8 +26,9 @@ from aiokafka.errors import OffsetOutOfRangeError
 from deploy import kafka_options
 from deploy.settings import Settings
 from projectors import offsets, shadow
-from projectors.batch import Abandoned, BatchApplier, Hydrate, unless_stopped
+from projectors.batch import BatchApplier
 from projectors.deadletter import DeadLetterSink, UnsentDeadLetters
+from projectors.hydration_gate import Hydrate
 from projectors.intake import stop_consumer
 from projectors.migrate import MigrationError
 from projectors.progress import Progress
@@ -35,6 +36,7 @@ from projectors.replay_catch_up import CatchUp
 from projectors.replay_lock import LockTaken, ReplayLock
 from projectors.replay_start import ReplayError, StartAt, check_offset, prepare
 from projectors.replay_swap import swap_in
+from projectors.stopping import Abandoned, unless_stopped
 from projectors.topic_partitions import UnknownTopic, partitions_of
 
 T = TypeVar("T")

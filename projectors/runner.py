@@ -28,9 +28,10 @@ from aiokafka.structs import ConsumerRecord
 from deploy.settings import Settings
 from projectors import intake, offsets
 from projectors.base import LIVE_SCHEMA, Record
-from projectors.batch import Abandoned, BatchApplier, HeldTooLong, Hydrate, Outcome, Prepared
+from projectors.batch import BatchApplier, Outcome, Prepared
 from projectors.deadletter import DeadLetterSink
 from projectors.failures import is_transient
+from projectors.hydration_gate import HeldTooLong, Hydrate
 from projectors.intake import (
     Fetched,
     getmany,
@@ -44,6 +45,7 @@ from projectors.intake import (
 from projectors.metrics import RuntimeMetrics
 from projectors.offsets import PositionConflict
 from projectors.rebalance import SeekToStored
+from projectors.stopping import Abandoned
 from projectors.topic_partitions import check_stored_positions
 
 log = structlog.get_logger("lattice.projector")

@@ -18,11 +18,12 @@ from aiokafka import AIOKafkaProducer
 from deploy import kafka_options
 from deploy.settings import Settings
 from ingest.publisher import COMPRESSION
-from projectors.batch import Abandoned, Hydrate, unless_stopped
 from projectors.deadletter import KafkaDeadLetters, UnsentDeadLetters
+from projectors.hydration_gate import Hydrate
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import migrate
 from projectors.runner import ProjectionRunner
+from projectors.stopping import Abandoned, unless_stopped
 
 log = structlog.get_logger("lattice.projector")
 

@@ -33,8 +33,8 @@ from pydantic import ValidationError
 
 from deploy.settings import Settings
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
-from projectors.batch import unless_stopped
 from projectors.migrate import ensure_runtime
+from projectors.stopping import unless_stopped
 from projectors.stripe_api.cache import EVENTS, LINES, Cache, compact, storable
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.errors import (
@@ -44,9 +44,8 @@ from projectors.stripe_api.errors import (
     StripeUnavailable,
 )
 from projectors.stripe_api.lines import MAX_PAGES, PAGE_SIZE, cut_short, lines_path, with_lines
-from schemas.envelope import ThinEvent
+from schemas.envelope import THIN, ThinEvent
 
-THIN_EVENT = "v2.core.event"
 log = structlog.get_logger("lattice.stripe_api")
 
 _DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -73,7 +72,7 @@ class Hydrator:
         """The record carrying the full event, or its invoice's or credit note's every
         line (unchanged if it is neither a thin event nor one whose lines were cut short)."""
         event = record.json()
-        if event.get("object") != THIN_EVENT or "data" in event:
+        if event.get("object") != THIN or "data" in event:
             return await self.complete_lines(record)
         event_id = event.get("id")
         if not isinstance(event_id, str) or not event_id.startswith("evt_"):

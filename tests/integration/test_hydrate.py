@@ -14,9 +14,10 @@ from aiokafka import TopicPartition
 from pydantic import SecretStr
 
 from projectors.base import HydrationUnavailable, PoisonRecord, Record
-from projectors.batch import Abandoned, BatchApplier
+from projectors.batch import BatchApplier
 from projectors.meters import projection as meters
 from projectors.migrate import ensure_runtime
+from projectors.stopping import Abandoned
 from projectors.stripe_api.breaker import CircuitBreaker
 from projectors.stripe_api.client import StripeClient
 from projectors.stripe_api.hydrate import Hydrator

@@ -648,9 +648,14 @@ async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_
     audit = AuditProjection(hydrate_thin_events=True)
     no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
     applier = BatchApplier(
-        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.5
+        audit,
+        no_pool,
+        NoDeadLetters(),
+        schema="projections",
+        projector_key="audit",
+        hydrate=hydrate,
+        hold=0.5,
     )
-    applier.hydrate = hydrate
     parts = []
     rest = records
     while rest:  # what the runner does: write what was prepared, fetch the rest again
@@ -690,9 +695,6 @@ async def test_a_hold_over_while_stripe_is_away_cuts_after_what_was_reduced(
 
     audit = FailingOnce(hydrate_thin_events=True)
     no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
-    applier = BatchApplier(
-        audit, no_pool, NoDeadLetters(), schema="projections", projector_key="audit", hold=0.5
-    )
     asked: list[int] = []
 
     async def away_after_one(record: Record) -> Record:
@@ -702,7 +704,15 @@ async def test_a_hold_over_while_stripe_is_away_cuts_after_what_was_reduced(
         await asyncio.sleep(0.6)  # in time, but past the hold
         return as_hydrated(record)
 
-    applier.hydrate = away_after_one
+    applier = BatchApplier(
+        audit,
+        no_pool,
+        NoDeadLetters(),
+        schema="projections",
+        projector_key="audit",
+        hydrate=away_after_one,
+        hold=0.5,
+    )
     prepared = await applier.prepare({tp: records})
     assert prepared.cut
     assert prepared.batch == {tp: records[:1]}

@@ -19,10 +19,10 @@ from aiokafka.errors import (
 
 from projectors import catalog
 from projectors.base import PoisonRecord, Record
-from projectors.batch import is_thin
 from projectors.deadletter import DeadLetter, headers_for
 from projectors.events.reducer import reduce
 from projectors.failures import is_transient
+from projectors.hydration_gate import is_thin
 from projectors.progress import Progress
 from projectors.status import PartitionStatus, render
 from projectors.timearg import ArgumentError, parse_partition_offset, parse_time
