@@ -34,6 +34,7 @@ from projectors.deadletter import (
     DeadLetter,
 )
 from projectors.events import projection as events
+from projectors.hydration_gate import Hydrate
 from projectors.metrics import RuntimeMetrics
 from projectors.migrate import (
     ADVISORY_LOCK_KEY,
@@ -518,6 +519,21 @@ async def test_a_start_does_not_wait_for_a_session_idle_in_a_transaction_on_posi
         await starting.close()
 
 
+def preparer(projection: AuditProjection, hydrate: Hydrate) -> BatchApplier:
+    """An applier that only prepares (no pool: `prepare` never touches the database),
+    with `hydrate` and a hold of 0.5 s."""
+    no_pool = cast("asyncpg.Pool", None)
+    return BatchApplier(
+        projection,
+        no_pool,
+        NoDeadLetters(),
+        schema="projections",
+        projector_key="audit",
+        hydrate=hydrate,
+        hold=0.5,
+    )
+
+
 def as_hydrated(record: Record) -> Record:
     """`record` with the `data` Stripe's API gives its thin event (the audit projection
     needs none in particular)."""
@@ -645,17 +661,7 @@ async def test_a_batch_slow_to_hydrate_is_cut_at_the_hold_and_each_record_asked_
             raise PoisonRecord("Stripe answered 404: no such event")
         return as_hydrated(record)
 
-    audit = AuditProjection(hydrate_thin_events=True)
-    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
-    applier = BatchApplier(
-        audit,
-        no_pool,
-        NoDeadLetters(),
-        schema="projections",
-        projector_key="audit",
-        hydrate=hydrate,
-        hold=0.5,
-    )
+    applier = preparer(AuditProjection(hydrate_thin_events=True), hydrate)
     parts = []
     rest = records
     while rest:  # what the runner does: write what was prepared, fetch the rest again
@@ -693,8 +699,6 @@ async def test_a_hold_over_while_stripe_is_away_cuts_after_what_was_reduced(
                 raise ValueError("a reducer's bad day")
             return super().reduce(record)
 
-    audit = FailingOnce(hydrate_thin_events=True)
-    no_pool = cast("asyncpg.Pool", None)  # `prepare` never touches the database
     asked: list[int] = []
 
     async def away_after_one(record: Record) -> Record:
@@ -704,15 +708,7 @@ async def test_a_hold_over_while_stripe_is_away_cuts_after_what_was_reduced(
         await asyncio.sleep(0.6)  # in time, but past the hold
         return as_hydrated(record)
 
-    applier = BatchApplier(
-        audit,
-        no_pool,
-        NoDeadLetters(),
-        schema="projections",
-        projector_key="audit",
-        hydrate=away_after_one,
-        hold=0.5,
-    )
+    applier = preparer(FailingOnce(hydrate_thin_events=True), away_after_one)
     prepared = await applier.prepare({tp: records})
     assert prepared.cut
     assert prepared.batch == {tp: records[:1]}
