@@ -38,6 +38,9 @@ class MeterSeen:
     aggregation: str
     event_id: str
     created: int
+    # `hour` or `day` for a meter fed pre-aggregated usage (the newest event sent in each
+    # window counts), else None.
+    event_time_window: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

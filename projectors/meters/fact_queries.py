@@ -2,9 +2,10 @@
 additions into the reconciliation rows that already exist.
 
 Everything else a fact can do (a cancel, a different winning version, a fact of a `last`
-meter, a fact whose row does not exist yet) is returned to the store, which has RECOMPUTE
-rebuild those rows from the tables. All CTEs read one snapshot: `old` sees the facts as
-they were before `up` wrote, and `counted` runs even though nothing reads it.
+meter or of a pre-aggregated one, a fact whose row does not exist yet) is returned to the
+store, which has RECOMPUTE rebuild those rows from the tables. All CTEs read one
+snapshot: `old` sees the facts as they were before `up` wrote, and `counted` runs even
+though nothing reads it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ _TAKES = """(excluded.reported, t.occurred_at, t.value,
 # Unix seconds the record reached the log
 # The values come as decimal text: asyncpg's binary numeric encoding cost the client three
 # times what sending text and casting here does, for the same numbers.
-# Returns (kind, customer, event_name): `added` pairs of `last` meters (RECOMPUTE them)
+# Returns (kind, customer, event_name): `added` pairs of `last` and pre-aggregated meters
+# (RECOMPUTE them)
 # and `changed` pairs (RECOMPUTE where the fact was and where it is now).
 WRITE_FACTS = f"""
 WITH batch AS (
@@ -86,6 +88,7 @@ placed AS (
                AS rejection_id
     FROM added a
     JOIN meters m ON m.event_name = a.event_name AND m.aggregation IN ('sum', 'count')
+                 AND m.event_time_window IS NULL
     JOIN meter_reconciliation r ON r.customer = a.customer AND r.meter = m.id
          AND a.occurred_at >= r.period_start AND a.occurred_at < r.period_end
     LEFT JOIN meter_rejections rj ON rj.identifier = a.identifier
@@ -132,7 +135,8 @@ counted AS (
     RETURNING 1
 )
 SELECT 'added' AS kind, customer, event_name FROM added
-WHERE event_name IN (SELECT event_name FROM meters WHERE aggregation = 'last')
+WHERE event_name IN (SELECT event_name FROM meters
+                     WHERE aggregation = 'last' OR event_time_window IS NOT NULL)
 UNION
 SELECT 'changed', customer, event_name FROM changed
 UNION

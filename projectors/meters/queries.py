@@ -6,13 +6,14 @@ from __future__ import annotations
 
 UPSERT_METERS = """
 INSERT INTO meters AS t (id, event_name, display_name, status, aggregation,
-                         last_event_id, last_event_created)
-SELECT id, e, d, s, a, ev, to_timestamp(cr)
+                         last_event_id, last_event_created, event_time_window)
+SELECT id, e, d, s, a, ev, to_timestamp(cr), w
 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::bigint[]) AS u(id, e, d, s, a, ev, cr)
+            $7::bigint[], $8::text[]) AS u(id, e, d, s, a, ev, cr, w)
 ON CONFLICT (id) DO UPDATE SET
     event_name = excluded.event_name, display_name = excluded.display_name,
     status = excluded.status, aggregation = excluded.aggregation,
+    event_time_window = excluded.event_time_window,
     last_event_id = excluded.last_event_id, last_event_created = excluded.last_event_created
 WHERE (excluded.last_event_created, excluded.last_event_id COLLATE "C")
     > (t.last_event_created, t.last_event_id COLLATE "C")

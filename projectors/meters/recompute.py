@@ -13,10 +13,37 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+
+def _newest_in_window(fact: str, *, kept: bool) -> str:
+    """SQL: true unless the fact `fact` (of meter `m`) is one of a pre-aggregated meter's
+    (`event_time_window`) that a newer one sent in the same hour or day (UTC) of the same
+    customer's usage replaced, as Stripe replaces it; with `kept`, only a newer fact Stripe
+    kept (not rejected) replaces it. Sent order is when the fact reached the log (whole
+    seconds), then its own time, then its identifier. Other meters' facts: always true,
+    and nothing is read."""
+    not_rejected = (
+        "AND NOT EXISTS (SELECT 1 FROM meter_rejections nr WHERE nr.identifier = n.identifier)"
+        if kept
+        else ""
+    )
+    return f"""(m.event_time_window IS NULL OR NOT EXISTS (
+        SELECT 1 FROM usage_facts n
+        WHERE n.customer = {fact}.customer AND n.event_name = {fact}.event_name
+          AND n.reported AND NOT n.cancelled
+          AND n.occurred_at >= date_trunc(m.event_time_window, {fact}.occurred_at, 'UTC')
+          AND n.occurred_at < date_trunc(m.event_time_window, {fact}.occurred_at, 'UTC')
+                              + ('1 ' || m.event_time_window)::interval
+          AND (coalesce(n.received_at, n.occurred_at), n.occurred_at, n.identifier COLLATE "C")
+              > (coalesce({fact}.received_at, {fact}.occurred_at), {fact}.occurred_at,
+                 {fact}.identifier COLLATE "C")
+          {not_rejected}))"""
+
+
 # $1/$2 customers and event names of changed facts; $3 meters; $4 prices; $5 customers of
 # periods and invoices; $6 identifiers of rejected facts; $7/$8 customers and event names
-# of facts just added (ADD_FACTS counted them already, except for `last` meters).
-RECOMPUTE = """
+# of facts just added (ADD_FACTS counted them already, except for `last` meters and
+# pre-aggregated ones).
+RECOMPUTE = f"""
 WITH touched AS (
     SELECT c AS customer, e AS event_name FROM unnest($1::text[], $2::text[]) AS u(c, e)
     UNION
@@ -26,7 +53,8 @@ pairs AS (
     SELECT t.customer, m.id AS meter FROM touched t JOIN meters m ON m.event_name = t.event_name
     UNION
     SELECT a.c, m.id FROM unnest($7::text[], $8::text[]) AS a(c, e)
-    JOIN meters m ON m.event_name = a.e AND m.aggregation = 'last'
+    JOIN meters m ON m.event_name = a.e
+                 AND (m.aggregation = 'last' OR m.event_time_window IS NOT NULL)
     UNION
     SELECT p.customer, mp.meter FROM meter_prices mp JOIN meter_periods p ON p.price = mp.price
     WHERE mp.meter = ANY($3::text[]) OR mp.price = ANY($4::text[])
@@ -73,8 +101,7 @@ computed AS (
            m.aggregation,
            CASE m.aggregation WHEN 'sum' THEN f.total WHEN 'count' THEN f.n::numeric
                 ELSE coalesce(lf.value, 0) END AS reported,
-           CASE m.aggregation WHEN 'sum' THEN f.total - f.rejected_total
-                WHEN 'count' THEN (f.n - f.rejected_n)::numeric
+           CASE m.aggregation WHEN 'sum' THEN f.kept_total WHEN 'count' THEN f.kept_n::numeric
                 ELSE coalesce(la.value, 0) END AS accepted,
            b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
            b.invoices, inc.incomplete, cr.unseen, f.n, f.rejected_n, e.unattributed,
@@ -82,10 +109,13 @@ computed AS (
     FROM periods per
     JOIN meters m ON m.id = per.meter
     CROSS JOIN LATERAL (
-        SELECT count(*) AS n, coalesce(sum(u.value), 0) AS total,
-               count(r.identifier) AS rejected_n,
-               coalesce(sum(u.value) FILTER (WHERE r.identifier IS NOT NULL), 0)
-                   AS rejected_total,
+        -- A pre-aggregated meter's facts count only where no newer one replaced them:
+        -- `counted` as the app reported them, `kept` as Stripe kept them.
+        SELECT count(*) FILTER (WHERE w.counted) AS n,
+               coalesce(sum(u.value) FILTER (WHERE w.counted), 0) AS total,
+               count(r.identifier) FILTER (WHERE w.counted) AS rejected_n,
+               count(*) FILTER (WHERE w.kept) AS kept_n,
+               coalesce(sum(u.value) FILTER (WHERE w.kept), 0) AS kept_total,
                (array_agg(r.last_event_id ORDER BY r.last_event_created DESC,
                           r.last_event_id DESC) FILTER (WHERE r.identifier IS NOT NULL))[1]
                    AS rejection_id,
@@ -100,6 +130,10 @@ computed AS (
                max(least(u.occurred_at, coalesce(u.received_at, u.occurred_at)))
                    FILTER (WHERE r.identifier IS NULL) AS kept_at
         FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
+        CROSS JOIN LATERAL (
+            SELECT {_newest_in_window("u", kept=False)} AS counted,
+                   r.identifier IS NULL AND {_newest_in_window("u", kept=True)} AS kept
+        ) w
         WHERE u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
           AND u.reported AND NOT u.cancelled

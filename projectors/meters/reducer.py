@@ -44,6 +44,7 @@ ERROR_REPORTS = frozenset(
     {"v1.billing.meter.error_report_triggered", "v1.billing.meter.no_meter_found"}
 )
 AGGREGATIONS = frozenset({"sum", "count", "last"})
+TIME_WINDOWS = frozenset({"hour", "day"})
 # The plain decimal strings well-formed producers send (ASCII digits only: `\d` would take
 # other scripts' digits, which only the model may judge).
 PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
@@ -182,6 +183,7 @@ def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> Meter
             f"meter {meter_id} in {event_id}: aggregation {formula!r} is not sum, count or last"
         )
     display = meter.get("display_name")
+    window = meter.get("event_time_window")
     return MeterSeen(
         id=meter_id,
         event_name=event_name,
@@ -190,6 +192,7 @@ def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> Meter
         aggregation=str(formula),
         event_id=event_id,
         created=created,
+        event_time_window=window if window in TIME_WINDOWS else None,
     )
 
 

@@ -137,6 +137,7 @@ async def _meters(conn: asyncpg.Connection, meters: list[MeterSeen], touched: To
         [m.aggregation for m in rows],
         [m.event_id for m in rows],
         [m.created for m in rows],
+        [m.event_time_window for m in rows],
     )
     touched.meters.update(m.id for m in rows)
 

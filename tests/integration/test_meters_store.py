@@ -1192,3 +1192,64 @@ async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_desc
     )
     assert rows == [("cus_old", Decimal(4))]
     assert await fetch(conn, "projections", unplaced) == [("u-stray", "no_period")]
+
+
+async def test_a_pre_aggregated_meter_counts_the_newest_fact_sent_in_each_window(
+    conn: asyncpg.Connection,
+) -> None:
+    """A meter with `event_time_window: hour` is fed running totals: Stripe keeps only the
+    newest meter event sent in each hour of a customer's usage (not the one stamped
+    latest), so the period bills 6 (hour one's last sent) + 2 (hour two's), not the sum of
+    every fact. Hour two's newest, 4, Stripe rejected: the app reported 6 + 4 = 10, Stripe
+    kept 6 + 2 = 8, and the invoice's 8 matches. In any order of arrival, on the
+    incremental path (each record alone) as through a recompute."""
+    meter = billing_meter(event_name="hourly_totals", event_time_window="hour")
+    the_price = price(meter=meter["id"], unit_amount=None)
+    sub = subscription(customer="cus_hourly", items=[subscription_item(item_price=the_price)])
+    hour_one, hour_two = T0 + DAY, T0 + DAY + 3_600
+    sent = [  # identifier, value, its time, when its record reached the log
+        ("h1-first", 5, hour_one + 600, hour_one + 700),
+        ("h1-second", 7, hour_one + 1_200, hour_one + 1_300),
+        ("h1-last-sent", 6, hour_one + 900, hour_one + 1_800),  # stamped before h1-second
+        ("h2-kept", 2, hour_two + 60, hour_two + 120),
+        ("h2-rejected", 4, hour_two + 600, hour_two + 660),
+    ]
+    facts = [
+        dataclasses.replace(
+            usage_record(
+                usage_fact(name, "cus_hourly", value, event_name="hourly_totals", timestamp=at)
+            ),
+            timestamp_ms=logged * 1000,
+        )
+        for name, value, at, logged in sent
+    ]
+    final = invoice(
+        status="open",
+        customer="cus_hourly",
+        subscription=sub["id"],
+        lines=[invoice_line(line_price=the_price, quantity=8, subscription=sub["id"])],
+    )
+    records = [
+        stripe_record(meter_event(meter)),
+        stripe_record(event("customer.subscription.created", sub, created=T0)),
+        *facts,
+        stripe_record(
+            error_report(identifiers=["h2-rejected"], meter=meter["id"], at=hour_two + 900)
+        ),
+        stripe_record(event("invoice.finalized", final, created=T0 + MONTH + 60)),
+    ]
+    row = (
+        "SELECT reported_value, rejected_value, billed_quantity, delta, status, reported_facts,"
+        " rejected_facts FROM meter_reconciliation"
+    )
+    expected = [(Decimal(10), Decimal(2), Decimal(8), Decimal(0), "matched", 2, 1)]
+    shuffled = random.Random(7).sample(records, len(records))
+    for schema, batches in (
+        ("hourly_one_batch", [records]),
+        ("hourly_each_alone", [[r] for r in records]),
+        ("hourly_facts_last", [[r] for r in records[:2] + records[-2:] + records[2:-2]]),
+        ("hourly_shuffled", [[r] for r in shuffled]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, row) == expected, schema

@@ -29,8 +29,10 @@ def billing_meter(
     formula: str = "sum",
     status: str = "active",
     display_name: str = "API requests",
+    event_time_window: str | None = None,
 ) -> dict[str, Any]:
-    """A `billing.meter` object."""
+    """A `billing.meter` object (`event_time_window` `hour` or `day`: fed pre-aggregated
+    usage)."""
     return {
         "id": meter_id or new_id("mtr"),
         "object": "billing.meter",
@@ -39,7 +41,7 @@ def billing_meter(
         "default_aggregation": {"formula": formula},
         "display_name": display_name,
         "event_name": event_name,
-        "event_time_window": None,
+        "event_time_window": event_time_window,
         "livemode": False,
         "status": status,
         "status_transitions": {"deactivated_at": None},
