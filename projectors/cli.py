@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import logging
 import signal
 import sys
 import threading
@@ -234,6 +235,9 @@ def run_migrate(args: argparse.Namespace) -> int:
 def run_status(args: argparse.Namespace) -> int:
     """`lattice status [NAME ...] [--json]`."""
     settings = settings_from(args)
+    # A broker that does not answer is said in one line of ours (as `rewind` does);
+    # aiokafka's own, in plain text before it, would say it twice.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     projections = catalog.select(args.names)
     missing: list[str] = []
     statuses = asyncio.run(
