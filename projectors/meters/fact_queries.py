@@ -31,7 +31,7 @@ WITH batch AS (
                          $6::boolean[], $7::boolean[], $8::bigint[]) AS u(i, e, c, v, ts, r, x, rc)
 ),
 old AS (
-    SELECT f.identifier, f.customer, f.event_name, f.value, f.occurred_at,
+    SELECT f.identifier, f.customer, f.event_name, f.value, f.occurred_at, f.received_at,
            f.reported AND NOT f.cancelled AS live,
            least(f.occurred_at, coalesce(f.received_at, f.occurred_at)) AS seen_at
     FROM usage_facts f WHERE f.identifier = ANY($1::text[])
@@ -51,17 +51,19 @@ up AS (
         reported = t.reported OR excluded.reported,
         cancelled = t.cancelled OR excluded.cancelled,
         received_at = least(t.received_at, excluded.received_at)
-    RETURNING identifier, customer, event_name, value, occurred_at,
+    RETURNING identifier, customer, event_name, value, occurred_at, received_at,
               reported AND NOT cancelled AS live,
               -- Its time as the rows' newest: not past when it was reported.
               least(occurred_at, coalesce(received_at, occurred_at)) AS seen_at
 ),
 states AS (
     SELECT up.*, coalesce(old.live, false) AS was_live,
-           -- `seen_at` too: an earlier report of a live fact moves its rows' newest event.
-           (old.customer, old.event_name, old.value, old.occurred_at, old.seen_at)
+           -- `seen_at` too: an earlier report of a live fact moves its rows' newest event;
+           -- and `received_at`, which orders a pre-aggregated meter's facts in a window.
+           (old.customer, old.event_name, old.value, old.occurred_at, old.seen_at,
+            old.received_at)
                IS NOT DISTINCT FROM (up.customer, up.event_name, up.value, up.occurred_at,
-                                     up.seen_at) AS same,
+                                     up.seen_at, up.received_at) AS same,
            old.customer AS old_customer, old.event_name AS old_event_name
     FROM up LEFT JOIN old USING (identifier)
 ),

@@ -13,30 +13,42 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
+# The order Stripe sees a pre-aggregated meter's events in, newest first: when the fact's
+# first record reached the log (whole seconds), then its own time, then its identifier.
+_SENT_LAST_FIRST = """coalesce(u.received_at, u.occurred_at) DESC, u.occurred_at DESC,
+                         u.identifier COLLATE "C" DESC"""
 
-def _newest_in_window(fact: str, *, kept: bool) -> str:
-    """SQL: true unless the fact `fact` (of meter `m`) is one of a pre-aggregated meter's
-    (`event_time_window`) that a newer one sent in the same hour or day (UTC) of the same
-    customer's usage replaced, as Stripe replaces it; with `kept`, only a newer fact Stripe
-    kept (not rejected) replaces it. Sent order is when the fact reached the log (whole
-    seconds), then its own time, then its identifier. Other meters' facts: always true,
-    and nothing is read."""
-    not_rejected = (
-        "AND NOT EXISTS (SELECT 1 FROM meter_rejections nr WHERE nr.identifier = n.identifier)"
-        if kept
-        else ""
-    )
-    return f"""(m.event_time_window IS NULL OR NOT EXISTS (
-        SELECT 1 FROM usage_facts n
-        WHERE n.customer = {fact}.customer AND n.event_name = {fact}.event_name
-          AND n.reported AND NOT n.cancelled
-          AND n.occurred_at >= date_trunc(m.event_time_window, {fact}.occurred_at, 'UTC')
-          AND n.occurred_at < date_trunc(m.event_time_window, {fact}.occurred_at, 'UTC')
-                              + ('1 ' || m.event_time_window)::interval
-          AND (coalesce(n.received_at, n.occurred_at), n.occurred_at, n.identifier COLLATE "C")
-              > (coalesce({fact}.received_at, {fact}.occurred_at), {fact}.occurred_at,
-                 {fact}.identifier COLLATE "C")
-          {not_rejected}))"""
+# Every fact the row's period holds, with `counted` (it counts in `reported_value`) and
+# `kept` (in what Stripe kept). A fact of a pre-aggregated meter (`event_time_window`)
+# counts only if it is the one sent last in its hour or day (UTC) of the period, as Stripe
+# keeps only the newest meter event sent in such a window, and is kept only if it is the
+# one sent last of those Stripe did not reject. Each branch runs for its kind of meter
+# alone (its condition on `m` is a one-time filter).
+_PERIOD_FACTS = f"""
+            SELECT u.identifier, u.value, u.occurred_at, u.received_at,
+                   r.identifier AS rejected, r.last_event_id AS rejection_event,
+                   r.last_event_created AS rejection_at,
+                   true AS counted, r.identifier IS NULL AS kept
+            FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
+            WHERE m.event_time_window IS NULL
+              AND u.customer = per.customer AND u.event_name = m.event_name
+              AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
+              AND u.reported AND NOT u.cancelled
+            UNION ALL
+            SELECT u.identifier, u.value, u.occurred_at, u.received_at,
+                   r.identifier, r.last_event_id, r.last_event_created,
+                   row_number() OVER (
+                       PARTITION BY date_trunc(m.event_time_window, u.occurred_at, 'UTC')
+                       ORDER BY {_SENT_LAST_FIRST}) = 1,
+                   r.identifier IS NULL AND row_number() OVER (
+                       PARTITION BY date_trunc(m.event_time_window, u.occurred_at, 'UTC'),
+                                    r.identifier IS NULL
+                       ORDER BY {_SENT_LAST_FIRST}) = 1
+            FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
+            WHERE m.event_time_window IS NOT NULL
+              AND u.customer = per.customer AND u.event_name = m.event_name
+              AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
+              AND u.reported AND NOT u.cancelled"""
 
 
 # $1/$2 customers and event names of changed facts; $3 meters; $4 prices; $5 customers of
@@ -100,55 +112,56 @@ computed AS (
     SELECT per.customer, per.meter, per.period_start, m.event_name, per.period_end,
            m.aggregation,
            CASE m.aggregation WHEN 'sum' THEN f.total WHEN 'count' THEN f.n::numeric
-                ELSE coalesce(lf.value, 0) END AS reported,
+                ELSE coalesce(lf.value, f.last_counted, 0) END AS reported,
            CASE m.aggregation WHEN 'sum' THEN f.kept_total WHEN 'count' THEN f.kept_n::numeric
-                ELSE coalesce(la.value, 0) END AS accepted,
+                ELSE coalesce(la.value, f.last_kept, 0) END AS accepted,
            b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
            b.invoices, inc.incomplete, cr.unseen, f.n, f.rejected_n, e.unattributed,
            le.id AS last_event_id, le.at AS last_event_created
     FROM periods per
     JOIN meters m ON m.id = per.meter
     CROSS JOIN LATERAL (
-        -- A pre-aggregated meter's facts count only where no newer one replaced them:
-        -- `counted` as the app reported them, `kept` as Stripe kept them.
         SELECT count(*) FILTER (WHERE w.counted) AS n,
-               coalesce(sum(u.value) FILTER (WHERE w.counted), 0) AS total,
-               count(r.identifier) FILTER (WHERE w.counted) AS rejected_n,
+               coalesce(sum(w.value) FILTER (WHERE w.counted), 0) AS total,
+               count(w.rejected) FILTER (WHERE w.counted) AS rejected_n,
                count(*) FILTER (WHERE w.kept) AS kept_n,
-               coalesce(sum(u.value) FILTER (WHERE w.kept), 0) AS kept_total,
-               (array_agg(r.last_event_id ORDER BY r.last_event_created DESC,
-                          r.last_event_id DESC) FILTER (WHERE r.identifier IS NOT NULL))[1]
+               coalesce(sum(w.value) FILTER (WHERE w.kept), 0) AS kept_total,
+               -- A pre-aggregated `last` meter's: the newest (by its time) that counts.
+               (array_agg(w.value ORDER BY w.occurred_at DESC, w.identifier DESC)
+                   FILTER (WHERE w.counted AND m.aggregation = 'last'
+                                AND m.event_time_window IS NOT NULL))[1] AS last_counted,
+               (array_agg(w.value ORDER BY w.occurred_at DESC, w.identifier DESC)
+                   FILTER (WHERE w.kept AND m.aggregation = 'last'
+                                AND m.event_time_window IS NOT NULL))[1] AS last_kept,
+               (array_agg(w.rejection_event ORDER BY w.rejection_at DESC,
+                          w.rejection_event DESC) FILTER (WHERE w.rejected IS NOT NULL))[1]
                    AS rejection_id,
-               max(r.last_event_created) AS rejection_at,
+               max(w.rejection_at) AS rejection_at,
                -- The newest fact Stripe kept: a rejected one (its time may be the app's
                -- mistake, days ahead) is reflected by its error report's event instead;
                -- a fact's time, never past when it was reported (as WRITE_FACTS).
-               (array_agg(u.identifier ORDER BY least(u.occurred_at,
-                                                      coalesce(u.received_at, u.occurred_at))
-                                                DESC, u.identifier DESC)
-                   FILTER (WHERE r.identifier IS NULL))[1] AS kept_id,
-               max(least(u.occurred_at, coalesce(u.received_at, u.occurred_at)))
-                   FILTER (WHERE r.identifier IS NULL) AS kept_at
-        FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
-        CROSS JOIN LATERAL (
-            SELECT {_newest_in_window("u", kept=False)} AS counted,
-                   r.identifier IS NULL AND {_newest_in_window("u", kept=True)} AS kept
+               (array_agg(w.identifier ORDER BY least(w.occurred_at,
+                                                      coalesce(w.received_at, w.occurred_at))
+                                                DESC, w.identifier DESC)
+                   FILTER (WHERE w.rejected IS NULL))[1] AS kept_id,
+               max(least(w.occurred_at, coalesce(w.received_at, w.occurred_at)))
+                   FILTER (WHERE w.rejected IS NULL) AS kept_at
+        FROM ({_PERIOD_FACTS}
         ) w
-        WHERE u.customer = per.customer AND u.event_name = m.event_name
-          AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
-          AND u.reported AND NOT u.cancelled
     ) f
     LEFT JOIN LATERAL (
+        -- The last value of a meter not pre-aggregated (those are in `f`).
         SELECT u.value FROM usage_facts u
-        WHERE u.customer = per.customer AND u.event_name = m.event_name
+        WHERE m.event_time_window IS NULL
+          AND u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
           AND u.reported AND NOT u.cancelled
         ORDER BY u.occurred_at DESC, u.identifier DESC LIMIT 1
     ) lf ON true
     LEFT JOIN LATERAL (
-        -- The last accepted value, only needed by `last` meters.
+        -- The last accepted value, only needed by `last` meters not pre-aggregated.
         SELECT u.value FROM usage_facts u
-        WHERE m.aggregation = 'last'
+        WHERE m.aggregation = 'last' AND m.event_time_window IS NULL
           AND u.customer = per.customer AND u.event_name = m.event_name
           AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
           AND u.reported AND NOT u.cancelled

@@ -1253,3 +1253,46 @@ async def test_a_pre_aggregated_meter_counts_the_newest_fact_sent_in_each_window
         await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         await project(conn, schema, batches)
         assert await fetch(conn, schema, row) == expected, schema
+
+
+async def test_which_fact_a_window_keeps_follows_when_each_was_first_logged_in_any_order(
+    conn: asyncpg.Connection,
+) -> None:
+    """In one hour of a `sum` meter fed pre-aggregated usage, fact a (5) was logged at
+    10:11 and again at 10:30, fact b (7) at 10:21: b was sent after a's first copy, so
+    the hour bills 7, also when a's later copy arrives before its earlier one (the
+    earlier copy moves a's sending time back, and the hour is judged again). A `last`
+    meter fed pre-aggregated usage takes the newest of what its windows keep: C (6),
+    stamped 10:30 but sent after D (9, stamped 10:50), replaced D, so the last value is 6."""
+    totals = billing_meter(event_name="hour_sums", event_time_window="hour")
+    gauge = billing_meter(event_name="hour_gauge", formula="last", event_time_window="hour")
+    prices = [price(meter=m["id"], unit_amount=None) for m in (totals, gauge)]
+    sub = subscription(customer="cus_sent", items=[subscription_item(item_price=p) for p in prices])
+    ten = T0 + DAY + 10 * 3_600
+
+    def logged(name: str, meter: dict[str, Any], value: int, at: int, when: int) -> Record:
+        fact = usage_fact(name, "cus_sent", value, event_name=meter["event_name"], timestamp=at)
+        return dataclasses.replace(usage_record(fact), timestamp_ms=when * 1000)
+
+    a_first = logged("a", totals, 5, ten + 600, ten + 660)
+    a_again = logged("a", totals, 5, ten + 600, ten + 1_800)
+    b = logged("b", totals, 7, ten + 1_200, ten + 1_260)
+    d = logged("d", gauge, 9, ten + 3_000, ten + 3_060)
+    c = logged("c", gauge, 6, ten + 1_800, ten + 3_300)
+    setup = [
+        stripe_record(meter_event(totals)),
+        stripe_record(meter_event(gauge)),
+        stripe_record(event("customer.subscription.created", sub, created=T0)),
+    ]
+    rows = "SELECT event_name, reported_value, reported_facts FROM meter_reconciliation ORDER BY 1"
+    for schema, batches in (
+        ("sent_one_batch", [[*setup, a_first, b, a_again, d, c]]),
+        ("sent_in_log_order", [setup, [a_first], [b], [a_again], [d], [c]]),
+        ("sent_later_copy_first", [setup, [a_again, b], [a_first], [c], [d]]),
+    ):
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        assert await fetch(conn, schema, rows) == [
+            ("hour_gauge", Decimal(6), 1),
+            ("hour_sums", Decimal(7), 1),
+        ], schema
