@@ -192,7 +192,7 @@ def meter_change(meter: Mapping[str, Any], event_id: str, created: int) -> Meter
         aggregation=str(formula),
         event_id=event_id,
         created=created,
-        event_time_window=window if window in TIME_WINDOWS else None,
+        event_time_window=window if isinstance(window, str) and window in TIME_WINDOWS else None,
     )
 
 

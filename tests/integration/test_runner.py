@@ -581,7 +581,10 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
     group's processes, all waiting for the same Stripe. The runner gives the batch up well
     before (writing what it reduced) and fetches the rest again, which still waits out the delay
     the hydrator was given instead of asking Stripe again at once."""
-    monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 3000)  # a hold of 1.5 s
+    # A hold of 3 s, a third of the 9 s Stripe stays away. With half of it, a loaded machine
+    # (three test workers on two cores) made the consumer miss its poll interval now and
+    # then, and lose its partitions.
+    monkeypatch.setattr(intake, "MAX_POLL_INTERVAL_MS", 6000)
     revoked = _count_revocations(monkeypatch)
     stream_ = stream(60, seed=13, thin_every=10)
     await produce(stack.kafka_bootstrap, settings.topic, records(stream_))

@@ -89,6 +89,19 @@ def test_meter_events_give_the_meter(kind: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("hour", "hour"), ("day", "day"), (None, None), ("week", None), ([], None), ({}, None)],
+)
+def test_a_meters_time_window_is_hour_day_or_none(given: object, kept: str | None) -> None:
+    """Stripe sends `hour`, `day` or null; anything else (a body mangled on the way) is
+    no window, never a crash of the reducer."""
+    meter = dict(billing_meter(), event_time_window=given)
+    (change,) = projection.reduce(stripe_record(meter_event(meter)))
+    assert isinstance(change, MeterSeen)
+    assert change.event_time_window == kept
+
+
 def test_a_meter_with_an_unknown_formula_is_poison() -> None:
     meter = billing_meter(formula="max")
     with pytest.raises(PoisonRecord, match="'max' is not sum, count or last"):
