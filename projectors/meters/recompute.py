@@ -113,7 +113,12 @@ computed AS (
            m.aggregation,
            CASE m.aggregation WHEN 'sum' THEN f.total WHEN 'count' THEN f.n::numeric
                 ELSE coalesce(lf.value, f.last_counted, 0) END AS reported,
-           CASE m.aggregation WHEN 'sum' THEN f.kept_total WHEN 'count' THEN f.kept_n::numeric
+           -- Without a window, what was not rejected is what the incremental path counts
+           -- (total less rejected: the same numeric scale, whatever the order).
+           CASE WHEN m.aggregation = 'sum' AND m.event_time_window IS NULL
+                    THEN f.total - f.rejected_total
+                WHEN m.aggregation = 'sum' THEN f.kept_total
+                WHEN m.aggregation = 'count' THEN f.kept_n::numeric
                 ELSE coalesce(la.value, f.last_kept, 0) END AS accepted,
            b.billed, cr.credited, cr.amount_credits, b.billed - cr.credited AS net,
            b.invoices, inc.incomplete, cr.unseen, f.n, f.rejected_n, e.unattributed,
@@ -124,6 +129,8 @@ computed AS (
         SELECT count(*) FILTER (WHERE w.counted) AS n,
                coalesce(sum(w.value) FILTER (WHERE w.counted), 0) AS total,
                count(w.rejected) FILTER (WHERE w.counted) AS rejected_n,
+               coalesce(sum(w.value) FILTER (WHERE w.counted AND w.rejected IS NOT NULL), 0)
+                   AS rejected_total,
                count(*) FILTER (WHERE w.kept) AS kept_n,
                coalesce(sum(w.value) FILTER (WHERE w.kept), 0) AS kept_total,
                -- A pre-aggregated `last` meter's: the newest (by its time) that counts.
