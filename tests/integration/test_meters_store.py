@@ -86,6 +86,21 @@ async def fetch(conn: asyncpg.Connection, schema: str, query: str = ROWS) -> lis
         return [tuple(r) for r in await conn.fetch(query)]
 
 
+async def rows_in_each_order(
+    conn: asyncpg.Connection,
+    orders: Sequence[tuple[str, Sequence[Sequence[Record]]]],
+    query: str,
+) -> dict[str, list[tuple[Any, ...]]]:
+    """`query`'s rows once each order of batches is projected, from a fresh schema named
+    after it: a table that any order must give alike is compared across them all."""
+    rows = {}
+    for schema, batches in orders:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await project(conn, schema, batches)
+        rows[schema] = await fetch(conn, schema, query)
+    return rows
+
+
 @pytest.fixture
 async def conn(database_url: str) -> Any:
     connection = await asyncpg.connect(database_url)
@@ -488,14 +503,16 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         ended_at=ended,
     )
     ends = "SELECT extract(epoch FROM period_end)::bigint FROM meter_periods"
-    for schema, batches in (
-        ("cut_one_batch", [[update, deleted]]),
-        ("cut_update_first", [[update], [deleted]]),
-        ("cut_deleted_first", [[deleted], [update]]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, ends) == [(ended,)], schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("cut_one_batch", [[update, deleted]]),
+            ("cut_update_first", [[update], [deleted]]),
+            ("cut_deleted_first", [[deleted], [update]]),
+        ),
+        ends,
+    )
+    assert got == {schema: [(ended,)] for schema in got}
 
     # A period can also grow within a second (a trial extended just after it began): only
     # an ended subscription's period is final, a shorter one is not.
@@ -509,13 +526,15 @@ async def test_a_period_cut_short_by_a_cancellation_stays_short_in_any_order(
         )
 
     extended = [trialing("evt_aa_first", ended), trialing("evt_bb_extended", longer)]
-    for schema, batches in (
-        ("grown_one_batch", [extended]),
-        ("grown_extended_first", [[extended[1]], [extended[0]]]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, ends) == [(longer,)], schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("grown_one_batch", [extended]),
+            ("grown_extended_first", [[extended[1]], [extended[0]]]),
+        ),
+        ends,
+    )
+    assert got == {schema: [(longer,)] for schema in got}
 
 
 @pytest.mark.parametrize("final_invoice", [False, True])
@@ -571,14 +590,16 @@ async def test_a_cancellation_cuts_the_period_of_a_price_swapped_out_earlier(
     query = (
         "SELECT extract(epoch FROM period_end)::bigint, reported_value FROM meter_reconciliation"
     )
-    for schema, batches in (
-        ("swapped_one_batch", [records]),
-        ("swapped_each_alone", [[r] for r in records]),
-        ("swapped_reversed", [[r] for r in reversed(records)]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, query) == [(ended, Decimal(10))], schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("swapped_one_batch", [records]),
+            ("swapped_each_alone", [[r] for r in records]),
+            ("swapped_reversed", [[r] for r in reversed(records)]),
+        ),
+        query,
+    )
+    assert got == {schema: [(ended, Decimal(10))] for schema in got}
 
 
 async def test_periods_kept_before_subscriptions_were_known_are_not_cut_by_an_ended_one(
@@ -1016,14 +1037,16 @@ async def test_a_price_changed_mid_period_splits_the_period_where_the_new_one_be
         (T0, half, Decimal(1000), Decimal(1000), Decimal(0), "matched"),
         (half, T0 + MONTH, Decimal(800), Decimal(800), Decimal(0), "matched"),
     ]
-    for schema, batches in (
-        ("switch_one_batch", [records]),
-        ("switch_each_alone", [[r] for r in records]),
-        ("switch_reversed", [[r] for r in reversed(records)]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, rows) == expected, schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("switch_one_batch", [records]),
+            ("switch_each_alone", [[r] for r in records]),
+            ("switch_reversed", [[r] for r in reversed(records)]),
+        ),
+        rows,
+    )
+    assert got == dict.fromkeys(got, expected)
 
 
 async def test_a_fact_stripe_rejected_does_not_move_the_rows_clock(
@@ -1057,16 +1080,18 @@ async def test_a_fact_stripe_rejected_does_not_move_the_rows_clock(
         "SELECT reported_value, rejected_value, last_event_id,"
         " extract(epoch FROM last_event_created)::bigint FROM meter_reconciliation"
     )
-    for schema, batches in (
-        ("skew_one_batch", [records]),
-        ("skew_each_alone", [[r] for r in records]),
-        ("skew_rejection_first", [records[:2], records[-1:], records[2:-1]]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, clock) == [
-            (Decimal(10), Decimal(5), report["id"], T0 + 2 * DAY)
-        ], schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("skew_one_batch", [records]),
+            ("skew_each_alone", [[r] for r in records]),
+            ("skew_rejection_first", [records[:2], records[-1:], records[2:-1]]),
+        ),
+        clock,
+    )
+    assert got == {
+        schema: [(Decimal(10), Decimal(5), report["id"], T0 + 2 * DAY)] for schema in got
+    }
 
 
 async def test_two_subscriptions_on_one_meter_keep_their_whole_periods(
@@ -1131,17 +1156,16 @@ async def test_a_fact_counts_for_the_clock_no_later_than_it_was_reported(
             stripe_record(event("customer.subscription.created", sub, created=T0)),
             *delivered,
         ]
-        for schema, batches in (
-            ("early_one_batch", [records]),
-            ("early_each_alone", [[r] for r in records]),
-            ("early_fact_first", [records[2:], records[:2]]),
-        ):
-            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            await project(conn, schema, batches)
-            assert await fetch(conn, schema, clock) == [(Decimal(5), "ahead", T0 + 2 * DAY)], (
-                schema,
-                first,
-            )
+        got = await rows_in_each_order(
+            conn,
+            (
+                ("early_one_batch", [records]),
+                ("early_each_alone", [[r] for r in records]),
+                ("early_fact_first", [records[2:], records[:2]]),
+            ),
+            clock,
+        )
+        assert got == {schema: [(Decimal(5), "ahead", T0 + 2 * DAY)] for schema in got}, first
 
 
 async def test_a_meter_older_than_the_log_is_named_by_status_until_an_event_describes_it(
@@ -1244,15 +1268,17 @@ async def test_a_pre_aggregated_meter_counts_the_newest_fact_sent_in_each_window
     )
     expected = [(Decimal(10), Decimal(2), Decimal(8), Decimal(0), "matched", 2, 1)]
     shuffled = random.Random(7).sample(records, len(records))
-    for schema, batches in (
-        ("hourly_one_batch", [records]),
-        ("hourly_each_alone", [[r] for r in records]),
-        ("hourly_facts_last", [[r] for r in records[:2] + records[-2:] + records[2:-2]]),
-        ("hourly_shuffled", [[r] for r in shuffled]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, row) == expected, schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("hourly_one_batch", [records]),
+            ("hourly_each_alone", [[r] for r in records]),
+            ("hourly_facts_last", [[r] for r in records[:2] + records[-2:] + records[2:-2]]),
+            ("hourly_shuffled", [[r] for r in shuffled]),
+        ),
+        row,
+    )
+    assert got == dict.fromkeys(got, expected)
 
 
 async def test_which_fact_a_window_keeps_follows_when_each_was_first_logged_in_any_order(
@@ -1285,14 +1311,15 @@ async def test_which_fact_a_window_keeps_follows_when_each_was_first_logged_in_a
         stripe_record(event("customer.subscription.created", sub, created=T0)),
     ]
     rows = "SELECT event_name, reported_value, reported_facts FROM meter_reconciliation ORDER BY 1"
-    for schema, batches in (
-        ("sent_one_batch", [[*setup, a_first, b, a_again, d, c]]),
-        ("sent_in_log_order", [setup, [a_first], [b], [a_again], [d], [c]]),
-        ("sent_later_copy_first", [setup, [a_again, b], [a_first], [c], [d]]),
-    ):
-        await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await project(conn, schema, batches)
-        assert await fetch(conn, schema, rows) == [
-            ("hour_gauge", Decimal(6), 1),
-            ("hour_sums", Decimal(7), 1),
-        ], schema
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("sent_one_batch", [[*setup, a_first, b, a_again, d, c]]),
+            ("sent_in_log_order", [setup, [a_first], [b], [a_again], [d], [c]]),
+            ("sent_later_copy_first", [setup, [a_again, b], [a_first], [c], [d]]),
+        ),
+        rows,
+    )
+    assert got == {
+        schema: [("hour_gauge", Decimal(6), 1), ("hour_sums", Decimal(7), 1)] for schema in got
+    }
