@@ -1323,3 +1323,58 @@ async def test_which_fact_a_window_keeps_follows_when_each_was_first_logged_in_a
     assert got == {
         schema: [("hour_gauge", Decimal(6), 1), ("hour_sums", Decimal(7), 1)] for schema in got
     }
+
+
+async def test_a_daily_count_counts_days_and_a_period_boundary_cuts_a_day_in_two(
+    conn: asyncpg.Connection,
+) -> None:
+    """A `count` meter fed pre-aggregated daily usage counts the days with usage (each UTC
+    day's last fact sent), not the facts. The periods renew at 16:00 UTC, inside a day:
+    that day's fact before the renewal counts in the first period, the one after it in
+    the second, each on its side (the first period's invoice was finalized before the
+    second fact was sent, so Stripe could not have taken it back)."""
+    meter = billing_meter(event_name="active_days", formula="count", event_time_window="day")
+    the_price = price(meter=meter["id"], unit_amount=None)
+
+    def period(start: int) -> dict[str, Any]:
+        item = subscription_item(item_price=the_price, period_start=start, period_end=start + MONTH)
+        return subscription(
+            customer="cus_days", items=[item], period_start=start, period_end=start + MONTH
+        )
+
+    first, renewed = period(T0), period(T0 + MONTH)
+    renewed["id"] = first["id"]
+    renewed["items"]["data"][0]["subscription"] = first["id"]
+    midnight = T0 + 8 * 3_600  # T0 is 16:00 UTC
+    sent = [  # identifier, when (each logged a minute later)
+        ("day1-morning", midnight + 10 * 3_600),
+        ("day1-noon", midnight + 12 * 3_600),
+        ("day2", midnight + DAY + 9 * 3_600),
+        ("renewal-day-before", T0 + MONTH - 6 * 3_600),
+        ("renewal-day-after", T0 + MONTH + 4 * 3_600),
+    ]
+    facts = [
+        dataclasses.replace(
+            usage_record(usage_fact(name, "cus_days", 1, event_name="active_days", timestamp=at)),
+            timestamp_ms=(at + 60) * 1000,
+        )
+        for name, at in sent
+    ]
+    records = [
+        stripe_record(meter_event(meter)),
+        stripe_record(event("customer.subscription.created", first, created=T0)),
+        stripe_record(event("customer.subscription.updated", renewed, created=T0 + MONTH)),
+        *facts,
+    ]
+    got = await rows_in_each_order(
+        conn,
+        (
+            ("days_one_batch", [records]),
+            ("days_each_alone", [[r] for r in records]),
+            ("days_reversed", [[r] for r in reversed(records)]),
+        ),
+        "SELECT extract(epoch FROM period_start)::bigint, reported_value, reported_facts"
+        " FROM meter_reconciliation ORDER BY period_start",
+    )
+    both_periods = [(T0, Decimal(3), 3), (T0 + MONTH, Decimal(1), 1)]
+    assert got == dict.fromkeys(got, both_periods)
