@@ -13,43 +13,7 @@ from dataclasses import dataclass, field
 
 import asyncpg
 
-# The order Stripe sees a pre-aggregated meter's events in, newest first: when the fact's
-# first record reached the log (whole seconds), then its own time, then its identifier.
-_SENT_LAST_FIRST = """coalesce(u.received_at, u.occurred_at) DESC, u.occurred_at DESC,
-                         u.identifier COLLATE "C" DESC"""
-
-# Every fact the row's period holds, with `counted` (it counts in `reported_value`) and
-# `kept` (in what Stripe kept). A fact of a pre-aggregated meter (`event_time_window`)
-# counts only if it is the one sent last in its hour or day (UTC) of the period, as Stripe
-# keeps only the newest meter event sent in such a window, and is kept only if it is the
-# one sent last of those Stripe did not reject. Each branch runs for its kind of meter
-# alone (its condition on `m` is a one-time filter).
-_PERIOD_FACTS = f"""
-            SELECT u.identifier, u.value, u.occurred_at, u.received_at,
-                   r.identifier AS rejected, r.last_event_id AS rejection_event,
-                   r.last_event_created AS rejection_at,
-                   true AS counted, r.identifier IS NULL AS kept
-            FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
-            WHERE m.event_time_window IS NULL
-              AND u.customer = per.customer AND u.event_name = m.event_name
-              AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
-              AND u.reported AND NOT u.cancelled
-            UNION ALL
-            SELECT u.identifier, u.value, u.occurred_at, u.received_at,
-                   r.identifier, r.last_event_id, r.last_event_created,
-                   row_number() OVER (
-                       PARTITION BY date_trunc(m.event_time_window, u.occurred_at, 'UTC')
-                       ORDER BY {_SENT_LAST_FIRST}) = 1,
-                   r.identifier IS NULL AND row_number() OVER (
-                       PARTITION BY date_trunc(m.event_time_window, u.occurred_at, 'UTC'),
-                                    r.identifier IS NULL
-                       ORDER BY {_SENT_LAST_FIRST}) = 1
-            FROM usage_facts u LEFT JOIN meter_rejections r ON r.identifier = u.identifier
-            WHERE m.event_time_window IS NOT NULL
-              AND u.customer = per.customer AND u.event_name = m.event_name
-              AND u.occurred_at >= per.period_start AND u.occurred_at < per.period_end
-              AND u.reported AND NOT u.cancelled"""
-
+from projectors.meters.period_facts import PERIOD_FACTS
 
 # $1/$2 customers and event names of changed facts; $3 meters; $4 prices; $5 customers of
 # periods and invoices; $6 identifiers of rejected facts; $7/$8 customers and event names
@@ -153,7 +117,7 @@ computed AS (
                    FILTER (WHERE w.rejected IS NULL))[1] AS kept_id,
                max(least(w.occurred_at, coalesce(w.received_at, w.occurred_at)))
                    FILTER (WHERE w.rejected IS NULL) AS kept_at
-        FROM ({_PERIOD_FACTS}
+        FROM ({PERIOD_FACTS}
         ) w
     ) f
     LEFT JOIN LATERAL (
