@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -49,6 +48,7 @@ from tests.support.meter_payloads import (
     usage_record,
 )
 from tests.support.meter_scenario import DAY, Scenario, billing_month, expected_decimal
+from tests.support.readme import readme_section
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
@@ -334,9 +334,7 @@ async def test_facts_counted_one_by_one_match_a_full_recompute(conn: asyncpg.Con
 
 def readme_query() -> str:
     """The copy-paste query of the README's `meters` section."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("<!-- section:meters -->")[1].split("<!-- /section:meters -->")[0]
-    return section.split("```sql\n")[1].split("```")[0]
+    return readme_section("meters").split("```sql\n")[1].split("```")[0]
 
 
 async def test_a_period_whose_metered_line_was_on_the_first_page_is_judged(

@@ -18,15 +18,10 @@ from schemas.usage import parse_usage_fact
 from tests.conftest import Stack, Topics
 from tests.fixtures.stripe_objects import event, invoice
 from tests.support.kafka import read_all
-from tests.support.readme import README
+from tests.support.readme import readme_section
 
 # How long the consumer example (it reads until stopped) may take to print its record.
 CONSUMER_SECONDS = 60
-
-
-def section(name: str) -> str:
-    readme = README.read_text()
-    return readme.split(f"<!-- section:{name} -->")[1].split(f"<!-- /section:{name} -->")[0]
 
 
 def indented_block_after(text: str, lead: str) -> str:
@@ -54,7 +49,7 @@ def pointed_at(stack: Stack, topics: Topics) -> dict[str, str]:
 async def test_the_readme_usage_fact_example_writes_a_fact_the_meters_projector_accepts(
     stack: Stack, topics: Topics
 ) -> None:
-    code = section("meters").split("```python\n")[1].split("```")[0]
+    code = readme_section("meters").split("```python\n")[1].split("```")[0]
     run = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", code],
@@ -84,7 +79,7 @@ async def test_the_readme_consumer_example_prints_each_record_of_the_log(
         await producer.send_and_wait(topics.events, body, key=record.key, headers=record.headers)
     finally:
         await producer.stop()
-    code = indented_block_after(section("log"), "Reading it from Python")
+    code = indented_block_after(readme_section("log"), "Reading it from Python")
     env = {**pointed_at(stack, topics), "PYTHONUNBUFFERED": "1"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.PIPE

@@ -12,3 +12,9 @@ def readme_query(first: str, last: str) -> str:
     readme = README.read_text()
     start = readme.index(first)
     return readme[start : readme.index(last, start) + len(last)]
+
+
+def readme_section(name: str) -> str:
+    """The README's section `name`, between its `<!-- section:name -->` markers."""
+    readme = README.read_text()
+    return readme.split(f"<!-- section:{name} -->")[1].split(f"<!-- /section:{name} -->")[0]
