@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy import kafka_options
 from deploy.settings import load_settings
 from deploy.stack import DEMO_DATABASE, write_env
-from deploy.stack.topics import ensure_topics
+from deploy.stack.topics import ensure_topics, record_limits_for
 from ingest.simulate.generator import DELIVER, generate
 
 PREFIX = "demo"
@@ -42,7 +42,9 @@ def free_port(preferred: int | None = None) -> int:
     raise RuntimeError("no free loopback port")
 
 
-async def _fresh_topics(bootstrap: str, names: list[str], partitions: int, usage: str) -> None:
+async def _fresh_topics(
+    bootstrap: str, names: list[str], partitions: int, usage: str, limits: dict[str, int]
+) -> None:
     admin = AIOKafkaAdminClient(**kafka_options.options(), bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -56,7 +58,9 @@ async def _fresh_topics(bootstrap: str, names: list[str], partitions: int, usage
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
-    await ensure_topics(bootstrap, names, partitions=partitions, append_time=[usage])
+    await ensure_topics(
+        bootstrap, names, partitions=partitions, append_time=[usage], record_limits=limits
+    )
 
 
 async def _fresh_database(url: str) -> str:
@@ -77,7 +81,11 @@ async def prepare() -> dict[str, str]:
     settings = load_settings()
     topic, usage = f"{PREFIX}.stripe.events", f"{PREFIX}.usage.reported"
     await _fresh_topics(
-        settings.kafka_bootstrap, [topic, f"{topic}.dlq", usage], settings.partitions, usage
+        settings.kafka_bootstrap,
+        [topic, f"{topic}.dlq", usage],
+        settings.partitions,
+        usage,
+        record_limits_for(topic, settings.max_body_bytes),
     )
     database_url = await _fresh_database(settings.require_database_url())
     receiver, stripe = free_port(RECEIVER_PORT), free_port()

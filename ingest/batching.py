@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ingest.record import LogRecord
 
@@ -64,6 +65,17 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: list[int]) -> int:
     """Kafka's default partition of `key` among `partitions` (sorted ids)."""
     return partitions[int(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+def lone_batch_size(record: LogRecord, codec: int) -> int:
+    """The bytes of a batch holding `record` alone, compressed with `codec` as the
+    producer compresses it: what the broker compares with a topic's `max.message.bytes`
+    (a larger record is always sent alone, its batch being over the batch size)."""
+    builder = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, 0, 2**31 - 1)
+    builder.append(
+        0, timestamp=record.timestamp_ms, key=record.key, value=record.value, headers=record.headers
+    )
+    return len(builder.build())
 
 
 class Batcher:

@@ -25,10 +25,11 @@ from aiokafka.errors import (
     ProducerFenced,
     UnknownProducerId,
 )
+from aiokafka.record.default_records import DefaultRecordBatch
 
 from deploy import kafka_options
-from deploy.stack.topics import missing_topics
-from ingest.batching import Batcher
+from deploy.stack.topics import missing_topics, record_limit
+from ingest.batching import Batcher, lone_batch_size
 from ingest.deadlines import Deadlines
 from ingest.record import LogRecord
 
@@ -37,6 +38,7 @@ log = structlog.get_logger("ingest.publisher")
 # Under load, a worker's batches go at least this far apart (a lone delivery goes at once).
 BATCH_SPACING_MS = 2
 COMPRESSION = "zstd"
+COMPRESSION_CODEC = DefaultRecordBatch.CODEC_ZSTD  # the same, as a batch's header names it
 RECONNECT_SECONDS = 1.0
 # While the broker stays away, the line saying so is repeated this often, not at each try.
 UNREACHABLE_LOG_SECONDS = 30.0
@@ -53,6 +55,12 @@ class PublishUnavailable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+# A lone record's batch is larger than its key and value by its headers (~300 bytes), the
+# batch's own header and what compression adds to what it cannot shrink (~90 bytes): far
+# less than this. A record this far below its topic's limit needs no trial to fit.
+RECORD_SLACK = 8 * 1024
 
 
 class Publisher:
@@ -83,6 +91,8 @@ class Publisher:
         self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = "not connected to Kafka yet"
+        # The topic's max.message.bytes, read at each connection (None: not known).
+        self.record_limit: int | None = None
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
@@ -121,6 +131,7 @@ class Publisher:
                     self.unready = f"topic {self.topic} does not exist on Kafka"
                     self._say("kafka_topic_missing", topic=self.topic)
                     return False
+                self.record_limit = await self._read_record_limit()
                 producer = self._new_producer()
                 await producer.start()
         except (KafkaError, OSError) as exc:
@@ -136,6 +147,13 @@ class Publisher:
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
         self._failed_tries, self._said = 0, None
         return True
+
+    async def _read_record_limit(self) -> int | None:
+        try:
+            return await record_limit(self._bootstrap, self.topic, timeout=self._timeout)
+        except KafkaError as exc:  # refused (ACLs), not unreachable: the broker decides
+            log.warning("kafka_record_limit_unknown", topic=self.topic, error=type(exc).__name__)
+            return None
 
     def _say(self, event: str, **fields: str) -> None:
         """Warn that a try failed: at once when the reason is new, then once per
@@ -208,6 +226,19 @@ class Publisher:
         if batcher is None:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
+        limit = self.record_limit
+        if limit is not None and len(record.value) + len(record.key) > limit - RECORD_SLACK:
+            size = lone_batch_size(record, COMPRESSION_CODEC)
+            if size > limit:
+                # The broker would refuse it at every try, and its refusal would cost the
+                # producer its sequence (a new producer, and a 503 for every delivery in
+                # flight). Not a 413: the body is within our limit, the topic's is too low.
+                self._on_error("too_large_for_log")
+                raise PublishUnavailable(
+                    "too_large_for_log",
+                    f"the event is {size} bytes compressed, over the {limit} bytes the "
+                    "event log takes (its topic's max.message.bytes)",
+                )
         future = batcher.add(record)
         # On timeout this future (ours, one per record) fails; the batch it rides in does
         # not, and may still land: a 503 allows for that.

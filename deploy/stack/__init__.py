@@ -22,7 +22,7 @@ from deploy import kafka_options
 from deploy.settings import Settings
 from deploy.stack import kafka, postgres, process
 from deploy.stack.errors import StackError
-from deploy.stack.topics import ensure_topics
+from deploy.stack.topics import ensure_topics, record_limits_for
 
 DEMO_DATABASE = "lattice_demo"  # `make demo`'s own database on the local server
 
@@ -125,6 +125,7 @@ def _up(settings: Settings) -> StackInfo:
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
             append_time=[settings.usage_topic],
+            record_limits=record_limits_for(settings.topic, settings.max_body_bytes),
         )
     )
     recorded = database_url

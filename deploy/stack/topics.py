@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -30,6 +30,11 @@ FOREVER = {"retention.ms": "-1", "retention.bytes": "-1"}
 # ending in `.dlq` are dead-letter topics (`<topic>.dlq`, DESIGN.md).
 DEAD_LETTER_SUFFIX = ".dlq"
 DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# What a record adds to its body, at most: its key and headers (~300 bytes), the batch's
+# own header, and what compression adds to a value it cannot shrink. The event log takes
+# a body of `LATTICE_MAX_BODY_BYTES` with this much to spare, compressible or not.
+RECORD_HEADROOM = 64 * 1024
+MAX_MESSAGE_BYTES = "max.message.bytes"
 
 # The usage-fact topic stamps each record with the broker's clock, not the app's: the meters
 # projection takes a fact's time as no later than its record's (a fact stamped days ahead by
@@ -46,6 +51,7 @@ async def ensure_topics(
     replication_factor: int = 1,
     extra_config: dict[str, str] | None = None,
     append_time: Iterable[str] = (),
+    record_limits: Mapping[str, int] | None = None,
 ) -> list[str]:
     """Create the topics that do not exist yet; return the names that were created.
 
@@ -54,9 +60,12 @@ async def ensure_topics(
     request — and when a topic that exists already would not keep its records forever:
     a receiver started before provisioning may have had it auto-created with the broker's
     defaults (seven days), and the log is the source of truth. Topics named in
-    `append_time` are created with the broker's time on each record (`APPEND_TIME`)."""
+    `append_time` are created with the broker's time on each record (`APPEND_TIME`);
+    those in `record_limits` with that `max.message.bytes` (`record_limits_for`), and an
+    existing one that takes less gets a warning saying how to raise it."""
     wanted = list(dict.fromkeys(names))
     stamped = set(append_time)
+    limits = dict(record_limits or {})
     config = {**FOREVER, **(extra_config or {})}
     if replication_factor > 1:
         config.setdefault("min.insync.replicas", str(min(2, replication_factor)))
@@ -73,7 +82,9 @@ async def ensure_topics(
                         partitions,
                         replication_factor,
                         topic_configs=_config(
-                            name, {**config, **APPEND_TIME} if name in stamped else config
+                            name,
+                            {**config, **APPEND_TIME} if name in stamped else config,
+                            limits.get(name),
                         ),
                     )
                     for name in missing
@@ -82,7 +93,7 @@ async def ensure_topics(
             _raise_refusals(response.topic_errors)
             await _until_listed(bootstrap, missing)
         kept = [name for name in wanted if name in existing]
-        await _check_existing(admin, kept, stamped, bootstrap)
+        await _check_existing(admin, kept, stamped, limits, bootstrap)
         return missing
     finally:
         await admin.close()
@@ -105,10 +116,23 @@ async def _until_listed(bootstrap: str, names: list[str]) -> None:
         await asyncio.sleep(0.05)
 
 
-def _config(name: str, config: dict[str, str]) -> dict[str, str]:
+def record_limits_for(topic: str, max_body_bytes: int) -> dict[str, int]:
+    """The `max.message.bytes` of the event log `topic` and of its dead letters, for a
+    receiver that takes bodies up to `max_body_bytes`: the log takes any of them even
+    uncompressed (a broker's default, 1 MiB, would refuse the record of a body near that
+    limit that barely compresses: a 503 at each of Stripe's retries), and a letter adds
+    its headers to the largest."""
+    largest = max_body_bytes + RECORD_HEADROOM
+    letters = max(DEAD_LETTER_MAX_MESSAGE_BYTES, largest + RECORD_HEADROOM)
+    return {topic: largest, f"{topic}{DEAD_LETTER_SUFFIX}": letters}
+
+
+def _config(name: str, config: dict[str, str], limit: int | None) -> dict[str, str]:
+    if limit is not None:
+        return {MAX_MESSAGE_BYTES: str(limit), **config}
     if not name.endswith(DEAD_LETTER_SUFFIX):
         return config
-    return {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES), **config}
+    return {MAX_MESSAGE_BYTES: str(DEAD_LETTER_MAX_MESSAGE_BYTES), **config}
 
 
 def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:
@@ -123,14 +147,19 @@ def _raise_refusals(topic_errors: Iterable[tuple[Any, ...]]) -> None:
 
 
 async def _check_existing(
-    admin: AIOKafkaAdminClient, names: list[str], stamped: set[str], bootstrap: str
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    stamped: set[str],
+    limits: dict[str, int],
+    bootstrap: str,
 ) -> None:
     """Raise when an existing topic would not keep its records forever; warn when one that
-    should take the broker's time keeps the producer's (made by an earlier version: not
-    changed here, since altering a topic's config through the admin API replaces it whole)."""
+    should take the broker's time keeps the producer's, or takes smaller records than
+    `limits` asks (made by an earlier version, or by hand: not changed here, since altering
+    a topic's config through the admin API replaces it whole)."""
     if not names:
         return
-    wanted = {**FOREVER, **APPEND_TIME}
+    wanted = {**FOREVER, **APPEND_TIME, MAX_MESSAGE_BYTES: ""}
     resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict(wanted)) for name in names]
     short: dict[str, list[str]] = {}
     for response in await admin.describe_configs(resources):
@@ -143,6 +172,15 @@ async def _check_existing(
                         f"{topic} keeps the producer's time ({key}={value}): a usage fact's "
                         "time is then bounded by the app's own clock; change it with "
                         f"{_alter(bootstrap, topic)} {key}=LogAppendTime",
+                        topic=topic,
+                    )
+                elif key == MAX_MESSAGE_BYTES and int(value) < limits.get(topic, 0):
+                    log.warning(
+                        f"{topic} takes records up to {value} bytes, less than the "
+                        f"{limits[topic]} a body of LATTICE_MAX_BODY_BYTES may need (the "
+                        "receiver answers 503 to one that does not fit, until it does); "
+                        "raise it with "
+                        f"{_alter(bootstrap, topic)} {key}={limits[topic]}",
                         topic=topic,
                     )
     if short:
@@ -182,6 +220,28 @@ async def missing_topics(
     finally:
         await client.close()
     return sorted(set(names) - cluster.topics())
+
+
+async def record_limit(bootstrap: str, topic: str, *, timeout: float = 40.0) -> int | None:
+    """The largest record batch `topic` takes (its `max.message.bytes`, or the broker's
+    `message.max.bytes` it inherits), in bytes after compression; None when the broker does
+    not say (a cluster whose ACLs refuse DescribeConfigs, say)."""
+    admin = AIOKafkaAdminClient(
+        **kafka_options.options(),
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=max(int(timeout * 1000), 1000),
+    )
+    await admin.start()
+    try:
+        resource = ConfigResource(ConfigResourceType.TOPIC, topic, {MAX_MESSAGE_BYTES: ""})
+        for response in await admin.describe_configs([resource]):
+            for code, _message, _kind, _topic, entries in response.resources:
+                for key, value, *_ in entries if code == 0 else ():
+                    if key == MAX_MESSAGE_BYTES and value is not None and value.isdigit():
+                        return int(value)
+    finally:
+        await admin.close()
+    return None
 
 
 async def delete_topics(bootstrap: str, names: Iterable[str]) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from deploy.stack.topics import delete_topics, ensure_topics
+from deploy.stack.topics import FOREVER, delete_topics, ensure_topics, record_limit
 from ingest.publisher import Publisher, PublishUnavailable, sender_stopped
 from ingest.signature import sign_header
 from tests.conftest import Stack
@@ -153,39 +154,52 @@ async def test_a_receiver_stopped_while_the_broker_is_down_exits_cleanly(
 async def test_a_broker_refusing_writes_gets_503_never_200(
     stack: Stack, unique: str, tmp_path: Path, injected: Counter[str]
 ) -> None:
-    """A topic that refuses every record (max.message.bytes far below any event): the
-    broker is up and answers, but will not take the write — like a full disk. (A retriable
-    refusal cannot be made on one broker: since Kafka 3.7 a min.insync.replicas above the
-    replica count is capped to it, so writes are taken.)"""
-    config = {"max.message.bytes": "64"}
+    """The topic's max.message.bytes lowered far below any event after the receiver
+    connected: the broker is up and answers, but will not take the write, like a full
+    disk. (A retriable refusal cannot be made on one broker: since Kafka 3.7 a
+    min.insync.replicas above the replica count is capped to it, so writes are taken.)
+    The first batch is the broker's refusal; the receiver then starts a new producer,
+    which reads the new limit and refuses the rest itself (`too_large_for_log`)."""
     topic = f"{unique}.stripe.events"
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 3, 1, topic_configs=config)])
-    finally:
-        await admin.close()
+    await ensure_topics(stack.kafka_bootstrap, [topic], partitions=3)
     sent = event_deliveries(30, seed=3)
     log = tmp_path / "rx.log"
     async with (
         running_receiver(stack.kafka_bootstrap, topic, log) as rx,
         httpx.AsyncClient(base_url=rx.base_url, timeout=30) as client,
     ):
-        answers = await asyncio.gather(*(_single(client, d.body) for d in sent))
+        admin = AIOKafkaAdminClient(bootstrap_servers=stack.kafka_bootstrap)
+        await admin.start()
+        try:
+            config = {**FOREVER, "max.message.bytes": "64"}
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, config)])
+        finally:
+            await admin.close()
+        await eventually(lambda: record_limit(stack.kafka_bootstrap, topic), lambda n: n == 64)
+        answers = await asyncio.gather(*(_answer(client, d.body) for d in sent))
     injected["broker refusing writes"] += len(sent)
-    assert answers == [(503, True)] * len(sent), Counter(answers)
+    assert {(status, retry) for status, retry, _ in answers} == {(503, True)}, Counter(answers)
+    reasons = Counter(reason for _, _, reason in answers)
+    assert reasons["kafka_error"] > 0, reasons
+    assert set(reasons) <= {"kafka_error", "not_connected", "too_large_for_log"}, reasons
     await assert_every_200_is_logged(stack.kafka_bootstrap, topic, sent, LoadReport())
     assert_no_secret_in(log.read_text(errors="replace"))
     await delete_topics(stack.kafka_bootstrap, [topic])
 
 
-async def _single(client: httpx.AsyncClient, body: bytes) -> tuple[int, bool]:
-    """One signed attempt, no retry: (status, has Retry-After)."""
+async def _answer(client: httpx.AsyncClient, body: bytes) -> tuple[int, bool, str]:
+    """One signed attempt, no retry: (status, has Retry-After, the error it names)."""
     header = sign_header(body, SECRET, int(time.time()))
     answer = await client.post(
         "/webhooks/platform", content=body, headers={"Stripe-Signature": header}
     )
-    return answer.status_code, "retry-after" in answer.headers
+    return answer.status_code, "retry-after" in answer.headers, answer.json().get("error", "")
+
+
+async def _single(client: httpx.AsyncClient, body: bytes) -> tuple[int, bool]:
+    """One signed attempt, no retry: (status, has Retry-After)."""
+    status, retry, _ = await _answer(client, body)
+    return status, retry
 
 
 async def _value(n: int) -> int:
