@@ -109,9 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except asyncpg.ClientConfigurationError as exc:  # a URL parameter asyncpg cannot use
         print(f"lattice: LATTICE_DATABASE_URL: {exc}", file=sys.stderr)
         return 2
-    except REFUSED as exc:
+    except REFUSED as exc:  # a login or database name wrong: a setting, as `project` says
         print(f"lattice: PostgreSQL refused: {exc}", file=sys.stderr)
-        return 1
+        return 2
     except KeyboardInterrupt:
         print("lattice: interrupted", file=sys.stderr)
         return 130

@@ -329,14 +329,19 @@ async def test_project_waits_for_what_is_down_and_stops_on_sigterm(
     assert all(isinstance(orjson.loads(line), dict) for line in output.splitlines())
 
 
-async def test_project_names_a_database_that_does_not_exist_in_one_line(
-    settings: Settings, unique: str
+@pytest.mark.parametrize("command", [["project", "events"], ["migrate", "events"], ["status"]])
+async def test_a_database_that_does_not_exist_is_one_line_and_a_settings_exit_status(
+    settings: Settings, unique: str, command: list[str]
 ) -> None:
+    """A database name (or a login) the server refuses is a wrong setting, which no wait
+    mends: exit status 2, as for any bad setting, from the service and the one-shot
+    commands alike."""
     url = settings.require_database_url().rsplit("/", 1)[0] + f"/missing_{unique}"
-    result = await _run(settings, unique, "project", "events", LATTICE_DATABASE_URL=url)
+    result = await _run(settings, unique, *command, LATTICE_DATABASE_URL=url)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("lattice: PostgreSQL at ")
-    assert f'database "missing_{unique}" does not exist' in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("lattice: PostgreSQL "), result.stderr
+    assert f'database "missing_{unique}" does not exist' in last
     assert "Traceback" not in result.stderr
 
 
