@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from deploy import stack_cli
+from deploy.failures import SETTING, server_of
 from deploy.settings import ConfigError
 from deploy.stack.errors import StackError
 from ingest import cli as ingest_cli
@@ -51,34 +52,17 @@ def _unreachable(exc: BaseException) -> bool:
     )
 
 
-def _client_of(exc: BaseException) -> str | None:
-    """ "asyncpg" or "aiokafka": the client library the error was raised in (the innermost
-    one on its traceback), when a plain socket error does not say which server it was."""
-    found = None
-    tb = exc.__traceback__
-    while tb is not None:
-        module = str(tb.tb_frame.f_globals.get("__name__", ""))
-        root = module.partition(".")[0]
-        if root in ("asyncpg", "aiokafka"):
-            found = root
-        tb = tb.tb_next
-    return found
-
-
 def _unreachable_line(exc: BaseException) -> str:
     """Which server could not be reached, when the error says, and where it is set."""
-    client = _client_of(exc)
-    if isinstance(exc, KafkaError):  # its text starts with its type's name
-        return f"cannot reach Kafka: {exc} (is the stack up? LATTICE_KAFKA_BOOTSTRAP says where)"
-    what = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, asyncpg.PostgresConnectionError) or client == "asyncpg":
-        return f"cannot reach PostgreSQL: {what} (is the stack up? LATTICE_DATABASE_URL says where)"
-    if client == "aiokafka":
-        return f"cannot reach Kafka: {what} (is the stack up? LATTICE_KAFKA_BOOTSTRAP says where)"
-    return (
-        f"cannot reach Kafka or PostgreSQL: {what} (is the stack up? "
-        "LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)"
-    )
+    server = server_of(exc)
+    # A KafkaError's text starts with its type's name already.
+    what = str(exc) if isinstance(exc, KafkaError) else f"{type(exc).__name__}: {exc}"
+    if server is None:
+        return (
+            f"cannot reach Kafka or PostgreSQL: {what} (is the stack up? "
+            "LATTICE_KAFKA_BOOTSTRAP and LATTICE_DATABASE_URL say where)"
+        )
+    return f"cannot reach {server}: {what} (is the stack up? {SETTING[server]} says where)"
 
 
 def build_parser() -> argparse.ArgumentParser:

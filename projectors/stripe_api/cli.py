@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
+from deploy.failures import SETTING, server_of
 from deploy.flags import DATABASE, STRIPE_API, add_setting_flags, settings_from
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
@@ -184,9 +185,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"lattice: {exc}", file=sys.stderr)
         return 1
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
+        server = server_of(exc)
+        check = (
+            "check that PostgreSQL and Kafka answer"
+            if server is None
+            else f"{server}: check that it answers ({SETTING[server]} says where)"
+        )
         print(
-            f"lattice: backfill stopped: {type(exc).__name__}: {exc}; check that "
-            "PostgreSQL and Kafka answer, then run the same command again",
+            f"lattice: backfill stopped: {type(exc).__name__}: {exc}; {check}, "
+            "then run the same command again",
             file=sys.stderr,
         )
         return 1

@@ -420,7 +420,13 @@ async def test_a_database_lost_mid_backfill_is_one_line_not_a_traceback(
         await conn.close()
     assert terminated == 1
     assert proc.returncode == 1, stderr.decode()
-    assert stderr.decode().strip().splitlines()[-1].startswith("lattice: backfill stopped: ")
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last.startswith("lattice: backfill stopped: "), last
+    # Which server, and where it is set: the error's own text does not say.
+    assert last.endswith(
+        "; PostgreSQL: check that it answers (LATTICE_DATABASE_URL says where), "
+        "then run the same command again"
+    ), last
     assert b"Traceback" not in stderr
 
 
