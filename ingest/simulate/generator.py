@@ -29,7 +29,17 @@ from ingest.simulate.story import (
 )
 from ingest.simulate.usage import EVENT_NAME
 
-FINAL_TYPES = (".deleted", ".paid", ".voided", ".marked_uncollectible", ".reversed", ".failed")
+# An object's last event, when one of these, ended it: a paid invoice's is `payment_succeeded`
+# (with `paid`, in the same second).
+FINAL_TYPES = (
+    ".deleted",
+    ".paid",
+    ".payment_succeeded",
+    ".voided",
+    ".marked_uncollectible",
+    ".reversed",
+    ".failed",
+)
 
 # Delivery kinds: a normal delivery, a first attempt that breaks off mid-body (Stripe
 # retries it later), and a forged request signed with a secret nobody configured.

@@ -325,18 +325,24 @@ def test_some_objects_get_an_older_event_after_the_one_that_ended_them() -> None
     sim = generate(120, 4, seed=3)
     newest: dict[str, dict[str, Any]] = {}
     after_the_end: Counter[str] = Counter()
+    paid: set[str] = set()
     for delivery in sim.deliveries:
         if delivery.kind != DELIVER:
             continue
         event = json.loads(delivery.body)
         obj = (event.get("data") or {}).get("object") or {}
+        if event["type"] == "invoice.payment_succeeded":
+            paid.add(obj["id"])
         seen = newest.get(obj.get("id", ""))
         if seen is not None and seen["created"] > event["created"]:
             after_the_end[seen["type"]] += 1
         if seen is None or event["created"] >= seen["created"]:
             newest[obj.get("id", "")] = event
     assert after_the_end["customer.subscription.deleted"] >= 3, after_the_end
-    assert after_the_end["invoice.paid"] + after_the_end["invoice.payment_succeeded"] >= 3
+    # A paid invoice's last event is `payment_succeeded` (with `paid`, in one second):
+    # half of them, as of every object an event ended, not one in ten.
+    settled_late = after_the_end["invoice.paid"] + after_the_end["invoice.payment_succeeded"]
+    assert settled_late >= len(paid) / 3, (settled_late, len(paid))
     assert after_the_end["invoice.marked_uncollectible"] >= 1, after_the_end
 
 
