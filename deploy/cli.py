@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import socket
 import sys
@@ -85,8 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; exit status 2 with one line on a configuration error."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = args.handler
+    if isinstance(handler, str):  # "module:function", imported only when its command runs
+        module, _, name = handler.partition(":")
+        handler = getattr(importlib.import_module(module), name)
     try:
-        code: int = args.handler(args)
+        code: int = handler(args)
     except (ConfigError, StackError) as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 2

@@ -21,10 +21,8 @@ from deploy.settings import (
     check_secret,
     load_settings,
 )
-from ingest.app import create_app
 from ingest.metrics import MULTIPROCESS_DIR
 from ingest.signature import sign_header
-from ingest.workers import check_address, serve
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 RECEIVER_SETTINGS = (
@@ -79,6 +77,10 @@ def register(commands: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Serve the receiver until interrupted."""
+    # Here, not at the top: every other command starts without Starlette and uvicorn.
+    from ingest.app import create_app
+    from ingest.workers import check_address, serve
+
     overrides = setting_overrides(args)
     settings = load_settings(overrides)  # fail here, with one line, before any worker starts
     if not settings.secrets_by_endpoint():

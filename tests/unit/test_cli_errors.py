@@ -1,8 +1,11 @@
-"""Which failures `lattice` reports as "cannot reach Kafka or PostgreSQL" (one line)."""
+"""Which failures `lattice` reports as "cannot reach Kafka or PostgreSQL" (one line), and
+what every `lattice` process loads before its command runs."""
 
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,25 @@ def test_paths_and_urls_given_on_the_command_line_fail_in_one_line(
         assert err[-1].startswith("lattice"), (argv, err)
         assert says in err[-1], (argv, err)
         assert "Traceback" not in "\n".join(err)
+
+
+def test_the_command_line_starts_without_the_receivers_server_or_the_simulator() -> None:
+    """Every `lattice` process imports `deploy.cli`: a projector restarted, `status`, a
+    `send`. Starlette, uvicorn and the simulator load only for the commands that use them
+    (the simulator alone is a few tenths of a second on this machine)."""
+    heavy = (
+        "starlette",
+        "uvicorn",
+        "ingest.app",
+        "ingest.simulate.generator",
+        "ingest.simulate.deliver",
+        "ingest.simulate.report",
+    )
+    code = (
+        "import sys, deploy.cli; deploy.cli.build_parser(); "
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout
