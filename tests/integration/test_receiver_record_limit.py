@@ -28,6 +28,7 @@ from tests.integration.test_receiver import (
     PLATFORM_NEW,
     encode,
     receiver_settings,
+    running,
     signed,
     subscription_event,
 )
@@ -129,13 +130,7 @@ async def test_the_stacks_log_takes_a_body_at_the_receivers_limit_even_uncompres
         head = len(padded(0, ""))
         largest = padded(0, incompressible(body_limit - head, seed=2))
         assert len(largest) == body_limit
-        app = create_app(config)
-        async with (
-            app.router.lifespan_context(app),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://receiver"
-            ) as client,
-        ):
+        async with running(config) as client:
             assert (await deliver(client, largest))[0] == 200
         assert [r.value for r in await read_all(settings.kafka_bootstrap, log)] == [largest]
 
