@@ -96,6 +96,7 @@ class Publisher:
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
+        limit = self.record_limit
         return AIOKafkaProducer(
             **kafka_options.options(),
             bootstrap_servers=self._bootstrap,
@@ -104,8 +105,12 @@ class Publisher:
             linger_ms=0,  # the Batcher has lingered already
             compression_type=COMPRESSION,
             # Idempotence allows one in-flight batch per partition: under load, records
-            # queue behind it, so a batch must hold many webhook bodies (~2 KB each).
-            max_batch_size=MAX_BATCH_BYTES,
+            # queue behind it, so a batch must hold many webhook bodies (~2 KB each). Not
+            # more than the topic takes, though, compressed or not: the broker refuses a
+            # batch over it whole. (A larger record goes alone, checked in `publish`.)
+            max_batch_size=min(MAX_BATCH_BYTES, limit - RECORD_SLACK)
+            if limit is not None and limit > 2 * RECORD_SLACK
+            else MAX_BATCH_BYTES,
             # A request's own bound; while the broker is unreachable, though, an idempotent
             # producer retries a batch for ever (the Batcher drops what was answered 503).
             request_timeout_ms=max(ms, 1000),

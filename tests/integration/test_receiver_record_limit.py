@@ -5,8 +5,10 @@ would not fit before the broker does, without costing any other delivery."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
+from collections import Counter
 from typing import Any
 
 import httpx
@@ -102,6 +104,39 @@ async def test_an_event_over_the_logs_limit_is_a_503_that_costs_no_other_deliver
         assert 'lattice_kafka_producer_errors_total{reason="too_large_for_log"} 1.0' in metrics
         logged = await read_all(settings.kafka_bootstrap, topic)
         assert [record.value for record in logged] == [small, compressible, later]
+    finally:
+        await delete_topics(settings.kafka_bootstrap, [topic])
+
+
+async def test_batches_stay_within_a_small_topic_limit_under_load(settings: Settings) -> None:
+    """300 deliveries at once of ~3 KB that compress little, to a topic that takes 60,000
+    bytes: the batches they share must each fit, or the broker refuses the whole batch
+    (every delivery in it a 503, and a new producer)."""
+    topic = f"{settings.topic}.small"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics(
+            [NewTopic(topic, 1, 1, topic_configs={"max.message.bytes": "60000"})]
+        )
+    finally:
+        await admin.close()
+    bodies = [padded(n, incompressible(2_000, seed=n)) for n in range(300)]
+    app = create_app(receiver_settings(settings, topic=topic))
+    publisher = app.state.receiver.publisher
+    try:
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://receiver"
+            ) as client,
+        ):
+            producer = publisher._batcher.producer
+            answers = await asyncio.gather(*(deliver(client, body) for body in bodies))
+            assert Counter(status for status, _ in answers) == {200: len(bodies)}
+            assert publisher._batcher.producer is producer, "the producer was replaced"
+        logged = await read_all(settings.kafka_bootstrap, topic)
+        assert sorted(record.value or b"" for record in logged) == sorted(bodies)
     finally:
         await delete_topics(settings.kafka_bootstrap, [topic])
 
