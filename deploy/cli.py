@@ -12,13 +12,14 @@ import importlib
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 import asyncpg
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from deploy import stack_cli
-from deploy.failures import SETTING, server_of
+from deploy.failures import REFUSED, SETTING, server_of
 from deploy.settings import ConfigError
 from deploy.stack.errors import StackError
 from ingest import cli as ingest_cli
@@ -36,7 +37,6 @@ UNREACHABLE = (
     KafkaConnectionError,
     asyncpg.PostgresConnectionError,
 )
-REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 # What the socket layer says of an address it cannot reach (besides ConnectionError):
 # no route to the host or its network (a VPN down), or every address of a name failing
 # ("Multiple exceptions", localhost as ::1 and 127.0.0.1), which has no errno.
@@ -82,16 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def handler_of(args: argparse.Namespace) -> Callable[[argparse.Namespace], int]:
+    """The function that carries out the parsed command. A subcommand may name it as
+    "module:function", imported only when that command runs, so that the others start
+    without what it alone needs."""
+    handler = args.handler
+    if isinstance(handler, str):
+        module, _, name = handler.partition(":")
+        handler = getattr(importlib.import_module(module), name)
+    return cast(Callable[[argparse.Namespace], int], handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand; exit status 2 with one line on a configuration error."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = args.handler
-    if isinstance(handler, str):  # "module:function", imported only when its command runs
-        module, _, name = handler.partition(":")
-        handler = getattr(importlib.import_module(module), name)
     try:
-        code: int = handler(args)
+        code: int = handler_of(args)(args)
     except (ConfigError, StackError) as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 2

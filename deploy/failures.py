@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncpg
 from aiokafka.errors import KafkaError
 
+# PostgreSQL refusing the login or the database name: a wrong setting, which no wait mends
+# (exit status 2, as for any bad setting, from every command).
+REFUSED = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
 # The setting that names each server's address, for "... says where".
 SETTING = {"Kafka": "LATTICE_KAFKA_BOOTSTRAP", "PostgreSQL": "LATTICE_DATABASE_URL"}
 _CLIENTS = {"aiokafka": "Kafka", "asyncpg": "PostgreSQL"}

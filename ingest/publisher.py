@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
+    BrokerResponseError,
     InvalidProducerEpoch,
     KafkaError,
     OutOfOrderSequenceNumber,
@@ -61,6 +62,9 @@ class PublishUnavailable(Exception):
 # batch's own header and what compression adds to what it cannot shrink (~90 bytes): far
 # less than this. A record this far below its topic's limit needs no trial to fit.
 RECORD_SLACK = 8 * 1024
+# A record over the topic's limit has the limit read again first (an operator may have
+# raised it since the connection), at most this often.
+LIMIT_REREAD_SECONDS = 10.0
 
 
 class Publisher:
@@ -91,8 +95,10 @@ class Publisher:
         self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = "not connected to Kafka yet"
-        # The topic's max.message.bytes, read at each connection (None: not known).
+        # The topic's max.message.bytes, read at each connection (None: not known), and
+        # again before a record is refused for it, at most once per LIMIT_REREAD_SECONDS.
         self.record_limit: int | None = None
+        self._limit_read_at = -LIMIT_REREAD_SECONDS
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
@@ -108,9 +114,11 @@ class Publisher:
             # queue behind it, so a batch must hold many webhook bodies (~2 KB each). Not
             # more than the topic takes, though, compressed or not: the broker refuses a
             # batch over it whole. (A larger record goes alone, checked in `publish`.)
-            max_batch_size=min(MAX_BATCH_BYTES, limit - RECORD_SLACK)
-            if limit is not None and limit > 2 * RECORD_SLACK
-            else MAX_BATCH_BYTES,
+            # aiokafka keeps a batch within this size uncompressed, and sends it so when
+            # compression would not shrink it; the batch's own header is ~60 bytes.
+            max_batch_size=MAX_BATCH_BYTES
+            if limit is None
+            else min(MAX_BATCH_BYTES, max(1, limit - 1024)),
             # A request's own bound; while the broker is unreachable, though, an idempotent
             # producer retries a batch for ever (the Batcher drops what was answered 503).
             request_timeout_ms=max(ms, 1000),
@@ -137,6 +145,7 @@ class Publisher:
                     self._say("kafka_topic_missing", topic=self.topic)
                     return False
                 self.record_limit = await self._read_record_limit()
+                self._limit_read_at = self.clock()
                 producer = self._new_producer()
                 await producer.start()
         except (KafkaError, OSError) as exc:
@@ -154,11 +163,37 @@ class Publisher:
         return True
 
     async def _read_record_limit(self) -> int | None:
+        """The topic's limit; None when the broker refuses to say (ACLs without
+        DescribeConfigs): the broker alone judges a record's size then. A broker that
+        cannot be reached is raised (the connection is tried again)."""
         try:
             return await record_limit(self._bootstrap, self.topic, timeout=self._timeout)
-        except KafkaError as exc:  # refused (ACLs), not unreachable: the broker decides
+        except BrokerResponseError as exc:
             log.warning("kafka_record_limit_unknown", topic=self.topic, error=type(exc).__name__)
             return None
+
+    async def _fits(self, record: LogRecord) -> tuple[int, int] | None:
+        """None when `record`, alone in a batch, is within the topic's limit (or the limit
+        is not known); else (its compressed size, the limit)."""
+        limit = self.record_limit
+        if limit is None or len(record.value) + len(record.key) <= limit - RECORD_SLACK:
+            return None
+        size = lone_batch_size(record, COMPRESSION_CODEC)
+        if size <= limit:
+            return None
+        now = self.clock()
+        if now - self._limit_read_at >= LIMIT_REREAD_SECONDS:
+            self._limit_read_at = now
+            try:
+                async with asyncio.timeout(self._timeout):
+                    self.record_limit = limit = await self._read_record_limit()
+            except (KafkaError, OSError):  # not now: the limit known stands
+                pass
+            else:
+                log.info("kafka_record_limit_read", topic=self.topic, limit=limit)
+        if limit is None or size <= limit:
+            return None
+        return size, limit
 
     def _say(self, event: str, **fields: str) -> None:
         """Warn that a try failed: at once when the reason is new, then once per
@@ -231,19 +266,17 @@ class Publisher:
         if batcher is None:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
-        limit = self.record_limit
-        if limit is not None and len(record.value) + len(record.key) > limit - RECORD_SLACK:
-            size = lone_batch_size(record, COMPRESSION_CODEC)
-            if size > limit:
-                # The broker would refuse it at every try, and its refusal would cost the
-                # producer its sequence (a new producer, and a 503 for every delivery in
-                # flight). Not a 413: the body is within our limit, the topic's is too low.
-                self._on_error("too_large_for_log")
-                raise PublishUnavailable(
-                    "too_large_for_log",
-                    f"the event is {size} bytes compressed, over the {limit} bytes the "
-                    "event log takes (its topic's max.message.bytes)",
-                )
+        over = await self._fits(record) if self.record_limit is not None else None
+        if over is not None:
+            # The broker would refuse it at every try, and its refusal would cost the
+            # producer its sequence (a new producer, and a 503 for every delivery in
+            # flight). Not a 413: the body is within our limit, the topic's is too low.
+            self._on_error("too_large_for_log")
+            raise PublishUnavailable(
+                "too_large_for_log",
+                f"the event is {over[0]} bytes compressed, over the {over[1]} bytes the "
+                "event log takes (its topic's max.message.bytes)",
+            )
         future = batcher.add(record)
         # On timeout this future (ours, one per record) fails; the batch it rides in does
         # not, and may still land: a 503 allows for that.

@@ -174,13 +174,11 @@ async def _check_existing(
                         f"{_alter(bootstrap, topic)} {key}=LogAppendTime",
                         topic=topic,
                     )
-                elif key == MAX_MESSAGE_BYTES and int(value) < limits.get(topic, 0):
+                elif key == MAX_MESSAGE_BYTES and _smaller(value, limits.get(topic)):
                     log.warning(
                         f"{topic} takes records up to {value} bytes, less than the "
-                        f"{limits[topic]} a body of LATTICE_MAX_BODY_BYTES may need (the "
-                        "receiver answers 503 to one that does not fit, until it does); "
-                        "raise it with "
-                        f"{_alter(bootstrap, topic)} {key}={limits[topic]}",
+                        f"{limits[topic]} that LATTICE_MAX_BODY_BYTES asks of it; raise it "
+                        f"with {_alter(bootstrap, topic)} {key}={limits[topic]}",
                         topic=topic,
                     )
     if short:
@@ -191,6 +189,10 @@ async def _check_existing(
         raise StackError(
             f"{has}: Lattice's topics must keep their records forever (-1); change it with {fixes}"
         )
+
+
+def _smaller(value: str | None, wanted: int | None) -> bool:
+    return wanted is not None and value is not None and value.isdigit() and int(value) < wanted
 
 
 def _alter(bootstrap: str, topic: str) -> str:
@@ -224,19 +226,22 @@ async def missing_topics(
 
 async def record_limit(bootstrap: str, topic: str, *, timeout: float = 40.0) -> int | None:
     """The largest record batch `topic` takes (its `max.message.bytes`, or the broker's
-    `message.max.bytes` it inherits), in bytes after compression; None when the broker does
-    not say (a cluster whose ACLs refuse DescribeConfigs, say)."""
+    `message.max.bytes` it inherits), in bytes after compression; None when the answer
+    does not say. A refusal (ACLs without DescribeConfigs on the topic, say) is raised as
+    the broker's error, as is a broker that cannot be reached."""
     admin = AIOKafkaAdminClient(
         **kafka_options.options(),
         bootstrap_servers=bootstrap,
         request_timeout_ms=max(int(timeout * 1000), 1000),
     )
-    await admin.start()
     try:
+        await admin.start()
         resource = ConfigResource(ConfigResourceType.TOPIC, topic, {MAX_MESSAGE_BYTES: ""})
         for response in await admin.describe_configs([resource]):
-            for code, _message, _kind, _topic, entries in response.resources:
-                for key, value, *_ in entries if code == 0 else ():
+            for code, message, _kind, _topic, entries in response.resources:
+                if code != 0:
+                    raise for_code(code)(message or topic)
+                for key, value, *_ in entries:
                     if key == MAX_MESSAGE_BYTES and value is not None and value.isdigit():
                         return int(value)
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from deploy.failures import SETTING, server_of
+from deploy.failures import REFUSED, SETTING, server_of
 from deploy.flags import DATABASE, STRIPE_API, add_setting_flags, settings_from
 from deploy.logs import configure_logging
 from deploy.settings import ConfigError, Settings
@@ -184,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     except BackfillError as exc:
         print(f"lattice: {exc}", file=sys.stderr)
         return 1
+    except REFUSED:
+        raise  # a wrong login or database name: a setting's one line and exit status 2
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError) as exc:
         server = server_of(exc)
         check = (

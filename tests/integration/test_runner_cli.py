@@ -329,7 +329,15 @@ async def test_project_waits_for_what_is_down_and_stops_on_sigterm(
     assert all(isinstance(orjson.loads(line), dict) for line in output.splitlines())
 
 
-@pytest.mark.parametrize("command", [["project", "events"], ["migrate", "events"], ["status"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["project", "events"],
+        ["migrate", "events"],
+        ["status"],
+        ["backfill", "--since", "2026-11-01T00:00:00Z"],
+    ],
+)
 async def test_a_database_that_does_not_exist_is_one_line_and_a_settings_exit_status(
     settings: Settings, unique: str, command: list[str]
 ) -> None:
@@ -337,7 +345,11 @@ async def test_a_database_that_does_not_exist_is_one_line_and_a_settings_exit_st
     mends: exit status 2, as for any bad setting, from the service and the one-shot
     commands alike."""
     url = settings.require_database_url().rsplit("/", 1)[0] + f"/missing_{unique}"
-    result = await _run(settings, unique, *command, LATTICE_DATABASE_URL=url)
+    stripe = {  # backfill asks PostgreSQL first; nothing listens on port 9
+        "LATTICE_STRIPE_API_KEY": "sk_test_unused",
+        "LATTICE_STRIPE_API_BASE": "http://127.0.0.1:9",
+    }
+    result = await _run(settings, unique, *command, LATTICE_DATABASE_URL=url, **stripe)
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("lattice: PostgreSQL "), result.stderr
