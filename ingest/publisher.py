@@ -58,9 +58,11 @@ class PublishUnavailable(Exception):
         self.reason = reason
 
 
-# A lone record's batch is larger than its key and value by its headers (~300 bytes), the
-# batch's own header and what compression adds to what it cannot shrink (~90 bytes): far
-# less than this. A record this far below its topic's limit needs no trial to fit.
+# A record's key and the varying part of its headers (event id, type, account, API
+# version) are strings of its body, so together at most twice its length (the key may be
+# the event's id); the rest (header names, endpoint, time of receipt) and what a batch adds
+# to a value compression cannot shrink (~90 bytes) are far less than this. A body whose
+# three times is this far below its topic's limit needs no trial to know it fits.
 RECORD_SLACK = 8 * 1024
 # A record over the topic's limit has the limit read again first (an operator may have
 # raised it since the connection), at most this often.
@@ -172,28 +174,26 @@ class Publisher:
             log.warning("kafka_record_limit_unknown", topic=self.topic, error=type(exc).__name__)
             return None
 
-    async def _fits(self, record: LogRecord) -> tuple[int, int] | None:
-        """None when `record`, alone in a batch, is within the topic's limit (or the limit
-        is not known); else (its compressed size, the limit)."""
-        limit = self.record_limit
-        if limit is None or len(record.value) + len(record.key) <= limit - RECORD_SLACK:
-            return None
+    async def _over_limit(self, record: LogRecord, limit: int) -> tuple[int, int] | None:
+        """None when `record`, alone in a batch, is within the topic's `limit` (or the
+        limit is no longer known); else (its compressed size, the limit)."""
         size = lone_batch_size(record, COMPRESSION_CODEC)
         if size <= limit:
             return None
         now = self.clock()
+        latest: int | None = limit
         if now - self._limit_read_at >= LIMIT_REREAD_SECONDS:
             self._limit_read_at = now
             try:
                 async with asyncio.timeout(self._timeout):
-                    self.record_limit = limit = await self._read_record_limit()
+                    self.record_limit = latest = await self._read_record_limit()
             except (KafkaError, OSError):  # not now: the limit known stands
                 pass
             else:
-                log.info("kafka_record_limit_read", topic=self.topic, limit=limit)
-        if limit is None or size <= limit:
+                log.info("kafka_record_limit_read", topic=self.topic, limit=latest)
+        if latest is None or size <= latest:
             return None
-        return size, limit
+        return size, latest
 
     def _say(self, event: str, **fields: str) -> None:
         """Warn that a try failed: at once when the reason is new, then once per
@@ -266,8 +266,12 @@ class Publisher:
         if batcher is None:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
-        over = await self._fits(record) if self.record_limit is not None else None
-        if over is not None:
+        limit = self.record_limit
+        if (
+            limit is not None
+            and 3 * len(record.value) > limit - RECORD_SLACK
+            and (over := await self._over_limit(record, limit)) is not None
+        ):
             # The broker would refuse it at every try, and its refusal would cost the
             # producer its sequence (a new producer, and a 503 for every delivery in
             # flight). Not a 413: the body is within our limit, the topic's is too low.
