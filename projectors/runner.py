@@ -106,6 +106,9 @@ class ProjectionRunner:
         self._failed: Exception | None = None
         self._backoff = 0.5
         self._next_idle_check = 0.0
+        # The deleted offsets this process has warned of, said once each (a partition
+        # whose records were all deleted would be said again at every rebalance).
+        self._deleted_said: set[tuple[TopicPartition, int, int]] = set()
 
     async def _start_unless_stopped(self, consumer: AIOKafkaConsumer) -> bool:
         """Start `consumer`; False if `stop` came first. Its start waits for the group's
@@ -371,7 +374,7 @@ class ProjectionRunner:
         try:
             async with self.pool.acquire() as conn:
                 stored = await offsets.load(conn, self.name, partitions)
-            await check_stored_positions(self.consumer, self.name, stored)
+            await check_stored_positions(self.consumer, self.name, stored, self._deleted_said)
             for tp, position in stored.items():
                 if epoch != self.epoch:
                     return

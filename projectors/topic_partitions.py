@@ -40,7 +40,10 @@ async def partitions_of(
 
 
 async def check_stored_positions(
-    consumer: AIOKafkaConsumer, projector: str, stored: Mapping[TopicPartition, int | None]
+    consumer: AIOKafkaConsumer,
+    projector: str,
+    stored: Mapping[TopicPartition, int | None],
+    said: set[tuple[TopicPartition, int, int]] | None = None,
 ) -> None:
     """ConfigError for a stored position past its partition's end (the topic deleted and
     created again, the broker's data lost): aiokafka would quietly start over from the
@@ -49,8 +52,10 @@ async def check_stored_positions(
     A warning for one below its partition's start (offsets deleted by a retention someone
     set on the topic, or by `kafka-delete-records`, before this projector read them):
     aiokafka goes on from the start, as it should, but the records among them are missing
-    from the tables for good, which nobody would otherwise learn. Said at every seek (a
-    rebalance, a restart) until a batch moves the position past the start."""
+    from the tables for good, which nobody would otherwise learn. Said at each start until
+    a batch moves the position past the log's start; once per process for each position
+    and start kept in `said` (else at every seek: a partition whose records were all
+    deleted, which no batch moves past, would be said at every rebalance)."""
     held = {tp: p for tp, p in stored.items() if p is not None}
     if not held:
         return
@@ -71,7 +76,9 @@ async def check_stored_positions(
     except KafkaError:
         return  # as above: said at the next seek
     for tp, position in sorted(held.items()):
-        if position < starts[tp]:
+        if position < starts[tp] and (tp, position, starts[tp]) not in (said or ()):
+            if said is not None:
+                said.add((tp, position, starts[tp]))
             log.warning(
                 "offsets deleted from the log before this projector read them",
                 projector=projector,

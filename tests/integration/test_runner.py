@@ -48,6 +48,7 @@ from projectors.rebalance import SeekToStored
 from projectors.runner import ProjectionRunner
 from projectors.service import run_projections
 from projectors.subscriptions import projection as subscriptions
+from projectors.topic_partitions import check_stored_positions
 from tests.conftest import Stack, Topics
 from tests.integration.test_receiver import subscription_event
 from tests.support.audit_projection import (
@@ -1158,6 +1159,36 @@ async def test_records_deleted_from_the_log_before_they_were_applied_are_said(
     end = (await log_ends(stack.kafka_bootstrap, settings.topic))[0]
     assert sorted(o for (_, p, o) in counts if p == 0) == list(range(4, end))
     assert set(counts.values()) == {1}
+
+
+async def test_a_partition_whose_records_were_all_deleted_is_said_once_per_process(
+    settings: Settings, stack: Stack
+) -> None:
+    """No batch ever moves a stored position past the start of a partition with nothing
+    left on it, so the warning, said at each seek until one does, came at every
+    rebalance. A runner keeps what it said: once per process (again after a restart)."""
+    tp = TopicPartition(settings.topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=stack.kafka_bootstrap)
+    await producer.start()
+    try:
+        for r in records(stream(3, seed=5)):
+            await producer.send_and_wait(settings.topic, r.value, key=r.key, partition=0)
+    finally:
+        await producer.stop()
+    end = (await log_ends(stack.kafka_bootstrap, settings.topic))[0]
+    assert end == 3
+    await delete_records_before(stack.kafka_bootstrap, tp, end)
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        said: set[tuple[TopicPartition, int, int]] = set()
+        with structlog.testing.capture_logs() as logged:
+            for _seek in range(3):  # a start, then two rebalances
+                await check_stored_positions(consumer, "audit", {tp: 1}, said)
+    finally:
+        await consumer.stop()
+    warned = [e for e in logged if e["event"].startswith("offsets deleted from the log")]
+    assert [(e["stored_position"], e["log_start"]) for e in warned] == [(1, end)]
 
 
 class KeptDeadLetters:
