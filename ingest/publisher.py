@@ -19,7 +19,6 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
-    BrokerResponseError,
     InvalidProducerEpoch,
     KafkaError,
     OutOfOrderSequenceNumber,
@@ -29,10 +28,11 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatch
 
 from deploy import kafka_options
-from deploy.stack.topics import missing_topics, record_limit
-from ingest.batching import Batcher, lone_batch_size
+from deploy.stack.topics import missing_topics
+from ingest.batching import Batcher
 from ingest.deadlines import Deadlines
 from ingest.record import LogRecord
+from ingest.record_limit import RECORD_SLACK, RecordLimit
 
 log = structlog.get_logger("ingest.publisher")
 
@@ -56,17 +56,6 @@ class PublishUnavailable(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-# A record's key and the varying part of its headers (event id, type, account, API
-# version) are strings of its body, so together at most twice its length (the key may be
-# the event's id); the rest (header names, endpoint, time of receipt) and what a batch adds
-# to a value compression cannot shrink (~90 bytes) are far less than this. A body whose
-# three times is this far below its topic's limit needs no trial to know it fits.
-RECORD_SLACK = 8 * 1024
-# A record over the topic's limit has the limit read again first (an operator may have
-# raised it since the connection), at most this often.
-LIMIT_REREAD_SECONDS = 10.0
 
 
 class Publisher:
@@ -97,14 +86,13 @@ class Publisher:
         self.clock: Callable[[], float] = time.monotonic
         # Why the receiver cannot append now (for /readyz), while it keeps trying.
         self.unready = "not connected to Kafka yet"
-        # The topic's max.message.bytes, read at each connection (None: not known), and
-        # again before a record is refused for it, at most once per LIMIT_REREAD_SECONDS.
-        self.record_limit: int | None = None
-        self._limit_read_at = -LIMIT_REREAD_SECONDS
+        # The topic's max.message.bytes, which a record must fit alone and a batch as well.
+        self.record_limit = RecordLimit(
+            bootstrap, topic, timeout, COMPRESSION_CODEC, lambda: self.clock()
+        )
 
     def _new_producer(self) -> AIOKafkaProducer:
         ms = int(self._timeout * 1000)
-        limit = self.record_limit
         return AIOKafkaProducer(
             **kafka_options.options(),
             bootstrap_servers=self._bootstrap,
@@ -113,14 +101,9 @@ class Publisher:
             linger_ms=0,  # the Batcher has lingered already
             compression_type=COMPRESSION,
             # Idempotence allows one in-flight batch per partition: under load, records
-            # queue behind it, so a batch must hold many webhook bodies (~2 KB each). Not
-            # more than the topic takes, though, compressed or not: the broker refuses a
-            # batch over it whole. (A larger record goes alone, checked in `publish`.)
-            # aiokafka keeps a batch within this size uncompressed, and sends it so when
-            # compression would not shrink it; the batch's own header is ~60 bytes.
-            max_batch_size=MAX_BATCH_BYTES
-            if limit is None
-            else min(MAX_BATCH_BYTES, max(1, limit - 1024)),
+            # queue behind it, so a batch must hold many webhook bodies (~2 KB each); not
+            # more than the topic takes, though (a larger record goes alone, see `publish`).
+            max_batch_size=self.record_limit.batch_size(MAX_BATCH_BYTES),
             # A request's own bound; while the broker is unreachable, though, an idempotent
             # producer retries a batch for ever (the Batcher drops what was answered 503).
             request_timeout_ms=max(ms, 1000),
@@ -146,8 +129,7 @@ class Publisher:
                     self.unready = f"topic {self.topic} does not exist on Kafka"
                     self._say("kafka_topic_missing", topic=self.topic)
                     return False
-                self.record_limit = await self._read_record_limit()
-                self._limit_read_at = self.clock()
+                await self.record_limit.read()
                 producer = self._new_producer()
                 await producer.start()
         except (KafkaError, OSError) as exc:
@@ -163,37 +145,6 @@ class Publisher:
         log.info("kafka_connected", bootstrap=self._bootstrap, topic=self.topic)
         self._failed_tries, self._said = 0, None
         return True
-
-    async def _read_record_limit(self) -> int | None:
-        """The topic's limit; None when the broker refuses to say (ACLs without
-        DescribeConfigs): the broker alone judges a record's size then. A broker that
-        cannot be reached is raised (the connection is tried again)."""
-        try:
-            return await record_limit(self._bootstrap, self.topic, timeout=self._timeout)
-        except BrokerResponseError as exc:
-            log.warning("kafka_record_limit_unknown", topic=self.topic, error=type(exc).__name__)
-            return None
-
-    async def _over_limit(self, record: LogRecord, limit: int) -> tuple[int, int] | None:
-        """None when `record`, alone in a batch, is within the topic's `limit` (or the
-        limit is no longer known); else (its compressed size, the limit)."""
-        size = lone_batch_size(record, COMPRESSION_CODEC)
-        if size <= limit:
-            return None
-        now = self.clock()
-        latest: int | None = limit
-        if now - self._limit_read_at >= LIMIT_REREAD_SECONDS:
-            self._limit_read_at = now
-            try:
-                async with asyncio.timeout(self._timeout):
-                    self.record_limit = latest = await self._read_record_limit()
-            except (KafkaError, OSError):  # not now: the limit known stands
-                pass
-            else:
-                log.info("kafka_record_limit_read", topic=self.topic, limit=latest)
-        if latest is None or size <= latest:
-            return None
-        return size, latest
 
     def _say(self, event: str, **fields: str) -> None:
         """Warn that a try failed: at once when the reason is new, then once per
@@ -266,11 +217,11 @@ class Publisher:
         if batcher is None:
             self._on_error("not_connected")
             raise PublishUnavailable("not_connected", "not connected to Kafka yet")
-        limit = self.record_limit
+        limit = self.record_limit.value
         if (
             limit is not None
             and 3 * len(record.value) > limit - RECORD_SLACK
-            and (over := await self._over_limit(record, limit)) is not None
+            and (over := await self.record_limit.over(record, limit)) is not None
         ):
             # The broker would refuse it at every try, and its refusal would cost the
             # producer its sequence (a new producer, and a 503 for every delivery in

@@ -19,7 +19,7 @@ import structlog
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-import ingest.publisher
+import ingest.record_limit
 from deploy.settings import Settings
 from deploy.stack.topics import (
     DEAD_LETTER_MAX_MESSAGE_BYTES,
@@ -105,7 +105,7 @@ async def test_an_event_over_the_logs_limit_is_a_503_that_costs_no_other_deliver
     deliveries after it); one larger than the limit that compresses below it is taken.
     Once the topic's limit is raised, the refused event is taken at its next try: the
     receiver reads the limit again before it refuses (here every time; 10 s apart)."""
-    monkeypatch.setattr(ingest.publisher, "LIMIT_REREAD_SECONDS", 0.0)
+    monkeypatch.setattr(ingest.record_limit, "LIMIT_REREAD_SECONDS", 0.0)
     too_large = padded(0, incompressible(100_000, seed=1))
     compressible = padded(1, "the same line again; " * 7_000)
     small, later = padded(2, "small"), padded(3, "small")
@@ -113,7 +113,7 @@ async def test_an_event_over_the_logs_limit_is_a_503_that_costs_no_other_deliver
     async with small_topic(settings, 60_000) as topic:
         config = receiver_settings(settings, topic=topic, max_body_bytes=256 * 1024)
         async with receiving(config) as (client, publisher):
-            assert publisher.record_limit == 60_000
+            assert publisher.record_limit.value == 60_000
             producer = producer_of(publisher)
             status, refused = await deliver(client, too_large)
             assert (status, refused["error"], refused["retry-after"]) == (
@@ -127,7 +127,7 @@ async def test_an_event_over_the_logs_limit_is_a_503_that_costs_no_other_deliver
 
             await raise_limit(settings.kafka_bootstrap, topic, 1024 * 1024)
             assert (await deliver(client, too_large))[0] == 200
-            assert publisher.record_limit == 1024 * 1024
+            assert publisher.record_limit.value == 1024 * 1024
             assert producer_of(publisher) is producer, "the producer was replaced"
             metrics = (await client.get("/metrics")).text
         assert 'lattice_kafka_producer_errors_total{reason="too_large_for_log"} 1.0' in metrics
