@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from ingest.app import app_from_env
 from ingest.publisher import Publisher
 from ingest.record import LogRecord
 from tests.benchmarks._receiver_load import SECRET, Load, run_load
+from tests.support.ports import free_port
 
 PARTITIONS = 6
 CEILING, RECEIVER, NO_KAFKA = "bare Starlette (ceiling)", "receiver", "receiver, no Kafka"
@@ -85,12 +85,6 @@ def receiver_without_kafka() -> Starlette:
     Publisher.publish = appended  # type: ignore[method-assign]
     Publisher.unready_because = ready  # type: ignore[method-assign]
     return app_from_env()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def serve(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,17 +18,12 @@ import pytest
 from deploy.settings import Settings
 from tests.integration.test_receiver import PLATFORM_NEW, PLATFORM_OLD, encode, subscription_event
 from tests.support.kafka import read_all
+from tests.support.ports import free_port
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
 
 LATTICE = [sys.executable, "-m", "deploy.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def start_serve(

@@ -6,8 +6,6 @@ Runs its own broker (on a free port, under tmp_path) so that stopping it disturb
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,23 +26,12 @@ from tests.integration.test_receiver import (
 )
 from tests.support.homes import share_kafka_jars
 from tests.support.kafka import read_all
+from tests.support.ports import free_port
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TOPIC = "stripe.events"
-
-
-def free_port_pair() -> int:
-    """A port P with P and P+1 free (the broker and its controller)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        with socket.socket() as probe, contextlib.suppress(OSError):
-            probe.bind(("127.0.0.1", port + 1))
-            return port
-    raise RuntimeError("no two adjacent free loopback ports")
 
 
 @dataclass
@@ -66,7 +53,7 @@ class PrivateBroker:
 @pytest.fixture
 async def broker(tmp_path: Path) -> AsyncIterator[PrivateBroker]:
     """A broker of this test's own, sharing the stack's jars when they are there."""
-    private = PrivateBroker(share_kafka_jars(tmp_path / "stack"), free_port_pair())
+    private = PrivateBroker(share_kafka_jars(tmp_path / "stack"), free_port(2))
     await private.start()
     try:
         await ensure_topics(private.bootstrap, [TOPIC], partitions=1)

@@ -20,7 +20,8 @@ import pytest
 
 from deploy.settings import Settings
 from tests.integration.test_receiver import PLATFORM_NEW, encode, signed, subscription_event
-from tests.integration.test_receiver_cli import LATTICE, free_port, start_serve
+from tests.integration.test_receiver_cli import LATTICE, start_serve
+from tests.support.ports import free_port
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.integration
