@@ -2,7 +2,8 @@
 # `make demo`: the whole pipeline on this machine with one simulated billing month in it.
 #   deploy/demo.sh          set up, start everything, deliver the month, print the report
 #   deploy/demo.sh stop     stop the demo's receiver and projectors (the stack keeps running)
-# Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2021), DEMO_API_VERSION (mixed).
+# Knobs: DEMO_CUSTOMERS (200), DEMO_ACCOUNTS (5), DEMO_SEED (2021), DEMO_API_VERSION (mixed),
+# DEMO_RECEIVER_PORT (8000, another when taken), DEMO_STRIPE_PORT (a free one).
 # Its files go in $LATTICE_HOME/demo (.lattice/demo by default), next to the stack's.
 set -euo pipefail
 cd "$(dirname "$0")/.."

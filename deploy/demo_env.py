@@ -9,8 +9,8 @@ else on the shared stack is touched. Run as `python -m deploy.demo_env HOME` wit
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
-import socket
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy import kafka_options
 from deploy.settings import load_settings
 from deploy.stack import DEMO_DATABASE, write_env
+from deploy.stack.process import can_bind, pick_port
 from deploy.stack.topics import ensure_topics, record_limits_for
 from ingest.simulate.generator import DELIVER, generate
 
@@ -30,16 +31,18 @@ DATABASE = DEMO_DATABASE
 RECEIVER_PORT = 8000
 
 
-def free_port(preferred: int | None = None) -> int:
-    """`preferred` when nothing listens there, else any free loopback port."""
-    for port in ([preferred] if preferred else []) + [0]:
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(probe.getsockname()[1])
-    raise RuntimeError("no free loopback port")
+def demo_port(variable: str, preferred: int | None = None) -> int:
+    """The port `variable` names when set (the caller's choice, taken as it is), else
+    `preferred` when it is free, else a free one below the kernel's ephemeral range, where
+    no outgoing connection takes it in the seconds before the demo's server binds it."""
+    given = os.environ.get(variable, "").strip()
+    if given:
+        if not given.isdigit() or not 0 < int(given) < 65536:
+            raise ValueError(f"{variable}={given!r} is not a port number")
+        return int(given)
+    if preferred is not None and can_bind(preferred):
+        return preferred
+    return pick_port()
 
 
 async def _fresh_topics(
@@ -88,7 +91,8 @@ async def prepare() -> dict[str, str]:
         record_limits_for(topic, settings.max_body_bytes),
     )
     database_url = await _fresh_database(settings.require_database_url())
-    receiver, stripe = free_port(RECEIVER_PORT), free_port()
+    receiver = demo_port("DEMO_RECEIVER_PORT", RECEIVER_PORT)
+    stripe = demo_port("DEMO_STRIPE_PORT")
     return {
         "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "LATTICE_DATABASE_URL": database_url,

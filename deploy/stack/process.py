@@ -6,14 +6,18 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import random
 import signal
 import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any, TypeVar
 
 from deploy.stack.errors import StackError
+
+LOWEST_PICKED = 20000  # what pick_port chooses from: above the well-known ports and the stack's
 
 T = TypeVar("T")
 
@@ -112,6 +116,43 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
+
+
+def can_bind(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a server could listen on host:port right now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def ephemeral_low() -> int:
+    """Where the kernel's range of ports for outgoing connections starts (32768 on Linux by
+    default). A port for a server is best picked below it: a port picked inside it may be
+    taken by some process's outgoing connection before the server binds it."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(LOWEST_PICKED + 1000, int(text.split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def pick_port(
+    pairs: int = 1, *, within: tuple[int, int] | None = None, avoid: AbstractSet[int] = frozenset()
+) -> int:
+    """A port P, chosen at random, with P .. P+pairs-1 all free right now and none in
+    `avoid`: below the kernel's ephemeral range, or in `within` [low, high) when given."""
+    low, high = within or (LOWEST_PICKED, ephemeral_low())
+    span = high - low - pairs + 1
+    start = random.randrange(span)
+    for step in range(span):
+        port = low + (start + step) % span
+        wanted = range(port, port + pairs)
+        if avoid.isdisjoint(wanted) and all(can_bind(p) for p in wanted):
+            return port
+    raise StackError(f"no {pairs} free loopback ports left in {low}..{high - 1}")
 
 
 def require_free_port(port: int, what: str, variable: str) -> None:

@@ -16,6 +16,7 @@ import pytest
 
 from deploy.settings import load_settings
 from tests.conftest import Stack
+from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -90,9 +91,15 @@ def _interrupted_while_simulating(
         return demo.wait(timeout=60), "".join(said), time.monotonic() - sent, started
 
 
+def _ports() -> dict[str, str]:
+    """The demo's two ports, from the suite's own (its default 8000, or a port picked
+    while other workers' connections take ports, could be taken before it binds)."""
+    return {"DEMO_RECEIVER_PORT": str(free_port()), "DEMO_STRIPE_PORT": str(free_port())}
+
+
 def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
     home = load_settings().home
-    env = {**os.environ, "DEMO_CUSTOMERS": "20", "DEMO_ACCOUNTS": "2"}
+    env = {**os.environ, "DEMO_CUSTOMERS": "20", "DEMO_ACCOUNTS": "2", **_ports()}
     try:
         first = _demo(env)
         assert first.returncode == 0, first.stderr[-3000:]
@@ -100,6 +107,8 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         assert "[ok]" in first.stdout + first.stderr
         demo_shell = {**env, **_sourced(home / "stack.env"), **_sourced(home / "demo" / "env")}
         assert demo_shell["LATTICE_DATABASE_URL"].endswith("/lattice_demo")
+        assert demo_shell["DEMO_RECEIVER_PORT"] == env["DEMO_RECEIVER_PORT"]
+        assert demo_shell["LATTICE_STRIPE_API_BASE"].endswith(f":{env['DEMO_STRIPE_PORT']}")
         # The command its last lines suggest, with the example event it wrote.
         url = f"http://127.0.0.1:{demo_shell['DEMO_RECEIVER_PORT']}"
         example = home / "demo" / "event.json"
@@ -153,7 +162,7 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
 def test_demo_stop_stops_what_the_demo_left_running(stack: Stack) -> None:
     """`deploy/demo.sh stop`, as its last lines say: the receiver and projectors end."""
     home = load_settings().home
-    env = {**os.environ, "DEMO_CUSTOMERS": "5", "DEMO_ACCOUNTS": "1"}
+    env = {**os.environ, "DEMO_CUSTOMERS": "5", "DEMO_ACCOUNTS": "1", **_ports()}
     try:
         ran = _demo(env)
         assert ran.returncode == 0, ran.stderr[-3000:]

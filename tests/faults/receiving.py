@@ -50,6 +50,10 @@ async def running_receiver(
     service = receiver(env, log, port)
     handle = Receiver(service, f"http://127.0.0.1:{port}")
     await handle.restart()
+    # Ready, not only listening: a slow first connection to the broker (the receiver tries
+    # once within 2 x publish_timeout before it listens, then in the background) must not
+    # turn a test's first delivery into a 503.
+    await wait_http_ready(handle.base_url, service, path="/readyz")
     try:
         yield handle
     finally:

@@ -203,16 +203,18 @@ def at_least(point: int) -> Callable[[int], bool]:
     return lambda n: n >= point
 
 
-async def wait_http_ready(base_url: str, service: Service, timeout: float = 60.0) -> None:
-    """Poll GET /healthz until it answers 200; fail early with the log if the process died."""
+async def wait_http_ready(
+    base_url: str, service: Service, timeout: float = 60.0, path: str = "/healthz"
+) -> None:
+    """Poll GET `path` until it answers 200; fail early with the log if the process died."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=base_url, timeout=1.0) as client:
         while True:
             if not service.alive():
                 raise AssertionError(f"{service.name} exited:\n{service.output()[-3000:]}")
             with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/healthz")).status_code == 200:
+                if (await client.get(path)).status_code == 200:
                     return
             if time.monotonic() > deadline:
-                raise AssertionError(f"{service.name} did not answer /healthz in {timeout} s")
+                raise AssertionError(f"{service.name} did not answer {path} in {timeout} s")
             await asyncio.sleep(0.1)

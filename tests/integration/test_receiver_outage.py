@@ -44,7 +44,7 @@ class PrivateBroker:
         return f"127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        await asyncio.to_thread(kafka.start, self.home, port=self.port, partitions=1)
+        await asyncio.to_thread(kafka.start, self.home, port=self.port, partitions=1, timeout=120)
 
     async def stop(self) -> None:
         await asyncio.to_thread(kafka.stop, self.home)
@@ -107,6 +107,7 @@ async def test_outage_gives_503_never_200_and_loses_nothing(broker: PrivateBroke
                 # In-process requests need no I/O: pace them so that the loop breathes.
                 await asyncio.sleep(0.02)
 
+        await eventually(lambda: client.get("/readyz"), lambda r: r.status_code == 200, timeout=60)
         assert [await deliver(n) for n in range(10)] == [200] * 10
         senders = [asyncio.create_task(keep_delivering(w + 1)) for w in range(4)]
         await broker.stop()

@@ -485,7 +485,7 @@ async def _replay_past_a_reader(
 
 
 async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_keeps_its_lock(
-    settings: Settings, stack: Stack, unique: str
+    settings: Settings, stack: Stack, unique: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The replay's role has a statement_timeout shorter than the swap's lock_timeout, so
     waiting for a reader ends as a cancelled statement: the swap backs off as for a lock
@@ -493,7 +493,10 @@ async def test_a_swap_cancelled_by_a_statement_timeout_waits_for_readers_and_kee
     the database going away."""
     ours = await _events_projected(settings, stack, unique, seed=18)
     url = settings.require_database_url()
-    impatient = ours.model_copy(update={"database_url": f"{url}?statement_timeout=200"})
+    # Both longer than the defaults, in the same order: the statement_timeout holds for
+    # every statement of the replay, and the rebuild's must not reach it on a busy machine.
+    monkeypatch.setattr(shadow, "LOCK_TIMEOUT_MS", 4000)
+    impatient = ours.model_copy(update={"database_url": f"{url}?statement_timeout=1500"})
     result, said = await _replay_past_a_reader(
         url, "SELECT count(*) FROM projections.events", impatient, waits=3
     )

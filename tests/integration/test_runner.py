@@ -590,10 +590,13 @@ async def test_a_hydrator_away_for_long_costs_the_consumer_neither_its_partition
     stream_ = stream(60, seed=13, thin_every=10)
     await produce(stack.kafka_bootstrap, settings.topic, records(stream_))
     loop = asyncio.get_running_loop()
-    back_at = loop.time() + 9.0
+    back_at: float | None = None  # Stripe is away for 9 s from the first call, not the start
     refused: list[float] = []
 
     async def hydrate(record: Record) -> Record:
+        nonlocal back_at
+        if back_at is None:
+            back_at = loop.time() + 9.0
         if loop.time() < back_at:
             refused.append(loop.time())
             raise HydrationUnavailable("Stripe answered 503")

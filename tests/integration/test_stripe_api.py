@@ -132,8 +132,10 @@ async def test_retries_are_bounded(fake: FakeStripe) -> None:
 async def test_a_slow_answer_times_out_and_is_retried(fake: FakeStripe) -> None:
     _, full = meter_error_report()
     fake.add_v2_event(full)
-    fake.fail_next(1, status=None, delay=1.0)
-    async with client_for(fake, read_timeout=0.2) as client:
+    # The timeout is long enough for an answer on a busy machine (a second attempt that
+    # also timed out would make three), the stall far longer than it.
+    fake.fail_next(1, status=None, delay=10.0)
+    async with client_for(fake, read_timeout=2.0) as client:
         body = await client.get(f"/v2/core/events/{full['id']}")
     assert body["id"] == full["id"]
     assert len(fake.seen) == 2

@@ -10,6 +10,8 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from deploy import kafka_options
 from projectors.topic_partitions import partitions_of
 
+EMPTY_POLLS = 15
+
 
 @dataclass(frozen=True)
 class ReadRecord:
@@ -28,7 +30,9 @@ async def read_all(
 ) -> list[ReadRecord]:
     """Every record of `topic` from the beginning to the current end, by partition and
     offset. A topic that does not exist is an AssertionError unless `missing_ok`: "nothing
-    was written" must not pass because the records went to another topic."""
+    was written" must not pass because the records went to another topic. So is a topic
+    that yields nothing more for 15 polls of `timeout_ms` in a row, short of its end (one
+    empty poll may only be a busy machine)."""
     consumer = AIOKafkaConsumer(
         **kafka_options.options(),
         bootstrap_servers=bootstrap,
@@ -45,10 +49,13 @@ async def read_all(
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         records: list[ReadRecord] = []
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        # A partition whose records were all deleted starts at its end: nothing to fetch.
+        remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
+        empty = 0
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=timeout_ms)
-            if not batch:
+            empty = 0 if batch else empty + 1
+            if empty == EMPTY_POLLS:
                 raise AssertionError(f"topic {topic} stopped short of its end offsets {ends}")
             for tp, msgs in batch.items():
                 for msg in msgs:

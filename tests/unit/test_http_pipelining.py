@@ -13,7 +13,9 @@ from tests.support.asgi_server import serving
 
 
 class ShortHeadTimeout(OneWriteHttpToolsProtocol):
-    head_timeout = 0.3
+    # Short for a test, long enough that a busy machine's stall between two pieces of a
+    # head (0.1 s apart) does not make it fire in the tests where it must not.
+    head_timeout = 1.0
 
 
 class SlowApp:
@@ -81,8 +83,8 @@ async def test_an_oversize_head_complete_in_one_read_waits_for_the_answer_before
 
 
 async def test_a_stalled_pipelined_head_times_out_after_the_answer_before_it() -> None:
-    # The second head stalls past its 0.3 s bound while the first answer is still held.
-    sent = await refused_after_the_first([b"GET /second HTTP/1.1\r\nHost: "], pause=0.6)
+    # The second head stalls past its 1 s bound while the first answer is still held.
+    sent = await refused_after_the_first([b"GET /second HTTP/1.1\r\nHost: "], pause=1.6)
     first, _, rest = sent.partition(b"slow")
     assert first.startswith(b"HTTP/1.1 200 OK\r\n"), sent[:200]
     assert rest.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), sent[:200]
