@@ -22,7 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from deploy import kafka_options
 from deploy.settings import load_settings
 from deploy.stack import DEMO_DATABASE, write_env
-from deploy.stack.process import can_bind, pick_port
+from deploy.stack.errors import StackError
+from deploy.stack.process import can_bind, pick_port, require_free_port
 from deploy.stack.topics import ensure_topics, record_limits_for
 from ingest.simulate.generator import DELIVER, generate
 
@@ -31,14 +32,16 @@ DATABASE = DEMO_DATABASE
 RECEIVER_PORT = 8000
 
 
-def demo_port(variable: str, preferred: int | None = None) -> int:
-    """The port `variable` names when set (the caller's choice, taken as it is), else
-    `preferred` when it is free, else a free one below the kernel's ephemeral range, where
-    no outgoing connection takes it in the seconds before the demo's server binds it."""
+def demo_port(variable: str, what: str, preferred: int | None = None) -> int:
+    """The port `variable` names when set (StackError when it is no port or something
+    listens there, naming what), else `preferred` when it is free, else a free one below
+    the kernel's ephemeral range, where no outgoing connection takes it in the seconds
+    before the demo's server binds it."""
     given = os.environ.get(variable, "").strip()
     if given:
         if not given.isdigit() or not 0 < int(given) < 65536:
-            raise ValueError(f"{variable}={given!r} is not a port number")
+            raise StackError(f"{variable}={given!r} is not a port number")
+        require_free_port(int(given), what, variable)
         return int(given)
     if preferred is not None and can_bind(preferred):
         return preferred
@@ -79,8 +82,9 @@ async def _fresh_database(url: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path=f"/{DATABASE}"))
 
 
-async def prepare() -> dict[str, str]:
-    """Empty the demo's topics and database; return the demo's environment."""
+async def prepare(receiver: int, stripe: int) -> dict[str, str]:
+    """Empty the demo's topics and database; return the demo's environment, with the
+    receiver's and the fake Stripe API's ports."""
     settings = load_settings()
     topic, usage = f"{PREFIX}.stripe.events", f"{PREFIX}.usage.reported"
     await _fresh_topics(
@@ -91,8 +95,6 @@ async def prepare() -> dict[str, str]:
         record_limits_for(topic, settings.max_body_bytes),
     )
     database_url = await _fresh_database(settings.require_database_url())
-    receiver = demo_port("DEMO_RECEIVER_PORT", RECEIVER_PORT)
-    stripe = demo_port("DEMO_STRIPE_PORT")
     return {
         "LATTICE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
         "LATTICE_DATABASE_URL": database_url,
@@ -113,7 +115,13 @@ def main() -> int:
     """Entry point: `python -m deploy.demo_env HOME`."""
     home = Path(sys.argv[1] if len(sys.argv) > 1 else ".lattice/demo")
     try:
-        values = asyncio.run(prepare())
+        receiver = demo_port("DEMO_RECEIVER_PORT", "the demo's receiver", RECEIVER_PORT)
+        stripe = demo_port("DEMO_STRIPE_PORT", "the demo's stand-in Stripe API")
+    except StackError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    try:
+        values = asyncio.run(prepare(receiver, stripe))
     except Exception as exc:  # the stack answered `stack up`, then failed: one line
         print(
             f"demo: could not prepare the demo's topics and database: {type(exc).__name__}: {exc}",

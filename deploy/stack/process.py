@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from deploy.stack.errors import StackError
 
-LOWEST_PICKED = 20000  # what pick_port chooses from: above the well-known ports and the stack's
+# What pick_port chooses from: above the well-known ports and the stack's Kafka (9092-9093).
+LOWEST_PICKED = 20000
 
 T = TypeVar("T")
 
@@ -119,8 +120,11 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def can_bind(port: int, host: str = "127.0.0.1") -> bool:
-    """True when a server could listen on host:port right now."""
+    """True when a server could listen on host:port right now. With SO_REUSEADDR, as
+    every server here sets it (uvicorn, Kafka, PostgreSQL): the closed connections of one
+    stopped a moment ago (TIME_WAIT) do not make its port look taken."""
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:
@@ -146,6 +150,8 @@ def pick_port(
     `avoid`: below the kernel's ephemeral range, or in `within` [low, high) when given."""
     low, high = within or (LOWEST_PICKED, ephemeral_low())
     span = high - low - pairs + 1
+    if span <= 0:
+        raise StackError(f"no {pairs} loopback ports fit in {low}..{high - 1}")
     start = random.randrange(span)
     for step in range(span):
         port = low + (start + step) % span

@@ -128,11 +128,15 @@ def test_the_demo_runs_again_from_the_shell_it_suggests(stack: Stack) -> None:
         first_pids = _pids(home / "demo")
         assert all(_alive(pid) for pid in first_pids)
 
-        again = _demo(demo_shell)
+        # Ports chosen by hand in that shell stay chosen (the ones it sourced are shed).
+        chosen = _ports()
+        again = _demo({**demo_shell, **chosen})
 
         assert again.returncode == 0, again.stderr[-3000:]
         assert "Traceback" not in again.stderr
         assert "[ok]" in again.stdout + again.stderr
+        rewritten = _sourced(home / "demo" / "env")
+        assert {k: rewritten[k] for k in chosen} == chosen
         # The stack's own file still names the stack's database, not the demo's.
         assert _sourced(home / "stack.env")["LATTICE_DATABASE_URL"] == stack.database_url
         # The first run's receiver and projectors were stopped, not left beside the new.

@@ -37,5 +37,7 @@ def _slice() -> tuple[int, int]:
     if not worker.startswith("gw") or count < 2:
         return LOWEST_PICKED, high
     size = (high - LOWEST_PICKED) // count
-    low = LOWEST_PICKED + int(worker[2:]) * size
+    # A worker that replaces a crashed one gets the next id (gw3 of three): it takes the
+    # slice of the one it replaces.
+    low = LOWEST_PICKED + int(worker[2:]) % count * size
     return low, low + size
