@@ -11,7 +11,9 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -224,18 +226,21 @@ async def test_a_producer_retired_while_the_broker_is_down_appends_nothing_later
     first, stuck, after = (json.loads(d.body) for d in event_deliveries(3, seed=11))
     publisher = Publisher(bootstrap=live_kafka.bootstrap, topic=topic, timeout=1.0)
     await publisher.start()
-    try:
-        # The short timeout is for the stuck record; a slow machine may miss it at the
-        # first connection or append, which is not what this test is about.
 
-        async def publish_first() -> bool:
+    def appended(event: dict[str, Any]) -> Callable[[], Awaitable[bool]]:
+        async def publish() -> bool:
             try:
-                await publisher.publish(log_record(first))
+                await publisher.publish(log_record(event))
             except PublishUnavailable:
                 return False
             return True
 
-        await eventually(publish_first, bool, timeout=60, what="the first record appended")
+        return publish
+
+    try:
+        # The short timeout is for the stuck record; a slow machine may miss it at the
+        # first connection or append, which is not what this test is about.
+        await eventually(appended(first), bool, timeout=60, what="the first record appended")
         await asyncio.to_thread(live_kafka.stop)
         injected["broker stopped"] += 1
         with pytest.raises(PublishUnavailable):
@@ -247,15 +252,7 @@ async def test_a_producer_retired_while_the_broker_is_down_appends_nothing_later
         await publisher._retiring
         assert sender_stopped(broken.producer), "the retired producer is still sending"
         await asyncio.to_thread(live_kafka.start)
-
-        async def publish_after() -> bool:
-            try:
-                await publisher.publish(log_record(after))
-            except PublishUnavailable:
-                return False
-            return True
-
-        await eventually(publish_after, bool, timeout=90, what="a record appended again")
+        await eventually(appended(after), bool, timeout=90, what="a record appended again")
         await asyncio.sleep(3)  # time for anything the old producer held to land
     finally:
         await publisher.stop()
