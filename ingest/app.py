@@ -7,6 +7,7 @@ delivery goes through, in order); here are the routes, the probes and the lifesp
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -143,4 +144,19 @@ def create_app(settings: Settings) -> Starlette:
 def app_from_env() -> Starlette:
     """Factory for `uvicorn --factory` (one per worker): settings from LATTICE_* variables."""
     configure_logging()
-    return create_app(load_settings())
+    app = create_app(load_settings())
+    tune_gc()
+    return app
+
+
+def tune_gc() -> None:
+    """Make the cyclic garbage collector cheap for a receiver worker (once, at start). What
+    start-up built (modules, settings, the app) is never garbage: frozen, a full collection
+    no longer walks it. A delivery's objects are freed by reference counting; a young
+    collection every 10,000 allocations instead of 700 still finds the few cycles (an
+    exception and its frames). Measured with the receiver benchmark, four runs in turn
+    (2026-11-29): 302-317 against 328-358 µs of CPU per delivery with one worker, 380-382
+    against 405-406 with two, and a p99 at 1,000/s of 11-15 against 13-33 ms."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
