@@ -189,6 +189,10 @@ async def run(args: argparse.Namespace, workdir: Path) -> list[Row]:
     topic = f"{name}.stripe.events"
     await ensure_topics(bootstrap, [topic], partitions=6)
     try:
+        if args.warm_broker > 0:
+            print(f"warming the broker up: {args.warm_broker:g} s of deliveries, not measured")
+            warm = argparse.Namespace(**{**vars(args), "peer_seconds": args.warm_broker})
+            await _lattice(bootstrap, topic, max(args.lattice_workers), warm, workdir)
         for workers in args.lattice_workers:
             rows.append(await _lattice(bootstrap, topic, workers, args, workdir))
     finally:
@@ -275,6 +279,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--pool", type=int, default=30_000, help="signed requests wrk replays")
     parser.add_argument(
         "--lattice-workers", type=_counts, default=[1, 2], help="receiver runs, e.g. 1,2"
+    )
+    parser.add_argument(
+        "--warm-broker",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a receiver run before Lattice's, not measured (0: none): a broker just started "
+        "spends more CPU per record for minutes (see `python -m tests.benchmarks receiver`)",
     )
     args, _ = parser.parse_known_args(argv)
     try:
