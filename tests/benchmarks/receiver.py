@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
         default=60.0,
         metavar="SECONDS",
         help="deliveries to the receiver before any run, not measured (0: none): a broker "
-        "just started spends more CPU per record for minutes (its JIT compiler at work): "
+        "just started spends more CPU per record for minutes: "
         "on 2026-11-29, 240 us per delivery after 20 s of this, 120-150 after 60 s, "
         "40-70 after several minutes",
     )
